@@ -1,0 +1,237 @@
+// Package memstore is carve's embedded default [ipam.Store]: every record in
+// the memory of one process.
+//
+// It is safe for concurrent use by any number of allocators at once, which
+// is how one process (or a test) stands in for many nodes sharing a
+// datastore. Revisions come from one store-wide counter, so a key's
+// revisions never repeat. It implements [ipam.Generations] exactly: a
+// change is visible to every allocator sharing the store as soon as the
+// write returns, so allocators can cache pools and configuration safely.
+//
+// Values are kept as given, without copying, as the Store contract allows.
+package memstore
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"sort"
+	"sync"
+	"sync/atomic"
+
+	"github.com/carve-ipam/carve/ipam"
+)
+
+// maxKinds bounds the Kind values the store keeps; it is larger than every
+// kind carve defines.
+const maxKinds = 16
+
+// Store is an in-memory [ipam.Store]. The zero value is an empty store ready
+// to use; a Store must not be copied after first use.
+type Store struct {
+	mu    sync.RWMutex
+	rev   uint64 // last revision handed out, store-wide
+	kinds [maxKinds]records
+	gens  [maxKinds]atomic.Uint64
+}
+
+type records struct {
+	byKey map[string]entry
+	// keys is byKey's keys in order, rebuilt lazily after a create or
+	// delete: lists are rare and creates and deletes of handles are on the
+	// hot path, so ordering is paid for only when someone lists.
+	keys  []string
+	dirty bool
+}
+
+type entry struct {
+	value []byte
+	rev   ipam.Revision
+}
+
+// New returns an empty store. It is the same as new(Store).
+func New() *Store { return new(Store) }
+
+var _ ipam.Store = (*Store)(nil)
+var _ ipam.Generations = (*Store)(nil)
+
+func checkKind(kind ipam.Kind) error {
+	if !kind.Valid() || int(kind) >= maxKinds {
+		return fmt.Errorf("memstore: invalid record kind %d", uint8(kind))
+	}
+	return nil
+}
+
+// Get implements [ipam.Store].
+func (s *Store) Get(ctx context.Context, kind ipam.Kind, key string) (ipam.Record, error) {
+	if err := ctx.Err(); err != nil {
+		return ipam.Record{}, err
+	}
+	if err := checkKind(kind); err != nil {
+		return ipam.Record{}, err
+	}
+	s.mu.RLock()
+	e, ok := s.kinds[kind].byKey[key]
+	s.mu.RUnlock()
+	if !ok {
+		return ipam.Record{}, fmt.Errorf("memstore: get %s %q: %w", kind, key, ipam.ErrNotFound)
+	}
+	return ipam.Record{Key: key, Value: e.value, Revision: e.rev}, nil
+}
+
+// List implements [ipam.Store].
+func (s *Store) List(ctx context.Context, kind ipam.Kind, r ipam.KeyRange) ([]ipam.Record, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	if err := checkKind(kind); err != nil {
+		return nil, err
+	}
+	s.mu.RLock()
+	if s.kinds[kind].dirty {
+		// Re-take the lock exclusively to rebuild the order; another lister
+		// may have rebuilt it in between, which the second check sees.
+		s.mu.RUnlock()
+		s.mu.Lock()
+		recs := &s.kinds[kind]
+		if recs.dirty {
+			recs.keys = recs.keys[:0]
+			for k := range recs.byKey {
+				recs.keys = append(recs.keys, k)
+			}
+			slices.Sort(recs.keys)
+			recs.dirty = false
+		}
+		s.mu.Unlock()
+		s.mu.RLock()
+	}
+	defer s.mu.RUnlock()
+	recs := &s.kinds[kind]
+	if recs.dirty { // changed again between the two locks
+		return s.listUnordered(recs, r), nil
+	}
+	lo := sort.SearchStrings(recs.keys, r.Start)
+	var out []ipam.Record
+	for _, k := range recs.keys[lo:] {
+		if !r.Contains(k) {
+			break
+		}
+		e := recs.byKey[k]
+		out = append(out, ipam.Record{Key: k, Value: e.value, Revision: e.rev})
+	}
+	return out, nil
+}
+
+// listUnordered serves a List by a full scan when the key order is stale.
+// The caller holds s.mu for reading.
+func (s *Store) listUnordered(recs *records, r ipam.KeyRange) []ipam.Record {
+	var out []ipam.Record
+	for k, e := range recs.byKey {
+		if r.Contains(k) {
+			out = append(out, ipam.Record{Key: k, Value: e.value, Revision: e.rev})
+		}
+	}
+	slices.SortFunc(out, func(a, b ipam.Record) int {
+		switch {
+		case a.Key < b.Key:
+			return -1
+		case a.Key > b.Key:
+			return 1
+		}
+		return 0
+	})
+	return out
+}
+
+// Create implements [ipam.Store].
+func (s *Store) Create(ctx context.Context, kind ipam.Kind, key string, value []byte) (ipam.Revision, error) {
+	if err := ctx.Err(); err != nil {
+		return 0, err
+	}
+	if err := checkKind(kind); err != nil {
+		return 0, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	recs := &s.kinds[kind]
+	if _, ok := recs.byKey[key]; ok {
+		return 0, fmt.Errorf("memstore: create %s %q: %w", kind, key, ipam.ErrExists)
+	}
+	if recs.byKey == nil {
+		recs.byKey = make(map[string]entry)
+	}
+	s.rev++
+	rev := ipam.Revision(s.rev)
+	recs.byKey[key] = entry{value: value, rev: rev}
+	recs.dirty = true
+	s.gens[kind].Add(1)
+	return rev, nil
+}
+
+// Update implements [ipam.Store].
+func (s *Store) Update(ctx context.Context, kind ipam.Kind, key string, value []byte, rev ipam.Revision) (ipam.Revision, error) {
+	if err := ctx.Err(); err != nil {
+		return 0, err
+	}
+	if err := checkKind(kind); err != nil {
+		return 0, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	recs := &s.kinds[kind]
+	e, ok := recs.byKey[key]
+	switch {
+	case !ok:
+		return 0, fmt.Errorf("memstore: update %s %q: %w", kind, key, ipam.ErrNotFound)
+	case e.rev != rev:
+		return 0, fmt.Errorf("memstore: update %s %q at revision %d (now %d): %w", kind, key, rev, e.rev, ipam.ErrConflict)
+	}
+	s.rev++
+	newRev := ipam.Revision(s.rev)
+	recs.byKey[key] = entry{value: value, rev: newRev}
+	s.gens[kind].Add(1)
+	return newRev, nil
+}
+
+// Delete implements [ipam.Store].
+func (s *Store) Delete(ctx context.Context, kind ipam.Kind, key string, rev ipam.Revision) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if err := checkKind(kind); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	recs := &s.kinds[kind]
+	e, ok := recs.byKey[key]
+	switch {
+	case !ok:
+		return fmt.Errorf("memstore: delete %s %q: %w", kind, key, ipam.ErrNotFound)
+	case e.rev != rev:
+		return fmt.Errorf("memstore: delete %s %q at revision %d (now %d): %w", kind, key, rev, e.rev, ipam.ErrConflict)
+	}
+	delete(recs.byKey, key)
+	recs.dirty = true
+	s.gens[kind].Add(1)
+	return nil
+}
+
+// Generation implements [ipam.Generations]: it counts the writes to records
+// of the kind, and is exact.
+func (s *Store) Generation(kind ipam.Kind) uint64 {
+	if checkKind(kind) != nil {
+		return 0
+	}
+	return s.gens[kind].Load()
+}
+
+// Len returns the number of records of the kind.
+func (s *Store) Len(kind ipam.Kind) int {
+	if checkKind(kind) != nil {
+		return 0
+	}
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return len(s.kinds[kind].byKey)
+}

@@ -1,0 +1,167 @@
+package ipam
+
+import (
+	"context"
+	"errors"
+	"fmt"
+)
+
+// Errors a Store returns. Backends may wrap them with context; callers match
+// them with errors.Is.
+var (
+	// ErrNotFound: the record does not exist.
+	ErrNotFound = errors.New("record not found")
+	// ErrExists: Create found a record under the key already.
+	ErrExists = errors.New("record already exists")
+	// ErrConflict: Update or Delete named a revision that is no longer the
+	// record's current one; someone else wrote it first.
+	ErrConflict = errors.New("revision conflict")
+)
+
+// Kind names a family of records. Each kind is its own key space.
+type Kind uint8
+
+// The kinds of record carve keeps. The zero Kind is not a valid kind.
+const (
+	// KindPool records hold one IP pool each, keyed by pool name.
+	KindPool Kind = iota + 1
+	// KindBlock records hold one block each (allocations, owners, affinity),
+	// keyed by [BlockKey].
+	KindBlock
+	// KindAffinity records index blocks by node, keyed by [AffinityKey]; the
+	// block itself is the authority on its affinity.
+	KindAffinity
+	// KindHandle records count, per block, the addresses one owner handle
+	// holds, keyed by handle ID.
+	KindHandle
+	// KindConfig holds the allocator configuration under the key "default".
+	KindConfig
+	// KindReservation records hold address ranges excluded from automatic
+	// assignment, keyed by reservation name.
+	KindReservation
+)
+
+// numKinds is one more than the largest Kind.
+const numKinds = KindReservation + 1
+
+// Kinds lists every valid Kind, in order.
+var Kinds = []Kind{KindPool, KindBlock, KindAffinity, KindHandle, KindConfig, KindReservation}
+
+var kindNames = [...]string{"", "pool", "block", "affinity", "handle", "config", "reservation"}
+
+// String returns the kind's name, as used in store keys and error messages:
+// "pool", "block", "affinity", "handle", "config" or "reservation".
+func (k Kind) String() string {
+	if k.Valid() {
+		return kindNames[k]
+	}
+	return fmt.Sprintf("kind(%d)", uint8(k))
+}
+
+// Valid reports whether k is one of the kinds in [Kinds].
+func (k Kind) Valid() bool { return k >= KindPool && k < numKinds }
+
+// Revision identifies one version of a record. The store assigns it; carve
+// only compares revisions for equality and never interprets them otherwise.
+// Zero means "no record".
+type Revision uint64
+
+// Record is one stored record.
+type Record struct {
+	Key      string
+	Value    []byte
+	Revision Revision
+}
+
+// KeyRange selects keys k with Start <= k < End in byte order. An empty End
+// means no upper bound, so the zero KeyRange selects every key.
+type KeyRange struct {
+	Start, End string
+}
+
+// Contains reports whether key lies in r.
+func (r KeyRange) Contains(key string) bool {
+	return key >= r.Start && (r.End == "" || key < r.End)
+}
+
+// PrefixRange returns the range of keys that begin with prefix.
+func PrefixRange(prefix string) KeyRange {
+	// The first string after every string with the prefix: increment the last
+	// byte that is not 0xff and drop what follows it.
+	for i := len(prefix) - 1; i >= 0; i-- {
+		if c := prefix[i]; c != 0xff {
+			return KeyRange{Start: prefix, End: prefix[:i] + string([]byte{c + 1})}
+		}
+	}
+	return KeyRange{Start: prefix}
+}
+
+// Store is where carve keeps its state: a key-value store with
+// compare-and-swap on a per-record revision. Implement it to run carve on
+// your own datastore, and prove the implementation with
+// storetest.RunConformanceTests.
+//
+// The contract, for every method:
+//   - kind is always one of [Kinds] and key a non-empty string of at most
+//     [MaxKeyLen] bytes of valid UTF-8 without control characters; carve
+//     never passes anything else.
+//   - Values are opaque bytes, possibly empty, that carve encodes and
+//     decodes itself. The store may keep the slice it is given and may
+//     return the same slice from later reads: carve never modifies a value
+//     after passing it in, and never modifies a value it reads.
+//   - Every successful Create or Update gives the record a new non-zero
+//     revision. A key's revisions never repeat, not even after the record is
+//     deleted and created again, so a stale revision can never match a newer
+//     record. (A store-wide counter, as etcd's, satisfies this.)
+//   - Errors: ErrNotFound, ErrExists and ErrConflict as documented below,
+//     possibly wrapped; a cancelled or expired ctx gives an error that
+//     matches ctx.Err(); any other error is a failure of the backend, and
+//     then the write may or may not have happened.
+//   - A Store is safe for concurrent use, and operations on one record are
+//     linearizable: of two writers holding the same revision, exactly one
+//     succeeds.
+//
+// No operation spans several records; carve orders its writes so that the
+// store stays consistent without transactions (see docs/ARCHITECTURE.md).
+type Store interface {
+	// Get returns the record of the given kind and key, or ErrNotFound.
+	Get(ctx context.Context, kind Kind, key string) (Record, error)
+
+	// List returns the records of the given kind whose keys lie in r,
+	// ordered by key. No matching record gives an empty result and a nil
+	// error.
+	List(ctx context.Context, kind Kind, r KeyRange) ([]Record, error)
+
+	// Create stores a new record and returns its revision. If a record
+	// exists under the key it returns ErrExists and changes nothing.
+	Create(ctx context.Context, kind Kind, key string, value []byte) (Revision, error)
+
+	// Update replaces the value of the record whose current revision is rev
+	// and returns the new revision. It returns ErrNotFound if there is no
+	// record and ErrConflict if the record's revision is not rev; either way
+	// it changes nothing.
+	Update(ctx context.Context, kind Kind, key string, value []byte, rev Revision) (Revision, error)
+
+	// Delete removes the record whose current revision is rev. It returns
+	// ErrNotFound if there is no record and ErrConflict if the record's
+	// revision is not rev; either way it changes nothing.
+	Delete(ctx context.Context, kind Kind, key string, rev Revision) error
+}
+
+// MaxKeyLen is the longest key carve stores.
+const MaxKeyLen = 1024
+
+// Generations is an optional Store capability that lets an allocator cache
+// pools, configuration and node affinities instead of reading them on every
+// call.
+//
+// Generation returns a number that changes whenever a record of the kind is
+// created, updated or deleted, by anyone, without a round trip to the
+// backend. It may also change when nothing did (that only costs a re-read).
+// A backend whose view lags the datastore (for example one fed by a watch)
+// must say so in its documentation: an allocator then sees other processes'
+// pool and configuration changes after that lag, as Calico's own watch-based
+// components do.
+type Generations interface {
+	Generation(kind Kind) uint64
+}
