@@ -24,19 +24,19 @@ const (
 // The grammar, with || binding loosest; tokens may be separated by spaces and
 // tabs, and "{ x }" means zero or more x:
 //
-//	selector   = [ or ] EOF
-//	or         = and { "||" and }
-//	and        = unary { "&&" unary }
-//	unary      = { "!" } primary                 runs of ! fold by parity
-//	primary    = "has(" label ")" | "all(" ")" | "global(" ")"
-//	           | "(" or ")"
-//	           | label ( "==" | "!=" | "contains" | starts-with | ends-with ) string
-//	           | label ( "in" | not-in ) "{" [ string { "," string } [ "," ] ] "}"
+//	selector    = [ or ] EOF
+//	or          = and { "||" and }
+//	and         = unary { "&&" unary }
+//	unary       = { "!" } primary                runs of ! fold by parity
+//	primary     = "has(" label ")" | "all(" ")" | "global(" ")"
+//	            | "(" or ")"
+//	            | label ( "==" | "!=" | "contains" | starts-with | ends-with ) string
+//	            | label ( "in" | not-in ) "{" [ string { "," string } [ "," ] ] "}"
 //	starts-with = "starts" "with" | "startswith"
 //	ends-with   = "ends" "with" | "endswith"
 //	not-in      = "not" "in" | "notin"
-//	label      = 1 to 512 bytes of [A-Za-z0-9_./-]
-//	string     = '"' { any byte but '"' } '"' | "'" { any byte but "'" } "'"
+//	label       = 1 to 512 bytes of [A-Za-z0-9_./-]
+//	string      = '"' { any byte but '"' } '"' | "'" { any byte but "'" } "'"
 //
 // "has(", "all(" and "global(" are single tokens: no space before the "(".
 // The word operators are lower case and are recognised only right after a
@@ -68,7 +68,8 @@ func Parse(s string) (Selector, error) {
 	case root.op == opNot && root.kids[0].op == opAll:
 		return None(), nil
 	}
-	return Selector{&tree{root: root, text: string(root.appendText(nil)), global: p.global}}, nil
+	var buf [256]byte // most selectors print without a heap buffer
+	return Selector{&tree{root: root, text: string(root.appendText(buf[:0])), global: p.global}}, nil
 }
 
 // MustParse is like Parse but panics with the *SyntaxError if s is not a
@@ -101,19 +102,19 @@ func (p *parser) advance() error {
 }
 
 // or parses: and { "||" and }.
-func (p *parser) or() (node, error) {
-	return p.list(opOr, tOr, (*parser).and)
-}
+func (p *parser) or() (node, error) { return p.list(opOr) }
 
 // and parses: unary { "&&" unary }.
-func (p *parser) and() (node, error) {
-	return p.list(opAnd, tAnd, (*parser).unary)
-}
+func (p *parser) and() (node, error) { return p.list(opAnd) }
 
-// list parses one or more operands separated by sep; a lone operand stands
-// for itself.
-func (p *parser) list(o op, sep tokKind, operand func(*parser) (node, error)) (node, error) {
-	first, err := operand(p)
+// list parses the operands of o, an || or && list; a lone operand stands for
+// itself.
+func (p *parser) list(o op) (node, error) {
+	sep := tAnd
+	if o == opOr {
+		sep = tOr
+	}
+	first, err := p.operand(o)
 	if err != nil || p.tok.kind != sep {
 		return first, err
 	}
@@ -122,13 +123,21 @@ func (p *parser) list(o op, sep tokKind, operand func(*parser) (node, error)) (n
 		if err := p.advance(); err != nil {
 			return node{}, err
 		}
-		n, err := operand(p)
+		n, err := p.operand(o)
 		if err != nil {
 			return node{}, err
 		}
 		kids = append(kids, n)
 	}
 	return node{op: o, kids: kids}, nil
+}
+
+// operand parses one operand of an || or && list.
+func (p *parser) operand(o op) (node, error) {
+	if o == opOr {
+		return p.and()
+	}
+	return p.unary()
 }
 
 // unary parses: { "!" } primary.
