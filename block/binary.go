@@ -1,0 +1,453 @@
+package block
+
+import (
+	"encoding/binary"
+	"fmt"
+	"math/bits"
+	"net/netip"
+	"strings"
+	"time"
+)
+
+// version is the first byte of the binary encoding.
+const version = 1
+
+// minYear and maxYear bound claim times: the range both encodings (and RFC
+// 3339) can write.
+const (
+	minYear = 1
+	maxYear = 9999
+)
+
+// MarshalBinary returns the binary encoding of b described in the package
+// documentation. Blocks that are Equal encode to the same bytes.
+func (b *Block) MarshalBinary() ([]byte, error) {
+	return b.AppendBinary(make([]byte, 0, b.encodedSizeHint()))
+}
+
+// encodedSizeHint guesses the encoded size so MarshalBinary allocates once
+// in the common case: a few bytes per address, plus the owners.
+func (b *Block) encodedSizeHint() int {
+	n := 48 + len(b.aff.Name) + 2*b.nres + 8*b.used
+	for i := range b.recs.recs {
+		if r := &b.recs.recs[i]; r.refs > 0 {
+			n += 4 + len(r.handle)
+			for k, v := range r.attrs {
+				n += 2 + len(k) + len(v)
+			}
+		}
+	}
+	return n
+}
+
+// AppendBinary appends the binary encoding of b to dst. It does not allocate
+// when dst has room, for blocks of up to 64 owner records.
+func (b *Block) AppendBinary(dst []byte) ([]byte, error) {
+	if err := b.checkEncodable("encode"); err != nil {
+		return dst, err
+	}
+	a := b.prefix.Addr()
+	if b.is4 {
+		dst = append(dst, version, 4, byte(b.prefix.Bits()))
+		a4 := a.As4()
+		dst = append(dst, a4[:]...)
+	} else {
+		dst = append(dst, version, 6, byte(b.prefix.Bits()))
+		a16 := a.As16()
+		dst = append(dst, a16[:]...)
+	}
+	dst = binary.BigEndian.AppendUint64(dst, b.seq)
+	dst = binary.AppendUvarint(dst, uint64(b.cursor))
+	dst = append(dst, byte(b.aff.Kind))
+	if b.aff.Kind != NoAffinity {
+		dst = appendString(dst, b.aff.Name)
+	}
+	if b.claim.IsZero() {
+		dst = append(dst, 0)
+	} else {
+		dst = append(dst, 1)
+		sec := b.claim.Unix()
+		dst = binary.AppendUvarint(dst, uint64(sec<<1)^uint64(sec>>63)) // zigzag
+		dst = binary.AppendUvarint(dst, uint64(b.claim.Nanosecond()))
+	}
+
+	tw, rw := b.taken.Words(), b.resv.Words()
+	dst = binary.AppendUvarint(dst, uint64(b.nres))
+	prev := -1
+	for k := range rw {
+		for w := rw[k]; w != 0; w &= w - 1 {
+			i := k<<6 | bits.TrailingZeros64(w)
+			if i >= b.size {
+				break // padding
+			}
+			dst = binary.AppendUvarint(dst, uint64(i-prev-1))
+			prev = i
+		}
+	}
+
+	// Owners get indexes in order of first use; remap holds index+1 per
+	// slot, 0 for not yet written.
+	var small [64]uint16
+	var remap []uint16
+	if len(b.recs.recs) <= len(small) {
+		remap = small[:len(b.recs.recs)]
+	} else {
+		remap = make([]uint16, len(b.recs.recs))
+	}
+	written := 0
+	dst = binary.AppendUvarint(dst, uint64(b.used))
+	prev = -1
+	for k := range tw {
+		for w := tw[k] &^ rw[k]; w != 0; w &= w - 1 {
+			i := k<<6 | bits.TrailingZeros64(w)
+			dst = binary.AppendUvarint(dst, uint64(i-prev-1))
+			prev = i
+			dst = binary.AppendUvarint(dst, b.seq-b.aseq[i])
+			s := b.owner[i]
+			if remap[s] != 0 {
+				dst = binary.AppendUvarint(dst, uint64(remap[s]-1))
+				continue
+			}
+			dst = binary.AppendUvarint(dst, uint64(written))
+			written++
+			remap[s] = uint16(written)
+			r := &b.recs.recs[s]
+			dst = appendString(dst, r.handle)
+			dst = binary.AppendUvarint(dst, uint64(len(r.attrs)))
+			dst = appendAttrs(dst, r.attrs)
+		}
+	}
+	return dst, nil
+}
+
+// checkEncodable reports why b cannot be encoded, if it cannot.
+func (b *Block) checkEncodable(op string) error {
+	if b.size == 0 {
+		return &blockError{block: b.prefix, op: op, detail: "the zero Block has no prefix", errs: []error{ErrInvalidPrefix}}
+	}
+	if y := b.claim.Year(); !b.claim.IsZero() && (y < minYear || y > maxYear) {
+		return &blockError{block: b.prefix, op: op, detail: fmt.Sprintf("claim time %v outside years %d to %d", b.claim, minYear, maxYear), errs: []error{ErrCorrupt}}
+	}
+	return nil
+}
+
+func appendString(dst []byte, s string) []byte {
+	dst = binary.AppendUvarint(dst, uint64(len(s)))
+	return append(dst, s...)
+}
+
+// appendAttrs appends the pairs of m in ascending key order, without
+// allocating for up to 16 keys.
+func appendAttrs(dst []byte, m map[string]string) []byte {
+	var small [16]string
+	keys := small[:0]
+	if len(m) > len(small) {
+		keys = make([]string, 0, len(m))
+	}
+	for k := range m {
+		keys = append(keys, k)
+	}
+	// Insertion sort: attribute sets are small.
+	for i := 1; i < len(keys); i++ {
+		for j := i; j > 0 && keys[j] < keys[j-1]; j-- {
+			keys[j], keys[j-1] = keys[j-1], keys[j]
+		}
+	}
+	for _, k := range keys {
+		dst = appendString(dst, k)
+		dst = appendString(dst, m[k])
+	}
+	return dst
+}
+
+// UnmarshalBinary replaces b with the block data encodes, reusing b's
+// memory. It accepts exactly what AppendBinary writes: any other input,
+// malformed or describing an inconsistent block, is refused with an error
+// wrapping ErrCorrupt (or ErrInvalidPrefix for a bad prefix), and b is left
+// as the zero Block.
+func (b *Block) UnmarshalBinary(data []byte) error {
+	d := decoder{data: data}
+	if err := d.block(b); err != nil {
+		b.reset()
+		return err
+	}
+	return nil
+}
+
+// decoder reads the binary encoding. Errors carry the byte offset.
+type decoder struct {
+	data []byte
+	off  int
+}
+
+func (d *decoder) fail(format string, args ...any) error {
+	return &blockError{op: "decode", detail: fmt.Sprintf("offset %d: ", d.off) + fmt.Sprintf(format, args...), errs: []error{ErrCorrupt}}
+}
+
+func (d *decoder) failPrefix(err error) error {
+	return &blockError{op: "decode", detail: fmt.Sprintf("offset %d: %v", d.off, err), errs: []error{ErrCorrupt, ErrInvalidPrefix}}
+}
+
+func (d *decoder) bytes(n int, what string) ([]byte, error) {
+	if n < 0 || n > len(d.data)-d.off {
+		return nil, d.fail("%s: want %d bytes, have %d", what, n, len(d.data)-d.off)
+	}
+	p := d.data[d.off : d.off+n]
+	d.off += n
+	return p, nil
+}
+
+func (d *decoder) byte(what string) (byte, error) {
+	p, err := d.bytes(1, what)
+	if err != nil {
+		return 0, err
+	}
+	return p[0], nil
+}
+
+// uvarint reads a minimally encoded unsigned varint.
+func (d *decoder) uvarint(what string) (uint64, error) {
+	v, n := binary.Uvarint(d.data[d.off:])
+	if n <= 0 {
+		return 0, d.fail("%s: bad varint", what)
+	}
+	if n != (bits.Len64(v|1)+6)/7 {
+		return 0, d.fail("%s: varint not minimal", what)
+	}
+	d.off += n
+	return v, nil
+}
+
+// count reads a count of at most limit items, each taking at least per bytes.
+func (d *decoder) count(what string, limit, per int) (int, error) {
+	v, err := d.uvarint(what)
+	if err != nil {
+		return 0, err
+	}
+	if v > uint64(limit) || v*uint64(per) > uint64(len(d.data)-d.off) {
+		return 0, d.fail("%s %d: more than %d or than the data holds", what, v, limit)
+	}
+	return int(v), nil
+}
+
+func (d *decoder) string(what string) (string, error) {
+	n, err := d.uvarint(what)
+	if err != nil {
+		return "", err
+	}
+	if n > uint64(len(d.data)-d.off) {
+		return "", d.fail("%s: length %d, %d bytes left", what, n, len(d.data)-d.off)
+	}
+	p := d.data[d.off : d.off+int(n)]
+	d.off += int(n)
+	return string(p), nil
+}
+
+func (d *decoder) block(b *Block) error {
+	v, err := d.byte("version")
+	if err != nil {
+		return err
+	}
+	if v != version {
+		d.off--
+		return d.fail("unsupported version %d (want %d)", v, version)
+	}
+	fam, err := d.byte("family")
+	if err != nil {
+		return err
+	}
+	if fam != 4 && fam != 6 {
+		d.off--
+		return d.fail("family %d, want 4 or 6", fam)
+	}
+	nbits, err := d.byte("prefix length")
+	if err != nil {
+		return err
+	}
+	alen := 4
+	if fam == 6 {
+		alen = 16
+	}
+	raw, err := d.bytes(alen, "address")
+	if err != nil {
+		return err
+	}
+	a, _ := netip.AddrFromSlice(raw)
+	if err := b.init(netip.PrefixFrom(a, int(nbits)), 0); err != nil {
+		return d.failPrefix(err)
+	}
+	seq, err := d.bytes(8, "sequence number")
+	if err != nil {
+		return err
+	}
+	b.seq = binary.BigEndian.Uint64(seq)
+	cur, err := d.uvarint("cursor")
+	if err != nil {
+		return err
+	}
+	if cur >= uint64(b.size) {
+		return d.fail("cursor %d outside the block's %d addresses", cur, b.size)
+	}
+	b.cursor = int(cur)
+	if err := d.affinity(b); err != nil {
+		return err
+	}
+
+	nres, err := d.count("reserved count", b.size, 1)
+	if err != nil {
+		return err
+	}
+	prev := -1
+	for range nres {
+		i, err := d.ordinal(b, prev, "reserved address")
+		if err != nil {
+			return err
+		}
+		b.taken.Set(uint(i))
+		b.resv.Set(uint(i))
+		prev = i
+	}
+	b.nres = nres
+
+	used, err := d.count("allocation count", b.size-nres, 3)
+	if err != nil {
+		return err
+	}
+	prev = -1
+	for range used {
+		i, err := d.ordinal(b, prev, "allocated address")
+		if err != nil {
+			return err
+		}
+		if b.resv.Test(uint(i)) {
+			return d.fail("address %d both reserved and allocated", i)
+		}
+		prev = i
+		delta, err := d.uvarint("sequence delta")
+		if err != nil {
+			return err
+		}
+		ref, err := d.uvarint("owner index")
+		if err != nil {
+			return err
+		}
+		n := len(b.recs.recs) // slots are indexes: the decoder only appends
+		switch {
+		case ref > uint64(n):
+			return d.fail("owner index %d out of range (%d owners so far)", ref, n)
+		case ref == uint64(n):
+			if err := d.owner(b); err != nil {
+				return err
+			}
+		}
+		b.taken.Set(uint(i))
+		b.owner[i] = uint16(ref)
+		b.aseq[i] = b.seq - delta
+		b.recs.recs[ref].refs++
+	}
+	b.used = used
+	b.recs.live = len(b.recs.recs)
+	if d.off != len(d.data) {
+		return d.fail("%d bytes after the block", len(d.data)-d.off)
+	}
+	return nil
+}
+
+// ordinal reads an address gap and returns the address after prev.
+func (d *decoder) ordinal(b *Block, prev int, what string) (int, error) {
+	gap, err := d.uvarint(what)
+	if err != nil {
+		return 0, err
+	}
+	if gap >= uint64(b.size-prev-1) {
+		return 0, d.fail("%s %d past the block's %d addresses", what, uint64(prev)+1+gap, b.size)
+	}
+	return prev + 1 + int(gap), nil
+}
+
+func (d *decoder) affinity(b *Block) error {
+	kind, err := d.byte("affinity kind")
+	if err != nil {
+		return err
+	}
+	if kind > byte(VirtualAffinity) {
+		d.off--
+		return d.fail("affinity kind %d unknown", kind)
+	}
+	if kind != byte(NoAffinity) {
+		name, err := d.string("affinity name")
+		if err != nil {
+			return err
+		}
+		b.aff = Affinity{Kind: AffinityKind(kind), Name: name}
+	}
+	flag, err := d.byte("claim time flag")
+	if err != nil {
+		return err
+	}
+	switch flag {
+	case 0:
+		return nil
+	case 1:
+	default:
+		d.off--
+		return d.fail("claim time flag %d, want 0 or 1", flag)
+	}
+	zz, err := d.uvarint("claim time seconds")
+	if err != nil {
+		return err
+	}
+	nsec, err := d.uvarint("claim time nanoseconds")
+	if err != nil {
+		return err
+	}
+	sec := int64(zz>>1) ^ -int64(zz&1)
+	// Bound seconds before time.Unix, which would overflow far outside
+	// years 1 to 9999.
+	const span = 10000 * 366 * 86400
+	if nsec >= 1e9 || sec < -span || sec > span {
+		return d.fail("claim time %d.%09d s out of range", sec, nsec)
+	}
+	t := time.Unix(sec, int64(nsec)).UTC()
+	if t.IsZero() || t.Year() < minYear || t.Year() > maxYear {
+		return d.fail("claim time %v zero or outside years %d to %d", t, minYear, maxYear)
+	}
+	b.claim = t
+	return nil
+}
+
+// owner reads an owner record and appends it to b's records.
+func (d *decoder) owner(b *Block) error {
+	handle, err := d.string("handle")
+	if err != nil {
+		return err
+	}
+	nattrs, err := d.count("attribute count", len(d.data), 2)
+	if err != nil {
+		return err
+	}
+	var attrs map[string]string
+	if nattrs > 0 {
+		attrs = make(map[string]string, nattrs)
+		prev := ""
+		for j := range nattrs {
+			k, err := d.string("attribute key")
+			if err != nil {
+				return err
+			}
+			if j > 0 && strings.Compare(k, prev) <= 0 {
+				return d.fail("attribute key %q not after %q", k, prev)
+			}
+			v, err := d.string("attribute value")
+			if err != nil {
+				return err
+			}
+			attrs[k] = v
+			prev = k
+		}
+	}
+	if _, err := b.recs.addUnique(handle, attrs); err != nil {
+		return d.fail("%v", err)
+	}
+	return nil
+}

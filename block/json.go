@@ -1,0 +1,201 @@
+package block
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math/bits"
+	"net/netip"
+	"time"
+	"unicode/utf8"
+)
+
+// jsonBlock is the JSON form of a block, version 1. Owners are listed in
+// order of first use and referred to by index; allocations and reserved
+// addresses are in address order when encoded and in any order when decoded.
+type jsonBlock struct {
+	Version     int          `json:"version"`
+	CIDR        netip.Prefix `json:"cidr"`
+	Seq         uint64       `json:"seq"`
+	Cursor      int          `json:"cursor"`
+	Affinity    string       `json:"affinity,omitempty"`
+	ClaimTime   *time.Time   `json:"claimTime,omitempty"`
+	Reserved    []netip.Addr `json:"reserved,omitempty"`
+	Owners      []jsonOwner  `json:"owners,omitempty"`
+	Allocations []jsonAlloc  `json:"allocations,omitempty"`
+}
+
+type jsonOwner struct {
+	Handle string            `json:"handle"`
+	Attrs  map[string]string `json:"attrs,omitempty"`
+}
+
+type jsonAlloc struct {
+	Addr  netip.Addr `json:"addr"`
+	Owner int        `json:"owner"`
+	Seq   uint64     `json:"seq"`
+}
+
+// MarshalJSON returns the JSON form of b (see the package documentation). It
+// fails with ErrCorrupt if a handle, attribute or affinity name is not valid
+// UTF-8, which JSON cannot carry; the binary encoding can.
+func (b *Block) MarshalJSON() ([]byte, error) {
+	const op = "encode json"
+	if err := b.checkEncodable(op); err != nil {
+		return nil, err
+	}
+	bad := func(what, s string) error {
+		return &blockError{block: b.prefix, op: op, detail: fmt.Sprintf("%s %q is not valid UTF-8", what, s), errs: []error{ErrCorrupt}}
+	}
+	if !utf8.ValidString(b.aff.Name) {
+		return nil, bad("affinity name", b.aff.Name)
+	}
+	j := jsonBlock{
+		Version:  version,
+		CIDR:     b.prefix,
+		Seq:      b.seq,
+		Cursor:   b.cursor,
+		Affinity: b.aff.String(),
+	}
+	if !b.claim.IsZero() {
+		j.ClaimTime = &b.claim
+	}
+	tw, rw := b.taken.Words(), b.resv.Words()
+	if b.nres > 0 {
+		j.Reserved = make([]netip.Addr, 0, b.nres)
+		for k := range rw {
+			for w := rw[k]; w != 0; w &= w - 1 {
+				if i := k<<6 | bits.TrailingZeros64(w); i < b.size {
+					j.Reserved = append(j.Reserved, b.addr(i))
+				}
+			}
+		}
+	}
+	if b.used > 0 {
+		j.Allocations = make([]jsonAlloc, 0, b.used)
+		j.Owners = make([]jsonOwner, 0, b.recs.live)
+		remap := make([]int, len(b.recs.recs)) // index+1 per slot
+		for k := range tw {
+			for w := tw[k] &^ rw[k]; w != 0; w &= w - 1 {
+				i := k<<6 | bits.TrailingZeros64(w)
+				s := b.owner[i]
+				if remap[s] == 0 {
+					r := &b.recs.recs[s]
+					if !utf8.ValidString(r.handle) {
+						return nil, bad("handle", r.handle)
+					}
+					for k, v := range r.attrs {
+						if !utf8.ValidString(k) || !utf8.ValidString(v) {
+							return nil, bad("attribute", k+"="+v)
+						}
+					}
+					j.Owners = append(j.Owners, jsonOwner{Handle: r.handle, Attrs: r.attrs})
+					remap[s] = len(j.Owners)
+				}
+				j.Allocations = append(j.Allocations, jsonAlloc{Addr: b.addr(i), Owner: remap[s] - 1, Seq: b.aseq[i]})
+			}
+		}
+	}
+	return json.Marshal(&j)
+}
+
+// UnmarshalJSON replaces b with the block data describes. Unknown fields,
+// trailing data and any inconsistency (an address outside the block or
+// listed twice, reserved and allocated at once, an owner index out of range,
+// an owner listed twice or holding no address, ...) are refused with an
+// error wrapping ErrCorrupt, and b is left as the zero Block.
+func (b *Block) UnmarshalJSON(data []byte) error {
+	if err := b.decodeJSON(data); err != nil {
+		b.reset()
+		return err
+	}
+	return nil
+}
+
+func (b *Block) decodeJSON(data []byte) error {
+	var j jsonBlock
+	fail := func(format string, args ...any) error {
+		return &blockError{block: j.CIDR, op: "decode json", detail: fmt.Sprintf(format, args...), errs: []error{ErrCorrupt}}
+	}
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&j); err != nil {
+		return fail("%v", err)
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return fail("data after the block")
+	}
+	if j.Version != version {
+		return fail("unsupported version %d (want %d)", j.Version, version)
+	}
+	if err := b.init(j.CIDR, j.Seq); err != nil {
+		return &blockError{block: j.CIDR, op: "decode json", detail: err.Error(), errs: []error{ErrCorrupt, ErrInvalidPrefix}}
+	}
+	if j.Cursor < 0 || j.Cursor >= b.size {
+		return fail("cursor %d outside the block's %d addresses", j.Cursor, b.size)
+	}
+	b.cursor = j.Cursor
+	aff, err := ParseAffinity(j.Affinity)
+	if err != nil {
+		return fail("%v", err)
+	}
+	b.aff = aff
+	if t := j.ClaimTime; t != nil && !t.IsZero() {
+		if y := t.Year(); y < minYear || y > maxYear {
+			return fail("claim time %v outside years %d to %d", t, minYear, maxYear)
+		}
+		b.claim = t.UTC()
+	}
+	for _, a := range j.Reserved {
+		i, ok := b.ordinal(a)
+		switch {
+		case !ok:
+			return fail("reserved address %s not in block", a)
+		case b.resv.Test(uint(i)):
+			return fail("reserved address %s listed twice", a)
+		}
+		b.taken.Set(uint(i))
+		b.resv.Set(uint(i))
+	}
+	b.nres = len(j.Reserved)
+	slots := make([]int, len(j.Owners)) // slot+1 per owner index
+	for _, al := range j.Allocations {
+		i, ok := b.ordinal(al.Addr)
+		switch {
+		case !ok:
+			return fail("allocated address %s not in block", al.Addr)
+		case b.resv.Test(uint(i)):
+			return fail("address %s both reserved and allocated", al.Addr)
+		case b.taken.Test(uint(i)):
+			return fail("allocated address %s listed twice", al.Addr)
+		case al.Owner < 0 || al.Owner >= len(j.Owners):
+			return fail("address %s: owner index %d out of range (%d owners)", al.Addr, al.Owner, len(j.Owners))
+		}
+		if slots[al.Owner] == 0 {
+			o := j.Owners[al.Owner]
+			if len(o.Attrs) == 0 {
+				o.Attrs = nil
+			}
+			s, err := b.recs.addUnique(o.Handle, o.Attrs)
+			if err != nil {
+				return fail("owner %d: %v", al.Owner, err)
+			}
+			slots[al.Owner] = s + 1
+		}
+		s := slots[al.Owner] - 1
+		b.taken.Set(uint(i))
+		b.owner[i] = uint16(s)
+		b.aseq[i] = al.Seq
+		b.recs.recs[s].refs++
+	}
+	for k, s := range slots {
+		if s == 0 {
+			return fail("owner %d (handle %q) holds no address", k, j.Owners[k].Handle)
+		}
+	}
+	b.used = len(j.Allocations)
+	b.recs.live = len(b.recs.recs)
+	return nil
+}

@@ -1,0 +1,257 @@
+package block
+
+import (
+	"fmt"
+	"hash/maphash"
+	"maps"
+	"reflect"
+)
+
+// Owner records.
+//
+// Every allocated address points, by slot number, at an owner record in
+// owners.recs. An open-addressing hash index (linear probing on the handle's
+// hash) finds the record of an owner. It is a []uint16 rather than a Go map so
+// that copying a block is a few memmoves and allocates nothing.
+//
+// Three shortcuts keep the hot path (allocate one address, release it) free
+// of hashing:
+//   - last caches the slot of the most recent acquire;
+//   - the record emptied most recently (spare) stays indexed, so an owner
+//     that releases its only address and allocates again revives it instead
+//     of being unindexed and indexed again;
+//   - attribute maps are compared by identity before by content.
+
+// hashSeed is per process; indexes are copied only within a process and
+// rebuilt by the decoders.
+var hashSeed = maphash.MakeSeed()
+
+// record is one owner: a handle and its attributes, shared by all the
+// addresses of that owner.
+type record struct {
+	handle string
+	attrs  map[string]string // never modified by the package; nil or empty means none
+	hash   uint64            // maphash of handle
+	refs   int               // addresses held; 0 for the spare and for free slots
+}
+
+// owners is the set of owner records of a block. Its zero value is empty.
+//
+// Every slot of recs is in exactly one state:
+//   - live: refs > 0, indexed;
+//   - spare: refs == 0, indexed, slot+1 == spare (at most one);
+//   - free: refs == 0, not indexed, fields zero, listed in free.
+type owners struct {
+	recs    []record
+	free    []uint16 // free slots
+	index   []uint16 // slot+1 per bucket, 0 empty; length 0 or a power of two, at most half full
+	indexed int      // records in index: live ones and the spare
+	live    int      // records with refs > 0
+	spare   uint16   // slot+1 of the spare record, 0 for none
+	last    uint16   // slot+1 of the record the last acquire returned, 0 for none
+}
+
+// maxSlots bounds the slots: at most MaxSize live records and one spare,
+// and slot+1 must fit a uint16.
+const maxSlots = MaxSize + 1
+
+// sameAttrs reports whether two attribute maps are equal, nil and empty
+// being equal. Identity is checked first: callers that reuse one map for an
+// owner skip the content comparison.
+func sameAttrs(a, b map[string]string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	if len(a) == 0 || reflect.ValueOf(a).UnsafePointer() == reflect.ValueOf(b).UnsafePointer() {
+		return true
+	}
+	return maps.Equal(a, b)
+}
+
+// acquire returns the slot of the record of (handle, attrs), creating it if
+// needed, and adds n addresses to it. A new record keeps attrs.
+func (t *owners) acquire(handle string, attrs map[string]string, n int) int {
+	s := int(t.last) - 1
+	if s < 0 || !t.matches(s, handle, attrs) {
+		h := maphash.String(hashSeed, handle)
+		if s = t.find(h, handle, attrs); s < 0 {
+			s = t.add(h, handle, attrs)
+		}
+		t.last = uint16(s + 1)
+	}
+	r := &t.recs[s]
+	if r.refs == 0 {
+		// A new record or the spare comes to life.
+		t.live++
+		if int(t.spare)-1 == s {
+			t.spare = 0
+		}
+	}
+	r.refs += n
+	return s
+}
+
+// matches reports whether slot s is indexed and holds (handle, attrs).
+func (t *owners) matches(s int, handle string, attrs map[string]string) bool {
+	r := &t.recs[s]
+	return (r.refs > 0 || int(t.spare)-1 == s) && r.handle == handle && sameAttrs(r.attrs, attrs)
+}
+
+// find returns the indexed slot holding (handle, attrs), or -1.
+func (t *owners) find(h uint64, handle string, attrs map[string]string) int {
+	if len(t.index) == 0 {
+		return -1
+	}
+	mask := len(t.index) - 1
+	for p := int(h) & mask; ; p = (p + 1) & mask {
+		e := int(t.index[p])
+		if e == 0 {
+			return -1
+		}
+		if r := &t.recs[e-1]; r.hash == h && r.handle == handle && sameAttrs(r.attrs, attrs) {
+			return e - 1
+		}
+	}
+}
+
+// add stores a new record with no addresses, indexes it and returns its slot.
+func (t *owners) add(h uint64, handle string, attrs map[string]string) int {
+	if 2*(t.indexed+1) > len(t.index) {
+		t.grow()
+	}
+	var s int
+	if n := len(t.free); n > 0 {
+		s = int(t.free[n-1])
+		t.free = t.free[:n-1]
+	} else {
+		s = len(t.recs)
+		t.recs = append(t.recs, record{})
+	}
+	t.recs[s] = record{handle: handle, attrs: attrs, hash: h}
+	t.insert(s)
+	return s
+}
+
+// grow doubles the index (at least 8 buckets) and re-inserts the indexed
+// records.
+func (t *owners) grow() {
+	n := max(8, 2*len(t.index))
+	for 2*(t.indexed+1) > n {
+		n *= 2
+	}
+	t.index = make([]uint16, n)
+	t.indexed = 0
+	for s := range t.recs {
+		if t.recs[s].refs > 0 || int(t.spare)-1 == s {
+			t.insert(s)
+		}
+	}
+}
+
+// insert puts slot s into the index, which has room.
+func (t *owners) insert(s int) {
+	mask := len(t.index) - 1
+	p := int(t.recs[s].hash) & mask
+	for t.index[p] != 0 {
+		p = (p + 1) & mask
+	}
+	t.index[p] = uint16(s + 1)
+	t.indexed++
+}
+
+// unindex removes slot s from the index by backward-shift deletion, which
+// keeps every remaining record reachable from its home bucket without
+// tombstones.
+func (t *owners) unindex(s int) {
+	mask := len(t.index) - 1
+	p := int(t.recs[s].hash) & mask
+	for int(t.index[p]) != s+1 {
+		p = (p + 1) & mask
+	}
+	t.index[p] = 0
+	for j := (p + 1) & mask; t.index[j] != 0; j = (j + 1) & mask {
+		home := int(t.recs[t.index[j]-1].hash) & mask
+		// The entry at j may move back to p when p lies on its probe path,
+		// that is when its home is no nearer to j than p is.
+		if (j-home)&mask >= (j-p)&mask {
+			t.index[p] = t.index[j]
+			t.index[j] = 0
+			p = j
+		}
+	}
+	t.indexed--
+}
+
+// drop removes n addresses from slot s; a record left with none becomes the
+// spare, and the previous spare is freed.
+func (t *owners) drop(s, n int) {
+	r := &t.recs[s]
+	r.refs -= n
+	if r.refs > 0 {
+		return
+	}
+	t.live--
+	if t.spare != 0 {
+		t.purge(int(t.spare) - 1)
+	}
+	t.spare = uint16(s + 1)
+}
+
+// purge frees slot s, which is indexed and holds no addresses.
+func (t *owners) purge(s int) {
+	t.unindex(s)
+	t.recs[s] = record{}
+	t.free = append(t.free, uint16(s))
+}
+
+// slotsOf appends the slots of the live records of handle to dst.
+func (t *owners) slotsOf(handle string, dst []uint16) []uint16 {
+	if t.live == 0 {
+		return dst
+	}
+	h := maphash.String(hashSeed, handle)
+	mask := len(t.index) - 1
+	for p := int(h) & mask; t.index[p] != 0; p = (p + 1) & mask {
+		s := t.index[p] - 1
+		if r := &t.recs[s]; r.refs > 0 && r.hash == h && r.handle == handle {
+			dst = append(dst, s)
+		}
+	}
+	return dst
+}
+
+// reset empties t, keeping its memory.
+func (t *owners) reset() {
+	clear(t.recs) // drop the strings and maps for the collector
+	t.recs = t.recs[:0]
+	t.free = t.free[:0]
+	clear(t.index)
+	t.indexed, t.live, t.spare, t.last = 0, 0, 0, 0
+}
+
+// copyTo makes dst a copy of t, reusing dst's memory. Strings and attribute
+// maps are shared: the package never modifies them.
+func (t *owners) copyTo(dst *owners) {
+	old := len(dst.recs)
+	dst.recs = append(dst.recs[:0], t.recs...)
+	if old > len(t.recs) {
+		clear(dst.recs[len(t.recs):old])
+	}
+	dst.free = append(dst.free[:0], t.free...)
+	dst.index = append(dst.index[:0], t.index...)
+	dst.indexed, dst.live, dst.spare, dst.last = t.indexed, t.live, t.spare, t.last
+}
+
+// addUnique appends a record for a decoder and returns its slot, or an error
+// if an equal record exists. The record holds no addresses yet: the caller
+// must give it some before the next addUnique, and set live at the end.
+func (t *owners) addUnique(handle string, attrs map[string]string) (int, error) {
+	if len(t.recs) >= maxSlots {
+		return 0, fmt.Errorf("more than %d owners", maxSlots)
+	}
+	h := maphash.String(hashSeed, handle)
+	if s := t.find(h, handle, attrs); s >= 0 {
+		return 0, fmt.Errorf("handle %q with these attributes is already an owner", handle)
+	}
+	return t.add(h, handle, attrs), nil
+}
