@@ -1,0 +1,206 @@
+package ipam
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"time"
+
+	"github.com/carve-ipam/carve/block"
+	"github.com/carve-ipam/carve/internal/ipmath"
+	"github.com/carve-ipam/carve/pool"
+)
+
+// maxAffinityBlocks bounds how many blocks one ClaimAffinity or
+// ReleaseAffinity call may cover.
+const maxAffinityBlocks = 4096
+
+// releaseAffinity removes aff's affinity from blk: an empty block is
+// deleted, a non-empty one keeps its allocations without affinity (unless
+// requireEmpty, which refuses with ErrBlockNotEmpty). The block goes first,
+// then the index record, so a crash leaves at worst a stale index entry.
+func (a *Allocator) releaseAffinity(ctx context.Context, aff block.Affinity, blk netip.Prefix, requireEmpty bool) error {
+	e := a.entry(blk)
+	e.mu.Lock()
+	err := a.retry(ctx, "release affinity of "+blk.String(), func() error {
+		if err := a.load(ctx, e); err != nil {
+			return err
+		}
+		switch {
+		case e.blk == nil:
+			return nil
+		case e.blk.Affinity() != aff:
+			return fmt.Errorf("ipam: release block %s from %s: %w (%s)", blk, aff, ErrAffinityConflict, e.blk.Affinity())
+		case requireEmpty && !e.blk.Empty():
+			return fmt.Errorf("ipam: release block %s from %s: %w (%d in use)", blk, aff, ErrBlockNotEmpty, e.blk.Used())
+		}
+		next := e.stage()
+		next.SetAffinity(block.Affinity{}, time.Time{})
+		return a.commit(ctx, e)
+	})
+	e.mu.Unlock()
+	if err != nil && !errors.Is(err, ErrAffinityConflict) {
+		return err
+	}
+	// The index record is stale either way now.
+	if derr := a.dropIndex(ctx, affinityKey(aff.String(), blk), 0); derr != nil {
+		return errors.Join(err, derr)
+	}
+	return err
+}
+
+// blocksOf returns the blocks of pool p that lie in cidr, checking that cidr
+// is a masked prefix inside the pool, at least one block large, and not
+// larger than maxAffinityBlocks blocks.
+func blocksOf(op string, p *pool.Pool, cidr netip.Prefix) ([]netip.Prefix, error) {
+	if cidr.Bits() > p.BlockSize {
+		return nil, invalid(op, "%s is smaller than a block of pool %q (/%d)", cidr, p.Name, p.BlockSize)
+	}
+	n := p.BlockSize - cidr.Bits()
+	if n > 12 {
+		return nil, invalid(op, "%s covers 2^%d blocks, more than %d", cidr, n, maxAffinityBlocks)
+	}
+	out := make([]netip.Prefix, 0, 1<<n)
+	for i := range uint64(1) << n {
+		blk, _ := ipmath.PrefixAt(cidr, p.BlockSize, ipmath.U64(i))
+		out = append(out, blk)
+	}
+	return out, nil
+}
+
+// poolFor returns the enabled pool containing cidr.
+func (a *Allocator) poolFor(ctx context.Context, op string, cidr netip.Prefix) (*pool.Pool, error) {
+	if !cidr.IsValid() || cidr.Masked() != cidr {
+		return nil, invalid(op, "%s is not a masked prefix", cidr)
+	}
+	v, err := a.loadView(ctx)
+	if err != nil {
+		return nil, err
+	}
+	p, ok := v.pools.ByAddr(cidr.Addr())
+	if !ok || p.CIDR.Bits() > cidr.Bits() {
+		return nil, fmt.Errorf("ipam: %s %s: %w: no pool holds it", op, cidr, ErrNotInPool)
+	}
+	if p.Disabled {
+		return nil, fmt.Errorf("ipam: %s %s: %w: pool %q is disabled", op, cidr, ErrNotInPool, p.Name)
+	}
+	return p, nil
+}
+
+// ClaimAffinity claims for node every block of cidr, which must lie in an
+// enabled pool and span at most 4096 blocks. Blocks the node holds already
+// count as claimed. It returns the blocks claimed; the error joins an
+// *AddrError matching ErrAffinityConflict for each block held by someone
+// else.
+func (a *Allocator) ClaimAffinity(ctx context.Context, node string, cidr netip.Prefix) ([]netip.Prefix, error) {
+	const op = "claim affinity"
+	if err := checkNode(op, node); err != nil {
+		return nil, err
+	}
+	p, err := a.poolFor(ctx, op, cidr)
+	if err != nil {
+		return nil, err
+	}
+	blocks, err := blocksOf(op, p, cidr)
+	if err != nil {
+		return nil, err
+	}
+	aff := block.Host(node)
+	var claimed []netip.Prefix
+	var errs []error
+	for _, blk := range blocks {
+		ok, err := a.tryClaim(ctx, blk, aff)
+		if err != nil {
+			return claimed, err
+		}
+		if ok {
+			claimed = append(claimed, blk)
+		} else {
+			errs = append(errs, &AddrError{Addr: blk.Addr(), Err: fmt.Errorf("block %s: %w", blk, ErrAffinityConflict)})
+		}
+	}
+	if len(errs) > 0 {
+		return claimed, fmt.Errorf("ipam: %s %s for %q: %w", op, cidr, node, errors.Join(errs...))
+	}
+	return claimed, nil
+}
+
+// ReleaseAffinity releases node's affinity to the blocks of cidr (a block,
+// or a larger prefix of one pool). Empty blocks are deleted; non-empty ones
+// keep their addresses without affinity, unless requireEmpty, which leaves
+// them and reports ErrBlockNotEmpty. Blocks not affine to node are skipped.
+func (a *Allocator) ReleaseAffinity(ctx context.Context, node string, cidr netip.Prefix, requireEmpty bool) error {
+	const op = "release affinity"
+	if err := checkNode(op, node); err != nil {
+		return err
+	}
+	if !cidr.IsValid() || cidr.Masked() != cidr {
+		return invalid(op, "%s is not a masked prefix", cidr)
+	}
+	v, err := a.loadView(ctx)
+	if err != nil {
+		return err
+	}
+	var blocks []netip.Prefix
+	if p, ok := v.pools.ByAddr(cidr.Addr()); ok && p.CIDR.Bits() <= cidr.Bits() {
+		if blocks, err = blocksOf(op, p, cidr); err != nil {
+			return err
+		}
+	} else {
+		blocks = []netip.Prefix{cidr} // a block of a deleted pool
+	}
+	aff := block.Host(node)
+	var errs []error
+	for _, blk := range blocks {
+		err := a.releaseAffinity(ctx, aff, blk, requireEmpty)
+		if errors.Is(err, ErrAffinityConflict) {
+			continue
+		}
+		if errors.Is(err, ErrBlockNotEmpty) {
+			errs = append(errs, err)
+			continue
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// ReleaseHostAffinities releases every block affinity of node, as when the
+// node leaves the cluster, and returns the blocks released. Empty blocks are
+// deleted; non-empty ones keep their addresses without affinity, unless
+// requireEmpty, which leaves them and reports ErrBlockNotEmpty.
+func (a *Allocator) ReleaseHostAffinities(ctx context.Context, node string, requireEmpty bool) ([]netip.Prefix, error) {
+	const op = "release host affinities"
+	if err := checkNode(op, node); err != nil {
+		return nil, err
+	}
+	aff := block.Host(node)
+	recs, err := a.store.List(ctx, KindAffinity, affinityRange(aff.String()))
+	if err != nil {
+		return nil, fmt.Errorf("ipam: %s %q: %w", op, node, err)
+	}
+	var released []netip.Prefix
+	var errs []error
+	for _, r := range recs {
+		_, blk, err := parseAffinityKey(r.Key)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("ipam: %w: %w", ErrCorrupt, err))
+			continue
+		}
+		err = a.releaseAffinity(ctx, aff, blk, requireEmpty)
+		switch {
+		case err == nil:
+			released = append(released, blk)
+		case errors.Is(err, ErrAffinityConflict):
+			// A stale index entry: dropped by releaseAffinity.
+		case errors.Is(err, ErrBlockNotEmpty):
+			errs = append(errs, err)
+		default:
+			return released, err
+		}
+	}
+	return released, errors.Join(errs...)
+}

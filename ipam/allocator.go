@@ -1,0 +1,268 @@
+package ipam
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/carve-ipam/carve/pool"
+)
+
+// Options tune an Allocator. The zero value gives Calico's behaviour.
+type Options struct {
+	// Now returns the current time; nil means time.Now. Claim times and the
+	// reclaim age are measured with it.
+	Now func() time.Time
+
+	// MaxRetries bounds the compare-and-swap attempts of one write before the
+	// operation gives up with ErrTooManyConflicts; 0 means 100, Calico's
+	// bound.
+	MaxRetries int
+
+	// ReclaimAge is how long a block must have been claimed before another
+	// node may take it over, when the block is empty and its pool has no
+	// unclaimed block left. 0 means one minute (Calico's); a negative value
+	// turns reclaiming off.
+	ReclaimAge time.Duration
+}
+
+// Allocator is the IPAM engine: it assigns and releases addresses from the
+// pools kept in a Store, claiming blocks for nodes as Calico does.
+//
+// An Allocator is safe for concurrent use. Any number of allocators, in one
+// process or many, may share one store: every write is a compare-and-swap,
+// so they never hand out an address twice. An allocator caches what it
+// read (pools, configuration, which blocks a node holds, the blocks it
+// wrote) and checks the cache with the store's [Generations] when the store
+// offers them, or by compare-and-swap on every write; a stale cache costs a
+// retry, never a wrong answer.
+type Allocator struct {
+	store      Store
+	gens       Generations // nil when the store does not offer them
+	now        func() time.Time
+	retries    int
+	reclaimAge time.Duration
+
+	view atomic.Pointer[view]
+
+	mu       sync.Mutex
+	nodes    map[string]*nodeBlocks // by affinity owner ("host:node-1")
+	blocks   map[string]*blockEntry // by block key
+	nodeAttr map[string]map[string]string
+}
+
+// New returns an allocator on store.
+func New(store Store, opts Options) (*Allocator, error) {
+	if store == nil {
+		return nil, fmt.Errorf("ipam: New: %w: nil store", ErrInvalid)
+	}
+	if opts.MaxRetries < 0 {
+		return nil, fmt.Errorf("ipam: New: %w: MaxRetries %d is negative", ErrInvalid, opts.MaxRetries)
+	}
+	a := &Allocator{
+		store:      store,
+		now:        opts.Now,
+		retries:    opts.MaxRetries,
+		reclaimAge: opts.ReclaimAge,
+		nodes:      map[string]*nodeBlocks{},
+		blocks:     map[string]*blockEntry{},
+		nodeAttr:   map[string]map[string]string{},
+	}
+	a.gens, _ = store.(Generations)
+	if a.now == nil {
+		a.now = time.Now
+	}
+	if a.retries == 0 {
+		a.retries = 100
+	}
+	if a.reclaimAge == 0 {
+		a.reclaimAge = time.Minute
+	}
+	return a, nil
+}
+
+// Store returns the store the allocator works on.
+func (a *Allocator) Store() Store { return a.store }
+
+// view is an immutable snapshot of the pools and the configuration.
+type view struct {
+	pools     *pool.Set
+	poolsRev  Revision // 0: no pool record yet
+	config    Config
+	configRev Revision // 0: no config record, DefaultConfig in force
+	poolsGen  uint64
+	configGen uint64
+}
+
+// loadView returns the current pools and configuration, from the cache when
+// the store's generations say nothing changed.
+func (a *Allocator) loadView(ctx context.Context) (*view, error) {
+	v := a.view.Load()
+	if v != nil && a.gens != nil &&
+		a.gens.Generation(KindPool) == v.poolsGen && a.gens.Generation(KindConfig) == v.configGen {
+		return v, nil
+	}
+	return a.readView(ctx)
+}
+
+// readView reads pools and configuration from the store.
+func (a *Allocator) readView(ctx context.Context) (*view, error) {
+	nv := &view{config: DefaultConfig()}
+	// Read each generation before its record: a write in between makes the
+	// cache look stale next time (a spare read), never fresh when it is not.
+	if a.gens != nil {
+		nv.poolsGen = a.gens.Generation(KindPool)
+		nv.configGen = a.gens.Generation(KindConfig)
+	}
+	rec, err := a.store.Get(ctx, KindPool, singletonKey)
+	switch {
+	case err == nil:
+		nv.pools, err = unmarshalPools(rec.Value)
+		if err != nil {
+			return nil, err
+		}
+		nv.poolsRev = rec.Revision
+	case errors.Is(err, ErrNotFound):
+		nv.pools = new(pool.Set)
+	default:
+		return nil, fmt.Errorf("ipam: read pools: %w", err)
+	}
+	rec, err = a.store.Get(ctx, KindConfig, singletonKey)
+	switch {
+	case err == nil:
+		if nv.config, err = unmarshalConfig(rec.Value); err != nil {
+			return nil, err
+		}
+		nv.configRev = rec.Revision
+	case errors.Is(err, ErrNotFound):
+	default:
+		return nil, fmt.Errorf("ipam: read config: %w", err)
+	}
+	a.view.Store(nv)
+	return nv, nil
+}
+
+// poolsRecord is the stored form of the pool set: Calico's IPPool resources
+// as JSON, so the record reads like the manifests users write.
+type poolsRecord struct {
+	Pools []poolResource `json:"pools"`
+}
+
+type poolResource struct {
+	Name string    `json:"name"`
+	Spec pool.Pool `json:"spec"`
+}
+
+func marshalPools(s *pool.Set) ([]byte, error) {
+	var rec poolsRecord
+	for _, p := range s.All() {
+		rec.Pools = append(rec.Pools, poolResource{Name: p.Name, Spec: *p})
+	}
+	return json.Marshal(rec)
+}
+
+func unmarshalPools(data []byte) (*pool.Set, error) {
+	var rec poolsRecord
+	if err := json.Unmarshal(data, &rec); err != nil {
+		return nil, fmt.Errorf("ipam: pool record: %w", err)
+	}
+	s := new(pool.Set)
+	for _, r := range rec.Pools {
+		p := r.Spec
+		p.Name = r.Name
+		if err := s.Add(p); err != nil {
+			return nil, fmt.Errorf("ipam: pool record: %w", err)
+		}
+	}
+	return s, nil
+}
+
+// Config returns the configuration in force: the stored one, or
+// DefaultConfig when none was set.
+func (a *Allocator) Config(ctx context.Context) (Config, error) {
+	v, err := a.readView(ctx)
+	if err != nil {
+		return Config{}, err
+	}
+	return v.config, nil
+}
+
+// SetConfig validates c and stores it for every allocator on the store.
+func (a *Allocator) SetConfig(ctx context.Context, c Config) error {
+	if err := c.Validate(); err != nil {
+		return fmt.Errorf("ipam: set config: %w", err)
+	}
+	value, err := c.marshal()
+	if err != nil {
+		return err
+	}
+	return a.retry(ctx, "set config", func() error {
+		v, err := a.readView(ctx)
+		if err != nil {
+			return err
+		}
+		if v.configRev == 0 {
+			_, err = a.store.Create(ctx, KindConfig, singletonKey, value)
+		} else {
+			_, err = a.store.Update(ctx, KindConfig, singletonKey, value, v.configRev)
+		}
+		return err
+	})
+}
+
+// retry runs f until it succeeds, fails with an error other than a
+// compare-and-swap loss (ErrConflict, ErrExists, ErrNotFound from a record
+// that moved under it), or runs out of attempts.
+func (a *Allocator) retry(ctx context.Context, op string, f func() error) error {
+	var err error
+	for attempt := 0; attempt < a.retries; attempt++ {
+		if err = f(); err == nil || !isRace(err) {
+			return err
+		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		backoff(attempt)
+	}
+	return fmt.Errorf("ipam: %s: %w after %d attempts: %w", op, ErrTooManyConflicts, a.retries, err)
+}
+
+// isRace reports whether err means another writer got there first.
+func isRace(err error) bool {
+	return errors.Is(err, ErrConflict) || errors.Is(err, ErrExists) || errors.Is(err, errRecordMoved)
+}
+
+// errRecordMoved marks a record that disappeared or appeared between our
+// read and our write; the operation re-reads and tries again.
+var errRecordMoved = errors.New("record changed during the operation")
+
+// backoff yields after the first conflicts and sleeps a little, with
+// jitter, after many, so that racing writers spread out.
+func backoff(attempt int) {
+	if attempt < 3 {
+		return
+	}
+	d := time.Duration(1<<min(attempt-3, 6)) * 50 * time.Microsecond
+	time.Sleep(d/2 + time.Duration(cheapRand(uint64(d/2)+1)))
+}
+
+var randState atomic.Uint64
+
+// cheapRand returns a number in [0, n) from a shared splitmix64 sequence:
+// jitter only, not security.
+func cheapRand(n uint64) uint64 {
+	x := randState.Add(0x9e3779b97f4a7c15)
+	x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9
+	x = (x ^ (x >> 27)) * 0x94d049bb133111eb
+	return (x ^ (x >> 31)) % n
+}
+
+// sameAddrFamily reports whether p holds addresses of family f.
+func sameAddrFamily(p netip.Prefix, f pool.Family) bool {
+	return (f == pool.IPv4) == p.Addr().Is4()
+}

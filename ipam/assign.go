@@ -1,0 +1,536 @@
+package ipam
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+
+	"github.com/carve-ipam/carve/block"
+	"github.com/carve-ipam/carve/pool"
+	"github.com/carve-ipam/carve/selector"
+)
+
+// AutoAssignArgs is a request for addresses chosen by the allocator.
+type AutoAssignArgs struct {
+	// Num4 and Num6 are how many IPv4 and IPv6 addresses to assign; at
+	// least one must be positive, neither more than MaxAssign.
+	Num4, Num6 int
+
+	// Handle names the owner of the addresses (for example a pod or VM
+	// interface); ReleaseByHandle releases them all. Required.
+	Handle string
+
+	// Attrs are stored with each address, with AttrNode set to Node.
+	Attrs map[string]string
+
+	// Node is the node the addresses are for: its blocks are used first and
+	// new blocks are claimed for it. Required.
+	Node string
+
+	// NodeLabels and NamespaceLabels are matched against pools'
+	// nodeSelector and namespaceSelector; nil means no labels.
+	NodeLabels      selector.Labels
+	NamespaceLabels selector.Labels
+
+	// Use is what the addresses are for; the zero Use means
+	// pool.UseWorkload.
+	Use pool.Use
+
+	// IPv4Pools and IPv6Pools name the pools to use, in order. When set
+	// they bypass selectors and Manual assignment mode, but each must
+	// exist, be enabled and be of the right family.
+	IPv4Pools, IPv6Pools []string
+
+	// Partial accepts fewer addresses than asked for: what was assigned is
+	// kept and returned along with an *AssignError. Without it AutoAssign is
+	// all-or-nothing across both families.
+	Partial bool
+}
+
+// Assigned is one assigned address.
+type Assigned struct {
+	Addr netip.Addr
+	// Block is the block the address came from.
+	Block netip.Prefix
+	// Seq is the block's sequence number recorded with the allocation; pass
+	// it in a Release to release this allocation and never a later one of
+	// the same address.
+	Seq uint64
+}
+
+// Prefix returns the address with its block's prefix length, the form
+// Calico hands to CNI plugins (10.244.0.5/26).
+func (x Assigned) Prefix() netip.Prefix { return netip.PrefixFrom(x.Addr, x.Block.Bits()) }
+
+// AutoAssignResult holds the addresses AutoAssign assigned.
+type AutoAssignResult struct {
+	IPv4, IPv6 []Assigned
+}
+
+// Len returns the number of addresses in r.
+func (r AutoAssignResult) Len() int { return len(r.IPv4) + len(r.IPv6) }
+
+// assignOp carries one assignment operation's state.
+type assignOp struct {
+	v      *view
+	node   string
+	aff    block.Affinity
+	owner  block.Owner
+	labels selector.Labels
+	h      *handleTx
+	buf    []netip.Addr
+}
+
+// AutoAssign assigns addresses from the pools that qualify for the request,
+// as Calico does: first from blocks affine to the node, then from blocks it
+// claims for the node (AutoAllocateBlocks, up to MaxBlocksPerHost), then,
+// unless StrictAffinity, borrowed from other blocks of the pools.
+//
+// It is all-or-nothing across both families unless args.Partial: when it
+// cannot assign everything it releases what it assigned and returns an
+// *AssignError. Errors from the store are returned as they are; the
+// addresses assigned by then are released on a best-effort basis and are
+// otherwise recorded under the handle, where ReleaseByHandle finds them.
+func (a *Allocator) AutoAssign(ctx context.Context, args AutoAssignArgs) (AutoAssignResult, error) {
+	if err := checkAutoAssign(args); err != nil {
+		return AutoAssignResult{}, err
+	}
+	v, err := a.loadView(ctx)
+	if err != nil {
+		return AutoAssignResult{}, err
+	}
+	use := args.Use
+	if use == "" {
+		use = pool.UseWorkload
+	}
+	// Choose the pools of both families before writing anything.
+	var pools [2][]*pool.Pool
+	var selErr [2]error
+	for i, fam := range []pool.Family{pool.IPv4, pool.IPv6} {
+		n, names := args.Num4, args.IPv4Pools
+		if fam == pool.IPv6 {
+			n, names = args.Num6, args.IPv6Pools
+		}
+		if n == 0 {
+			continue
+		}
+		pools[i], selErr[i] = v.pools.Select(pool.Request{
+			Family: fam, Node: args.Node, NodeLabels: args.NodeLabels,
+			NamespaceLabels: args.NamespaceLabels, Use: use, Pools: names,
+		})
+		if selErr[i] != nil && !args.Partial {
+			return AutoAssignResult{}, a.assignError(args, AutoAssignResult{}, [2]int{args.Num4, args.Num6}, []string{selErr[i].Error()}, selErr[i])
+		}
+	}
+
+	o := &assignOp{
+		v:      v,
+		node:   args.Node,
+		aff:    block.Host(args.Node),
+		owner:  block.Owner{Handle: args.Handle, Attrs: a.ownerAttrs(args.Node, args.Attrs)},
+		labels: args.NodeLabels,
+		h:      a.newHandleTx(args.Handle, true),
+	}
+	var res AutoAssignResult
+	var short [2]int
+	var reasons []string
+	var cause error
+	for i, fam := range []pool.Family{pool.IPv4, pool.IPv6} {
+		n := args.Num4
+		if fam == pool.IPv6 {
+			n = args.Num6
+		}
+		if n == 0 {
+			continue
+		}
+		if selErr[i] != nil {
+			short[i] = n
+			reasons = append(reasons, selErr[i].Error())
+			cause = errors.Join(cause, selErr[i])
+			continue
+		}
+		got, why, err := a.assignFamily(ctx, o, fam, n, pools[i])
+		if fam == pool.IPv4 {
+			res.IPv4 = got
+		} else {
+			res.IPv6 = got
+		}
+		if err != nil {
+			a.rollback(ctx, res)
+			return AutoAssignResult{}, err
+		}
+		if len(got) < n {
+			short[i] = n - len(got)
+			reasons = append(reasons, why)
+			if !args.Partial {
+				// All-or-nothing: give back what this request took.
+				if err := a.rollback(ctx, res); err != nil {
+					return AutoAssignResult{}, err
+				}
+				return AutoAssignResult{}, a.assignError(args, AutoAssignResult{}, short, reasons, nil)
+			}
+		}
+	}
+	if short[0]+short[1] > 0 {
+		return res, a.assignError(args, res, short, reasons, cause)
+	}
+	return res, nil
+}
+
+func (a *Allocator) assignError(args AutoAssignArgs, kept AutoAssignResult, short [2]int, reasons []string, cause error) error {
+	err := ErrNoSpace
+	if cause != nil {
+		err = fmt.Errorf("%w: %w", ErrNoSpace, cause)
+	}
+	return &AssignError{
+		Node: args.Node, Handle: args.Handle, Want4: args.Num4, Want6: args.Num6,
+		Result: kept, Short4: short[0], Short6: short[1], Reasons: reasons, Err: err,
+	}
+}
+
+func checkAutoAssign(args AutoAssignArgs) error {
+	const op = "auto-assign"
+	switch {
+	case args.Num4 < 0 || args.Num6 < 0:
+		return invalid(op, "negative count (%d IPv4, %d IPv6)", args.Num4, args.Num6)
+	case args.Num4 > MaxAssign || args.Num6 > MaxAssign:
+		return invalid(op, "count (%d IPv4, %d IPv6) above the limit of %d per family", args.Num4, args.Num6, MaxAssign)
+	case args.Num4 == 0 && args.Num6 == 0:
+		return invalid(op, "no addresses asked for")
+	}
+	if err := checkHandle(op, args.Handle); err != nil {
+		return err
+	}
+	if err := checkNode(op, args.Node); err != nil {
+		return err
+	}
+	if err := checkUse(op, args.Use); err != nil {
+		return err
+	}
+	return checkAttrs(op, args.Attrs)
+}
+
+func checkUse(op string, u pool.Use) error {
+	switch u {
+	case "", pool.UseWorkload, pool.UseTunnel, pool.UseLoadBalancer:
+		return nil
+	}
+	return invalid(op, "unknown use %q (want %s, %s or %s)", u, pool.UseWorkload, pool.UseTunnel, pool.UseLoadBalancer)
+}
+
+// rollback releases what an operation assigned, each address only if it is
+// still the same allocation.
+func (a *Allocator) rollback(ctx context.Context, res AutoAssignResult) error {
+	if res.Len() == 0 {
+		return nil
+	}
+	rels := make([]Release, 0, res.Len())
+	for _, x := range slices.Concat(res.IPv4, res.IPv6) {
+		rels = append(rels, Release{Addr: x.Addr, Seq: x.Seq})
+	}
+	_, err := a.ReleaseIPs(ctx, rels...)
+	return err
+}
+
+// assignFamily assigns up to n addresses of one family from pools, in
+// Calico's order. It returns what it got and, when that is less than n, why.
+func (a *Allocator) assignFamily(ctx context.Context, o *assignOp, fam pool.Family, n int, pools []*pool.Pool) ([]Assigned, string, error) {
+	out := make([]Assigned, 0, n)
+	cfg := o.v.config
+
+	// 1. Blocks affine to the node, in pool order.
+	affine, err := a.affineBlocks(ctx, o.aff)
+	if err != nil {
+		return out, "", err
+	}
+	var mine []netip.Prefix
+	for _, blk := range affine {
+		if !sameAddrFamily(blk, fam) {
+			continue
+		}
+		if poolOf(pools, blk) >= 0 {
+			mine = append(mine, blk)
+			continue
+		}
+		if err := a.dropUnselected(ctx, o, blk); err != nil {
+			return out, "", err
+		}
+	}
+	slices.SortStableFunc(mine, func(x, y netip.Prefix) int { return poolOf(pools, x) - poolOf(pools, y) })
+	// The cached copy of a block may call it full when another allocator has
+	// since freed addresses; such blocks get a fresh read before the node
+	// claims a new block.
+	var stale []netip.Prefix
+	for _, blk := range mine {
+		if len(out) == n {
+			return out, "", nil
+		}
+		got, full, err := a.assignFrom(ctx, o, blk, n-len(out), true, false)
+		if err != nil {
+			return out, "", err
+		}
+		out = append(out, got...)
+		if full {
+			stale = append(stale, blk)
+		}
+	}
+	for _, blk := range stale {
+		if len(out) == n {
+			return out, "", nil
+		}
+		got, _, err := a.assignFrom(ctx, o, blk, n-len(out), true, true)
+		if err != nil {
+			return out, "", err
+		}
+		out = append(out, got...)
+	}
+
+	// 2. New blocks claimed for the node.
+	var why []string
+	switch {
+	case len(out) == n:
+		return out, "", nil
+	case !cfg.AutoAllocateBlocks:
+		why = append(why, "autoAllocateBlocks is off and the node's blocks are full")
+	default:
+	claims:
+		for _, p := range pools {
+			for len(out) < n {
+				if cfg.MaxBlocksPerHost > 0 && len(mine) >= cfg.MaxBlocksPerHost {
+					why = append(why, fmt.Sprintf("node holds %d blocks, the maxBlocksPerHost limit", len(mine)))
+					break claims
+				}
+				blk, ok, err := a.claim(ctx, p, o.aff, mine)
+				if err != nil {
+					return out, "", err
+				}
+				if !ok {
+					break
+				}
+				mine = append(mine, blk)
+				got, _, err := a.assignFrom(ctx, o, blk, n-len(out), true, false)
+				if err != nil {
+					return out, "", err
+				}
+				out = append(out, got...)
+			}
+		}
+		if len(out) < n && (cfg.MaxBlocksPerHost == 0 || len(mine) < cfg.MaxBlocksPerHost) {
+			why = append(why, "no unclaimed block left in "+poolNames(pools))
+		}
+	}
+
+	// 3. Borrowing from other nodes' blocks.
+	if len(out) < n {
+		if cfg.StrictAffinity {
+			why = append(why, "strictAffinity forbids borrowing")
+		} else {
+			for _, p := range pools {
+				got, err := a.borrow(ctx, o, p, n-len(out))
+				if err != nil {
+					return out, "", err
+				}
+				out = append(out, got...)
+				if len(out) == n {
+					return out, "", nil
+				}
+			}
+			why = append(why, "no free address to borrow in "+poolNames(pools))
+		}
+	}
+	if len(out) == n {
+		return out, "", nil
+	}
+	return out, fmt.Sprintf("%s: %d of %d assigned: %s", fam, len(out), n, joinReasons(why)), nil
+}
+
+func joinReasons(why []string) string {
+	s := ""
+	for i, w := range why {
+		if i > 0 {
+			s += ", "
+		}
+		s += w
+	}
+	return s
+}
+
+func poolNames(pools []*pool.Pool) string {
+	names := make([]string, len(pools))
+	for i, p := range pools {
+		names[i] = p.Name
+	}
+	return fmt.Sprintf("pools %q", names)
+}
+
+// poolOf returns the index of the pool holding blk, or -1.
+func poolOf(pools []*pool.Pool, blk netip.Prefix) int {
+	for i, p := range pools {
+		if p.CIDR.Contains(blk.Addr()) && p.CIDR.Bits() <= blk.Bits() {
+			return i
+		}
+	}
+	return -1
+}
+
+// assignFrom assigns up to want addresses from one block. With mine set the
+// block must be affine to the node (else nothing is taken); fresh forces a
+// read of the block first. It reports whether the block was full.
+func (a *Allocator) assignFrom(ctx context.Context, o *assignOp, blk netip.Prefix, want int, mine, fresh bool) ([]Assigned, bool, error) {
+	e := a.entry(blk)
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if fresh {
+		e.loaded = false
+	}
+	var out []Assigned
+	full := false
+	err := a.retry(ctx, "assign from block "+blk.String(), func() error {
+		if err := a.ensure(ctx, e); err != nil {
+			return err
+		}
+		if e.blk == nil || (mine && e.blk.Affinity() != o.aff) {
+			return nil // gone, or no longer ours
+		}
+		if e.blk.Free() == 0 {
+			full = true
+			return nil
+		}
+		next := e.stage()
+		var seq uint64
+		o.buf, seq = next.Allocate(o.buf[:0], want, o.owner)
+		k := len(o.buf)
+		if k == 0 {
+			full = true
+			return nil
+		}
+		// The handle first: a crash between the two writes leaves a count
+		// too high, which is repairable, never an address without an owner.
+		if err := o.h.add(ctx, blk, k); err != nil {
+			return err
+		}
+		if err := a.commit(ctx, e); err != nil {
+			if herr := o.h.add(ctx, blk, -k); herr != nil {
+				return errors.Join(err, herr)
+			}
+			return err
+		}
+		out = make([]Assigned, k)
+		for i, addr := range o.buf {
+			out[i] = Assigned{Addr: addr, Block: blk, Seq: seq}
+		}
+		return nil
+	})
+	return out, full, err
+}
+
+// dropUnselected gives up the node's affinity to blk when the block is
+// empty and its pool, still enabled, no longer selects the node (Calico
+// does this as it assigns). A non-empty block keeps its affinity.
+func (a *Allocator) dropUnselected(ctx context.Context, o *assignOp, blk netip.Prefix) error {
+	p, ok := o.v.pools.ByAddr(blk.Addr())
+	if !ok || p.Disabled || p.SelectsNode(o.node, o.labels) {
+		return nil
+	}
+	err := a.releaseAffinity(ctx, o.aff, blk, true)
+	if errors.Is(err, ErrBlockNotEmpty) || errors.Is(err, ErrAffinityConflict) {
+		return nil
+	}
+	return err
+}
+
+// AssignIPArgs is a request for one specific address.
+type AssignIPArgs struct {
+	// Addr is the address to assign; it must lie in an enabled pool that
+	// allows Use.
+	Addr netip.Addr
+	// Handle, Attrs, Node and Use are as in AutoAssignArgs.
+	Handle string
+	Attrs  map[string]string
+	Node   string
+	Use    pool.Use
+}
+
+// AssignIP assigns one specific address. If its block does not exist yet
+// the block is claimed for the node. With StrictAffinity the block must be
+// affine to the node. It fails with ErrInUse if the address is taken,
+// ErrReserved if it is reserved and ErrNotInPool if no usable pool holds it.
+func (a *Allocator) AssignIP(ctx context.Context, args AssignIPArgs) (Assigned, error) {
+	const op = "assign"
+	if !args.Addr.IsValid() || args.Addr.Zone() != "" {
+		return Assigned{}, invalid(op, "address %q is not a valid IP address without zone", args.Addr)
+	}
+	if err := checkHandle(op, args.Handle); err != nil {
+		return Assigned{}, err
+	}
+	if err := checkNode(op, args.Node); err != nil {
+		return Assigned{}, err
+	}
+	if err := checkUse(op, args.Use); err != nil {
+		return Assigned{}, err
+	}
+	if err := checkAttrs(op, args.Attrs); err != nil {
+		return Assigned{}, err
+	}
+	addr := args.Addr.Unmap()
+	use := args.Use
+	if use == "" {
+		use = pool.UseWorkload
+	}
+	v, err := a.loadView(ctx)
+	if err != nil {
+		return Assigned{}, err
+	}
+	p, ok := v.pools.ByAddr(addr)
+	switch {
+	case !ok:
+		return Assigned{}, fmt.Errorf("ipam: assign %s: %w: no pool holds it", addr, ErrNotInPool)
+	case p.Disabled:
+		return Assigned{}, fmt.Errorf("ipam: assign %s: %w: pool %q is disabled", addr, ErrNotInPool, p.Name)
+	case !p.Allows(use):
+		return Assigned{}, fmt.Errorf("ipam: assign %s: %w: pool %q does not allow use %s", addr, ErrNotInPool, p.Name, use)
+	}
+	blk, _ := p.BlockFor(addr)
+	aff := block.Host(args.Node)
+	owner := block.Owner{Handle: args.Handle, Attrs: a.ownerAttrs(args.Node, args.Attrs)}
+	h := a.newHandleTx(args.Handle, false)
+
+	e := a.entry(blk)
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	var seq uint64
+	err = a.retry(ctx, "assign "+addr.String(), func() error {
+		if err := a.ensure(ctx, e); err != nil {
+			return err
+		}
+		if e.blk == nil {
+			if err := a.claimLocked(ctx, e, aff); err != nil {
+				return err
+			}
+		}
+		if v.config.StrictAffinity && e.blk.Affinity() != aff {
+			return fmt.Errorf("ipam: assign %s: %w: block %s is affine to %q, not %s", addr, ErrStrictAffinity, blk, e.blk.Affinity(), aff)
+		}
+		next := e.stage()
+		var err error
+		if seq, err = next.Assign(addr, owner); err != nil {
+			return fmt.Errorf("ipam: assign %s: %w", addr, err)
+		}
+		if err := h.add(ctx, blk, 1); err != nil {
+			return err
+		}
+		if err := a.commit(ctx, e); err != nil {
+			if herr := h.add(ctx, blk, -1); herr != nil {
+				return errors.Join(err, herr)
+			}
+			return err
+		}
+		return nil
+	})
+	if err != nil {
+		return Assigned{}, err
+	}
+	return Assigned{Addr: addr, Block: blk, Seq: seq}, nil
+}

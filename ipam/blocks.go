@@ -1,0 +1,147 @@
+package ipam
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"sync"
+
+	"github.com/carve-ipam/carve/block"
+)
+
+// maxCachedBlocks bounds the block cache; past it the cache starts over.
+// The cache only saves reads: every write is checked by compare-and-swap.
+const maxCachedBlocks = 1 << 14
+
+// blockEntry caches one block as last read or written, with its revision.
+// Its mutex is held across a whole read-modify-write, so callers in this
+// process take turns on a block instead of racing each other's CAS.
+type blockEntry struct {
+	mu     sync.Mutex
+	key    string
+	prefix netip.Prefix
+	loaded bool         // blk and rev reflect a read or write of the store
+	blk    *block.Block // nil when the block does not exist
+	rev    Revision
+	// next is where each attempt builds the new version: a deep copy of blk
+	// made before the change, so a failed attempt leaves blk untouched.
+	next *block.Block
+}
+
+// entry returns the cache entry of the block with prefix p.
+func (a *Allocator) entry(p netip.Prefix) *blockEntry {
+	key := blockKey(p)
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	e := a.blocks[key]
+	if e == nil {
+		if len(a.blocks) >= maxCachedBlocks {
+			clear(a.blocks)
+		}
+		e = &blockEntry{key: key, prefix: p}
+		a.blocks[key] = e
+	}
+	return e
+}
+
+// load reads the block from the store. The caller holds e.mu.
+func (a *Allocator) load(ctx context.Context, e *blockEntry) error {
+	rec, err := a.store.Get(ctx, KindBlock, e.key)
+	if errors.Is(err, ErrNotFound) {
+		e.blk, e.rev, e.loaded = nil, 0, true
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("ipam: read block %s: %w", e.prefix, err)
+	}
+	b, err := decodeBlock(e.prefix, rec.Value)
+	if err != nil {
+		return err
+	}
+	e.blk, e.rev, e.loaded = b, rec.Revision, true
+	return nil
+}
+
+// decodeBlock decodes a block record and checks it is the block its key says.
+func decodeBlock(p netip.Prefix, value []byte) (*block.Block, error) {
+	b := new(block.Block)
+	if err := b.UnmarshalBinary(value); err != nil {
+		return nil, fmt.Errorf("ipam: block %s: %w: %w", p, ErrCorrupt, err)
+	}
+	if b.Prefix() != p {
+		return nil, fmt.Errorf("ipam: block record %s holds block %s: %w", p, b.Prefix(), ErrCorrupt)
+	}
+	return b, nil
+}
+
+// ensure loads the block unless the cache has it. The caller holds e.mu.
+func (a *Allocator) ensure(ctx context.Context, e *blockEntry) error {
+	if e.loaded {
+		return nil
+	}
+	return a.load(ctx, e)
+}
+
+// stage makes e.next a copy of the current block, ready to change. The
+// caller holds e.mu and has loaded an existing block.
+func (e *blockEntry) stage() *block.Block {
+	if e.next == nil {
+		e.next = e.blk.Clone()
+	} else {
+		e.blk.CopyTo(e.next)
+	}
+	return e.next
+}
+
+// commit writes e.next as the block's new version with compare-and-swap:
+// an update, or a delete when the block ended up empty without affinity
+// (such a block has nothing to remember). On success e.next becomes the
+// cached block; on a lost race the entry is marked for a fresh read and the
+// error matches ErrConflict. The caller holds e.mu.
+func (a *Allocator) commit(ctx context.Context, e *blockEntry) error {
+	b := e.next
+	if b.Empty() && b.Affinity().IsZero() {
+		if err := a.store.Delete(ctx, KindBlock, e.key, e.rev); err != nil {
+			return a.writeFailed(e, err)
+		}
+		e.blk, e.rev, e.next = nil, 0, nil
+		return nil
+	}
+	value, err := b.AppendBinary(nil)
+	if err != nil {
+		return fmt.Errorf("ipam: encode block %s: %w", e.prefix, err)
+	}
+	rev, err := a.store.Update(ctx, KindBlock, e.key, value, e.rev)
+	if err != nil {
+		return a.writeFailed(e, err)
+	}
+	e.blk, e.next = b, e.blk
+	e.rev = rev
+	return nil
+}
+
+// create stores b, a new block, under e. It fails with ErrExists when the
+// block exists already. The caller holds e.mu.
+func (a *Allocator) create(ctx context.Context, e *blockEntry, b *block.Block) error {
+	value, err := b.AppendBinary(nil)
+	if err != nil {
+		return fmt.Errorf("ipam: encode block %s: %w", e.prefix, err)
+	}
+	rev, err := a.store.Create(ctx, KindBlock, e.key, value)
+	if err != nil {
+		return a.writeFailed(e, err)
+	}
+	e.blk, e.rev, e.loaded = b, rev, true
+	return nil
+}
+
+// writeFailed marks the entry stale after a failed write, so the next
+// attempt reads the block again, and wraps the error.
+func (a *Allocator) writeFailed(e *blockEntry, err error) error {
+	e.loaded = false
+	if errors.Is(err, ErrNotFound) {
+		err = fmt.Errorf("%w: %w", errRecordMoved, err)
+	}
+	return fmt.Errorf("ipam: write block %s: %w", e.prefix, err)
+}

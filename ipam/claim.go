@@ -1,0 +1,276 @@
+package ipam
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"time"
+
+	"github.com/carve-ipam/carve/block"
+	"github.com/carve-ipam/carve/pool"
+)
+
+// claimProbes is how many blocks of a pool's walk a claim tries blindly
+// before it lists the pool's existing blocks and skips them. In a sparse
+// pool (the common case, and always in a large IPv6 pool) the first probe
+// succeeds; in a crowded one the list turns a long search into one read.
+const claimProbes = 4
+
+// claim claims a block of pool p for aff: the first block of the node's walk
+// that does not exist yet, or failing that an empty block of another node
+// old enough to reclaim. held lists the blocks the node holds already,
+// which the walk passes over. It reports false when the pool has neither.
+func (a *Allocator) claim(ctx context.Context, p *pool.Pool, aff block.Affinity, held []netip.Prefix) (netip.Prefix, bool, error) {
+	skip := held
+	var existing []Record
+	listed := false
+	probes := 0
+	for {
+		for blk := range p.Walk(aff.Name, skip) {
+			ok, err := a.tryClaim(ctx, blk, aff)
+			if err != nil {
+				return netip.Prefix{}, false, err
+			}
+			if ok {
+				return blk, true, nil
+			}
+			probes++
+			if probes >= claimProbes && !listed || probes >= a.retries {
+				break
+			}
+		}
+		if listed || probes >= a.retries {
+			break
+		}
+		// Crowded pool: read which blocks exist and walk past them.
+		recs, err := a.store.List(ctx, KindBlock, blockRange(p.CIDR))
+		if err != nil {
+			return netip.Prefix{}, false, fmt.Errorf("ipam: list blocks of pool %q: %w", p.Name, err)
+		}
+		existing, listed = recs, true
+		skip = make([]netip.Prefix, 0, len(held)+len(recs))
+		skip = append(skip, held...)
+		for _, r := range recs {
+			if blk, err := parseBlockKey(r.Key); err == nil {
+				skip = append(skip, blk)
+			}
+		}
+	}
+	return a.reclaim(ctx, p, aff, existing)
+}
+
+// tryClaim creates block blk affine to aff. It reports false, having
+// changed nothing, when the block exists and is not affine to aff.
+//
+// The index record goes first: a crash before the block is created leaves
+// an index entry without a block (ignored, and removed by Repair), never a
+// block its node cannot find.
+func (a *Allocator) tryClaim(ctx context.Context, blk netip.Prefix, aff block.Affinity) (bool, error) {
+	e := a.entry(blk)
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.loaded && e.blk != nil && e.blk.Affinity() != aff {
+		return false, nil // known taken; no need to ask the store
+	}
+	err := a.retry(ctx, "claim block "+blk.String(), func() error { return a.claimLocked(ctx, e, aff) })
+	if errors.Is(err, ErrAffinityConflict) {
+		return false, nil
+	}
+	return err == nil, err
+}
+
+// claimLocked creates e's block affine to aff, or accepts it when it exists
+// with that affinity already; otherwise it fails with ErrAffinityConflict
+// and leaves no index record behind. The caller holds e.mu.
+func (a *Allocator) claimLocked(ctx context.Context, e *blockEntry, aff block.Affinity) error {
+	idx := affinityKey(aff.String(), e.prefix)
+	idxRev, err := a.store.Create(ctx, KindAffinity, idx, nil)
+	switch {
+	case errors.Is(err, ErrExists):
+		idxRev = 0 // left by an earlier attempt: the block decides
+	case err != nil:
+		return fmt.Errorf("ipam: claim block %s for %s: %w", e.prefix, aff, err)
+	}
+	b, err := block.New(e.prefix)
+	if err != nil {
+		return fmt.Errorf("ipam: claim block %s: %w", e.prefix, err)
+	}
+	b.SetAffinity(aff, a.now())
+	err = a.create(ctx, e, b)
+	if err == nil {
+		return nil
+	}
+	if !errors.Is(err, ErrExists) {
+		return err
+	}
+	// Someone created the block first.
+	if err := a.load(ctx, e); err != nil {
+		return err
+	}
+	if e.blk != nil && e.blk.Affinity() == aff {
+		return nil // ours after all: an earlier attempt of this node
+	}
+	if err := a.dropIndex(ctx, idx, idxRev); err != nil {
+		return err
+	}
+	if e.blk == nil {
+		// Created and deleted again in between: try again.
+		return fmt.Errorf("ipam: claim block %s: %w", e.prefix, errRecordMoved)
+	}
+	return fmt.Errorf("ipam: claim block %s for %s: %w (%s)", e.prefix, aff, ErrAffinityConflict, e.blk.Affinity())
+}
+
+// dropIndex deletes an affinity index record; rev 0 means "whatever its
+// revision". A record already gone is fine.
+func (a *Allocator) dropIndex(ctx context.Context, key string, rev Revision) error {
+	return a.retry(ctx, "delete affinity "+key, func() error {
+		r := rev
+		if r == 0 {
+			rec, err := a.store.Get(ctx, KindAffinity, key)
+			if errors.Is(err, ErrNotFound) {
+				return nil
+			}
+			if err != nil {
+				return err
+			}
+			r = rec.Revision
+		}
+		err := a.store.Delete(ctx, KindAffinity, key, r)
+		if errors.Is(err, ErrNotFound) {
+			return nil
+		}
+		if errors.Is(err, ErrConflict) {
+			rev = 0
+		}
+		return err
+	})
+}
+
+// reclaim takes over an empty block of pool p affine to another node and
+// claimed at least ReclaimAge ago, from the pool's existing blocks.
+func (a *Allocator) reclaim(ctx context.Context, p *pool.Pool, aff block.Affinity, existing []Record) (netip.Prefix, bool, error) {
+	if a.reclaimAge < 0 {
+		return netip.Prefix{}, false, nil
+	}
+	now := a.now()
+	for _, r := range existing {
+		blk, err := parseBlockKey(r.Key)
+		if err != nil {
+			continue
+		}
+		b, err := decodeBlock(blk, r.Value)
+		if err != nil || !a.reclaimable(b, aff, now) {
+			continue
+		}
+		ok, err := a.takeOver(ctx, blk, aff)
+		if err != nil {
+			return netip.Prefix{}, false, err
+		}
+		if ok {
+			return blk, true, nil
+		}
+	}
+	return netip.Prefix{}, false, nil
+}
+
+func (a *Allocator) reclaimable(b *block.Block, aff block.Affinity, now time.Time) bool {
+	old := b.Affinity()
+	return b.Empty() && old.Kind == block.HostAffinity && old != aff && now.Sub(b.ClaimTime()) >= a.reclaimAge
+}
+
+// takeOver moves an empty, reclaimable block to aff: the new index record,
+// then the block (compare-and-swap, checking it is still reclaimable), then
+// the old owner's index record.
+func (a *Allocator) takeOver(ctx context.Context, blk netip.Prefix, aff block.Affinity) (bool, error) {
+	e := a.entry(blk)
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	idx := affinityKey(aff.String(), blk)
+	idxRev, err := a.store.Create(ctx, KindAffinity, idx, nil)
+	if err != nil && !errors.Is(err, ErrExists) {
+		return false, fmt.Errorf("ipam: reclaim block %s: %w", blk, err)
+	}
+	var old block.Affinity
+	taken := false
+	err = a.retry(ctx, "reclaim block "+blk.String(), func() error {
+		if err := a.load(ctx, e); err != nil {
+			return err
+		}
+		if e.blk == nil || !a.reclaimable(e.blk, aff, a.now()) {
+			return nil
+		}
+		old = e.blk.Affinity()
+		next := e.stage()
+		next.SetAffinity(aff, a.now())
+		if err := a.commit(ctx, e); err != nil {
+			return err
+		}
+		taken = true
+		return nil
+	})
+	if err != nil || !taken {
+		if derr := a.dropIndex(ctx, idx, idxRev); derr != nil {
+			err = errors.Join(err, derr)
+		}
+		return false, err
+	}
+	return true, a.dropIndex(ctx, affinityKey(old.String(), blk), 0)
+}
+
+// borrow assigns up to want addresses from existing blocks of pool p that
+// are not affine to the node, starting at a point that depends on the node
+// so that borrowers spread out.
+func (a *Allocator) borrow(ctx context.Context, o *assignOp, p *pool.Pool, want int) ([]Assigned, error) {
+	recs, err := a.store.List(ctx, KindBlock, blockRange(p.CIDR))
+	if err != nil {
+		return nil, fmt.Errorf("ipam: list blocks of pool %q: %w", p.Name, err)
+	}
+	var out []Assigned
+	start := 0
+	if len(recs) > 0 {
+		start = int(fnv32(o.node) % uint32(len(recs)))
+	}
+	for i := range recs {
+		r := recs[(start+i)%len(recs)]
+		blk, err := parseBlockKey(r.Key)
+		if err != nil || blk.Bits() != p.BlockSize {
+			continue
+		}
+		b, err := decodeBlock(blk, r.Value)
+		if err != nil || b.Free() == 0 || b.Affinity() == o.aff {
+			continue
+		}
+		a.seed(blk, b, r.Revision)
+		got, _, err := a.assignFrom(ctx, o, blk, want-len(out), false, false)
+		if err != nil {
+			return out, err
+		}
+		out = append(out, got...)
+		if len(out) == want {
+			break
+		}
+	}
+	return out, nil
+}
+
+// seed puts a block just read by a list into the cache, unless the cache
+// holds it already (at that or a later revision).
+func (a *Allocator) seed(blk netip.Prefix, b *block.Block, rev Revision) {
+	e := a.entry(blk)
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if !e.loaded {
+		e.blk, e.rev, e.loaded = b, rev, true
+	}
+}
+
+// fnv32 is FNV-1a, used to spread borrowers over a pool's blocks.
+func fnv32(s string) uint32 {
+	h := uint32(2166136261)
+	for i := 0; i < len(s); i++ {
+		h ^= uint32(s[i])
+		h *= 16777619
+	}
+	return h
+}

@@ -1,0 +1,69 @@
+package ipam
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math"
+)
+
+// Config is the cluster-wide allocator configuration, Calico's
+// IPAMConfiguration. It is kept in the store; [Allocator.Config] reads it and
+// [Allocator.SetConfig] changes it. Start from [DefaultConfig]: the zero
+// Config turns off both block claiming and borrowing, which is refused.
+type Config struct {
+	// StrictAffinity forbids borrowing: a node assigns only from blocks
+	// affine to it. Calico requires it on Windows nodes.
+	StrictAffinity bool `json:"strictAffinity"`
+
+	// AutoAllocateBlocks lets a node claim new blocks when its affine blocks
+	// are full. Without it, nodes use only blocks given to them with
+	// [Allocator.ClaimAffinity].
+	AutoAllocateBlocks bool `json:"autoAllocateBlocks"`
+
+	// MaxBlocksPerHost caps how many blocks of one IP family a node may hold
+	// in the pools a request may use; 0 means no cap. Reaching the cap stops
+	// claims only: without StrictAffinity the node goes on to borrow.
+	MaxBlocksPerHost int `json:"maxBlocksPerHost,omitempty"`
+}
+
+// DefaultConfig returns the configuration in force when none is stored,
+// Calico's default: claim blocks automatically, borrow when out of blocks,
+// no cap on blocks per host.
+func DefaultConfig() Config {
+	return Config{AutoAllocateBlocks: true}
+}
+
+// ErrInvalidConfig is matched by every error Config.Validate returns.
+var ErrInvalidConfig = errors.New("invalid IPAM configuration")
+
+// Validate reports whether c is a configuration carve accepts, with Calico's
+// cross-field rule: StrictAffinity and AutoAllocateBlocks may not both be
+// off, since a node could then get no address at all.
+//
+// Calico also refuses MaxBlocksPerHost without StrictAffinity, because its
+// allocator fails, rather than borrows, at the cap. carve borrows at the cap
+// when StrictAffinity is off, so the combination is meaningful and accepted.
+func (c Config) Validate() error {
+	var problems []error
+	if !c.StrictAffinity && !c.AutoAllocateBlocks {
+		problems = append(problems, errors.New("strictAffinity and autoAllocateBlocks cannot both be false: nodes could neither claim blocks nor borrow"))
+	}
+	if c.MaxBlocksPerHost < 0 || c.MaxBlocksPerHost > math.MaxInt32 {
+		problems = append(problems, fmt.Errorf("maxBlocksPerHost %d is outside 0..%d", c.MaxBlocksPerHost, math.MaxInt32))
+	}
+	if len(problems) == 0 {
+		return nil
+	}
+	return fmt.Errorf("%w: %w", ErrInvalidConfig, errors.Join(problems...))
+}
+
+func (c Config) marshal() ([]byte, error) { return json.Marshal(c) }
+
+func unmarshalConfig(data []byte) (Config, error) {
+	var c Config
+	if err := json.Unmarshal(data, &c); err != nil {
+		return Config{}, fmt.Errorf("config record: %w", err)
+	}
+	return c, nil
+}

@@ -1,0 +1,135 @@
+package ipam
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"strings"
+
+	"github.com/carve-ipam/carve/block"
+)
+
+// Errors of the allocator, matched with errors.Is. Errors also wrap the
+// pool and block packages' sentinels where those say more (for example
+// pool.ErrNoPool when no pool qualifies for a request).
+var (
+	// ErrInvalid: an argument is malformed (empty handle, negative count,
+	// bad node name, invalid address...). Nothing was changed.
+	ErrInvalid = errors.New("invalid argument")
+
+	// ErrNoSpace: the eligible pools cannot supply the addresses asked for.
+	ErrNoSpace = errors.New("not enough free addresses")
+
+	// ErrPoolNotFound: no pool has the given name.
+	ErrPoolNotFound = errors.New("pool not found")
+
+	// ErrPoolExists: a pool with the given name exists already.
+	ErrPoolExists = errors.New("pool already exists")
+
+	// ErrNotInPool: an address lies in no pool, or in a pool that cannot be
+	// used for the request (disabled, or not allowing the use).
+	ErrNotInPool = errors.New("address is not in a usable pool")
+
+	// ErrNotAllocated: the address is not assigned.
+	ErrNotAllocated = block.ErrNotAllocated
+
+	// ErrInUse: AssignIP found the address taken.
+	ErrInUse = block.ErrInUse
+
+	// ErrReserved: the address is reserved and cannot be assigned.
+	ErrReserved = block.ErrReserved
+
+	// ErrHandleMismatch: a release named a handle that does not hold the
+	// address. Nothing was released.
+	ErrHandleMismatch = block.ErrHandleMismatch
+
+	// ErrSeqMismatch: a release carried a sequence number other than the
+	// one recorded when the address was assigned, so the address has been
+	// released and assigned again since. Nothing was released.
+	ErrSeqMismatch = block.ErrSeqMismatch
+
+	// ErrStrictAffinity: StrictAffinity forbids the operation (borrowing,
+	// or assigning into a block affine to another node).
+	ErrStrictAffinity = errors.New("strict affinity forbids it")
+
+	// ErrAffinityConflict: the block is affine to another node.
+	ErrAffinityConflict = errors.New("block is affine to another node")
+
+	// ErrBlockNotEmpty: an affinity release that required an empty block
+	// found addresses in use.
+	ErrBlockNotEmpty = errors.New("block is not empty")
+
+	// ErrHandleNotFound: no address is recorded under the handle.
+	ErrHandleNotFound = errors.New("handle not found")
+
+	// ErrTooManyConflicts: concurrent writers kept winning the
+	// compare-and-swap race until the retry budget ran out. The operation
+	// had no effect and may be tried again.
+	ErrTooManyConflicts = errors.New("too many concurrent updates")
+
+	// ErrCorrupt: a stored record could not be decoded.
+	ErrCorrupt = errors.New("corrupt record")
+)
+
+// AssignError reports an AutoAssign that could not assign everything it was
+// asked for. It matches ErrNoSpace (and, when it applies, pool.ErrNoPool or
+// ErrStrictAffinity) with errors.Is.
+//
+// Unless the request set Partial, nothing was kept: the addresses assigned
+// along the way were released again and Result is empty. With Partial,
+// Result holds what was assigned and stays assigned.
+type AssignError struct {
+	Node   string
+	Handle string
+	// Want4 and Want6 are the counts asked for.
+	Want4, Want6 int
+	// Result is what stays assigned: empty unless the request set Partial.
+	Result AutoAssignResult
+	// Short4 and Short6 are how many addresses of each family were missing.
+	Short4, Short6 int
+	// Reasons says, per family, why the rest could not be assigned.
+	Reasons []string
+	// Err is the underlying cause: ErrNoSpace, or an error wrapping it.
+	Err error
+}
+
+func (e *AssignError) Error() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "ipam: assign for node %q handle %q: ", e.Node, e.Handle)
+	var parts []string
+	if e.Want4 > 0 {
+		parts = append(parts, fmt.Sprintf("%d of %d IPv4", e.Want4-e.Short4, e.Want4))
+	}
+	if e.Want6 > 0 {
+		parts = append(parts, fmt.Sprintf("%d of %d IPv6", e.Want6-e.Short6, e.Want6))
+	}
+	b.WriteString(strings.Join(parts, " and "))
+	b.WriteString(" available")
+	if e.Result.Len() == 0 && e.Want4-e.Short4+e.Want6-e.Short6 > 0 {
+		b.WriteString(", none kept")
+	}
+	for _, r := range e.Reasons {
+		b.WriteString("; ")
+		b.WriteString(r)
+	}
+	return b.String()
+}
+
+// Unwrap returns the cause.
+func (e *AssignError) Unwrap() error { return e.Err }
+
+// AddrError is an error about one address.
+type AddrError struct {
+	Addr netip.Addr
+	Err  error
+}
+
+func (e *AddrError) Error() string { return e.Addr.String() + ": " + e.Err.Error() }
+
+// Unwrap returns the cause.
+func (e *AddrError) Unwrap() error { return e.Err }
+
+// invalid returns an ErrInvalid error for op.
+func invalid(op, format string, args ...any) error {
+	return fmt.Errorf("ipam: %s: %w: %s", op, ErrInvalid, fmt.Sprintf(format, args...))
+}

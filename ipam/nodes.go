@@ -1,0 +1,137 @@
+package ipam
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"strings"
+	"unicode"
+	"unicode/utf8"
+
+	"github.com/carve-ipam/carve/block"
+)
+
+// Limits on names and attributes, so that every name is a valid store key
+// and a block's encoding stays small.
+const (
+	// MaxNameLen is the longest node name or handle ID carve accepts.
+	MaxNameLen = 253 * 2
+	// MaxAttrs is the most attributes one allocation may carry.
+	MaxAttrs = 16
+	// MaxAttrLen is the longest attribute key or value.
+	MaxAttrLen = 512
+	// MaxAssign is the most addresses of one family one call may assign.
+	MaxAssign = 1 << 16
+)
+
+// AttrNode is the attribute under which carve records, with every
+// allocation, the node it was assigned for; Calico does the same, and
+// utilization counts an address as borrowed when this differs from its
+// block's node.
+const AttrNode = "node"
+
+// checkName checks a node name or handle ID: it becomes part of a store key.
+// Node names may not contain "/", which separates the parts of index keys.
+func checkName(op, what, s string, slash bool) error {
+	switch {
+	case s == "":
+		return invalid(op, "empty %s", what)
+	case len(s) > MaxNameLen:
+		return invalid(op, "%s of %d bytes is longer than %d", what, len(s), MaxNameLen)
+	case !utf8.ValidString(s):
+		return invalid(op, "%s %q is not valid UTF-8", what, s)
+	case strings.IndexFunc(s, unicode.IsControl) >= 0:
+		return invalid(op, "%s %q contains a control character", what, s)
+	case !slash && strings.Contains(s, "/"):
+		return invalid(op, "%s %q contains \"/\"", what, s)
+	}
+	return nil
+}
+
+func checkNode(op, node string) error   { return checkName(op, "node name", node, false) }
+func checkHandle(op, handle string) error { return checkName(op, "handle", handle, true) }
+
+func checkAttrs(op string, attrs map[string]string) error {
+	if len(attrs) > MaxAttrs {
+		return invalid(op, "%d attributes, more than %d", len(attrs), MaxAttrs)
+	}
+	for k, v := range attrs {
+		switch {
+		case k == "" || len(k) > MaxAttrLen || len(v) > MaxAttrLen:
+			return invalid(op, "attribute %.40q=%.40q: keys must have 1 to %d bytes and values at most %d", k, v, MaxAttrLen, MaxAttrLen)
+		case !utf8.ValidString(k) || !utf8.ValidString(v):
+			return invalid(op, "attribute %q=%q is not valid UTF-8", k, v)
+		}
+	}
+	return nil
+}
+
+// ownerAttrs returns the attributes stored with an allocation: the caller's
+// plus the node. Without caller attributes every allocation of a node shares
+// one map, which blocks keep without copying: no allocation on the hot path.
+func (a *Allocator) ownerAttrs(node string, attrs map[string]string) map[string]string {
+	if len(attrs) == 0 || (len(attrs) == 1 && attrs[AttrNode] == node) {
+		a.mu.Lock()
+		defer a.mu.Unlock()
+		m := a.nodeAttr[node]
+		if m == nil {
+			if len(a.nodeAttr) >= maxCachedBlocks {
+				clear(a.nodeAttr)
+			}
+			m = map[string]string{AttrNode: node}
+			a.nodeAttr[node] = m
+		}
+		return m
+	}
+	m := make(map[string]string, len(attrs)+1)
+	for k, v := range attrs {
+		m[k] = v
+	}
+	m[AttrNode] = node
+	return m
+}
+
+// nodeBlocks caches the blocks an affinity owner holds, per the affinity
+// index, with the index generation it was read at.
+type nodeBlocks struct {
+	gen    uint64
+	blocks []netip.Prefix // never modified once cached
+}
+
+// affineBlocks returns the blocks the index lists for owner (an affinity's
+// String form). The index is a superset: every block affine to owner is in
+// it, and callers check the block's own affinity before relying on it.
+func (a *Allocator) affineBlocks(ctx context.Context, owner block.Affinity) ([]netip.Prefix, error) {
+	key := owner.String()
+	var gen uint64
+	if a.gens != nil {
+		gen = a.gens.Generation(KindAffinity)
+		a.mu.Lock()
+		nb := a.nodes[key]
+		a.mu.Unlock()
+		if nb != nil && nb.gen == gen {
+			return nb.blocks, nil
+		}
+	}
+	recs, err := a.store.List(ctx, KindAffinity, affinityRange(key))
+	if err != nil {
+		return nil, fmt.Errorf("ipam: list blocks of %s: %w", key, err)
+	}
+	blocks := make([]netip.Prefix, 0, len(recs))
+	for _, r := range recs {
+		_, blk, err := parseAffinityKey(r.Key)
+		if err != nil {
+			return nil, fmt.Errorf("ipam: %w: %w", ErrCorrupt, err)
+		}
+		blocks = append(blocks, blk)
+	}
+	if a.gens != nil {
+		a.mu.Lock()
+		if len(a.nodes) >= maxCachedBlocks {
+			clear(a.nodes)
+		}
+		a.nodes[key] = &nodeBlocks{gen: gen, blocks: blocks}
+		a.mu.Unlock()
+	}
+	return blocks, nil
+}

@@ -1,0 +1,179 @@
+package ipam
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/carve-ipam/carve/pool"
+)
+
+// The pool set is one record, so that every change is checked against every
+// other pool (overlap, name) and written with one compare-and-swap: two
+// allocators creating overlapping pools at once cannot both succeed.
+
+// changePools applies change to a copy of the stored pool set and writes
+// it, retrying from a fresh read when another writer got there first.
+func (a *Allocator) changePools(ctx context.Context, op string, change func(s *pool.Set) error) error {
+	return a.retry(ctx, op, func() error {
+		v, err := a.readView(ctx)
+		if err != nil {
+			return err
+		}
+		s := new(pool.Set)
+		for _, p := range v.pools.All() {
+			if err := s.Add(*p); err != nil {
+				return fmt.Errorf("ipam: %s: stored pools: %w: %w", op, ErrCorrupt, err)
+			}
+		}
+		if err := change(s); err != nil {
+			return err
+		}
+		value, err := marshalPools(s)
+		if err != nil {
+			return err
+		}
+		if v.poolsRev == 0 {
+			_, err = a.store.Create(ctx, KindPool, singletonKey, value)
+		} else {
+			_, err = a.store.Update(ctx, KindPool, singletonKey, value, v.poolsRev)
+		}
+		if errors.Is(err, ErrNotFound) {
+			err = fmt.Errorf("%w: %w", errRecordMoved, err)
+		}
+		return err
+	})
+}
+
+// CreatePool validates p (after defaults) and adds it to the store. It
+// fails with ErrPoolExists if the name is taken and with a
+// *pool.ValidationError if p is invalid or overlaps any pool, disabled ones
+// included.
+func (a *Allocator) CreatePool(ctx context.Context, p pool.Pool) error {
+	op := fmt.Sprintf("create pool %q", p.Name)
+	return a.changePools(ctx, op, func(s *pool.Set) error {
+		if _, ok := s.Get(p.Name); ok {
+			return fmt.Errorf("ipam: %s: %w", op, ErrPoolExists)
+		}
+		if err := s.Add(p); err != nil {
+			return fmt.Errorf("ipam: %s: %w", op, err)
+		}
+		return nil
+	})
+}
+
+// UpdatePool replaces the pool named p.Name. The CIDR and block size never
+// change, and a LoadBalancer pool stays one.
+func (a *Allocator) UpdatePool(ctx context.Context, p pool.Pool) error {
+	op := fmt.Sprintf("update pool %q", p.Name)
+	return a.changePools(ctx, op, func(s *pool.Set) error {
+		if _, ok := s.Get(p.Name); !ok {
+			return fmt.Errorf("ipam: %s: %w", op, ErrPoolNotFound)
+		}
+		if err := s.Update(p); err != nil {
+			return fmt.Errorf("ipam: %s: %w", op, err)
+		}
+		return nil
+	})
+}
+
+// DisablePool stops new assignments from the pool. Addresses assigned from
+// it stay, and can be released.
+func (a *Allocator) DisablePool(ctx context.Context, name string) error {
+	return a.setDisabled(ctx, name, true)
+}
+
+// EnablePool lets a disabled pool be assigned from again.
+func (a *Allocator) EnablePool(ctx context.Context, name string) error {
+	return a.setDisabled(ctx, name, false)
+}
+
+func (a *Allocator) setDisabled(ctx context.Context, name string, disabled bool) error {
+	op := fmt.Sprintf("disable pool %q", name)
+	if !disabled {
+		op = fmt.Sprintf("enable pool %q", name)
+	}
+	return a.changePools(ctx, op, func(s *pool.Set) error {
+		p, ok := s.Get(name)
+		if !ok {
+			return fmt.Errorf("ipam: %s: %w", op, ErrPoolNotFound)
+		}
+		q := *p
+		q.Disabled = disabled
+		if err := s.Update(q); err != nil {
+			return fmt.Errorf("ipam: %s: %w", op, err)
+		}
+		return nil
+	})
+}
+
+// DeletePool deletes a pool as Calico does: it disables the pool, releases
+// every block affinity in it (empty blocks are deleted, others keep their
+// addresses without affinity), then removes the pool. Assigned addresses
+// stay assigned until released. Interrupted, it can simply be called again.
+func (a *Allocator) DeletePool(ctx context.Context, name string) error {
+	p, err := a.Pool(ctx, name)
+	if err != nil {
+		return err
+	}
+	if !p.Disabled {
+		if err := a.setDisabled(ctx, name, true); err != nil {
+			return err
+		}
+	}
+	recs, err := a.store.List(ctx, KindBlock, blockRange(p.CIDR))
+	if err != nil {
+		return fmt.Errorf("ipam: delete pool %q: list blocks: %w", name, err)
+	}
+	for _, r := range recs {
+		blk, err := parseBlockKey(r.Key)
+		if err != nil {
+			continue
+		}
+		b, err := decodeBlock(blk, r.Value)
+		if err != nil {
+			return fmt.Errorf("ipam: delete pool %q: %w", name, err)
+		}
+		if aff := b.Affinity(); !aff.IsZero() {
+			err := a.releaseAffinity(ctx, aff, blk, false)
+			if err != nil && !errors.Is(err, ErrAffinityConflict) {
+				return fmt.Errorf("ipam: delete pool %q: %w", name, err)
+			}
+		}
+	}
+	op := fmt.Sprintf("delete pool %q", name)
+	return a.changePools(ctx, op, func(s *pool.Set) error {
+		if !s.Remove(name) {
+			return fmt.Errorf("ipam: %s: %w", op, ErrPoolNotFound)
+		}
+		return nil
+	})
+}
+
+// Pools returns the pools in the store, in name order.
+func (a *Allocator) Pools(ctx context.Context) ([]pool.Pool, error) {
+	v, err := a.readView(ctx)
+	if err != nil {
+		return nil, err
+	}
+	ps := v.pools.All()
+	out := make([]pool.Pool, len(ps))
+	for i, p := range ps {
+		out[i] = *p
+	}
+	return out, nil
+}
+
+// Pool returns the pool with the given name, or an error matching
+// ErrPoolNotFound.
+func (a *Allocator) Pool(ctx context.Context, name string) (pool.Pool, error) {
+	v, err := a.readView(ctx)
+	if err != nil {
+		return pool.Pool{}, err
+	}
+	p, ok := v.pools.Get(name)
+	if !ok {
+		return pool.Pool{}, fmt.Errorf("ipam: pool %q: %w", name, ErrPoolNotFound)
+	}
+	return *p, nil
+}

@@ -1,0 +1,388 @@
+package ipam
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+
+	"github.com/carve-ipam/carve/block"
+)
+
+// Release names an address to release and, optionally, what must hold for
+// the release to go ahead.
+type Release struct {
+	Addr netip.Addr
+	// Handle, when set, must be the handle holding the address.
+	Handle string
+	// Seq, when non-zero, must be the sequence number recorded when the
+	// address was assigned (Assigned.Seq), so that a late release never
+	// frees a later assignment of the same address.
+	Seq uint64
+}
+
+// ReleaseResult says what ReleaseIPs did with each address.
+type ReleaseResult struct {
+	// Released lists the addresses released, in request order.
+	Released []netip.Addr
+	// NotAllocated lists the addresses that were not assigned, in request
+	// order. Releasing them is not an error, so that releases can be
+	// repeated safely.
+	NotAllocated []netip.Addr
+}
+
+type releaseStatus uint8
+
+const (
+	relPending releaseStatus = iota
+	relReleased
+	relNotAllocated
+	relRefused
+)
+
+// ReleaseIPs releases addresses. Each address is released independently:
+// one whose handle or sequence number does not match is refused (and stays
+// assigned) without holding back the others, and the returned error joins
+// an *AddrError per refused address, matching ErrHandleMismatch or
+// ErrSeqMismatch. Addresses that are not assigned are reported in
+// NotAllocated.
+func (a *Allocator) ReleaseIPs(ctx context.Context, rels ...Release) (ReleaseResult, error) {
+	const op = "release"
+	for _, r := range rels {
+		if !r.Addr.IsValid() || r.Addr.Zone() != "" {
+			return ReleaseResult{}, invalid(op, "address %q is not a valid IP address without zone", r.Addr)
+		}
+		if r.Handle != "" {
+			if err := checkHandle(op, r.Handle); err != nil {
+				return ReleaseResult{}, err
+			}
+		}
+	}
+	v, err := a.loadView(ctx)
+	if err != nil {
+		return ReleaseResult{}, err
+	}
+	status := make([]releaseStatus, len(rels))
+	refusals := make([]error, len(rels))
+
+	// Group the addresses by block, in order of first appearance.
+	var order []netip.Prefix
+	groups := map[netip.Prefix][]int{}
+	for i, r := range rels {
+		addr := r.Addr.Unmap()
+		blk, ok := a.guessBlock(v, addr)
+		if !ok {
+			status[i] = relNotAllocated
+			continue
+		}
+		if _, seen := groups[blk]; !seen {
+			order = append(order, blk)
+		}
+		groups[blk] = append(groups[blk], i)
+	}
+	var errs []error
+	for _, blk := range order {
+		idx := groups[blk]
+		found, err := a.releaseFromBlock(ctx, blk, rels, idx, status, refusals)
+		if err != nil {
+			return a.releaseResult(rels, status), err
+		}
+		if !found {
+			// No block where the pool says: the pool may have changed since
+			// the block was made. Look for the block that holds each address.
+			for _, i := range idx {
+				b, ok, err := a.findBlock(ctx, rels[i].Addr.Unmap())
+				if err != nil {
+					return a.releaseResult(rels, status), err
+				}
+				if !ok {
+					status[i] = relNotAllocated
+					continue
+				}
+				if _, err := a.releaseFromBlock(ctx, b, rels, []int{i}, status, refusals); err != nil {
+					return a.releaseResult(rels, status), err
+				}
+			}
+		}
+	}
+	for i, s := range status {
+		if s == relRefused {
+			errs = append(errs, refusals[i])
+		}
+	}
+	if len(errs) > 0 {
+		return a.releaseResult(rels, status), fmt.Errorf("ipam: release: %w", errors.Join(errs...))
+	}
+	return a.releaseResult(rels, status), nil
+}
+
+func (a *Allocator) releaseResult(rels []Release, status []releaseStatus) ReleaseResult {
+	var res ReleaseResult
+	for i, s := range status {
+		switch s {
+		case relReleased:
+			res.Released = append(res.Released, rels[i].Addr.Unmap())
+		case relNotAllocated:
+			res.NotAllocated = append(res.NotAllocated, rels[i].Addr.Unmap())
+		}
+	}
+	return res
+}
+
+// guessBlock returns the block that holds addr if its pool's block size is
+// what it was when the block was made: the pool holding addr says which.
+func (a *Allocator) guessBlock(v *view, addr netip.Addr) (netip.Prefix, bool) {
+	if p, ok := v.pools.ByAddr(addr); ok {
+		return p.BlockFor(addr)
+	}
+	return netip.Prefix{}, false
+}
+
+// findBlock finds the existing block holding addr by listing the blocks
+// that start between the start of the largest block that could hold it and
+// addr itself.
+func (a *Allocator) findBlock(ctx context.Context, addr netip.Addr) (netip.Prefix, bool, error) {
+	widest := 20
+	if addr.Is6() {
+		widest = 116
+	}
+	start, _ := addr.Prefix(widest)
+	// Keys of blocks starting at addr are addrKey(addr)+"/..."; "0" sorts
+	// just after "/".
+	r := KeyRange{Start: addrKey(start.Addr()), End: addrKey(addr) + "0"}
+	recs, err := a.store.List(ctx, KindBlock, r)
+	if err != nil {
+		return netip.Prefix{}, false, fmt.Errorf("ipam: find block of %s: %w", addr, err)
+	}
+	for _, rec := range recs {
+		if blk, err := parseBlockKey(rec.Key); err == nil && blk.Contains(addr) {
+			return blk, true, nil
+		}
+	}
+	return netip.Prefix{}, false, nil
+}
+
+// releaseFromBlock releases the requests idx of rels that lie in blk, with
+// one compare-and-swap write, then lowers the handles' counts. It reports
+// whether the block exists.
+func (a *Allocator) releaseFromBlock(ctx context.Context, blk netip.Prefix, rels []Release, idx []int, status []releaseStatus, refusals []error) (bool, error) {
+	e := a.entry(blk)
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	exists := false
+	var freed map[string]int // per handle
+	err := a.retry(ctx, "release from block "+blk.String(), func() error {
+		if err := a.ensure(ctx, e); err != nil {
+			return err
+		}
+		if e.blk == nil {
+			return nil
+		}
+		exists = true
+		freed = map[string]int{}
+		next := e.stage()
+		for _, i := range idx {
+			r := rels[i]
+			addr := r.Addr.Unmap()
+			own, ok := next.Owner(addr)
+			if !ok {
+				status[i] = relNotAllocated
+				continue
+			}
+			err := next.Release(addr, block.Check{Handle: r.Handle, Seq: r.Seq, CheckSeq: r.Seq != 0})
+			switch {
+			case err == nil:
+				status[i] = relReleased
+				freed[own.Owner.Handle]++
+			case errors.Is(err, block.ErrNotAllocated):
+				status[i] = relNotAllocated
+			default:
+				status[i] = relRefused
+				refusals[i] = &AddrError{Addr: addr, Err: err}
+			}
+		}
+		if len(freed) == 0 {
+			return nil
+		}
+		err := a.commit(ctx, e)
+		if err != nil {
+			for _, i := range idx {
+				status[i] = relPending
+			}
+		}
+		return err
+	})
+	if err != nil {
+		return exists, err
+	}
+	// The handles after the block: a crash in between leaves a count too
+	// high, which is repairable.
+	for _, handle := range sortedKeys(freed) {
+		if handle == "" {
+			continue
+		}
+		h := a.newHandleTx(handle, false)
+		err := h.add(ctx, blk, -freed[handle])
+		if err != nil && !errors.Is(err, ErrTooManyConflicts) && isCountError(err) {
+			// The handle record did not count these addresses (an earlier
+			// repair, or a record written by another tool): nothing to lower.
+			continue
+		}
+		if err != nil {
+			return exists, err
+		}
+	}
+	return exists, nil
+}
+
+func isCountError(err error) bool {
+	var ce *countError
+	return errors.As(err, &ce)
+}
+
+func sortedKeys(m map[string]int) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	return keys
+}
+
+// ReleaseByHandle releases every address held by handle and returns them.
+// It fails with ErrHandleNotFound when the handle holds nothing, so callers
+// that release twice can tell (and may ignore it).
+func (a *Allocator) ReleaseByHandle(ctx context.Context, handle string) ([]netip.Addr, error) {
+	const op = "release by handle"
+	if err := checkHandle(op, handle); err != nil {
+		return nil, err
+	}
+	h := a.newHandleTx(handle, false)
+	if err := h.read(ctx); err != nil {
+		return nil, err
+	}
+	if h.rev == 0 {
+		return nil, fmt.Errorf("ipam: %s %q: %w", op, handle, ErrHandleNotFound)
+	}
+	var released []netip.Addr
+	for _, hc := range slices.Clone(h.rec.blocks) {
+		e := a.entry(hc.block)
+		e.mu.Lock()
+		err := a.retry(ctx, "release handle "+handle+" from block "+hc.block.String(), func() error {
+			if err := a.ensure(ctx, e); err != nil {
+				return err
+			}
+			if e.blk == nil {
+				return nil
+			}
+			next := e.stage()
+			n := len(released)
+			released = next.ReleaseHandle(handle, released)
+			if len(released) == n {
+				return nil
+			}
+			if err := a.commit(ctx, e); err != nil {
+				released = released[:n]
+				return err
+			}
+			return nil
+		})
+		e.mu.Unlock()
+		if err != nil {
+			return released, err
+		}
+		if err := h.clear(ctx, hc.block); err != nil {
+			return released, err
+		}
+	}
+	return released, nil
+}
+
+// IPsByHandle returns the addresses held by handle, read fresh from the
+// store. A handle that holds nothing gives ErrHandleNotFound.
+func (a *Allocator) IPsByHandle(ctx context.Context, handle string) ([]netip.Addr, error) {
+	const op = "addresses of handle"
+	if err := checkHandle(op, handle); err != nil {
+		return nil, err
+	}
+	h := a.newHandleTx(handle, false)
+	if err := h.read(ctx); err != nil {
+		return nil, err
+	}
+	if h.rev == 0 {
+		return nil, fmt.Errorf("ipam: %s %q: %w", op, handle, ErrHandleNotFound)
+	}
+	var out []netip.Addr
+	for _, hc := range h.rec.blocks {
+		b, err := a.readBlock(ctx, hc.block)
+		if err != nil {
+			return nil, err
+		}
+		if b != nil {
+			out = b.AddrsOf(handle, out)
+		}
+	}
+	return out, nil
+}
+
+// readBlock reads a block fresh from the store, refreshing the cache; nil
+// means it does not exist.
+func (a *Allocator) readBlock(ctx context.Context, blk netip.Prefix) (*block.Block, error) {
+	e := a.entry(blk)
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if err := a.load(ctx, e); err != nil {
+		return nil, err
+	}
+	return e.blk, nil
+}
+
+// Allocation describes who holds an address.
+type Allocation struct {
+	Addr  netip.Addr
+	Block netip.Prefix
+	// Handle and Attrs are as given when the address was assigned, with
+	// Attrs[AttrNode] naming the node it was assigned for. Attrs must not
+	// be modified.
+	Handle string
+	Attrs  map[string]string
+	// Seq is the sequence number recorded when the address was assigned.
+	Seq uint64
+}
+
+// Owner returns who holds addr, read fresh from the store, or an error
+// matching ErrNotAllocated.
+func (a *Allocator) Owner(ctx context.Context, addr netip.Addr) (Allocation, error) {
+	if !addr.IsValid() || addr.Zone() != "" {
+		return Allocation{}, invalid("owner", "address %q is not a valid IP address without zone", addr)
+	}
+	addr = addr.Unmap()
+	v, err := a.loadView(ctx)
+	if err != nil {
+		return Allocation{}, err
+	}
+	var b *block.Block
+	if blk, ok := a.guessBlock(v, addr); ok {
+		if b, err = a.readBlock(ctx, blk); err != nil {
+			return Allocation{}, err
+		}
+	}
+	if b == nil {
+		blk, ok, err := a.findBlock(ctx, addr)
+		if err != nil {
+			return Allocation{}, err
+		}
+		if ok {
+			if b, err = a.readBlock(ctx, blk); err != nil {
+				return Allocation{}, err
+			}
+		}
+	}
+	if b != nil {
+		if own, ok := b.Owner(addr); ok {
+			return Allocation{Addr: addr, Block: b.Prefix(), Handle: own.Owner.Handle, Attrs: own.Owner.Attrs, Seq: own.Seq}, nil
+		}
+	}
+	return Allocation{}, fmt.Errorf("ipam: owner of %s: %w", addr, ErrNotAllocated)
+}

@@ -1,0 +1,274 @@
+package ipam_test
+
+import (
+	"errors"
+	"net/netip"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/carve-ipam/carve/ipam"
+	"github.com/carve-ipam/carve/pool"
+)
+
+// Calico's scenarios, as a user of Calico IPAM knows them.
+
+func TestTwoNodesOneBlockSecondBorrows(t *testing.T) {
+	e := newEnv(t, v4pool("small", "10.0.0.0/28", 28))
+	first := e.mustAssign4("node-1", "h1", 4)
+	require.Equal(t, map[netip.Prefix]int{mustPrefix("10.0.0.0/28"): 4}, blocksOf(first))
+	require.Equal(t, []netip.Prefix{mustPrefix("10.0.0.0/28")}, e.affine("node-1"))
+
+	// The pool has one block, held by node-1: node-2 borrows from it.
+	second := e.mustAssign4("node-2", "h2", 2)
+	require.Equal(t, map[netip.Prefix]int{mustPrefix("10.0.0.0/28"): 2}, blocksOf(second))
+	require.Empty(t, e.affine("node-2"), "borrowing never claims")
+
+	u := e.utilization()
+	require.Len(t, u, 1)
+	require.EqualValues(t, 6, u[0].InUse)
+	require.EqualValues(t, 2, u[0].Borrowed)
+	require.EqualValues(t, 10, u[0].Free.Int64())
+	require.Equal(t, 2, u[0].Blocks[0].Borrowed)
+}
+
+func TestStrictAffinityForbidsBorrowing(t *testing.T) {
+	e := newEnv(t, v4pool("small", "10.0.0.0/28", 28))
+	e.config(ipam.Config{StrictAffinity: true, AutoAllocateBlocks: true})
+	e.mustAssign4("node-1", "h1", 1)
+
+	_, err := e.assign4("node-2", "h2", 1)
+	require.ErrorIs(t, err, ipam.ErrNoSpace)
+	var ae *ipam.AssignError
+	require.ErrorAs(t, err, &ae)
+	require.Equal(t, 1, ae.Short4)
+	require.Zero(t, ae.Result.Len())
+	require.Contains(t, err.Error(), "strictAffinity forbids borrowing")
+	require.Contains(t, err.Error(), "no unclaimed block left")
+	_, err = e.a.IPsByHandle(e.ctx, "h2")
+	require.ErrorIs(t, err, ipam.ErrHandleNotFound, "nothing recorded for the failed request")
+}
+
+func TestMaxBlocksPerHost(t *testing.T) {
+	// Four /30 blocks of 4 addresses.
+	p := v4pool("p", "10.0.0.0/28", 30)
+
+	t.Run("borrows past the cap", func(t *testing.T) {
+		e := newEnv(t, p)
+		e.config(ipam.Config{AutoAllocateBlocks: true, MaxBlocksPerHost: 1})
+		e.mustAssign4("node-2", "other", 1) // node-2 holds a block to borrow from
+		got := e.mustAssign4("node-1", "h", 6)
+		require.Len(t, e.affine("node-1"), 1, "claims stop at the cap")
+		require.Len(t, blocksOf(got), 2, "the rest is borrowed")
+	})
+	t.Run("strict stops at the cap", func(t *testing.T) {
+		e := newEnv(t, p)
+		e.config(ipam.Config{StrictAffinity: true, AutoAllocateBlocks: true, MaxBlocksPerHost: 2})
+		e.mustAssign4("node-1", "a", 8)
+		_, err := e.assign4("node-1", "b", 1)
+		require.ErrorIs(t, err, ipam.ErrNoSpace)
+		require.Contains(t, err.Error(), "maxBlocksPerHost")
+		require.Len(t, e.affine("node-1"), 2)
+	})
+}
+
+func TestDisabledPoolSkippedButReleasable(t *testing.T) {
+	e := newEnv(t, v4pool("a-old", "10.0.0.0/24", 26), v4pool("b-new", "10.1.0.0/24", 26))
+	old := e.mustAssign4("node-1", "h-old", 1)
+	require.True(t, mustPrefix("10.0.0.0/24").Contains(old[0].Addr), "old sorts first")
+
+	require.NoError(t, e.a.DisablePool(e.ctx, "a-old"))
+	got := e.mustAssign4("node-1", "h-new", 1)
+	require.True(t, mustPrefix("10.1.0.0/24").Contains(got[0].Addr), "a disabled pool is skipped, its block too")
+
+	res, err := e.a.ReleaseIPs(e.ctx, ipam.Release{Addr: old[0].Addr})
+	require.NoError(t, err)
+	require.Equal(t, []netip.Addr{old[0].Addr}, res.Released)
+
+	_, err = e.a.AssignIP(e.ctx, ipam.AssignIPArgs{Addr: mustAddr("10.0.0.9"), Handle: "x", Node: "node-1"})
+	require.ErrorIs(t, err, ipam.ErrNotInPool)
+}
+
+func TestNodeSelectorsPerRack(t *testing.T) {
+	rack0 := v4pool("rack-0", "10.0.0.0/24", 26)
+	rack0.NodeSelector = `rack == "0"`
+	rack1 := v4pool("rack-1", "10.0.1.0/24", 26)
+	rack1.NodeSelector = `rack == "1"`
+	e := newEnv(t, rack0, rack1)
+
+	for _, tt := range []struct {
+		node, rack string
+		want       netip.Prefix
+	}{
+		{"node-a", "0", rack0.CIDR},
+		{"node-b", "1", rack1.CIDR},
+	} {
+		res, err := e.a.AutoAssign(e.ctx, ipam.AutoAssignArgs{Num4: 1, Handle: "h-" + tt.node, Node: tt.node, NodeLabels: labels("rack", tt.rack)})
+		require.NoError(t, err)
+		require.True(t, tt.want.Contains(res.IPv4[0].Addr), "%s in rack %s got %s", tt.node, tt.rack, res.IPv4[0].Addr)
+	}
+	_, err := e.a.AutoAssign(e.ctx, ipam.AutoAssignArgs{Num4: 1, Handle: "h", Node: "node-3", NodeLabels: labels("rack", "2")})
+	require.ErrorIs(t, err, pool.ErrNoPool)
+	require.ErrorIs(t, err, ipam.ErrNoSpace)
+	require.Contains(t, err.Error(), `does not match node node-3`)
+}
+
+func TestRequestedPoolsOverrideSelectors(t *testing.T) {
+	rack1 := v4pool("rack-1", "10.0.1.0/24", 26)
+	rack1.NodeSelector = `rack == "1"`
+	e := newEnv(t, v4pool("default", "10.0.0.0/24", 26), rack1)
+	res, err := e.a.AutoAssign(e.ctx, ipam.AutoAssignArgs{Num4: 1, Handle: "h", Node: "node-a", NodeLabels: labels("rack", "0"), IPv4Pools: []string{"rack-1"}})
+	require.NoError(t, err)
+	require.True(t, rack1.CIDR.Contains(res.IPv4[0].Addr))
+
+	_, err = e.a.AutoAssign(e.ctx, ipam.AutoAssignArgs{Num4: 1, Handle: "h2", Node: "node-a", IPv4Pools: []string{"missing"}})
+	require.ErrorIs(t, err, pool.ErrNoPool)
+}
+
+func TestManualPoolOnlyWhenRequested(t *testing.T) {
+	manual := v4pool("manual", "10.0.0.0/24", 26)
+	manual.AssignmentMode = pool.Manual
+	e := newEnv(t, manual)
+	_, err := e.assign4("node-1", "h", 1)
+	require.ErrorIs(t, err, pool.ErrNoPool)
+
+	res, err := e.a.AutoAssign(e.ctx, ipam.AutoAssignArgs{Num4: 1, Handle: "h", Node: "node-1", IPv4Pools: []string{"manual"}})
+	require.NoError(t, err)
+	require.True(t, manual.CIDR.Contains(res.IPv4[0].Addr))
+}
+
+func TestAllowedUses(t *testing.T) {
+	tunnel := v4pool("tunnel", "10.0.0.0/24", 26)
+	tunnel.AllowedUses = []pool.Use{pool.UseTunnel}
+	workload := v4pool("workload", "10.0.1.0/24", 26)
+	workload.AllowedUses = []pool.Use{pool.UseWorkload}
+	e := newEnv(t, tunnel, workload)
+
+	res, err := e.a.AutoAssign(e.ctx, ipam.AutoAssignArgs{Num4: 1, Handle: "tun", Node: "n", Use: pool.UseTunnel})
+	require.NoError(t, err)
+	require.True(t, tunnel.CIDR.Contains(res.IPv4[0].Addr))
+
+	res, err = e.a.AutoAssign(e.ctx, ipam.AutoAssignArgs{Num4: 1, Handle: "pod", Node: "n"})
+	require.NoError(t, err)
+	require.True(t, workload.CIDR.Contains(res.IPv4[0].Addr), "the zero Use means Workload")
+
+	_, err = e.a.AssignIP(e.ctx, ipam.AssignIPArgs{Addr: mustAddr("10.0.1.200"), Handle: "x", Node: "n", Use: pool.UseTunnel})
+	require.ErrorIs(t, err, ipam.ErrNotInPool)
+	require.Contains(t, err.Error(), "does not allow use Tunnel")
+}
+
+func TestAssignIPTakenRefused(t *testing.T) {
+	e := newEnv(t, v4pool("p", "10.0.0.0/24", 26))
+	x, err := e.a.AssignIP(e.ctx, ipam.AssignIPArgs{Addr: mustAddr("10.0.0.77"), Handle: "a", Node: "node-1"})
+	require.NoError(t, err)
+	require.Equal(t, mustPrefix("10.0.0.64/26"), x.Block)
+	require.Equal(t, []netip.Prefix{mustPrefix("10.0.0.64/26")}, e.affine("node-1"), "AssignIP claims the block")
+
+	_, err = e.a.AssignIP(e.ctx, ipam.AssignIPArgs{Addr: mustAddr("10.0.0.77"), Handle: "b", Node: "node-2"})
+	require.ErrorIs(t, err, ipam.ErrInUse)
+	own, err := e.a.Owner(e.ctx, mustAddr("10.0.0.77"))
+	require.NoError(t, err)
+	require.Equal(t, "a", own.Handle)
+	require.Equal(t, "node-1", own.Attrs[ipam.AttrNode])
+
+	// Strict affinity: node-2 may not assign into node-1's block.
+	e.config(ipam.Config{StrictAffinity: true, AutoAllocateBlocks: true})
+	_, err = e.a.AssignIP(e.ctx, ipam.AssignIPArgs{Addr: mustAddr("10.0.0.78"), Handle: "b", Node: "node-2"})
+	require.ErrorIs(t, err, ipam.ErrStrictAffinity)
+}
+
+func TestStaleSequenceReleaseRefused(t *testing.T) {
+	e := newEnv(t, v4pool("p", "10.0.0.0/30", 30))
+	first := e.mustAssign4("node-1", "pod-a", 1)[0]
+	_, err := e.a.ReleaseIPs(e.ctx, ipam.Release{Addr: first.Addr, Seq: first.Seq})
+	require.NoError(t, err)
+	// The address is handed out again (the block is tiny: it comes round).
+	var again ipam.Assigned
+	for i := 0; ; i++ {
+		x := e.mustAssign4("node-1", "pod-b", 1)[0]
+		if x.Addr == first.Addr {
+			again = x
+			break
+		}
+		require.Less(t, i, 4)
+	}
+	require.NotEqual(t, first.Seq, again.Seq)
+
+	// A late release carrying the first allocation's sequence number is
+	// refused and frees nothing.
+	res, err := e.a.ReleaseIPs(e.ctx, ipam.Release{Addr: first.Addr, Seq: first.Seq})
+	require.ErrorIs(t, err, ipam.ErrSeqMismatch)
+	var ae *ipam.AddrError
+	require.ErrorAs(t, err, &ae)
+	require.Equal(t, first.Addr, ae.Addr)
+	require.Empty(t, res.Released)
+	own, err := e.a.Owner(e.ctx, first.Addr)
+	require.NoError(t, err)
+	require.Equal(t, "pod-b", own.Handle)
+
+	// So is a release naming the wrong handle.
+	_, err = e.a.ReleaseIPs(e.ctx, ipam.Release{Addr: first.Addr, Handle: "pod-a"})
+	require.ErrorIs(t, err, ipam.ErrHandleMismatch)
+}
+
+func TestDualStackAllOrNothing(t *testing.T) {
+	v6 := pool.Pool{Name: "v6", CIDR: mustPrefix("fd00::/120"), BlockSize: 120}
+	e := newEnv(t, v4pool("v4", "10.0.0.0/24", 26), v6)
+	e.config(ipam.Config{StrictAffinity: true, AutoAllocateBlocks: true})
+	// The only IPv6 block goes to node-0.
+	_, err := e.a.AutoAssign(e.ctx, ipam.AutoAssignArgs{Num6: 1, Handle: "x", Node: "node-0"})
+	require.NoError(t, err)
+
+	_, err = e.a.AutoAssign(e.ctx, ipam.AutoAssignArgs{Num4: 2, Num6: 1, Handle: "dual", Node: "node-1"})
+	var ae *ipam.AssignError
+	require.ErrorAs(t, err, &ae)
+	require.Equal(t, 1, ae.Short6)
+	require.Zero(t, ae.Result.Len())
+	_, err = e.a.IPsByHandle(e.ctx, "dual")
+	require.ErrorIs(t, err, ipam.ErrHandleNotFound, "the IPv4 half was given back")
+	for _, pu := range e.utilization() {
+		if pu.Name == "v4" {
+			require.Zero(t, pu.InUse)
+		}
+	}
+
+	// Partial keeps what it got and says what is missing.
+	res, err := e.a.AutoAssign(e.ctx, ipam.AutoAssignArgs{Num4: 2, Num6: 1, Handle: "dual", Node: "node-1", Partial: true})
+	require.ErrorAs(t, err, &ae)
+	require.ErrorIs(t, err, ipam.ErrNoSpace)
+	require.Len(t, res.IPv4, 2)
+	require.Empty(t, res.IPv6)
+	require.Equal(t, res, ae.Result)
+	got, err := e.a.IPsByHandle(e.ctx, "dual")
+	require.NoError(t, err)
+	require.ElementsMatch(t, addrs(res.IPv4), got)
+}
+
+func TestPoolDeletion(t *testing.T) {
+	e := newEnv(t, v4pool("p", "10.0.0.0/24", 26))
+	e.mustAssign4("node-1", "kept", 1)
+	e.mustAssign4("node-2", "released", 1)
+	_, err := e.a.ReleaseByHandle(e.ctx, "released")
+	require.NoError(t, err)
+	require.Len(t, e.affine("node-2"), 1, "an empty affine block stays with its node")
+
+	require.NoError(t, e.a.DeletePool(e.ctx, "p"))
+	_, err = e.a.Pool(e.ctx, "p")
+	require.ErrorIs(t, err, ipam.ErrPoolNotFound)
+
+	u := e.utilization()
+	require.Len(t, u, 1, "only the orphan entry is left")
+	require.Empty(t, u[0].Name)
+	require.Len(t, u[0].Blocks, 1, "node-2's empty block was deleted, node-1's kept for its address")
+	require.True(t, u[0].Blocks[0].Affinity.IsZero(), "and lost its affinity")
+	ips, err := e.a.IPsByHandle(e.ctx, "kept")
+	require.NoError(t, err)
+	require.Len(t, ips, 1, "allocations stay until released")
+
+	got, err := e.a.ReleaseByHandle(e.ctx, "kept")
+	require.NoError(t, err)
+	require.Equal(t, ips, got)
+	require.Empty(t, e.utilization(), "the last release deleted the orphan block")
+	_, err = e.assign4("node-1", "new", 1)
+	require.True(t, errors.Is(err, pool.ErrNoPool))
+}
