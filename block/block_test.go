@@ -473,19 +473,42 @@ func TestEqualAndClone(t *testing.T) {
 	b.CopyTo(b)
 	require.True(t, b.Equal(d))
 
-	// Each field matters to Equal.
-	mutations := map[string]func(*block.Block){
-		"seq":      func(x *block.Block) { x.SetAffinity(x.Affinity(), x.ClaimTime()) },
-		"affinity": func(x *block.Block) { x.SetAffinity(block.Host("y"), x.ClaimTime()); x.SetAffinity(block.Affinity{}, x.ClaimTime()) },
-		"reserve":  func(x *block.Block) { _ = x.Reserve(addr("10.0.0.15")) },
-		"alloc":    func(x *block.Block) { x.Allocate(nil, 1, podA) },
-		"assign":   func(x *block.Block) { _, _ = x.Assign(addr("10.0.0.1"), podA) },
-		"release":  func(x *block.Block) { _ = x.Release(addr("10.0.0.2"), noChk) },
+	// Each part of the state matters to Equal: pairs of changes that move
+	// the counter alike but leave different blocks.
+	now := time.Now()
+	pairs := map[string][2]func(*block.Block){
+		"affinity": {
+			func(x *block.Block) { x.SetAffinity(block.Host("y"), now) },
+			func(x *block.Block) { x.SetAffinity(block.Virtual("y"), now) },
+		},
+		"claim time": {
+			func(x *block.Block) { x.SetAffinity(block.Host("y"), now) },
+			func(x *block.Block) { x.SetAffinity(block.Host("y"), now.Add(1)) },
+		},
+		"reserved": {
+			func(x *block.Block) { _ = x.Reserve(addr("10.0.0.15")) },
+			func(x *block.Block) { _ = x.Reserve(addr("10.0.0.14")) },
+		},
+		"cursor": {
+			func(x *block.Block) { x.Allocate(nil, 1, podA); _ = x.Release(addr("10.0.0.5"), noChk) },
+			func(x *block.Block) { _, _ = x.Assign(addr("10.0.0.5"), podA); _ = x.Release(addr("10.0.0.5"), noChk) },
+		},
+		"address": {
+			func(x *block.Block) { _, _ = x.Assign(addr("10.0.0.1"), podA) },
+			func(x *block.Block) { _, _ = x.Assign(addr("10.0.0.7"), podA) },
+		},
+		"handle": {
+			func(x *block.Block) { _, _ = x.Assign(addr("10.0.0.1"), podA) },
+			func(x *block.Block) { _, _ = x.Assign(addr("10.0.0.1"), podB) },
+		},
 	}
-	for name, mut := range mutations {
+	for name, p := range pairs {
 		x, y := b.Clone(), b.Clone()
-		mut(x)
+		p[0](x)
+		p[1](y)
+		require.Equal(t, x.Seq(), y.Seq(), name)
 		assert.False(t, x.Equal(y), name)
+		assert.False(t, y.Equal(x), name)
 	}
 	// Same everything but the owner's attributes, or the allocation seq.
 	x := mustNew(t, "10.0.0.0/30", 0)

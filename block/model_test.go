@@ -1,0 +1,464 @@
+package block_test
+
+import (
+	"errors"
+	"fmt"
+	"maps"
+	"net/netip"
+	"slices"
+	"testing"
+	"time"
+
+	"pgregory.net/rapid"
+
+	"github.com/carve-ipam/carve/block"
+	"github.com/carve-ipam/carve/internal/ipmath"
+)
+
+// The model: a block as plain maps, next-fit as a linear scan. Slow and
+// obviously right.
+
+type modelAlloc struct {
+	handle string
+	attrs  map[string]string
+	seq    uint64
+}
+
+type model struct {
+	prefix netip.Prefix
+	size   int
+	cursor int
+	seq    uint64
+	aff    block.Affinity
+	claim  time.Time
+	alloc  map[int]modelAlloc
+	resv   map[int]bool
+}
+
+func (m *model) addr(i int) netip.Addr {
+	a, _ := ipmath.Nth(m.prefix, ipmath.U64(uint64(i)))
+	return a
+}
+
+func (m *model) ordinal(a netip.Addr) (int, bool) {
+	if !m.prefix.Contains(a) {
+		return 0, false
+	}
+	off, _ := ipmath.Index(m.prefix, a)
+	return int(off.Lo), true
+}
+
+func (m *model) free(i int) bool { _, used := m.alloc[i]; return !used && !m.resv[i] }
+
+func (m *model) nfree() int { return m.size - len(m.alloc) - len(m.resv) }
+
+// machine runs the block and the model side by side.
+type machine struct {
+	b       *block.Block
+	m       *model
+	scratch *block.Block // CopyTo target, kept across steps so its memory is reused
+	attrs   []map[string]string
+}
+
+var handles = []string{"", "pod-a", "pod-b", "pod-c", "ñ-d", "pod-e"}
+
+func newMachine(t *rapid.T) *machine {
+	var p netip.Prefix
+	if rapid.Bool().Draw(t, "v4") {
+		bits := rapid.SampledFrom([]int{32, 31, 30, 29, 28, 28, 27, 26, 24}).Draw(t, "bits4")
+		a := netip.AddrFrom4([4]byte{10, byte(rapid.IntRange(0, 255).Draw(t, "o2")), 0, 0})
+		p = netip.PrefixFrom(a, bits)
+	} else {
+		bits := rapid.SampledFrom([]int{128, 127, 125, 124, 124, 122, 121}).Draw(t, "bits6")
+		p = netip.PrefixFrom(netip.MustParseAddr("fd00:1::"), bits)
+	}
+	seq := rapid.SampledFrom([]uint64{0, 1 << 40, ^uint64(0) - 20}).Draw(t, "seq")
+	b, err := block.NewWithSeq(p, seq)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &machine{
+		b:       b,
+		m:       &model{prefix: p, size: b.Size(), seq: seq, alloc: map[int]modelAlloc{}, resv: map[int]bool{}},
+		scratch: new(block.Block),
+		// One map object per attribute set, reused; drawOwner also makes
+		// fresh equal copies so records are matched by content too.
+		attrs: []map[string]string{nil, {"ns": "a"}, {"ns": "b"}, {"ns": "a", "pod": "x"}},
+	}
+}
+
+func (s *machine) drawOwner(t *rapid.T) block.Owner {
+	h := rapid.SampledFrom(handles).Draw(t, "handle")
+	a := s.attrs[rapid.IntRange(0, len(s.attrs)-1).Draw(t, "attrs")]
+	switch rapid.IntRange(0, 2).Draw(t, "attrsCopy") {
+	case 1:
+		a = maps.Clone(a)
+	case 2:
+		if a == nil {
+			a = map[string]string{}
+		}
+	}
+	return block.Owner{Handle: h, Attrs: a}
+}
+
+// drawAddr draws an address: mostly in the block, sometimes just outside
+// or of the other family.
+func (s *machine) drawAddr(t *rapid.T) netip.Addr {
+	switch rapid.IntRange(0, 9).Draw(t, "where") {
+	case 0:
+		last := s.m.addr(s.m.size - 1)
+		return last.Next()
+	case 1:
+		if s.m.prefix.Addr().Is4() {
+			return netip.AddrFrom16(s.m.addr(0).As16()) // IPv4-mapped: not in an IPv4 block
+		}
+		return netip.MustParseAddr("10.0.0.1")
+	}
+	return s.m.addr(rapid.IntRange(0, s.m.size-1).Draw(t, "ordinal"))
+}
+
+// drawAllocated draws an allocated address when there is one.
+func (s *machine) drawAllocated(t *rapid.T) netip.Addr {
+	if len(s.m.alloc) == 0 || rapid.IntRange(0, 4).Draw(t, "anyAddr") == 0 {
+		return s.drawAddr(t)
+	}
+	keys := slices.Sorted(maps.Keys(s.m.alloc))
+	return s.m.addr(rapid.SampledFrom(keys).Draw(t, "allocated"))
+}
+
+func (s *machine) Allocate(t *rapid.T) {
+	n := rapid.IntRange(-1, 5).Draw(t, "n")
+	if rapid.IntRange(0, 9).Draw(t, "big") == 0 {
+		n = rapid.IntRange(0, s.m.size+2).Draw(t, "bigN")
+	}
+	o := s.drawOwner(t)
+	prefix := []netip.Addr{netip.MustParseAddr("1.2.3.4")}
+	got, seq := s.b.Allocate(slices.Clip(prefix), n, o)
+	if got[0] != prefix[0] {
+		t.Fatal("Allocate overwrote dst")
+	}
+	got = got[1:]
+
+	want := min(max(n, 0), s.m.nfree())
+	if want == 0 {
+		if len(got) != 0 || seq != s.m.seq {
+			t.Fatalf("nothing to allocate: got %v, seq %d want %d", got, seq, s.m.seq)
+		}
+		return
+	}
+	s.m.seq++
+	if seq != s.m.seq {
+		t.Fatalf("seq %d, want %d", seq, s.m.seq)
+	}
+	if len(got) != want {
+		t.Fatalf("got %d addresses, want %d", len(got), want)
+	}
+	for _, a := range got {
+		i := s.m.cursor
+		for !s.m.free(i) {
+			i = (i + 1) % s.m.size
+		}
+		if a != s.m.addr(i) {
+			t.Fatalf("next-fit from %d: got %v, want %v", s.m.cursor, a, s.m.addr(i))
+		}
+		s.m.alloc[i] = modelAlloc{o.Handle, o.Attrs, seq}
+		s.m.cursor = (i + 1) % s.m.size
+	}
+}
+
+func (s *machine) Assign(t *rapid.T) {
+	a := s.drawAddr(t)
+	o := s.drawOwner(t)
+	seq, err := s.b.Assign(a, o)
+	i, in := s.m.ordinal(a)
+	var want error
+	switch {
+	case !in:
+		want = block.ErrOutOfBlock
+	case s.m.resv[i]:
+		want = block.ErrReserved
+	case !s.m.free(i):
+		want = block.ErrInUse
+	}
+	if want != nil {
+		if !errors.Is(err, want) {
+			t.Fatalf("Assign %v: got %v, want %v", a, err, want)
+		}
+		return
+	}
+	if err != nil {
+		t.Fatalf("Assign %v: %v", a, err)
+	}
+	s.m.seq++
+	if seq != s.m.seq {
+		t.Fatalf("seq %d, want %d", seq, s.m.seq)
+	}
+	s.m.alloc[i] = modelAlloc{o.Handle, o.Attrs, seq}
+}
+
+func (s *machine) Release(t *rapid.T) {
+	a := s.drawAllocated(t)
+	i, in := s.m.ordinal(a)
+	cur, held := s.m.alloc[i]
+	held = held && in
+	var c block.Check
+	switch rapid.IntRange(0, 6).Draw(t, "check") {
+	case 1:
+		c.Handle = cur.handle
+	case 2:
+		c.Handle = rapid.SampledFrom(handles).Draw(t, "maybeWrongHandle")
+	case 3:
+		c.Seq, c.CheckSeq = cur.seq, true
+	case 4:
+		// A stale or future number.
+		c.Seq, c.CheckSeq = cur.seq+uint64(rapid.IntRange(-3, 3).Draw(t, "seqOff")), true
+	case 5:
+		c = block.Check{Handle: cur.handle, Seq: cur.seq, CheckSeq: true}
+	case 6:
+		c = block.Check{Handle: rapid.SampledFrom(handles).Draw(t, "h"), Seq: cur.seq + uint64(rapid.IntRange(-1, 1).Draw(t, "off")), CheckSeq: true}
+	}
+	before := s.encode(t)
+	err := s.b.Release(a, c)
+	var want error
+	switch {
+	case !in:
+		want = block.ErrOutOfBlock
+	case !held:
+		want = block.ErrNotAllocated
+	case c.Handle != "" && c.Handle != cur.handle:
+		want = block.ErrHandleMismatch
+	case c.CheckSeq && c.Seq != cur.seq:
+		want = block.ErrSeqMismatch
+	}
+	if want != nil {
+		if !errors.Is(err, want) {
+			t.Fatalf("Release %v %+v: got %v, want %v", a, c, err, want)
+		}
+		if in && s.m.resv[i] && !errors.Is(err, block.ErrReserved) {
+			t.Fatalf("Release of reserved %v: %v", a, err)
+		}
+		if after := s.encode(t); string(after) != string(before) {
+			t.Fatalf("refused Release %v changed the block", a)
+		}
+		return
+	}
+	if err != nil {
+		t.Fatalf("Release %v %+v: %v", a, c, err)
+	}
+	s.m.seq++
+	delete(s.m.alloc, i)
+}
+
+func (s *machine) ReleaseHandle(t *rapid.T) {
+	h := rapid.SampledFrom(handles).Draw(t, "handle")
+	got := s.b.ReleaseHandle(h, nil)
+	var want []netip.Addr
+	for _, i := range slices.Sorted(maps.Keys(s.m.alloc)) {
+		if s.m.alloc[i].handle == h {
+			want = append(want, s.m.addr(i))
+			delete(s.m.alloc, i)
+		}
+	}
+	if !slices.Equal(got, want) {
+		t.Fatalf("ReleaseHandle %q: got %v, want %v", h, got, want)
+	}
+	if len(want) > 0 {
+		s.m.seq++
+	}
+}
+
+func (s *machine) Reserve(t *rapid.T) {
+	a := s.drawAddr(t)
+	err := s.b.Reserve(a)
+	i, in := s.m.ordinal(a)
+	_, used := s.m.alloc[i]
+	switch {
+	case !in:
+		if !errors.Is(err, block.ErrOutOfBlock) {
+			t.Fatalf("Reserve %v: %v", a, err)
+		}
+	case used:
+		if !errors.Is(err, block.ErrInUse) {
+			t.Fatalf("Reserve %v: %v", a, err)
+		}
+	case err != nil:
+		t.Fatalf("Reserve %v: %v", a, err)
+	case !s.m.resv[i]:
+		s.m.resv[i] = true
+		s.m.seq++
+	}
+}
+
+func (s *machine) Unreserve(t *rapid.T) {
+	a := s.drawAddr(t)
+	if len(s.m.resv) > 0 && rapid.Bool().Draw(t, "pickReserved") {
+		a = s.m.addr(rapid.SampledFrom(slices.Sorted(maps.Keys(s.m.resv))).Draw(t, "reserved"))
+	}
+	err := s.b.Unreserve(a)
+	i, in := s.m.ordinal(a)
+	switch {
+	case !in:
+		if !errors.Is(err, block.ErrOutOfBlock) {
+			t.Fatalf("Unreserve %v: %v", a, err)
+		}
+	case err != nil:
+		t.Fatalf("Unreserve %v: %v", a, err)
+	case s.m.resv[i]:
+		delete(s.m.resv, i)
+		s.m.seq++
+	}
+}
+
+func (s *machine) SetAffinity(t *rapid.T) {
+	a := rapid.SampledFrom([]block.Affinity{{}, block.Host("node-1"), block.Host("node-2"), block.Virtual("lb")}).Draw(t, "affinity")
+	at := time.Time{}
+	if rapid.Bool().Draw(t, "at") {
+		at = time.Unix(rapid.Int64Range(-1e10, 1e10).Draw(t, "sec"), rapid.Int64Range(0, 1e9-1).Draw(t, "nsec")).In(time.Local)
+	}
+	s.b.SetAffinity(a, at)
+	s.m.aff, s.m.claim = a, at
+	s.m.seq++
+}
+
+// CloneIsolation changes a clone and a CopyTo copy and checks the original
+// is untouched.
+func (s *machine) CloneIsolation(t *rapid.T) {
+	before := s.encode(t)
+	c := s.b.Clone()
+	s.b.CopyTo(s.scratch)
+	for _, x := range []*block.Block{c, s.scratch} {
+		if !x.Equal(s.b) || !s.b.Equal(x) {
+			t.Fatal("copy not Equal")
+		}
+		// Release first, then fill the block, so that released addresses
+		// are handed out again with new owners and numbers.
+		x.ReleaseHandle("pod-b", nil)
+		for a := range s.b.All() {
+			_ = x.Release(a, block.Check{})
+			break
+		}
+		x.Allocate(nil, x.Size(), block.Owner{Handle: "pod-f", Attrs: map[string]string{"x": "y"}})
+		_ = x.Unreserve(s.m.addr(0))
+		x.SetAffinity(block.Host("other"), time.Now())
+		if err := x.Verify(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if after := s.encode(t); string(after) != string(before) {
+		t.Fatal("changing a copy changed the original")
+	}
+	if err := s.b.Verify(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func (s *machine) encode(t *rapid.T) []byte {
+	data, err := s.b.MarshalBinary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return data
+}
+
+func (s *machine) Check(t *rapid.T) {
+	b, m := s.b, s.m
+	if err := b.Verify(); err != nil {
+		t.Fatalf("inconsistent: %v", err)
+	}
+	if b.Used() != len(m.alloc) || b.Reserved() != len(m.resv) || b.Free() != m.nfree() ||
+		b.Used()+b.Free()+b.Reserved() != b.Size() || b.Empty() != (len(m.alloc) == 0) {
+		t.Fatalf("counts: used %d reserved %d free %d, model %d %d %d", b.Used(), b.Reserved(), b.Free(), len(m.alloc), len(m.resv), m.nfree())
+	}
+	if b.Seq() != m.seq || b.Affinity() != m.aff || !b.ClaimTime().Equal(m.claim) {
+		t.Fatalf("seq %d affinity %v %v, model %d %v %v", b.Seq(), b.Affinity(), b.ClaimTime(), m.seq, m.aff, m.claim)
+	}
+	// Allocations, in order, exactly the model's: nothing handed out twice.
+	var want []string
+	for _, i := range slices.Sorted(maps.Keys(m.alloc)) {
+		x := m.alloc[i]
+		want = append(want, fmt.Sprintf("%v %q %v %d", m.addr(i), x.handle, attrString(x.attrs), x.seq))
+	}
+	var got []string
+	for a, al := range b.All() {
+		got = append(got, fmt.Sprintf("%v %q %v %d", a, al.Owner.Handle, attrString(al.Owner.Attrs), al.Seq))
+		if o, ok := b.Owner(a); !ok || o.Seq != al.Seq || o.Owner.Handle != al.Owner.Handle {
+			t.Fatalf("Owner(%v) = %v %v, All says %v", a, o, ok, al)
+		}
+	}
+	if !slices.Equal(got, want) {
+		t.Fatalf("allocations:\n got %q\nwant %q", got, want)
+	}
+	// Owner records: one per distinct (handle, attrs), with exact counts.
+	wantOwners := map[string]int{}
+	for _, x := range m.alloc {
+		wantOwners[fmt.Sprintf("%q %v", x.handle, attrString(x.attrs))]++
+	}
+	gotOwners := map[string]int{}
+	for o, n := range b.Owners() {
+		k := fmt.Sprintf("%q %v", o.Handle, attrString(o.Attrs))
+		if _, dup := gotOwners[k]; dup || n <= 0 {
+			t.Fatalf("owner %s listed twice or with %d addresses", k, n)
+		}
+		gotOwners[k] = n
+	}
+	if !maps.Equal(gotOwners, wantOwners) {
+		t.Fatalf("owners:\n got %v\nwant %v", gotOwners, wantOwners)
+	}
+	for _, h := range handles {
+		var want []netip.Addr
+		for _, i := range slices.Sorted(maps.Keys(m.alloc)) {
+			if m.alloc[i].handle == h {
+				want = append(want, m.addr(i))
+			}
+		}
+		if got := b.AddrsOf(h, nil); !slices.Equal(got, want) {
+			t.Fatalf("AddrsOf(%q) = %v, want %v", h, got, want)
+		}
+	}
+	for i := range m.size {
+		if b.IsReserved(m.addr(i)) != m.resv[i] {
+			t.Fatalf("IsReserved(%v) = %v", m.addr(i), !m.resv[i])
+		}
+	}
+	// Both encodings round trip to an Equal block.
+	data := s.encode(t)
+	var back block.Block
+	if err := back.UnmarshalBinary(data); err != nil {
+		t.Fatalf("UnmarshalBinary: %v", err)
+	}
+	if !back.Equal(b) || back.Verify() != nil {
+		t.Fatal("binary round trip not Equal")
+	}
+	if again, _ := back.MarshalBinary(); string(again) != string(data) {
+		t.Fatal("binary encoding not canonical")
+	}
+	js, err := b.MarshalJSON()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var jb block.Block
+	if err := jb.UnmarshalJSON(js); err != nil {
+		t.Fatalf("UnmarshalJSON %s: %v", js, err)
+	}
+	if !jb.Equal(b) || jb.Verify() != nil {
+		t.Fatalf("JSON round trip not Equal: %s", js)
+	}
+	// The decoded block keeps working like the original.
+	back.Allocate(nil, 1, block.Owner{Handle: "pod-a"})
+	if err := back.Verify(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func attrString(m map[string]string) string {
+	if len(m) == 0 {
+		return "{}"
+	}
+	return fmt.Sprint(m) // fmt sorts map keys
+}
+
+func TestModel(t *testing.T) {
+	rapid.Check(t, func(t *rapid.T) {
+		t.Repeat(rapid.StateMachineActions(newMachine(t)))
+	})
+}
