@@ -26,13 +26,43 @@ var (
 	genValues = []string{"", "0", "1", "a", "linux", "it's", `say "hi"`, "ü", "x y", "\t", "!!", "&& ||", "a in {}", ")", "\n"}
 )
 
-// blanks draws separating white space; at least min bytes of it.
-func blanks(t *rapid.T, min int) string {
-	return rapid.SampledFrom([]string{"", " ", "\t", "  ", " \t "}[min:]).Draw(t, "blanks")
+// chooser makes the generator's random choices. Two drivers share one
+// generator: rapid, which shrinks failures, and the fuzzer's raw bytes.
+type chooser interface {
+	// choose returns a number in [0, n); label names the choice.
+	choose(n int, label string) int
 }
 
-func quote(t *rapid.T, v string) string {
-	q := rapid.SampledFrom([]string{`"`, `'`}).Draw(t, "quote")
+type rapidChooser struct{ t *rapid.T }
+
+func (c rapidChooser) choose(n int, label string) int {
+	return rapid.IntRange(0, n-1).Draw(c.t, label)
+}
+
+// byteChooser takes one byte per choice and chooses 0 once the bytes run
+// out, so that every input is a valid selector.
+type byteChooser struct{ b []byte }
+
+func (c *byteChooser) choose(n int, _ string) int {
+	if len(c.b) == 0 {
+		return 0
+	}
+	v := int(c.b[0]) % n
+	c.b = c.b[1:]
+	return v
+}
+
+func pick[E any](c chooser, from []E, label string) E {
+	return from[c.choose(len(from), label)]
+}
+
+// blanks chooses white space to put between tokens, maybe none.
+func blanks(c chooser) string {
+	return pick(c, []string{"", " ", "\t", "  ", " \t "}, "blanks")
+}
+
+func quote(c chooser, v string) string {
+	q := pick(c, []string{`"`, `'`}, "quote")
 	switch {
 	case strings.Contains(v, `"`):
 		q = `'`
@@ -50,14 +80,14 @@ func canonQuote(v string) string {
 }
 
 // genList draws an || list of && lists (and when sep is "&&", of unaries).
-func genList(t *rapid.T, sep string, depth int) genExpr {
-	n := rapid.IntRange(1, 3).Draw(t, "operands")
+func genList(c chooser, sep string, depth int) genExpr {
+	n := 1 + c.choose(3, "operands")
 	parts := make([]genExpr, n)
 	for i := range parts {
 		if sep == "||" {
-			parts[i] = genList(t, "&&", depth)
+			parts[i] = genList(c, "&&", depth)
 		} else {
-			parts[i] = genUnary(t, depth)
+			parts[i] = genUnary(c, depth)
 		}
 	}
 	if n == 1 {
@@ -71,7 +101,7 @@ func genList(t *rapid.T, sep string, depth int) genExpr {
 		global = global || p.global
 	}
 	return genExpr{
-		text:  strings.Join(texts, blanks(t, 0)+sep+blanks(t, 0)),
+		text:  strings.Join(texts, blanks(c)+sep+blanks(c)),
 		canon: "(" + strings.Join(canons, " "+sep+" ") + ")",
 		eval: func(l selector.Set) bool {
 			for _, p := range parts {
@@ -85,12 +115,12 @@ func genList(t *rapid.T, sep string, depth int) genExpr {
 	}
 }
 
-func genUnary(t *rapid.T, depth int) genExpr {
-	bangs := rapid.IntRange(0, 3).Draw(t, "bangs")
-	p := genPrimary(t, depth)
+func genUnary(c chooser, depth int) genExpr {
+	bangs := c.choose(4, "bangs")
+	p := genPrimary(c, depth)
 	prefix := ""
 	for range bangs {
-		prefix += "!" + blanks(t, 0)
+		prefix += "!" + blanks(c)
 	}
 	p.text = prefix + p.text
 	if bangs%2 == 1 {
@@ -101,66 +131,69 @@ func genUnary(t *rapid.T, depth int) genExpr {
 	return p
 }
 
-func genPrimary(t *rapid.T, depth int) genExpr {
+func genPrimary(c chooser, depth int) genExpr {
 	kinds := []string{"compare", "compare", "set", "has", "all", "global"}
 	if depth > 0 {
 		kinds = append(kinds, "paren", "paren")
 	}
-	k := rapid.SampledFrom(genKeys).Draw(t, "key")
-	switch rapid.SampledFrom(kinds).Draw(t, "kind") {
+	k := pick(c, genKeys, "key")
+	switch pick(c, kinds, "kind") {
 	case "has":
 		return genExpr{
-			text:  "has(" + blanks(t, 0) + k + blanks(t, 0) + ")",
+			text:  "has(" + blanks(c) + k + blanks(c) + ")",
 			canon: "has(" + k + ")",
 			eval:  func(l selector.Set) bool { _, ok := l[k]; return ok },
 		}
 	case "all":
-		return genExpr{text: "all(" + blanks(t, 0) + ")", canon: "all()", eval: func(selector.Set) bool { return true }}
+		return genExpr{text: "all(" + blanks(c) + ")", canon: "all()", eval: func(selector.Set) bool { return true }}
 	case "global":
-		return genExpr{text: "global(" + blanks(t, 0) + ")", canon: "global()", eval: func(selector.Set) bool { return true }, global: true}
+		return genExpr{text: "global(" + blanks(c) + ")", canon: "global()", eval: func(selector.Set) bool { return true }, global: true}
 	case "paren":
-		e := genList(t, "||", depth-1)
-		e.text = "(" + blanks(t, 0) + e.text + blanks(t, 0) + ")"
+		e := genList(c, "||", depth-1)
+		e.text = "(" + blanks(c) + e.text + blanks(c) + ")"
 		return e
 	case "set":
-		return genSet(t, k)
+		return genSet(c, k)
 	}
-	v := rapid.SampledFrom(genValues).Draw(t, "value")
+	v := pick(c, genValues, "value")
 	type cmp struct {
 		spellings []string
 		canon     string
 		absent    bool
 		test      func(have, want string) bool
 	}
-	c := rapid.SampledFrom([]cmp{
+	op := pick(c, []cmp{
 		{[]string{"=="}, "==", false, func(h, w string) bool { return h == w }},
 		{[]string{"!="}, "!=", true, func(h, w string) bool { return h != w }},
 		{[]string{" contains", "\tcontains"}, "contains", false, strings.Contains},
 		{[]string{" starts with", " startswith", "\tstarts \twith"}, "starts with", false, strings.HasPrefix},
 		{[]string{" ends with", " endswith", " ends  with"}, "ends with", false, strings.HasSuffix},
-	}).Draw(t, "operator")
+	}, "operator")
 	return genExpr{
-		text:  k + blanks(t, 0) + rapid.SampledFrom(c.spellings).Draw(t, "spelling") + blanks(t, 0) + quote(t, v),
-		canon: k + " " + c.canon + " " + canonQuote(v),
+		text:  k + blanks(c) + pick(c, op.spellings, "spelling") + blanks(c) + quote(c, v),
+		canon: k + " " + op.canon + " " + canonQuote(v),
 		eval: func(l selector.Set) bool {
 			have, ok := l[k]
 			if !ok {
-				return c.absent
+				return op.absent
 			}
-			return c.test(have, v)
+			return op.test(have, v)
 		},
 	}
 }
 
-func genSet(t *rapid.T, k string) genExpr {
-	values := rapid.SliceOfN(rapid.SampledFrom(genValues), 0, 4).Draw(t, "set")
-	not := rapid.Bool().Draw(t, "not")
+func genSet(c chooser, k string) genExpr {
+	values := make([]string, c.choose(5, "set size"))
+	for i := range values {
+		values[i] = pick(c, genValues, "set element")
+	}
+	not := c.choose(2, "not") == 1
 	var texts []string
 	for _, v := range values {
-		texts = append(texts, blanks(t, 0)+quote(t, v)+blanks(t, 0))
+		texts = append(texts, blanks(c)+quote(c, v)+blanks(c))
 	}
 	text := strings.Join(texts, ",")
-	if len(values) > 0 && rapid.Bool().Draw(t, "trailing comma") {
+	if len(values) > 0 && c.choose(2, "trailing comma") == 1 {
 		text += ","
 	}
 	// Expected canonical set: every distinct value once, in byte order,
@@ -184,10 +217,10 @@ func genSet(t *rapid.T, k string) genExpr {
 	}
 	op, spelling := "in", " in"
 	if not {
-		op, spelling = "not in", rapid.SampledFrom([]string{" not in", " notin", " not\t in"}).Draw(t, "spelling")
+		op, spelling = "not in", pick(c, []string{" not in", " notin", " not\t in"}, "spelling")
 	}
 	return genExpr{
-		text:  k + spelling + blanks(t, 0) + "{" + text + "}",
+		text:  k + spelling + blanks(c) + "{" + text + "}",
 		canon: k + " " + op + " {" + strings.Join(canons, ", ") + "}",
 		eval: func(l selector.Set) bool {
 			have, ok := l[k]
@@ -200,37 +233,46 @@ func genSet(t *rapid.T, k string) genExpr {
 	}
 }
 
-func genLabels(t *rapid.T) selector.Set {
+func genLabels(c chooser) selector.Set {
 	l := selector.Set{}
 	for _, k := range genKeys {
-		if rapid.Bool().Draw(t, "present "+k) {
-			l[k] = rapid.SampledFrom(genValues).Draw(t, "value of "+k)
+		if c.choose(2, "present "+k) == 1 {
+			l[k] = pick(c, genValues, "value of "+k)
 		}
 	}
 	return l
 }
 
-// TestGeneratedSelectors parses randomly spelled selectors and checks the
-// canonical text, UsesGlobal and evaluation against the generator's own
-// meaning of them.
+// checkGenerated parses a randomly spelled selector and checks the canonical
+// text, UsesGlobal and evaluation against the generator's own meaning of it.
+func checkGenerated(t interface{ Fatalf(string, ...any) }, c chooser) {
+	e := genList(c, "||", 3)
+	sel, err := selector.Parse(e.text)
+	if err != nil {
+		t.Fatalf("Parse(%q): %v", e.text, err)
+	}
+	if got := sel.String(); got != e.canon {
+		t.Fatalf("Parse(%q).String() = %q, want %q", e.text, got, e.canon)
+	}
+	if sel.UsesGlobal() != e.global {
+		t.Fatalf("Parse(%q).UsesGlobal() = %v", e.text, sel.UsesGlobal())
+	}
+	for range 4 {
+		l := genLabels(c)
+		if got, want := sel.Matches(l), e.eval(l); got != want {
+			t.Fatalf("Parse(%q).Matches(%v) = %v, want %v", e.text, l, got, want)
+		}
+	}
+}
+
 func TestGeneratedSelectors(t *testing.T) {
-	rapid.Check(t, func(t *rapid.T) {
-		e := genList(t, "||", 3)
-		sel, err := selector.Parse(e.text)
-		if err != nil {
-			t.Fatalf("Parse(%q): %v", e.text, err)
-		}
-		if got := sel.String(); got != e.canon {
-			t.Fatalf("Parse(%q).String() = %q, want %q", e.text, got, e.canon)
-		}
-		if sel.UsesGlobal() != e.global {
-			t.Fatalf("Parse(%q).UsesGlobal() = %v", e.text, sel.UsesGlobal())
-		}
-		for range 4 {
-			l := genLabels(t)
-			if got, want := sel.Matches(l), e.eval(l); got != want {
-				t.Fatalf("Parse(%q).Matches(%v) = %v, want %v", e.text, l, got, want)
-			}
-		}
-	})
+	rapid.Check(t, func(t *rapid.T) { checkGenerated(t, rapidChooser{t}) })
+}
+
+// FuzzGenerated lets the fuzzer make the generator's choices.
+func FuzzGenerated(f *testing.F) {
+	f.Add([]byte{})
+	f.Add([]byte("\x01\x02\x03\x04\x05\x06\x07\x08\x09\x0a\x0b\x0c\x0d\x0e\x0f"))
+	f.Add([]byte(strings.Repeat("\xff\x7f\x80\x03", 40)))
+	f.Fuzz(func(t *testing.T, b []byte) { checkGenerated(t, &byteChooser{b}) })
 }
