@@ -156,19 +156,7 @@ func (lx *lexer) scan(start int) (token, error) {
 	}
 	switch rest := in[start:]; {
 	case strings.HasPrefix(rest, "has("):
-		i := skipBlanks(in, start+len("has("))
-		j := labelEnd(in, i)
-		if j == i {
-			return token{}, lx.expected(i, `a label name after "has("`)
-		}
-		if err := lx.checkLabelLen(i, j); err != nil {
-			return token{}, err
-		}
-		k := skipBlanks(in, j)
-		if k == len(in) || in[k] != ')' {
-			return token{}, lx.expected(k, `")" to close "has("`)
-		}
-		return token{kind: tHas, off: start, end: k + 1, val: in[i:j]}, nil
+		return lx.has(start)
 	case strings.HasPrefix(rest, "all("):
 		return lx.call(start, tAll, "all(")
 	case strings.HasPrefix(rest, "global("):
@@ -181,7 +169,26 @@ func (lx *lexer) scan(start int) (token, error) {
 	return token{kind: tLabel, off: start, end: end, val: in[start:end]}, nil
 }
 
-// call scans the rest of a function without arguments, "all(" or "global(".
+// has scans "has(label)", which is one token.
+func (lx *lexer) has(start int) (token, error) {
+	in := lx.in
+	i := skipBlanks(in, start+len("has("))
+	j := labelEnd(in, i)
+	if j == i {
+		return token{}, lx.expected(i, `a label name after "has("`)
+	}
+	if err := lx.checkLabelLen(i, j); err != nil {
+		return token{}, err
+	}
+	k := skipBlanks(in, j)
+	if k == len(in) || in[k] != ')' {
+		return token{}, lx.expected(k, `")" to close "has("`)
+	}
+	return token{kind: tHas, off: start, end: k + 1, val: in[i:j]}, nil
+}
+
+// call scans a function without arguments, "all()" or "global()", which is
+// one token.
 func (lx *lexer) call(start int, k tokKind, open string) (token, error) {
 	i := skipBlanks(lx.in, start+len(open))
 	if i == len(lx.in) || lx.in[i] != ')' {

@@ -3,7 +3,6 @@ package selector
 import (
 	"fmt"
 	"slices"
-	"strconv"
 )
 
 // Limits that Calico does not have; they make sure hostile input gets an
@@ -44,11 +43,10 @@ const (
 // Strings have no escapes. Parentheses nest at most [MaxDepth] deep and the
 // input is at most [MaxLength] bytes long.
 func Parse(s string) (Selector, error) {
-	if len(s) > MaxLength {
-		return Selector{}, &SyntaxError{Input: s, Offset: MaxLength,
-			Msg: "selector is " + strconv.Itoa(len(s)) + " bytes long; the limit is " + strconv.Itoa(MaxLength)}
-	}
 	p := parser{lx: lexer{in: s}}
+	if len(s) > MaxLength {
+		return Selector{}, p.errorf(MaxLength, "selector is %d bytes long; the limit is %d", len(s), MaxLength)
+	}
 	if err := p.advance(); err != nil {
 		return Selector{}, err
 	}
