@@ -48,7 +48,14 @@ type blockError struct {
 }
 
 func (e *blockError) Error() string {
-	return "block " + e.block.String() + ": " + e.op + ": " + e.detail
+	s := "block"
+	if e.block.IsValid() {
+		s += " " + e.block.String()
+	}
+	if e.op != "" {
+		s += ": " + e.op
+	}
+	return s + ": " + e.detail
 }
 
 func (e *blockError) Unwrap() []error { return e.errs }

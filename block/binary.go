@@ -176,16 +176,18 @@ func (b *Block) UnmarshalBinary(data []byte) error {
 
 // decoder reads the binary encoding. Errors carry the byte offset.
 type decoder struct {
-	data []byte
-	off  int
+	data   []byte
+	off    int
+	prefix netip.Prefix // once read
 }
 
 func (d *decoder) fail(format string, args ...any) error {
-	return &blockError{op: "decode", detail: fmt.Sprintf("offset %d: ", d.off) + fmt.Sprintf(format, args...), errs: []error{ErrCorrupt}}
+	return &blockError{block: d.prefix, op: "decode binary", detail: fmt.Sprintf("offset %d: ", d.off) + fmt.Sprintf(format, args...), errs: []error{ErrCorrupt}}
 }
 
-func (d *decoder) failPrefix(err error) error {
-	return &blockError{op: "decode", detail: fmt.Sprintf("offset %d: %v", d.off, err), errs: []error{ErrCorrupt, ErrInvalidPrefix}}
+// failPrefix reports a prefix that cannot be a block, at offset at.
+func (d *decoder) failPrefix(at int, p netip.Prefix, detail string) error {
+	return &blockError{block: p, op: "decode binary", detail: fmt.Sprintf("offset %d: %s", at, detail), errs: []error{ErrCorrupt, ErrInvalidPrefix}}
 }
 
 func (d *decoder) bytes(n int, what string) ([]byte, error) {
@@ -273,9 +275,16 @@ func (d *decoder) block(b *Block) error {
 		return err
 	}
 	a, _ := netip.AddrFromSlice(raw)
-	if err := b.init(netip.PrefixFrom(a, int(nbits)), 0); err != nil {
-		return d.failPrefix(err)
+	at := d.off - alen - 1 // the prefix length byte
+	if int(nbits) > a.BitLen() {
+		return d.failPrefix(at, netip.Prefix{}, fmt.Sprintf("prefix length %d longer than %d bits", nbits, a.BitLen()))
 	}
+	p := netip.PrefixFrom(a, int(nbits))
+	if problem := prefixProblem(p); problem != "" {
+		return d.failPrefix(at, p, problem)
+	}
+	_ = b.init(p, 0) // cannot fail now
+	d.prefix = p
 	seq, err := d.bytes(8, "sequence number")
 	if err != nil {
 		return err

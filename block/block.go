@@ -100,17 +100,25 @@ func NewWithSeq(p netip.Prefix, seq uint64) (*Block, error) {
 // checkPrefix returns an error wrapping ErrInvalidPrefix unless p can be a
 // block.
 func checkPrefix(p netip.Prefix) error {
-	switch {
-	case !p.IsValid():
-		return fmt.Errorf("block %s: %w", p, ErrInvalidPrefix)
-	case p.Masked() != p:
-		return fmt.Errorf("block %s: prefix is not masked (want %s): %w", p, p.Masked(), ErrInvalidPrefix)
-	case p.Addr().Is4() && (p.Bits() < MinBits4 || p.Bits() > MaxBits4):
-		return fmt.Errorf("block %s: IPv4 block size must be /%d to /%d: %w", p, MinBits4, MaxBits4, ErrInvalidPrefix)
-	case p.Addr().Is6() && (p.Bits() < MinBits6 || p.Bits() > MaxBits6):
-		return fmt.Errorf("block %s: IPv6 block size must be /%d to /%d: %w", p, MinBits6, MaxBits6, ErrInvalidPrefix)
+	if d := prefixProblem(p); d != "" {
+		return &blockError{block: p, detail: d, errs: []error{ErrInvalidPrefix}}
 	}
 	return nil
+}
+
+// prefixProblem says why p cannot be a block, or returns "".
+func prefixProblem(p netip.Prefix) string {
+	switch {
+	case !p.IsValid():
+		return "invalid prefix"
+	case p.Masked() != p:
+		return "prefix is not masked (want " + p.Masked().String() + ")"
+	case p.Addr().Is4() && (p.Bits() < MinBits4 || p.Bits() > MaxBits4):
+		return fmt.Sprintf("IPv4 block size must be /%d to /%d", MinBits4, MaxBits4)
+	case p.Addr().Is6() && (p.Bits() < MinBits6 || p.Bits() > MaxBits6):
+		return fmt.Sprintf("IPv6 block size must be /%d to /%d", MinBits6, MaxBits6)
+	}
+	return ""
 }
 
 // init makes b an empty block for p with counter seq, reusing b's memory.

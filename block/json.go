@@ -130,9 +130,10 @@ func (b *Block) decodeJSON(data []byte) error {
 	if j.Version != version {
 		return fail("unsupported version %d (want %d)", j.Version, version)
 	}
-	if err := b.init(j.CIDR, j.Seq); err != nil {
-		return &blockError{block: j.CIDR, op: "decode json", detail: err.Error(), errs: []error{ErrCorrupt, ErrInvalidPrefix}}
+	if problem := prefixProblem(j.CIDR); problem != "" {
+		return &blockError{block: j.CIDR, op: "decode json", detail: problem, errs: []error{ErrCorrupt, ErrInvalidPrefix}}
 	}
+	_ = b.init(j.CIDR, j.Seq) // cannot fail now
 	if j.Cursor < 0 || j.Cursor >= b.size {
 		return fail("cursor %d outside the block's %d addresses", j.Cursor, b.size)
 	}
