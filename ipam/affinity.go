@@ -22,7 +22,7 @@ const maxAffinityBlocks = 4096
 // then the index record, so a crash leaves at worst a stale index entry.
 func (a *Allocator) releaseAffinity(ctx context.Context, aff block.Affinity, blk netip.Prefix, requireEmpty bool) error {
 	e := a.entry(blk)
-	e.mu.Lock()
+	e.lock()
 	err := a.retry(ctx, "release affinity of "+blk.String(), func() error {
 		if err := a.load(ctx, e); err != nil {
 			return err
@@ -39,7 +39,7 @@ func (a *Allocator) releaseAffinity(ctx context.Context, aff block.Affinity, blk
 		next.SetAffinity(block.Affinity{}, time.Time{})
 		return a.commit(ctx, e)
 	})
-	e.mu.Unlock()
+	e.unlock()
 	if err != nil && !errors.Is(err, ErrAffinityConflict) {
 		return err
 	}

@@ -234,7 +234,7 @@ func (a *Allocator) retry(ctx context.Context, op string, f func() error) error 
 
 // isRace reports whether err means another writer got there first.
 func isRace(err error) bool {
-	return errors.Is(err, ErrConflict) || errors.Is(err, ErrExists) || errors.Is(err, errRecordMoved)
+	return errors.Is(err, ErrConflict) || errors.Is(err, ErrExists) || errors.Is(err, errRecordMoved) || errors.Is(err, errStale)
 }
 
 // errRecordMoved marks a record that disappeared or appeared between our

@@ -380,8 +380,8 @@ func poolOf(pools []*pool.Pool, blk netip.Prefix) int {
 // read of the block first. It reports whether the block was full.
 func (a *Allocator) assignFrom(ctx context.Context, o *assignOp, blk netip.Prefix, want int, mine, fresh bool) ([]Assigned, bool, error) {
 	e := a.entry(blk)
-	e.mu.Lock()
-	defer e.mu.Unlock()
+	e.lock()
+	defer e.unlock()
 	if fresh {
 		e.loaded = false
 	}
@@ -392,7 +392,7 @@ func (a *Allocator) assignFrom(ctx context.Context, o *assignOp, blk netip.Prefi
 			return err
 		}
 		if e.blk == nil || (mine && e.blk.Affinity() != o.aff) {
-			return nil // gone, or no longer ours
+			return e.confirm() // gone, or no longer ours: make sure
 		}
 		if e.blk.Free() == 0 {
 			full = true
@@ -498,24 +498,33 @@ func (a *Allocator) AssignIP(ctx context.Context, args AssignIPArgs) (Assigned, 
 	h := a.newHandleTx(args.Handle, false)
 
 	e := a.entry(blk)
-	e.mu.Lock()
-	defer e.mu.Unlock()
+	e.lock()
+	defer e.unlock()
 	var seq uint64
 	err = a.retry(ctx, "assign "+addr.String(), func() error {
 		if err := a.ensure(ctx, e); err != nil {
 			return err
 		}
 		if e.blk == nil {
-			if err := a.claimLocked(ctx, e, aff); err != nil {
+			// No block yet: claim it for the node. If another node got
+			// there first, the block now loaded is theirs: assign into it
+			// like any existing block.
+			if err := a.claimLocked(ctx, e, aff); err != nil && !errors.Is(err, ErrAffinityConflict) {
 				return err
 			}
 		}
 		if v.config.StrictAffinity && e.blk.Affinity() != aff {
+			if err := e.confirm(); err != nil {
+				return err
+			}
 			return fmt.Errorf("ipam: assign %s: %w: block %s is affine to %q, not %s", addr, ErrStrictAffinity, blk, e.blk.Affinity(), aff)
 		}
 		next := e.stage()
 		var err error
 		if seq, err = next.Assign(addr, owner); err != nil {
+			if cerr := e.confirm(); cerr != nil {
+				return cerr
+			}
 			return fmt.Errorf("ipam: assign %s: %w", addr, err)
 		}
 		if err := h.add(ctx, blk, 1); err != nil {

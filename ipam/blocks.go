@@ -24,9 +24,38 @@ type blockEntry struct {
 	loaded bool         // blk and rev reflect a read or write of the store
 	blk    *block.Block // nil when the block does not exist
 	rev    Revision
+	// fresh reports whether blk was read or written by the current holder
+	// of mu. A cached block is good enough to attempt a write (the
+	// compare-and-swap catches a stale one), but a refusal or a "not
+	// there" must rest on a fresh read: see confirm.
+	fresh bool
 	// next is where each attempt builds the new version: a deep copy of blk
 	// made before the change, so a failed attempt leaves blk untouched.
 	next *block.Block
+}
+
+// lock takes the entry for one operation.
+func (e *blockEntry) lock() {
+	e.mu.Lock()
+	e.fresh = false
+}
+
+func (e *blockEntry) unlock() { e.mu.Unlock() }
+
+// errStale asks the retry loop to read a block again before giving a
+// negative answer that rested on a cached copy.
+var errStale = errors.New("cached block may be stale")
+
+// confirm returns nil when the entry's block was read or written during
+// this operation, so a negative answer drawn from it is true. Otherwise it
+// drops the cached copy and returns errStale: the caller's retry loop reads
+// the block and decides again.
+func (e *blockEntry) confirm() error {
+	if e.fresh {
+		return nil
+	}
+	e.loaded = false
+	return errStale
 }
 
 // entry returns the cache entry of the block with prefix p.
@@ -49,7 +78,7 @@ func (a *Allocator) entry(p netip.Prefix) *blockEntry {
 func (a *Allocator) load(ctx context.Context, e *blockEntry) error {
 	rec, err := a.store.Get(ctx, KindBlock, e.key)
 	if errors.Is(err, ErrNotFound) {
-		e.blk, e.rev, e.loaded = nil, 0, true
+		e.blk, e.rev, e.loaded, e.fresh = nil, 0, true, true
 		return nil
 	}
 	if err != nil {
@@ -59,7 +88,7 @@ func (a *Allocator) load(ctx context.Context, e *blockEntry) error {
 	if err != nil {
 		return err
 	}
-	e.blk, e.rev, e.loaded = b, rec.Revision, true
+	e.blk, e.rev, e.loaded, e.fresh = b, rec.Revision, true, true
 	return nil
 }
 
@@ -105,7 +134,7 @@ func (a *Allocator) commit(ctx context.Context, e *blockEntry) error {
 		if err := a.store.Delete(ctx, KindBlock, e.key, e.rev); err != nil {
 			return a.writeFailed(e, err)
 		}
-		e.blk, e.rev, e.next = nil, 0, nil
+		e.blk, e.rev, e.next, e.fresh = nil, 0, nil, true
 		return nil
 	}
 	value, err := b.AppendBinary(nil)
@@ -117,7 +146,7 @@ func (a *Allocator) commit(ctx context.Context, e *blockEntry) error {
 		return a.writeFailed(e, err)
 	}
 	e.blk, e.next = b, e.blk
-	e.rev = rev
+	e.rev, e.fresh = rev, true
 	return nil
 }
 
@@ -132,14 +161,14 @@ func (a *Allocator) create(ctx context.Context, e *blockEntry, b *block.Block) e
 	if err != nil {
 		return a.writeFailed(e, err)
 	}
-	e.blk, e.rev, e.loaded = b, rev, true
+	e.blk, e.rev, e.loaded, e.fresh = b, rev, true, true
 	return nil
 }
 
 // writeFailed marks the entry stale after a failed write, so the next
 // attempt reads the block again, and wraps the error.
 func (a *Allocator) writeFailed(e *blockEntry, err error) error {
-	e.loaded = false
+	e.loaded, e.fresh = false, false
 	if errors.Is(err, ErrNotFound) {
 		err = fmt.Errorf("%w: %w", errRecordMoved, err)
 	}

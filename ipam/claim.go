@@ -68,11 +68,8 @@ func (a *Allocator) claim(ctx context.Context, p *pool.Pool, aff block.Affinity,
 // block its node cannot find.
 func (a *Allocator) tryClaim(ctx context.Context, blk netip.Prefix, aff block.Affinity) (bool, error) {
 	e := a.entry(blk)
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	if e.loaded && e.blk != nil && e.blk.Affinity() != aff {
-		return false, nil // known taken; no need to ask the store
-	}
+	e.lock()
+	defer e.unlock()
 	err := a.retry(ctx, "claim block "+blk.String(), func() error { return a.claimLocked(ctx, e, aff) })
 	if errors.Is(err, ErrAffinityConflict) {
 		return false, nil
@@ -184,8 +181,8 @@ func (a *Allocator) reclaimable(b *block.Block, aff block.Affinity, now time.Tim
 // the old owner's index record.
 func (a *Allocator) takeOver(ctx context.Context, blk netip.Prefix, aff block.Affinity) (bool, error) {
 	e := a.entry(blk)
-	e.mu.Lock()
-	defer e.mu.Unlock()
+	e.lock()
+	defer e.unlock()
 	idx := affinityKey(aff.String(), blk)
 	idxRev, err := a.store.Create(ctx, KindAffinity, idx, nil)
 	if err != nil && !errors.Is(err, ErrExists) {
@@ -258,8 +255,8 @@ func (a *Allocator) borrow(ctx context.Context, o *assignOp, p *pool.Pool, want 
 // holds it already (at that or a later revision).
 func (a *Allocator) seed(blk netip.Prefix, b *block.Block, rev Revision) {
 	e := a.entry(blk)
-	e.mu.Lock()
-	defer e.mu.Unlock()
+	e.lock()
+	defer e.unlock()
 	if !e.loaded {
 		e.blk, e.rev, e.loaded = b, rev, true
 	}

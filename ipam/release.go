@@ -73,8 +73,14 @@ func (a *Allocator) ReleaseIPs(ctx context.Context, rels ...Release) (ReleaseRes
 		addr := r.Addr.Unmap()
 		blk, ok := a.guessBlock(v, addr)
 		if !ok {
-			status[i] = relNotAllocated
-			continue
+			// No pool holds it any more: its block may outlive the pool.
+			if blk, ok, err = a.findBlock(ctx, addr); err != nil {
+				return ReleaseResult{}, err
+			}
+			if !ok {
+				status[i] = relNotAllocated
+				continue
+			}
 		}
 		if _, seen := groups[blk]; !seen {
 			order = append(order, blk)
@@ -100,8 +106,12 @@ func (a *Allocator) ReleaseIPs(ctx context.Context, rels ...Release) (ReleaseRes
 					status[i] = relNotAllocated
 					continue
 				}
-				if _, err := a.releaseFromBlock(ctx, b, rels, []int{i}, status, refusals); err != nil {
+				found, err := a.releaseFromBlock(ctx, b, rels, []int{i}, status, refusals)
+				if err != nil {
 					return a.releaseResult(rels, status), err
+				}
+				if !found {
+					status[i] = relNotAllocated // deleted since we found it
 				}
 			}
 		}
@@ -168,16 +178,21 @@ func (a *Allocator) findBlock(ctx context.Context, addr netip.Addr) (netip.Prefi
 // whether the block exists.
 func (a *Allocator) releaseFromBlock(ctx context.Context, blk netip.Prefix, rels []Release, idx []int, status []releaseStatus, refusals []error) (bool, error) {
 	e := a.entry(blk)
-	e.mu.Lock()
-	defer e.mu.Unlock()
+	e.lock()
+	defer e.unlock()
 	exists := false
 	var freed map[string]int // per handle
 	err := a.retry(ctx, "release from block "+blk.String(), func() error {
+		// Each attempt starts over: nothing of a failed one carries on.
+		exists, freed = false, nil
+		for _, i := range idx {
+			status[i], refusals[i] = relPending, nil
+		}
 		if err := a.ensure(ctx, e); err != nil {
 			return err
 		}
 		if e.blk == nil {
-			return nil
+			return e.confirm()
 		}
 		exists = true
 		freed = map[string]int{}
@@ -202,16 +217,20 @@ func (a *Allocator) releaseFromBlock(ctx context.Context, blk netip.Prefix, rels
 				refusals[i] = &AddrError{Addr: addr, Err: err}
 			}
 		}
+		// Only a fresh read may say an address is not assigned or is held
+		// by someone else.
+		for _, i := range idx {
+			if status[i] != relReleased {
+				if err := e.confirm(); err != nil {
+					return err
+				}
+				break
+			}
+		}
 		if len(freed) == 0 {
 			return nil
 		}
-		err := a.commit(ctx, e)
-		if err != nil {
-			for _, i := range idx {
-				status[i] = relPending
-			}
-		}
-		return err
+		return a.commit(ctx, e)
 	})
 	if err != nil {
 		return exists, err
@@ -268,19 +287,19 @@ func (a *Allocator) ReleaseByHandle(ctx context.Context, handle string) ([]netip
 	var released []netip.Addr
 	for _, hc := range slices.Clone(h.rec.blocks) {
 		e := a.entry(hc.block)
-		e.mu.Lock()
+		e.lock()
 		err := a.retry(ctx, "release handle "+handle+" from block "+hc.block.String(), func() error {
 			if err := a.ensure(ctx, e); err != nil {
 				return err
 			}
 			if e.blk == nil {
-				return nil
+				return e.confirm()
 			}
 			next := e.stage()
 			n := len(released)
 			released = next.ReleaseHandle(handle, released)
 			if len(released) == n {
-				return nil
+				return e.confirm()
 			}
 			if err := a.commit(ctx, e); err != nil {
 				released = released[:n]
@@ -288,7 +307,7 @@ func (a *Allocator) ReleaseByHandle(ctx context.Context, handle string) ([]netip
 			}
 			return nil
 		})
-		e.mu.Unlock()
+		e.unlock()
 		if err != nil {
 			return released, err
 		}
@@ -330,8 +349,8 @@ func (a *Allocator) IPsByHandle(ctx context.Context, handle string) ([]netip.Add
 // means it does not exist.
 func (a *Allocator) readBlock(ctx context.Context, blk netip.Prefix) (*block.Block, error) {
 	e := a.entry(blk)
-	e.mu.Lock()
-	defer e.mu.Unlock()
+	e.lock()
+	defer e.unlock()
 	if err := a.load(ctx, e); err != nil {
 		return nil, err
 	}

@@ -1,0 +1,373 @@
+package ipam_test
+
+import (
+	"errors"
+	"fmt"
+	"maps"
+	"math/big"
+	"net/netip"
+	"slices"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+	"pgregory.net/rapid"
+
+	"github.com/carve-ipam/carve/block"
+	"github.com/carve-ipam/carve/ipam"
+	"github.com/carve-ipam/carve/ipam/memstore"
+	"github.com/carve-ipam/carve/pool"
+)
+
+// The pools the state machine draws from: small, so that blocks fill up,
+// nodes borrow and pools run out within a few dozen steps.
+var machinePools = []pool.Pool{
+	{Name: "a4", CIDR: netip.MustParsePrefix("10.0.0.0/27"), BlockSize: 29},
+	{Name: "b4", CIDR: netip.MustParsePrefix("10.0.1.0/28"), BlockSize: 30},
+	{Name: "c6", CIDR: netip.MustParsePrefix("fd00::/124"), BlockSize: 126},
+}
+
+var machineNodes = []string{"n0", "n1", "n2", "n3"}
+
+type modelAlloc struct {
+	handle string
+	seq    uint64
+	node   string
+}
+
+// machine drives several allocators sharing one memstore, as several
+// processes share a datastore, and keeps a model of what must be assigned.
+type machine struct {
+	ctx     *rapid.T
+	store   *memstore.Store
+	allocs  []*ipam.Allocator
+	clock   *clock
+	config  ipam.Config
+	live    map[string]bool // pools that exist, by name
+	enabled map[string]bool
+	model   map[netip.Addr]modelAlloc
+	handles int
+}
+
+func newMachine(t *rapid.T) *machine {
+	m := &machine{
+		ctx:     t,
+		store:   memstore.New(),
+		clock:   newClock(),
+		live:    map[string]bool{},
+		enabled: map[string]bool{},
+		model:   map[netip.Addr]modelAlloc{},
+	}
+	for range 3 {
+		a, err := ipam.New(m.store, ipam.Options{Now: m.clock.Now})
+		require.NoError(t, err)
+		m.allocs = append(m.allocs, a)
+	}
+	m.config = ipam.Config{
+		StrictAffinity:     rapid.Bool().Draw(t, "strict"),
+		AutoAllocateBlocks: true,
+		MaxBlocksPerHost:   rapid.IntRange(0, 2).Draw(t, "maxBlocks"),
+	}
+	require.NoError(t, m.allocs[0].SetConfig(t.Context(), m.config))
+	for _, p := range machinePools {
+		require.NoError(t, m.allocs[0].CreatePool(t.Context(), p))
+		m.live[p.Name], m.enabled[p.Name] = true, true
+	}
+	return m
+}
+
+func (m *machine) alloc(t *rapid.T) *ipam.Allocator {
+	return m.allocs[rapid.IntRange(0, len(m.allocs)-1).Draw(t, "allocator")]
+}
+
+func (m *machine) node(t *rapid.T) string { return rapid.SampledFrom(machineNodes).Draw(t, "node") }
+
+func (m *machine) newHandle() string {
+	m.handles++
+	return fmt.Sprintf("h%d", m.handles)
+}
+
+func (m *machine) modelHandles() []string {
+	set := map[string]bool{}
+	for _, a := range m.model {
+		set[a.handle] = true
+	}
+	return slices.Sorted(maps.Keys(set))
+}
+
+func (m *machine) modelAddrs() []netip.Addr {
+	return slices.SortedFunc(maps.Keys(m.model), netip.Addr.Compare)
+}
+
+// freeIn counts the addresses of enabled pools of a family not in the model.
+func (m *machine) freeIn(is4 bool) int {
+	free := 0
+	for _, p := range machinePools {
+		if !m.live[p.Name] || !m.enabled[p.Name] || p.CIDR.Addr().Is4() != is4 {
+			continue
+		}
+		size := 1 << (p.CIDR.Addr().BitLen() - p.CIDR.Bits())
+		used := 0
+		for a := range m.model {
+			if p.CIDR.Contains(a) {
+				used++
+			}
+		}
+		free += size - used
+	}
+	return free
+}
+
+func (m *machine) record(t *rapid.T, node, handle string, got []ipam.Assigned) {
+	for _, x := range got {
+		if prev, ok := m.model[x.Addr]; ok {
+			t.Fatalf("%s handed out to %s while held by %s", x.Addr, handle, prev.handle)
+		}
+		m.model[x.Addr] = modelAlloc{handle: handle, seq: x.Seq, node: node}
+	}
+}
+
+func (m *machine) AutoAssign(t *rapid.T) {
+	n4 := rapid.IntRange(0, 5).Draw(t, "n4")
+	n6 := rapid.IntRange(0, 3).Draw(t, "n6")
+	if n4+n6 == 0 {
+		t.Skip("nothing asked")
+	}
+	partial := rapid.Bool().Draw(t, "partial")
+	node, handle := m.node(t), m.newHandle()
+	free4, free6 := m.freeIn(true), m.freeIn(false)
+	res, err := m.alloc(t).AutoAssign(t.Context(), ipam.AutoAssignArgs{
+		Num4: n4, Num6: n6, Handle: handle, Node: node, Partial: partial,
+	})
+	var ae *ipam.AssignError
+	switch {
+	case err == nil:
+		require.Len(t, res.IPv4, n4)
+		require.Len(t, res.IPv6, n6)
+	case errors.As(err, &ae):
+		if !partial {
+			require.Zero(t, res.Len(), "all-or-nothing")
+		}
+		require.Equal(t, res, ae.Result)
+		// With borrowing allowed and no cap, every free address is reachable:
+		// a failure means there really was not enough space.
+		if !m.config.StrictAffinity && m.config.MaxBlocksPerHost == 0 {
+			require.True(t, (ae.Short4 > 0 && free4 < n4) || (ae.Short6 > 0 && free6 < n6) || ae.Short4+ae.Short6 == 0,
+				"AutoAssign(%d, %d) short %d/%d with %d/%d free: %v", n4, n6, ae.Short4, ae.Short6, free4, free6, err)
+		}
+	default:
+		t.Fatalf("AutoAssign: %v", err)
+	}
+	for _, x := range res.IPv4 {
+		require.True(t, x.Addr.Is4() && x.Block.Contains(x.Addr))
+	}
+	for _, x := range res.IPv6 {
+		require.True(t, x.Addr.Is6() && x.Block.Contains(x.Addr))
+	}
+	m.record(t, node, handle, res.IPv4)
+	m.record(t, node, handle, res.IPv6)
+}
+
+func (m *machine) AssignIP(t *rapid.T) {
+	p := machinePools[rapid.IntRange(0, len(machinePools)-1).Draw(t, "pool")]
+	size := 1 << (p.CIDR.Addr().BitLen() - p.CIDR.Bits())
+	addr := p.CIDR.Addr()
+	for range rapid.IntRange(0, size-1).Draw(t, "offset") {
+		addr = addr.Next()
+	}
+	node, handle := m.node(t), m.newHandle()
+	x, err := m.alloc(t).AssignIP(t.Context(), ipam.AssignIPArgs{Addr: addr, Handle: handle, Node: node})
+	_, taken := m.model[addr]
+	switch {
+	case !m.live[p.Name] || !m.enabled[p.Name]:
+		require.ErrorIs(t, err, ipam.ErrNotInPool)
+	case errors.Is(err, ipam.ErrStrictAffinity):
+		require.True(t, m.config.StrictAffinity)
+	case taken:
+		require.ErrorIs(t, err, ipam.ErrInUse)
+	default:
+		require.NoError(t, err)
+		require.Equal(t, addr, x.Addr)
+		m.record(t, node, handle, []ipam.Assigned{x})
+	}
+}
+
+func (m *machine) Release(t *rapid.T) {
+	if len(m.model) == 0 {
+		t.Skip("nothing assigned")
+	}
+	addr := rapid.SampledFrom(m.modelAddrs()).Draw(t, "addr")
+	held := m.model[addr]
+	rel := ipam.Release{Addr: addr}
+	kind := rapid.SampledFrom([]string{"plain", "handle", "seq", "stale-seq", "wrong-handle"}).Draw(t, "check")
+	switch kind {
+	case "handle":
+		rel.Handle = held.handle
+	case "seq":
+		rel.Seq = held.seq
+	case "stale-seq":
+		rel.Seq = held.seq - 1
+	case "wrong-handle":
+		rel.Handle = held.handle + "-not"
+	}
+	res, err := m.alloc(t).ReleaseIPs(t.Context(), rel)
+	switch kind {
+	case "stale-seq":
+		require.ErrorIs(t, err, ipam.ErrSeqMismatch)
+		require.Empty(t, res.Released)
+	case "wrong-handle":
+		require.ErrorIs(t, err, ipam.ErrHandleMismatch)
+		require.Empty(t, res.Released)
+	default:
+		require.NoError(t, err)
+		require.Equal(t, []netip.Addr{addr}, res.Released, "release %+v: %+v", rel, res)
+		delete(m.model, addr)
+	}
+}
+
+func (m *machine) ReleaseUnassigned(t *rapid.T) {
+	p := machinePools[rapid.IntRange(0, len(machinePools)-1).Draw(t, "pool")]
+	addr := p.CIDR.Addr().Next()
+	if _, ok := m.model[addr]; ok {
+		t.Skip("assigned")
+	}
+	res, err := m.alloc(t).ReleaseIPs(t.Context(), ipam.Release{Addr: addr})
+	require.NoError(t, err)
+	require.Equal(t, []netip.Addr{addr}, res.NotAllocated, "release of %s: %+v", addr, res)
+}
+
+func (m *machine) ReleaseByHandle(t *rapid.T) {
+	handles := m.modelHandles()
+	if len(handles) == 0 {
+		t.Skip("no handles")
+	}
+	h := rapid.SampledFrom(handles).Draw(t, "handle")
+	got, err := m.alloc(t).ReleaseByHandle(t.Context(), h)
+	require.NoError(t, err)
+	var want []netip.Addr
+	for a, x := range m.model {
+		if x.handle == h {
+			want = append(want, a)
+			delete(m.model, a)
+		}
+	}
+	require.ElementsMatch(t, want, got)
+	_, err = m.alloc(t).ReleaseByHandle(t.Context(), h)
+	require.ErrorIs(t, err, ipam.ErrHandleNotFound)
+}
+
+func (m *machine) ReleaseHostAffinities(t *rapid.T) {
+	_, err := m.alloc(t).ReleaseHostAffinities(t.Context(), m.node(t), rapid.Bool().Draw(t, "requireEmpty"))
+	if err != nil {
+		require.ErrorIs(t, err, ipam.ErrBlockNotEmpty)
+	}
+}
+
+func (m *machine) TogglePool(t *rapid.T) {
+	p := machinePools[rapid.IntRange(0, len(machinePools)-1).Draw(t, "pool")]
+	if !m.live[p.Name] {
+		t.Skip("deleted")
+	}
+	a := m.alloc(t)
+	if m.enabled[p.Name] {
+		require.NoError(t, a.DisablePool(t.Context(), p.Name))
+	} else {
+		require.NoError(t, a.EnablePool(t.Context(), p.Name))
+	}
+	m.enabled[p.Name] = !m.enabled[p.Name]
+}
+
+func (m *machine) DeleteOrCreatePool(t *rapid.T) {
+	p := machinePools[rapid.IntRange(0, len(machinePools)-1).Draw(t, "pool")]
+	a := m.alloc(t)
+	if m.live[p.Name] {
+		require.NoError(t, a.DeletePool(t.Context(), p.Name))
+		m.live[p.Name] = false
+		return
+	}
+	require.NoError(t, a.CreatePool(t.Context(), p))
+	m.live[p.Name], m.enabled[p.Name] = true, true
+}
+
+func (m *machine) Check(t *rapid.T) {
+	ctx := t.Context()
+	// Every block decodes, blocks do not overlap, and their allocations are
+	// exactly the model.
+	recs, err := m.store.List(ctx, ipam.KindBlock, ipam.KeyRange{})
+	require.NoError(t, err)
+	seen := map[netip.Addr]modelAlloc{}
+	perHandle := map[string]map[netip.Prefix]int{}
+	var prev netip.Prefix
+	for _, r := range recs {
+		var b block.Block
+		require.NoError(t, b.UnmarshalBinary(r.Value), "block %s", r.Key)
+		p := b.Prefix()
+		if prev.IsValid() {
+			require.False(t, prev.Overlaps(p), "blocks %s and %s overlap", prev, p)
+		}
+		prev = p
+		inPool := false
+		for _, mp := range machinePools {
+			inPool = inPool || (mp.CIDR.Contains(p.Addr()) && p.Bits() == mp.BlockSize)
+		}
+		require.True(t, inPool, "block %s lies in no pool it could have come from", p)
+		require.False(t, b.Empty() && b.Affinity().IsZero(), "empty block %s without affinity was kept", p)
+		if aff := b.Affinity(); !aff.IsZero() {
+			// The affinity index lists every affine block.
+			_, err := m.store.Get(ctx, ipam.KindAffinity, aff.String()+"/"+r.Key)
+			require.NoError(t, err, "block %s affine to %s has no index record", p, aff)
+		}
+		for addr, al := range b.All() {
+			seen[addr] = modelAlloc{handle: al.Owner.Handle, seq: al.Seq, node: al.Owner.Attrs[ipam.AttrNode]}
+			if perHandle[al.Owner.Handle] == nil {
+				perHandle[al.Owner.Handle] = map[netip.Prefix]int{}
+			}
+			perHandle[al.Owner.Handle][p]++
+		}
+	}
+	require.Equal(t, m.model, seen, "the store's allocations are the model's")
+
+	// Handle counts are exact.
+	for _, h := range m.modelHandles() {
+		got, err := m.allocs[0].IPsByHandle(ctx, h)
+		require.NoError(t, err)
+		var want []netip.Addr
+		for a, x := range m.model {
+			if x.handle == h {
+				want = append(want, a)
+			}
+		}
+		require.ElementsMatch(t, want, got, "handle %s", h)
+	}
+	hrecs, err := m.store.List(ctx, ipam.KindHandle, ipam.KeyRange{})
+	require.NoError(t, err)
+	require.Len(t, hrecs, len(perHandle), "one handle record per handle holding addresses")
+	for _, r := range hrecs {
+		counts, err := ipam.DecodeHandle(r.Value)
+		require.NoError(t, err)
+		require.Equal(t, perHandle[r.Key], counts, "handle %s counts exactly what its blocks hold", r.Key)
+	}
+
+	// Utilization adds up.
+	u, err := m.allocs[0].Utilization(ctx)
+	require.NoError(t, err)
+	var inUse uint64
+	for _, pu := range u {
+		inUse += pu.InUse
+		sum := new(big.Int).Add(pu.Free, new(big.Int).SetUint64(pu.InUse+pu.Reserved))
+		require.Zero(t, sum.Cmp(pu.Capacity), "pool %q: free + in use + reserved != capacity", pu.Name)
+		var blockUse int
+		for _, bu := range pu.Blocks {
+			require.Equal(t, bu.Capacity, bu.InUse+bu.Free+bu.Reserved)
+			blockUse += bu.InUse
+		}
+		require.EqualValues(t, pu.InUse, blockUse)
+	}
+	require.EqualValues(t, len(m.model), inUse)
+}
+
+func TestStateMachine(t *testing.T) {
+	rapid.Check(t, func(t *rapid.T) {
+		m := newMachine(t)
+		t.Repeat(rapid.StateMachineActions(m))
+	})
+}
