@@ -48,7 +48,7 @@ func checkName(op, what, s string, slash bool) error {
 	return nil
 }
 
-func checkNode(op, node string) error   { return checkName(op, "node name", node, false) }
+func checkNode(op, node string) error     { return checkName(op, "node name", node, false) }
 func checkHandle(op, handle string) error { return checkName(op, "handle", handle, true) }
 
 func checkAttrs(op string, attrs map[string]string) error {
