@@ -1,0 +1,151 @@
+package pool
+
+import (
+	"iter"
+	"net/netip"
+	"slices"
+
+	"github.com/carve-ipam/carve/internal/ipmath"
+)
+
+// Walk returns every block of p once, in node's order, leaving out the
+// blocks that overlap a prefix in skip.
+//
+// node's order starts at a block chosen by a hash of the node name and runs
+// upwards through the pool, wrapping from the last block to the first, so
+// different nodes start in different places and one node always tries the
+// same blocks in the same order (Calico does the same, with a random start
+// seeded by the node name). The hash is FNV-1a spread to 128 bits; it is
+// stable across processes and runs.
+//
+// Walk never lists the pool. Taking the first block costs one hash plus
+// sorting skip; each further block costs O(1), and a run of consecutive
+// skipped blocks, however long, is jumped over in one step. A /48 IPv6 pool
+// with /122 blocks (2^74 of them) is as quick to walk as a /24.
+//
+// skip is typically the blocks that already exist in the pool. A skip prefix
+// larger than a block skips every block inside it; one smaller than a block
+// skips the block holding it; prefixes of the other family or outside p are
+// ignored. skip is read each time the sequence is iterated, not kept.
+//
+// When p's CIDR is invalid or smaller than one block, the sequence is empty.
+func (p *Pool) Walk(node string, skip []netip.Prefix) iter.Seq[netip.Prefix] {
+	g, ok := p.geometry()
+	if !ok {
+		return func(func(netip.Prefix) bool) {}
+	}
+	return func(yield func(netip.Prefix) bool) {
+		walkIndices(g.last(), nodeStart(node, g.n), skipRuns(g, skip), func(i ipmath.Uint128) bool {
+			return yield(g.at(i))
+		})
+	}
+}
+
+// run is an inclusive range of block indices.
+type run struct{ lo, hi ipmath.Uint128 }
+
+// skipRuns turns skip into sorted, merged runs of block indices of g. Runs
+// that touch are merged too, so that a walk jumping past one run never lands
+// in the next.
+func skipRuns(g geom, skip []netip.Prefix) []run {
+	if len(skip) == 0 {
+		return nil
+	}
+	is4 := g.cidr.Addr().Is4()
+	runs := make([]run, 0, len(skip))
+	for _, q := range skip {
+		if !q.IsValid() || q.Addr().Is4() != is4 {
+			continue
+		}
+		q = q.Masked()
+		if !q.Overlaps(g.cidr) {
+			continue
+		}
+		if q.Bits() <= g.cidr.Bits() {
+			return []run{{ipmath.Uint128{}, g.last()}} // q covers the whole pool
+		}
+		lo, _ := ipmath.PrefixIndex(g.cidr, g.bs, q.Addr())
+		hi := lo
+		if q.Bits() < g.bs {
+			hi = lo.Add(ipmath.Mask(uint(g.bs - q.Bits())))
+		}
+		runs = append(runs, run{lo, hi})
+	}
+	slices.SortFunc(runs, func(a, b run) int { return a.lo.Cmp(b.lo) })
+	merged := runs[:0]
+	for _, r := range runs {
+		if n := len(merged); n > 0 {
+			m := &merged[n-1]
+			next, over := m.hi.AddOverflow(ipmath.U64(1))
+			if over || r.lo.Cmp(next) <= 0 {
+				if r.hi.Cmp(m.hi) > 0 {
+					m.hi = r.hi
+				}
+				continue
+			}
+		}
+		merged = append(merged, r)
+	}
+	return merged
+}
+
+// walkIndices calls visit with every index in 0..last that no run covers,
+// from start upwards, wrapping to 0, until visit returns false. It returns
+// the number of loop steps taken (each step visits one index or jumps one
+// run), which the tests use to check that long runs cost one step.
+func walkIndices(last, start ipmath.Uint128, runs []run, visit func(ipmath.Uint128) bool) (steps int) {
+	type segment struct{ lo, hi ipmath.Uint128 }
+	segs := [2]segment{{start, last}, {ipmath.Uint128{}, start.Sub(ipmath.U64(1))}}
+	nsegs := 2
+	if start.IsZero() {
+		nsegs = 1
+	}
+	for _, s := range segs[:nsegs] {
+		// j is the first run that ends at or after cur: the only one that
+		// can cover cur. Runs are disjoint and sorted, so j only moves up.
+		j, _ := slices.BinarySearchFunc(runs, s.lo, func(r run, t ipmath.Uint128) int { return r.hi.Cmp(t) })
+		cur := s.lo
+		for {
+			steps++
+			if j < len(runs) && runs[j].lo.Cmp(cur) <= 0 {
+				if runs[j].hi.Cmp(s.hi) >= 0 {
+					break // the rest of the segment is skipped
+				}
+				cur = runs[j].hi.Add(ipmath.U64(1))
+				j++
+				continue
+			}
+			if !visit(cur) {
+				return steps
+			}
+			if cur == s.hi {
+				break
+			}
+			cur = cur.Add(ipmath.U64(1))
+		}
+	}
+	return steps
+}
+
+// nodeStart returns the index of node's first block among 2^n: a 64-bit
+// FNV-1a hash of the name, spread to 128 bits with splitmix64 so that every
+// bit of the index depends on every byte of the name.
+func nodeStart(node string, n uint) ipmath.Uint128 {
+	const (
+		offset64 = 14695981039346656037
+		prime64  = 1099511628211
+	)
+	h := uint64(offset64)
+	for i := 0; i < len(node); i++ {
+		h ^= uint64(node[i])
+		h *= prime64
+	}
+	return ipmath.Uint128{Hi: splitmix64(h), Lo: splitmix64(^h)}.And(ipmath.Mask(n))
+}
+
+func splitmix64(x uint64) uint64 {
+	x += 0x9e3779b97f4a7c15
+	x = (x ^ x>>30) * 0xbf58476d1ce4e5b9
+	x = (x ^ x>>27) * 0x94d049bb133111eb
+	return x ^ x>>31
+}
