@@ -1,7 +1,6 @@
 package block
 
 import (
-	"fmt"
 	"strconv"
 	"strings"
 )
@@ -88,5 +87,5 @@ func ParseAffinity(s string) (Affinity, error) {
 			return Virtual(name), nil
 		}
 	}
-	return Affinity{}, fmt.Errorf("block: parse affinity %q: want host:<node> or virtual:<name>: %w", s, ErrInvalidAffinity)
+	return Affinity{}, &blockError{op: "parse affinity " + strconv.Quote(s), detail: "want host:<node> or virtual:<name>", errs: []error{ErrInvalidAffinity}}
 }

@@ -85,22 +85,31 @@ func (b *Block) Allocate(dst []netip.Addr, n int, o Owner) ([]netip.Addr, uint64
 	s := uint16(b.recs.acquire(o.Handle, o.Attrs, n))
 	b.seq++
 	seq := b.seq
-	c := uint(b.cursor)
+	words := b.taken.Words()
+	c := b.cursor
 	for range n {
-		i, ok := b.taken.NextClear(c)
-		if !ok {
+		// The word under the cursor usually has a free bit: look there
+		// inline before the library's scan.
+		var i int
+		if free := ^words[c>>6] >> (c & 63); free != 0 {
+			i = c + bits.TrailingZeros64(free)
+		} else if j, ok := b.taken.NextClear(uint(c)); ok {
+			i = int(j)
+		} else {
 			// There is a free address, so it lies before the cursor.
-			i, _ = b.taken.NextClear(0)
+			j, _ := b.taken.NextClear(0)
+			i = int(j)
 		}
-		b.taken.Set(i) // i < size: the padding bits are set
+		// i < size: the padding bits are set.
+		words[i>>6] |= 1 << (i & 63)
 		b.owner[i] = s
 		b.aseq[i] = seq
-		dst = append(dst, b.addr(int(i)))
-		if c = i + 1; c == uint(b.size) {
+		dst = append(dst, b.addr(i))
+		if c = i + 1; c == b.size {
 			c = 0
 		}
 	}
-	b.cursor = int(c)
+	b.cursor = c
 	b.used += n
 	return dst, seq
 }
@@ -131,27 +140,45 @@ func (b *Block) Assign(a netip.Addr, o Owner) (uint64, error) {
 // ErrOutOfBlock, ErrNotAllocated (with ErrReserved for a reserved address),
 // ErrHandleMismatch or ErrSeqMismatch, and then nothing changes.
 func (b *Block) Release(a netip.Addr, c Check) error {
-	i, ok := b.ordinal(a)
-	switch {
-	case !ok:
-		return b.errorf("release", a, "address not in block", ErrOutOfBlock)
-	case !b.taken.Test(uint(i)):
-		return b.errorf("release", a, "address not allocated", ErrNotAllocated)
-	case b.resv.Test(uint(i)):
-		return b.errorf("release", a, "address reserved, not allocated", ErrNotAllocated, ErrReserved)
+	var i int
+	var ok bool
+	if b.is4 && a.Is4() {
+		i, ok = b.ordinal4(a)
+	} else {
+		i, ok = b.ordinal6(a)
+	}
+	if !ok || !b.taken.Test(uint(i)) || b.resv.Test(uint(i)) {
+		return b.releaseError(a, i, ok)
 	}
 	s := int(b.owner[i])
-	if h := b.recs.recs[s].handle; c.Handle != "" && c.Handle != h {
-		return b.errorf("release", a, "handle "+strconv.Quote(c.Handle)+" does not match "+strconv.Quote(h), ErrHandleMismatch)
+	if (c.Handle != "" && !sameString(c.Handle, b.recs.recs[s].handle)) || (c.CheckSeq && c.Seq != b.aseq[i]) {
+		return b.checkError(a, i, c)
 	}
-	if c.CheckSeq && c.Seq != b.aseq[i] {
-		return b.errorf("release", a, "sequence number "+strconv.FormatUint(c.Seq, 10)+" does not match "+strconv.FormatUint(b.aseq[i], 10), ErrSeqMismatch)
-	}
-	b.taken.Clear(uint(i))
+	b.taken.Words()[i>>6] &^= 1 << (i & 63)
 	b.recs.drop(s, 1)
 	b.used--
 	b.seq++
 	return nil
+}
+
+// releaseError explains why a, at offset i if in, is not allocated.
+func (b *Block) releaseError(a netip.Addr, i int, in bool) error {
+	switch {
+	case !in:
+		return b.errorf("release", a, "address not in block", ErrOutOfBlock)
+	case b.resv.Test(uint(i)):
+		return b.errorf("release", a, "address reserved, not allocated", ErrNotAllocated, ErrReserved)
+	}
+	return b.errorf("release", a, "address not allocated", ErrNotAllocated)
+}
+
+// checkError explains why c does not hold for the allocated address a at
+// offset i.
+func (b *Block) checkError(a netip.Addr, i int, c Check) error {
+	if h := b.recs.recs[b.owner[i]].handle; c.Handle != "" && c.Handle != h {
+		return b.errorf("release", a, "handle "+strconv.Quote(c.Handle)+" does not match "+strconv.Quote(h), ErrHandleMismatch)
+	}
+	return b.errorf("release", a, "sequence number "+strconv.FormatUint(c.Seq, 10)+" does not match "+strconv.FormatUint(b.aseq[i], 10), ErrSeqMismatch)
 }
 
 // ReleaseHandle frees every address held by handle (whatever the

@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"strings"
 	"time"
+	"unsafe"
 )
 
 // version is the first byte of the binary encoding.
@@ -95,6 +96,8 @@ func (b *Block) AppendBinary(dst []byte) ([]byte, error) {
 		remap = make([]uint16, len(b.recs.recs))
 	}
 	written := 0
+	var lastAttrs unsafe.Pointer // the attribute map encoded last, at dst[attrsFrom:attrsTo]
+	var attrsFrom, attrsTo int
 	dst = binary.AppendUvarint(dst, uint64(b.used))
 	prev = -1
 	for k := range tw {
@@ -114,7 +117,17 @@ func (b *Block) AppendBinary(dst []byte) ([]byte, error) {
 			r := &b.recs.recs[s]
 			dst = appendString(dst, r.handle)
 			dst = binary.AppendUvarint(dst, uint64(len(r.attrs)))
-			dst = appendAttrs(dst, r.attrs)
+			switch {
+			case len(r.attrs) == 0:
+			case mapPtr(r.attrs) == lastAttrs:
+				// Owners often share one attribute map: copy its
+				// encoding instead of sorting the map again.
+				dst = append(dst, dst[attrsFrom:attrsTo]...)
+			default:
+				lastAttrs, attrsFrom = mapPtr(r.attrs), len(dst)
+				dst = appendAttrs(dst, r.attrs)
+				attrsTo = len(dst)
+			}
 		}
 	}
 	return dst, nil
@@ -137,25 +150,33 @@ func appendString(dst []byte, s string) []byte {
 }
 
 // appendAttrs appends the pairs of m in ascending key order, without
-// allocating for up to 16 keys.
+// allocating for up to 8 keys.
 func appendAttrs(dst []byte, m map[string]string) []byte {
-	var small [16]string
-	keys := small[:0]
-	if len(m) > len(small) {
-		keys = make([]string, 0, len(m))
+	if len(m) == 1 {
+		for k, v := range m {
+			dst = appendString(dst, k)
+			dst = appendString(dst, v)
+		}
+		return dst
 	}
-	for k := range m {
-		keys = append(keys, k)
+	type pair struct{ k, v string }
+	var small [8]pair
+	pairs := small[:0]
+	if len(m) > len(small) {
+		pairs = make([]pair, 0, len(m))
+	}
+	for k, v := range m {
+		pairs = append(pairs, pair{k, v})
 	}
 	// Insertion sort: attribute sets are small.
-	for i := 1; i < len(keys); i++ {
-		for j := i; j > 0 && keys[j] < keys[j-1]; j-- {
-			keys[j], keys[j-1] = keys[j-1], keys[j]
+	for i := 1; i < len(pairs); i++ {
+		for j := i; j > 0 && pairs[j].k < pairs[j-1].k; j-- {
+			pairs[j], pairs[j-1] = pairs[j-1], pairs[j]
 		}
 	}
-	for _, k := range keys {
-		dst = appendString(dst, k)
-		dst = appendString(dst, m[k])
+	for _, p := range pairs {
+		dst = appendString(dst, p.k)
+		dst = appendString(dst, p.v)
 	}
 	return dst
 }
@@ -177,6 +198,7 @@ func (b *Block) UnmarshalBinary(data []byte) error {
 // decoder reads the binary encoding. Errors carry the byte offset.
 type decoder struct {
 	data   []byte
+	str    string // string(data), made on the first string read
 	off    int
 	prefix netip.Prefix // once read
 }
@@ -240,9 +262,14 @@ func (d *decoder) string(what string) (string, error) {
 	if n > uint64(len(d.data)-d.off) {
 		return "", d.fail("%s: length %d, %d bytes left", what, n, len(d.data)-d.off)
 	}
-	p := d.data[d.off : d.off+int(n)]
+	if d.str == "" {
+		// One copy of the input backs every string decoded: one allocation
+		// instead of one per handle, key and value.
+		d.str = string(d.data)
+	}
+	str := d.str[d.off : d.off+int(n)]
 	d.off += int(n)
-	return string(p), nil
+	return str, nil
 }
 
 func (d *decoder) block(b *Block) error {

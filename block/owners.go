@@ -4,7 +4,7 @@ import (
 	"fmt"
 	"hash/maphash"
 	"maps"
-	"reflect"
+	"unsafe"
 )
 
 // Owner records.
@@ -62,23 +62,56 @@ func sameAttrs(a, b map[string]string) bool {
 	if len(a) != len(b) {
 		return false
 	}
-	if len(a) == 0 || reflect.ValueOf(a).UnsafePointer() == reflect.ValueOf(b).UnsafePointer() {
+	if len(a) == 0 || mapPtr(a) == mapPtr(b) {
 		return true
 	}
 	return maps.Equal(a, b)
 }
 
+// sameString is a == b, without a call to compare the bytes when both are
+// the same string, as when a caller reuses its handle.
+func sameString(a, b string) bool {
+	return len(a) == len(b) && (unsafe.StringData(a) == unsafe.StringData(b) || a == b)
+}
+
+// mapPtr returns the pointer a map value is made of, its identity. It is
+// only a shortcut: maps with different pointers are compared by content.
+// reflect.Value.UnsafePointer gives the same answer at several times the
+// cost on the allocation hot path.
+func mapPtr(m map[string]string) unsafe.Pointer {
+	return *(*unsafe.Pointer)(unsafe.Pointer(&m))
+}
+
 // acquire returns the slot of the record of (handle, attrs), creating it if
 // needed, and adds n addresses to it. A new record keeps attrs.
 func (t *owners) acquire(handle string, attrs map[string]string, n int) int {
-	s := int(t.last) - 1
-	if s < 0 || !t.matches(s, handle, attrs) {
-		h := maphash.String(hashSeed, handle)
-		if s = t.find(h, handle, attrs); s < 0 {
-			s = t.add(h, handle, attrs)
+	// The cached record, with attributes matched by identity only (not
+	// even len, which reads the map).
+	if s := int(t.last) - 1; s >= 0 {
+		r := &t.recs[s]
+		if mapPtr(r.attrs) == mapPtr(attrs) && sameString(r.handle, handle) {
+			if r.refs > 0 {
+				r.refs += n
+				return s
+			}
+			if t.spare == t.last {
+				t.spare = 0
+				t.live++
+				r.refs = n
+				return s
+			}
 		}
-		t.last = uint16(s + 1)
 	}
+	return t.acquireSlow(handle, attrs, n)
+}
+
+func (t *owners) acquireSlow(handle string, attrs map[string]string, n int) int {
+	h := maphash.String(hashSeed, handle)
+	s := t.find(h, handle, attrs)
+	if s < 0 {
+		s = t.add(h, handle, attrs)
+	}
+	t.last = uint16(s + 1)
 	r := &t.recs[s]
 	if r.refs == 0 {
 		// A new record or the spare comes to life.
@@ -89,12 +122,6 @@ func (t *owners) acquire(handle string, attrs map[string]string, n int) int {
 	}
 	r.refs += n
 	return s
-}
-
-// matches reports whether slot s is indexed and holds (handle, attrs).
-func (t *owners) matches(s int, handle string, attrs map[string]string) bool {
-	r := &t.recs[s]
-	return (r.refs > 0 || int(t.spare)-1 == s) && r.handle == handle && sameAttrs(r.attrs, attrs)
 }
 
 // find returns the indexed slot holding (handle, attrs), or -1.
@@ -186,10 +213,13 @@ func (t *owners) unindex(s int) {
 // spare, and the previous spare is freed.
 func (t *owners) drop(s, n int) {
 	r := &t.recs[s]
-	r.refs -= n
-	if r.refs > 0 {
-		return
+	if r.refs -= n; r.refs == 0 {
+		t.retire(s)
 	}
+}
+
+// retire makes slot s, just emptied, the spare.
+func (t *owners) retire(s int) {
 	t.live--
 	if t.spare != 0 {
 		t.purge(int(t.spare) - 1)

@@ -1,0 +1,148 @@
+package block_test
+
+import (
+	"fmt"
+	"net/netip"
+	"testing"
+
+	"github.com/carve-ipam/carve/block"
+)
+
+var benchSizes = []struct {
+	bits   int
+	prefix string
+}{
+	{26, "10.0.0.0/26"},
+	{24, "10.0.0.0/24"},
+	{20, "10.0.0.0/20"},
+	{122, "fd00::/122"},
+	{116, "fd00::/116"},
+}
+
+// BenchmarkAllocRelease is the hot path: one address handed out and given
+// back, with the checks a careful caller makes, in a block at fill percent
+// whose other addresses are held by one handle each.
+func BenchmarkAllocRelease(b *testing.B) {
+	for _, sz := range benchSizes {
+		for _, fill := range []int{0, 50, 99} {
+			b.Run(fmt.Sprintf("bits=%d/fill=%d", sz.bits, fill), func(b *testing.B) {
+				blk := filled(b, sz.prefix, fill)
+				owner := block.Owner{Handle: "pod", Attrs: map[string]string{"pod": "x"}}
+				buf := make([]netip.Addr, 0, 1)
+				b.ReportAllocs()
+				for b.Loop() {
+					got, seq := blk.Allocate(buf[:0], 1, owner)
+					if err := blk.Release(got[0], block.Check{Handle: owner.Handle, Seq: seq, CheckSeq: true}); err != nil {
+						b.Fatal(err)
+					}
+				}
+			})
+		}
+	}
+}
+
+// BenchmarkAllocate hands out n addresses at once to one owner and gives
+// them back by handle.
+func BenchmarkAllocate(b *testing.B) {
+	for _, sz := range []struct {
+		bits   int
+		prefix string
+	}{{26, "10.0.0.0/26"}, {24, "10.0.0.0/24"}, {116, "fd00::/116"}} {
+		b.Run(fmt.Sprintf("n=64/bits=%d", sz.bits), func(b *testing.B) {
+			blk := mustNew(b, sz.prefix, 1)
+			owner := block.Owner{Handle: "pod"}
+			buf := make([]netip.Addr, 0, 64)
+			rel := make([]netip.Addr, 0, 64)
+			b.ReportAllocs()
+			for b.Loop() {
+				got, _ := blk.Allocate(buf[:0], 64, owner)
+				if len(blk.ReleaseHandle(owner.Handle, rel[:0])) != len(got) {
+					b.Fatal("release")
+				}
+			}
+		})
+	}
+}
+
+func BenchmarkClone(b *testing.B) {
+	for _, sz := range benchSizes {
+		b.Run(fmt.Sprintf("bits=%d/fill=50", sz.bits), func(b *testing.B) {
+			blk := filled(b, sz.prefix, 50)
+			b.ReportAllocs()
+			for b.Loop() {
+				_ = blk.Clone()
+			}
+		})
+	}
+}
+
+func BenchmarkCopyTo(b *testing.B) {
+	for _, sz := range benchSizes {
+		b.Run(fmt.Sprintf("bits=%d/fill=50", sz.bits), func(b *testing.B) {
+			blk := filled(b, sz.prefix, 50)
+			dst := blk.Clone()
+			b.ReportAllocs()
+			for b.Loop() {
+				blk.CopyTo(dst)
+			}
+		})
+	}
+}
+
+func BenchmarkMarshalBinary(b *testing.B) {
+	for _, sz := range benchSizes {
+		for _, fill := range []int{0, 50, 99} {
+			b.Run(fmt.Sprintf("bits=%d/fill=%d", sz.bits, fill), func(b *testing.B) {
+				blk := filled(b, sz.prefix, fill)
+				buf, _ := blk.MarshalBinary()
+				b.ReportAllocs()
+				for b.Loop() {
+					var err error
+					if buf, err = blk.AppendBinary(buf[:0]); err != nil {
+						b.Fatal(err)
+					}
+				}
+				b.ReportMetric(float64(len(buf)), "bytes")
+			})
+		}
+	}
+}
+
+func BenchmarkUnmarshalBinary(b *testing.B) {
+	for _, sz := range benchSizes {
+		for _, fill := range []int{0, 50, 99} {
+			b.Run(fmt.Sprintf("bits=%d/fill=%d", sz.bits, fill), func(b *testing.B) {
+				data, _ := filled(b, sz.prefix, fill).MarshalBinary()
+				var blk block.Block
+				b.ReportAllocs()
+				for b.Loop() {
+					if err := blk.UnmarshalBinary(data); err != nil {
+						b.Fatal(err)
+					}
+				}
+			})
+		}
+	}
+}
+
+func BenchmarkJSON(b *testing.B) {
+	blk := filled(b, "10.0.0.0/26", 50)
+	js, _ := blk.MarshalJSON()
+	b.Run("op=marshal/bits=26/fill=50", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if _, err := blk.MarshalJSON(); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("op=unmarshal/bits=26/fill=50", func(b *testing.B) {
+		var back block.Block
+		b.ReportAllocs()
+		for b.Loop() {
+			if err := back.UnmarshalJSON(js); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
