@@ -26,16 +26,14 @@ func (b *Block) MarshalBinary() ([]byte, error) {
 	return b.AppendBinary(make([]byte, 0, b.encodedSizeHint()))
 }
 
-// encodedSizeHint guesses the encoded size so MarshalBinary allocates once
-// in the common case: a few bytes per address, plus the owners.
+// encodedSizeHint guesses the encoded size so MarshalBinary usually
+// allocates once: a few bytes per address, plus the owners, guessing 32
+// bytes per attribute rather than walking the maps.
 func (b *Block) encodedSizeHint() int {
-	n := 48 + len(b.aff.Name) + 2*b.nres + 8*b.used
+	n := 48 + len(b.aff.Name) + 2*b.nres + 4*b.used
 	for i := range b.recs.recs {
 		if r := &b.recs.recs[i]; r.refs > 0 {
-			n += 4 + len(r.handle)
-			for k, v := range r.attrs {
-				n += 2 + len(k) + len(v)
-			}
+			n += 4 + len(r.handle) + 32*len(r.attrs)
 		}
 	}
 	return n

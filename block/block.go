@@ -220,10 +220,11 @@ func (b *Block) Affinity() Affinity { return b.aff }
 func (b *Block) ClaimTime() time.Time { return b.claim }
 
 // SetAffinity records that the block belongs to a, claimed at at (stored in
-// UTC without its monotonic clock reading). Giving the zero Affinity clears
-// it. It is a change and moves the counter. It does nothing on the zero
-// Block, and panics if a is not valid (see Affinity.IsValid): an unknown kind
-// could not be encoded.
+// UTC without its monotonic clock reading; the encodings hold years 1 to
+// 9999 and refuse to encode other times). Giving the zero Affinity clears
+// the affinity; the time is stored as given. It is a change and moves the
+// counter. It does nothing on the zero Block, and panics if a is not valid
+// (see Affinity.IsValid): an unknown kind could not be encoded.
 func (b *Block) SetAffinity(a Affinity, at time.Time) {
 	if !a.IsValid() {
 		panic(fmt.Sprintf("block %s: SetAffinity with invalid affinity %v:%q", b.prefix, a.Kind, a.Name))

@@ -86,6 +86,35 @@ func TestSeedsDoNotRepeat(t *testing.T) {
 	assert.Greater(t, again.Seq(), first.Seq())
 }
 
+func TestSeedsConcurrent(t *testing.T) {
+	// Blocks created at once, from many goroutines, start at distinct
+	// counters even when the clock does not move between them.
+	const n = 8
+	seqs := make(chan uint64, n*100)
+	done := make(chan struct{})
+	for range n {
+		go func() {
+			defer func() { done <- struct{}{} }()
+			for range 100 {
+				b, err := block.New(pfx("10.0.0.0/32"))
+				if err != nil {
+					panic(err)
+				}
+				seqs <- b.Seq()
+			}
+		}()
+	}
+	for range n {
+		<-done
+	}
+	close(seqs)
+	seen := map[uint64]bool{}
+	for s := range seqs {
+		require.False(t, seen[s], "seed %d twice", s)
+		seen[s] = true
+	}
+}
+
 func TestErrorTexts(t *testing.T) {
 	b := mustNew(t, "10.0.0.0/26", 0)
 	_, err := b.Assign(addr("10.0.0.5"), podA)

@@ -82,7 +82,7 @@
 //	              key and value strings in ascending key order.
 //
 // A /26 with 64 addresses of distinct 20-byte handles encodes to about 1.6
-// KB; one handle holding all 64 takes about 230 bytes.
+// KB; one handle holding all 64 takes about 240 bytes.
 //
 // [Block.UnmarshalBinary] accepts exactly that language and rejects anything
 // else with [ErrCorrupt]: an unknown version, a prefix that is not masked or
