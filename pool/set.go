@@ -56,7 +56,8 @@ func (s *Set) ByAddr(a netip.Addr) (*Pool, bool) {
 // Add puts a copy of p, with defaults applied ([Pool.WithDefaults]) and
 // selectors parsed, into s. It fails with a *ValidationError holding every
 // problem: those of [Pool.Validate], a name already in s ([ErrExists]), and
-// a CIDR that overlaps any pool of s, disabled ones included ([ErrOverlap]).
+// a CIDR that overlaps any pool of s, disabled ones included ([ErrOverlap];
+// one problem per pool overlapped, in address order).
 func (s *Set) Add(p Pool) error {
 	q := p.WithDefaults()
 	ps := problems{pool: q.Name}
