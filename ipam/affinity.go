@@ -23,7 +23,7 @@ const maxAffinityBlocks = 4096
 func (a *Allocator) releaseAffinity(ctx context.Context, aff block.Affinity, blk netip.Prefix, requireEmpty bool) error {
 	e := a.entry(blk)
 	e.lock()
-	err := a.retry(ctx, "release affinity of "+blk.String(), func() error {
+	err := a.retry(ctx, "release affinity of block", e.name, func() error {
 		if err := a.load(ctx, e); err != nil {
 			return err
 		}

@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/carve-ipam/carve/block"
 	"github.com/carve-ipam/carve/pool"
 )
 
@@ -50,10 +51,13 @@ type Allocator struct {
 
 	view atomic.Pointer[view]
 
-	mu       sync.Mutex
-	nodes    map[string]*nodeBlocks // by affinity owner ("host:node-1")
-	blocks   map[string]*blockEntry // by block key
+	// Caches, each bounded and started over when full. They only save reads:
+	// every write is checked by compare-and-swap.
+	mu       sync.RWMutex
+	nodes    map[block.Affinity]*nodeBlocks
+	blocks   map[netip.Prefix]*blockEntry
 	nodeAttr map[string]map[string]string
+	handleVals map[handleCount][]byte
 }
 
 // New returns an allocator on store.
@@ -69,9 +73,10 @@ func New(store Store, opts Options) (*Allocator, error) {
 		now:        opts.Now,
 		retries:    opts.MaxRetries,
 		reclaimAge: opts.ReclaimAge,
-		nodes:      map[string]*nodeBlocks{},
-		blocks:     map[string]*blockEntry{},
+		nodes:      map[block.Affinity]*nodeBlocks{},
+		blocks:     map[netip.Prefix]*blockEntry{},
 		nodeAttr:   map[string]map[string]string{},
+		handleVals: map[handleCount][]byte{},
 	}
 	a.gens, _ = store.(Generations)
 	if a.now == nil {
@@ -201,7 +206,7 @@ func (a *Allocator) SetConfig(ctx context.Context, c Config) error {
 	if err != nil {
 		return err
 	}
-	return a.retry(ctx, "set config", func() error {
+	return a.retry(ctx, "set", "config", func() error {
 		v, err := a.readView(ctx)
 		if err != nil {
 			return err
@@ -216,9 +221,10 @@ func (a *Allocator) SetConfig(ctx context.Context, c Config) error {
 }
 
 // retry runs f until it succeeds, fails with an error other than a
-// compare-and-swap loss (ErrConflict, ErrExists, ErrNotFound from a record
-// that moved under it), or runs out of attempts.
-func (a *Allocator) retry(ctx context.Context, op string, f func() error) error {
+// compare-and-swap loss (ErrConflict, ErrExists, a record that moved under
+// it, a stale cached block), or runs out of attempts. op and subject name
+// the operation in the error; they are only formatted on failure.
+func (a *Allocator) retry(ctx context.Context, op, subject string, f func() error) error {
 	var err error
 	for attempt := 0; attempt < a.retries; attempt++ {
 		if err = f(); err == nil || !isRace(err) {
@@ -229,7 +235,7 @@ func (a *Allocator) retry(ctx context.Context, op string, f func() error) error 
 		}
 		backoff(attempt)
 	}
-	return fmt.Errorf("ipam: %s: %w after %d attempts: %w", op, ErrTooManyConflicts, a.retries, err)
+	return fmt.Errorf("ipam: %s %s: %w after %d attempts: %w", op, subject, ErrTooManyConflicts, a.retries, err)
 }
 
 // isRace reports whether err means another writer got there first.

@@ -79,8 +79,7 @@ type assignOp struct {
 	aff    block.Affinity
 	owner  block.Owner
 	labels selector.Labels
-	h      *handleTx
-	buf    []netip.Addr
+	h      handleTx
 }
 
 // AutoAssign assigns addresses from the pools that qualify for the request,
@@ -108,6 +107,7 @@ func (a *Allocator) AutoAssign(ctx context.Context, args AutoAssignArgs) (AutoAs
 	// Choose the pools of both families before writing anything.
 	var pools [2][]*pool.Pool
 	var selErr [2]error
+	var poolBuf [2][4]*pool.Pool
 	for i, fam := range []pool.Family{pool.IPv4, pool.IPv6} {
 		n, names := args.Num4, args.IPv4Pools
 		if fam == pool.IPv6 {
@@ -116,7 +116,7 @@ func (a *Allocator) AutoAssign(ctx context.Context, args AutoAssignArgs) (AutoAs
 		if n == 0 {
 			continue
 		}
-		pools[i], selErr[i] = v.pools.Select(pool.Request{
+		pools[i], selErr[i] = v.pools.AppendSelect(poolBuf[i][:0], pool.Request{
 			Family: fam, Node: args.Node, NodeLabels: args.NodeLabels,
 			NamespaceLabels: args.NamespaceLabels, Use: use, Pools: names,
 		})
@@ -131,8 +131,8 @@ func (a *Allocator) AutoAssign(ctx context.Context, args AutoAssignArgs) (AutoAs
 		aff:    block.Host(args.Node),
 		owner:  block.Owner{Handle: args.Handle, Attrs: a.ownerAttrs(args.Node, args.Attrs)},
 		labels: args.NodeLabels,
-		h:      a.newHandleTx(args.Handle, true),
 	}
+	o.h.init(a, args.Handle, true)
 	var res AutoAssignResult
 	var short [2]int
 	var reasons []string
@@ -245,7 +245,8 @@ func (a *Allocator) assignFamily(ctx context.Context, o *assignOp, fam pool.Fami
 	if err != nil {
 		return out, "", err
 	}
-	var mine []netip.Prefix
+	var mineBuf [8]netip.Prefix
+	mine := mineBuf[:0]
 	for _, blk := range affine {
 		if !sameAddrFamily(blk, fam) {
 			continue
@@ -267,11 +268,10 @@ func (a *Allocator) assignFamily(ctx context.Context, o *assignOp, fam pool.Fami
 		if len(out) == n {
 			return out, "", nil
 		}
-		got, full, err := a.assignFrom(ctx, o, blk, n-len(out), true, false)
+		full, err := a.assignFrom(ctx, o, &out, blk, n-len(out), true, false)
 		if err != nil {
 			return out, "", err
 		}
-		out = append(out, got...)
 		if full {
 			stale = append(stale, blk)
 		}
@@ -280,11 +280,9 @@ func (a *Allocator) assignFamily(ctx context.Context, o *assignOp, fam pool.Fami
 		if len(out) == n {
 			return out, "", nil
 		}
-		got, _, err := a.assignFrom(ctx, o, blk, n-len(out), true, true)
-		if err != nil {
+		if _, err := a.assignFrom(ctx, o, &out, blk, n-len(out), true, true); err != nil {
 			return out, "", err
 		}
-		out = append(out, got...)
 	}
 
 	// 2. New blocks claimed for the node.
@@ -302,7 +300,7 @@ func (a *Allocator) assignFamily(ctx context.Context, o *assignOp, fam pool.Fami
 					why = append(why, fmt.Sprintf("node holds %d blocks, the maxBlocksPerHost limit", len(mine)))
 					break claims
 				}
-				blk, ok, err := a.claim(ctx, p, o.aff, mine)
+				blk, ok, err := a.claim(ctx, p, o.aff, slices.Clone(mine))
 				if err != nil {
 					return out, "", err
 				}
@@ -310,11 +308,9 @@ func (a *Allocator) assignFamily(ctx context.Context, o *assignOp, fam pool.Fami
 					break
 				}
 				mine = append(mine, blk)
-				got, _, err := a.assignFrom(ctx, o, blk, n-len(out), true, false)
-				if err != nil {
+				if _, err := a.assignFrom(ctx, o, &out, blk, n-len(out), true, false); err != nil {
 					return out, "", err
 				}
-				out = append(out, got...)
 			}
 		}
 		if len(out) < n && (cfg.MaxBlocksPerHost == 0 || len(mine) < cfg.MaxBlocksPerHost) {
@@ -328,11 +324,9 @@ func (a *Allocator) assignFamily(ctx context.Context, o *assignOp, fam pool.Fami
 			why = append(why, "strictAffinity forbids borrowing")
 		} else {
 			for _, p := range pools {
-				got, err := a.borrow(ctx, o, p, n-len(out))
-				if err != nil {
+				if err := a.borrow(ctx, o, &out, p, n-len(out)); err != nil {
 					return out, "", err
 				}
-				out = append(out, got...)
 				if len(out) == n {
 					return out, "", nil
 				}
@@ -375,19 +369,19 @@ func poolOf(pools []*pool.Pool, blk netip.Prefix) int {
 	return -1
 }
 
-// assignFrom assigns up to want addresses from one block. With mine set the
-// block must be affine to the node (else nothing is taken); fresh forces a
-// read of the block first. It reports whether the block was full.
-func (a *Allocator) assignFrom(ctx context.Context, o *assignOp, blk netip.Prefix, want int, mine, fresh bool) ([]Assigned, bool, error) {
+// assignFrom assigns up to want addresses from one block, appending them
+// to out. With mine set the block must be affine to the node (else nothing
+// is taken); fresh forces a read of the block first. It reports whether the
+// cached block was full, which the caller confirms later with fresh set.
+func (a *Allocator) assignFrom(ctx context.Context, o *assignOp, out *[]Assigned, blk netip.Prefix, want int, mine, fresh bool) (bool, error) {
 	e := a.entry(blk)
 	e.lock()
 	defer e.unlock()
 	if fresh {
 		e.loaded = false
 	}
-	var out []Assigned
 	full := false
-	err := a.retry(ctx, "assign from block "+blk.String(), func() error {
+	err := a.retry(ctx, "assign from block", e.name, func() error {
 		if err := a.ensure(ctx, e); err != nil {
 			return err
 		}
@@ -399,9 +393,9 @@ func (a *Allocator) assignFrom(ctx context.Context, o *assignOp, blk netip.Prefi
 			return nil
 		}
 		next := e.stage()
-		var seq uint64
-		o.buf, seq = next.Allocate(o.buf[:0], want, o.owner)
-		k := len(o.buf)
+		var buf [8]netip.Addr
+		addrs, seq := next.Allocate(buf[:0], want, o.owner)
+		k := len(addrs)
 		if k == 0 {
 			full = true
 			return nil
@@ -417,13 +411,12 @@ func (a *Allocator) assignFrom(ctx context.Context, o *assignOp, blk netip.Prefi
 			}
 			return err
 		}
-		out = make([]Assigned, k)
-		for i, addr := range o.buf {
-			out[i] = Assigned{Addr: addr, Block: blk, Seq: seq}
+		for _, addr := range addrs {
+			*out = append(*out, Assigned{Addr: addr, Block: blk, Seq: seq})
 		}
 		return nil
 	})
-	return out, full, err
+	return full, err
 }
 
 // dropUnselected gives up the node's affinity to blk when the block is
@@ -495,13 +488,14 @@ func (a *Allocator) AssignIP(ctx context.Context, args AssignIPArgs) (Assigned, 
 	blk, _ := p.BlockFor(addr)
 	aff := block.Host(args.Node)
 	owner := block.Owner{Handle: args.Handle, Attrs: a.ownerAttrs(args.Node, args.Attrs)}
-	h := a.newHandleTx(args.Handle, false)
+	var h handleTx
+	h.init(a, args.Handle, false)
 
 	e := a.entry(blk)
 	e.lock()
 	defer e.unlock()
 	var seq uint64
-	err = a.retry(ctx, "assign "+addr.String(), func() error {
+	err = a.retry(ctx, "assign into block", e.name, func() error {
 		if err := a.ensure(ctx, e); err != nil {
 			return err
 		}

@@ -19,7 +19,8 @@ const maxCachedBlocks = 1 << 14
 // process take turns on a block instead of racing each other's CAS.
 type blockEntry struct {
 	mu     sync.Mutex
-	key    string
+	key    string // store key
+	name   string // prefix as text, for messages
 	prefix netip.Prefix
 	loaded bool         // blk and rev reflect a read or write of the store
 	blk    *block.Block // nil when the block does not exist
@@ -32,6 +33,8 @@ type blockEntry struct {
 	// next is where each attempt builds the new version: a deep copy of blk
 	// made before the change, so a failed attempt leaves blk untouched.
 	next *block.Block
+	// encSize is the length of the block's last encoding, to size the next.
+	encSize int
 }
 
 // lock takes the entry for one operation.
@@ -60,16 +63,20 @@ func (e *blockEntry) confirm() error {
 
 // entry returns the cache entry of the block with prefix p.
 func (a *Allocator) entry(p netip.Prefix) *blockEntry {
-	key := blockKey(p)
+	a.mu.RLock()
+	e := a.blocks[p]
+	a.mu.RUnlock()
+	if e != nil {
+		return e
+	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	e := a.blocks[key]
-	if e == nil {
+	if e = a.blocks[p]; e == nil {
 		if len(a.blocks) >= maxCachedBlocks {
 			clear(a.blocks)
 		}
-		e = &blockEntry{key: key, prefix: p}
-		a.blocks[key] = e
+		e = &blockEntry{key: blockKey(p), name: p.String(), prefix: p}
+		a.blocks[p] = e
 	}
 	return e
 }
@@ -137,9 +144,9 @@ func (a *Allocator) commit(ctx context.Context, e *blockEntry) error {
 		e.blk, e.rev, e.next, e.fresh = nil, 0, nil, true
 		return nil
 	}
-	value, err := b.AppendBinary(nil)
+	value, err := e.encode(b)
 	if err != nil {
-		return fmt.Errorf("ipam: encode block %s: %w", e.prefix, err)
+		return err
 	}
 	rev, err := a.store.Update(ctx, KindBlock, e.key, value, e.rev)
 	if err != nil {
@@ -153,9 +160,9 @@ func (a *Allocator) commit(ctx context.Context, e *blockEntry) error {
 // create stores b, a new block, under e. It fails with ErrExists when the
 // block exists already. The caller holds e.mu.
 func (a *Allocator) create(ctx context.Context, e *blockEntry, b *block.Block) error {
-	value, err := b.AppendBinary(nil)
+	value, err := e.encode(b)
 	if err != nil {
-		return fmt.Errorf("ipam: encode block %s: %w", e.prefix, err)
+		return err
 	}
 	rev, err := a.store.Create(ctx, KindBlock, e.key, value)
 	if err != nil {
@@ -163,6 +170,17 @@ func (a *Allocator) create(ctx context.Context, e *blockEntry, b *block.Block) e
 	}
 	e.blk, e.rev, e.loaded, e.fresh = b, rev, true, true
 	return nil
+}
+
+// encode encodes b into a new buffer sized from the last encoding, so that
+// it is one allocation.
+func (e *blockEntry) encode(b *block.Block) ([]byte, error) {
+	value, err := b.AppendBinary(make([]byte, 0, e.encSize+e.encSize/4+64))
+	if err != nil {
+		return nil, fmt.Errorf("ipam: encode block %s: %w", e.prefix, err)
+	}
+	e.encSize = len(value)
+	return value, nil
 }
 
 // writeFailed marks the entry stale after a failed write, so the next

@@ -70,7 +70,7 @@ func (a *Allocator) tryClaim(ctx context.Context, blk netip.Prefix, aff block.Af
 	e := a.entry(blk)
 	e.lock()
 	defer e.unlock()
-	err := a.retry(ctx, "claim block "+blk.String(), func() error { return a.claimLocked(ctx, e, aff) })
+	err := a.retry(ctx, "claim block", e.name, func() error { return a.claimLocked(ctx, e, aff) })
 	if errors.Is(err, ErrAffinityConflict) {
 		return false, nil
 	}
@@ -121,7 +121,7 @@ func (a *Allocator) claimLocked(ctx context.Context, e *blockEntry, aff block.Af
 // dropIndex deletes an affinity index record; rev 0 means "whatever its
 // revision". A record already gone is fine.
 func (a *Allocator) dropIndex(ctx context.Context, key string, rev Revision) error {
-	return a.retry(ctx, "delete affinity "+key, func() error {
+	return a.retry(ctx, "delete affinity", key, func() error {
 		r := rev
 		if r == 0 {
 			rec, err := a.store.Get(ctx, KindAffinity, key)
@@ -190,7 +190,7 @@ func (a *Allocator) takeOver(ctx context.Context, blk netip.Prefix, aff block.Af
 	}
 	var old block.Affinity
 	taken := false
-	err = a.retry(ctx, "reclaim block "+blk.String(), func() error {
+	err = a.retry(ctx, "reclaim block", e.name, func() error {
 		if err := a.load(ctx, e); err != nil {
 			return err
 		}
@@ -216,18 +216,18 @@ func (a *Allocator) takeOver(ctx context.Context, blk netip.Prefix, aff block.Af
 }
 
 // borrow assigns up to want addresses from existing blocks of pool p that
-// are not affine to the node, starting at a point that depends on the node
-// so that borrowers spread out.
-func (a *Allocator) borrow(ctx context.Context, o *assignOp, p *pool.Pool, want int) ([]Assigned, error) {
+// are not affine to the node, appending them to out. It starts at a point
+// that depends on the node so that borrowers spread out.
+func (a *Allocator) borrow(ctx context.Context, o *assignOp, out *[]Assigned, p *pool.Pool, want int) error {
 	recs, err := a.store.List(ctx, KindBlock, blockRange(p.CIDR))
 	if err != nil {
-		return nil, fmt.Errorf("ipam: list blocks of pool %q: %w", p.Name, err)
+		return fmt.Errorf("ipam: list blocks of pool %q: %w", p.Name, err)
 	}
-	var out []Assigned
 	start := 0
 	if len(recs) > 0 {
 		start = int(fnv32(o.node) % uint32(len(recs)))
 	}
+	goal := len(*out) + want
 	for i := range recs {
 		r := recs[(start+i)%len(recs)]
 		blk, err := parseBlockKey(r.Key)
@@ -239,16 +239,14 @@ func (a *Allocator) borrow(ctx context.Context, o *assignOp, p *pool.Pool, want 
 			continue
 		}
 		a.seed(blk, b, r.Revision)
-		got, _, err := a.assignFrom(ctx, o, blk, want-len(out), false, false)
-		if err != nil {
-			return out, err
+		if _, err := a.assignFrom(ctx, o, out, blk, goal-len(*out), false, false); err != nil {
+			return err
 		}
-		out = append(out, got...)
-		if len(out) == want {
+		if len(*out) == goal {
 			break
 		}
 	}
-	return out, nil
+	return nil
 }
 
 // seed puts a block just read by a list into the cache, unless the cache

@@ -9,7 +9,7 @@ func DecodeHandle(value []byte) (map[netip.Prefix]int, error) {
 		return nil, err
 	}
 	out := map[netip.Prefix]int{}
-	for _, c := range h.blocks {
+	for _, c := range h.entries() {
 		out[c.block] = c.count
 	}
 	return out, nil

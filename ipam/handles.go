@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"slices"
 )
 
 // handleTx keeps one handle record in step with the blocks during an
@@ -21,16 +20,16 @@ type handleTx struct {
 	id  string
 	rec handleRecord
 	rev Revision // 0: no record
-	// known reports whether rec and rev reflect the store; a fresh handleTx
-	// for a new handle assumes there is no record, which saves a read on
-	// the hot path (a wrong guess costs one failed create).
+	// known reports whether rec and rev reflect the store; a handleTx for a
+	// new handle assumes there is no record, which saves a read on the hot
+	// path (a wrong guess costs one failed create).
 	known bool
 }
 
-// newHandleTx starts tracking the handle id, assuming it has no record yet
-// when assumeNew is set and reading it on first use otherwise.
-func (a *Allocator) newHandleTx(id string, assumeNew bool) *handleTx {
-	return &handleTx{a: a, id: id, known: assumeNew}
+// init starts tracking the handle id, assuming it has no record yet when
+// assumeNew is set and reading it on first use otherwise.
+func (h *handleTx) init(a *Allocator, id string, assumeNew bool) {
+	*h = handleTx{a: a, id: id, known: assumeNew}
 }
 
 func (h *handleTx) read(ctx context.Context) error {
@@ -41,48 +40,51 @@ func (h *handleTx) read(ctx context.Context) error {
 	case err != nil:
 		return fmt.Errorf("ipam: read handle %q: %w", h.id, err)
 	default:
-		var r handleRecord
-		if err := r.unmarshal(rec.Value); err != nil {
+		if err := h.rec.unmarshal(rec.Value); err != nil {
 			return fmt.Errorf("ipam: handle %q: %w: %w", h.id, ErrCorrupt, err)
 		}
-		h.rec, h.rev = r, rec.Revision
+		h.rev = rec.Revision
 	}
 	h.known = true
 	return nil
 }
 
 // add moves the handle's count for blk by delta and writes the record,
-// retrying when another writer changed it in between.
+// retrying from a fresh read when another writer changed it in between.
 func (h *handleTx) add(ctx context.Context, blk netip.Prefix, delta int) error {
 	if delta == 0 {
 		return nil
 	}
-	return h.update(ctx, func(r *handleRecord) error { return r.add(blk, delta) })
+	return h.set(ctx, blk, func(n int) int { return n + delta })
 }
 
 // clear drops the handle's count for blk, whatever it was: the caller has
 // just released every address the handle held there.
 func (h *handleTx) clear(ctx context.Context, blk netip.Prefix) error {
-	return h.update(ctx, func(r *handleRecord) error { return r.add(blk, -r.count(blk)) })
+	return h.set(ctx, blk, func(int) int { return 0 })
 }
 
-// update applies change to a copy of the record and writes the result,
-// retrying from a fresh read when the record moved.
-func (h *handleTx) update(ctx context.Context, change func(*handleRecord) error) error {
-	return h.a.retry(ctx, "update handle "+h.id, func() error {
+// set changes the handle's count for blk to count(current) and writes the
+// record: a create, an update, or a delete once the handle holds nothing.
+func (h *handleTx) set(ctx context.Context, blk netip.Prefix, count func(int) int) error {
+	return h.a.retry(ctx, "update handle", h.id, func() error {
 		if !h.known {
 			if err := h.read(ctx); err != nil {
 				return err
 			}
 		}
-		next := handleRecord{blocks: append([]handleCount(nil), h.rec.blocks...)}
-		if err := change(&next); err != nil {
-			return fmt.Errorf("ipam: handle %q: %w", h.id, err)
-		}
-		if slices.Equal(next.blocks, h.rec.blocks) {
+		old := h.rec.count(blk)
+		n := count(old)
+		if n == old {
 			return nil
 		}
-		if err := h.write(ctx, next); err != nil {
+		if n < 0 {
+			return fmt.Errorf("ipam: handle %q: %w", h.id, &countError{blk, old, n - old})
+		}
+		// Change the record in place and put it back if the write fails.
+		h.rec.put(blk, n)
+		if err := h.write(ctx); err != nil {
+			h.rec.put(blk, old)
 			h.known = false
 			return err
 		}
@@ -90,19 +92,18 @@ func (h *handleTx) update(ctx context.Context, change func(*handleRecord) error)
 	})
 }
 
-// write stores next as the handle's record: a create, an update, or a
-// delete once the handle holds nothing.
-func (h *handleTx) write(ctx context.Context, next handleRecord) error {
+// write stores h.rec as the handle's record.
+func (h *handleTx) write(ctx context.Context) error {
 	var err error
 	rev := Revision(0)
 	switch {
-	case len(next.blocks) == 0 && h.rev == 0:
-	case len(next.blocks) == 0:
+	case len(h.rec.entries()) == 0 && h.rev == 0:
+	case len(h.rec.entries()) == 0:
 		err = h.a.store.Delete(ctx, KindHandle, h.id, h.rev)
 	case h.rev == 0:
-		rev, err = h.a.store.Create(ctx, KindHandle, h.id, next.appendBinary(nil))
+		rev, err = h.a.store.Create(ctx, KindHandle, h.id, h.a.handleValue(&h.rec))
 	default:
-		rev, err = h.a.store.Update(ctx, KindHandle, h.id, next.appendBinary(nil), h.rev)
+		rev, err = h.a.store.Update(ctx, KindHandle, h.id, h.a.handleValue(&h.rec), h.rev)
 	}
 	if err != nil {
 		if errors.Is(err, ErrNotFound) {
@@ -110,6 +111,31 @@ func (h *handleTx) write(ctx context.Context, next handleRecord) error {
 		}
 		return fmt.Errorf("ipam: write handle %q: %w", h.id, err)
 	}
-	h.rec, h.rev = next, rev
+	h.rev = rev
 	return nil
+}
+
+// handleValue encodes a handle record. The value of a handle holding some
+// addresses of a single block, by far the most common, is shared by every
+// such handle: values are immutable once written, so one copy serves all.
+func (a *Allocator) handleValue(r *handleRecord) []byte {
+	es := r.entries()
+	if len(es) != 1 {
+		return r.appendBinary(nil)
+	}
+	c := es[0]
+	a.mu.RLock()
+	v, ok := a.handleVals[c]
+	a.mu.RUnlock()
+	if ok {
+		return v
+	}
+	v = r.appendBinary(nil)
+	a.mu.Lock()
+	if len(a.handleVals) >= maxCachedBlocks {
+		clear(a.handleVals)
+	}
+	a.handleVals[c] = v
+	a.mu.Unlock()
+	return v
 }

@@ -71,10 +71,15 @@ func checkAttrs(op string, attrs map[string]string) error {
 // one map, which blocks keep without copying: no allocation on the hot path.
 func (a *Allocator) ownerAttrs(node string, attrs map[string]string) map[string]string {
 	if len(attrs) == 0 || (len(attrs) == 1 && attrs[AttrNode] == node) {
+		a.mu.RLock()
+		m := a.nodeAttr[node]
+		a.mu.RUnlock()
+		if m != nil {
+			return m
+		}
 		a.mu.Lock()
 		defer a.mu.Unlock()
-		m := a.nodeAttr[node]
-		if m == nil {
+		if m = a.nodeAttr[node]; m == nil {
 			if len(a.nodeAttr) >= maxCachedBlocks {
 				clear(a.nodeAttr)
 			}
@@ -102,20 +107,19 @@ type nodeBlocks struct {
 // String form). The index is a superset: every block affine to owner is in
 // it, and callers check the block's own affinity before relying on it.
 func (a *Allocator) affineBlocks(ctx context.Context, owner block.Affinity) ([]netip.Prefix, error) {
-	key := owner.String()
 	var gen uint64
 	if a.gens != nil {
 		gen = a.gens.Generation(KindAffinity)
-		a.mu.Lock()
-		nb := a.nodes[key]
-		a.mu.Unlock()
+		a.mu.RLock()
+		nb := a.nodes[owner]
+		a.mu.RUnlock()
 		if nb != nil && nb.gen == gen {
 			return nb.blocks, nil
 		}
 	}
-	recs, err := a.store.List(ctx, KindAffinity, affinityRange(key))
+	recs, err := a.store.List(ctx, KindAffinity, affinityRange(owner.String()))
 	if err != nil {
-		return nil, fmt.Errorf("ipam: list blocks of %s: %w", key, err)
+		return nil, fmt.Errorf("ipam: list blocks of %s: %w", owner, err)
 	}
 	blocks := make([]netip.Prefix, 0, len(recs))
 	for _, r := range recs {
@@ -130,7 +134,7 @@ func (a *Allocator) affineBlocks(ctx context.Context, owner block.Affinity) ([]n
 		if len(a.nodes) >= maxCachedBlocks {
 			clear(a.nodes)
 		}
-		a.nodes[key] = &nodeBlocks{gen: gen, blocks: blocks}
+		a.nodes[owner] = &nodeBlocks{gen: gen, blocks: blocks}
 		a.mu.Unlock()
 	}
 	return blocks, nil

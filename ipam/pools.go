@@ -15,7 +15,7 @@ import (
 // changePools applies change to a copy of the stored pool set and writes
 // it, retrying from a fresh read when another writer got there first.
 func (a *Allocator) changePools(ctx context.Context, op string, change func(s *pool.Set) error) error {
-	return a.retry(ctx, op, func() error {
+	return a.retry(ctx, op, "", func() error {
 		v, err := a.readView(ctx)
 		if err != nil {
 			return err

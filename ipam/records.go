@@ -11,8 +11,13 @@ import (
 // handleRecord is the value of a handle: how many addresses the handle holds
 // in each block. It lets ReleaseByHandle and IPsByHandle go straight to the
 // blocks concerned instead of searching.
+//
+// Nearly every handle holds addresses of one or two blocks; those entries
+// live in small, so a record on the stack costs no allocation.
 type handleRecord struct {
-	blocks []handleCount // sorted by block, counts > 0
+	small [2]handleCount
+	n     int           // entries in small, when big is nil
+	big   []handleCount // the entries, when there are more than fit in small
 }
 
 type handleCount struct {
@@ -20,41 +25,56 @@ type handleCount struct {
 	count int
 }
 
-// count returns how many addresses the handle holds in blk.
-func (h *handleRecord) count(blk netip.Prefix) int {
-	if i, ok := h.find(blk); ok {
-		return h.blocks[i].count
+// entries returns the entries, sorted by block, counts > 0. The slice is
+// the record's own: it is valid until the next change.
+func (h *handleRecord) entries() []handleCount {
+	if h.big != nil {
+		return h.big
 	}
-	return 0
+	return h.small[:h.n]
 }
 
-func (h *handleRecord) find(blk netip.Prefix) (int, bool) {
-	return slices.BinarySearchFunc(h.blocks, blk, func(c handleCount, p netip.Prefix) int {
+// setEntries makes es the record's entries.
+func (h *handleRecord) setEntries(es []handleCount) {
+	if len(es) <= len(h.small) {
+		h.n = copy(h.small[:], es)
+		h.big = nil
+		return
+	}
+	h.big = slices.Clone(es)
+}
+
+func findBlock(es []handleCount, blk netip.Prefix) (int, bool) {
+	return slices.BinarySearchFunc(es, blk, func(c handleCount, p netip.Prefix) int {
 		return c.block.Addr().Compare(p.Addr())
 	})
 }
 
-// add moves the count of blk by delta, dropping blocks that reach 0. It
-// reports an error, and changes nothing, if the count would go negative.
-func (h *handleRecord) add(blk netip.Prefix, delta int) error {
-	i, ok := h.find(blk)
-	switch {
-	case ok:
-		n := h.blocks[i].count + delta
-		if n < 0 {
-			return &countError{blk, h.blocks[i].count, delta}
-		}
-		if n == 0 {
-			h.blocks = slices.Delete(h.blocks, i, i+1)
-		} else {
-			h.blocks[i].count = n
-		}
-	case delta < 0:
-		return &countError{blk, 0, delta}
-	case delta > 0:
-		h.blocks = slices.Insert(h.blocks, i, handleCount{blk, delta})
+// count returns how many addresses the handle holds in blk.
+func (h *handleRecord) count(blk netip.Prefix) int {
+	es := h.entries()
+	if i, ok := findBlock(es, blk); ok {
+		return es[i].count
 	}
-	return nil
+	return 0
+}
+
+// put sets the count of blk to n, dropping the block when n is 0.
+func (h *handleRecord) put(blk netip.Prefix, n int) {
+	es := h.entries()
+	i, ok := findBlock(es, blk)
+	switch {
+	case ok && n != 0:
+		es[i].count = n
+		return
+	case ok:
+		es = slices.Delete(es, i, i+1)
+	case n == 0:
+		return
+	default:
+		es = slices.Insert(es, i, handleCount{blk, n})
+	}
+	h.setEntries(es)
 }
 
 // countError reports a handle count that would go negative: the handle
@@ -74,9 +94,10 @@ const handleVersion = 1
 // appendBinary encodes the record: a version byte, the number of blocks,
 // then per block its family (4 or 6), address, prefix length and count.
 func (h *handleRecord) appendBinary(dst []byte) []byte {
+	es := h.entries()
 	dst = append(dst, handleVersion)
-	dst = binary.AppendUvarint(dst, uint64(len(h.blocks)))
-	for _, c := range h.blocks {
+	dst = binary.AppendUvarint(dst, uint64(len(es)))
+	for _, c := range es {
 		a := c.block.Addr()
 		if a.Is4() {
 			b := a.As4()
@@ -107,7 +128,10 @@ func (h *handleRecord) unmarshal(data []byte) error {
 		return fmt.Errorf("handle record: bad block count")
 	}
 	data = data[k:]
-	blocks := make([]handleCount, 0, n)
+	var blocks []handleCount
+	if n <= uint64(len(h.small)) {
+		blocks = h.small[:0:n]
+	}
 	for range n {
 		if len(data) < 1 {
 			return fmt.Errorf("handle record: %w", errShortRecord)
@@ -144,6 +168,6 @@ func (h *handleRecord) unmarshal(data []byte) error {
 	if len(data) != 0 {
 		return fmt.Errorf("handle record: %d trailing bytes", len(data))
 	}
-	h.blocks = blocks
+	h.setEntries(blocks)
 	return nil
 }

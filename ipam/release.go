@@ -182,7 +182,7 @@ func (a *Allocator) releaseFromBlock(ctx context.Context, blk netip.Prefix, rels
 	defer e.unlock()
 	exists := false
 	var freed map[string]int // per handle
-	err := a.retry(ctx, "release from block "+blk.String(), func() error {
+	err := a.retry(ctx, "release from block", e.name, func() error {
 		// Each attempt starts over: nothing of a failed one carries on.
 		exists, freed = false, nil
 		for _, i := range idx {
@@ -241,7 +241,8 @@ func (a *Allocator) releaseFromBlock(ctx context.Context, blk netip.Prefix, rels
 		if handle == "" {
 			continue
 		}
-		h := a.newHandleTx(handle, false)
+		var h handleTx
+		h.init(a, handle, false)
 		err := h.add(ctx, blk, -freed[handle])
 		if err != nil && !errors.Is(err, ErrTooManyConflicts) && isCountError(err) {
 			// The handle record did not count these addresses (an earlier
@@ -277,7 +278,8 @@ func (a *Allocator) ReleaseByHandle(ctx context.Context, handle string) ([]netip
 	if err := checkHandle(op, handle); err != nil {
 		return nil, err
 	}
-	h := a.newHandleTx(handle, false)
+	var h handleTx
+	h.init(a, handle, false)
 	if err := h.read(ctx); err != nil {
 		return nil, err
 	}
@@ -285,10 +287,11 @@ func (a *Allocator) ReleaseByHandle(ctx context.Context, handle string) ([]netip
 		return nil, fmt.Errorf("ipam: %s %q: %w", op, handle, ErrHandleNotFound)
 	}
 	var released []netip.Addr
-	for _, hc := range slices.Clone(h.rec.blocks) {
+	var todo [4]handleCount
+	for _, hc := range append(todo[:0], h.rec.entries()...) {
 		e := a.entry(hc.block)
 		e.lock()
-		err := a.retry(ctx, "release handle "+handle+" from block "+hc.block.String(), func() error {
+		err := a.retry(ctx, "release handle "+handle+" from block", e.name, func() error {
 			if err := a.ensure(ctx, e); err != nil {
 				return err
 			}
@@ -325,7 +328,8 @@ func (a *Allocator) IPsByHandle(ctx context.Context, handle string) ([]netip.Add
 	if err := checkHandle(op, handle); err != nil {
 		return nil, err
 	}
-	h := a.newHandleTx(handle, false)
+	var h handleTx
+	h.init(a, handle, false)
 	if err := h.read(ctx); err != nil {
 		return nil, err
 	}
@@ -333,7 +337,7 @@ func (a *Allocator) IPsByHandle(ctx context.Context, handle string) ([]netip.Add
 		return nil, fmt.Errorf("ipam: %s %q: %w", op, handle, ErrHandleNotFound)
 	}
 	var out []netip.Addr
-	for _, hc := range h.rec.blocks {
+	for _, hc := range h.rec.entries() {
 		b, err := a.readBlock(ctx, hc.block)
 		if err != nil {
 			return nil, err

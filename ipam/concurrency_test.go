@@ -1,0 +1,202 @@
+package ipam_test
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"sync"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/carve-ipam/carve/ipam"
+	"github.com/carve-ipam/carve/ipam/storetest"
+)
+
+// TestConcurrentNodes has 32 nodes, each with its own allocator on one
+// store (as 32 processes on one datastore), allocate a block's worth of
+// addresses one at a time, all at once, from a pool of exactly 32 blocks.
+func TestConcurrentNodes(t *testing.T) {
+	for _, shared := range []bool{false, true} {
+		t.Run(fmt.Sprintf("shared-allocator=%v", shared), func(t *testing.T) {
+			const nodes, perNode = 32, 32 // /22 with /27 blocks: 32 blocks of 32
+			e := newEnv(t, v4pool("small", "10.10.0.0/22", 27))
+			var mu sync.Mutex
+			owner := map[netip.Addr]string{}
+			var wg sync.WaitGroup
+			errs := make(chan error, nodes)
+			for n := range nodes {
+				a := e.a
+				if !shared {
+					a = e.allocator()
+				}
+				node := fmt.Sprintf("node-%02d", n)
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					for i := range perNode {
+						handle := fmt.Sprintf("%s-pod-%d", node, i)
+						res, err := a.AutoAssign(e.ctx, ipam.AutoAssignArgs{Num4: 1, Handle: handle, Node: node})
+						if err != nil {
+							errs <- fmt.Errorf("%s: %w", handle, err)
+							return
+						}
+						mu.Lock()
+						if prev, ok := owner[res.IPv4[0].Addr]; ok {
+							mu.Unlock()
+							errs <- fmt.Errorf("%s given to %s and %s", res.IPv4[0].Addr, prev, handle)
+							return
+						}
+						owner[res.IPv4[0].Addr] = node
+						mu.Unlock()
+					}
+				}()
+			}
+			wg.Wait()
+			close(errs)
+			for err := range errs {
+				t.Error(err)
+			}
+			require.Equal(t, nodes*perNode, len(owner), "every request up to capacity succeeded")
+
+			// One block per node while blocks last: each node's addresses
+			// fill exactly the block it claimed.
+			u := e.utilization()
+			require.Len(t, u[0].Blocks, nodes)
+			holders := map[string]bool{}
+			for _, b := range u[0].Blocks {
+				require.Equal(t, 32, b.InUse)
+				require.Zero(t, b.Borrowed, "block %s", b.Prefix)
+				require.False(t, holders[b.Affinity.Name], "%s holds two blocks", b.Affinity.Name)
+				holders[b.Affinity.Name] = true
+			}
+
+			// Full: the next request fails cleanly.
+			_, err := e.assign4("node-00", "one-too-many", 1)
+			require.ErrorIs(t, err, ipam.ErrNoSpace)
+		})
+	}
+}
+
+// TestConcurrentReleaseAndAssign races releases against assignments on one
+// node's blocks from several allocators and checks the totals.
+func TestConcurrentReleaseAndAssign(t *testing.T) {
+	e := newEnv(t, v4pool("p", "10.20.0.0/24", 28))
+	const workers, rounds = 8, 40
+	var wg sync.WaitGroup
+	errs := make(chan error, workers)
+	for w := range workers {
+		a := e.allocator()
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for r := range rounds {
+				handle := fmt.Sprintf("w%d-r%d", w, r)
+				node := fmt.Sprintf("node-%d", w%3)
+				res, err := a.AutoAssign(e.ctx, ipam.AutoAssignArgs{Num4: 2, Handle: handle, Node: node})
+				if err != nil {
+					errs <- err
+					return
+				}
+				if r%2 == 0 {
+					got, err := a.ReleaseByHandle(e.ctx, handle)
+					if err != nil || len(got) != 2 {
+						errs <- fmt.Errorf("release %s: %v %v", handle, got, err)
+						return
+					}
+				} else {
+					rel, err := a.ReleaseIPs(e.ctx, ipam.Release{Addr: res.IPv4[0].Addr, Seq: res.IPv4[0].Seq, Handle: handle})
+					if err != nil || len(rel.Released) != 1 {
+						errs <- fmt.Errorf("release %s: %+v %v", handle, rel, err)
+						return
+					}
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	// Half the rounds kept one address each.
+	var inUse uint64
+	for _, pu := range e.utilization() {
+		inUse += pu.InUse
+	}
+	require.EqualValues(t, workers*rounds/2, inUse)
+	for w := range workers {
+		for r := 1; r < rounds; r += 2 {
+			ips, err := e.a.IPsByHandle(e.ctx, fmt.Sprintf("w%d-r%d", w, r))
+			require.NoError(t, err)
+			require.Len(t, ips, 1)
+		}
+	}
+}
+
+// TestStoreOpsPerAssign measures the store round trips of a steady-state
+// AutoAssign: a node with a block that has room, pools and configuration
+// cached. Calico needs about nine; carve's budget is two (the handle and
+// the block).
+func TestStoreOpsPerAssign(t *testing.T) {
+	e := newEnv(t, v4pool("p", "10.0.0.0/16", 26))
+	counting := storetest.NewCountingStore(e.store)
+	a, err := ipam.New(counting, ipam.Options{})
+	require.NoError(t, err)
+	for i := range 2 { // warm up: claim the block, fill the caches
+		_, err := a.AutoAssign(e.ctx, ipam.AutoAssignArgs{Num4: 1, Handle: fmt.Sprint("warm", i), Node: "node-1"})
+		require.NoError(t, err)
+	}
+	before, _ := storetest.CountsOf(counting)
+	const n = 20
+	for i := range n {
+		_, err := a.AutoAssign(e.ctx, ipam.AutoAssignArgs{Num4: 1, Handle: fmt.Sprint("pod", i), Node: "node-1"})
+		require.NoError(t, err)
+	}
+	after, _ := storetest.CountsOf(counting)
+	ops := after.Sub(before)
+	t.Logf("store operations for %d steady-state AutoAssigns: %s", n, ops)
+	require.EqualValues(t, 2*n, ops.Total(), "two round trips per AutoAssign: %s", ops)
+	require.EqualValues(t, n, ops.Of(storetest.OpCreate, ipam.KindHandle))
+	require.EqualValues(t, n, ops.Of(storetest.OpUpdate, ipam.KindBlock))
+}
+
+func TestAllocatorErrorsAreClear(t *testing.T) {
+	e := newEnv(t, v4pool("p", "10.0.0.0/24", 26))
+	tests := []struct {
+		name string
+		args ipam.AutoAssignArgs
+		want string
+	}{
+		{"no handle", ipam.AutoAssignArgs{Num4: 1, Node: "n"}, "empty handle"},
+		{"no node", ipam.AutoAssignArgs{Num4: 1, Handle: "h"}, "empty node name"},
+		{"nothing", ipam.AutoAssignArgs{Handle: "h", Node: "n"}, "no addresses asked for"},
+		{"negative", ipam.AutoAssignArgs{Num4: -1, Handle: "h", Node: "n"}, "negative count"},
+		{"huge", ipam.AutoAssignArgs{Num4: 1 << 30, Handle: "h", Node: "n"}, "above the limit"},
+		{"slash in node", ipam.AutoAssignArgs{Num4: 1, Handle: "h", Node: "a/b"}, `node name "a/b" contains "/"`},
+		{"control in handle", ipam.AutoAssignArgs{Num4: 1, Handle: "h\x00", Node: "n"}, "control character"},
+		{"bad use", ipam.AutoAssignArgs{Num4: 1, Handle: "h", Node: "n", Use: "Pods"}, `unknown use "Pods"`},
+		{"bad attr", ipam.AutoAssignArgs{Num4: 1, Handle: "h", Node: "n", Attrs: map[string]string{"": "x"}}, "attribute"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := e.a.AutoAssign(e.ctx, tt.args)
+			require.ErrorIs(t, err, ipam.ErrInvalid)
+			require.Contains(t, err.Error(), tt.want)
+		})
+	}
+	require.Zero(t, e.store.Len(ipam.KindBlock), "no invalid request wrote anything")
+	require.Zero(t, e.store.Len(ipam.KindHandle))
+
+	_, err := ipam.New(nil, ipam.Options{})
+	require.ErrorIs(t, err, ipam.ErrInvalid)
+	_, err = e.a.ReleaseIPs(e.ctx, ipam.Release{})
+	require.ErrorIs(t, err, ipam.ErrInvalid)
+	_, err = e.a.AssignIP(e.ctx, ipam.AssignIPArgs{Addr: mustAddr("fe80::1%eth0"), Handle: "h", Node: "n"})
+	require.ErrorIs(t, err, ipam.ErrInvalid)
+	_, err = e.a.ReleaseByHandle(e.ctx, "")
+	require.ErrorIs(t, err, ipam.ErrInvalid)
+	err = e.a.SetConfig(e.ctx, ipam.Config{})
+	require.ErrorIs(t, err, ipam.ErrInvalidConfig)
+	require.True(t, errors.Is(err, ipam.ErrInvalidConfig))
+}

@@ -1,0 +1,159 @@
+package storetest
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"sync/atomic"
+
+	"github.com/carve-ipam/carve/ipam"
+)
+
+// Op names a Store method.
+type Op int
+
+// The Store methods, as counted by CountingStore.
+const (
+	OpGet Op = iota
+	OpList
+	OpCreate
+	OpUpdate
+	OpDelete
+	numOps
+)
+
+var opNames = [numOps]string{"get", "list", "create", "update", "delete"}
+
+func (o Op) String() string {
+	if o >= 0 && o < numOps {
+		return opNames[o]
+	}
+	return fmt.Sprintf("op(%d)", int(o))
+}
+
+// Counts is how many times each Store method was called, by record kind.
+type Counts [numOps][8]int64
+
+// Total returns the number of calls of every method and kind: the store
+// round trips.
+func (c Counts) Total() int64 {
+	var n int64
+	for _, byKind := range c {
+		for _, v := range byKind {
+			n += v
+		}
+	}
+	return n
+}
+
+// Of returns the calls of one method on one kind.
+func (c Counts) Of(op Op, kind ipam.Kind) int64 { return c[op][kind] }
+
+// Sub returns c minus d, the calls made between two snapshots.
+func (c Counts) Sub(d Counts) Counts {
+	for i := range c {
+		for k := range c[i] {
+			c[i][k] -= d[i][k]
+		}
+	}
+	return c
+}
+
+// String lists the non-zero counts, such as "get block=1 update block=1".
+func (c Counts) String() string {
+	var parts []string
+	for op, byKind := range c {
+		for k, v := range byKind {
+			if v != 0 {
+				parts = append(parts, fmt.Sprintf("%s %s=%d", Op(op), ipam.Kind(k), v))
+			}
+		}
+	}
+	if len(parts) == 0 {
+		return "none"
+	}
+	return strings.Join(parts, " ")
+}
+
+// CountingStore wraps a Store and counts its calls, to measure how many
+// round trips an operation costs. It passes the optional
+// [ipam.Generations] capability through when the wrapped store has it, and
+// is safe for concurrent use.
+type CountingStore struct {
+	ipam.Store
+	counts [numOps][8]atomic.Int64
+}
+
+// NewCountingStore returns a CountingStore around s.
+func NewCountingStore(s ipam.Store) ipam.Store {
+	c := &CountingStore{Store: s}
+	if g, ok := s.(ipam.Generations); ok {
+		return &countingGens{CountingStore: c, gens: g}
+	}
+	return c
+}
+
+// countingGens is a CountingStore whose store offers Generations.
+type countingGens struct {
+	*CountingStore
+	gens ipam.Generations
+}
+
+func (c *countingGens) Generation(kind ipam.Kind) uint64 { return c.gens.Generation(kind) }
+
+// CountsOf returns the counts of a store made by NewCountingStore, or
+// false if s is not one.
+func CountsOf(s ipam.Store) (Counts, bool) {
+	var c *CountingStore
+	switch s := s.(type) {
+	case *CountingStore:
+		c = s
+	case *countingGens:
+		c = s.CountingStore
+	default:
+		return Counts{}, false
+	}
+	var out Counts
+	for op := range c.counts {
+		for k := range c.counts[op] {
+			out[op][k] = c.counts[op][k].Load()
+		}
+	}
+	return out, true
+}
+
+func (c *CountingStore) count(op Op, kind ipam.Kind) {
+	if kind < 8 {
+		c.counts[op][kind].Add(1)
+	}
+}
+
+// Get implements [ipam.Store].
+func (c *CountingStore) Get(ctx context.Context, kind ipam.Kind, key string) (ipam.Record, error) {
+	c.count(OpGet, kind)
+	return c.Store.Get(ctx, kind, key)
+}
+
+// List implements [ipam.Store].
+func (c *CountingStore) List(ctx context.Context, kind ipam.Kind, r ipam.KeyRange) ([]ipam.Record, error) {
+	c.count(OpList, kind)
+	return c.Store.List(ctx, kind, r)
+}
+
+// Create implements [ipam.Store].
+func (c *CountingStore) Create(ctx context.Context, kind ipam.Kind, key string, value []byte) (ipam.Revision, error) {
+	c.count(OpCreate, kind)
+	return c.Store.Create(ctx, kind, key, value)
+}
+
+// Update implements [ipam.Store].
+func (c *CountingStore) Update(ctx context.Context, kind ipam.Kind, key string, value []byte, rev ipam.Revision) (ipam.Revision, error) {
+	c.count(OpUpdate, kind)
+	return c.Store.Update(ctx, kind, key, value, rev)
+}
+
+// Delete implements [ipam.Store].
+func (c *CountingStore) Delete(ctx context.Context, kind ipam.Kind, key string, rev ipam.Revision) error {
+	c.count(OpDelete, kind)
+	return c.Store.Delete(ctx, kind, key, rev)
+}
