@@ -53,10 +53,10 @@ type Allocator struct {
 
 	// Caches, each bounded and started over when full. They only save reads:
 	// every write is checked by compare-and-swap.
-	mu       sync.RWMutex
-	nodes    map[block.Affinity]*nodeBlocks
-	blocks   map[netip.Prefix]*blockEntry
-	nodeAttr map[string]map[string]string
+	mu         sync.RWMutex
+	nodes      map[block.Affinity]*nodeBlocks
+	blocks     map[netip.Prefix]*blockEntry
+	nodeAttr   map[string]map[string]string
 	handleVals map[handleCount][]byte
 }
 
