@@ -26,6 +26,10 @@ var (
 	// ErrPoolExists: a pool with the given name exists already.
 	ErrPoolExists = errors.New("pool already exists")
 
+	// ErrLeftoverBlocks: a new pool's range holds blocks, left by a deleted
+	// pool, of another block size.
+	ErrLeftoverBlocks = errors.New("pool range holds blocks of another size")
+
 	// ErrNotInPool: an address lies in no pool, or in a pool that cannot be
 	// used for the request (disabled, or not allowing the use).
 	ErrNotInPool = errors.New("address is not in a usable pool")

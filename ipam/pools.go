@@ -49,8 +49,16 @@ func (a *Allocator) changePools(ctx context.Context, op string, change func(s *p
 // fails with ErrPoolExists if the name is taken and with a
 // *pool.ValidationError if p is invalid or overlaps any pool, disabled ones
 // included.
+//
+// Blocks of a deleted pool stay while they hold addresses. A new pool over
+// the same addresses must carve them the same way, or its blocks would
+// overlap the old ones: CreatePool refuses, with ErrLeftoverBlocks, a pool
+// whose range holds a block of another size.
 func (a *Allocator) CreatePool(ctx context.Context, p pool.Pool) error {
 	op := fmt.Sprintf("create pool %q", p.Name)
+	if err := a.checkLeftovers(ctx, op, p.WithDefaults()); err != nil {
+		return err
+	}
 	return a.changePools(ctx, op, func(s *pool.Set) error {
 		if _, ok := s.Get(p.Name); ok {
 			return fmt.Errorf("ipam: %s: %w", op, ErrPoolExists)
@@ -60,6 +68,36 @@ func (a *Allocator) CreatePool(ctx context.Context, p pool.Pool) error {
 		}
 		return nil
 	})
+}
+
+// checkLeftovers refuses a new pool whose range holds blocks that do not
+// fit its block size.
+func (a *Allocator) checkLeftovers(ctx context.Context, op string, p pool.Pool) error {
+	if !p.CIDR.IsValid() {
+		return nil // pool validation reports it
+	}
+	cidr := p.CIDR.Masked()
+	recs, err := a.store.List(ctx, KindBlock, blockRange(cidr))
+	if err != nil {
+		return fmt.Errorf("ipam: %s: list blocks: %w", op, err)
+	}
+	var bad []string
+	for _, r := range recs {
+		if blk, err := parseBlockKey(r.Key); err == nil && blk.Bits() != p.BlockSize {
+			bad = append(bad, blk.String())
+		}
+	}
+	// A larger block that starts before the pool and covers it.
+	if blk, ok, err := a.findBlock(ctx, cidr.Addr()); err != nil {
+		return err
+	} else if ok && blk.Bits() < cidr.Bits() {
+		bad = append(bad, blk.String())
+	}
+	if len(bad) == 0 {
+		return nil
+	}
+	return fmt.Errorf("ipam: %s: %w: cidr %s holds blocks %v of a deleted pool, which do not fit blockSize %d; release their addresses first",
+		op, ErrLeftoverBlocks, cidr, bad, p.BlockSize)
 }
 
 // UpdatePool replaces the pool named p.Name. The CIDR and block size never

@@ -46,8 +46,16 @@ func (h *handleRecord) setEntries(es []handleCount) {
 
 func findBlock(es []handleCount, blk netip.Prefix) (int, bool) {
 	return slices.BinarySearchFunc(es, blk, func(c handleCount, p netip.Prefix) int {
-		return c.block.Addr().Compare(p.Addr())
+		return comparePrefix(c.block, p)
 	})
+}
+
+// comparePrefix orders prefixes by address, then length.
+func comparePrefix(a, b netip.Prefix) int {
+	if c := a.Addr().Compare(b.Addr()); c != 0 {
+		return c
+	}
+	return a.Bits() - b.Bits()
 }
 
 // count returns how many addresses the handle holds in blk.
@@ -160,7 +168,7 @@ func (h *handleRecord) unmarshal(data []byte) error {
 			return fmt.Errorf("handle record: bad count for block %s", blk)
 		}
 		data = data[k:]
-		if len(blocks) > 0 && blocks[len(blocks)-1].block.Addr().Compare(addr) >= 0 {
+		if len(blocks) > 0 && comparePrefix(blocks[len(blocks)-1].block, blk) >= 0 {
 			return fmt.Errorf("handle record: blocks out of order at %s", blk)
 		}
 		blocks = append(blocks, handleCount{blk, int(count)})

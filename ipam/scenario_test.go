@@ -272,3 +272,29 @@ func TestPoolDeletion(t *testing.T) {
 	_, err = e.assign4("node-1", "new", 1)
 	require.True(t, errors.Is(err, pool.ErrNoPool))
 }
+
+// A pool deleted while its blocks hold addresses cannot be replaced by one
+// that carves the same range differently: the new blocks would overlap the
+// old ones and could hand out an address twice.
+func TestPoolRecreatedWithOtherBlockSize(t *testing.T) {
+	e := newEnv(t, v4pool("p", "10.0.0.0/24", 26))
+	kept := e.mustAssign4("node-1", "kept", 1)[0]
+	require.NoError(t, e.a.DeletePool(e.ctx, "p"))
+
+	err := e.a.CreatePool(e.ctx, v4pool("p2", "10.0.0.0/24", 27))
+	require.ErrorIs(t, err, ipam.ErrLeftoverBlocks)
+	require.Contains(t, err.Error(), "10.0.0.0/26")
+	err = e.a.CreatePool(e.ctx, v4pool("p2", "10.0.0.0/30", 30))
+	require.ErrorIs(t, err, ipam.ErrLeftoverBlocks, "a pool inside a leftover block")
+
+	// The same carving is fine: the old block becomes the new pool's.
+	require.NoError(t, e.a.CreatePool(e.ctx, v4pool("p2", "10.0.0.0/24", 26)))
+	_, err = e.a.AssignIP(e.ctx, ipam.AssignIPArgs{Addr: kept.Addr, Handle: "x", Node: "node-2"})
+	require.ErrorIs(t, err, ipam.ErrInUse)
+
+	// Once the old addresses are released, any carving goes.
+	require.NoError(t, e.a.DeletePool(e.ctx, "p2"))
+	_, err = e.a.ReleaseByHandle(e.ctx, "kept")
+	require.NoError(t, err)
+	require.NoError(t, e.a.CreatePool(e.ctx, v4pool("p3", "10.0.0.0/24", 27)))
+}

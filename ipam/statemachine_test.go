@@ -26,6 +26,14 @@ var machinePools = []pool.Pool{
 	{Name: "c6", CIDR: netip.MustParsePrefix("fd00::/124"), BlockSize: 126},
 }
 
+// machineAlts re-create the machine's pools with other block sizes, which
+// must be refused while blocks of the old size hold addresses.
+var machineAlts = []pool.Pool{
+	{Name: "a4", CIDR: netip.MustParsePrefix("10.0.0.0/27"), BlockSize: 28},
+	{Name: "b4", CIDR: netip.MustParsePrefix("10.0.1.0/28"), BlockSize: 29},
+	{Name: "c6", CIDR: netip.MustParsePrefix("fd00::/124"), BlockSize: 125},
+}
+
 var machineNodes = []string{"n0", "n1", "n2", "n3"}
 
 type modelAlloc struct {
@@ -44,6 +52,7 @@ type machine struct {
 	config  ipam.Config
 	live    map[string]bool // pools that exist, by name
 	enabled map[string]bool
+	shape   map[string]pool.Pool // each pool as last created
 	model   map[netip.Addr]modelAlloc
 	handles int
 }
@@ -55,6 +64,7 @@ func newMachine(t *rapid.T) *machine {
 		clock:   newClock(),
 		live:    map[string]bool{},
 		enabled: map[string]bool{},
+		shape:   map[string]pool.Pool{},
 		model:   map[netip.Addr]modelAlloc{},
 	}
 	for range 3 {
@@ -71,6 +81,7 @@ func newMachine(t *rapid.T) *machine {
 	for _, p := range machinePools {
 		require.NoError(t, m.allocs[0].CreatePool(t.Context(), p))
 		m.live[p.Name], m.enabled[p.Name] = true, true
+		m.shape[p.Name] = p
 	}
 	return m
 }
@@ -101,7 +112,7 @@ func (m *machine) modelAddrs() []netip.Addr {
 // freeIn counts the addresses of enabled pools of a family not in the model.
 func (m *machine) freeIn(is4 bool) int {
 	free := 0
-	for _, p := range machinePools {
+	for _, p := range m.shape {
 		if !m.live[p.Name] || !m.enabled[p.Name] || p.CIDR.Addr().Is4() != is4 {
 			continue
 		}
@@ -277,15 +288,31 @@ func (m *machine) TogglePool(t *rapid.T) {
 }
 
 func (m *machine) DeleteOrCreatePool(t *rapid.T) {
-	p := machinePools[rapid.IntRange(0, len(machinePools)-1).Draw(t, "pool")]
+	i := rapid.IntRange(0, len(machinePools)-1).Draw(t, "pool")
+	p := machinePools[i]
 	a := m.alloc(t)
 	if m.live[p.Name] {
 		require.NoError(t, a.DeletePool(t.Context(), p.Name))
 		m.live[p.Name] = false
 		return
 	}
-	require.NoError(t, a.CreatePool(t.Context(), p))
+	if rapid.Bool().Draw(t, "otherBlockSize") {
+		p = machineAlts[i]
+	}
+	err := a.CreatePool(t.Context(), p)
+	if errors.Is(err, ipam.ErrLeftoverBlocks) {
+		// Allowed only while blocks of another size hold addresses.
+		held := false
+		for addr := range m.model {
+			held = held || p.CIDR.Contains(addr)
+		}
+		require.True(t, held, "refused %+v with no address held: %v", p.BlockSize, err)
+		require.NotEqual(t, m.shape[p.Name].BlockSize, p.BlockSize)
+		return
+	}
+	require.NoError(t, err)
 	m.live[p.Name], m.enabled[p.Name] = true, true
+	m.shape[p.Name] = p
 }
 
 func (m *machine) Check(t *rapid.T) {
@@ -306,7 +333,7 @@ func (m *machine) Check(t *rapid.T) {
 		}
 		prev = p
 		inPool := false
-		for _, mp := range machinePools {
+		for _, mp := range slices.Concat(machinePools, machineAlts) {
 			inPool = inPool || (mp.CIDR.Contains(p.Addr()) && p.Bits() == mp.BlockSize)
 		}
 		require.True(t, inPool, "block %s lies in no pool it could have come from", p)

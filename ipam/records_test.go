@@ -1,0 +1,176 @@
+package ipam
+
+import (
+	"bytes"
+	"net/netip"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+	"pgregory.net/rapid"
+)
+
+func TestBlockKeys(t *testing.T) {
+	tests := []struct {
+		prefix, key string
+	}{
+		{"10.244.0.64/26", "v4:0af40040/26"},
+		{"0.0.0.0/20", "v4:00000000/20"},
+		{"255.255.255.255/32", "v4:ffffffff/32"},
+		{"fd00::40/122", "v6:fd000000000000000000000000000040/122"},
+	}
+	for _, tt := range tests {
+		p := netip.MustParsePrefix(tt.prefix)
+		require.Equal(t, tt.key, blockKey(p))
+		back, err := parseBlockKey(tt.key)
+		require.NoError(t, err)
+		require.Equal(t, p, back)
+	}
+	for _, bad := range []string{"", "v4:", "v5:0af40040/26", "v4:0af40040", "v4:0AF40040/26", "v4:0af40041/26",
+		"v4:0af40040/33", "v4:0af40040/026", "v4:0af4004/26", "v4:0af40040/2x", "v6:fd00/122"} {
+		_, err := parseBlockKey(bad)
+		require.Error(t, err, "%q", bad)
+	}
+}
+
+func TestBlockRangeHoldsExactlyThePoolsBlocks(t *testing.T) {
+	rapid.Check(t, func(t *rapid.T) {
+		is4 := rapid.Bool().Draw(t, "v4")
+		bits := 32
+		raw := rapid.SliceOfN(rapid.Byte(), 4, 4).Draw(t, "addr4")
+		if !is4 {
+			bits = 128
+			raw = rapid.SliceOfN(rapid.Byte(), 16, 16).Draw(t, "addr6")
+		}
+		a, _ := netip.AddrFromSlice(raw)
+		pool := netip.PrefixFrom(a, rapid.IntRange(0, bits).Draw(t, "poolBits")).Masked()
+		other, _ := netip.AddrFromSlice(rapid.SliceOfN(rapid.Byte(), len(raw), len(raw)).Draw(t, "other"))
+		blk := netip.PrefixFrom(other, rapid.IntRange(pool.Bits(), bits).Draw(t, "blockBits")).Masked()
+		r := blockRange(pool)
+		require.Equal(t, pool.Contains(blk.Addr()), r.Contains(blockKey(blk)),
+			"pool %s, block %s, range %+v", pool, blk, r)
+	})
+}
+
+func TestAffinityKeys(t *testing.T) {
+	blk := netip.MustParsePrefix("10.0.0.0/26")
+	key := affinityKey("host:node-1.example.com", blk)
+	require.Equal(t, "host:node-1.example.com/v4:0a000000/26", key)
+	owner, back, err := parseAffinityKey(key)
+	require.NoError(t, err)
+	require.Equal(t, "host:node-1.example.com", owner)
+	require.Equal(t, blk, back)
+	require.True(t, affinityRange("host:node-1.example.com").Contains(key))
+	require.False(t, affinityRange("host:node-1").Contains(key), "node-1 is not a prefix match of node-1.example.com")
+	for _, bad := range []string{"", "/v4:0a000000/26", "host:n", "host:n/x"} {
+		_, _, err := parseAffinityKey(bad)
+		require.Error(t, err, "%q", bad)
+	}
+}
+
+func TestPrefixRange(t *testing.T) {
+	require.Equal(t, KeyRange{Start: "ab", End: "ac"}, PrefixRange("ab"))
+	require.Equal(t, KeyRange{Start: "a\xff", End: "b"}, PrefixRange("a\xff"))
+	require.Equal(t, KeyRange{Start: "\xff\xff"}, PrefixRange("\xff\xff"))
+	require.Equal(t, KeyRange{}, PrefixRange(""))
+}
+
+func TestHandleRecordRoundTrip(t *testing.T) {
+	rapid.Check(t, func(t *rapid.T) {
+		var h handleRecord
+		model := map[netip.Prefix]int{}
+		for range rapid.IntRange(0, 12).Draw(t, "ops") {
+			base := netip.MustParsePrefix("10.0.0.0/20")
+			if rapid.Bool().Draw(t, "v6") {
+				base = netip.MustParsePrefix("fd00::/116")
+			}
+			a := base.Addr()
+			for range rapid.IntRange(0, 7).Draw(t, "step") {
+				a = a.Next()
+			}
+			blk := netip.PrefixFrom(a, a.BitLen()-rapid.IntRange(0, 3).Draw(t, "hostBits")).Masked()
+			n := rapid.IntRange(0, 5).Draw(t, "count")
+			h.put(blk, n)
+			if n == 0 {
+				delete(model, blk)
+			} else {
+				model[blk] = n
+			}
+		}
+		got := map[netip.Prefix]int{}
+		for _, c := range h.entries() {
+			got[c.block] = c.count
+		}
+		require.Equal(t, model, got)
+
+		var back handleRecord
+		require.NoError(t, back.unmarshal(h.appendBinary(nil)))
+		require.Equal(t, h.entries(), back.entries())
+	})
+}
+
+// FuzzHandleRecord: the decoder never panics, and whatever it accepts
+// re-encodes to the same bytes.
+func FuzzHandleRecord(f *testing.F) {
+	var h handleRecord
+	h.put(netip.MustParsePrefix("10.0.0.0/26"), 3)
+	f.Add(h.appendBinary(nil))
+	h.put(netip.MustParsePrefix("fd00::40/122"), 70000)
+	h.put(netip.MustParsePrefix("10.0.0.64/26"), 1)
+	f.Add(h.appendBinary(nil))
+	f.Add([]byte{1, 0})
+	f.Add([]byte{1, 1, 4, 10, 0, 0, 0, 26})
+	f.Fuzz(func(t *testing.T, data []byte) {
+		var h handleRecord
+		if h.unmarshal(data) != nil {
+			return
+		}
+		if again := h.appendBinary(nil); !bytes.Equal(again, data) {
+			t.Fatalf("decoded %x, re-encoded %x", data, again)
+		}
+	})
+}
+
+// FuzzKeys: the key parsers never panic and accept only what the encoders
+// produce.
+func FuzzKeys(f *testing.F) {
+	f.Add("v4:0af40040/26")
+	f.Add("v6:fd000000000000000000000000000040/122")
+	f.Add("host:node-1/v4:0af40040/26")
+	f.Add("virtual:lb/v6:fd000000000000000000000000000000/128")
+	f.Fuzz(func(t *testing.T, key string) {
+		if p, err := parseBlockKey(key); err == nil && blockKey(p) != key {
+			t.Fatalf("parseBlockKey(%q) = %s, which encodes as %q", key, p, blockKey(p))
+		}
+		if owner, blk, err := parseAffinityKey(key); err == nil && affinityKey(owner, blk) != key {
+			t.Fatalf("parseAffinityKey(%q) = %q %s, which encodes as %q", key, owner, blk, affinityKey(owner, blk))
+		}
+	})
+}
+
+// FuzzPoolAndConfigRecords: the stored pool set and configuration decode
+// without panicking, and a decoded pool set encodes back to one that
+// decodes the same.
+func FuzzPoolAndConfigRecords(f *testing.F) {
+	f.Add([]byte(`{"pools":[{"name":"default","spec":{"cidr":"10.244.0.0/18","blockSize":26}}]}`))
+	f.Add([]byte(`{"pools":[{"name":"a","spec":{"cidr":"10.0.0.0/24"}},{"name":"b","spec":{"cidr":"10.0.0.0/25"}}]}`))
+	f.Add([]byte(`{"strictAffinity":true,"autoAllocateBlocks":false,"maxBlocksPerHost":3}`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		_, _ = unmarshalConfig(data)
+		s, err := unmarshalPools(data)
+		if err != nil {
+			return
+		}
+		enc, err := marshalPools(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		s2, err := unmarshalPools(enc)
+		if err != nil {
+			t.Fatalf("re-decoding %s: %v", enc, err)
+		}
+		enc2, _ := marshalPools(s2)
+		if !bytes.Equal(enc, enc2) {
+			t.Fatalf("pool record not stable:\n%s\n%s", enc, enc2)
+		}
+	})
+}
