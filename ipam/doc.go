@@ -1,0 +1,69 @@
+// Package ipam is carve's allocator engine: Calico IPAM as a library.
+//
+// An [Allocator] hands out addresses from IP pools ([pool.Pool]) kept in a
+// [Store]. Pools are carved into blocks ([block.Block]); a node claims
+// blocks (affinity) and assigns addresses from them, so that each node's
+// addresses aggregate into a few routes. The store is a small
+// compare-and-swap key-value contract: [memstore] keeps everything in one
+// process, and any datastore with per-record revisions can be a backend,
+// proven by [storetest.RunConformanceTests].
+//
+// # Assigning
+//
+// [Allocator.AutoAssign] chooses addresses as Calico does:
+//
+//  1. Pools: those named in the request, or else every enabled Automatic
+//     pool whose nodeSelector and namespaceSelector match and which allows
+//     the use, in name order (see [pool.Set.Select]).
+//  2. Blocks affine to the node, in pool order.
+//  3. New blocks claimed for the node (when [Config].AutoAllocateBlocks),
+//     along a walk of the pool that starts at a place derived from the node
+//     name, up to [Config].MaxBlocksPerHost blocks. When a pool has no
+//     unclaimed block left, an empty block of another node claimed more than
+//     [Options].ReclaimAge ago is taken over.
+//  4. Unless [Config].StrictAffinity, addresses borrowed from other nodes'
+//     blocks.
+//
+// A request for both IPv4 and IPv6 addresses is all-or-nothing unless it
+// sets Partial; failures are an [*AssignError] saying what was short and
+// why. [Allocator.AssignIP] assigns one given address.
+//
+// Every assignment records a handle (the owner: a pod, a VM interface), the
+// node and optional attributes, and the block's sequence number. Release by
+// address with [Allocator.ReleaseIPs] (optionally checking the handle and
+// the sequence number, so that a late release never frees a reassigned
+// address), or everything of a handle with [Allocator.ReleaseByHandle].
+//
+// # Where carve differs from Calico
+//
+//   - Handle counts are exact; Calico raises them by the count requested.
+//   - Reaching MaxBlocksPerHost stops claims only: without StrictAffinity
+//     the node goes on to borrow (Calico fails). So MaxBlocksPerHost does
+//     not require StrictAffinity, and 0 means no cap.
+//   - Finding a block to claim never lists the store's blocks while the
+//     pool has room: a /48 IPv6 pool (2^74 blocks) claims as fast as a /24.
+//     Borrowing lists the blocks of one pool, not every block.
+//   - A steady-state AutoAssign costs two store round trips (the handle and
+//     the block); Calico needs about nine.
+//   - Releases are checked per address: one stale release is refused
+//     without holding back the others.
+//   - The pool set is one record, so two processes creating overlapping
+//     pools at once cannot both succeed, and a pool cannot be created over
+//     leftover blocks of a different size.
+//
+// # Concurrency and crash safety
+//
+// An Allocator is safe for concurrent use, and any number of allocators may
+// share a store. Every write is a single-record compare-and-swap, retried a
+// bounded number of times ([Options].MaxRetries) on a fresh copy of the
+// record. Writes are ordered so that a crash at any point leaves, at worst,
+// a handle count too high or an affinity index entry without its block;
+// never an address owned twice. docs/ARCHITECTURE.md in the repository
+// describes the order in full.
+//
+// The allocator caches pools, configuration, node affinities and blocks.
+// With a store that offers [Generations] (memstore does), pool and
+// configuration changes made by any allocator are seen on the next call.
+// Cached blocks are only used to attempt a compare-and-swap; any refusal is
+// confirmed by a fresh read.
+package ipam

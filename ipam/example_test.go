@@ -1,0 +1,99 @@
+package ipam_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+
+	"github.com/carve-ipam/carve/ipam"
+	"github.com/carve-ipam/carve/ipam/memstore"
+	"github.com/carve-ipam/carve/pool"
+)
+
+func Example() {
+	ctx := context.Background()
+	a, err := ipam.New(memstore.New(), ipam.Options{})
+	if err != nil {
+		panic(err)
+	}
+	err = a.CreatePool(ctx, pool.Pool{Name: "default-ipv4-ippool", CIDR: netip.MustParsePrefix("10.244.0.0/18")})
+	if err != nil {
+		panic(err)
+	}
+
+	res, err := a.AutoAssign(ctx, ipam.AutoAssignArgs{Num4: 2, Handle: "pod-a", Node: "node-1"})
+	if err != nil {
+		panic(err)
+	}
+	for _, x := range res.IPv4 {
+		fmt.Println(x.Prefix(), "from block", x.Block)
+	}
+
+	released, _ := a.ReleaseByHandle(ctx, "pod-a")
+	fmt.Println("released", len(released))
+	// Output:
+	// 10.244.4.64/26 from block 10.244.4.64/26
+	// 10.244.4.65/26 from block 10.244.4.64/26
+	// released 2
+}
+
+// A release carrying the sequence number of an earlier assignment of the
+// same address is refused: it cannot free the address's new owner.
+func ExampleAllocator_ReleaseIPs() {
+	ctx := context.Background()
+	a, _ := ipam.New(memstore.New(), ipam.Options{})
+	_ = a.CreatePool(ctx, pool.Pool{Name: "tiny", CIDR: netip.MustParsePrefix("10.0.0.0/32"), BlockSize: 32})
+
+	first, _ := a.AutoAssign(ctx, ipam.AutoAssignArgs{Num4: 1, Handle: "old-pod", Node: "n"})
+	old := first.IPv4[0]
+	_, _ = a.ReleaseIPs(ctx, ipam.Release{Addr: old.Addr, Seq: old.Seq})
+	_, _ = a.AutoAssign(ctx, ipam.AutoAssignArgs{Num4: 1, Handle: "new-pod", Node: "n"})
+
+	// A duplicate of the first release arrives late.
+	_, err := a.ReleaseIPs(ctx, ipam.Release{Addr: old.Addr, Seq: old.Seq})
+	fmt.Println(errors.Is(err, ipam.ErrSeqMismatch))
+	owner, _ := a.Owner(ctx, old.Addr)
+	fmt.Println(owner.Handle)
+	// Output:
+	// true
+	// new-pod
+}
+
+// With StrictAffinity a node cannot borrow, and the error says why.
+func ExampleAssignError() {
+	ctx := context.Background()
+	a, _ := ipam.New(memstore.New(), ipam.Options{})
+	_ = a.SetConfig(ctx, ipam.Config{StrictAffinity: true, AutoAllocateBlocks: true})
+	_ = a.CreatePool(ctx, pool.Pool{Name: "small", CIDR: netip.MustParsePrefix("10.0.0.0/28"), BlockSize: 28})
+	_, _ = a.AutoAssign(ctx, ipam.AutoAssignArgs{Num4: 1, Handle: "a", Node: "node-1"})
+
+	_, err := a.AutoAssign(ctx, ipam.AutoAssignArgs{Num4: 1, Handle: "b", Node: "node-2"})
+	var ae *ipam.AssignError
+	if errors.As(err, &ae) {
+		fmt.Println("short:", ae.Short4)
+	}
+	fmt.Println(err)
+	// Output:
+	// short: 1
+	// ipam: assign for node "node-2" handle "b": 0 of 1 IPv4 available; IPv4: 0 of 1 assigned: no unclaimed block left in pools ["small"], strictAffinity forbids borrowing
+}
+
+func ExampleAllocator_Utilization() {
+	ctx := context.Background()
+	a, _ := ipam.New(memstore.New(), ipam.Options{})
+	_ = a.CreatePool(ctx, pool.Pool{Name: "small", CIDR: netip.MustParsePrefix("10.0.0.0/28"), BlockSize: 28})
+	_, _ = a.AutoAssign(ctx, ipam.AutoAssignArgs{Num4: 3, Handle: "a", Node: "node-1"})
+	_, _ = a.AutoAssign(ctx, ipam.AutoAssignArgs{Num4: 2, Handle: "b", Node: "node-2"}) // borrows
+
+	u, _ := a.Utilization(ctx)
+	for _, p := range u {
+		fmt.Printf("%s %s: %d in use (%d borrowed), %s free of %s\n", p.Name, p.CIDR, p.InUse, p.Borrowed, p.Free, p.Capacity)
+		for _, b := range p.Blocks {
+			fmt.Printf("  %s %s: %d/%d\n", b.Prefix, b.Affinity, b.InUse, b.Capacity)
+		}
+	}
+	// Output:
+	// small 10.0.0.0/28: 5 in use (2 borrowed), 11 free of 16
+	//   10.0.0.0/28 host:node-1: 5/16
+}
