@@ -409,3 +409,20 @@ func (a *Allocator) Owner(ctx context.Context, addr netip.Addr) (Allocation, err
 	}
 	return Allocation{}, fmt.Errorf("ipam: owner of %s: %w", addr, ErrNotAllocated)
 }
+
+// Block returns a copy of the block with prefix blk, read fresh from the
+// store, to inspect its allocations, owners and affinity; ErrNotFound if
+// it does not exist. Changing the copy changes nothing in the store.
+func (a *Allocator) Block(ctx context.Context, blk netip.Prefix) (*block.Block, error) {
+	if !blk.IsValid() || blk.Masked() != blk {
+		return nil, invalid("block", "%s is not a masked prefix", blk)
+	}
+	b, err := a.readBlock(ctx, blk)
+	if err != nil {
+		return nil, err
+	}
+	if b == nil {
+		return nil, fmt.Errorf("ipam: block %s: %w", blk, ErrNotFound)
+	}
+	return b.Clone(), nil
+}
