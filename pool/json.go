@@ -10,6 +10,22 @@ import (
 	"strconv"
 )
 
+// MarshalJSON encodes p as the spec of a Calico IPPool, without the name.
+// It is the encoding the struct tags describe, except that a CIDR that is
+// not a valid prefix (such as netip.PrefixFrom with a bad length) is
+// written as "", which decodes back to the zero Prefix.
+func (p Pool) MarshalJSON() ([]byte, error) {
+	type plain Pool // the same fields, without this method
+	cidr := ""
+	if p.CIDR.IsValid() {
+		cidr = p.CIDR.String()
+	}
+	return json.Marshal(struct {
+		CIDR string `json:"cidr"` // shadows the embedded CIDR
+		plain
+	}{cidr, plain(p)})
+}
+
 // UnmarshalJSON decodes the spec of a Calico IPPool into p, leaving Name
 // alone. Field names are matched exactly (Calico's are case-sensitive). A
 // field that Calico's IPPool spec does not have is an error, not ignored: a

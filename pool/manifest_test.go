@@ -212,6 +212,9 @@ func TestSpecJSON(t *testing.T) {
 	empty, err := json.Marshal(pool.Pool{})
 	require.NoError(t, err)
 	require.JSONEq(t, `{"cidr":""}`, string(empty))
+	bad, err := json.Marshal(pool.Pool{CIDR: netip.PrefixFrom(netip.MustParseAddr("10.0.0.0"), 96)})
+	require.NoError(t, err)
+	require.JSONEq(t, `{"cidr":""}`, string(bad), "an invalid prefix is written as the empty one")
 
 	// A bare address is a full-length prefix, as in Calico; null is zero.
 	var q pool.Pool

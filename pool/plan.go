@@ -87,7 +87,8 @@ func Plan(p Pool, nodes, podsPerNode int) (Capacity, error) {
 			break
 		}
 	}
-	bpn := option(width, prefix, one, nodes, podsPerNode).BlocksPerNode
+	perBlock := 1 << (width - one)
+	bpn := (podsPerNode-1)/perBlock + 1
 	need := new(big.Int).Mul(big.NewInt(int64(nodes)), big.NewInt(int64(bpn)))
 	c.NeededPrefixLen = one - need.Sub(need, big.NewInt(1)).BitLen() // one - ceil(log2(nodes*bpn))
 
@@ -120,7 +121,7 @@ func option(width, prefix, bs, nodes, pods int) BlockSizeOption {
 	hostBits := width - bs
 	o := BlockSizeOption{BlockSize: bs, Blocks: new(big.Int).Lsh(big.NewInt(1), uint(bs-prefix))}
 	o.AddressesPerBlock = 1 << hostBits // at most 2^12: block sizes are at least width-12
-	o.BlocksPerNode = (pods + o.AddressesPerBlock - 1) / o.AddressesPerBlock
+	o.BlocksPerNode = (pods-1)/o.AddressesPerBlock + 1 // ceil, without overflow
 	o.NodesServed = new(big.Int).Quo(o.Blocks, big.NewInt(int64(o.BlocksPerNode)))
 	o.Fits = o.NodesServed.Cmp(big.NewInt(int64(nodes))) >= 0
 	return o

@@ -56,6 +56,11 @@ func TestPlan(t *testing.T) {
 			"1", 2, 1, "1", true, 31, 31, 2, nil},
 		{"IPv6 default pool", "fd00::/48", 0, 5000, 110,
 			"18889465931478580854784", 64, 2, "9444732965739290427392", true, 121, 108, 13, nil},
+		{"pool smaller than the block the pods need", "10.21.0.0/31", 31, 1, 110,
+			"1", 2, 55, "0", false, 0, 25, 2, []string{
+				"each node needs 55 blocks of 2 addresses for 110 pods: only 0 of 1 nodes can get them",
+				"no block size serves every node: a /25 pool with blockSize 25 would",
+			}},
 		{"more pods than the largest block", "10.0.0.0/8", 20, 10, 5000,
 			"4096", 4096, 2, "2048", true, 20, 15, 13, nil},
 	}
@@ -86,6 +91,20 @@ func TestPlan(t *testing.T) {
 			}
 		})
 	}
+}
+
+func TestPlanHugeInputs(t *testing.T) {
+	const maxInt = int(^uint(0) >> 1)
+	c, err := pool.Plan(pool.Pool{Name: "p", CIDR: netip.MustParsePrefix("10.0.0.0/8")}, maxInt, maxInt)
+	require.NoError(t, err)
+	require.False(t, c.Fits)
+	require.Positive(t, c.BlocksPerNode)
+	require.Equal(t, 0, c.Suggested)
+	require.Negative(t, c.NeededPrefixLen)
+	require.Equal(t, []string{
+		"only 262144 of 9223372036854775807 nodes can get a block: 10.0.0.0/8 has 2^(26-8) = 262144 blocks",
+		"no block size serves every node, and no IPv4 pool would",
+	}, c.Warnings)
 }
 
 func TestPlanErrors(t *testing.T) {
