@@ -120,7 +120,7 @@ func Plan(p Pool, nodes, podsPerNode int) (Capacity, error) {
 func option(width, prefix, bs, nodes, pods int) BlockSizeOption {
 	hostBits := width - bs
 	o := BlockSizeOption{BlockSize: bs, Blocks: new(big.Int).Lsh(big.NewInt(1), uint(bs-prefix))}
-	o.AddressesPerBlock = 1 << hostBits // at most 2^12: block sizes are at least width-12
+	o.AddressesPerBlock = 1 << hostBits                // at most 2^12: block sizes are at least width-12
 	o.BlocksPerNode = (pods-1)/o.AddressesPerBlock + 1 // ceil, without overflow
 	o.NodesServed = new(big.Int).Quo(o.Blocks, big.NewInt(int64(o.BlocksPerNode)))
 	o.Fits = o.NodesServed.Cmp(big.NewInt(int64(nodes))) >= 0
