@@ -11,6 +11,7 @@ import (
 
 	"github.com/carve-ipam/carve/ipam"
 	"github.com/carve-ipam/carve/ipam/storetest"
+	"github.com/carve-ipam/carve/pool"
 )
 
 // TestConcurrentNodes has 32 nodes, each with its own allocator on one
@@ -199,4 +200,30 @@ func TestAllocatorErrorsAreClear(t *testing.T) {
 	err = e.a.SetConfig(e.ctx, ipam.Config{})
 	require.ErrorIs(t, err, ipam.ErrInvalidConfig)
 	require.True(t, errors.Is(err, ipam.ErrInvalidConfig))
+}
+
+// TestClaimCostIndependentOfPoolSize: a node's first AutoAssign claims a
+// block with the same store round trips in a /24 (4 blocks) as in a /48
+// IPv6 pool (2^74 blocks), because claiming walks the pool without listing
+// or probing it.
+func TestClaimCostIndependentOfPoolSize(t *testing.T) {
+	cost := func(p pool.Pool, num4, num6 int) storetest.Counts {
+		e := newEnv(t, p)
+		counting := storetest.NewCountingStore(e.store)
+		a, err := ipam.New(counting, ipam.Options{})
+		require.NoError(t, err)
+		// Warm the pool cache, as any running allocator has it.
+		_, err = a.AutoAssign(e.ctx, ipam.AutoAssignArgs{Num4: num4, Num6: num6, Handle: "warm", Node: "other"})
+		require.NoError(t, err)
+		before, _ := storetest.CountsOf(counting)
+		_, err = a.AutoAssign(e.ctx, ipam.AutoAssignArgs{Num4: num4, Num6: num6, Handle: "first", Node: "new-node"})
+		require.NoError(t, err)
+		after, _ := storetest.CountsOf(counting)
+		return after.Sub(before)
+	}
+	small := cost(v4pool("small", "10.0.0.0/24", 26), 1, 0)
+	huge := cost(pool.Pool{Name: "huge", CIDR: mustPrefix("fd00::/48"), BlockSize: 122}, 0, 1)
+	t.Logf("claim in a /24: %s; in a /48 of /122 blocks: %s", small, huge)
+	require.Equal(t, small.Total(), huge.Total())
+	require.Zero(t, huge.Of(storetest.OpList, ipam.KindBlock), "no block listing")
 }

@@ -273,6 +273,40 @@ func (m *machine) ReleaseHostAffinities(t *rapid.T) {
 	}
 }
 
+// machineBlock draws a block of one of the pools, in its current shape.
+func (m *machine) machineBlock(t *rapid.T) (pool.Pool, netip.Prefix) {
+	p := m.shape[machinePools[rapid.IntRange(0, len(machinePools)-1).Draw(t, "pool")].Name]
+	n := 1 << (p.BlockSize - p.CIDR.Bits())
+	addr := p.CIDR.Addr()
+	step := 1 << (p.CIDR.Addr().BitLen() - p.BlockSize)
+	for range rapid.IntRange(0, n-1).Draw(t, "block") * step {
+		addr = addr.Next()
+	}
+	return p, netip.PrefixFrom(addr, p.BlockSize)
+}
+
+func (m *machine) ClaimAffinity(t *rapid.T) {
+	p, blk := m.machineBlock(t)
+	claimed, err := m.alloc(t).ClaimAffinity(t.Context(), m.node(t), blk)
+	switch {
+	case !m.live[p.Name] || !m.enabled[p.Name]:
+		require.ErrorIs(t, err, ipam.ErrNotInPool)
+	case err != nil:
+		require.ErrorIs(t, err, ipam.ErrAffinityConflict)
+		require.Empty(t, claimed)
+	default:
+		require.Equal(t, []netip.Prefix{blk}, claimed)
+	}
+}
+
+func (m *machine) ReleaseAffinity(t *rapid.T) {
+	_, blk := m.machineBlock(t)
+	err := m.alloc(t).ReleaseAffinity(t.Context(), m.node(t), blk, rapid.Bool().Draw(t, "requireEmpty"))
+	if err != nil {
+		require.ErrorIs(t, err, ipam.ErrBlockNotEmpty)
+	}
+}
+
 func (m *machine) TogglePool(t *rapid.T) {
 	p := machinePools[rapid.IntRange(0, len(machinePools)-1).Draw(t, "pool")]
 	if !m.live[p.Name] {
