@@ -53,6 +53,13 @@ func TestNoAllocs(t *testing.T) {
 			t.Fatal(err)
 		}
 	})
+	b6 := filled(t, "fd00::/122", 50)
+	check("allocate and release, IPv6", 0, func() {
+		got, seq := b6.Allocate(buf[:0], 1, owner)
+		if err := b6.Release(got[0], block.Check{Handle: owner.Handle, Seq: seq, CheckSeq: true}); err != nil {
+			t.Fatal(err)
+		}
+	})
 	// A new handle every time, as each pod has one: records are recycled.
 	handles := make([]string, 100)
 	for i := range handles {
