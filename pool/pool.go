@@ -97,6 +97,11 @@ const DefaultNodeSelector = "all()"
 // The methods that read a pool (Family, Allows, BlockFor, Walk, ...) treat a
 // zero field as its default too, so a Pool works with or without defaults
 // applied.
+//
+// A Pool also keeps its parsed selectors (filled by WithDefaults and by
+// Set), so reflect.DeepEqual, and testify's Equal, see two pools with the
+// same fields as different when only one of them has been through
+// WithDefaults; compare both after WithDefaults, or field by field.
 type Pool struct {
 	// Name identifies the pool (metadata.name in a manifest). It must be a
 	// DNS subdomain: lowercase letters, digits, '-' and '.'.
