@@ -34,8 +34,10 @@ const (
 // SetAffinity does nothing, and encoding it fails with ErrInvalidPrefix. Use
 // New or a decoder to make a valid Block.
 //
-// A Block is not safe for concurrent use; not even concurrent reads are
-// promised.
+// A Block is not safe for concurrent use while it changes: the caller owns a
+// block while it changes it. Methods that only read (the queries,
+// iteration, Equal, Clone, CopyTo from it, String and the encoders) do not
+// modify it, so any number of goroutines may read a block nobody changes.
 type Block struct {
 	prefix netip.Prefix
 	base   ipmath.Uint128 // first address as an integer

@@ -611,3 +611,38 @@ func TestSentinelsDistinct(t *testing.T) {
 		}
 	}
 }
+
+func TestConcurrentReads(t *testing.T) {
+	// Readers share a block nobody changes; run with -race.
+	b := mustNew(t, "10.0.0.0/26", 0)
+	b.Allocate(nil, 40, podA)
+	b.Allocate(nil, 10, block.Owner{Handle: "pod-b", Attrs: map[string]string{"k": "v"}})
+	want, err := b.MarshalBinary()
+	require.NoError(t, err)
+	done := make(chan error, 4)
+	for range 4 {
+		go func() {
+			var err error
+			for range 50 {
+				data, _ := b.MarshalBinary()
+				_, _ = b.MarshalJSON()
+				c := b.Clone()
+				var d block.Block
+				b.CopyTo(&d)
+				_ = b.AddrsOf("pod-b", nil)
+				_, _ = b.Owner(addr("10.0.0.3"))
+				for range b.All() {
+				}
+				for range b.Owners() {
+				}
+				if string(data) != string(want) || !c.Equal(b) || !d.Equal(b) || b.String() == "" {
+					err = errors.New("a reader saw a different block")
+				}
+			}
+			done <- err
+		}()
+	}
+	for range 4 {
+		require.NoError(t, <-done)
+	}
+}

@@ -10,9 +10,9 @@
 // load balancer ([Virtual]), recorded with the time it was claimed.
 //
 // A Block is pure data with methods: no I/O, and not safe for concurrent
-// use. The caller owns a block while it changes it; the allocator engine
-// copies a block ([Block.CopyTo]), changes the copy and writes it with a
-// compare-and-swap. The zero Block is invalid (see [Block]); [New] makes
+// use while it changes (concurrent reads are fine). The caller owns a block
+// while it changes it; the allocator engine copies a block
+// ([Block.CopyTo]), changes the copy and writes it with a compare-and-swap. The zero Block is invalid (see [Block]); [New] makes
 // one.
 //
 // # Allocation order
