@@ -208,6 +208,14 @@ func (p *Pool) Allows(u Use) bool {
 	return slices.Contains(p.AllowedUses, u)
 }
 
+// effectiveUses returns AllowedUses, or the default when it is empty.
+func (p *Pool) effectiveUses() []Use {
+	if len(p.AllowedUses) == 0 {
+		return defaultUses
+	}
+	return p.AllowedUses
+}
+
 // Manual reports whether p is used only when a request names it.
 func (p *Pool) Manual() bool { return p.AssignmentMode == Manual }
 

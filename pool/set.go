@@ -43,7 +43,7 @@ func (s *Set) Get(name string) (*Pool, bool) {
 // found too. It does not allocate.
 func (s *Set) ByAddr(a netip.Addr) (*Pool, bool) {
 	// The last pool starting at or before a is the only one that can hold it.
-	i, found := slices.BinarySearchFunc(s.byAddr, a, func(p *Pool, a netip.Addr) int { return p.CIDR.Addr().Compare(a) })
+	i, found := s.addrIndex(a)
 	if !found {
 		i--
 	}

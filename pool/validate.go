@@ -221,14 +221,6 @@ func onlyLoadBalancer(uses []Use) bool {
 	return true
 }
 
-// effectiveUses returns AllowedUses, or the default when it is empty.
-func (p *Pool) effectiveUses() []Use {
-	if len(p.AllowedUses) == 0 {
-		return defaultUses
-	}
-	return p.AllowedUses
-}
-
 func usesText(uses []Use) string { return fmt.Sprint(uses) }
 
 // prefixText prints a prefix, the zero one as "none".
