@@ -105,7 +105,14 @@ func (b *Block) Allocate(dst []netip.Addr, n int, o Owner) ([]netip.Addr, uint64
 		words[i>>6] |= 1 << (i & 63)
 		b.owner[i] = s
 		b.aseq[i] = seq
-		dst = append(dst, b.addr(i))
+		if b.is4 {
+			// b.addr, open-coded: ipmath.ToAddr is a call.
+			var x [4]byte
+			binary.BigEndian.PutUint32(x[:], uint32(b.base.Lo)|uint32(i))
+			dst = append(dst, netip.AddrFrom4(x))
+		} else {
+			dst = append(dst, b.addr(i))
+		}
 		if c = i + 1; c == b.size {
 			c = 0
 		}
