@@ -40,7 +40,8 @@ func (b *Block) encodedSizeHint() int {
 }
 
 // AppendBinary appends the binary encoding of b to dst. It does not allocate
-// when dst has room, for blocks of up to 64 owner records.
+// when dst has room and the block is a /24 (or /120) or smaller; larger
+// blocks with more than 256 owners take one scratch slice.
 func (b *Block) AppendBinary(dst []byte) ([]byte, error) {
 	if err := b.checkEncodable("encode"); err != nil {
 		return dst, err
@@ -86,7 +87,7 @@ func (b *Block) AppendBinary(dst []byte) ([]byte, error) {
 
 	// Owners get indexes in order of first use; remap holds index+1 per
 	// slot, 0 for not yet written.
-	var small [64]uint16
+	var small [256 + 1]uint16 // a /24: 256 owners and the spare
 	var remap []uint16
 	if len(b.recs.recs) <= len(small) {
 		remap = small[:len(b.recs.recs)]
