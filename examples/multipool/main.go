@@ -3,19 +3,18 @@
 //
 //   - one pool per rack, chosen by nodeSelector (rack == "0"), so that each
 //     rack's pod addresses aggregate into the rack's own range;
-//
 //   - a Manual pool (extra-ippool) that matches every node but is used only
 //     when a request names it;
-//
 //   - pools asked for by name, as Calico's cni.projectcalico.org/ipv4pools
 //     annotation does on a namespace or a pod (the pod's wins): the names go
 //     into AutoAssignArgs.IPv4Pools and override selectors and Manual mode;
-//
 //   - what the error says when no pool qualifies for a node (a
 //     *pool.NoPoolError, found with errors.As, explaining each pool), and the
 //     fix: a pool for the new rack.
 //
-//     go run ./examples/multipool
+// Run it with
+//
+//	go run ./examples/multipool
 package main
 
 import (
