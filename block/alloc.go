@@ -105,6 +105,7 @@ func (b *Block) Allocate(dst []netip.Addr, n int, o Owner) ([]netip.Addr, uint64
 		words[i>>6] |= 1 << (i & 63)
 		b.owner[i] = s
 		b.aseq[i] = seq
+		b.forget(i)
 		if b.is4 {
 			// b.addr, open-coded: ipmath.ToAddr is a call.
 			var x [4]byte
@@ -140,6 +141,7 @@ func (b *Block) Assign(a netip.Addr, o Owner) (uint64, error) {
 	b.taken.Set(uint(i))
 	b.owner[i] = uint16(s)
 	b.aseq[i] = b.seq
+	b.forget(i)
 	b.used++
 	return b.seq, nil
 }
@@ -148,6 +150,12 @@ func (b *Block) Assign(a netip.Addr, o Owner) (uint64, error) {
 // ErrOutOfBlock, ErrNotAllocated (with ErrReserved for a reserved address),
 // ErrHandleMismatch or ErrSeqMismatch, and then nothing changes.
 func (b *Block) Release(a netip.Addr, c Check) error {
+	_, err := b.release(a, c)
+	return err
+}
+
+// release is Release, returning the ordinal it freed.
+func (b *Block) release(a netip.Addr, c Check) (int, error) {
 	// ordinal, with its IPv4 case written out: a call here costs more
 	// than the rest of the checks.
 	var i int
@@ -161,17 +169,17 @@ func (b *Block) Release(a netip.Addr, c Check) error {
 		i, ok = b.ordinal6(a)
 	}
 	if !ok || !b.taken.Test(uint(i)) || b.resv.Test(uint(i)) {
-		return b.releaseError(a, i, ok)
+		return 0, b.releaseError(a, i, ok)
 	}
 	s := int(b.owner[i])
 	if (c.Handle != "" && !sameString(c.Handle, b.recs.recs[s].handle)) || (c.CheckSeq && c.Seq != b.aseq[i]) {
-		return b.checkError(a, i, c)
+		return 0, b.checkError(a, i, c)
 	}
 	b.taken.Words()[i>>6] &^= 1 << (i & 63)
 	b.recs.drop(s, 1)
 	b.used--
 	b.seq++
-	return nil
+	return i, nil
 }
 
 // releaseError explains why a, at offset i if in, is not allocated.
@@ -198,6 +206,12 @@ func (b *Block) checkError(a netip.Addr, i int, c Check) error {
 // attributes) and appends them to dst in address order. Releasing nothing is
 // no change; releasing something moves the counter once.
 func (b *Block) ReleaseHandle(handle string, dst []netip.Addr) []netip.Addr {
+	return b.releaseHandle(handle, dst, 0)
+}
+
+// releaseHandle is ReleaseHandle, recording ns as the release time of each
+// address unless it is 0.
+func (b *Block) releaseHandle(handle string, dst []netip.Addr, ns int64) []netip.Addr {
 	var buf [4]uint16
 	slots := b.recs.slotsOf(handle, buf[:0])
 	if len(slots) == 0 {
@@ -215,6 +229,9 @@ func (b *Block) ReleaseHandle(handle string, dst []netip.Addr) []netip.Addr {
 			if holds(slots, b.owner[i]) {
 				tw[k] &^= 1 << (i & 63)
 				dst = append(dst, b.addr(i))
+				if ns != 0 {
+					b.remember(i, ns)
+				}
 				left--
 			}
 		}
@@ -284,6 +301,7 @@ func (b *Block) Reserve(a netip.Addr) error {
 	}
 	b.taken.Set(uint(i))
 	b.resv.Set(uint(i))
+	b.forget(i)
 	b.nres++
 	b.seq++
 	return nil

@@ -10,8 +10,13 @@ import (
 	"unsafe"
 )
 
-// version is the first byte of the binary encoding.
-const version = 1
+// version is the first byte of the binary encoding. Version 2 is version 1
+// plus a final section of release times; a block without release times is
+// always written as version 1, so each block has exactly one encoding.
+const (
+	version         = 1
+	versionReleased = 2
+)
 
 // minYear and maxYear bound claim times: the range both encodings (and RFC
 // 3339) can write.
@@ -47,12 +52,16 @@ func (b *Block) AppendBinary(dst []byte) ([]byte, error) {
 		return dst, err
 	}
 	a := b.prefix.Addr()
+	v := byte(version)
+	if b.nrel > 0 {
+		v = versionReleased
+	}
 	if b.is4 {
-		dst = append(dst, version, 4, byte(b.prefix.Bits()))
+		dst = append(dst, v, 4, byte(b.prefix.Bits()))
 		a4 := a.As4()
 		dst = append(dst, a4[:]...)
 	} else {
-		dst = append(dst, version, 6, byte(b.prefix.Bits()))
+		dst = append(dst, v, 6, byte(b.prefix.Bits()))
 		a16 := a.As16()
 		dst = append(dst, a16[:]...)
 	}
@@ -127,6 +136,21 @@ func (b *Block) AppendBinary(dst []byte) ([]byte, error) {
 				dst = appendAttrs(dst, r.attrs)
 				attrsTo = len(dst)
 			}
+		}
+	}
+	if b.nrel > 0 {
+		// Release times in address order: the gap, then the time as a
+		// zigzag difference from the previous one (the first from 0).
+		dst = binary.AppendUvarint(dst, uint64(b.nrel))
+		prev, last := -1, int64(0)
+		for i, ns := range b.rel {
+			if ns == 0 {
+				continue
+			}
+			dst = binary.AppendUvarint(dst, uint64(i-prev-1))
+			d := ns - last
+			dst = binary.AppendUvarint(dst, uint64(d<<1)^uint64(d>>63))
+			prev, last = i, ns
 		}
 	}
 	return dst, nil
@@ -276,9 +300,9 @@ func (d *decoder) block(b *Block) error {
 	if err != nil {
 		return err
 	}
-	if v != version {
+	if v != version && v != versionReleased {
 		d.off--
-		return d.fail("unsupported version %d (want %d)", v, version)
+		return d.fail("unsupported version %d (want %d or %d)", v, version, versionReleased)
 	}
 	fam, err := d.byte("family")
 	if err != nil {
@@ -382,9 +406,49 @@ func (d *decoder) block(b *Block) error {
 	}
 	b.used = used
 	b.recs.live = len(b.recs.recs)
+	if v == versionReleased {
+		if err := d.released(b); err != nil {
+			return err
+		}
+	}
 	if d.off != len(d.data) {
 		return d.fail("%d bytes after the block", len(d.data)-d.off)
 	}
+	return nil
+}
+
+// released reads the release times of version 2: at least one, each on a
+// free address, positive.
+func (d *decoder) released(b *Block) error {
+	n, err := d.count("release time count", b.size-b.used-b.nres, 2)
+	if err != nil {
+		return err
+	}
+	if n == 0 {
+		return d.fail("version %d without release times", versionReleased)
+	}
+	b.rel = resize(b.rel, b.size)
+	prev, last := -1, int64(0)
+	for range n {
+		i, err := d.ordinal(b, prev, "released address")
+		if err != nil {
+			return err
+		}
+		if b.taken.Test(uint(i)) {
+			return d.fail("released address %d is allocated or reserved", i)
+		}
+		zz, err := d.uvarint("release time")
+		if err != nil {
+			return err
+		}
+		ns := last + (int64(zz>>1) ^ -int64(zz&1))
+		if ns <= 0 {
+			return d.fail("release time %d not after 1970", ns)
+		}
+		b.rel[i] = ns
+		prev, last = i, ns
+	}
+	b.nrel = n
 	return nil
 }
 

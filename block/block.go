@@ -60,6 +60,12 @@ type Block struct {
 	owner []uint16 // per ordinal: slot of the owner record, meaningful when allocated
 	aseq  []uint64 // per ordinal: counter value recorded at allocation, meaningful when allocated
 	recs  owners
+	// rel holds, per ordinal, when a free address was released with
+	// ReleaseAt (Unix nanoseconds), or 0. It is empty until the first such
+	// release, then has size entries; nrel counts the non-zero ones, which
+	// are all free ordinals.
+	rel  []int64
+	nrel int
 }
 
 // lastSeed makes seeds strictly increasing within a process even when the
@@ -144,6 +150,7 @@ func (b *Block) init(p netip.Prefix, seq uint64) error {
 	initBits(&b.resv, words, size)
 	b.owner = resize(b.owner, size)
 	b.aseq = resize(b.aseq, size)
+	b.rel, b.nrel = b.rel[:0], 0
 	b.recs.reset()
 	return nil
 }
@@ -165,7 +172,7 @@ func initBits(s *bitset.BitSet, words, size int) {
 }
 
 // resize returns s with length n and zeroed contents, reusing its memory.
-func resize[T uint16 | uint64](s []T, n int) []T {
+func resize[T uint16 | uint64 | int64](s []T, n int) []T {
 	if cap(s) < n {
 		return make([]T, n)
 	}
@@ -187,6 +194,7 @@ func (b *Block) reset() {
 	b.resv.SetBitsetFrom(b.resv.Words()[:0])
 	b.owner = b.owner[:0]
 	b.aseq = b.aseq[:0]
+	b.rel, b.nrel = b.rel[:0], 0
 	b.recs.reset()
 }
 

@@ -1,6 +1,9 @@
 package block
 
-import "math/bits"
+import (
+	"math/bits"
+	"slices"
+)
 
 // Clone returns a deep copy of b: changing one never changes the other.
 // Handles and attribute maps are shared, as the block never modifies them.
@@ -24,11 +27,12 @@ func (b *Block) CopyTo(dst *Block) {
 	b.resv.CopyFull(&dst.resv)
 	dst.owner = append(dst.owner[:0], b.owner...)
 	dst.aseq = append(dst.aseq[:0], b.aseq...)
+	dst.rel, dst.nrel = append(dst.rel[:0], b.rel...), b.nrel
 	b.recs.copyTo(&dst.recs)
 }
 
 // Equal reports whether b and o are the same block: prefix, counter, cursor,
-// affinity and claim time, reserved addresses, and for every allocated
+// affinity and claim time, reserved addresses, release times, and for every allocated
 // address the same owner (handle and equal attributes) and sequence number.
 // The internal layout (which record slot an owner has) does not matter. Two
 // nil blocks are equal.
@@ -38,7 +42,8 @@ func (b *Block) Equal(o *Block) bool {
 	}
 	if b.prefix != o.prefix || b.size != o.size || b.used != o.used || b.nres != o.nres ||
 		b.cursor != o.cursor || b.seq != o.seq || b.aff != o.aff || !b.claim.Equal(o.claim) ||
-		!b.taken.Equal(&o.taken) || !b.resv.Equal(&o.resv) {
+		!b.taken.Equal(&o.taken) || !b.resv.Equal(&o.resv) || b.nrel != o.nrel ||
+		(b.nrel > 0 && !slices.Equal(b.rel, o.rel)) {
 		return false
 	}
 	// Slots that matched last time; addresses of one owner are often

@@ -52,6 +52,18 @@
 // allocated nor free, and Allocate and Assign skip it. Size = Used + Free +
 // Reserved at all times; [Block.Empty] ignores reserved addresses.
 //
+// # Release times: cooldown and excluded addresses
+//
+// [Block.ReleaseAt] and [Block.ReleaseHandleAt] release as Release and
+// ReleaseHandle do and also record when each address was released.
+// [Block.AllocateWith] allocates like Allocate but passes over addresses
+// released at or after a cutoff (a release cooldown: the address is not
+// handed to a new owner while the old one may still use it) and addresses a
+// predicate excludes (addresses reserved outside the block). Taking an
+// address forgets its release time; [Block.PruneReleased] forgets times a
+// cooldown no longer needs, and [Block.CoolingSince] counts the addresses a
+// cutoff holds back.
+//
 // # Binary encoding
 //
 // [Block.MarshalBinary] writes a compact, canonical encoding (Equal blocks
@@ -81,6 +93,13 @@
 //	              as the handle string, a uvarint attribute count and the
 //	              key and value strings in ascending key order.
 //
+// Version 2 is version 1 with the version byte 2 and, after the
+// allocations, the release times: a uvarint count (at least 1), then per
+// free address with a release time, in ascending order, the uvarint gap as
+// above and the time in Unix nanoseconds as a zigzag uvarint difference
+// from the previous time (the first from 0). A block without release times
+// is always written as version 1, so each block has one encoding.
+//
 // A /26 with 64 addresses of distinct 20-byte handles encodes to about 1.6
 // KB; one handle holding all 64 takes about 240 bytes.
 //
@@ -89,7 +108,8 @@
 // of a disallowed size, counts that exceed the block or the data, addresses
 // past the end or reserved and allocated at once, an owner index out of
 // range, an owner written twice, keys out of order, non-minimal varints,
-// trailing bytes. It never panics.
+// trailing bytes, release times on taken addresses or not after 1970. It
+// never panics.
 //
 // # JSON
 //
@@ -101,7 +121,8 @@
 //	 "reserved":["10.0.0.63"],
 //	 "owners":[{"handle":"pod-a","attrs":{"namespace":"default"}}],
 //	 "allocations":[{"addr":"10.0.0.0","owner":0,"seq":1700000000000000002},
-//	                {"addr":"10.0.0.1","owner":0,"seq":1700000000000000002}]}
+//	                {"addr":"10.0.0.1","owner":0,"seq":1700000000000000002}],
+//	 "released":[{"addr":"10.0.0.5","at":"2025-01-02T03:04:06Z"}]}
 //
 // [Block.UnmarshalJSON] validates as strictly, except that lists may come in
 // any order; unknown fields are refused.

@@ -88,7 +88,8 @@ func TestBinaryRejects(t *testing.T) {
 	}{
 		{"empty", "", "version: want 1 bytes, have 0"},
 		{"version 0", "00" + good[2:], "unsupported version 0"},
-		{"version 2", "02" + good[2:], "unsupported version 2"},
+		{"version 3", "03" + good[2:], "unsupported version 3"},
+		{"version 2 without release times", "02" + good[2:] + "00", "without release times"},
 		{"family", "0105" + good[4:], "family 5"},
 		{"size /19", "010413" + good[6:], "IPv4 block size must be /20 to /32"},
 		{"size /33", "010421" + good[6:], "prefix length 33 longer than 32 bits"},

@@ -52,6 +52,7 @@ func FuzzUnmarshalBinary(f *testing.F) {
 	f.Add([]byte{})
 	f.Add([]byte{1, 6, 116})
 	f.Add(mustHex("01042000000000ffffffffffffffff0000000100000101"))
+	f.Add(mustHex(goldenV2))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		if len(data) > 1<<16 {
 			return
@@ -94,6 +95,7 @@ func FuzzUnmarshalJSON(f *testing.F) {
 	f.Add([]byte(`{"version":1,"cidr":"10.0.0.0/30"}`))
 	f.Add([]byte(`{"version":1,"cidr":"fd00::/128","seq":18446744073709551615,"owners":[{"handle":"h","attrs":{"a":"b"}}],"allocations":[{"addr":"fd00::","owner":0,"seq":3}]}`))
 	f.Add([]byte(`null`))
+	f.Add([]byte(`{"version":1,"cidr":"10.0.0.0/30","seq":5,"cursor":1,"released":[{"addr":"10.0.0.2","at":"2026-01-01T00:00:00Z"}]}`))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		if len(data) > 1<<16 {
 			return

@@ -25,6 +25,13 @@ type jsonBlock struct {
 	Reserved    []netip.Addr `json:"reserved,omitempty"`
 	Owners      []jsonOwner  `json:"owners,omitempty"`
 	Allocations []jsonAlloc  `json:"allocations,omitempty"`
+	Released    []jsonRel    `json:"released,omitempty"`
+}
+
+// jsonRel is the release time of a free address.
+type jsonRel struct {
+	Addr netip.Addr `json:"addr"`
+	At   time.Time  `json:"at"`
 }
 
 type jsonOwner struct {
@@ -96,6 +103,11 @@ func (b *Block) MarshalJSON() ([]byte, error) {
 				}
 				j.Allocations = append(j.Allocations, jsonAlloc{Addr: b.addr(i), Owner: remap[s] - 1, Seq: b.aseq[i]})
 			}
+		}
+	}
+	for i, ns := range b.rel {
+		if ns != 0 {
+			j.Released = append(j.Released, jsonRel{Addr: b.addr(i), At: time.Unix(0, ns).UTC()})
 		}
 	}
 	return json.Marshal(&j)
@@ -198,5 +210,19 @@ func (b *Block) decodeJSON(data []byte) error {
 	}
 	b.used = len(j.Allocations)
 	b.recs.live = len(b.recs.recs)
+	for _, r := range j.Released {
+		i, ok := b.ordinal(r.Addr)
+		switch {
+		case !ok:
+			return fail("released address %s not in block", r.Addr)
+		case b.taken.Test(uint(i)):
+			return fail("released address %s is allocated or reserved", r.Addr)
+		case len(b.rel) > 0 && b.rel[i] != 0:
+			return fail("released address %s listed twice", r.Addr)
+		case r.At.Year() < 1970 || r.At.Year() >= 2262 || r.At.UnixNano() <= 0:
+			return fail("release time %v of %s outside 1970 to 2262", r.At, r.Addr)
+		}
+		b.remember(i, r.At.UnixNano())
+	}
 	return nil
 }

@@ -33,6 +33,15 @@ type model struct {
 	claim  time.Time
 	alloc  map[int]modelAlloc
 	resv   map[int]bool
+	rel    map[int]int64 // release times of free addresses, Unix ns
+}
+
+// relEpoch and relTime give the release times the machine draws: a few
+// instants a second apart, so cutoffs fall between and on them.
+var relEpoch = time.Date(2026, 11, 21, 12, 0, 0, 0, time.UTC)
+
+func relTime(t *rapid.T, label string) time.Time {
+	return relEpoch.Add(time.Duration(rapid.IntRange(0, 5).Draw(t, label)) * time.Second)
 }
 
 func (m *model) addr(i int) netip.Addr {
@@ -79,7 +88,7 @@ func newMachine(t *rapid.T) *machine {
 	}
 	return &machine{
 		b:       b,
-		m:       &model{prefix: p, size: b.Size(), seq: seq, alloc: map[int]modelAlloc{}, resv: map[int]bool{}},
+		m:       &model{prefix: p, size: b.Size(), seq: seq, alloc: map[int]modelAlloc{}, resv: map[int]bool{}, rel: map[int]int64{}},
 		scratch: new(block.Block),
 		// One map object per attribute set, reused; drawOwner also makes
 		// fresh equal copies so records are matched by content too.
@@ -162,7 +171,78 @@ func (s *machine) Allocate(t *rapid.T) {
 			t.Fatalf("next-fit from %d: got %v, want %v", s.m.cursor, a, s.m.addr(i))
 		}
 		s.m.alloc[i] = modelAlloc{o.Handle, o.Attrs, seq}
+		delete(s.m.rel, i)
 		s.m.cursor = (i + 1) % s.m.size
+	}
+}
+
+// AllocateWith allocates with a cooldown cutoff and a skip set, against a
+// model that scans next-fit for free addresses both allow.
+func (s *machine) AllocateWith(t *rapid.T) {
+	n := rapid.IntRange(0, 5).Draw(t, "n")
+	o := s.drawOwner(t)
+	var opts block.AllocOptions
+	var cutoff int64
+	if rapid.Bool().Draw(t, "cooldown") {
+		opts.ReleasedBefore = relTime(t, "cutoff")
+		cutoff = opts.ReleasedBefore.UnixNano()
+	}
+	skip := map[netip.Addr]bool{}
+	if rapid.Bool().Draw(t, "skip") {
+		for range rapid.IntRange(0, 4).Draw(t, "nskip") {
+			skip[s.m.addr(rapid.IntRange(0, s.m.size-1).Draw(t, "skipped"))] = true
+		}
+		opts.Skip = func(a netip.Addr) bool { return skip[a] }
+	}
+	ok := func(i int) bool {
+		if ns := s.m.rel[i]; cutoff != 0 && ns != 0 && ns >= cutoff {
+			return false
+		}
+		return !skip[s.m.addr(i)]
+	}
+	var want []int
+	for k := range s.m.size {
+		if i := (s.m.cursor + k) % s.m.size; len(want) < n && s.m.free(i) && ok(i) {
+			want = append(want, i)
+		}
+	}
+	before := s.encode(t)
+	got, seq := s.b.AllocateWith(nil, n, o, opts)
+	if len(want) == 0 {
+		if len(got) != 0 || seq != s.m.seq || string(s.encode(t)) != string(before) {
+			t.Fatalf("AllocateWith with nothing allowed: got %v, seq %d (model %d), block changed", got, seq, s.m.seq)
+		}
+		return
+	}
+	s.m.seq++
+	if seq != s.m.seq || len(got) != len(want) {
+		t.Fatalf("AllocateWith: got %v seq %d, want %d addresses seq %d", got, seq, len(want), s.m.seq)
+	}
+	for k, i := range want {
+		if got[k] != s.m.addr(i) {
+			t.Fatalf("AllocateWith from %d: got %v, want %v", s.m.cursor, got, want)
+		}
+		s.m.alloc[i] = modelAlloc{o.Handle, o.Attrs, seq}
+		delete(s.m.rel, i)
+	}
+	s.m.cursor = (want[len(want)-1] + 1) % s.m.size
+}
+
+func (s *machine) PruneReleased(t *rapid.T) {
+	at := relTime(t, "prune")
+	n := s.b.PruneReleased(at)
+	want := 0
+	for i, ns := range s.m.rel {
+		if ns < at.UnixNano() {
+			delete(s.m.rel, i)
+			want++
+		}
+	}
+	if n != want {
+		t.Fatalf("PruneReleased(%v) = %d, want %d", at, n, want)
+	}
+	if want > 0 {
+		s.m.seq++
 	}
 }
 
@@ -194,6 +274,7 @@ func (s *machine) Assign(t *rapid.T) {
 		t.Fatalf("seq %d, want %d", seq, s.m.seq)
 	}
 	s.m.alloc[i] = modelAlloc{o.Handle, o.Attrs, seq}
+	delete(s.m.rel, i)
 }
 
 func (s *machine) Release(t *rapid.T) {
@@ -218,7 +299,14 @@ func (s *machine) Release(t *rapid.T) {
 		c = block.Check{Handle: rapid.SampledFrom(handles).Draw(t, "h"), Seq: cur.seq + uint64(rapid.IntRange(-1, 1).Draw(t, "off")), CheckSeq: true}
 	}
 	before := s.encode(t)
-	err := s.b.Release(a, c)
+	var at time.Time
+	var err error
+	if rapid.Bool().Draw(t, "releaseAt") {
+		at = relTime(t, "releasedAt")
+		err = s.b.ReleaseAt(a, c, at)
+	} else {
+		err = s.b.Release(a, c)
+	}
 	var want error
 	switch {
 	case !in:
@@ -247,16 +335,32 @@ func (s *machine) Release(t *rapid.T) {
 	}
 	s.m.seq++
 	delete(s.m.alloc, i)
+	if !at.IsZero() {
+		s.m.rel[i] = at.UnixNano()
+	}
 }
 
 func (s *machine) ReleaseHandle(t *rapid.T) {
 	h := rapid.SampledFrom(handles).Draw(t, "handle")
-	got := s.b.ReleaseHandle(h, nil)
+	var got []netip.Addr
+	var at time.Time
+	if rapid.Bool().Draw(t, "releaseAt") {
+		at = relTime(t, "releasedAt")
+		var err error
+		if got, err = s.b.ReleaseHandleAt(h, nil, at); err != nil {
+			t.Fatal(err)
+		}
+	} else {
+		got = s.b.ReleaseHandle(h, nil)
+	}
 	var want []netip.Addr
 	for _, i := range slices.Sorted(maps.Keys(s.m.alloc)) {
 		if s.m.alloc[i].handle == h {
 			want = append(want, s.m.addr(i))
 			delete(s.m.alloc, i)
+			if !at.IsZero() {
+				s.m.rel[i] = at.UnixNano()
+			}
 		}
 	}
 	if !slices.Equal(got, want) {
@@ -285,6 +389,7 @@ func (s *machine) Reserve(t *rapid.T) {
 		t.Fatalf("Reserve %v: %v", a, err)
 	case !s.m.resv[i]:
 		s.m.resv[i] = true
+		delete(s.m.rel, i)
 		s.m.seq++
 	}
 }
@@ -418,6 +523,22 @@ func (s *machine) Check(t *rapid.T) {
 	for i := range m.size {
 		if b.IsReserved(m.addr(i)) != m.resv[i] {
 			t.Fatalf("IsReserved(%v) = %v", m.addr(i), !m.resv[i])
+		}
+		at, ok := b.ReleasedAt(m.addr(i))
+		if ns, want := m.rel[i]; ok != want || (ok && at.UnixNano() != ns) {
+			t.Fatalf("ReleasedAt(%v) = %v %v, model %v %v", m.addr(i), at, ok, time.Unix(0, ns), want)
+		}
+	}
+	for k := range 7 {
+		since := relEpoch.Add(time.Duration(k) * time.Second)
+		want := 0
+		for _, ns := range m.rel {
+			if ns >= since.UnixNano() {
+				want++
+			}
+		}
+		if got := b.CoolingSince(since); got != want {
+			t.Fatalf("CoolingSince(%v) = %d, want %d", since, got, want)
 		}
 	}
 	// Both encodings round trip to an Equal block.

@@ -65,6 +65,24 @@ func (b *Block) verify() error {
 	if nres != b.nres || used != b.used {
 		return fmt.Errorf("counted %d used and %d reserved, fields say %d and %d", used, nres, b.used, b.nres)
 	}
+	if len(b.rel) != 0 && len(b.rel) != b.size {
+		return fmt.Errorf("%d release times for %d addresses", len(b.rel), b.size)
+	}
+	nrel := 0
+	for i, ns := range b.rel {
+		switch {
+		case ns == 0:
+		case ns < 0:
+			return fmt.Errorf("address %d: negative release time", i)
+		case b.taken.Test(uint(i)):
+			return fmt.Errorf("address %d: release time on a taken address", i)
+		default:
+			nrel++
+		}
+	}
+	if nrel != b.nrel {
+		return fmt.Errorf("counted %d release times, field says %d", nrel, b.nrel)
+	}
 	refs := make([]int, len(b.recs.recs))
 	for k := range words {
 		for w := tw[k] &^ rw[k]; w != 0; w &= w - 1 {
