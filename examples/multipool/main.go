@@ -25,7 +25,6 @@ import (
 	"io"
 	"net/netip"
 	"os"
-	"strings"
 
 	"github.com/carve-ipam/carve/ipam"
 	"github.com/carve-ipam/carve/ipam/memstore"
@@ -173,7 +172,7 @@ func assign(ctx context.Context, w io.Writer, a *ipam.Allocator, pods []pod) err
 		addr := res.IPv4[0]
 		how := "by nodeSelector"
 		if len(named) > 0 {
-			how = "by name " + strings.Join(named, ", ")
+			how = fmt.Sprintf("IPv4Pools: %q", named)
 		}
 		fmt.Fprintf(w, "  %-15s on %s (rack=%s)  %-17s from %-12s  %s\n",
 			p.namespace+"/"+p.name, p.node, nodes[p.node]["rack"], addr.Prefix(), poolOf(pools, addr.Addr), how)
