@@ -1,0 +1,81 @@
+// Package benchmarks measures carve's allocator engine on memstore. The
+// side-by-side comparison with other Go IPAM libraries lives in the
+// benchmarks/peers module; README.md describes every benchmark and the
+// results.
+package benchmarks
+
+import (
+	"context"
+	"fmt"
+	"testing"
+
+	"github.com/carve-ipam/carve/benchmarks/internal/workload"
+	"github.com/carve-ipam/carve/ipam/memstore"
+)
+
+// BenchmarkAllocRelease times the steady-state pair: AutoAssign of one
+// address for a node whose block has room, then ReleaseByHandle, in a pool
+// filled to fill percent (see package workload for what fill means in a /48).
+func BenchmarkAllocRelease(b *testing.B) {
+	for _, p := range workload.Pools {
+		for _, fill := range workload.Fills {
+			b.Run(fmt.Sprintf("pool=%s/fill=%d", p.Name, fill), func(b *testing.B) {
+				a := workload.Filled(b, memstore.New(), p, fill)
+				ctx := context.Background()
+				args := p.Args(1, "pod", workload.Node)
+				b.ReportAllocs()
+				for b.Loop() {
+					if err := workload.AllocRelease(ctx, a, args); err != nil {
+						b.Fatal(err)
+					}
+				}
+			})
+		}
+	}
+}
+
+// BenchmarkBatch times one AutoAssign of 10,000 addresses under one handle
+// and its ReleaseByHandle. The first round claims the node's 157 blocks;
+// later rounds reuse them, as a node does.
+func BenchmarkBatch(b *testing.B) {
+	const n = 10000
+	for _, p := range workload.Pools {
+		b.Run(fmt.Sprintf("pool=%s/n=%d", p.Name, n), func(b *testing.B) {
+			a := workload.Filled(b, memstore.New(), p, 0)
+			ctx := context.Background()
+			args := p.Args(n, "batch", workload.Node)
+			b.ReportAllocs()
+			for b.Loop() {
+				if err := workload.AllocRelease(ctx, a, args); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*n), "ns/addr")
+		})
+	}
+}
+
+// allocBudget is the most heap allocations the steady-state
+// AutoAssign+ReleaseByHandle pair may make. The goal (issue 5) is 4.
+const allocBudget = 5
+
+// TestAllocBudget keeps the steady-state pair within its allocation budget,
+// in both families.
+func TestAllocBudget(t *testing.T) {
+	for _, p := range workload.Pools {
+		t.Run(p.Name, func(t *testing.T) {
+			a := workload.Filled(t, memstore.New(), p, 0)
+			ctx := context.Background()
+			args := p.Args(1, "pod", workload.Node)
+			allocs := testing.AllocsPerRun(200, func() {
+				if err := workload.AllocRelease(ctx, a, args); err != nil {
+					t.Fatal(err)
+				}
+			})
+			t.Logf("%s: %.0f allocations per AutoAssign+ReleaseByHandle (budget %d, goal 4)", p.Name, allocs, allocBudget)
+			if allocs > allocBudget {
+				t.Errorf("%s: %.1f allocations per AutoAssign+ReleaseByHandle, budget %d", p.Name, allocs, allocBudget)
+			}
+		})
+	}
+}
