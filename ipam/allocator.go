@@ -10,6 +10,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"go4.org/netipx"
+
 	"github.com/carve-ipam/carve/block"
 	"github.com/carve-ipam/carve/pool"
 )
@@ -94,14 +96,18 @@ func New(store Store, opts Options) (*Allocator, error) {
 // Store returns the store the allocator works on.
 func (a *Allocator) Store() Store { return a.store }
 
-// view is an immutable snapshot of the pools and the configuration.
+// view is an immutable snapshot of the pools, the configuration and the
+// reservations.
 type view struct {
-	pools     *pool.Set
-	poolsRev  Revision // 0: no pool record yet
-	config    Config
-	configRev Revision // 0: no config record, DefaultConfig in force
-	poolsGen  uint64
-	configGen uint64
+	pools       *pool.Set
+	poolsRev    Revision // 0: no pool record yet
+	config      Config
+	configRev   Revision      // 0: no config record, DefaultConfig in force
+	reserved    *netipx.IPSet // every reserved address
+	hasReserved bool
+	poolsGen    uint64
+	configGen   uint64
+	resvGen     uint64
 }
 
 // loadView returns the current pools and configuration, from the cache when
@@ -109,7 +115,8 @@ type view struct {
 func (a *Allocator) loadView(ctx context.Context) (*view, error) {
 	v := a.view.Load()
 	if v != nil && a.gens != nil &&
-		a.gens.Generation(KindPool) == v.poolsGen && a.gens.Generation(KindConfig) == v.configGen {
+		a.gens.Generation(KindPool) == v.poolsGen && a.gens.Generation(KindConfig) == v.configGen &&
+		a.gens.Generation(KindReservation) == v.resvGen {
 		return v, nil
 	}
 	return a.readView(ctx)
@@ -123,6 +130,7 @@ func (a *Allocator) readView(ctx context.Context) (*view, error) {
 	if a.gens != nil {
 		nv.poolsGen = a.gens.Generation(KindPool)
 		nv.configGen = a.gens.Generation(KindConfig)
+		nv.resvGen = a.gens.Generation(KindReservation)
 	}
 	rec, err := a.store.Get(ctx, KindPool, singletonKey)
 	switch {
@@ -148,8 +156,29 @@ func (a *Allocator) readView(ctx context.Context) (*view, error) {
 	default:
 		return nil, fmt.Errorf("ipam: read config: %w", err)
 	}
+	recs, err := a.store.List(ctx, KindReservation, KeyRange{})
+	if err != nil {
+		return nil, fmt.Errorf("ipam: read reservations: %w", err)
+	}
+	if nv.reserved, err = reservedSet(recs); err != nil {
+		return nil, err
+	}
+	nv.hasReserved = len(recs) > 0
 	a.view.Store(nv)
 	return nv, nil
+}
+
+// allocOptions returns what restricts automatic assignment from blk now: the
+// release cooldown and the reservations overlapping it.
+func (v *view) allocOptions(blk netip.Prefix, now func() time.Time) block.AllocOptions {
+	var opts block.AllocOptions
+	if c := v.config.ReleaseCooldown; c > 0 {
+		opts.ReleasedBefore = now().Add(-c)
+	}
+	if v.hasReserved && v.reserved.OverlapsPrefix(blk) {
+		opts.Skip = v.reserved.Contains
+	}
+	return opts
 }
 
 // poolsRecord is the stored form of the pool set: Calico's IPPool resources

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"time"
 
 	"github.com/carve-ipam/carve/block"
 	"github.com/carve-ipam/carve/pool"
@@ -80,6 +81,8 @@ type assignOp struct {
 	owner  block.Owner
 	labels selector.Labels
 	h      handleTx
+	// claimed lists the blocks this operation claimed, for rollback.
+	claimed []netip.Prefix
 }
 
 // AutoAssign assigns addresses from the pools that qualify for the request,
@@ -158,7 +161,7 @@ func (a *Allocator) AutoAssign(ctx context.Context, args AutoAssignArgs) (AutoAs
 			res.IPv6 = got
 		}
 		if err != nil {
-			a.rollback(ctx, res)
+			_ = a.rollback(ctx, o, res) // best effort: the store is failing
 			return AutoAssignResult{}, err
 		}
 		if len(got) < n {
@@ -166,7 +169,7 @@ func (a *Allocator) AutoAssign(ctx context.Context, args AutoAssignArgs) (AutoAs
 			reasons = append(reasons, why)
 			if !args.Partial {
 				// All-or-nothing: give back what this request took.
-				if err := a.rollback(ctx, res); err != nil {
+				if err := a.rollback(ctx, o, res); err != nil {
 					return AutoAssignResult{}, err
 				}
 				return AutoAssignResult{}, a.assignError(args, AutoAssignResult{}, short, reasons, nil)
@@ -220,18 +223,28 @@ func checkUse(op string, u pool.Use) error {
 	return invalid(op, "unknown use %q (want %s, %s or %s)", u, pool.UseWorkload, pool.UseTunnel, pool.UseLoadBalancer)
 }
 
-// rollback releases what an operation assigned, each address only if it is
-// still the same allocation.
-func (a *Allocator) rollback(ctx context.Context, res AutoAssignResult) error {
-	if res.Len() == 0 {
-		return nil
+// rollback undoes a failed AutoAssign: it releases what the operation
+// assigned, each address only if it is still the same allocation, and gives
+// up the blocks it claimed if they are still empty, so that a failed
+// request leaves the store as it found it (but for block counters).
+func (a *Allocator) rollback(ctx context.Context, o *assignOp, res AutoAssignResult) error {
+	var errs []error
+	if res.Len() > 0 {
+		rels := make([]Release, 0, res.Len())
+		for _, x := range slices.Concat(res.IPv4, res.IPv6) {
+			rels = append(rels, Release{Addr: x.Addr, Seq: x.Seq})
+		}
+		if _, err := a.releaseIPs(ctx, false, rels); err != nil {
+			errs = append(errs, err)
+		}
 	}
-	rels := make([]Release, 0, res.Len())
-	for _, x := range slices.Concat(res.IPv4, res.IPv6) {
-		rels = append(rels, Release{Addr: x.Addr, Seq: x.Seq})
+	for _, blk := range o.claimed {
+		err := a.releaseAffinity(ctx, o.aff, blk, true)
+		if err != nil && !errors.Is(err, ErrBlockNotEmpty) && !errors.Is(err, ErrAffinityConflict) {
+			errs = append(errs, err)
+		}
 	}
-	_, err := a.ReleaseIPs(ctx, rels...)
-	return err
+	return errors.Join(errs...)
 }
 
 // assignFamily assigns up to n addresses of one family from pools, in
@@ -300,7 +313,7 @@ func (a *Allocator) assignFamily(ctx context.Context, o *assignOp, fam pool.Fami
 					why = append(why, fmt.Sprintf("node holds %d blocks, the maxBlocksPerHost limit", len(mine)))
 					break claims
 				}
-				blk, ok, err := a.claim(ctx, p, o.aff, slices.Clone(mine))
+				blk, ok, err := a.claim(ctx, o.v, p, o.aff, slices.Clone(mine))
 				if err != nil {
 					return out, "", err
 				}
@@ -308,6 +321,7 @@ func (a *Allocator) assignFamily(ctx context.Context, o *assignOp, fam pool.Fami
 					break
 				}
 				mine = append(mine, blk)
+				o.claimed = append(o.claimed, blk)
 				if _, err := a.assignFrom(ctx, o, &out, blk, n-len(out), true, false); err != nil {
 					return out, "", err
 				}
@@ -394,7 +408,7 @@ func (a *Allocator) assignFrom(ctx context.Context, o *assignOp, out *[]Assigned
 		}
 		next := e.stage()
 		var buf [8]netip.Addr
-		addrs, seq := next.Allocate(buf[:0], want, o.owner)
+		addrs, seq := next.AllocateWith(buf[:0], want, o.owner, o.v.allocOptions(blk, a.now))
 		k := len(addrs)
 		if k == 0 {
 			full = true
@@ -512,6 +526,14 @@ func (a *Allocator) AssignIP(ctx context.Context, args AssignIPArgs) (Assigned, 
 				return err
 			}
 			return fmt.Errorf("ipam: assign %s: %w: block %s is affine to %q, not %s", addr, ErrStrictAffinity, blk, e.blk.Affinity(), aff)
+		}
+		if c := v.config.ReleaseCooldown; c > 0 {
+			if at, ok := e.blk.ReleasedAt(addr); ok && at.After(a.now().Add(-c)) {
+				if err := e.confirm(); err != nil {
+					return err
+				}
+				return fmt.Errorf("ipam: assign %s: %w: released at %s, cooldown %v", addr, ErrCoolingDown, at.Format(time.RFC3339), c)
+			}
 		}
 		next := e.stage()
 		var err error

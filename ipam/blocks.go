@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"net/netip"
 	"sync"
+	"time"
 
 	"github.com/carve-ipam/carve/block"
 )
@@ -137,6 +139,7 @@ func (e *blockEntry) stage() *block.Block {
 // error matches ErrConflict. The caller holds e.mu.
 func (a *Allocator) commit(ctx context.Context, e *blockEntry) error {
 	b := e.next
+	a.pruneReleased(b)
 	if b.Empty() && b.Affinity().IsZero() {
 		if err := a.store.Delete(ctx, KindBlock, e.key, e.rev); err != nil {
 			return a.writeFailed(e, err)
@@ -155,6 +158,21 @@ func (a *Allocator) commit(ctx context.Context, e *blockEntry) error {
 	e.blk, e.next = b, e.blk
 	e.rev, e.fresh = rev, true
 	return nil
+}
+
+// pruneReleased forgets the release times b no longer needs: those older
+// than the cooldown, or all of them when there is no cooldown. It keeps
+// block encodings small.
+func (a *Allocator) pruneReleased(b *block.Block) {
+	var cooldown time.Duration
+	if v := a.view.Load(); v != nil {
+		cooldown = v.config.ReleaseCooldown
+	}
+	if cooldown > 0 {
+		b.PruneReleased(a.now().Add(-cooldown))
+	} else {
+		b.PruneReleased(time.Unix(0, math.MaxInt64))
+	}
 }
 
 // create stores b, a new block, under e. It fails with ErrExists when the

@@ -21,13 +21,19 @@ const claimProbes = 4
 // that does not exist yet, or failing that an empty block of another node
 // old enough to reclaim. held lists the blocks the node holds already,
 // which the walk passes over. It reports false when the pool has neither.
-func (a *Allocator) claim(ctx context.Context, p *pool.Pool, aff block.Affinity, held []netip.Prefix) (netip.Prefix, bool, error) {
+func (a *Allocator) claim(ctx context.Context, v *view, p *pool.Pool, aff block.Affinity, held []netip.Prefix) (netip.Prefix, bool, error) {
+	if v.hasReserved {
+		held = append(held, reservedSkip(v.reserved, p.CIDR, p.BlockSize)...)
+	}
 	skip := held
 	var existing []Record
 	listed := false
 	probes := 0
 	for {
 		for blk := range p.Walk(aff.Name, skip) {
+			if v.hasReserved && v.reserved.ContainsPrefix(blk) {
+				continue // reserved whole by several smaller reservations
+			}
 			ok, err := a.tryClaim(ctx, blk, aff)
 			if err != nil {
 				return netip.Prefix{}, false, err

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"time"
 )
 
 // Config is the cluster-wide allocator configuration, Calico's
@@ -25,6 +26,24 @@ type Config struct {
 	// in the pools a request may use; 0 means no cap. Reaching the cap stops
 	// claims only: without StrictAffinity the node goes on to borrow.
 	MaxBlocksPerHost int `json:"maxBlocksPerHost,omitempty"`
+
+	// ReleaseCooldown keeps a released address from being assigned again
+	// for this long, so that a new owner never gets an address its previous
+	// owner may still be using (a slow pod teardown, a stale ARP entry).
+	// 0 turns the cooldown off. At most MaxReleaseCooldown.
+	ReleaseCooldown time.Duration `json:"-"`
+}
+
+// MaxReleaseCooldown is the longest ReleaseCooldown carve accepts.
+const MaxReleaseCooldown = 24 * time.Hour
+
+// configJSON is Config's stored form: Calico's IPAMConfiguration fields, and
+// the cooldown as a duration string ("30s").
+type configJSON struct {
+	StrictAffinity     bool   `json:"strictAffinity"`
+	AutoAllocateBlocks bool   `json:"autoAllocateBlocks"`
+	MaxBlocksPerHost   int    `json:"maxBlocksPerHost,omitempty"`
+	ReleaseCooldown    string `json:"releaseCooldown,omitempty"`
 }
 
 // DefaultConfig returns the configuration in force when none is stored,
@@ -52,18 +71,35 @@ func (c Config) Validate() error {
 	if c.MaxBlocksPerHost < 0 || c.MaxBlocksPerHost > math.MaxInt32 {
 		problems = append(problems, fmt.Errorf("maxBlocksPerHost %d is outside 0..%d", c.MaxBlocksPerHost, math.MaxInt32))
 	}
+	if c.ReleaseCooldown < 0 || c.ReleaseCooldown > MaxReleaseCooldown {
+		problems = append(problems, fmt.Errorf("releaseCooldown %v is outside 0..%v", c.ReleaseCooldown, MaxReleaseCooldown))
+	}
 	if len(problems) == 0 {
 		return nil
 	}
 	return fmt.Errorf("%w: %w", ErrInvalidConfig, errors.Join(problems...))
 }
 
-func (c Config) marshal() ([]byte, error) { return json.Marshal(c) }
+func (c Config) marshal() ([]byte, error) {
+	j := configJSON{StrictAffinity: c.StrictAffinity, AutoAllocateBlocks: c.AutoAllocateBlocks, MaxBlocksPerHost: c.MaxBlocksPerHost}
+	if c.ReleaseCooldown != 0 {
+		j.ReleaseCooldown = c.ReleaseCooldown.String()
+	}
+	return json.Marshal(j)
+}
 
 func unmarshalConfig(data []byte) (Config, error) {
-	var c Config
-	if err := json.Unmarshal(data, &c); err != nil {
-		return Config{}, fmt.Errorf("config record: %w", err)
+	var j configJSON
+	if err := json.Unmarshal(data, &j); err != nil {
+		return Config{}, fmt.Errorf("ipam: config record: %w: %w", ErrCorrupt, err)
+	}
+	c := Config{StrictAffinity: j.StrictAffinity, AutoAllocateBlocks: j.AutoAllocateBlocks, MaxBlocksPerHost: j.MaxBlocksPerHost}
+	if j.ReleaseCooldown != "" {
+		d, err := time.ParseDuration(j.ReleaseCooldown)
+		if err != nil {
+			return Config{}, fmt.Errorf("ipam: config record: %w: releaseCooldown: %w", ErrCorrupt, err)
+		}
+		c.ReleaseCooldown = d
 	}
 	return c, nil
 }

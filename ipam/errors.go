@@ -30,6 +30,16 @@ var (
 	// pool, of another block size.
 	ErrLeftoverBlocks = errors.New("pool range holds blocks of another size")
 
+	// ErrReservationExists: a reservation with the given name exists.
+	ErrReservationExists = errors.New("reservation already exists")
+
+	// ErrReservationNotFound: no reservation has the given name.
+	ErrReservationNotFound = errors.New("reservation not found")
+
+	// ErrCoolingDown: AssignIP asked for an address released less than
+	// Config.ReleaseCooldown ago.
+	ErrCoolingDown = errors.New("address released too recently")
+
 	// ErrNotInPool: an address lies in no pool, or in a pool that cannot be
 	// used for the request (disabled, or not allowing the use).
 	ErrNotInPool = errors.New("address is not in a usable pool")

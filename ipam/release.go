@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"time"
 
 	"github.com/carve-ipam/carve/block"
 )
@@ -47,7 +48,16 @@ const (
 // an *AddrError per refused address, matching ErrHandleMismatch or
 // ErrSeqMismatch. Addresses that are not assigned are reported in
 // NotAllocated.
+//
+// With Config.ReleaseCooldown set, each address released records when, and
+// is not assigned again automatically until the cooldown has passed.
 func (a *Allocator) ReleaseIPs(ctx context.Context, rels ...Release) (ReleaseResult, error) {
+	return a.releaseIPs(ctx, true, rels)
+}
+
+// releaseIPs is ReleaseIPs; stamp records release times for the cooldown
+// (a rollback of addresses nobody used does not).
+func (a *Allocator) releaseIPs(ctx context.Context, stamp bool, rels []Release) (ReleaseResult, error) {
 	const op = "release"
 	for _, r := range rels {
 		if !r.Addr.IsValid() || r.Addr.Zone() != "" {
@@ -65,6 +75,10 @@ func (a *Allocator) ReleaseIPs(ctx context.Context, rels ...Release) (ReleaseRes
 	}
 	status := make([]releaseStatus, len(rels))
 	refusals := make([]error, len(rels))
+	var at time.Time
+	if stamp && v.config.ReleaseCooldown > 0 {
+		at = a.now()
+	}
 
 	// Group the addresses by block, in order of first appearance.
 	var order []netip.Prefix
@@ -90,7 +104,7 @@ func (a *Allocator) ReleaseIPs(ctx context.Context, rels ...Release) (ReleaseRes
 	var errs []error
 	for _, blk := range order {
 		idx := groups[blk]
-		found, err := a.releaseFromBlock(ctx, blk, rels, idx, status, refusals)
+		found, err := a.releaseFromBlock(ctx, blk, rels, idx, status, refusals, at)
 		if err != nil {
 			return a.releaseResult(rels, status), err
 		}
@@ -106,7 +120,7 @@ func (a *Allocator) ReleaseIPs(ctx context.Context, rels ...Release) (ReleaseRes
 					status[i] = relNotAllocated
 					continue
 				}
-				found, err := a.releaseFromBlock(ctx, b, rels, []int{i}, status, refusals)
+				found, err := a.releaseFromBlock(ctx, b, rels, []int{i}, status, refusals, at)
 				if err != nil {
 					return a.releaseResult(rels, status), err
 				}
@@ -176,7 +190,7 @@ func (a *Allocator) findBlock(ctx context.Context, addr netip.Addr) (netip.Prefi
 // releaseFromBlock releases the requests idx of rels that lie in blk, with
 // one compare-and-swap write, then lowers the handles' counts. It reports
 // whether the block exists.
-func (a *Allocator) releaseFromBlock(ctx context.Context, blk netip.Prefix, rels []Release, idx []int, status []releaseStatus, refusals []error) (bool, error) {
+func (a *Allocator) releaseFromBlock(ctx context.Context, blk netip.Prefix, rels []Release, idx []int, status []releaseStatus, refusals []error, at time.Time) (bool, error) {
 	e := a.entry(blk)
 	e.lock()
 	defer e.unlock()
@@ -205,7 +219,13 @@ func (a *Allocator) releaseFromBlock(ctx context.Context, blk netip.Prefix, rels
 				status[i] = relNotAllocated
 				continue
 			}
-			err := next.Release(addr, block.Check{Handle: r.Handle, Seq: r.Seq, CheckSeq: r.Seq != 0})
+			c := block.Check{Handle: r.Handle, Seq: r.Seq, CheckSeq: r.Seq != 0}
+			var err error
+			if at.IsZero() {
+				err = next.Release(addr, c)
+			} else {
+				err = next.ReleaseAt(addr, c, at)
+			}
 			switch {
 			case err == nil:
 				status[i] = relReleased
@@ -286,6 +306,14 @@ func (a *Allocator) ReleaseByHandle(ctx context.Context, handle string) ([]netip
 	if h.rev == 0 {
 		return nil, fmt.Errorf("ipam: %s %q: %w", op, handle, ErrHandleNotFound)
 	}
+	v, err := a.loadView(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var at time.Time
+	if v.config.ReleaseCooldown > 0 {
+		at = a.now()
+	}
 	var released []netip.Addr
 	var todo [4]handleCount
 	for _, hc := range append(todo[:0], h.rec.entries()...) {
@@ -300,7 +328,11 @@ func (a *Allocator) ReleaseByHandle(ctx context.Context, handle string) ([]netip
 			}
 			next := e.stage()
 			n := len(released)
-			released = next.ReleaseHandle(handle, released)
+			if at.IsZero() {
+				released = next.ReleaseHandle(handle, released)
+			} else if released, err = next.ReleaseHandleAt(handle, released, at); err != nil {
+				return err
+			}
 			if len(released) == n {
 				return e.confirm()
 			}

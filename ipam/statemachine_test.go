@@ -414,11 +414,12 @@ func (m *machine) Check(t *rapid.T) {
 	var inUse uint64
 	for _, pu := range u {
 		inUse += pu.InUse
-		sum := new(big.Int).Add(pu.Free, new(big.Int).SetUint64(pu.InUse+pu.Reserved))
-		require.Zero(t, sum.Cmp(pu.Capacity), "pool %q: free + in use + reserved != capacity", pu.Name)
+		sum := new(big.Int).Add(pu.Free, new(big.Int).SetUint64(pu.InUse+pu.Cooling))
+		sum.Add(sum, pu.Reserved)
+		require.Zero(t, sum.Cmp(pu.Capacity), "pool %q: free + in use + reserved + cooling != capacity", pu.Name)
 		var blockUse int
 		for _, bu := range pu.Blocks {
-			require.Equal(t, bu.Capacity, bu.InUse+bu.Free+bu.Reserved)
+			require.Equal(t, bu.Capacity, bu.InUse+bu.Free+bu.Reserved+bu.Cooling)
 			blockUse += bu.InUse
 		}
 		require.EqualValues(t, pu.InUse, blockUse)

@@ -5,6 +5,9 @@ import (
 	"fmt"
 	"math/big"
 	"net/netip"
+	"time"
+
+	"go4.org/netipx"
 
 	"github.com/carve-ipam/carve/block"
 	"github.com/carve-ipam/carve/internal/ipmath"
@@ -19,15 +22,21 @@ type PoolUtilization struct {
 	CIDR     netip.Prefix
 	Disabled bool
 
-	// Capacity is the number of addresses in the pool; a big number for
-	// IPv6 (a /48 holds 2^80).
+	// Capacity is the number of addresses in the pool: a big number for
+	// IPv6 (a /48 holds 2^80). Capacity = InUse + Reserved + Cooling + Free.
 	Capacity *big.Int
-	// Free is Capacity minus InUse minus Reserved.
-	Free *big.Int
 	// InUse counts assigned addresses; Borrowed counts those among them
-	// assigned for a node other than their block's (see AttrNode);
-	// Reserved counts addresses reserved inside the pool's blocks.
-	InUse, Borrowed, Reserved uint64
+	// assigned for a node other than their block's (see AttrNode).
+	InUse, Borrowed uint64
+	// Reserved counts the addresses that are not assigned and cannot be
+	// assigned automatically: reserved in their block, or inside a
+	// Reservation (in existing blocks or not).
+	Reserved *big.Int
+	// Cooling counts free addresses released less than
+	// Config.ReleaseCooldown ago.
+	Cooling uint64
+	// Free is what AutoAssign could still hand out.
+	Free *big.Int
 
 	// Blocks lists the pool's existing blocks in address order.
 	Blocks []BlockUtilization
@@ -37,8 +46,8 @@ type PoolUtilization struct {
 type BlockUtilization struct {
 	Prefix   netip.Prefix
 	Affinity block.Affinity
-	// Capacity = InUse + Free + Reserved.
-	Capacity, InUse, Free, Reserved int
+	// Capacity = InUse + Reserved + Cooling + Free.
+	Capacity, InUse, Reserved, Cooling, Free int
 	// Borrowed counts addresses assigned for a node other than the block's
 	// (all that name a node, when the block has no affinity).
 	Borrowed int
@@ -52,17 +61,23 @@ func (a *Allocator) Utilization(ctx context.Context) ([]PoolUtilization, error) 
 	if err != nil {
 		return nil, err
 	}
+	var cutoff time.Time
+	if c := v.config.ReleaseCooldown; c > 0 {
+		cutoff = a.now().Add(-c)
+	}
 	pools := v.pools.All()
 	out := make([]PoolUtilization, len(pools), len(pools)+1)
+	inBlocks := make([]*big.Int, len(pools)+1) // reserved addresses counted in existing blocks
 	for i, p := range pools {
-		capacity := bigPow2(ipmath.HostBits(p.CIDR))
-		out[i] = PoolUtilization{Name: p.Name, CIDR: p.CIDR, Disabled: p.Disabled, Capacity: capacity}
+		out[i] = PoolUtilization{Name: p.Name, CIDR: p.CIDR, Disabled: p.Disabled,
+			Capacity: bigPow2(ipmath.HostBits(p.CIDR)), Reserved: reservedIn(v, p.CIDR)}
+		inBlocks[i] = new(big.Int)
 	}
-	var orphans *PoolUtilization
 	recs, err := a.store.List(ctx, KindBlock, KeyRange{})
 	if err != nil {
 		return nil, fmt.Errorf("ipam: utilization: list blocks: %w", err)
 	}
+	orphan := -1
 	for _, r := range recs {
 		blk, err := parseBlockKey(r.Key)
 		if err != nil {
@@ -72,51 +87,98 @@ func (a *Allocator) Utilization(ctx context.Context) ([]PoolUtilization, error) 
 		if err != nil {
 			return nil, err
 		}
-		bu := blockUtilization(b)
-		var pu *PoolUtilization
+		bu, inResv := blockUtilization(v, b, cutoff)
+		k := -1
 		if p, ok := v.pools.ByAddr(blk.Addr()); ok && p.CIDR.Bits() <= blk.Bits() {
-			for i := range out {
-				if out[i].Name == p.Name {
-					pu = &out[i]
+			for i := range pools {
+				if pools[i] == p {
+					k = i
 				}
 			}
 		}
-		if pu == nil {
-			if orphans == nil {
-				out = append(out, PoolUtilization{Capacity: new(big.Int)})
-				orphans = &out[len(out)-1]
+		if k < 0 {
+			if orphan < 0 {
+				out = append(out, PoolUtilization{Capacity: new(big.Int), Reserved: new(big.Int)})
+				orphan = len(out) - 1
+				inBlocks[orphan] = new(big.Int)
 			}
-			pu = orphans
-			pu.Capacity.Add(pu.Capacity, big.NewInt(int64(bu.Capacity)))
+			k = orphan
+			out[k].Capacity.Add(out[k].Capacity, big.NewInt(int64(bu.Capacity)))
 		}
+		pu := &out[k]
 		pu.Blocks = append(pu.Blocks, bu)
 		pu.InUse += uint64(bu.InUse)
 		pu.Borrowed += uint64(bu.Borrowed)
-		pu.Reserved += uint64(bu.Reserved)
+		pu.Cooling += uint64(bu.Cooling)
+		// The block's reserved count replaces what the reservations alone
+		// said of its addresses.
+		pu.Reserved.Add(pu.Reserved, big.NewInt(int64(bu.Reserved)))
+		if k != orphan {
+			inBlocks[k].Add(inBlocks[k], big.NewInt(int64(inResv)))
+		}
 	}
 	for i := range out {
 		pu := &out[i]
-		pu.Free = new(big.Int).Sub(pu.Capacity, new(big.Int).SetUint64(pu.InUse+pu.Reserved))
+		pu.Reserved.Sub(pu.Reserved, inBlocks[i])
+		pu.Free = new(big.Int).Sub(pu.Capacity, pu.Reserved)
+		pu.Free.Sub(pu.Free, new(big.Int).SetUint64(pu.InUse+pu.Cooling))
 	}
 	return out, nil
 }
 
-func blockUtilization(b *block.Block) BlockUtilization {
-	bu := BlockUtilization{
-		Prefix: b.Prefix(), Affinity: b.Affinity(),
-		Capacity: b.Size(), InUse: b.Used(), Free: b.Free(), Reserved: b.Reserved(),
+// reservedIn counts the reserved addresses inside cidr.
+func reservedIn(v *view, cidr netip.Prefix) *big.Int {
+	n := new(big.Int)
+	if !v.hasReserved || !v.reserved.OverlapsPrefix(cidr) {
+		return n
 	}
+	var sb netipx.IPSetBuilder
+	sb.AddPrefix(cidr)
+	sb.Intersect(v.reserved)
+	s, _ := sb.IPSet()
+	for _, p := range s.Prefixes() {
+		n.Add(n, bigPow2(ipmath.HostBits(p)))
+	}
+	return n
+}
+
+// blockUtilization classifies every address of b. It also returns how many
+// of b's addresses lie inside reservations, whatever their state.
+func blockUtilization(v *view, b *block.Block, cutoff time.Time) (BlockUtilization, int) {
+	bu := BlockUtilization{Prefix: b.Prefix(), Affinity: b.Affinity(), Capacity: b.Size(), InUse: b.Used(), Reserved: b.Reserved()}
 	aff := b.Affinity()
 	for o, n := range b.Owners() {
 		node, ok := o.Attrs[AttrNode]
-		if !ok {
-			continue
-		}
-		if aff.Kind != block.HostAffinity || node != aff.Name {
+		if ok && (aff.Kind != block.HostAffinity || node != aff.Name) {
 			bu.Borrowed += n
 		}
 	}
-	return bu
+	inResv := 0
+	resv := v.hasReserved && v.reserved.OverlapsPrefix(b.Prefix())
+	if resv || (!cutoff.IsZero() && b.CoolingSince(cutoff) > 0) {
+		// Look at each address: in a reservation, cooling, or free.
+		bu.Reserved, bu.Cooling = 0, 0
+		addr := b.Prefix().Addr()
+		for range b.Size() {
+			_, used := b.Owner(addr)
+			inR := resv && v.reserved.Contains(addr)
+			if inR {
+				inResv++
+			}
+			switch {
+			case used:
+			case b.IsReserved(addr) || inR:
+				bu.Reserved++
+			default:
+				if at, ok := b.ReleasedAt(addr); ok && !cutoff.IsZero() && !at.Before(cutoff) {
+					bu.Cooling++
+				}
+			}
+			addr = addr.Next()
+		}
+	}
+	bu.Free = bu.Capacity - bu.InUse - bu.Reserved - bu.Cooling
+	return bu, inResv
 }
 
 func bigPow2(n int) *big.Int { return new(big.Int).Lsh(big.NewInt(1), uint(n)) }

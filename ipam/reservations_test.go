@@ -1,0 +1,137 @@
+package ipam_test
+
+import (
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/carve-ipam/carve/ipam"
+)
+
+func TestReservationsExcludedFromAutoAssign(t *testing.T) {
+	e := newEnv(t, v4pool("p", "10.0.0.0/28", 30)) // four /30 blocks
+	// Reserve all of the first two blocks and one address of the third.
+	r := ipam.Reservation{Name: "gateways", CIDRs: []netip.Prefix{mustPrefix("10.0.0.0/29"), mustPrefix("10.0.0.9/32")}}
+	require.NoError(t, e.a.CreateReservation(e.ctx, r))
+
+	got := e.mustAssign4("node-1", "h", 7)
+	for _, x := range got {
+		require.False(t, mustPrefix("10.0.0.0/29").Contains(x.Addr), "%s is reserved", x.Addr)
+		require.NotEqual(t, mustAddr("10.0.0.9"), x.Addr)
+	}
+	_, err := e.assign4("node-1", "more", 1)
+	require.ErrorIs(t, err, ipam.ErrNoSpace, "the rest is reserved")
+	require.Len(t, e.affine("node-1"), 2, "fully reserved blocks are never claimed")
+
+	u := e.utilization()
+	require.EqualValues(t, 7, u[0].InUse)
+	require.EqualValues(t, 9, u[0].Reserved.Int64(), "8 addresses of untouched blocks and one inside a block")
+	require.Zero(t, u[0].Free.Sign())
+
+	// AssignIP may take a reserved address on purpose.
+	_, err = e.a.AssignIP(e.ctx, ipam.AssignIPArgs{Addr: mustAddr("10.0.0.9"), Handle: "gw", Node: "node-1"})
+	require.NoError(t, err)
+
+	// Deleting the reservation frees its addresses for AutoAssign.
+	require.NoError(t, e.a.DeleteReservation(e.ctx, "gateways"))
+	e.mustAssign4("node-2", "after", 8)
+	u = e.utilization()
+	require.Zero(t, u[0].Reserved.Sign())
+	require.Zero(t, u[0].Free.Sign())
+}
+
+func TestReservationAPI(t *testing.T) {
+	e := newEnv(t)
+	r := ipam.Reservation{Name: "r1", CIDRs: []netip.Prefix{mustPrefix("10.0.0.0/30")}}
+	require.NoError(t, e.a.CreateReservation(e.ctx, r))
+	require.ErrorIs(t, e.a.CreateReservation(e.ctx, r), ipam.ErrReservationExists)
+	r.CIDRs = append(r.CIDRs, mustPrefix("fd00::/64"))
+	require.NoError(t, e.a.UpdateReservation(e.ctx, r))
+	all, err := e.a.Reservations(e.ctx)
+	require.NoError(t, err)
+	require.Equal(t, []ipam.Reservation{r}, all)
+	require.ErrorIs(t, e.a.UpdateReservation(e.ctx, ipam.Reservation{Name: "nope", CIDRs: r.CIDRs}), ipam.ErrReservationNotFound)
+	require.ErrorIs(t, e.a.DeleteReservation(e.ctx, "nope"), ipam.ErrReservationNotFound)
+	for _, bad := range []ipam.Reservation{
+		{Name: "", CIDRs: r.CIDRs},
+		{Name: "x"},
+		{Name: "x", CIDRs: []netip.Prefix{netip.MustParsePrefix("10.0.0.1/24")}},
+		{Name: "x", CIDRs: []netip.Prefix{{}}},
+		{Name: "a/b", CIDRs: r.CIDRs},
+	} {
+		require.ErrorIs(t, e.a.CreateReservation(e.ctx, bad), ipam.ErrInvalid, "%+v", bad)
+	}
+	require.NoError(t, e.a.DeleteReservation(e.ctx, "r1"))
+	all, err = e.a.Reservations(e.ctx)
+	require.NoError(t, err)
+	require.Empty(t, all)
+}
+
+func TestReleaseCooldown(t *testing.T) {
+	e := newEnv(t, v4pool("p", "10.0.0.0/30", 30)) // one block of 4
+	cfg := ipam.DefaultConfig()
+	cfg.ReleaseCooldown = time.Minute
+	e.config(cfg)
+	got := e.mustAssign4("node-1", "a", 4)
+	_, err := e.a.ReleaseIPs(e.ctx, ipam.Release{Addr: got[2].Addr})
+	require.NoError(t, err)
+
+	// Within the cooldown the address is not handed out again.
+	_, err = e.assign4("node-1", "b", 1)
+	require.ErrorIs(t, err, ipam.ErrNoSpace)
+	_, err = e.a.AssignIP(e.ctx, ipam.AssignIPArgs{Addr: got[2].Addr, Handle: "b", Node: "node-1"})
+	require.ErrorIs(t, err, ipam.ErrCoolingDown)
+	u := e.utilization()
+	require.EqualValues(t, 1, u[0].Cooling)
+	require.EqualValues(t, 1, u[0].Blocks[0].Cooling)
+	require.Zero(t, u[0].Free.Sign())
+
+	e.clock.Advance(time.Minute + time.Second)
+	x := e.mustAssign4("node-1", "b", 1)
+	require.Equal(t, got[2].Addr, x[0].Addr)
+	require.Zero(t, e.utilization()[0].Cooling)
+
+	// ReleaseByHandle stamps too; a later change prunes old stamps.
+	_, err = e.a.ReleaseByHandle(e.ctx, "b")
+	require.NoError(t, err)
+	_, err = e.assign4("node-1", "c", 1)
+	require.ErrorIs(t, err, ipam.ErrNoSpace)
+	blk, err := e.a.Block(e.ctx, got[0].Block)
+	require.NoError(t, err)
+	_, cooling := blk.ReleasedAt(got[2].Addr)
+	require.True(t, cooling)
+
+	// Turning the cooldown off makes everything free again.
+	e.config(ipam.DefaultConfig())
+	e.mustAssign4("node-1", "c", 1)
+}
+
+func TestConfigJSONRoundTrip(t *testing.T) {
+	e := newEnv(t)
+	c := ipam.Config{StrictAffinity: true, MaxBlocksPerHost: 3, ReleaseCooldown: 90 * time.Second}
+	require.NoError(t, e.a.SetConfig(e.ctx, c))
+	rec, err := e.store.Get(e.ctx, ipam.KindConfig, "default")
+	require.NoError(t, err)
+	require.JSONEq(t, `{"strictAffinity":true,"autoAllocateBlocks":false,"maxBlocksPerHost":3,"releaseCooldown":"1m30s"}`, string(rec.Value))
+	got, err := e.allocator().Config(e.ctx)
+	require.NoError(t, err)
+	require.Equal(t, c, got)
+	for _, bad := range []ipam.Config{{StrictAffinity: true, ReleaseCooldown: -1}, {StrictAffinity: true, ReleaseCooldown: 48 * time.Hour}, {MaxBlocksPerHost: -1, AutoAllocateBlocks: true}} {
+		require.ErrorIs(t, e.a.SetConfig(e.ctx, bad), ipam.ErrInvalidConfig, "%+v", bad)
+	}
+}
+
+func TestFailedAssignLeavesNoClaim(t *testing.T) {
+	v6 := v4pool("v6", "fd00::/126", 126)
+	e := newEnv(t, v4pool("v4", "10.0.0.0/24", 26), v6)
+	e.config(ipam.Config{StrictAffinity: true, AutoAllocateBlocks: true})
+	_, err := e.a.AutoAssign(e.ctx, ipam.AutoAssignArgs{Num6: 4, Handle: "x", Node: "node-0"})
+	require.NoError(t, err)
+	// node-1's request claims an IPv4 block, then finds no IPv6 space.
+	_, err = e.a.AutoAssign(e.ctx, ipam.AutoAssignArgs{Num4: 1, Num6: 1, Handle: "y", Node: "node-1"})
+	require.ErrorIs(t, err, ipam.ErrNoSpace)
+	require.Empty(t, e.affine("node-1"), "the IPv4 block claimed on the way was given back")
+	require.Zero(t, e.store.Len(ipam.KindHandle)-1)
+}
