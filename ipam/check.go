@@ -1,0 +1,448 @@
+package ipam
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"net/netip"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/carve-ipam/carve/block"
+	"github.com/carve-ipam/carve/pool"
+)
+
+// ProblemKind names a kind of inconsistency Check reports.
+type ProblemKind string
+
+// The problems Check finds. Blocks are the truth about who holds an
+// address; handle records and the affinity index are derived from them and
+// can always be rebuilt.
+const (
+	// ProblemCorrupt: a record does not decode, or has a key carve never
+	// writes. Repairable for derived records (handles, affinity index),
+	// not for pools, configuration, reservations or blocks.
+	ProblemCorrupt ProblemKind = "corrupt-record"
+	// ProblemHandleMissing: a block holds addresses of a handle whose record
+	// is missing or counts fewer there. Repairable.
+	ProblemHandleMissing ProblemKind = "handle-missing"
+	// ProblemHandleExcess: a handle record counts more addresses in a block
+	// than the block gives the handle (what a crash between the handle and
+	// the block write leaves). Repairable.
+	ProblemHandleExcess ProblemKind = "handle-excess"
+	// ProblemAffinityStale: an affinity index entry for a block that does not
+	// exist or is not affine to that owner (what a crash during a claim or
+	// an affinity release leaves). Repairable.
+	ProblemAffinityStale ProblemKind = "affinity-stale"
+	// ProblemAffinityUnindexed: a block affine to an owner whose index lacks
+	// it, so the node would not find it. Repairable.
+	ProblemAffinityUnindexed ProblemKind = "affinity-unindexed"
+	// ProblemBlockEmptyUnaffine: an empty block without affinity, which
+	// should have been deleted. Repairable.
+	ProblemBlockEmptyUnaffine ProblemKind = "block-empty-unaffine"
+	// ProblemBlockOutsidePools: a block that no pool carves (its pool was
+	// deleted, or re-created differently). Repairable when empty (it is
+	// deleted); otherwise its addresses stay until released.
+	ProblemBlockOutsidePools ProblemKind = "block-outside-pools"
+	// ProblemBlockOverlap: two blocks share addresses. Not repairable: an
+	// address could be held twice; release one block's addresses.
+	ProblemBlockOverlap ProblemKind = "block-overlap"
+	// ProblemConfig: the configuration record is invalid. Not repairable.
+	ProblemConfig ProblemKind = "config-invalid"
+)
+
+// Problem is one inconsistency.
+type Problem struct {
+	Kind ProblemKind `json:"kind"`
+	// Record names the store record concerned: "<kind> <key>".
+	Record string `json:"record"`
+	// Block, Handle and Owner name what the problem is about, when it is
+	// about them (Owner is an affinity such as "host:node-1").
+	Block  netip.Prefix `json:"block,omitzero"`
+	Handle string       `json:"handle,omitempty"`
+	Owner  string       `json:"owner,omitempty"`
+	Detail string       `json:"detail"`
+	// Repairable reports whether Repair can fix it.
+	Repairable bool `json:"repairable"`
+
+	rev Revision // the record's revision when checked
+}
+
+func (p Problem) String() string {
+	s := string(p.Kind) + ": " + p.Record + ": " + p.Detail
+	if !p.Repairable {
+		s += " (not repairable)"
+	}
+	return s
+}
+
+// Report is what Check found, ready to encode as JSON.
+type Report struct {
+	// Time is when the check read the store.
+	Time time.Time `json:"time"`
+	// Counts of what was read.
+	Pools        int `json:"pools"`
+	Blocks       int `json:"blocks"`
+	Allocations  int `json:"allocations"`
+	Handles      int `json:"handles"`
+	Affinities   int `json:"affinities"`
+	Reservations int `json:"reservations"`
+	// Problems lists every inconsistency found, in a stable order.
+	Problems []Problem `json:"problems"`
+}
+
+// Clean reports whether the check found nothing wrong.
+func (r *Report) Clean() bool { return len(r.Problems) == 0 }
+
+// Repairable reports whether Repair can fix every problem found.
+func (r *Report) Repairable() bool {
+	for _, p := range r.Problems {
+		if !p.Repairable {
+			return false
+		}
+	}
+	return true
+}
+
+// checkState is what Check read, for Repair to compare against.
+type checkState struct {
+	blocks   map[netip.Prefix]*block.Block
+	handles  map[string]map[netip.Prefix]int // from the blocks
+	handleOf map[string]Revision
+}
+
+// Check reads the whole store and reports every inconsistency, as
+// `calicoctl ipam check` does: addresses whose handle record is missing,
+// handle counts that disagree with the blocks, affinity index entries
+// without their block and affine blocks missing from the index, blocks
+// outside every pool, overlapping blocks, empty blocks that should have
+// been deleted, and records that do not decode.
+//
+// Check reads record by record, not a snapshot: operations in flight while
+// it runs can show as passing problems (a handle counted before its block
+// is written). Run it on a quiet store, or check again.
+func (a *Allocator) Check(ctx context.Context) (*Report, error) {
+	r, _, err := a.check(ctx)
+	return r, err
+}
+
+func (a *Allocator) check(ctx context.Context) (*Report, *checkState, error) {
+	r := &Report{Time: a.now()}
+	st := &checkState{blocks: map[netip.Prefix]*block.Block{}, handles: map[string]map[netip.Prefix]int{}, handleOf: map[string]Revision{}}
+	add := func(p Problem) { r.Problems = append(r.Problems, p) }
+
+	// Pools, configuration, reservations.
+	pools := new(pool.Set)
+	if rec, err := a.store.Get(ctx, KindPool, singletonKey); err == nil {
+		if s, err := unmarshalPools(rec.Value); err != nil {
+			add(Problem{Kind: ProblemCorrupt, Record: "pool " + singletonKey, Detail: err.Error()})
+		} else {
+			pools = s
+		}
+	} else if !errors.Is(err, ErrNotFound) {
+		return nil, nil, fmt.Errorf("ipam: check: %w", err)
+	}
+	r.Pools = pools.Len()
+	if rec, err := a.store.Get(ctx, KindConfig, singletonKey); err == nil {
+		c, err := unmarshalConfig(rec.Value)
+		if err == nil {
+			err = c.Validate()
+		}
+		if err != nil {
+			add(Problem{Kind: ProblemConfig, Record: "config " + singletonKey, Detail: err.Error()})
+		}
+	} else if !errors.Is(err, ErrNotFound) {
+		return nil, nil, fmt.Errorf("ipam: check: %w", err)
+	}
+	resv, err := a.store.List(ctx, KindReservation, KeyRange{})
+	if err != nil {
+		return nil, nil, fmt.Errorf("ipam: check: %w", err)
+	}
+	r.Reservations = len(resv)
+	for _, rec := range resv {
+		if _, err := unmarshalReservation(rec.Key, rec.Value); err != nil {
+			add(Problem{Kind: ProblemCorrupt, Record: "reservation " + rec.Key, Detail: err.Error()})
+		}
+	}
+
+	// Blocks: the truth.
+	recs, err := a.store.List(ctx, KindBlock, KeyRange{})
+	if err != nil {
+		return nil, nil, fmt.Errorf("ipam: check: %w", err)
+	}
+	wantIndex := map[string]netip.Prefix{}
+	var reach netip.Prefix // the block reaching furthest so far
+	for _, rec := range recs {
+		blk, err := parseBlockKey(rec.Key)
+		if err != nil {
+			add(Problem{Kind: ProblemCorrupt, Record: "block " + rec.Key, Detail: err.Error()})
+			continue
+		}
+		b, err := decodeBlock(blk, rec.Value)
+		if err != nil {
+			add(Problem{Kind: ProblemCorrupt, Record: "block " + rec.Key, Block: blk, Detail: err.Error()})
+			continue
+		}
+		r.Blocks++
+		st.blocks[blk] = b
+		name := "block " + blk.String()
+		if reach.IsValid() && reach.Overlaps(blk) {
+			add(Problem{Kind: ProblemBlockOverlap, Record: name, Block: blk, Detail: fmt.Sprintf("overlaps block %s", reach)})
+		}
+		if !reach.IsValid() || reach.Addr().Is4() != blk.Addr().Is4() || !reach.Contains(blk.Addr()) || blk.Bits() < reach.Bits() {
+			reach = blk
+		}
+		p, ok := pools.ByAddr(blk.Addr())
+		switch {
+		case !ok || p.CIDR.Bits() > blk.Bits() || p.BlockSize != blk.Bits():
+			add(Problem{Kind: ProblemBlockOutsidePools, Record: name, Block: blk, rev: rec.Revision, Repairable: b.Empty(),
+				Detail: fmt.Sprintf("no pool carves it; %d addresses in use", b.Used())})
+		case b.Empty() && b.Affinity().IsZero():
+			add(Problem{Kind: ProblemBlockEmptyUnaffine, Record: name, Block: blk, rev: rec.Revision, Repairable: true, Detail: "empty and without affinity"})
+		}
+		if aff := b.Affinity(); !aff.IsZero() {
+			wantIndex[affinityKey(aff.String(), blk)] = blk
+		}
+		for o, n := range b.Owners() {
+			m := st.handles[o.Handle]
+			if m == nil {
+				m = map[netip.Prefix]int{}
+				st.handles[o.Handle] = m
+			}
+			m[blk] += n
+			r.Allocations += n
+		}
+	}
+
+	// The affinity index.
+	idx, err := a.store.List(ctx, KindAffinity, KeyRange{})
+	if err != nil {
+		return nil, nil, fmt.Errorf("ipam: check: %w", err)
+	}
+	r.Affinities = len(idx)
+	for _, rec := range idx {
+		owner, blk, err := parseAffinityKey(rec.Key)
+		if err != nil {
+			add(Problem{Kind: ProblemCorrupt, Record: "affinity " + rec.Key, Detail: err.Error(), rev: rec.Revision, Repairable: true})
+			continue
+		}
+		if _, ok := wantIndex[rec.Key]; ok {
+			delete(wantIndex, rec.Key)
+			continue
+		}
+		detail := "block does not exist"
+		if b, ok := st.blocks[blk]; ok {
+			detail = "block is affine to " + strings.TrimSpace(b.Affinity().String()+" ")
+			if b.Affinity().IsZero() {
+				detail = "block has no affinity"
+			}
+		}
+		add(Problem{Kind: ProblemAffinityStale, Record: "affinity " + rec.Key, Block: blk, Owner: owner, Detail: detail, rev: rec.Revision, Repairable: true})
+	}
+	for _, key := range slices.Sorted(maps.Keys(wantIndex)) {
+		blk := wantIndex[key]
+		owner := st.blocks[blk].Affinity().String()
+		add(Problem{Kind: ProblemAffinityUnindexed, Record: "block " + blk.String(), Block: blk, Owner: owner, Detail: "affine to " + owner + " but not in its index", Repairable: true})
+	}
+
+	// Handle records against the blocks.
+	hrecs, err := a.store.List(ctx, KindHandle, KeyRange{})
+	if err != nil {
+		return nil, nil, fmt.Errorf("ipam: check: %w", err)
+	}
+	r.Handles = len(hrecs)
+	seen := map[string]bool{}
+	for _, rec := range hrecs {
+		seen[rec.Key] = true
+		st.handleOf[rec.Key] = rec.Revision
+		name := "handle " + rec.Key
+		var h handleRecord
+		if err := h.unmarshal(rec.Value); err != nil {
+			add(Problem{Kind: ProblemCorrupt, Record: name, Handle: rec.Key, Detail: err.Error(), rev: rec.Revision, Repairable: true})
+			continue
+		}
+		truth := st.handles[rec.Key]
+		for _, c := range h.entries() {
+			if have := truth[c.block]; c.count > have {
+				add(Problem{Kind: ProblemHandleExcess, Record: name, Block: c.block, Handle: rec.Key, rev: rec.Revision, Repairable: true,
+					Detail: fmt.Sprintf("counts %d addresses in block %s, which gives it %d", c.count, c.block, have)})
+			}
+		}
+		for _, blk := range slices.SortedFunc(maps.Keys(truth), comparePrefix) {
+			if n := h.count(blk); n < truth[blk] {
+				add(Problem{Kind: ProblemHandleMissing, Record: name, Block: blk, Handle: rec.Key, rev: rec.Revision, Repairable: true,
+					Detail: fmt.Sprintf("counts %d addresses in block %s, which gives it %d", n, blk, truth[blk])})
+			}
+		}
+	}
+	for _, handle := range slices.Sorted(maps.Keys(st.handles)) {
+		if seen[handle] {
+			continue
+		}
+		st.handleOf[handle] = 0
+		for _, blk := range slices.SortedFunc(maps.Keys(st.handles[handle]), comparePrefix) {
+			add(Problem{Kind: ProblemHandleMissing, Record: "handle " + handle, Block: blk, Handle: handle, Repairable: true,
+				Detail: fmt.Sprintf("no record; block %s gives it %d addresses", blk, st.handles[handle][blk])})
+		}
+	}
+	return r, st, nil
+}
+
+// RepairAction is what Repair did about one problem.
+type RepairAction struct {
+	Problem Problem `json:"problem"`
+	// Done reports whether the problem was fixed; otherwise Note says why
+	// not (not repairable, or the records changed since the check).
+	Done bool   `json:"done"`
+	Note string `json:"note,omitempty"`
+}
+
+// Repair checks the store and fixes every repairable problem, re-reading
+// each record and writing with compare-and-swap, and returns what it did
+// and the report of a check run after the repairs. It rebuilds handle
+// records from the blocks, removes stale affinity index entries and adds
+// missing ones, and deletes empty blocks nothing should keep.
+//
+// A handle record that changed between the check and its repair is left
+// for the next run. Repair assumes no operation is halfway through (between
+// its handle and block writes) for the whole time it runs: run it on a
+// quiet store, such as after a crash, or with allocators paused.
+func (a *Allocator) Repair(ctx context.Context) ([]RepairAction, *Report, error) {
+	r, st, err := a.check(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	var actions []RepairAction
+	fixedHandles := map[string]bool{}
+	for _, p := range r.Problems {
+		act := RepairAction{Problem: p}
+		if !p.Repairable {
+			act.Note = "not repairable"
+			actions = append(actions, act)
+			continue
+		}
+		var err error
+		switch p.Kind {
+		case ProblemHandleMissing, ProblemHandleExcess, ProblemCorrupt:
+			if p.Handle == "" { // a malformed affinity key
+				err = a.store.Delete(ctx, KindAffinity, strings.TrimPrefix(p.Record, "affinity "), p.rev)
+				break
+			}
+			if fixedHandles[p.Handle] {
+				act.Done, act.Note = true, "fixed with another problem of this handle"
+				actions = append(actions, act)
+				continue
+			}
+			err = a.rebuildHandle(ctx, p.Handle, st.handleOf[p.Handle], st)
+			fixedHandles[p.Handle] = err == nil
+		case ProblemAffinityStale:
+			err = a.repairStaleIndex(ctx, p)
+		case ProblemAffinityUnindexed:
+			_, err = a.store.Create(ctx, KindAffinity, affinityKey(p.Owner, p.Block), nil)
+			if errors.Is(err, ErrExists) {
+				err = nil
+			}
+		case ProblemBlockEmptyUnaffine, ProblemBlockOutsidePools:
+			err = a.deleteEmptyBlock(ctx, p.Block)
+		}
+		act.Done = err == nil
+		if err != nil {
+			act.Note = err.Error()
+		}
+		actions = append(actions, act)
+	}
+	after, err := a.Check(ctx)
+	return actions, after, err
+}
+
+// rebuildHandle rewrites a handle record from the blocks, read fresh, that
+// the check found or the record names, if the record is still at rev.
+func (a *Allocator) rebuildHandle(ctx context.Context, handle string, rev Revision, st *checkState) error {
+	cur, err := a.store.Get(ctx, KindHandle, handle)
+	switch {
+	case errors.Is(err, ErrNotFound):
+		if rev != 0 {
+			return errors.New("handle record deleted since the check")
+		}
+	case err != nil:
+		return err
+	case cur.Revision != rev:
+		return errors.New("handle record changed since the check; check again")
+	}
+	var old handleRecord
+	if rev != 0 {
+		_ = old.unmarshal(cur.Value) // a corrupt record is rebuilt from nothing
+	}
+	blocks := map[netip.Prefix]bool{}
+	for blk := range st.handles[handle] {
+		blocks[blk] = true
+	}
+	for _, c := range old.entries() {
+		blocks[c.block] = true
+	}
+	var next handleRecord
+	for _, blk := range slices.SortedFunc(maps.Keys(blocks), comparePrefix) {
+		b, err := a.readBlock(ctx, blk)
+		if err != nil {
+			return err
+		}
+		if b != nil {
+			if n := len(b.AddrsOf(handle, nil)); n > 0 {
+				next.put(blk, n)
+			}
+		}
+	}
+	switch {
+	case len(next.entries()) == 0 && rev == 0:
+		return nil
+	case len(next.entries()) == 0:
+		return a.store.Delete(ctx, KindHandle, handle, rev)
+	case rev == 0:
+		_, err = a.store.Create(ctx, KindHandle, handle, next.appendBinary(nil))
+	default:
+		_, err = a.store.Update(ctx, KindHandle, handle, next.appendBinary(nil), rev)
+	}
+	return err
+}
+
+// repairStaleIndex deletes an index entry whose block, read fresh, is still
+// not affine to its owner.
+func (a *Allocator) repairStaleIndex(ctx context.Context, p Problem) error {
+	b, err := a.readBlock(ctx, p.Block)
+	if err != nil {
+		return err
+	}
+	if b != nil && b.Affinity().String() == p.Owner {
+		return errors.New("the block is affine to its owner again")
+	}
+	return a.store.Delete(ctx, KindAffinity, affinityKey(p.Owner, p.Block), p.rev)
+}
+
+// deleteEmptyBlock deletes a block that is, read fresh, still empty: its
+// affinity, if any, is released (which deletes it), or it is deleted.
+func (a *Allocator) deleteEmptyBlock(ctx context.Context, blk netip.Prefix) error {
+	e := a.entry(blk)
+	e.lock()
+	defer e.unlock()
+	if err := a.load(ctx, e); err != nil {
+		return err
+	}
+	switch {
+	case e.blk == nil:
+		return nil
+	case !e.blk.Empty():
+		return errors.New("the block is in use again")
+	}
+	aff := e.blk.Affinity()
+	next := e.stage()
+	next.SetAffinity(block.Affinity{}, time.Time{})
+	if err := a.commit(ctx, e); err != nil { // empty and unaffine: a delete
+		return err
+	}
+	if !aff.IsZero() {
+		return a.dropIndex(ctx, affinityKey(aff.String(), blk), 0)
+	}
+	return nil
+}
