@@ -1,0 +1,254 @@
+package ipam
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"net/netip"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/carve-ipam/carve/block"
+)
+
+// Liveness tells a Collector whether the owner of an allocation still
+// exists: the pod, VM or interface its handle and attributes name (Attrs
+// carries AttrNode and whatever the assigning program stored, such as a pod
+// name). An error means "unknown": the allocation is treated as alive.
+type Liveness func(ctx context.Context, a Allocation) (alive bool, err error)
+
+// CollectorOptions tune a Collector.
+type CollectorOptions struct {
+	// Grace is how long an allocation must be seen with a dead owner, and
+	// an affine block seen empty, before either is released; 0 means 15
+	// minutes (Calico's default).
+	Grace time.Duration
+	// KeepEmptyBlocks turns off the release of empty affine blocks.
+	KeepEmptyBlocks bool
+}
+
+// Collector finds leaked addresses and releases them, as Calico's
+// kube-controllers IPAM garbage collector does. Call Collect periodically
+// (say every Grace/2): an allocation whose owner is dead becomes a suspect;
+// it is released only once it has been a suspect for the grace period, only
+// together with every other allocation of its handle (all or none), only if
+// the owner is still dead when asked again right before the release, and
+// with the sequence number seen, so an address reassigned meanwhile is
+// never freed. Empty affine blocks are released the same way once seen
+// empty, unchanged, across the grace period, but never a node's last block.
+//
+// A Collector keeps its suspects in memory: a new one starts its grace
+// periods afresh. It is safe for concurrent use; passes do not overlap.
+type Collector struct {
+	a     *Allocator
+	live  Liveness
+	grace time.Duration
+	keep  bool
+
+	mu     sync.Mutex
+	leaks  map[netip.Addr]suspect
+	blocks map[netip.Prefix]suspect
+}
+
+// suspect is what the collector remembers of an allocation or a block.
+type suspect struct {
+	since  time.Time
+	seq    uint64 // the allocation's (or the block's) sequence number
+	handle string
+}
+
+// CollectResult says what one pass did.
+type CollectResult struct {
+	// Allocations is how many allocations the pass looked at; Suspects how
+	// many of them have a dead owner and wait out the grace period.
+	Allocations, Suspects int
+	// Released lists the allocations released by this pass.
+	Released []Allocation
+	// ReleasedBlocks lists the empty blocks whose affinity was released
+	// (and which were deleted).
+	ReleasedBlocks []netip.Prefix
+}
+
+// NewCollector returns a collector releasing a's leaked addresses, asking
+// live whether owners exist.
+func NewCollector(a *Allocator, live Liveness, opts CollectorOptions) (*Collector, error) {
+	switch {
+	case a == nil || live == nil:
+		return nil, fmt.Errorf("ipam: new collector: %w: nil allocator or liveness", ErrInvalid)
+	case opts.Grace < 0:
+		return nil, fmt.Errorf("ipam: new collector: %w: negative grace period %v", ErrInvalid, opts.Grace)
+	case opts.Grace == 0:
+		opts.Grace = 15 * time.Minute
+	}
+	return &Collector{a: a, live: live, grace: opts.Grace, keep: opts.KeepEmptyBlocks,
+		leaks: map[netip.Addr]suspect{}, blocks: map[netip.Prefix]suspect{}}, nil
+}
+
+// Collect runs one pass: it reads every block, updates the suspects, and
+// releases what has been dead or empty for the grace period. Errors from
+// individual releases are joined in the returned error; the pass goes on.
+func (c *Collector) Collect(ctx context.Context) (CollectResult, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	now := c.a.now()
+	recs, err := c.a.store.List(ctx, KindBlock, KeyRange{})
+	if err != nil {
+		return CollectResult{}, fmt.Errorf("ipam: collect: list blocks: %w", err)
+	}
+	var res CollectResult
+	var errs []error
+	byHandle := map[string][]Allocation{}
+	seen := map[netip.Addr]bool{}
+	empty := map[netip.Prefix]*block.Block{}
+	affine := map[block.Affinity]int{} // blocks per node
+	for _, r := range recs {
+		blk, err := parseBlockKey(r.Key)
+		if err != nil {
+			continue // Check reports it
+		}
+		b, err := decodeBlock(blk, r.Value)
+		if err != nil {
+			continue
+		}
+		if aff := b.Affinity(); aff.Kind == block.HostAffinity {
+			affine[aff]++
+			if b.Empty() {
+				empty[blk] = b
+			}
+		}
+		for addr, al := range b.All() {
+			x := Allocation{Addr: addr, Block: blk, Handle: al.Owner.Handle, Attrs: al.Owner.Attrs, Seq: al.Seq}
+			res.Allocations++
+			seen[addr] = true
+			alive, err := c.live(ctx, x)
+			if err != nil || alive {
+				delete(c.leaks, addr)
+				continue
+			}
+			if s, ok := c.leaks[addr]; !ok || s.seq != x.Seq || s.handle != x.Handle {
+				c.leaks[addr] = suspect{since: now, seq: x.Seq, handle: x.Handle}
+			}
+			byHandle[x.Handle] = append(byHandle[x.Handle], x)
+		}
+	}
+	for addr := range c.leaks {
+		if !seen[addr] {
+			delete(c.leaks, addr) // released by someone else
+		}
+	}
+
+	// Release whole handles whose every allocation is a ripe suspect.
+	for _, handle := range slices.Sorted(maps.Keys(byHandle)) {
+		if err := ctx.Err(); err != nil {
+			return res, err
+		}
+		if !c.ripe(byHandle[handle], now) {
+			continue
+		}
+		released, err := c.release(ctx, byHandle[handle])
+		res.Released = append(res.Released, released...)
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
+	res.Suspects = len(c.leaks)
+
+	// Empty affine blocks.
+	for blk := range c.blocks {
+		if _, ok := empty[blk]; !ok {
+			delete(c.blocks, blk) // in use again, or gone
+		}
+	}
+	if !c.keep {
+		for _, blk := range slices.SortedFunc(maps.Keys(empty), comparePrefix) {
+			b := empty[blk]
+			s, ok := c.blocks[blk]
+			if !ok || s.seq != b.Seq() {
+				c.blocks[blk] = suspect{since: now, seq: b.Seq()}
+				continue
+			}
+			if now.Sub(s.since) < c.grace || affine[b.Affinity()] <= 1 {
+				continue // not long enough, or the node's last block
+			}
+			err := c.a.releaseEmptyAffinity(ctx, b.Affinity(), blk, s.seq)
+			switch {
+			case err == nil:
+				res.ReleasedBlocks = append(res.ReleasedBlocks, blk)
+				affine[b.Affinity()]--
+				delete(c.blocks, blk)
+			case errors.Is(err, errBlockChanged):
+				delete(c.blocks, blk)
+			default:
+				errs = append(errs, err)
+			}
+		}
+	}
+	return res, errors.Join(errs...)
+}
+
+// ripe reports whether every allocation of a handle has been a suspect for
+// the grace period.
+func (c *Collector) ripe(allocs []Allocation, now time.Time) bool {
+	for _, x := range allocs {
+		s, ok := c.leaks[x.Addr]
+		if !ok || now.Sub(s.since) < c.grace {
+			return false
+		}
+	}
+	return true
+}
+
+// release asks again whether the owners are dead and, if all are, releases
+// the handle's allocations with their sequence numbers.
+func (c *Collector) release(ctx context.Context, allocs []Allocation) ([]Allocation, error) {
+	for _, x := range allocs {
+		if alive, err := c.live(ctx, x); err != nil || alive {
+			for _, y := range allocs {
+				delete(c.leaks, y.Addr)
+			}
+			return nil, nil
+		}
+	}
+	rels := make([]Release, len(allocs))
+	for i, x := range allocs {
+		rels[i] = Release{Addr: x.Addr, Handle: x.Handle, Seq: x.Seq}
+	}
+	res, err := c.a.ReleaseIPs(ctx, rels...)
+	var out []Allocation
+	for _, x := range allocs {
+		if slices.Contains(res.Released, x.Addr) {
+			out = append(out, x)
+		}
+		delete(c.leaks, x.Addr)
+	}
+	return out, err
+}
+
+// errBlockChanged: a block changed since a caller last saw it.
+var errBlockChanged = errors.New("block changed since it was seen")
+
+// releaseEmptyAffinity releases aff's affinity to blk, which deletes it,
+// only if the block is still empty, affine to aff, and at sequence number
+// seq; otherwise it returns errBlockChanged.
+func (a *Allocator) releaseEmptyAffinity(ctx context.Context, aff block.Affinity, blk netip.Prefix, seq uint64) error {
+	e := a.entry(blk)
+	e.lock()
+	err := a.retry(ctx, "release empty block", e.name, func() error {
+		if err := a.load(ctx, e); err != nil {
+			return err
+		}
+		if e.blk == nil || e.blk.Affinity() != aff || !e.blk.Empty() || e.blk.Seq() != seq {
+			return errBlockChanged
+		}
+		next := e.stage()
+		next.SetAffinity(block.Affinity{}, time.Time{})
+		return a.commit(ctx, e)
+	})
+	e.unlock()
+	if err != nil {
+		return err
+	}
+	return a.dropIndex(ctx, affinityKey(aff.String(), blk), 0)
+}
