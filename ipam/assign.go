@@ -83,6 +83,10 @@ type assignOp struct {
 	h      handleTx
 	// claimed lists the blocks this operation claimed, for rollback.
 	claimed []netip.Prefix
+	// unselected lists blocks affine to the node that no eligible pool
+	// holds: once the operation succeeds, those whose pool no longer
+	// selects the node are given up if empty.
+	unselected []netip.Prefix
 }
 
 // AutoAssign assigns addresses from the pools that qualify for the request,
@@ -176,6 +180,7 @@ func (a *Allocator) AutoAssign(ctx context.Context, args AutoAssignArgs) (AutoAs
 			}
 		}
 	}
+	a.dropUnselected(ctx, o)
 	if short[0]+short[1] > 0 {
 		return res, a.assignError(args, res, short, reasons, cause)
 	}
@@ -268,9 +273,7 @@ func (a *Allocator) assignFamily(ctx context.Context, o *assignOp, fam pool.Fami
 			mine = append(mine, blk)
 			continue
 		}
-		if err := a.dropUnselected(ctx, o, blk); err != nil {
-			return out, "", err
-		}
+		o.unselected = append(o.unselected, blk)
 	}
 	slices.SortStableFunc(mine, func(x, y netip.Prefix) int { return poolOf(pools, x) - poolOf(pools, y) })
 	// The cached copy of a block may call it full when another allocator has
@@ -433,19 +436,20 @@ func (a *Allocator) assignFrom(ctx context.Context, o *assignOp, out *[]Assigned
 	return full, err
 }
 
-// dropUnselected gives up the node's affinity to blk when the block is
-// empty and its pool, still enabled, no longer selects the node (Calico
-// does this as it assigns). A non-empty block keeps its affinity.
-func (a *Allocator) dropUnselected(ctx context.Context, o *assignOp, blk netip.Prefix) error {
-	p, ok := o.v.pools.ByAddr(blk.Addr())
-	if !ok || p.Disabled || p.SelectsNode(o.node, o.labels) {
-		return nil
+// dropUnselected gives up the node's affinity to the blocks o found whose
+// pool, still enabled, no longer selects the node, when they are empty
+// (Calico does this as it assigns). A non-empty block keeps its affinity.
+// It runs only after a successful assignment, so that a failed one changes
+// nothing, and is best effort: a block it cannot release now is tried again
+// next time.
+func (a *Allocator) dropUnselected(ctx context.Context, o *assignOp) {
+	for _, blk := range o.unselected {
+		p, ok := o.v.pools.ByAddr(blk.Addr())
+		if !ok || p.Disabled || p.SelectsNode(o.node, o.labels) {
+			continue
+		}
+		_ = a.releaseAffinity(ctx, o.aff, blk, true)
 	}
-	err := a.releaseAffinity(ctx, o.aff, blk, true)
-	if errors.Is(err, ErrBlockNotEmpty) || errors.Is(err, ErrAffinityConflict) {
-		return nil
-	}
-	return err
 }
 
 // AssignIPArgs is a request for one specific address.

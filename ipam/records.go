@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"math/bits"
 	"net/netip"
 	"slices"
 )
@@ -124,6 +125,16 @@ func (h *handleRecord) appendBinary(dst []byte) []byte {
 
 var errShortRecord = errors.New("truncated")
 
+// uvarint reads a minimally encoded uvarint, so each record has one
+// encoding; k <= 0 means malformed.
+func uvarint(data []byte) (v uint64, k int) {
+	v, k = binary.Uvarint(data)
+	if k > 0 && k != (bits.Len64(v|1)+6)/7 {
+		return 0, -1
+	}
+	return v, k
+}
+
 // unmarshal decodes a handle record, rejecting anything appendBinary would
 // not produce.
 func (h *handleRecord) unmarshal(data []byte) error {
@@ -131,7 +142,7 @@ func (h *handleRecord) unmarshal(data []byte) error {
 		return fmt.Errorf("handle record: unknown version")
 	}
 	data = data[1:]
-	n, k := binary.Uvarint(data)
+	n, k := uvarint(data)
 	if k <= 0 || n > uint64(len(data)) {
 		return fmt.Errorf("handle record: bad block count")
 	}
@@ -163,7 +174,7 @@ func (h *handleRecord) unmarshal(data []byte) error {
 			return fmt.Errorf("handle record: bad block %s/%d", addr, bits)
 		}
 		data = data[2+size:]
-		count, k := binary.Uvarint(data)
+		count, k := uvarint(data)
 		if k <= 0 || count == 0 || count > 1<<32 {
 			return fmt.Errorf("handle record: bad count for block %s", blk)
 		}
