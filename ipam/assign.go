@@ -53,8 +53,10 @@ type AutoAssignArgs struct {
 // Assigned is one assigned address.
 type Assigned struct {
 	Addr netip.Addr
-	// Block is the block the address came from.
+	// Block is the block the address came from, and Pool the name of the
+	// pool that carves it.
 	Block netip.Prefix
+	Pool  string
 	// Seq is the block's sequence number recorded with the allocation; pass
 	// it in a Release to release this allocation and never a later one of
 	// the same address.
@@ -284,7 +286,7 @@ func (a *Allocator) assignFamily(ctx context.Context, o *assignOp, fam pool.Fami
 		if len(out) == n {
 			return out, "", nil
 		}
-		full, err := a.assignFrom(ctx, o, &out, blk, n-len(out), true, false)
+		full, err := a.assignFrom(ctx, o, &out, pools[poolOf(pools, blk)].Name, blk, n-len(out), true, false)
 		if err != nil {
 			return out, "", err
 		}
@@ -296,7 +298,7 @@ func (a *Allocator) assignFamily(ctx context.Context, o *assignOp, fam pool.Fami
 		if len(out) == n {
 			return out, "", nil
 		}
-		if _, err := a.assignFrom(ctx, o, &out, blk, n-len(out), true, true); err != nil {
+		if _, err := a.assignFrom(ctx, o, &out, pools[poolOf(pools, blk)].Name, blk, n-len(out), true, true); err != nil {
 			return out, "", err
 		}
 	}
@@ -325,7 +327,7 @@ func (a *Allocator) assignFamily(ctx context.Context, o *assignOp, fam pool.Fami
 				}
 				mine = append(mine, blk)
 				o.claimed = append(o.claimed, blk)
-				if _, err := a.assignFrom(ctx, o, &out, blk, n-len(out), true, false); err != nil {
+				if _, err := a.assignFrom(ctx, o, &out, p.Name, blk, n-len(out), true, false); err != nil {
 					return out, "", err
 				}
 			}
@@ -390,7 +392,7 @@ func poolOf(pools []*pool.Pool, blk netip.Prefix) int {
 // to out. With mine set the block must be affine to the node (else nothing
 // is taken); fresh forces a read of the block first. It reports whether the
 // cached block was full, which the caller confirms later with fresh set.
-func (a *Allocator) assignFrom(ctx context.Context, o *assignOp, out *[]Assigned, blk netip.Prefix, want int, mine, fresh bool) (bool, error) {
+func (a *Allocator) assignFrom(ctx context.Context, o *assignOp, out *[]Assigned, poolName string, blk netip.Prefix, want int, mine, fresh bool) (bool, error) {
 	e := a.entry(blk)
 	e.lock()
 	defer e.unlock()
@@ -429,7 +431,7 @@ func (a *Allocator) assignFrom(ctx context.Context, o *assignOp, out *[]Assigned
 			return err
 		}
 		for _, addr := range addrs {
-			*out = append(*out, Assigned{Addr: addr, Block: blk, Seq: seq})
+			*out = append(*out, Assigned{Addr: addr, Block: blk, Pool: poolName, Seq: seq})
 		}
 		return nil
 	})
@@ -561,5 +563,5 @@ func (a *Allocator) AssignIP(ctx context.Context, args AssignIPArgs) (Assigned, 
 	if err != nil {
 		return Assigned{}, err
 	}
-	return Assigned{Addr: addr, Block: blk, Seq: seq}, nil
+	return Assigned{Addr: addr, Block: blk, Pool: p.Name, Seq: seq}, nil
 }

@@ -245,7 +245,7 @@ func (a *Allocator) borrow(ctx context.Context, o *assignOp, out *[]Assigned, p 
 			continue
 		}
 		a.seed(blk, b, r.Revision)
-		if _, err := a.assignFrom(ctx, o, out, blk, goal-len(*out), false, false); err != nil {
+		if _, err := a.assignFrom(ctx, o, out, p.Name, blk, goal-len(*out), false, false); err != nil {
 			return err
 		}
 		if len(*out) == goal {

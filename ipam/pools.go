@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 
 	"github.com/carve-ipam/carve/pool"
 )
@@ -64,7 +65,7 @@ func (a *Allocator) CreatePool(ctx context.Context, p pool.Pool) error {
 			return fmt.Errorf("ipam: %s: %w", op, ErrPoolExists)
 		}
 		if err := s.Add(p); err != nil {
-			return fmt.Errorf("ipam: %s: %w", op, err)
+			return fmt.Errorf("ipam: create pool: %w", err) // the error names the pool
 		}
 		return nil
 	})
@@ -109,7 +110,7 @@ func (a *Allocator) UpdatePool(ctx context.Context, p pool.Pool) error {
 			return fmt.Errorf("ipam: %s: %w", op, ErrPoolNotFound)
 		}
 		if err := s.Update(p); err != nil {
-			return fmt.Errorf("ipam: %s: %w", op, err)
+			return fmt.Errorf("ipam: update pool: %w", err) // the error names the pool
 		}
 		return nil
 	})
@@ -139,7 +140,7 @@ func (a *Allocator) setDisabled(ctx context.Context, name string, disabled bool)
 		q := *p
 		q.Disabled = disabled
 		if err := s.Update(q); err != nil {
-			return fmt.Errorf("ipam: %s: %w", op, err)
+			return fmt.Errorf("ipam: %s: %w", strings.Fields(op)[0]+" pool", err) // the error names the pool
 		}
 		return nil
 	})

@@ -458,3 +458,46 @@ func (a *Allocator) Block(ctx context.Context, blk netip.Prefix) (*block.Block, 
 	}
 	return b.Clone(), nil
 }
+
+// Allocations returns every allocation whose address lies in within (a
+// pool's CIDR, say, to see what still uses a pool before deleting it), in
+// address order, read fresh from the store. It reads the blocks that
+// overlap within, so a large prefix costs a long read.
+func (a *Allocator) Allocations(ctx context.Context, within netip.Prefix) ([]Allocation, error) {
+	if !within.IsValid() || within.Masked() != within {
+		return nil, invalid("allocations", "%s is not a masked prefix", within)
+	}
+	recs, err := a.store.List(ctx, KindBlock, blockRange(within))
+	if err != nil {
+		return nil, fmt.Errorf("ipam: allocations in %s: %w", within, err)
+	}
+	// A block larger than within, starting before it, holds all of it.
+	if blk, ok, err := a.findBlock(ctx, within.Addr()); err != nil {
+		return nil, err
+	} else if ok && blk.Bits() < within.Bits() {
+		rec, err := a.store.Get(ctx, KindBlock, blockKey(blk))
+		if err != nil && !errors.Is(err, ErrNotFound) {
+			return nil, fmt.Errorf("ipam: allocations in %s: %w", within, err)
+		}
+		if err == nil {
+			recs = append([]Record{rec}, recs...)
+		}
+	}
+	var out []Allocation
+	for _, rec := range recs {
+		blk, err := parseBlockKey(rec.Key)
+		if err != nil {
+			return nil, fmt.Errorf("ipam: allocations in %s: %w: %w", within, ErrCorrupt, err)
+		}
+		b, err := decodeBlock(blk, rec.Value)
+		if err != nil {
+			return nil, err
+		}
+		for addr, al := range b.All() {
+			if within.Contains(addr) {
+				out = append(out, Allocation{Addr: addr, Block: blk, Handle: al.Owner.Handle, Attrs: al.Owner.Attrs, Seq: al.Seq})
+			}
+		}
+	}
+	return out, nil
+}

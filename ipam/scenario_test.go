@@ -3,6 +3,7 @@ package ipam_test
 import (
 	"errors"
 	"net/netip"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -301,4 +302,39 @@ func TestPoolRecreatedWithOtherBlockSize(t *testing.T) {
 	_, err = e.a.ReleaseByHandle(e.ctx, "kept")
 	require.NoError(t, err)
 	require.NoError(t, e.a.CreatePool(e.ctx, v4pool("p3", "10.0.0.0/24", 27)))
+}
+
+func TestAllocationsWithin(t *testing.T) {
+	e := newEnv(t, v4pool("a", "10.0.0.0/24", 26), v4pool("b", "10.0.1.0/24", 26))
+	res, err := e.a.AutoAssign(e.ctx, ipam.AutoAssignArgs{Num4: 2, Handle: "x", Node: "n1", IPv4Pools: []string{"a"}})
+	require.NoError(t, err)
+	require.Equal(t, "a", res.IPv4[0].Pool)
+	_, err = e.a.AutoAssign(e.ctx, ipam.AutoAssignArgs{Num4: 1, Handle: "y", Node: "n1", IPv4Pools: []string{"b"}})
+	require.NoError(t, err)
+
+	got, err := e.a.Allocations(e.ctx, mustPrefix("10.0.0.0/24"))
+	require.NoError(t, err)
+	require.Len(t, got, 2)
+	require.Equal(t, "x", got[0].Handle)
+	require.Equal(t, "n1", got[0].Attrs[ipam.AttrNode])
+	one, err := e.a.Allocations(e.ctx, netip.PrefixFrom(res.IPv4[1].Addr, 32))
+	require.NoError(t, err, "a prefix inside a block")
+	require.Len(t, one, 1)
+	require.Equal(t, res.IPv4[1].Addr, one[0].Addr)
+	all, err := e.a.Allocations(e.ctx, mustPrefix("0.0.0.0/0"))
+	require.NoError(t, err)
+	require.Len(t, all, 3)
+	_, err = e.a.Allocations(e.ctx, netip.Prefix{})
+	require.ErrorIs(t, err, ipam.ErrInvalid)
+
+	text, err := ipam.KindBlock.MarshalText()
+	require.NoError(t, err)
+	var k ipam.Kind
+	require.NoError(t, k.UnmarshalText(text))
+	require.Equal(t, ipam.KindBlock, k)
+	require.Error(t, k.UnmarshalText([]byte("blocks")))
+
+	err = e.a.UpdatePool(e.ctx, pool.Pool{Name: "a", CIDR: mustPrefix("10.0.0.0/24"), BlockSize: 27})
+	require.ErrorIs(t, err, pool.ErrImmutable)
+	require.Equal(t, 1, strings.Count(err.Error(), `"a"`), "the pool is named once: %v", err)
 }

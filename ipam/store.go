@@ -58,6 +58,25 @@ func (k Kind) String() string {
 	return fmt.Sprintf("kind(%d)", uint8(k))
 }
 
+// MarshalText returns the kind's name, so kinds read well in JSON and logs.
+func (k Kind) MarshalText() ([]byte, error) {
+	if !k.Valid() {
+		return nil, fmt.Errorf("ipam: invalid record kind %d", uint8(k))
+	}
+	return []byte(kindNames[k]), nil
+}
+
+// UnmarshalText reads a kind's name as String writes it.
+func (k *Kind) UnmarshalText(text []byte) error {
+	for _, c := range Kinds {
+		if kindNames[c] == string(text) {
+			*k = c
+			return nil
+		}
+	}
+	return fmt.Errorf("ipam: unknown record kind %q", text)
+}
+
 // Valid reports whether k is one of the kinds in [Kinds].
 func (k Kind) Valid() bool { return k >= KindPool && k < numKinds }
 

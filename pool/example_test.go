@@ -59,7 +59,7 @@ func ExampleSet_Select() {
 	fmt.Println(pools[0].Name)
 	// Output:
 	// rack-1-ippool 192.168.1.0/24 <nil>
-	// no pool for node kube-node-9 (IPv4, Workload): pool default-ipv4-ippool: is disabled; pool rack-0-ippool: nodeSelector rack == "0" does not match node kube-node-9; pool rack-1-ippool: nodeSelector rack == "1" does not match node kube-node-9
+	// no pool for node kube-node-9 (IPv4, Workload): pool default-ipv4-ippool: is disabled; pool rack-0-ippool: nodeSelector rack == "0" does not match node kube-node-9 (labels rack=9); pool rack-1-ippool: nodeSelector rack == "1" does not match node kube-node-9 (labels rack=9)
 	// rack-0-ippool
 }
 
@@ -112,6 +112,7 @@ func ExamplePlan() {
 	// Output:
 	// 256 blocks of 64 addresses; 2 blocks per node; 128 nodes served
 	// warning: only 256 of 300 nodes can get a block: 10.244.0.0/18 has 2^(26-18) = 256 blocks
+	// warning: each node needs 2 blocks of 64 addresses for 110 pods: only 128 of 300 nodes can get them
 	// warning: no block size serves every node: a /16 pool with blockSize 25 would
 	// 100 nodes fit: true - suggested blockSize 25
 }

@@ -42,9 +42,11 @@ type Capacity struct {
 	Suggested int
 
 	// NeededPrefixLen is the longest prefix length (smallest CIDR) that
-	// would serve every node with the block size Suggested would prefer.
+	// would serve every node with blocks of NeededBlockSize, the smallest
+	// block that holds a node's pods (the block size Suggested prefers).
 	// Negative when no CIDR of the family is large enough.
 	NeededPrefixLen int
+	NeededBlockSize int
 }
 
 // Plan works out how p's CIDR serves nodes nodes running podsPerNode pods
@@ -91,14 +93,17 @@ func Plan(p Pool, nodes, podsPerNode int) (Capacity, error) {
 	bpn := (podsPerNode-1)/perBlock + 1
 	need := new(big.Int).Mul(big.NewInt(int64(nodes)), big.NewInt(int64(bpn)))
 	c.NeededPrefixLen = one - need.Sub(need, big.NewInt(1)).BitLen() // one - ceil(log2(nodes*bpn))
+	c.NeededBlockSize = one
 
 	nodesBig := big.NewInt(int64(nodes))
-	switch {
-	case c.Blocks.Cmp(nodesBig) < 0:
+	// Both shortfalls can hold at once (fewer blocks than nodes, and
+	// several blocks per node): say each.
+	if c.Blocks.Cmp(nodesBig) < 0 {
 		c.Warnings = append(c.Warnings, fmt.Sprintf(
 			"only %s of %d nodes can get a block: %s has 2^(%d-%d) = %s blocks",
 			c.Blocks, nodes, c.CIDR, c.BlockSize, prefix, c.Blocks))
-	case !c.Fits:
+	}
+	if !c.Fits && c.BlocksPerNode > 1 {
 		c.Warnings = append(c.Warnings, fmt.Sprintf(
 			"each node needs %d blocks of %d addresses for %d pods: only %s of %d nodes can get them",
 			c.BlocksPerNode, c.AddressesPerBlock, podsPerNode, c.NodesServed, nodes))

@@ -38,6 +38,7 @@ func TestPlan(t *testing.T) {
 		{"more nodes than blocks", "10.244.0.0/18", 26, 300, 110,
 			"256", 64, 2, "128", false, 0, 16, 13, []string{
 				"only 256 of 300 nodes can get a block: 10.244.0.0/18 has 2^(26-18) = 256 blocks",
+				"each node needs 2 blocks of 64 addresses for 110 pods: only 128 of 300 nodes can get them",
 				"no block size serves every node: a /16 pool with blockSize 25 would",
 			}},
 		{"enough blocks, not enough for the pods", "10.244.0.0/18", 26, 200, 110,
@@ -103,6 +104,7 @@ func TestPlanHugeInputs(t *testing.T) {
 	require.Negative(t, c.NeededPrefixLen)
 	require.Equal(t, []string{
 		"only 262144 of 9223372036854775807 nodes can get a block: 10.0.0.0/8 has 2^(26-8) = 262144 blocks",
+		"each node needs 144115188075855872 blocks of 64 addresses for 9223372036854775807 pods: only 0 of 9223372036854775807 nodes can get them",
 		"no block size serves every node, and no IPv4 pool would",
 	}, c.Warnings)
 }

@@ -2,6 +2,8 @@ package pool
 
 import (
 	"errors"
+	"maps"
+	"slices"
 	"strings"
 
 	"github.com/carve-ipam/carve/selector"
@@ -252,8 +254,9 @@ func explain(p *Pool, r *Request, why Reason) Rejection {
 		} else {
 			d += "the node"
 		}
+		d += labelsText(r.NodeLabels)
 	case ReasonNamespaceSelector:
-		d = "namespaceSelector " + selectorText(p.namespaceSelector()) + " does not match the namespace"
+		d = "namespaceSelector " + selectorText(p.namespaceSelector()) + " does not match the namespace" + labelsText(r.NamespaceLabels)
 	case ReasonUse:
 		d = "allowedUses " + usesText(p.effectiveUses()) + " does not include " + string(r.Use.orDefault())
 	}
@@ -267,4 +270,27 @@ func selectorText(s selector.Selector, err error) string {
 		return "(invalid: " + err.Error() + ")"
 	}
 	return s.String()
+}
+
+// labelsText shows the labels a selector was matched against, when they
+// are a selector.Set (other Labels cannot be listed): " (labels a=1, b=2)",
+// or " (no labels)". At most eight are shown.
+func labelsText(l selector.Labels) string {
+	set, ok := l.(selector.Set)
+	if l != nil && !ok {
+		return ""
+	}
+	if len(set) == 0 {
+		return " (no labels)"
+	}
+	keys := slices.Sorted(maps.Keys(set))
+	more := ""
+	if len(keys) > 8 {
+		keys, more = keys[:8], ", ..."
+	}
+	parts := make([]string, len(keys))
+	for i, k := range keys {
+		parts[i] = k + "=" + set[k]
+	}
+	return " (labels " + strings.Join(parts, ", ") + more + ")"
 }

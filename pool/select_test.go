@@ -119,9 +119,9 @@ func TestSelectExplainsEachRule(t *testing.T) {
 	_, err := s.Select(pool.Request{Family: pool.IPv4, Node: "node-3", NodeLabels: labels("rack", "3")})
 	require.EqualError(t, err, "no pool for node node-3 (IPv4, Workload): "+
 		"pool default: is disabled; "+
-		`pool extra: nodeSelector rack == "1" does not match node node-3; `+
+		`pool extra: nodeSelector rack == "1" does not match node node-3 (labels rack=3); `+
 		"pool manual: assignmentMode is Manual and the request does not name the pool; "+
-		`pool team-a: namespaceSelector team == "a" does not match the namespace; `+
+		`pool team-a: namespaceSelector team == "a" does not match the namespace (no labels); `+
 		"pool tunnel: allowedUses [Tunnel] does not include Workload; "+
 		"pool v6: is IPv6, the request is for IPv4")
 	var npe *pool.NoPoolError

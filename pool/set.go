@@ -192,3 +192,15 @@ func (s *Set) FindFree(within netip.Prefix, bits int) (netip.Prefix, bool) {
 	}
 	return netip.Prefix{}, false
 }
+
+// NewSet returns a set holding pools, added in order with Add: the first
+// pool that fails validation or overlaps an earlier one is reported.
+func NewSet(pools ...Pool) (*Set, error) {
+	s := new(Set)
+	for _, p := range pools {
+		if err := s.Add(p); err != nil {
+			return nil, err
+		}
+	}
+	return s, nil
+}

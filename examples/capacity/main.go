@@ -68,12 +68,10 @@ func run(_ context.Context, w io.Writer) error {
 	if c, err = plan(w, def, 300, 110); err != nil {
 		return err
 	}
-	// Capacity does not say which block size NeededPrefixLen assumes when
-	// Suggested is 0; it is the smallest block that holds a node's pods,
-	// 128 addresses (/25) for 110 pods, as the warning says.
+	// NeededPrefixLen and NeededBlockSize describe the pool that would do.
 	wider := def
 	wider.CIDR = netip.PrefixFrom(def.CIDR.Addr(), c.NeededPrefixLen).Masked()
-	wider.BlockSize = 25
+	wider.BlockSize = c.NeededBlockSize
 	fmt.Fprintln(w, "\n   The pool the warning asks for:")
 	if _, err := plan(w, wider, 300, 110); err != nil {
 		return err

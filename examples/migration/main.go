@@ -98,11 +98,9 @@ func run(ctx context.Context, w io.Writer) error {
 	if err != nil {
 		return err
 	}
-	var set pool.Set
-	for _, p := range pools {
-		if err := set.Add(p); err != nil {
-			return err
-		}
+	set, err := pool.NewSet(pools...)
+	if err != nil {
+		return err
 	}
 	cidr, ok := set.FindFree(netip.MustParsePrefix("10.0.0.0/8"), 18)
 	if !ok {
@@ -267,26 +265,19 @@ func (c *cluster) check(ctx context.Context) error {
 }
 
 // podsIn returns the pods holding an address of the named pool, in name
-// order, read from the pool's blocks.
+// order.
 func (c *cluster) podsIn(ctx context.Context, name string) ([]string, error) {
-	u, err := c.a.Utilization(ctx)
+	p, err := c.a.Pool(ctx, name)
+	if err != nil {
+		return nil, err
+	}
+	allocs, err := c.a.Allocations(ctx, p.CIDR)
 	if err != nil {
 		return nil, err
 	}
 	var pods []string
-	for _, p := range u {
-		if p.Name != name {
-			continue
-		}
-		for _, bu := range p.Blocks {
-			b, err := c.a.Block(ctx, bu.Prefix)
-			if err != nil {
-				return nil, err
-			}
-			for _, alloc := range b.All() {
-				pods = append(pods, alloc.Owner.Attrs["pod"])
-			}
-		}
+	for _, al := range allocs {
+		pods = append(pods, al.Attrs["pod"])
 	}
 	slices.Sort(pods)
 	return pods, nil

@@ -149,10 +149,6 @@ func createPool(ctx context.Context, w io.Writer, a *ipam.Allocator, p pool.Pool
 // name, or else from the pools whose selectors match its node, and prints
 // what it got. It stops at the first error.
 func assign(ctx context.Context, w io.Writer, a *ipam.Allocator, pods []pod) error {
-	pools, err := a.Pools(ctx)
-	if err != nil {
-		return err
-	}
 	for _, p := range pods {
 		named, err := requestedPools(p)
 		if err != nil {
@@ -175,7 +171,7 @@ func assign(ctx context.Context, w io.Writer, a *ipam.Allocator, pods []pod) err
 			how = fmt.Sprintf("IPv4Pools: %q", named)
 		}
 		fmt.Fprintf(w, "  %-15s on %s (rack=%s)  %-17s from %-12s  %s\n",
-			p.namespace+"/"+p.name, p.node, nodes[p.node]["rack"], addr.Prefix(), poolOf(pools, addr.Addr), how)
+			p.namespace+"/"+p.name, p.node, nodes[p.node]["rack"], addr.Prefix(), addr.Pool, how)
 	}
 	return nil
 }
@@ -211,14 +207,4 @@ func explain(w io.Writer, err error) error {
 		fmt.Fprintf(w, "    %-17s %s\n", r.Reason, r)
 	}
 	return nil
-}
-
-// poolOf returns the name of the pool holding addr.
-func poolOf(pools []pool.Pool, addr netip.Addr) string {
-	for _, p := range pools {
-		if p.CIDR.Contains(addr) {
-			return p.Name
-		}
-	}
-	return "(none)"
 }
