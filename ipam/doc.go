@@ -34,6 +34,26 @@
 // the sequence number, so that a late release never frees a reassigned
 // address), or everything of a handle with [Allocator.ReleaseByHandle].
 //
+// # Keeping addresses apart
+//
+// A [Reservation] keeps CIDRs out of automatic assignment (Calico's
+// IPReservation). [Config].ReleaseCooldown keeps a released address from
+// being assigned again for a while, so that a new owner never gets an
+// address its previous owner may still be using. [Allocator.Utilization]
+// counts reserved and cooling addresses apart from free ones.
+//
+// # Trust under faults
+//
+// [Allocator.Check] reads the whole store and reports every inconsistency
+// in a machine-readable [Report], as `calicoctl ipam check` does;
+// [Allocator.Repair] fixes what is safe to fix and says what it did. A
+// [Collector] finds and releases leaked addresses, as Calico's
+// kube-controllers garbage collector does: a liveness oracle, a grace
+// period, all-or-none per handle, a re-check before release, and release
+// by sequence number. [storetest.FaultyStore] fails or crashes a store at a
+// chosen operation; carve's tests crash a workload at every one of its
+// operations and show that Check then finds only what Repair fixes.
+//
 // # Where carve differs from Calico
 //
 //   - Handle counts are exact; Calico raises them by the count requested.
@@ -50,6 +70,10 @@
 //   - The pool set is one record, so two processes creating overlapping
 //     pools at once cannot both succeed, and a pool cannot be created over
 //     leftover blocks of a different size.
+//   - A failed AutoAssign leaves nothing behind: no address, no handle, no
+//     claimed block.
+//   - The consistency check, its repair and the leak collector are library
+//     functions, not separate programs.
 //
 // # Concurrency and crash safety
 //
