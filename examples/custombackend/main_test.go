@@ -3,16 +3,13 @@ package main
 import (
 	"bytes"
 	"errors"
-	"flag"
-	"os"
 	"path/filepath"
 	"testing"
 
+	"github.com/carve-ipam/carve/internal/golden"
 	"github.com/carve-ipam/carve/ipam"
 	"github.com/carve-ipam/carve/ipam/storetest"
 )
-
-var update = flag.Bool("update", false, "rewrite testdata/output.golden")
 
 // TestConformance proves Store with the suite every backend runs, in memory
 // and kept in a file.
@@ -53,20 +50,5 @@ func TestOutput(t *testing.T) {
 	if err := run(t.Context(), &out); err != nil {
 		t.Fatal(err)
 	}
-	const golden = "testdata/output.golden"
-	if *update {
-		if err := os.MkdirAll("testdata", 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(golden, out.Bytes(), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	want, err := os.ReadFile(golden)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !bytes.Equal(out.Bytes(), want) {
-		t.Errorf("output changed (go test ./examples/custombackend -update to accept):\n%s", out.String())
-	}
+	golden.Check(t, out.Bytes(), "testdata/output.golden")
 }

@@ -2,12 +2,10 @@ package main
 
 import (
 	"bytes"
-	"flag"
-	"os"
 	"testing"
-)
 
-var update = flag.Bool("update", false, "rewrite testdata/output.golden")
+	"github.com/carve-ipam/carve/internal/golden"
+)
 
 // TestOutput runs the example and compares what it prints with the golden
 // file.
@@ -16,20 +14,5 @@ func TestOutput(t *testing.T) {
 	if err := run(t.Context(), &out); err != nil {
 		t.Fatal(err)
 	}
-	const golden = "testdata/output.golden"
-	if *update {
-		if err := os.MkdirAll("testdata", 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(golden, out.Bytes(), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	want, err := os.ReadFile(golden)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !bytes.Equal(out.Bytes(), want) {
-		t.Errorf("output changed (go test ./examples/multipool -update to accept):\n%s", out.String())
-	}
+	golden.Check(t, out.Bytes(), "testdata/output.golden")
 }

@@ -1,0 +1,35 @@
+// Package golden compares a test's output with a golden file, for the
+// examples' tests. Run a test with -update to rewrite its golden file.
+package golden
+
+import (
+	"bytes"
+	"flag"
+	"os"
+	"path/filepath"
+	"testing"
+)
+
+var update = flag.Bool("update", false, "rewrite the golden files")
+
+// Check fails t unless got equals the contents of the golden file at path
+// (relative to the test's package), printing got so a reader sees what
+// changed. With -update it writes got to the file instead.
+func Check(t testing.TB, got []byte, path string) {
+	t.Helper()
+	if *update {
+		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(path, got, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Errorf("output differs from %s (go test -update to accept it):\n%s", path, got)
+	}
+}
