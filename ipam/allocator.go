@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -53,13 +52,13 @@ type Allocator struct {
 
 	view atomic.Pointer[view]
 
-	// Caches, each bounded and started over when full. They only save reads:
-	// every write is checked by compare-and-swap.
-	mu         sync.RWMutex
-	nodes      map[block.Affinity]*nodeBlocks
-	blocks     map[netip.Prefix]*blockEntry
-	nodeAttr   map[string]map[string]string
-	handleVals map[handleCount][]byte
+	// Caches (see cache): blocks as last read or written, the blocks each
+	// node holds, the shared attribute map of each node, and the encoded
+	// value of single-block handle records.
+	blocks     cache[netip.Prefix, *blockEntry]
+	nodes      cache[block.Affinity, *nodeBlocks]
+	nodeAttr   cache[string, map[string]string]
+	handleVals cache[handleCount, []byte]
 }
 
 // New returns an allocator on store.
@@ -75,10 +74,6 @@ func New(store Store, opts Options) (*Allocator, error) {
 		now:        opts.Now,
 		retries:    opts.MaxRetries,
 		reclaimAge: opts.ReclaimAge,
-		nodes:      map[block.Affinity]*nodeBlocks{},
-		blocks:     map[netip.Prefix]*blockEntry{},
-		nodeAttr:   map[string]map[string]string{},
-		handleVals: map[handleCount][]byte{},
 	}
 	a.gens, _ = store.(Generations)
 	if a.now == nil {
@@ -240,13 +235,24 @@ func (a *Allocator) SetConfig(ctx context.Context, c Config) error {
 		if err != nil {
 			return err
 		}
-		if v.configRev == 0 {
-			_, err = a.store.Create(ctx, KindConfig, singletonKey, value)
-		} else {
-			_, err = a.store.Update(ctx, KindConfig, singletonKey, value, v.configRev)
-		}
-		return err
+		return a.putSingleton(ctx, KindConfig, value, v.configRev)
 	})
+}
+
+// putSingleton writes the one record of a kind (pools, config) over the
+// revision read, creating it when rev is 0. A record that vanished in
+// between counts as a lost race.
+func (a *Allocator) putSingleton(ctx context.Context, kind Kind, value []byte, rev Revision) error {
+	var err error
+	if rev == 0 {
+		_, err = a.store.Create(ctx, kind, singletonKey, value)
+	} else {
+		_, err = a.store.Update(ctx, kind, singletonKey, value, rev)
+	}
+	if errors.Is(err, ErrNotFound) {
+		err = fmt.Errorf("%w: %w", errRecordMoved, err)
+	}
+	return err
 }
 
 // retry runs f until it succeeds, fails with an error other than a

@@ -12,10 +12,6 @@ import (
 	"github.com/carve-ipam/carve/block"
 )
 
-// maxCachedBlocks bounds the block cache; past it the cache starts over.
-// The cache only saves reads: every write is checked by compare-and-swap.
-const maxCachedBlocks = 1 << 14
-
 // blockEntry caches one block as last read or written, with its revision.
 // Its mutex is held across a whole read-modify-write, so callers in this
 // process take turns on a block instead of racing each other's CAS.
@@ -65,22 +61,9 @@ func (e *blockEntry) confirm() error {
 
 // entry returns the cache entry of the block with prefix p.
 func (a *Allocator) entry(p netip.Prefix) *blockEntry {
-	a.mu.RLock()
-	e := a.blocks[p]
-	a.mu.RUnlock()
-	if e != nil {
-		return e
-	}
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	if e = a.blocks[p]; e == nil {
-		if len(a.blocks) >= maxCachedBlocks {
-			clear(a.blocks)
-		}
-		e = &blockEntry{key: blockKey(p), name: p.String(), prefix: p}
-		a.blocks[p] = e
-	}
-	return e
+	return a.blocks.getOrMake(p, func() *blockEntry {
+		return &blockEntry{key: blockKey(p), name: p.String(), prefix: p}
+	})
 }
 
 // load reads the block from the store. The caller holds e.mu.

@@ -32,6 +32,22 @@ func (h *handleTx) init(a *Allocator, id string, assumeNew bool) {
 	*h = handleTx{a: a, id: id, known: assumeNew}
 }
 
+// open starts tracking an existing handle for op: it checks the ID and
+// reads the record, failing with ErrHandleNotFound when there is none.
+func (h *handleTx) open(ctx context.Context, a *Allocator, op, id string) error {
+	if err := checkHandle(op, id); err != nil {
+		return err
+	}
+	h.init(a, id, false)
+	if err := h.read(ctx); err != nil {
+		return err
+	}
+	if h.rev == 0 {
+		return fmt.Errorf("ipam: %s %q: %w", op, id, ErrHandleNotFound)
+	}
+	return nil
+}
+
 func (h *handleTx) read(ctx context.Context) error {
 	rec, err := h.a.store.Get(ctx, KindHandle, h.id)
 	switch {
@@ -123,19 +139,5 @@ func (a *Allocator) handleValue(r *handleRecord) []byte {
 	if len(es) != 1 {
 		return r.appendBinary(nil)
 	}
-	c := es[0]
-	a.mu.RLock()
-	v, ok := a.handleVals[c]
-	a.mu.RUnlock()
-	if ok {
-		return v
-	}
-	v = r.appendBinary(nil)
-	a.mu.Lock()
-	if len(a.handleVals) >= maxCachedBlocks {
-		clear(a.handleVals)
-	}
-	a.handleVals[c] = v
-	a.mu.Unlock()
-	return v
+	return a.handleVals.getOrMake(es[0], func() []byte { return r.appendBinary(nil) })
 }

@@ -71,22 +71,7 @@ func checkAttrs(op string, attrs map[string]string) error {
 // one map, which blocks keep without copying: no allocation on the hot path.
 func (a *Allocator) ownerAttrs(node string, attrs map[string]string) map[string]string {
 	if len(attrs) == 0 || (len(attrs) == 1 && attrs[AttrNode] == node) {
-		a.mu.RLock()
-		m := a.nodeAttr[node]
-		a.mu.RUnlock()
-		if m != nil {
-			return m
-		}
-		a.mu.Lock()
-		defer a.mu.Unlock()
-		if m = a.nodeAttr[node]; m == nil {
-			if len(a.nodeAttr) >= maxCachedBlocks {
-				clear(a.nodeAttr)
-			}
-			m = map[string]string{AttrNode: node}
-			a.nodeAttr[node] = m
-		}
-		return m
+		return a.nodeAttr.getOrMake(node, func() map[string]string { return map[string]string{AttrNode: node} })
 	}
 	m := make(map[string]string, len(attrs)+1)
 	for k, v := range attrs {
@@ -110,10 +95,7 @@ func (a *Allocator) affineBlocks(ctx context.Context, owner block.Affinity) ([]n
 	var gen uint64
 	if a.gens != nil {
 		gen = a.gens.Generation(KindAffinity)
-		a.mu.RLock()
-		nb := a.nodes[owner]
-		a.mu.RUnlock()
-		if nb != nil && nb.gen == gen {
+		if nb, ok := a.nodes.get(owner); ok && nb.gen == gen {
 			return nb.blocks, nil
 		}
 	}
@@ -130,12 +112,7 @@ func (a *Allocator) affineBlocks(ctx context.Context, owner block.Affinity) ([]n
 		blocks = append(blocks, blk)
 	}
 	if a.gens != nil {
-		a.mu.Lock()
-		if len(a.nodes) >= maxCachedBlocks {
-			clear(a.nodes)
-		}
-		a.nodes[owner] = &nodeBlocks{gen: gen, blocks: blocks}
-		a.mu.Unlock()
+		a.nodes.put(owner, &nodeBlocks{gen: gen, blocks: blocks})
 	}
 	return blocks, nil
 }

@@ -34,15 +34,7 @@ func (a *Allocator) changePools(ctx context.Context, op string, change func(s *p
 		if err != nil {
 			return err
 		}
-		if v.poolsRev == 0 {
-			_, err = a.store.Create(ctx, KindPool, singletonKey, value)
-		} else {
-			_, err = a.store.Update(ctx, KindPool, singletonKey, value, v.poolsRev)
-		}
-		if errors.Is(err, ErrNotFound) {
-			err = fmt.Errorf("%w: %w", errRecordMoved, err)
-		}
-		return err
+		return a.putSingleton(ctx, KindPool, value, v.poolsRev)
 	})
 }
 

@@ -294,17 +294,9 @@ func sortedKeys(m map[string]int) []string {
 // It fails with ErrHandleNotFound when the handle holds nothing, so callers
 // that release twice can tell (and may ignore it).
 func (a *Allocator) ReleaseByHandle(ctx context.Context, handle string) ([]netip.Addr, error) {
-	const op = "release by handle"
-	if err := checkHandle(op, handle); err != nil {
-		return nil, err
-	}
 	var h handleTx
-	h.init(a, handle, false)
-	if err := h.read(ctx); err != nil {
+	if err := h.open(ctx, a, "release by handle", handle); err != nil {
 		return nil, err
-	}
-	if h.rev == 0 {
-		return nil, fmt.Errorf("ipam: %s %q: %w", op, handle, ErrHandleNotFound)
 	}
 	v, err := a.loadView(ctx)
 	if err != nil {
@@ -356,17 +348,9 @@ func (a *Allocator) ReleaseByHandle(ctx context.Context, handle string) ([]netip
 // IPsByHandle returns the addresses held by handle, read fresh from the
 // store. A handle that holds nothing gives ErrHandleNotFound.
 func (a *Allocator) IPsByHandle(ctx context.Context, handle string) ([]netip.Addr, error) {
-	const op = "addresses of handle"
-	if err := checkHandle(op, handle); err != nil {
-		return nil, err
-	}
 	var h handleTx
-	h.init(a, handle, false)
-	if err := h.read(ctx); err != nil {
+	if err := h.open(ctx, a, "addresses of handle", handle); err != nil {
 		return nil, err
-	}
-	if h.rev == 0 {
-		return nil, fmt.Errorf("ipam: %s %q: %w", op, handle, ErrHandleNotFound)
 	}
 	var out []netip.Addr
 	for _, hc := range h.rec.entries() {

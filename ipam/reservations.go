@@ -93,18 +93,8 @@ func (a *Allocator) UpdateReservation(ctx context.Context, r Reservation) error 
 	if err != nil {
 		return err
 	}
-	return a.retry(ctx, op, r.Name, func() error {
-		rec, err := a.store.Get(ctx, KindReservation, r.Name)
-		if errors.Is(err, ErrNotFound) {
-			return fmt.Errorf("ipam: %s %q: %w", op, r.Name, ErrReservationNotFound)
-		}
-		if err != nil {
-			return err
-		}
-		_, err = a.store.Update(ctx, KindReservation, r.Name, value, rec.Revision)
-		if errors.Is(err, ErrNotFound) {
-			err = fmt.Errorf("%w: %w", errRecordMoved, err)
-		}
+	return a.changeReservation(ctx, op, r.Name, func(rev Revision) error {
+		_, err := a.store.Update(ctx, KindReservation, r.Name, value, rev)
 		return err
 	})
 }
@@ -115,6 +105,14 @@ func (a *Allocator) DeleteReservation(ctx context.Context, name string) error {
 	if err := checkNode(op, name); err != nil {
 		return err
 	}
+	return a.changeReservation(ctx, op, name, func(rev Revision) error {
+		return a.store.Delete(ctx, KindReservation, name, rev)
+	})
+}
+
+// changeReservation reads the reservation's revision and hands it to write,
+// retrying when another writer got there first.
+func (a *Allocator) changeReservation(ctx context.Context, op, name string, write func(Revision) error) error {
 	return a.retry(ctx, op, name, func() error {
 		rec, err := a.store.Get(ctx, KindReservation, name)
 		if errors.Is(err, ErrNotFound) {
@@ -123,7 +121,7 @@ func (a *Allocator) DeleteReservation(ctx context.Context, name string) error {
 		if err != nil {
 			return err
 		}
-		err = a.store.Delete(ctx, KindReservation, name, rec.Revision)
+		err = write(rec.Revision)
 		if errors.Is(err, ErrNotFound) {
 			err = fmt.Errorf("%w: %w", errRecordMoved, err)
 		}

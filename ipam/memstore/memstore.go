@@ -179,12 +179,8 @@ func (s *Store) Update(ctx context.Context, kind ipam.Kind, key string, value []
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	recs := &s.kinds[kind]
-	e, ok := recs.byKey[key]
-	switch {
-	case !ok:
-		return 0, fmt.Errorf("memstore: update %s %q: %w", kind, key, ipam.ErrNotFound)
-	case e.rev != rev:
-		return 0, fmt.Errorf("memstore: update %s %q at revision %d (now %d): %w", kind, key, rev, e.rev, ipam.ErrConflict)
+	if err := recs.check("update", kind, key, rev); err != nil {
+		return 0, err
 	}
 	s.rev++
 	newRev := ipam.Revision(s.rev)
@@ -204,16 +200,25 @@ func (s *Store) Delete(ctx context.Context, kind ipam.Kind, key string, rev ipam
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	recs := &s.kinds[kind]
-	e, ok := recs.byKey[key]
-	switch {
-	case !ok:
-		return fmt.Errorf("memstore: delete %s %q: %w", kind, key, ipam.ErrNotFound)
-	case e.rev != rev:
-		return fmt.Errorf("memstore: delete %s %q at revision %d (now %d): %w", kind, key, rev, e.rev, ipam.ErrConflict)
+	if err := recs.check("delete", kind, key, rev); err != nil {
+		return err
 	}
 	delete(recs.byKey, key)
 	recs.dirty = true
 	s.gens[kind].Add(1)
+	return nil
+}
+
+// check reports whether key is at revision rev, for a compare-and-swap
+// write. The caller holds the store's lock.
+func (r *records) check(op string, kind ipam.Kind, key string, rev ipam.Revision) error {
+	e, ok := r.byKey[key]
+	switch {
+	case !ok:
+		return fmt.Errorf("memstore: %s %s %q: %w", op, kind, key, ipam.ErrNotFound)
+	case e.rev != rev:
+		return fmt.Errorf("memstore: %s %s %q at revision %d (now %d): %w", op, kind, key, rev, e.rev, ipam.ErrConflict)
+	}
 	return nil
 }
 
