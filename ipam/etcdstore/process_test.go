@@ -448,6 +448,8 @@ func TestKill(t *testing.T) {
 		left := st.check(t, checkMode{highCounts: true, staleIndex: true})
 		t.Logf("kill %d after %d operations: %d handle counts too high, %d stale affinity index entries (cumulative)",
 			round+1, l.ops(), left.highCounts, left.staleIndex)
+		// The engine's own checker agrees, and calls all of it repairable.
+		checkReport(t, a, left)
 		// Every assignment the child reported stays, unless it started to
 		// release it; every release it reported is done.
 		checkHeld(t, a, st, l.held(), false)
@@ -497,9 +499,45 @@ func TestKill(t *testing.T) {
 		repaired++
 	}
 	st = readState(t, s, scenePools)
-	st.check(t, checkMode{staleIndex: true})
+	left := st.check(t, checkMode{staleIndex: true})
 	checkHeld(t, a, st, after.held(), true)
-	t.Logf("released %d handles left by the killed processes; the store is consistent", repaired)
+	checkReport(t, a, left)
+	// What is left, stale index entries, is for Repair.
+	actions, rep, err := a.Repair(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !rep.Clean() {
+		t.Errorf("after Repair, Check reports %v", rep.Problems)
+	}
+	readState(t, s, scenePools).check(t, checkMode{})
+	t.Logf("released %d handles left by the killed processes, Repair took %d actions; the store is consistent", repaired, len(actions))
+}
+
+// checkReport runs the allocator's Check and expects exactly the leftovers
+// the independent check found, all repairable.
+func checkReport(t *testing.T, a *ipam.Allocator, want leftovers) {
+	t.Helper()
+	rep, err := a.Check(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got leftovers
+	for _, p := range rep.Problems {
+		switch {
+		case !p.Repairable:
+			t.Errorf("Check reports an unrepairable problem: %v", p)
+		case p.Kind == ipam.ProblemHandleExcess:
+			got.highCounts++
+		case p.Kind == ipam.ProblemAffinityStale:
+			got.staleIndex++
+		default:
+			t.Errorf("Check reports a problem a crash should not leave: %v", p)
+		}
+	}
+	if got != want {
+		t.Errorf("Check finds %+v, the independent check %+v", got, want)
+	}
 }
 
 func isSubset(sub, of []netip.Addr) bool {
