@@ -361,8 +361,7 @@ func TestProcesses(t *testing.T) {
 	var assigns, releases, noSpace int
 	for _, p := range procs {
 		l := p.wait(t, false)
-		maps := l.held()
-		for h, addrs := range maps {
+		for h, addrs := range l.held() {
 			held[h] = addrs
 		}
 		assigns += len(l.assigned)
