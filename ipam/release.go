@@ -311,7 +311,7 @@ func (a *Allocator) ReleaseByHandle(ctx context.Context, handle string) ([]netip
 	for _, hc := range append(todo[:0], h.rec.entries()...) {
 		e := a.entry(hc.block)
 		e.lock()
-		err := a.retry(ctx, "release handle "+handle+" from block", e.name, func() error {
+		err := a.retry(ctx, "release by handle from block", e.name, func() error {
 			if err := a.ensure(ctx, e); err != nil {
 				return err
 			}
