@@ -2,38 +2,25 @@ package main
 
 import (
 	"bytes"
-	"flag"
 	"os"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/carve-ipam/carve/internal/golden"
 	"github.com/carve-ipam/carve/ipam/etcdstore/internal/embedetcd"
 )
 
-var update = flag.Bool("update", false, "rewrite testdata/output.golden")
-
-const golden = "testdata/output.golden"
+const goldenFile = "testdata/output.golden"
 
 // TestOutput runs the example with its embedded etcd and compares what it
-// prints with the golden file.
+// prints with the golden file (go test ./example -update rewrites it).
 func TestOutput(t *testing.T) {
 	var out bytes.Buffer
 	if err := run(t.Context(), &out, config{dataDir: t.TempDir(), prefix: "/carve-example/"}); err != nil {
 		t.Fatal(err)
 	}
-	if *update {
-		if err := os.WriteFile(golden, out.Bytes(), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	want, err := os.ReadFile(golden)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !bytes.Equal(out.Bytes(), want) {
-		t.Errorf("example output changed (go test ./example -update to accept):\n%s", out.String())
-	}
+	golden.Check(t, out.Bytes(), goldenFile)
 }
 
 // TestOutputWithEndpoint runs the example twice against an etcd given by
@@ -45,7 +32,7 @@ func TestOutputWithEndpoint(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer srv.Close()
-	want, err := os.ReadFile(golden)
+	want, err := os.ReadFile(goldenFile)
 	if err != nil {
 		t.Fatal(err)
 	}
