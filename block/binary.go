@@ -8,6 +8,8 @@ import (
 	"strings"
 	"time"
 	"unsafe"
+
+	"github.com/carve-ipam/carve/internal/ipmath"
 )
 
 // version is the first byte of the binary encoding. Version 2 is version 1
@@ -218,6 +220,45 @@ func (b *Block) UnmarshalBinary(data []byte) error {
 	return nil
 }
 
+// Summary is what the start of a block's encoding says, read without
+// decoding the block: see Peek.
+type Summary struct {
+	Prefix   netip.Prefix
+	Affinity Affinity
+	Seq      uint64
+	// Size, Used and Reserved are as the Block methods of those names;
+	// Free is Size - Used - Reserved.
+	Size, Used, Reserved int
+}
+
+// Free returns the number of addresses neither allocated nor reserved.
+func (s Summary) Free() int { return s.Size - s.Used - s.Reserved }
+
+// Peek reads the prefix, affinity, counter and counts of an encoded block
+// without decoding its allocations, to pick blocks worth decoding. It checks
+// only what it reads: a block Peek accepts may still fail UnmarshalBinary.
+func Peek(data []byte) (Summary, error) {
+	d := decoder{data: data}
+	var b Block
+	if _, err := d.header(&b, true); err != nil {
+		return Summary{}, err
+	}
+	nres, err := d.count("reserved count", b.size, 1)
+	if err != nil {
+		return Summary{}, err
+	}
+	for range nres {
+		if _, err := d.uvarint("reserved address"); err != nil {
+			return Summary{}, err
+		}
+	}
+	used, err := d.count("allocation count", b.size-nres, 3)
+	if err != nil {
+		return Summary{}, err
+	}
+	return Summary{Prefix: b.prefix, Affinity: b.aff, Seq: b.seq, Size: b.size, Used: used, Reserved: nres}, nil
+}
+
 // decoder reads the binary encoding. Errors carry the byte offset.
 type decoder struct {
 	data   []byte
@@ -295,26 +336,29 @@ func (d *decoder) string(what string) (string, error) {
 	return str, nil
 }
 
-func (d *decoder) block(b *Block) error {
+// header reads the encoding up to the reserved addresses (version, prefix,
+// counter, cursor, affinity) into b and returns the version. With peek set
+// it fills only the fields Peek reports, allocating nothing.
+func (d *decoder) header(b *Block, peek bool) (byte, error) {
 	v, err := d.byte("version")
 	if err != nil {
-		return err
+		return 0, err
 	}
 	if v != version && v != versionReleased {
 		d.off--
-		return d.fail("unsupported version %d (want %d or %d)", v, version, versionReleased)
+		return 0, d.fail("unsupported version %d (want %d or %d)", v, version, versionReleased)
 	}
 	fam, err := d.byte("family")
 	if err != nil {
-		return err
+		return 0, err
 	}
 	if fam != 4 && fam != 6 {
 		d.off--
-		return d.fail("family %d, want 4 or 6", fam)
+		return 0, d.fail("family %d, want 4 or 6", fam)
 	}
 	nbits, err := d.byte("prefix length")
 	if err != nil {
-		return err
+		return 0, err
 	}
 	alen := 4
 	if fam == 6 {
@@ -322,36 +366,47 @@ func (d *decoder) block(b *Block) error {
 	}
 	raw, err := d.bytes(alen, "address")
 	if err != nil {
-		return err
+		return 0, err
 	}
 	a, _ := netip.AddrFromSlice(raw)
 	at := d.off - alen - 1 // the prefix length byte
 	if int(nbits) > a.BitLen() {
-		return d.failPrefix(at, netip.Prefix{}, fmt.Sprintf("prefix length %d longer than %d bits", nbits, a.BitLen()))
+		return 0, d.failPrefix(at, netip.Prefix{}, fmt.Sprintf("prefix length %d longer than %d bits", nbits, a.BitLen()))
 	}
 	p := netip.PrefixFrom(a, int(nbits))
 	if problem := prefixProblem(p); problem != "" {
-		return d.failPrefix(at, p, problem)
+		return 0, d.failPrefix(at, p, problem)
 	}
-	_ = b.init(p, 0) // cannot fail now
+	if peek {
+		b.prefix, b.size = p, 1<<ipmath.HostBits(p)
+	} else {
+		_ = b.init(p, 0) // cannot fail now
+	}
 	d.prefix = p
 	seq, err := d.bytes(8, "sequence number")
 	if err != nil {
-		return err
+		return 0, err
 	}
 	b.seq = binary.BigEndian.Uint64(seq)
 	cur, err := d.uvarint("cursor")
 	if err != nil {
-		return err
+		return 0, err
 	}
 	if cur >= uint64(b.size) {
-		return d.fail("cursor %d outside the block's %d addresses", cur, b.size)
+		return 0, d.fail("cursor %d outside the block's %d addresses", cur, b.size)
 	}
 	b.cursor = int(cur)
 	if err := d.affinity(b); err != nil {
+		return 0, err
+	}
+	return v, nil
+}
+
+func (d *decoder) block(b *Block) error {
+	v, err := d.header(b, false)
+	if err != nil {
 		return err
 	}
-
 	nres, err := d.count("reserved count", b.size, 1)
 	if err != nil {
 		return err

@@ -147,3 +147,28 @@ func TestCooldownNoAllocs(t *testing.T) {
 	})
 	require.Zero(t, allocs)
 }
+
+func TestPeek(t *testing.T) {
+	b := goldenV2Block(t)
+	b.SetAffinity(block.Host("node-1"), time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
+	require.NoError(t, b.Reserve(netip.MustParseAddr("10.0.0.3")))
+	data, err := b.MarshalBinary()
+	require.NoError(t, err)
+	sum, err := block.Peek(data)
+	require.NoError(t, err)
+	require.Equal(t, block.Summary{Prefix: b.Prefix(), Affinity: block.Host("node-1"), Seq: b.Seq(), Size: 4, Used: 1, Reserved: 1}, sum)
+	require.Equal(t, 2, sum.Free())
+	for _, bad := range [][]byte{nil, {9}, data[:20], data[:len(data)-len(data)/3]} {
+		if _, err := block.Peek(bad); err == nil && len(bad) < 40 {
+			t.Errorf("Peek(%x) accepted a truncated header", bad)
+		}
+	}
+}
+
+func TestPeekNoAllocs(t *testing.T) {
+	b, _ := block.New(netip.MustParsePrefix("10.0.0.0/20"))
+	b.Allocate(nil, 100, block.Owner{Handle: "h"})
+	data, _ := b.MarshalBinary()
+	allocs := testing.AllocsPerRun(100, func() { _, _ = block.Peek(data) })
+	require.Zero(t, allocs)
+}

@@ -59,6 +59,15 @@ func FuzzUnmarshalBinary(f *testing.F) {
 		}
 		var b block.Block
 		err := b.UnmarshalBinary(data)
+		// Peek never panics, and agrees with the decoder on what both accept.
+		if sum, perr := block.Peek(data); perr == nil && err == nil {
+			if sum.Prefix != b.Prefix() || sum.Affinity != b.Affinity() || sum.Seq != b.Seq() ||
+				sum.Size != b.Size() || sum.Used != b.Used() || sum.Reserved != b.Reserved() || sum.Free() != b.Free() {
+				t.Fatalf("Peek = %+v, the block says %v", sum, &b)
+			}
+		} else if err == nil {
+			t.Fatalf("Peek refused a block UnmarshalBinary accepts: %v", perr)
+		}
 		// Decoding into a used block gives the same answer.
 		reused := goldenBlock(t)
 		if err2 := reused.UnmarshalBinary(data); (err == nil) != (err2 == nil) || !reused.Equal(&b) {

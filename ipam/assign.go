@@ -89,6 +89,8 @@ type assignOp struct {
 	// holds: once the operation succeeds, those whose pool no longer
 	// selects the node are given up if empty.
 	unselected []netip.Prefix
+	// listed keeps, per pool, the blocks a claim listed, for borrowing.
+	listed map[string][]Record
 }
 
 // AutoAssign assigns addresses from the pools that qualify for the request,
@@ -281,26 +283,40 @@ func (a *Allocator) assignFamily(ctx context.Context, o *assignOp, fam pool.Fami
 	// The cached copy of a block may call it full when another allocator has
 	// since freed addresses; such blocks get a fresh read before the node
 	// claims a new block.
-	var stale []netip.Prefix
+	var stale, gone []netip.Prefix
 	for _, blk := range mine {
 		if len(out) == n {
 			return out, "", nil
 		}
-		full, err := a.assignFrom(ctx, o, &out, pools[poolOf(pools, blk)].Name, blk, n-len(out), true, false)
+		r, err := a.assignFrom(ctx, o, &out, pools[poolOf(pools, blk)].Name, blk, n-len(out), true, false)
 		if err != nil {
 			return out, "", err
 		}
-		if full {
+		switch r {
+		case fromFull:
 			stale = append(stale, blk)
+		case fromNotMine:
+			gone = append(gone, blk)
 		}
 	}
 	for _, blk := range stale {
 		if len(out) == n {
 			return out, "", nil
 		}
-		if _, err := a.assignFrom(ctx, o, &out, pools[poolOf(pools, blk)].Name, blk, n-len(out), true, true); err != nil {
+		r, err := a.assignFrom(ctx, o, &out, pools[poolOf(pools, blk)].Name, blk, n-len(out), true, true)
+		if err != nil {
 			return out, "", err
 		}
+		if r == fromNotMine {
+			gone = append(gone, blk)
+		}
+	}
+	// Index entries whose block is gone or not the node's (a crash in the
+	// middle of a claim or a release leaves them) do not count as held
+	// blocks, and are removed.
+	for _, blk := range gone {
+		mine = slices.DeleteFunc(mine, func(p netip.Prefix) bool { return p == blk })
+		_ = a.dropIndex(ctx, affinityKey(o.aff.String(), blk), 0) // best effort: Repair finds what is left
 	}
 
 	// 2. New blocks claimed for the node.
@@ -318,9 +334,15 @@ func (a *Allocator) assignFamily(ctx context.Context, o *assignOp, fam pool.Fami
 					why = append(why, fmt.Sprintf("node holds %d blocks, the maxBlocksPerHost limit", len(mine)))
 					break claims
 				}
-				blk, ok, err := a.claim(ctx, o.v, p, o.aff, slices.Clone(mine))
+				blk, ok, listed, err := a.claim(ctx, o.v, p, o.aff, slices.Clone(mine))
 				if err != nil {
 					return out, "", err
+				}
+				if listed != nil {
+					if o.listed == nil {
+						o.listed = map[string][]Record{}
+					}
+					o.listed[p.Name] = listed
 				}
 				if !ok {
 					break
@@ -388,27 +410,42 @@ func poolOf(pools []*pool.Pool, blk netip.Prefix) int {
 	return -1
 }
 
+// fromResult says what assignFrom found.
+type fromResult int
+
+const (
+	fromTook    fromResult = iota // took what it could (perhaps fewer than asked, perhaps none)
+	fromFull                      // the cached copy has no free address: confirm with fresh set
+	fromNotMine                   // mine was set and the block, read fresh, is gone or not the node's
+)
+
 // assignFrom assigns up to want addresses from one block, appending them
 // to out. With mine set the block must be affine to the node (else nothing
-// is taken); fresh forces a read of the block first. It reports whether the
-// cached block was full, which the caller confirms later with fresh set.
-func (a *Allocator) assignFrom(ctx context.Context, o *assignOp, out *[]Assigned, poolName string, blk netip.Prefix, want int, mine, fresh bool) (bool, error) {
+// is taken); fresh forces a read of the block first.
+func (a *Allocator) assignFrom(ctx context.Context, o *assignOp, out *[]Assigned, poolName string, blk netip.Prefix, want int, mine, fresh bool) (fromResult, error) {
 	e := a.entry(blk)
 	e.lock()
 	defer e.unlock()
 	if fresh {
 		e.loaded = false
 	}
-	full := false
+	res := fromTook
 	err := a.retry(ctx, "assign from block", e.name, func() error {
+		res = fromTook
 		if err := a.ensure(ctx, e); err != nil {
 			return err
 		}
 		if e.blk == nil || (mine && e.blk.Affinity() != o.aff) {
-			return e.confirm() // gone, or no longer ours: make sure
+			if err := e.confirm(); err != nil {
+				return err // a cached copy: read it and look again
+			}
+			if mine {
+				res = fromNotMine
+			}
+			return nil
 		}
 		if e.blk.Free() == 0 {
-			full = true
+			res = fromFull
 			return nil
 		}
 		next := e.stage()
@@ -416,7 +453,7 @@ func (a *Allocator) assignFrom(ctx context.Context, o *assignOp, out *[]Assigned
 		addrs, seq := next.AllocateWith(buf[:0], want, o.owner, o.v.allocOptions(blk, a.now))
 		k := len(addrs)
 		if k == 0 {
-			full = true
+			res = fromFull
 			return nil
 		}
 		// The handle first: a crash between the two writes leaves a count
@@ -435,7 +472,7 @@ func (a *Allocator) assignFrom(ctx context.Context, o *assignOp, out *[]Assigned
 		}
 		return nil
 	})
-	return full, err
+	return res, err
 }
 
 // dropUnselected gives up the node's affinity to the blocks o found whose
@@ -523,7 +560,7 @@ func (a *Allocator) AssignIP(ctx context.Context, args AssignIPArgs) (Assigned, 
 			// No block yet: claim it for the node. If another node got
 			// there first, the block now loaded is theirs: assign into it
 			// like any existing block.
-			if err := a.claimLocked(ctx, e, aff); err != nil && !errors.Is(err, ErrAffinityConflict) {
+			if err := a.claimLocked(ctx, e, aff, false); err != nil && !errors.Is(err, ErrAffinityConflict) {
 				return err
 			}
 		}

@@ -21,7 +21,10 @@ const claimProbes = 4
 // that does not exist yet, or failing that an empty block of another node
 // old enough to reclaim. held lists the blocks the node holds already,
 // which the walk passes over. It reports false when the pool has neither.
-func (a *Allocator) claim(ctx context.Context, v *view, p *pool.Pool, aff block.Affinity, held []netip.Prefix) (netip.Prefix, bool, error) {
+//
+// It also returns the pool's blocks when it had to list them, so that
+// borrowing need not list them again.
+func (a *Allocator) claim(ctx context.Context, v *view, p *pool.Pool, aff block.Affinity, held []netip.Prefix) (netip.Prefix, bool, []Record, error) {
 	if v.hasReserved {
 		held = append(held, reservedSkip(v.reserved, p.CIDR, p.BlockSize)...)
 	}
@@ -34,12 +37,12 @@ func (a *Allocator) claim(ctx context.Context, v *view, p *pool.Pool, aff block.
 			if v.hasReserved && v.reserved.ContainsPrefix(blk) {
 				continue // reserved whole by several smaller reservations
 			}
-			ok, err := a.tryClaim(ctx, blk, aff)
+			ok, err := a.tryClaim(ctx, blk, aff, probes > 0 || listed)
 			if err != nil {
-				return netip.Prefix{}, false, err
+				return netip.Prefix{}, false, existing, err
 			}
 			if ok {
-				return blk, true, nil
+				return blk, true, existing, nil
 			}
 			probes++
 			if probes >= claimProbes && !listed || probes >= a.retries {
@@ -52,7 +55,7 @@ func (a *Allocator) claim(ctx context.Context, v *view, p *pool.Pool, aff block.
 		// Crowded pool: read which blocks exist and walk past them.
 		recs, err := a.store.List(ctx, KindBlock, blockRange(p.CIDR))
 		if err != nil {
-			return netip.Prefix{}, false, fmt.Errorf("ipam: list blocks of pool %q: %w", p.Name, err)
+			return netip.Prefix{}, false, nil, fmt.Errorf("ipam: list blocks of pool %q: %w", p.Name, err)
 		}
 		existing, listed = recs, true
 		skip = make([]netip.Prefix, 0, len(held)+len(recs))
@@ -63,7 +66,8 @@ func (a *Allocator) claim(ctx context.Context, v *view, p *pool.Pool, aff block.
 			}
 		}
 	}
-	return a.reclaim(ctx, p, aff, existing)
+	blk, ok, err := a.reclaim(ctx, p, aff, existing)
+	return blk, ok, existing, err
 }
 
 // tryClaim creates block blk affine to aff. It reports false, having
@@ -72,11 +76,11 @@ func (a *Allocator) claim(ctx context.Context, v *view, p *pool.Pool, aff block.
 // The index record goes first: a crash before the block is created leaves
 // an index entry without a block (ignored, and removed by Repair), never a
 // block its node cannot find.
-func (a *Allocator) tryClaim(ctx context.Context, blk netip.Prefix, aff block.Affinity) (bool, error) {
+func (a *Allocator) tryClaim(ctx context.Context, blk netip.Prefix, aff block.Affinity, look bool) (bool, error) {
 	e := a.entry(blk)
 	e.lock()
 	defer e.unlock()
-	err := a.retry(ctx, "claim block", e.name, func() error { return a.claimLocked(ctx, e, aff) })
+	err := a.retry(ctx, "claim block", e.name, func() error { return a.claimLocked(ctx, e, aff, look) })
 	if errors.Is(err, ErrAffinityConflict) {
 		return false, nil
 	}
@@ -86,7 +90,22 @@ func (a *Allocator) tryClaim(ctx context.Context, blk netip.Prefix, aff block.Af
 // claimLocked creates e's block affine to aff, or accepts it when it exists
 // with that affinity already; otherwise it fails with ErrAffinityConflict
 // and leaves no index record behind. The caller holds e.mu.
-func (a *Allocator) claimLocked(ctx context.Context, e *blockEntry, aff block.Affinity) error {
+func (a *Allocator) claimLocked(ctx context.Context, e *blockEntry, aff block.Affinity, look bool) error {
+	// Look first, when asked: in a crowded pool most probes find the block
+	// taken, and a read settles that without writing (and undoing) an
+	// index entry. The first probe of a walk usually finds the block free
+	// and goes straight to the writes.
+	if look && !e.fresh {
+		if err := a.load(ctx, e); err != nil {
+			return err
+		}
+	}
+	if e.blk != nil {
+		if e.blk.Affinity() == aff {
+			return nil
+		}
+		return fmt.Errorf("ipam: claim block %s for %s: %w (%s)", e.prefix, aff, ErrAffinityConflict, e.blk.Affinity())
+	}
 	idx := affinityKey(aff.String(), e.prefix)
 	idxRev, err := a.store.Create(ctx, KindAffinity, idx, nil)
 	switch {
@@ -158,10 +177,12 @@ func (a *Allocator) reclaim(ctx context.Context, p *pool.Pool, aff block.Affinit
 	}
 	now := a.now()
 	for _, r := range existing {
-		blk, err := parseBlockKey(r.Key)
-		if err != nil {
+		// Only empty blocks of other nodes are worth decoding.
+		sum, err := block.Peek(r.Value)
+		if err != nil || sum.Used != 0 || sum.Affinity.Kind != block.HostAffinity || sum.Affinity == aff {
 			continue
 		}
+		blk := sum.Prefix
 		b, err := decodeBlock(blk, r.Value)
 		if err != nil || !a.reclaimable(b, aff, now) {
 			continue
@@ -223,11 +244,16 @@ func (a *Allocator) takeOver(ctx context.Context, blk netip.Prefix, aff block.Af
 
 // borrow assigns up to want addresses from existing blocks of pool p that
 // are not affine to the node, appending them to out. It starts at a point
-// that depends on the node so that borrowers spread out.
+// that depends on the node so that borrowers spread out. It uses the
+// blocks a failed claim listed, if any, and decodes only blocks whose
+// header shows free addresses.
 func (a *Allocator) borrow(ctx context.Context, o *assignOp, out *[]Assigned, p *pool.Pool, want int) error {
-	recs, err := a.store.List(ctx, KindBlock, blockRange(p.CIDR))
-	if err != nil {
-		return fmt.Errorf("ipam: list blocks of pool %q: %w", p.Name, err)
+	recs, ok := o.listed[p.Name]
+	if !ok {
+		var err error
+		if recs, err = a.store.List(ctx, KindBlock, blockRange(p.CIDR)); err != nil {
+			return fmt.Errorf("ipam: list blocks of pool %q: %w", p.Name, err)
+		}
 	}
 	start := 0
 	if len(recs) > 0 {
@@ -236,16 +262,16 @@ func (a *Allocator) borrow(ctx context.Context, o *assignOp, out *[]Assigned, p 
 	goal := len(*out) + want
 	for i := range recs {
 		r := recs[(start+i)%len(recs)]
-		blk, err := parseBlockKey(r.Key)
-		if err != nil || blk.Bits() != p.BlockSize {
+		sum, err := block.Peek(r.Value)
+		if err != nil || sum.Prefix.Bits() != p.BlockSize || sum.Free() == 0 || sum.Affinity == o.aff {
 			continue
 		}
-		b, err := decodeBlock(blk, r.Value)
-		if err != nil || b.Free() == 0 || b.Affinity() == o.aff {
+		b, err := decodeBlock(sum.Prefix, r.Value)
+		if err != nil {
 			continue
 		}
-		a.seed(blk, b, r.Revision)
-		if _, err := a.assignFrom(ctx, o, out, p.Name, blk, goal-len(*out), false, false); err != nil {
+		a.seed(sum.Prefix, b, r.Revision)
+		if _, err := a.assignFrom(ctx, o, out, p.Name, sum.Prefix, goal-len(*out), false, false); err != nil {
 			return err
 		}
 		if len(*out) == goal {

@@ -93,7 +93,8 @@ func lastAddr(p netip.Prefix) netip.Addr {
 	return netip.AddrFrom16(b)
 }
 
-// parseBlockKey is the inverse of blockKey.
+// parseBlockKey is the inverse of blockKey. It does not allocate on
+// success: pools list their blocks' keys on the claim path.
 func parseBlockKey(key string) (netip.Prefix, error) {
 	var width int
 	switch {
@@ -108,13 +109,26 @@ func parseBlockKey(key string) (netip.Prefix, error) {
 	if len(rest) < width+2 || rest[width] != '/' {
 		return netip.Prefix{}, fmt.Errorf("block key %q: malformed", key)
 	}
-	raw, err := hex.DecodeString(rest[:width])
-	if err != nil || strings.ToLower(rest[:width]) != rest[:width] {
-		return netip.Prefix{}, fmt.Errorf("block key %q: malformed address", key)
+	var raw [16]byte
+	for i := 0; i < width; i += 2 {
+		hi, ok1 := lowerHex(rest[i])
+		lo, ok2 := lowerHex(rest[i+1])
+		if !ok1 || !ok2 {
+			return netip.Prefix{}, fmt.Errorf("block key %q: malformed address", key)
+		}
+		raw[i/2] = hi<<4 | lo
 	}
-	addr, _ := netip.AddrFromSlice(raw)
-	bits, err := strconv.Atoi(rest[width+1:])
-	if err != nil || bits < 0 || bits > addr.BitLen() || strconv.Itoa(bits) != rest[width+1:] {
+	addr, _ := netip.AddrFromSlice(raw[:width/2])
+	digits := rest[width+1:]
+	bits := 0
+	for i := 0; i < len(digits); i++ {
+		c := digits[i]
+		if c < '0' || c > '9' || (i == 0 && c == '0' && len(digits) > 1) || i > 2 {
+			return netip.Prefix{}, fmt.Errorf("block key %q: malformed prefix length", key)
+		}
+		bits = bits*10 + int(c-'0')
+	}
+	if len(digits) == 0 || bits > addr.BitLen() {
 		return netip.Prefix{}, fmt.Errorf("block key %q: malformed prefix length", key)
 	}
 	p := netip.PrefixFrom(addr, bits)
@@ -122,6 +136,17 @@ func parseBlockKey(key string) (netip.Prefix, error) {
 		return netip.Prefix{}, fmt.Errorf("block key %q: address is not the start of its block", key)
 	}
 	return p, nil
+}
+
+// lowerHex returns the value of a lower-case hex digit.
+func lowerHex(c byte) (byte, bool) {
+	switch {
+	case '0' <= c && c <= '9':
+		return c - '0', true
+	case 'a' <= c && c <= 'f':
+		return c - 'a' + 10, true
+	}
+	return 0, false
 }
 
 // affinityKey returns the index key that records that the block with

@@ -160,3 +160,22 @@ func TestAssignIPv6LargePool(t *testing.T) {
 	u := e.utilization()
 	require.Equal(t, "1208925819614629174706176", u[0].Capacity.String(), "2^80 addresses")
 }
+
+// A claim killed between its index entry and its block leaves a stale
+// entry. It must not count toward MaxBlocksPerHost, and the next
+// assignment for the node removes it.
+func TestStaleIndexEntryNeitherCountsNorStays(t *testing.T) {
+	e := newEnv(t, v4pool("p", "10.10.0.0/26", 29))
+	e.config(ipam.Config{AutoAllocateBlocks: true, StrictAffinity: true, MaxBlocksPerHost: 2})
+	_, err := e.store.Create(e.ctx, ipam.KindAffinity, "host:node-a/v4:0a0a0010/29", nil)
+	require.NoError(t, err)
+
+	got := e.mustAssign4("node-a", "h", 9) // more than one block holds
+	require.Len(t, blocksOf(got), 2)
+	recs, err := e.store.List(e.ctx, ipam.KindAffinity, ipam.KeyRange{})
+	require.NoError(t, err)
+	require.Len(t, recs, 2, "the stale entry is gone, the two real ones stay")
+	r, err := e.a.Check(e.ctx)
+	require.NoError(t, err)
+	require.True(t, r.Clean(), "%v", r.Problems)
+}

@@ -37,11 +37,36 @@ type Store struct {
 
 type records struct {
 	byKey map[string]entry
-	// keys is byKey's keys in order, rebuilt lazily after a create or
-	// delete: lists are rare and creates and deletes of handles are on the
-	// hot path, so ordering is paid for only when someone lists.
+	// keys is byKey's keys in order. Handles are created and deleted on
+	// every assignment but listed only by Check and the collector, so their
+	// order is rebuilt lazily on the next List (dirty); every other kind is
+	// listed on the allocation path (a node's blocks, a pool's blocks) and
+	// changes rarely, so its order is kept up to date on each create and
+	// delete.
 	keys  []string
+	lazy  bool
 	dirty bool
+}
+
+// added records the creation of key in the order of keys.
+func (r *records) added(key string) {
+	if r.lazy {
+		r.dirty = true
+		return
+	}
+	i, _ := slices.BinarySearch(r.keys, key)
+	r.keys = slices.Insert(r.keys, i, key)
+}
+
+// removed records the deletion of key in the order of keys.
+func (r *records) removed(key string) {
+	if r.lazy {
+		r.dirty = true
+		return
+	}
+	if i, ok := slices.BinarySearch(r.keys, key); ok {
+		r.keys = slices.Delete(r.keys, i, i+1)
+	}
 }
 
 type entry struct {
@@ -159,11 +184,12 @@ func (s *Store) Create(ctx context.Context, kind ipam.Kind, key string, value []
 	}
 	if recs.byKey == nil {
 		recs.byKey = make(map[string]entry)
+		recs.lazy = kind == ipam.KindHandle
 	}
 	s.rev++
 	rev := ipam.Revision(s.rev)
 	recs.byKey[key] = entry{value: value, rev: rev}
-	recs.dirty = true
+	recs.added(key)
 	s.gens[kind].Add(1)
 	return rev, nil
 }
@@ -204,7 +230,7 @@ func (s *Store) Delete(ctx context.Context, kind ipam.Kind, key string, rev ipam
 		return err
 	}
 	delete(recs.byKey, key)
-	recs.dirty = true
+	recs.removed(key)
 	s.gens[kind].Add(1)
 	return nil
 }
