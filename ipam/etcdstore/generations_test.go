@@ -58,10 +58,11 @@ func TestGenerationsIgnoreOtherPrefixes(t *testing.T) {
 		}
 	}
 	before := s.Generation(ipam.KindPool)
+	// Read before the write: the watch may deliver it before Create returns.
+	h := s.Generation(ipam.KindHandle)
 	if _, err := marker.Create(ctx, ipam.KindHandle, "marker", nil); err != nil {
 		t.Fatal(err)
 	}
-	h := s.Generation(ipam.KindHandle)
 	waitFor(t, "the watch delivers the marker", func() bool { return s.Generation(ipam.KindHandle) != h })
 	if s.Generation(ipam.KindPool) != before {
 		t.Fatal("foreign keys moved Generation(pool)")
