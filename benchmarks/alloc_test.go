@@ -34,6 +34,36 @@ func BenchmarkAllocRelease(b *testing.B) {
 	}
 }
 
+// BenchmarkAllocReleasePods is the steady-state pair as a CNI plugin makes
+// it: every pod has its own handle and attributes (namespace, pod name), and
+// the node's block is half full of such pods, each an owner record of its
+// own that every write of the block encodes. (BenchmarkAllocRelease's block
+// has one owner.)
+func BenchmarkAllocReleasePods(b *testing.B) {
+	for _, p := range workload.Pools {
+		b.Run(fmt.Sprintf("pool=%s/fill=50", p.Name), func(b *testing.B) {
+			a := workload.Filled(b, memstore.New(), p, 50)
+			ctx := context.Background()
+			const node = "pod-node"
+			for i := range 32 {
+				args := p.Args(1, fmt.Sprintf("default/web-%d", i), node)
+				args.Attrs = map[string]string{"namespace": "default", "pod": fmt.Sprintf("web-%d", i)}
+				if _, err := a.AutoAssign(ctx, args); err != nil {
+					b.Fatal(err)
+				}
+			}
+			args := p.Args(1, "default/bench", node)
+			args.Attrs = map[string]string{"namespace": "default", "pod": "bench"}
+			b.ReportAllocs()
+			for b.Loop() {
+				if err := workload.AllocRelease(ctx, a, args); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
 // BenchmarkBatch times one AutoAssign of 10,000 addresses under one handle
 // and its ReleaseByHandle. The first round claims the node's 157 blocks;
 // later rounds reuse them, as a node does.

@@ -7,7 +7,6 @@ import (
 	"net/netip"
 	"strings"
 	"time"
-	"unsafe"
 
 	"github.com/carve-ipam/carve/internal/ipmath"
 )
@@ -106,8 +105,6 @@ func (b *Block) AppendBinary(dst []byte) ([]byte, error) {
 		remap = make([]uint16, len(b.recs.recs))
 	}
 	written := 0
-	var lastAttrs unsafe.Pointer // the attribute map encoded last, at dst[attrsFrom:attrsTo]
-	var attrsFrom, attrsTo int
 	dst = binary.AppendUvarint(dst, uint64(b.used))
 	prev = -1
 	for k := range tw {
@@ -124,20 +121,7 @@ func (b *Block) AppendBinary(dst []byte) ([]byte, error) {
 			dst = binary.AppendUvarint(dst, uint64(written))
 			written++
 			remap[s] = uint16(written)
-			r := &b.recs.recs[s]
-			dst = appendString(dst, r.handle)
-			dst = binary.AppendUvarint(dst, uint64(len(r.attrs)))
-			switch {
-			case len(r.attrs) == 0:
-			case mapPtr(r.attrs) == lastAttrs:
-				// Owners often share one attribute map: copy its
-				// encoding instead of sorting the map again.
-				dst = append(dst, dst[attrsFrom:attrsTo]...)
-			default:
-				lastAttrs, attrsFrom = mapPtr(r.attrs), len(dst)
-				dst = appendAttrs(dst, r.attrs)
-				attrsTo = len(dst)
-			}
+			dst = append(dst, b.recs.encoding(int(s))...)
 		}
 	}
 	if b.nrel > 0 {
@@ -167,6 +151,17 @@ func (b *Block) checkEncodable(op string) error {
 		return &blockError{block: b.prefix, op: op, detail: fmt.Sprintf("claim time %v outside years %d to %d", b.claim, minYear, maxYear), errs: []error{ErrCorrupt}}
 	}
 	return nil
+}
+
+// appendOwner appends an owner record's encoding: the handle, the number
+// of attributes and the pairs in ascending key order.
+func appendOwner(dst []byte, handle string, attrs map[string]string) []byte {
+	dst = appendString(dst, handle)
+	dst = binary.AppendUvarint(dst, uint64(len(attrs)))
+	if len(attrs) > 0 {
+		dst = appendAttrs(dst, attrs)
+	}
+	return dst
 }
 
 func appendString(dst []byte, s string) []byte {
@@ -570,8 +565,10 @@ func (d *decoder) affinity(b *Block) error {
 	return nil
 }
 
-// owner reads an owner record and appends it to b's records.
+// owner reads an owner record and appends it to b's records, keeping the
+// bytes it read as the record's encoding.
 func (d *decoder) owner(b *Block) error {
+	start := d.off
 	handle, err := d.string("handle")
 	if err != nil {
 		return err
@@ -600,7 +597,8 @@ func (d *decoder) owner(b *Block) error {
 			prev = k
 		}
 	}
-	if _, err := b.recs.addUnique(handle, attrs); err != nil {
+	// The record's encoding is the piece of input just read.
+	if _, err := b.recs.addUnique(handle, attrs, d.data[start:d.off]); err != nil {
 		return d.fail("%v", err)
 	}
 	return nil

@@ -191,7 +191,7 @@ func (b *Block) decodeJSON(data []byte) error {
 			if len(o.Attrs) == 0 {
 				o.Attrs = nil
 			}
-			s, err := b.recs.addUnique(o.Handle, o.Attrs)
+			s, err := b.recs.addUnique(o.Handle, o.Attrs, nil)
 			if err != nil {
 				return fail("owner %d: %v", al.Owner, err)
 			}

@@ -33,6 +33,11 @@ type record struct {
 	attrs  map[string]string // never modified by the package; nil or empty means none
 	hash   uint64            // maphash of handle
 	refs   int               // addresses held; 0 for the spare and for free slots
+	// enc locates the record's binary encoding (handle, attribute count,
+	// sorted pairs) in owners.arena, made once when the record is created:
+	// encoding a block then copies those bytes instead of walking and
+	// sorting every owner's attributes on every write.
+	encOff, encLen uint32
 }
 
 // owners is the set of owner records of a block. Its zero value is empty.
@@ -42,7 +47,14 @@ type record struct {
 //   - spare: refs == 0, indexed, slot+1 == spare (at most one);
 //   - free: refs == 0, not indexed, fields zero, listed in free.
 type owners struct {
-	recs    []record
+	recs []record
+	// arena holds the encodings of the indexed records (live and spare) and
+	// of records purged since the last compaction; arenaLive counts the
+	// bytes still in use. Appending keeps adding owners free of allocation
+	// once the arena has grown; it is compacted into spareArena when dead
+	// bytes outnumber live ones.
+	arena, spareArena []byte
+	arenaLive         int
 	free    []uint16 // free slots
 	index   []uint16 // slot+1 per bucket, 0 empty; length 0 or a power of two, at most half full
 	indexed int      // records in index: live ones and the spare
@@ -109,7 +121,7 @@ func (t *owners) acquireSlow(handle string, attrs map[string]string, n int) int 
 	h := maphash.String(hashSeed, handle)
 	s := t.find(h, handle, attrs)
 	if s < 0 {
-		s = t.add(h, handle, attrs)
+		s = t.add(h, handle, attrs, nil)
 	}
 	t.last = uint16(s + 1)
 	r := &t.recs[s]
@@ -141,8 +153,9 @@ func (t *owners) find(h uint64, handle string, attrs map[string]string) int {
 	}
 }
 
-// add stores a new record with no addresses, indexes it and returns its slot.
-func (t *owners) add(h uint64, handle string, attrs map[string]string) int {
+// add stores a new record with no addresses, indexes it and returns its
+// slot. enc is the record's encoding, or nil to have it made.
+func (t *owners) add(h uint64, handle string, attrs map[string]string, enc []byte) int {
 	if 2*(t.indexed+1) > len(t.index) {
 		t.grow()
 	}
@@ -154,9 +167,43 @@ func (t *owners) add(h uint64, handle string, attrs map[string]string) int {
 		s = len(t.recs)
 		t.recs = append(t.recs, record{})
 	}
-	t.recs[s] = record{handle: handle, attrs: attrs, hash: h}
+	if len(t.arena) > 256 && len(t.arena) > 2*t.arenaLive {
+		t.compact()
+	}
+	off := len(t.arena)
+	if enc != nil {
+		t.arena = append(t.arena, enc...)
+	} else {
+		t.arena = appendOwner(t.arena, handle, attrs)
+	}
+	n := len(t.arena) - off
+	t.arenaLive += n
+	t.recs[s] = record{handle: handle, attrs: attrs, hash: h, encOff: uint32(off), encLen: uint32(n)}
 	t.insert(s)
 	return s
+}
+
+// encoding returns the encoding of slot s, which is indexed.
+func (t *owners) encoding(s int) []byte {
+	r := &t.recs[s]
+	return t.arena[r.encOff : r.encOff+r.encLen]
+}
+
+// compact copies the encodings of the indexed records into the spare
+// arena, drops the dead bytes, and swaps the arenas.
+func (t *owners) compact() {
+	next := t.spareArena[:0]
+	for s := range t.recs {
+		r := &t.recs[s]
+		if r.refs == 0 && int(t.spare)-1 != s {
+			continue // free
+		}
+		off := len(next)
+		next = append(next, t.arena[r.encOff:r.encOff+r.encLen]...)
+		r.encOff = uint32(off)
+	}
+	t.spareArena, t.arena = t.arena[:0], next
+	t.arenaLive = len(next)
 }
 
 // grow doubles the index (at least 8 buckets) and re-inserts the indexed
@@ -230,6 +277,7 @@ func (t *owners) retire(s int) {
 // purge frees slot s, which is indexed and holds no addresses.
 func (t *owners) purge(s int) {
 	t.unindex(s)
+	t.arenaLive -= int(t.recs[s].encLen)
 	t.recs[s] = record{}
 	t.free = append(t.free, uint16(s))
 }
@@ -257,6 +305,7 @@ func (t *owners) reset() {
 	t.free = t.free[:0]
 	clear(t.index)
 	t.indexed, t.live, t.spare, t.last = 0, 0, 0, 0
+	t.arena, t.arenaLive = t.arena[:0], 0
 }
 
 // copyTo makes dst a copy of t, reusing dst's memory. Strings and attribute
@@ -270,12 +319,14 @@ func (t *owners) copyTo(dst *owners) {
 	dst.free = append(dst.free[:0], t.free...)
 	dst.index = append(dst.index[:0], t.index...)
 	dst.indexed, dst.live, dst.spare, dst.last = t.indexed, t.live, t.spare, t.last
+	dst.arena, dst.arenaLive = append(dst.arena[:0], t.arena...), t.arenaLive
 }
 
 // addUnique appends a record for a decoder and returns its slot, or an error
 // if an equal record exists. The record holds no addresses yet: the caller
-// must give it some before the next addUnique, and set live at the end.
-func (t *owners) addUnique(handle string, attrs map[string]string) (int, error) {
+// must give it some before the next addUnique, and set live at the end. enc
+// is the record's encoding, or nil to have it made.
+func (t *owners) addUnique(handle string, attrs map[string]string, enc []byte) (int, error) {
 	if len(t.recs) >= maxSlots {
 		return 0, fmt.Errorf("more than %d owners", maxSlots)
 	}
@@ -283,5 +334,5 @@ func (t *owners) addUnique(handle string, attrs map[string]string) (int, error) 
 	if s := t.find(h, handle, attrs); s >= 0 {
 		return 0, fmt.Errorf("handle %q with these attributes is already an owner", handle)
 	}
-	return t.add(h, handle, attrs), nil
+	return t.add(h, handle, attrs, enc), nil
 }

@@ -106,7 +106,7 @@ func (t *owners) verify(refs []int) error {
 	if len(t.recs) > maxSlots {
 		return fmt.Errorf("%d record slots", len(t.recs))
 	}
-	live, indexed := 0, 0
+	live, indexed, arenaLive := 0, 0, 0
 	free := make([]bool, len(t.recs))
 	for _, s := range t.free {
 		if int(s) >= len(t.recs) || free[s] {
@@ -138,12 +138,19 @@ func (t *owners) verify(refs []int) error {
 			return fmt.Errorf("slot %d neither live, spare nor free", s)
 		}
 		indexed++
+		if int(r.encOff)+int(r.encLen) > len(t.arena) || string(t.encoding(s)) != string(appendOwner(nil, r.handle, r.attrs)) {
+			return fmt.Errorf("slot %d (handle %q): stale encoding", s, r.handle)
+		}
+		arenaLive += int(r.encLen)
 		if r.hash != maphash.String(hashSeed, r.handle) {
 			return fmt.Errorf("slot %d: stale hash", s)
 		}
 		if f := t.find(r.hash, r.handle, r.attrs); f != s {
 			return fmt.Errorf("slot %d (handle %q): index finds %d", s, r.handle, f)
 		}
+	}
+	if arenaLive != t.arenaLive {
+		return fmt.Errorf("encodings of %d bytes in use, field says %d", arenaLive, t.arenaLive)
 	}
 	if live != t.live || indexed != t.indexed {
 		return fmt.Errorf("counted %d live and %d indexed records, fields say %d and %d", live, indexed, t.live, t.indexed)

@@ -48,7 +48,7 @@ func TestVerifyCatches(t *testing.T) {
 		{"index lost", func(b *Block) { clear(b.recs.index) }, "index finds -1"},
 		{"duplicate owner", func(b *Block) {
 			// Point one of a's addresses at a second record equal to a's.
-			s, _ := b.recs.addUnique("x", nil)
+			s, _ := b.recs.addUnique("x", nil, appendOwner(nil, "a", nil))
 			b.recs.recs[s].handle = "a"
 			b.recs.recs[s].refs = 1
 			b.recs.recs[s].hash = b.recs.recs[b.owner[0]].hash

@@ -37,14 +37,14 @@ func (c *clock) Advance(d time.Duration) {
 
 // env is one store with an allocator on it.
 type env struct {
-	t     *testing.T
+	t     testing.TB
 	ctx   context.Context
 	store *memstore.Store
 	clock *clock
 	a     *ipam.Allocator
 }
 
-func newEnv(t *testing.T, pools ...pool.Pool) *env {
+func newEnv(t testing.TB, pools ...pool.Pool) *env {
 	t.Helper()
 	e := &env{t: t, ctx: t.Context(), store: memstore.New(), clock: newClock()}
 	e.a = e.allocator()
