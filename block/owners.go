@@ -55,12 +55,12 @@ type owners struct {
 	// bytes outnumber live ones.
 	arena, spareArena []byte
 	arenaLive         int
-	free    []uint16 // free slots
-	index   []uint16 // slot+1 per bucket, 0 empty; length 0 or a power of two, at most half full
-	indexed int      // records in index: live ones and the spare
-	live    int      // records with refs > 0
-	spare   uint16   // slot+1 of the spare record, 0 for none
-	last    uint16   // slot+1 of the record the last acquire returned, 0 for none
+	free              []uint16 // free slots
+	index             []uint16 // slot+1 per bucket, 0 empty; length 0 or a power of two, at most half full
+	indexed           int      // records in index: live ones and the spare
+	live              int      // records with refs > 0
+	spare             uint16   // slot+1 of the spare record, 0 for none
+	last              uint16   // slot+1 of the record the last acquire returned, 0 for none
 }
 
 // maxSlots bounds the slots: at most MaxSize live records and one spare,
