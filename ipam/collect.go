@@ -100,6 +100,7 @@ func (c *Collector) Collect(ctx context.Context) (CollectResult, error) {
 	var res CollectResult
 	var errs []error
 	byHandle := map[string][]Allocation{}
+	alive := map[string]bool{} // handles with an allocation whose owner lives
 	seen := map[netip.Addr]bool{}
 	empty := map[netip.Prefix]*block.Block{}
 	affine := map[block.Affinity]int{} // blocks per node
@@ -122,9 +123,10 @@ func (c *Collector) Collect(ctx context.Context) (CollectResult, error) {
 			x := Allocation{Addr: addr, Block: blk, Handle: al.Owner.Handle, Attrs: al.Owner.Attrs, Seq: al.Seq}
 			res.Allocations++
 			seen[addr] = true
-			alive, err := c.live(ctx, x)
-			if err != nil || alive {
+			live, err := c.live(ctx, x)
+			if err != nil || live {
 				delete(c.leaks, addr)
+				alive[x.Handle] = true
 				continue
 			}
 			if s, ok := c.leaks[addr]; !ok || s.seq != x.Seq || s.handle != x.Handle {
@@ -139,12 +141,13 @@ func (c *Collector) Collect(ctx context.Context) (CollectResult, error) {
 		}
 	}
 
-	// Release whole handles whose every allocation is a ripe suspect.
+	// Release whole handles whose every allocation is a ripe suspect: a
+	// handle with one live allocation keeps them all.
 	for _, handle := range slices.Sorted(maps.Keys(byHandle)) {
 		if err := ctx.Err(); err != nil {
 			return res, err
 		}
-		if !c.ripe(byHandle[handle], now) {
+		if alive[handle] || !c.ripe(byHandle[handle], now) {
 			continue
 		}
 		released, err := c.release(ctx, byHandle[handle])
@@ -204,7 +207,7 @@ func (c *Collector) ripe(allocs []Allocation, now time.Time) bool {
 // the handle's allocations with their sequence numbers.
 func (c *Collector) release(ctx context.Context, allocs []Allocation) ([]Allocation, error) {
 	for _, x := range allocs {
-		if alive, err := c.live(ctx, x); err != nil || alive {
+		if live, err := c.live(ctx, x); err != nil || live {
 			for _, y := range allocs {
 				delete(c.leaks, y.Addr)
 			}

@@ -231,3 +231,24 @@ func TestNewCollectorErrors(t *testing.T) {
 	_, err = ipam.NewCollector(e.a, (&owners{}).live, ipam.CollectorOptions{Grace: -1})
 	require.ErrorIs(t, err, ipam.ErrInvalid)
 }
+
+// A handle with one live allocation keeps all of them, even the ones whose
+// owner looks dead (the reviewer's case: a dual-stack pod whose IPv4 side the
+// oracle calls dead).
+func TestCollectorKeepsHandleWithALiveAddress(t *testing.T) {
+	e := newEnv(t, v4pool("v4", "10.0.0.0/24", 26), v4pool("v6", "fd00::/120", 122))
+	_, err := e.a.AutoAssign(e.ctx, ipam.AutoAssignArgs{Num4: 1, Num6: 1, Handle: "dual", Node: "n1"})
+	require.NoError(t, err)
+	live := func(_ context.Context, a ipam.Allocation) (bool, error) { return a.Addr.Is6(), nil }
+	c, err := ipam.NewCollector(e.a, live, ipam.CollectorOptions{Grace: time.Minute})
+	require.NoError(t, err)
+	for range 3 {
+		res, err := c.Collect(e.ctx)
+		require.NoError(t, err)
+		require.Empty(t, res.Released)
+		e.clock.Advance(time.Minute)
+	}
+	got, err := e.a.IPsByHandle(e.ctx, "dual")
+	require.NoError(t, err)
+	require.Len(t, got, 2)
+}
