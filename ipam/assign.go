@@ -131,9 +131,19 @@ func (a *Allocator) AutoAssign(ctx context.Context, args AutoAssignArgs) (AutoAs
 			Family: fam, Node: args.Node, NodeLabels: args.NodeLabels,
 			NamespaceLabels: args.NamespaceLabels, Use: use, Pools: names,
 		})
-		if selErr[i] != nil && !args.Partial {
-			return AutoAssignResult{}, a.assignError(args, AutoAssignResult{}, [2]int{args.Num4, args.Num6}, []string{selErr[i].Error()}, selErr[i])
+	}
+	if !args.Partial && (selErr[0] != nil || selErr[1] != nil) {
+		// All-or-nothing and a family has no pool: fail before writing,
+		// saying which family and why.
+		var short [2]int
+		var reasons []string
+		for i, n := range [2]int{args.Num4, args.Num6} {
+			if selErr[i] != nil {
+				short[i] = n
+				reasons = append(reasons, selErr[i].Error())
+			}
 		}
+		return AutoAssignResult{}, a.assignError(args, AutoAssignResult{}, short, reasons, errors.Join(selErr[0], selErr[1]))
 	}
 
 	o := &assignOp{
@@ -378,7 +388,7 @@ func (a *Allocator) assignFamily(ctx context.Context, o *assignOp, fam pool.Fami
 	if len(out) == n {
 		return out, "", nil
 	}
-	return out, fmt.Sprintf("%s: %d of %d assigned: %s", fam, len(out), n, joinReasons(why)), nil
+	return out, fmt.Sprintf("%s: %s", fam, joinReasons(why)), nil
 }
 
 func joinReasons(why []string) string {

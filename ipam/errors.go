@@ -86,8 +86,9 @@ var (
 )
 
 // AssignError reports an AutoAssign that could not assign everything it was
-// asked for. It matches ErrNoSpace (and, when it applies, pool.ErrNoPool or
-// ErrStrictAffinity) with errors.Is.
+// asked for. It matches ErrNoSpace with errors.Is, and pool.ErrNoPool too
+// when a family had no pool that qualifies (a configuration problem rather
+// than a full pool).
 //
 // Unless the request set Partial, nothing was kept: the addresses assigned
 // along the way were released again and Result is empty. With Partial,
@@ -109,18 +110,19 @@ type AssignError struct {
 
 func (e *AssignError) Error() string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "ipam: assign for node %q handle %q: ", e.Node, e.Handle)
+	fmt.Fprintf(&b, "ipam: assign for node %q handle %q: short of ", e.Node, e.Handle)
 	var parts []string
-	if e.Want4 > 0 {
-		parts = append(parts, fmt.Sprintf("%d of %d IPv4", e.Want4-e.Short4, e.Want4))
+	if e.Short4 > 0 {
+		parts = append(parts, fmt.Sprintf("%d of %d IPv4", e.Short4, e.Want4))
 	}
-	if e.Want6 > 0 {
-		parts = append(parts, fmt.Sprintf("%d of %d IPv6", e.Want6-e.Short6, e.Want6))
+	if e.Short6 > 0 {
+		parts = append(parts, fmt.Sprintf("%d of %d IPv6", e.Short6, e.Want6))
 	}
 	b.WriteString(strings.Join(parts, " and "))
-	b.WriteString(" available")
-	if e.Result.Len() == 0 && e.Want4-e.Short4+e.Want6-e.Short6 > 0 {
-		b.WriteString(", none kept")
+	if n := e.Result.Len(); n > 0 {
+		fmt.Fprintf(&b, ", %d kept", n)
+	} else {
+		b.WriteString(", nothing kept")
 	}
 	for _, r := range e.Reasons {
 		b.WriteString("; ")

@@ -76,7 +76,7 @@ func ExampleAssignError() {
 	fmt.Println(err)
 	// Output:
 	// short: 1
-	// ipam: assign for node "node-2" handle "b": 0 of 1 IPv4 available; IPv4: 0 of 1 assigned: no unclaimed block left in pools ["small"], strictAffinity forbids borrowing
+	// ipam: assign for node "node-2" handle "b": short of 1 of 1 IPv4, nothing kept; IPv4: no unclaimed block left in pools ["small"], strictAffinity forbids borrowing
 }
 
 func ExampleAllocator_Utilization() {

@@ -338,3 +338,31 @@ func TestAllocationsWithin(t *testing.T) {
 	require.ErrorIs(t, err, pool.ErrImmutable)
 	require.Equal(t, 1, strings.Count(err.Error(), `"a"`), "the pool is named once: %v", err)
 }
+
+// When one family has no pool, the error says that family is short, not
+// both, and gives the reasons of every family that failed.
+func TestAssignErrorNamesTheFamilyWithoutPool(t *testing.T) {
+	e := newEnv(t, v4pool("v4", "10.0.0.0/24", 26))
+	_, err := e.a.AutoAssign(e.ctx, ipam.AutoAssignArgs{Num4: 1, Num6: 1, Handle: "h", Node: "n"})
+	var ae *ipam.AssignError
+	require.ErrorAs(t, err, &ae)
+	require.Equal(t, 0, ae.Short4)
+	require.Equal(t, 1, ae.Short6)
+	require.ErrorIs(t, err, pool.ErrNoPool)
+	require.Contains(t, err.Error(), "short of 1 of 1 IPv6, nothing kept")
+	require.Zero(t, e.store.Len(ipam.KindBlock), "nothing written")
+
+	res, err := e.a.AutoAssign(e.ctx, ipam.AutoAssignArgs{Num4: 1, Num6: 1, Handle: "h", Node: "n", Partial: true})
+	require.ErrorAs(t, err, &ae)
+	require.Len(t, res.IPv4, 1, "partial gets the family that has a pool")
+
+	// Both families without a pool: both reasons.
+	rack := v4pool("rack", "10.9.0.0/24", 26)
+	rack.NodeSelector = `rack == "9"`
+	e = newEnv(t, rack)
+	_, err = e.a.AutoAssign(e.ctx, ipam.AutoAssignArgs{Num4: 1, Num6: 1, Handle: "h", Node: "n"})
+	require.ErrorAs(t, err, &ae)
+	require.Equal(t, 1, ae.Short4)
+	require.Equal(t, 1, ae.Short6)
+	require.Len(t, ae.Reasons, 2)
+}
