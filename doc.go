@@ -12,7 +12,10 @@
 //     interface a backend implements.
 //   - [github.com/carve-ipam/carve/ipam/memstore]: the embedded default store.
 //   - [github.com/carve-ipam/carve/ipam/storetest]: the conformance suite a
-//     Store backend runs, and a store wrapper that counts round trips.
+//     Store backend runs, a store wrapper that counts round trips, and one
+//     that fails or crashes at a chosen operation.
+//   - github.com/carve-ipam/carve/ipam/etcdstore (its own module): the
+//     Store on etcd, for clusters.
 //   - [github.com/carve-ipam/carve/pool]: the IP pool spec (Calico's IPPool),
 //     validation, overlap, carving into blocks, selection for a request and
 //     capacity planning.

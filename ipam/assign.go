@@ -341,7 +341,7 @@ func (a *Allocator) assignFamily(ctx context.Context, o *assignOp, fam pool.Fami
 		for _, p := range pools {
 			for len(out) < n {
 				if cfg.MaxBlocksPerHost > 0 && len(mine) >= cfg.MaxBlocksPerHost {
-					why = append(why, fmt.Sprintf("node holds %d blocks, the maxBlocksPerHost limit", len(mine)))
+					why = append(why, fmt.Sprintf("node holds %d of maxBlocksPerHost %d blocks", len(mine), cfg.MaxBlocksPerHost))
 					break claims
 				}
 				blk, ok, listed, err := a.claim(ctx, o.v, p, o.aff, slices.Clone(mine))
@@ -594,7 +594,7 @@ func (a *Allocator) AssignIP(ctx context.Context, args AssignIPArgs) (Assigned, 
 			if cerr := e.confirm(); cerr != nil {
 				return cerr
 			}
-			return fmt.Errorf("ipam: assign %s: %w", addr, err)
+			return fmt.Errorf("ipam: %w", err) // the block's error names the address
 		}
 		if err := h.add(ctx, blk, 1); err != nil {
 			return err

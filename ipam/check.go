@@ -129,7 +129,7 @@ func (a *Allocator) Check(ctx context.Context) (*Report, error) {
 }
 
 func (a *Allocator) check(ctx context.Context) (*Report, *checkState, error) {
-	r := &Report{Time: a.now()}
+	r := &Report{Time: a.now(), Problems: []Problem{}}
 	st := &checkState{blocks: map[netip.Prefix]*block.Block{}, handles: map[string]map[netip.Prefix]int{}, handleOf: map[string]Revision{}}
 	add := func(p Problem) { r.Problems = append(r.Problems, p) }
 

@@ -30,7 +30,8 @@ type Config struct {
 	// ReleaseCooldown keeps a released address from being assigned again
 	// for this long, so that a new owner never gets an address its previous
 	// owner may still be using (a slow pod teardown, a stale ARP entry).
-	// 0 turns the cooldown off. At most MaxReleaseCooldown.
+	// 0 turns the cooldown off. At most MaxReleaseCooldown. In JSON it is a
+	// duration string, "releaseCooldown":"30s".
 	ReleaseCooldown time.Duration `json:"-"`
 }
 
@@ -78,6 +79,21 @@ func (c Config) Validate() error {
 		return nil
 	}
 	return fmt.Errorf("%w: %w", ErrInvalidConfig, errors.Join(problems...))
+}
+
+// MarshalJSON writes Calico's IPAMConfiguration fields, and the cooldown as
+// a duration string: {"strictAffinity":false,"autoAllocateBlocks":true,
+// "releaseCooldown":"30s"}.
+func (c Config) MarshalJSON() ([]byte, error) { return c.marshal() }
+
+// UnmarshalJSON reads what MarshalJSON writes.
+func (c *Config) UnmarshalJSON(data []byte) error {
+	got, err := unmarshalConfig(data)
+	if err != nil {
+		return err
+	}
+	*c = got
+	return nil
 }
 
 func (c Config) marshal() ([]byte, error) {

@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/carve-ipam/carve/block"
+	"github.com/carve-ipam/carve/pool"
 )
 
 // Errors of the allocator, matched with errors.Is. Errors also wrap the
@@ -20,11 +21,13 @@ var (
 	// ErrNoSpace: the eligible pools cannot supply the addresses asked for.
 	ErrNoSpace = errors.New("not enough free addresses")
 
-	// ErrPoolNotFound: no pool has the given name.
-	ErrPoolNotFound = errors.New("pool not found")
+	// ErrPoolNotFound: no pool has the given name. It is pool.ErrNotFound,
+	// so either matches.
+	ErrPoolNotFound = pool.ErrNotFound
 
-	// ErrPoolExists: a pool with the given name exists already.
-	ErrPoolExists = errors.New("pool already exists")
+	// ErrPoolExists: a pool with the given name exists already. It is
+	// pool.ErrExists, so either matches.
+	ErrPoolExists = pool.ErrExists
 
 	// ErrLeftoverBlocks: a new pool's range holds blocks, left by a deleted
 	// pool, of another block size.

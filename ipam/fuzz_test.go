@@ -256,7 +256,7 @@ func fuzzCall(ctx context.Context, a *ipam.Allocator, in *bytesIn) (string, erro
 		if err != nil {
 			// Each address on its own: those not released are untouched.
 			for _, r := range rels {
-				if r.Addr.IsValid() && !slices.Contains(res.Released, r.Addr.Unmap()) {
+				if r.Addr.IsValid() && !slices.Contains(res.Released, r.Addr) {
 					o, oerr := a.Owner(ctx, r.Addr)
 					if was, ok := owners[r.Addr]; ok && (oerr != nil || fmt.Sprint(o) != was) {
 						return "release ips", fmt.Errorf("a refused release changed %s: %v -> %v %v", r.Addr, was, o, oerr)

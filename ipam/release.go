@@ -25,7 +25,8 @@ type Release struct {
 
 // ReleaseResult says what ReleaseIPs did with each address.
 type ReleaseResult struct {
-	// Released lists the addresses released, in request order.
+	// Released lists the addresses released, in request order and as given
+	// (an IPv4-mapped IPv6 address releases, and is reported as, itself).
 	Released []netip.Addr
 	// NotAllocated lists the addresses that were not assigned, in request
 	// order. Releasing them is not an error, so that releases can be
@@ -146,9 +147,9 @@ func (a *Allocator) releaseResult(rels []Release, status []releaseStatus) Releas
 	for i, s := range status {
 		switch s {
 		case relReleased:
-			res.Released = append(res.Released, rels[i].Addr.Unmap())
+			res.Released = append(res.Released, rels[i].Addr)
 		case relNotAllocated:
-			res.NotAllocated = append(res.NotAllocated, rels[i].Addr.Unmap())
+			res.NotAllocated = append(res.NotAllocated, rels[i].Addr)
 		}
 	}
 	return res

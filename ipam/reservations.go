@@ -17,7 +17,8 @@ import (
 // assign a reserved address on purpose, and addresses assigned before the
 // reservation stay assigned. Utilization counts reserved addresses apart.
 type Reservation struct {
-	// Name identifies the reservation; the rules of node names apply.
+	// Name identifies the reservation: 1 to MaxNameLen bytes of UTF-8,
+	// without control characters or "/".
 	Name string
 	// CIDRs are the reserved ranges, masked prefixes of either family.
 	CIDRs []netip.Prefix
@@ -33,7 +34,7 @@ type reservationJSON struct {
 }
 
 func (r Reservation) check(op string) error {
-	if err := checkNode(op, r.Name); err != nil {
+	if err := checkName(op, "reservation name", r.Name, false); err != nil {
 		return err
 	}
 	switch {
@@ -102,7 +103,7 @@ func (a *Allocator) UpdateReservation(ctx context.Context, r Reservation) error 
 // DeleteReservation deletes a reservation; its addresses become assignable.
 func (a *Allocator) DeleteReservation(ctx context.Context, name string) error {
 	const op = "delete reservation"
-	if err := checkNode(op, name); err != nil {
+	if err := checkName(op, "reservation name", name, false); err != nil {
 		return err
 	}
 	return a.changeReservation(ctx, op, name, func(rev Revision) error {

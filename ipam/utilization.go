@@ -35,7 +35,9 @@ type PoolUtilization struct {
 	// Cooling counts free addresses released less than
 	// Config.ReleaseCooldown ago.
 	Cooling uint64
-	// Free is what AutoAssign could still hand out.
+	// Free is what AutoAssign could still hand out. In the entry for blocks
+	// outside every pool it counts their unassigned addresses, which
+	// nothing hands out: AutoAssign only uses pools' blocks.
 	Free *big.Int
 
 	// Blocks lists the pool's existing blocks in address order.

@@ -66,7 +66,11 @@ func DecodeManifest(data []byte) ([]Pool, error) {
 			break
 		}
 		if err != nil {
-			return nil, &DecodeError{Item: len(d.pools) + 1, Err: fmt.Errorf("invalid JSON: %w", err)}
+			hint := ""
+			if values == 0 && looksLikeYAML(data) {
+				hint = " (the input looks like YAML: convert it to JSON first, see DecodeManifest)"
+			}
+			return nil, &DecodeError{Item: len(d.pools) + 1, Err: fmt.Errorf("invalid JSON%s: %w", hint, err)}
 		}
 		values++
 		if err := d.value(v); err != nil {
@@ -216,4 +220,10 @@ func metadataName(metadata json.RawMessage) (string, error) {
 
 func (d *manifestDecoder) errorf(name, format string, args ...any) error {
 	return &DecodeError{Item: len(d.pools) + 1, Name: name, Err: fmt.Errorf(format, args...)}
+}
+
+// looksLikeYAML reports whether data starts the way a YAML manifest does.
+func looksLikeYAML(data []byte) bool {
+	t := bytes.TrimSpace(data)
+	return bytes.HasPrefix(t, []byte("apiVersion:")) || bytes.HasPrefix(t, []byte("kind:")) || bytes.HasPrefix(t, []byte("---"))
 }

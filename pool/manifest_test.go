@@ -157,7 +157,7 @@ func TestDecodeManifestErrors(t *testing.T) {
 		name, input, want string
 	}{
 		{"empty", "  ", "manifest item 1: no manifest in the input"},
-		{"not JSON", "apiVersion: v3", "manifest item 1: invalid JSON: invalid character 'a' looking for beginning of value"},
+		{"not JSON", "apiVersion: v3", "manifest item 1: invalid JSON (the input looks like YAML: convert it to JSON first, see DecodeManifest): invalid character 'a' looking for beginning of value"},
 		{"truncated", `{"kind":"IPPool"`, "manifest item 1: invalid JSON: unexpected EOF"},
 		{"not an object", `"IPPool"`, `manifest item 1: want an object, got "IPPool"`},
 		{"no kind", `{"apiVersion":"projectcalico.org/v3"}`, "manifest item 1: kind is missing: want IPPool, IPPoolList or List"},

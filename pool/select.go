@@ -3,6 +3,7 @@ package pool
 import (
 	"errors"
 	"maps"
+	"net/netip"
 	"slices"
 	"strings"
 
@@ -26,9 +27,10 @@ type Request struct {
 	// Use is what the address is for; the zero Use means Workload.
 	Use Use
 	// Pools names the pools to use, in order of preference (Calico's
-	// ipv4pools/ipv6pools annotations). When it is not empty, only these
-	// pools are considered and their selectors and assignment mode are
-	// ignored.
+	// ipv4pools/ipv6pools annotations), each by name or by its CIDR
+	// ("10.0.0.0/16"), as the annotations allow. When it is not empty, only
+	// these pools are considered and their selectors and assignment mode
+	// are ignored.
 	Pools []string
 }
 
@@ -179,6 +181,9 @@ func (s *Set) appendRequested(dst []*Pool, r Request) ([]*Pool, error) {
 			continue // asked for twice
 		}
 		p, ok := s.Get(name)
+		if !ok {
+			p, ok = s.byCIDR(name)
+		}
 		var why Reason
 		switch {
 		case !ok:
@@ -293,4 +298,17 @@ func labelsText(l selector.Labels) string {
 		parts[i] = k + "=" + set[k]
 	}
 	return " (labels " + strings.Join(parts, ", ") + more + ")"
+}
+
+// byCIDR returns the pool whose CIDR is text, a prefix such as
+// "10.0.0.0/16".
+func (s *Set) byCIDR(text string) (*Pool, bool) {
+	c, err := netip.ParsePrefix(text)
+	if err != nil {
+		return nil, false
+	}
+	if p, ok := s.ByAddr(c.Addr()); ok && p.CIDR.Masked() == c.Masked() {
+		return p, true
+	}
+	return nil, false
 }

@@ -49,8 +49,8 @@ type Fault struct {
 
 // FaultyStore wraps a Store and fails one operation, or every operation
 // from one on, to test what a failure or a crash at that point leaves
-// behind. It passes [ipam.Generations] through when the wrapped store has
-// it, and is safe for concurrent use.
+// behind. It is safe for concurrent use. Use WithGenerations to hand it to
+// an allocator with the wrapped store's [ipam.Generations] passed through.
 type FaultyStore struct {
 	ipam.Store
 	fault   Fault
