@@ -110,7 +110,7 @@ func (a *Allocator) ClaimAffinity(ctx context.Context, node string, cidr netip.P
 	var claimed []netip.Prefix
 	var errs []error
 	for _, blk := range blocks {
-		ok, err := a.tryClaim(ctx, blk, aff, true)
+		ok, err := a.tryClaim(ctx, blk, aff, true, hostReserved{})
 		if err != nil {
 			return claimed, err
 		}

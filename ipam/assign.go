@@ -48,7 +48,17 @@ type AutoAssignArgs struct {
 	// kept and returned along with an *AssignError. Without it AutoAssign is
 	// all-or-nothing across both families.
 	Partial bool
+
+	// ReserveFirst and ReserveLast reserve that many addresses at the start
+	// and the end of every block this request claims, as Calico does for
+	// Windows nodes (3 and 1): they are never assigned, and count as
+	// Reserved in utilization. Pools whose blocks would keep no address are
+	// not claimed from. Each at most MaxHostReserved.
+	ReserveFirst, ReserveLast int
 }
+
+// MaxHostReserved bounds AutoAssignArgs.ReserveFirst and ReserveLast.
+const MaxHostReserved = 64
 
 // Assigned is one assigned address.
 type Assigned struct {
@@ -91,6 +101,8 @@ type assignOp struct {
 	unselected []netip.Prefix
 	// listed keeps, per pool, the blocks a claim listed, for borrowing.
 	listed map[string][]Record
+	// rsv is what each block this operation claims reserves.
+	rsv hostReserved
 }
 
 // AutoAssign assigns addresses from the pools that qualify for the request,
@@ -154,6 +166,7 @@ func (a *Allocator) AutoAssign(ctx context.Context, args AutoAssignArgs) (AutoAs
 		labels: args.NodeLabels,
 	}
 	o.h.init(a, args.Handle, true)
+	o.rsv = hostReserved{args.ReserveFirst, args.ReserveLast}
 	var res AutoAssignResult
 	var short [2]int
 	var reasons []string
@@ -221,6 +234,8 @@ func checkAutoAssign(args AutoAssignArgs) error {
 		return invalid(op, "count (%d IPv4, %d IPv6) above the limit of %d per family", args.Num4, args.Num6, MaxAssign)
 	case args.Num4 == 0 && args.Num6 == 0:
 		return invalid(op, "no addresses asked for")
+	case args.ReserveFirst < 0 || args.ReserveLast < 0 || args.ReserveFirst > MaxHostReserved || args.ReserveLast > MaxHostReserved:
+		return invalid(op, "reserved addresses per block (first %d, last %d) outside 0..%d", args.ReserveFirst, args.ReserveLast, MaxHostReserved)
 	}
 	if err := checkHandle(op, args.Handle); err != nil {
 		return err
@@ -344,7 +359,11 @@ func (a *Allocator) assignFamily(ctx context.Context, o *assignOp, fam pool.Fami
 					why = append(why, fmt.Sprintf("node holds %d of maxBlocksPerHost %d blocks", len(mine), cfg.MaxBlocksPerHost))
 					break claims
 				}
-				blk, ok, listed, err := a.claim(ctx, o.v, p, o.aff, slices.Clone(mine))
+				if !o.rsv.fits(1 << (p.CIDR.Addr().BitLen() - p.BlockSize)) {
+					why = append(why, fmt.Sprintf("pool %q's blocks are too small to reserve %d+%d addresses", p.Name, o.rsv.first, o.rsv.last))
+					break
+				}
+				blk, ok, listed, err := a.claim(ctx, o.v, p, o.aff, slices.Clone(mine), o.rsv)
 				if err != nil {
 					return out, "", err
 				}
@@ -570,7 +589,7 @@ func (a *Allocator) AssignIP(ctx context.Context, args AssignIPArgs) (Assigned, 
 			// No block yet: claim it for the node. If another node got
 			// there first, the block now loaded is theirs: assign into it
 			// like any existing block.
-			if err := a.claimLocked(ctx, e, aff, false); err != nil && !errors.Is(err, ErrAffinityConflict) {
+			if err := a.claimLocked(ctx, e, aff, false, hostReserved{}); err != nil && !errors.Is(err, ErrAffinityConflict) {
 				return err
 			}
 		}

@@ -24,7 +24,7 @@ const claimProbes = 4
 //
 // It also returns the pool's blocks when it had to list them, so that
 // borrowing need not list them again.
-func (a *Allocator) claim(ctx context.Context, v *view, p *pool.Pool, aff block.Affinity, held []netip.Prefix) (netip.Prefix, bool, []Record, error) {
+func (a *Allocator) claim(ctx context.Context, v *view, p *pool.Pool, aff block.Affinity, held []netip.Prefix, rsv hostReserved) (netip.Prefix, bool, []Record, error) {
 	if v.hasReserved {
 		held = append(held, reservedSkip(v.reserved, p.CIDR, p.BlockSize)...)
 	}
@@ -37,7 +37,7 @@ func (a *Allocator) claim(ctx context.Context, v *view, p *pool.Pool, aff block.
 			if v.hasReserved && v.reserved.ContainsPrefix(blk) {
 				continue // reserved whole by several smaller reservations
 			}
-			ok, err := a.tryClaim(ctx, blk, aff, probes > 0 || listed)
+			ok, err := a.tryClaim(ctx, blk, aff, probes > 0 || listed, rsv)
 			if err != nil {
 				return netip.Prefix{}, false, existing, err
 			}
@@ -76,11 +76,11 @@ func (a *Allocator) claim(ctx context.Context, v *view, p *pool.Pool, aff block.
 // The index record goes first: a crash before the block is created leaves
 // an index entry without a block (ignored, and removed by Repair), never a
 // block its node cannot find.
-func (a *Allocator) tryClaim(ctx context.Context, blk netip.Prefix, aff block.Affinity, look bool) (bool, error) {
+func (a *Allocator) tryClaim(ctx context.Context, blk netip.Prefix, aff block.Affinity, look bool, rsv hostReserved) (bool, error) {
 	e := a.entry(blk)
 	e.lock()
 	defer e.unlock()
-	err := a.retry(ctx, "claim block", e.name, func() error { return a.claimLocked(ctx, e, aff, look) })
+	err := a.retry(ctx, "claim block", e.name, func() error { return a.claimLocked(ctx, e, aff, look, rsv) })
 	if errors.Is(err, ErrAffinityConflict) {
 		return false, nil
 	}
@@ -90,7 +90,7 @@ func (a *Allocator) tryClaim(ctx context.Context, blk netip.Prefix, aff block.Af
 // claimLocked creates e's block affine to aff, or accepts it when it exists
 // with that affinity already; otherwise it fails with ErrAffinityConflict
 // and leaves no index record behind. The caller holds e.mu.
-func (a *Allocator) claimLocked(ctx context.Context, e *blockEntry, aff block.Affinity, look bool) error {
+func (a *Allocator) claimLocked(ctx context.Context, e *blockEntry, aff block.Affinity, look bool, rsv hostReserved) error {
 	// Look first, when asked: in a crowded pool most probes find the block
 	// taken, and a read settles that without writing (and undoing) an
 	// index entry. The first probe of a walk usually finds the block free
@@ -118,6 +118,7 @@ func (a *Allocator) claimLocked(ctx context.Context, e *blockEntry, aff block.Af
 	if err != nil {
 		return fmt.Errorf("ipam: claim block %s: %w", e.prefix, err)
 	}
+	rsv.apply(b)
 	b.SetAffinity(aff, a.now())
 	err = a.create(ctx, e, b)
 	if err == nil {
@@ -141,6 +142,29 @@ func (a *Allocator) claimLocked(ctx context.Context, e *blockEntry, aff block.Af
 		return fmt.Errorf("ipam: claim block %s: %w", e.prefix, errRecordMoved)
 	}
 	return fmt.Errorf("ipam: claim block %s for %s: %w (%s)", e.prefix, aff, ErrAffinityConflict, e.blk.Affinity())
+}
+
+// hostReserved says how many addresses at the start and end of each block a
+// request claims are reserved (Calico's HostReservedAttr: 3 and 1 for
+// Windows nodes).
+type hostReserved struct{ first, last int }
+
+// fits reports whether a block of size addresses keeps one to assign.
+func (r hostReserved) fits(size int) bool { return size > r.first+r.last }
+
+// apply reserves the addresses in a new, empty block.
+func (r hostReserved) apply(b *block.Block) {
+	if r.first == 0 && r.last == 0 {
+		return
+	}
+	first := b.Prefix().Addr()
+	for i, a := 0, first; i < r.first; i, a = i+1, a.Next() {
+		_ = b.Reserve(a) // a new block: every address is free
+	}
+	last := lastAddr(b.Prefix())
+	for i, a := 0, last; i < r.last; i, a = i+1, a.Prev() {
+		_ = b.Reserve(a)
+	}
 }
 
 // dropIndex deletes an affinity index record; rev 0 means "whatever its

@@ -232,6 +232,9 @@ func fuzzCall(ctx context.Context, a *ipam.Allocator, in *bytesIn) (string, erro
 		if in.pick(3) == 0 {
 			args.IPv4Pools = []string{in.str(fuzzPoolNames...)}
 		}
+		if in.pick(4) == 0 {
+			args.ReserveFirst, args.ReserveLast = in.count(), in.pick(3)
+		}
 		_, err := a.AutoAssign(ctx, args)
 		if args.Partial {
 			return "release auto-assign partial", err // a partial result is kept with its error

@@ -135,3 +135,37 @@ func TestFailedAssignLeavesNoClaim(t *testing.T) {
 	require.Empty(t, e.affine("node-1"), "the IPv4 block claimed on the way was given back")
 	require.Zero(t, e.store.Len(ipam.KindHandle)-1)
 }
+
+// Windows nodes reserve the first three and the last address of every
+// block they claim (Calico's HostReservedAttr).
+func TestHostReservedAddresses(t *testing.T) {
+	e := newEnv(t, v4pool("p", "10.0.0.0/24", 28), v4pool("tiny", "10.1.0.0/24", 30))
+	args := ipam.AutoAssignArgs{Num4: 12, Handle: "win", Node: "win-1", ReserveFirst: 3, ReserveLast: 1, IPv4Pools: []string{"p"}}
+	res, err := e.a.AutoAssign(e.ctx, args)
+	require.NoError(t, err)
+	blk := res.IPv4[0].Block
+	require.Len(t, blocksOf(res.IPv4), 1, "12 of the 16 addresses fit")
+	for _, x := range res.IPv4 {
+		off := int(x.Addr.As4()[3] - blk.Addr().As4()[3])
+		require.True(t, off >= 3 && off <= 14, "%s is reserved", x.Addr)
+	}
+	u := e.utilization()
+	require.EqualValues(t, 4, u[0].Reserved.Int64())
+	require.Equal(t, 4, u[0].Blocks[0].Reserved)
+
+	// A block of 4 addresses keeps none after 3+1: the pool is not used.
+	args.Handle, args.Num4, args.IPv4Pools = "win2", 1, []string{"tiny"}
+	_, err = e.a.AutoAssign(e.ctx, args)
+	require.ErrorIs(t, err, ipam.ErrNoSpace)
+	require.Contains(t, err.Error(), "too small to reserve 3+1")
+
+	// A full block with only reserved addresses left counts as empty.
+	_, err = e.a.ReleaseByHandle(e.ctx, "win")
+	require.NoError(t, err)
+	b, err := e.a.Block(e.ctx, blk)
+	require.NoError(t, err)
+	require.True(t, b.Empty())
+
+	_, err = e.a.AutoAssign(e.ctx, ipam.AutoAssignArgs{Num4: 1, Handle: "x", Node: "n", ReserveFirst: -1})
+	require.ErrorIs(t, err, ipam.ErrInvalid)
+}
