@@ -227,22 +227,12 @@ func (s *Store) List(ctx context.Context, kind ipam.Kind, r ipam.KeyRange) ([]ip
 // Create implements [ipam.Store] with a transaction that puts the key only
 // if it does not exist (its create revision is 0).
 func (s *Store) Create(ctx context.Context, kind ipam.Kind, key string, value []byte) (ipam.Revision, error) {
-	if err := checkKind(kind); err != nil {
-		return 0, err
-	}
-	if err := ctx.Err(); err != nil {
-		return 0, fmt.Errorf("etcdstore: create %s %q: %w", kind, key, err)
-	}
-	k := s.etcdKey(kind, key)
-	rctx, cancel := s.request(ctx)
-	defer cancel()
-	defer s.bump(kind)
-	resp, err := s.kv.Txn(rctx).
-		If(clientv3.Compare(clientv3.CreateRevision(k), "=", 0)).
-		Then(clientv3.OpPut(k, string(value))).
-		Commit()
+	resp, err := s.write(ctx, "create", kind, key, func(t clientv3.Txn, k string) clientv3.Txn {
+		return t.If(clientv3.Compare(clientv3.CreateRevision(k), "=", 0)).
+			Then(clientv3.OpPut(k, string(value)))
+	})
 	if err != nil {
-		return 0, s.failure(ctx, rctx, "create "+kind.String(), key, err)
+		return 0, err
 	}
 	if !resp.Succeeded {
 		return 0, fmt.Errorf("etcdstore: create %s %q: %w", kind, key, ipam.ErrExists)
@@ -255,23 +245,13 @@ func (s *Store) Create(ctx context.Context, kind ipam.Kind, key string, value []
 // Update implements [ipam.Store] with a transaction that puts the key only
 // if its mod revision is rev.
 func (s *Store) Update(ctx context.Context, kind ipam.Kind, key string, value []byte, rev ipam.Revision) (ipam.Revision, error) {
-	if err := checkKind(kind); err != nil {
-		return 0, err
-	}
-	if err := ctx.Err(); err != nil {
-		return 0, fmt.Errorf("etcdstore: update %s %q: %w", kind, key, err)
-	}
-	k := s.etcdKey(kind, key)
-	rctx, cancel := s.request(ctx)
-	defer cancel()
-	defer s.bump(kind)
-	resp, err := s.kv.Txn(rctx).
-		If(revisionIs(k, rev)...).
-		Then(clientv3.OpPut(k, string(value))).
-		Else(clientv3.OpGet(k, clientv3.WithKeysOnly())).
-		Commit()
+	resp, err := s.write(ctx, "update", kind, key, func(t clientv3.Txn, k string) clientv3.Txn {
+		return t.If(revisionIs(k, rev)...).
+			Then(clientv3.OpPut(k, string(value))).
+			Else(clientv3.OpGet(k, clientv3.WithKeysOnly()))
+	})
 	if err != nil {
-		return 0, s.failure(ctx, rctx, "update "+kind.String(), key, err)
+		return 0, err
 	}
 	if !resp.Succeeded {
 		return 0, s.refused("update", kind, key, rev, resp)
@@ -282,28 +262,39 @@ func (s *Store) Update(ctx context.Context, kind ipam.Kind, key string, value []
 // Delete implements [ipam.Store] with a transaction that deletes the key
 // only if its mod revision is rev.
 func (s *Store) Delete(ctx context.Context, kind ipam.Kind, key string, rev ipam.Revision) error {
-	if err := checkKind(kind); err != nil {
-		return err
-	}
-	if err := ctx.Err(); err != nil {
-		return fmt.Errorf("etcdstore: delete %s %q: %w", kind, key, err)
-	}
-	k := s.etcdKey(kind, key)
-	rctx, cancel := s.request(ctx)
-	defer cancel()
-	defer s.bump(kind)
-	resp, err := s.kv.Txn(rctx).
-		If(revisionIs(k, rev)...).
-		Then(clientv3.OpDelete(k)).
-		Else(clientv3.OpGet(k, clientv3.WithKeysOnly())).
-		Commit()
+	resp, err := s.write(ctx, "delete", kind, key, func(t clientv3.Txn, k string) clientv3.Txn {
+		return t.If(revisionIs(k, rev)...).
+			Then(clientv3.OpDelete(k)).
+			Else(clientv3.OpGet(k, clientv3.WithKeysOnly()))
+	})
 	if err != nil {
-		return s.failure(ctx, rctx, "delete "+kind.String(), key, err)
+		return err
 	}
 	if !resp.Succeeded {
 		return s.refused("delete", kind, key, rev, resp)
 	}
 	return nil
+}
+
+// write commits the transaction txn builds for the etcd key of (kind, key),
+// after checking the kind and the context, and wraps a failure of the
+// client for op. Whatever the outcome, kind's generation moves on, since
+// the kind may have changed.
+func (s *Store) write(ctx context.Context, op string, kind ipam.Kind, key string, txn func(t clientv3.Txn, k string) clientv3.Txn) (*clientv3.TxnResponse, error) {
+	if err := checkKind(kind); err != nil {
+		return nil, err
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("etcdstore: %s %s %q: %w", op, kind, key, err)
+	}
+	rctx, cancel := s.request(ctx)
+	defer cancel()
+	defer s.bump(kind)
+	resp, err := txn(s.kv.Txn(rctx), s.etcdKey(kind, key)).Commit()
+	if err != nil {
+		return nil, s.failure(ctx, rctx, op+" "+kind.String(), key, err)
+	}
+	return resp, nil
 }
 
 // revisionIs returns the comparisons that hold when key exists at mod
