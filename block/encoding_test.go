@@ -204,15 +204,6 @@ func TestJSONNeedsUTF8(t *testing.T) {
 	roundTripBinary(t, b)
 }
 
-func roundTripBinary(t *testing.T, b *block.Block) {
-	t.Helper()
-	data, err := b.MarshalBinary()
-	require.NoError(t, err)
-	var back block.Block
-	require.NoError(t, back.UnmarshalBinary(data))
-	require.True(t, b.Equal(&back))
-}
-
 func TestDecodeErrorsMatch(t *testing.T) {
 	var b block.Block
 	err := b.UnmarshalBinary(mustHex("010413" + goldenHex[6:]))
