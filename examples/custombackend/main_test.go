@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"errors"
 	"path/filepath"
 	"testing"
@@ -46,9 +45,5 @@ func TestSaveFailureChangesNothing(t *testing.T) {
 // TestOutput runs the example and compares what it prints with the golden
 // file.
 func TestOutput(t *testing.T) {
-	var out bytes.Buffer
-	if err := run(t.Context(), &out); err != nil {
-		t.Fatal(err)
-	}
-	golden.Check(t, out.Bytes(), "testdata/output.golden")
+	golden.Output(t, "testdata/output.golden", run)
 }

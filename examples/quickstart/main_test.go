@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"testing"
 
 	"github.com/carve-ipam/carve/internal/golden"
@@ -10,9 +9,5 @@ import (
 // TestOutput runs the quickstart and compares what it prints with the
 // golden file, so the README's first command keeps working as documented.
 func TestOutput(t *testing.T) {
-	var out bytes.Buffer
-	if err := run(t.Context(), &out); err != nil {
-		t.Fatal(err)
-	}
-	golden.Check(t, out.Bytes(), "testdata/output.golden")
+	golden.Output(t, "testdata/output.golden", run)
 }

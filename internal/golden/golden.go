@@ -4,13 +4,27 @@ package golden
 
 import (
 	"bytes"
+	"context"
 	"flag"
+	"io"
 	"os"
 	"path/filepath"
 	"testing"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files")
+
+// Output calls run, as an example's main does, with the test's context and
+// a buffer, and checks what it wrote against the golden file at path. An
+// error of run fails t.
+func Output(t *testing.T, path string, run func(context.Context, io.Writer) error) {
+	t.Helper()
+	var out bytes.Buffer
+	if err := run(t.Context(), &out); err != nil {
+		t.Fatal(err)
+	}
+	Check(t, out.Bytes(), path)
+}
 
 // Check fails t unless got equals the contents of the golden file at path
 // (relative to the test's package), printing got so a reader sees what
