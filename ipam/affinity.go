@@ -44,7 +44,7 @@ func (a *Allocator) releaseAffinity(ctx context.Context, aff block.Affinity, blk
 		return err
 	}
 	// The index record is stale either way now.
-	if derr := a.dropIndex(ctx, affinityKey(aff.String(), blk), 0); derr != nil {
+	if derr := a.dropIndex(ctx, aff, blk, 0); derr != nil {
 		return errors.Join(err, derr)
 	}
 	return err

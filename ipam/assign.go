@@ -341,7 +341,7 @@ func (a *Allocator) assignFamily(ctx context.Context, o *assignOp, fam pool.Fami
 	// blocks, and are removed.
 	for _, blk := range gone {
 		mine = slices.DeleteFunc(mine, func(p netip.Prefix) bool { return p == blk })
-		_ = a.dropIndex(ctx, affinityKey(o.aff.String(), blk), 0) // best effort: Repair finds what is left
+		_ = a.dropIndex(ctx, o.aff, blk, 0) // best effort: Repair finds what is left
 	}
 
 	// 2. New blocks claimed for the node.

@@ -410,14 +410,18 @@ func (a *Allocator) rebuildHandle(ctx context.Context, handle string, rev Revisi
 // repairStaleIndex deletes an index entry whose block, read fresh, is still
 // not affine to its owner.
 func (a *Allocator) repairStaleIndex(ctx context.Context, p Problem) error {
+	aff, err := block.ParseAffinity(p.Owner)
+	if err != nil {
+		return err
+	}
 	b, err := a.readBlock(ctx, p.Block)
 	if err != nil {
 		return err
 	}
-	if b != nil && b.Affinity().String() == p.Owner {
+	if b != nil && b.Affinity() == aff {
 		return errors.New("the block is affine to its owner again")
 	}
-	return a.store.Delete(ctx, KindAffinity, affinityKey(p.Owner, p.Block), p.rev)
+	return a.dropIndex(ctx, aff, p.Block, p.rev)
 }
 
 // deleteEmptyBlock deletes a block that is, read fresh, still empty: its
@@ -442,7 +446,7 @@ func (a *Allocator) deleteEmptyBlock(ctx context.Context, blk netip.Prefix) erro
 		return err
 	}
 	if !aff.IsZero() {
-		return a.dropIndex(ctx, affinityKey(aff.String(), blk), 0)
+		return a.dropIndex(ctx, aff, blk, 0)
 	}
 	return nil
 }

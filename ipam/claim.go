@@ -122,7 +122,7 @@ func (a *Allocator) claimLocked(ctx context.Context, e *blockEntry, aff block.Af
 	b.SetAffinity(aff, a.now())
 	err = a.create(ctx, e, b)
 	if err == nil {
-		return nil
+		return a.putIndex(ctx, aff, e.prefix)
 	}
 	if !errors.Is(err, ErrExists) {
 		return err
@@ -134,7 +134,7 @@ func (a *Allocator) claimLocked(ctx context.Context, e *blockEntry, aff block.Af
 	if e.blk != nil && e.blk.Affinity() == aff {
 		return nil // ours after all: an earlier attempt of this node
 	}
-	if err := a.dropIndex(ctx, idx, idxRev); err != nil {
+	if err := a.dropIndex(ctx, aff, e.prefix, idxRev); err != nil {
 		return err
 	}
 	if e.blk == nil {
@@ -167,10 +167,33 @@ func (r hostReserved) apply(b *block.Block) {
 	}
 }
 
-// dropIndex deletes an affinity index record; rev 0 means "whatever its
-// revision". A record already gone is fine.
-func (a *Allocator) dropIndex(ctx context.Context, key string, rev Revision) error {
-	return a.retry(ctx, "delete affinity", key, func() error {
+// The affinity index has one key per owner and block, so allocators
+// serving the same node (in one process or several) share index records:
+// one may delete a record, believing the block is not the node's, just as
+// another makes the block the node's, counting on that record. Each side
+// therefore writes first and then reads what the other writes. A claimer
+// puts the record back after its block write (putIndex); a remover reads
+// the block after its delete and restores the record if the block is the
+// owner's after all (dropIndex). The store orders the four operations, and
+// whichever side goes last sees the other's write, so a block affine to a
+// node is never left out of the node's index.
+
+// putIndex makes sure the index records that blk is affine to aff. A
+// claimer calls it after writing the block.
+func (a *Allocator) putIndex(ctx context.Context, aff block.Affinity, blk netip.Prefix) error {
+	_, err := a.store.Create(ctx, KindAffinity, affinityKey(aff.String(), blk), nil)
+	if err != nil && !errors.Is(err, ErrExists) {
+		return fmt.Errorf("ipam: index block %s for %s: %w", blk, aff, err)
+	}
+	return nil
+}
+
+// dropIndex deletes the index record that says blk is affine to aff; rev 0
+// means "whatever its revision". A record already gone is fine. If the
+// block, read after the delete, is affine to aff, the record is put back.
+func (a *Allocator) dropIndex(ctx context.Context, aff block.Affinity, blk netip.Prefix, rev Revision) error {
+	key := affinityKey(aff.String(), blk)
+	err := a.retry(ctx, "delete affinity", key, func() error {
 		r := rev
 		if r == 0 {
 			rec, err := a.store.Get(ctx, KindAffinity, key)
@@ -191,6 +214,32 @@ func (a *Allocator) dropIndex(ctx context.Context, key string, rev Revision) err
 		}
 		return err
 	})
+	if err != nil {
+		return err
+	}
+	now, err := a.storedAffinity(ctx, blk)
+	if err != nil || now != aff {
+		return err
+	}
+	return a.putIndex(ctx, aff, blk)
+}
+
+// storedAffinity reads blk's affinity from the store, past the cache (the
+// caller may hold the block's cache entry). A block that does not exist
+// has the zero affinity.
+func (a *Allocator) storedAffinity(ctx context.Context, blk netip.Prefix) (block.Affinity, error) {
+	rec, err := a.store.Get(ctx, KindBlock, blockKey(blk))
+	if errors.Is(err, ErrNotFound) {
+		return block.Affinity{}, nil
+	}
+	if err != nil {
+		return block.Affinity{}, fmt.Errorf("ipam: read block %s: %w", blk, err)
+	}
+	sum, err := block.Peek(rec.Value)
+	if err != nil {
+		return block.Affinity{}, fmt.Errorf("ipam: block %s: %w: %w", blk, ErrCorrupt, err)
+	}
+	return sum.Affinity, nil
 }
 
 // reclaim takes over an empty block of pool p affine to another node and
@@ -258,12 +307,15 @@ func (a *Allocator) takeOver(ctx context.Context, blk netip.Prefix, aff block.Af
 		return nil
 	})
 	if err != nil || !taken {
-		if derr := a.dropIndex(ctx, idx, idxRev); derr != nil {
+		if derr := a.dropIndex(ctx, aff, blk, idxRev); derr != nil {
 			err = errors.Join(err, derr)
 		}
 		return false, err
 	}
-	return true, a.dropIndex(ctx, affinityKey(old.String(), blk), 0)
+	if err := a.putIndex(ctx, aff, blk); err != nil {
+		return true, err
+	}
+	return true, a.dropIndex(ctx, old, blk, 0)
 }
 
 // borrow assigns up to want addresses from existing blocks of pool p that

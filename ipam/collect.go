@@ -253,5 +253,5 @@ func (a *Allocator) releaseEmptyAffinity(ctx context.Context, aff block.Affinity
 	if err != nil {
 		return err
 	}
-	return a.dropIndex(ctx, affinityKey(aff.String(), blk), 0)
+	return a.dropIndex(ctx, aff, blk, 0)
 }
