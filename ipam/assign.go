@@ -491,6 +491,12 @@ func (a *Allocator) assignFrom(ctx context.Context, o *assignOp, out *[]Assigned
 			return err
 		}
 		if err := a.commit(ctx, e); err != nil {
+			if !errors.Is(err, ErrConflict) && !errors.Is(err, ErrNotFound) && !errors.Is(err, ErrExists) {
+				// The block write may have happened (a lost reply): keep
+				// the count, too high at worst, so that ReleaseByHandle
+				// finds the addresses if they were assigned.
+				return err
+			}
 			if herr := o.h.add(ctx, blk, -k); herr != nil {
 				return errors.Join(err, herr)
 			}

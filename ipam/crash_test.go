@@ -149,7 +149,7 @@ func TestCrashAtEveryOperation(t *testing.T) {
 	if testing.Short() {
 		step = 7
 	}
-	for _, mode := range []storetest.FaultMode{storetest.FailOnce, storetest.Crash, storetest.CrashAfter} {
+	for _, mode := range []storetest.FaultMode{storetest.FailOnce, storetest.Crash, storetest.CrashAfter, storetest.LostReply} {
 		for k := int64(1); k <= total; k += step {
 			t.Run(fmt.Sprintf("mode=%s/at=%d", mode, k), func(t *testing.T) {
 				run := newCrashRun(t, storetest.Fault{At: k, Mode: mode})

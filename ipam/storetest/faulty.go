@@ -26,6 +26,10 @@ const (
 	// every later one: the process died after its write reached the store,
 	// before it learned the outcome.
 	CrashAfter
+	// LostReply applies the operation, then reports it failed; the store
+	// works again afterwards: the write reached the store, its reply was
+	// lost (a timeout), and the process goes on.
+	LostReply
 )
 
 func (m FaultMode) String() string {
@@ -36,6 +40,8 @@ func (m FaultMode) String() string {
 		return "crash"
 	case CrashAfter:
 		return "crash-after"
+	case LostReply:
+		return "lost-reply"
 	}
 	return fmt.Sprintf("fault-mode(%d)", int(m))
 }
@@ -101,11 +107,16 @@ func (f *FaultyStore) before(op string, kind ipam.Kind, key string) (after bool,
 	case CrashAfter:
 		f.crashed.Store(true)
 		return true, nil
+	case LostReply:
+		return true, nil
 	}
 	return false, fmt.Errorf("faulty store: %s %s %q (operation %d): %w", op, kind, key, n, ErrInjected)
 }
 
 func (f *FaultyStore) afterErr(op string, kind ipam.Kind, key string) error {
+	if f.fault.Mode == LostReply {
+		return fmt.Errorf("faulty store: %s %s %q (operation %d) applied, then its reply was lost: %w", op, kind, key, f.fault.At, ErrInjected)
+	}
 	return fmt.Errorf("faulty store: %s %s %q (operation %d) applied, then crashed: %w", op, kind, key, f.fault.At, ErrInjected)
 }
 
