@@ -46,6 +46,7 @@ type Options struct {
 type Allocator struct {
 	store      Store
 	gens       Generations // nil when the store does not offer them
+	keeper     BlockKeeper // nil when the store does not offer it
 	now        func() time.Time
 	retries    int
 	reclaimAge time.Duration
@@ -76,6 +77,7 @@ func New(store Store, opts Options) (*Allocator, error) {
 		reclaimAge: opts.ReclaimAge,
 	}
 	a.gens, _ = store.(Generations)
+	a.keeper, _ = store.(BlockKeeper)
 	if a.now == nil {
 		a.now = time.Now
 	}

@@ -491,7 +491,7 @@ func (a *Allocator) assignFrom(ctx context.Context, o *assignOp, out *[]Assigned
 			return err
 		}
 		if err := a.commit(ctx, e); err != nil {
-			if !errors.Is(err, ErrConflict) && !errors.Is(err, ErrNotFound) && !errors.Is(err, ErrExists) {
+			if !refused(err) {
 				// The block write may have happened (a lost reply): keep
 				// the count, too high at worst, so that ReleaseByHandle
 				// finds the addresses if they were assigned.

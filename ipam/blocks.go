@@ -130,14 +130,26 @@ func (a *Allocator) commit(ctx context.Context, e *blockEntry) error {
 		e.blk, e.rev, e.next, e.fresh = nil, 0, nil, true
 		return nil
 	}
-	value, err := e.encode(b)
-	if err != nil {
-		return err
+	var rev Revision
+	var err error
+	if a.keeper != nil {
+		rev, err = a.keeper.UpdateBlock(ctx, e.key, b, e.rev)
+	} else {
+		var value []byte
+		if value, err = e.encode(b); err != nil {
+			return err
+		}
+		rev, err = a.store.Update(ctx, KindBlock, e.key, value, e.rev)
 	}
-	rev, err := a.store.Update(ctx, KindBlock, e.key, value, e.rev)
 	if err != nil {
+		if a.keeper != nil && !refused(err) {
+			e.next = nil // the write may have happened: b may be the store's now
+		}
 		return a.writeFailed(e, err)
 	}
+	// The store may keep b (BlockKeeper): from now on only e.blk, which is
+	// never modified, refers to it. The previous version is no longer the
+	// record's value and becomes the scratch copy.
 	e.blk, e.next = b, e.blk
 	e.rev, e.fresh = rev, true
 	return nil
@@ -161,11 +173,17 @@ func (a *Allocator) pruneReleased(b *block.Block) {
 // create stores b, a new block, under e. It fails with ErrExists when the
 // block exists already. The caller holds e.mu.
 func (a *Allocator) create(ctx context.Context, e *blockEntry, b *block.Block) error {
-	value, err := e.encode(b)
-	if err != nil {
-		return err
+	var rev Revision
+	var err error
+	if a.keeper != nil {
+		rev, err = a.keeper.CreateBlock(ctx, e.key, b)
+	} else {
+		var value []byte
+		if value, err = e.encode(b); err != nil {
+			return err
+		}
+		rev, err = a.store.Create(ctx, KindBlock, e.key, value)
 	}
-	rev, err := a.store.Create(ctx, KindBlock, e.key, value)
 	if err != nil {
 		return a.writeFailed(e, err)
 	}
@@ -182,6 +200,12 @@ func (e *blockEntry) encode(b *block.Block) ([]byte, error) {
 	}
 	e.encSize = len(value)
 	return value, nil
+}
+
+// refused reports whether a write failed with one of the errors that the
+// Store contract says change nothing.
+func refused(err error) bool {
+	return errors.Is(err, ErrConflict) || errors.Is(err, ErrNotFound) || errors.Is(err, ErrExists)
 }
 
 // writeFailed marks the entry stale after a failed write, so the next

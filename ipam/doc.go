@@ -89,5 +89,7 @@
 // With a store that offers [Generations] (memstore does), pool and
 // configuration changes made by any allocator are seen on the next call.
 // Cached blocks are only used to attempt a compare-and-swap; any refusal is
-// confirmed by a fresh read.
+// confirmed by a fresh read. With a store that offers [BlockKeeper]
+// (memstore does), blocks are handed over as they are and encoded only
+// when read, which takes encoding off the allocation path.
 package ipam

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+
+	"github.com/carve-ipam/carve/block"
 )
 
 // Errors a Store returns. Backends may wrap them with context; callers match
@@ -196,4 +198,30 @@ const MaxKeyLen = 1024
 // components do.
 type Generations interface {
 	Generation(kind Kind) uint64
+}
+
+// BlockKeeper is an optional Store capability for stores that live in the
+// allocator's own process, such as memstore: the store keeps a written
+// block as the [block.Block] itself and encodes it only when the record is
+// read. Encoding a whole block is the largest cost of a write, and in the
+// steady state nobody else reads the block before the next write replaces
+// it, so most encodings never happen.
+//
+// CreateBlock and UpdateBlock are Create and Update of the KindBlock record
+// key with b's encoding ([block.Block.AppendBinary]) as the value: the same
+// checks, errors and revisions, and every later Get or List of the record
+// returns that encoding, as if it had been written as bytes. The store must
+// not modify b. It may keep b until the record is next written or deleted,
+// but must stop reading it by the time that write returns (memstore
+// encodes under the lock that orders writes). carve, for its part, does not
+// modify b after passing it in until a later write of the record by the
+// same caller has succeeded. A write refused with ErrExists, ErrConflict or
+// ErrNotFound has not kept b; after any other error carve assumes the store
+// may have, and never modifies b again.
+//
+// An allocator finds the capability by type assertion, as it does
+// [Generations]; a store without it gets bytes.
+type BlockKeeper interface {
+	CreateBlock(ctx context.Context, key string, b *block.Block) (Revision, error)
+	UpdateBlock(ctx context.Context, key string, b *block.Block, rev Revision) (Revision, error)
 }

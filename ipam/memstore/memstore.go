@@ -9,6 +9,9 @@
 // write returns, so allocators can cache pools and configuration safely.
 //
 // Values are kept as given, without copying, as the Store contract allows.
+// It implements [ipam.BlockKeeper] too: a block an allocator writes is kept
+// as it is and encoded only when someone reads the record, so the
+// allocation path never encodes a block.
 package memstore
 
 import (
@@ -19,6 +22,7 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"github.com/carve-ipam/carve/block"
 	"github.com/carve-ipam/carve/ipam"
 )
 
@@ -71,14 +75,21 @@ func (r *records) removed(key string) {
 
 type entry struct {
 	value []byte
-	rev   ipam.Revision
+	// blk, when not nil, is the value, not yet encoded: value is nil until
+	// a read encodes it, under the write lock, and drops blk.
+	blk *block.Block
+	rev ipam.Revision
 }
+
+// pending reports whether the entry's value still has to be encoded.
+func (e *entry) pending() bool { return e.blk != nil }
 
 // New returns an empty store. It is the same as new(Store).
 func New() *Store { return new(Store) }
 
 var _ ipam.Store = (*Store)(nil)
 var _ ipam.Generations = (*Store)(nil)
+var _ ipam.BlockKeeper = (*Store)(nil)
 
 func checkKind(kind ipam.Kind) error {
 	if !kind.Valid() || int(kind) >= maxKinds {
@@ -101,6 +112,18 @@ func (s *Store) Get(ctx context.Context, kind ipam.Kind, key string) (ipam.Recor
 	if !ok {
 		return ipam.Record{}, fmt.Errorf("memstore: get %s %q: %w", kind, key, ipam.ErrNotFound)
 	}
+	if e.pending() {
+		s.mu.Lock()
+		e, ok = s.kinds[kind].byKey[key]
+		err := s.encode(kind, key, &e)
+		s.mu.Unlock()
+		switch {
+		case !ok:
+			return ipam.Record{}, fmt.Errorf("memstore: get %s %q: %w", kind, key, ipam.ErrNotFound)
+		case err != nil:
+			return ipam.Record{}, err
+		}
+	}
 	return ipam.Record{Key: key, Value: e.value, Revision: e.rev}, nil
 }
 
@@ -113,63 +136,103 @@ func (s *Store) List(ctx context.Context, kind ipam.Kind, r ipam.KeyRange) ([]ip
 		return nil, err
 	}
 	s.mu.RLock()
-	if s.kinds[kind].dirty {
-		// Re-take the lock exclusively to rebuild the order; another lister
-		// may have rebuilt it in between, which the second check sees.
-		s.mu.RUnlock()
-		s.mu.Lock()
-		recs := &s.kinds[kind]
-		if recs.dirty {
-			recs.keys = recs.keys[:0]
-			for k := range recs.byKey {
-				recs.keys = append(recs.keys, k)
-			}
-			slices.Sort(recs.keys)
-			recs.dirty = false
-		}
-		s.mu.Unlock()
-		s.mu.RLock()
+	out, ok := s.list(kind, r)
+	s.mu.RUnlock()
+	if ok {
+		return out, nil
 	}
-	defer s.mu.RUnlock()
+	// The key order needs rebuilding, or blocks in the range need encoding:
+	// both take the write lock.
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	recs := &s.kinds[kind]
-	if recs.dirty { // changed again between the two locks
-		return s.listUnordered(recs, r), nil
+	if recs.dirty {
+		recs.keys = recs.keys[:0]
+		for k := range recs.byKey {
+			recs.keys = append(recs.keys, k)
+		}
+		slices.Sort(recs.keys)
+		recs.dirty = false
 	}
-	lo := sort.SearchStrings(recs.keys, r.Start)
-	var out []ipam.Record
-	for _, k := range recs.keys[lo:] {
+	for _, k := range recs.keys[sort.SearchStrings(recs.keys, r.Start):] {
 		if !r.Contains(k) {
 			break
 		}
 		e := recs.byKey[k]
-		out = append(out, ipam.Record{Key: k, Value: e.value, Revision: e.rev})
+		if err := s.encode(kind, k, &e); err != nil {
+			return nil, err
+		}
 	}
+	out, _ = s.list(kind, r)
 	return out, nil
 }
 
-// listUnordered serves a List by a full scan when the key order is stale.
-// The caller holds s.mu for reading.
-func (s *Store) listUnordered(recs *records, r ipam.KeyRange) []ipam.Record {
-	var out []ipam.Record
-	for k, e := range recs.byKey {
-		if r.Contains(k) {
-			out = append(out, ipam.Record{Key: k, Value: e.value, Revision: e.rev})
-		}
+// list returns the records of the kind in r, or false when it cannot under
+// the read lock: the key order is stale, or a block in the range is not
+// encoded yet. The caller holds s.mu.
+func (s *Store) list(kind ipam.Kind, r ipam.KeyRange) ([]ipam.Record, bool) {
+	recs := &s.kinds[kind]
+	if recs.dirty {
+		return nil, false
 	}
-	slices.SortFunc(out, func(a, b ipam.Record) int {
-		switch {
-		case a.Key < b.Key:
-			return -1
-		case a.Key > b.Key:
-			return 1
+	var out []ipam.Record
+	for _, k := range recs.keys[sort.SearchStrings(recs.keys, r.Start):] {
+		if !r.Contains(k) {
+			break
 		}
-		return 0
-	})
-	return out
+		e := recs.byKey[k]
+		if e.pending() {
+			return nil, false
+		}
+		out = append(out, ipam.Record{Key: k, Value: e.value, Revision: e.rev})
+	}
+	return out, true
+}
+
+// encode encodes a pending entry's block and keeps the encoding in the
+// map and in *e. The caller holds the write lock.
+func (s *Store) encode(kind ipam.Kind, key string, e *entry) error {
+	if !e.pending() {
+		return nil
+	}
+	v, err := e.blk.AppendBinary(nil)
+	if err != nil {
+		return fmt.Errorf("memstore: encode %s %q: %w", kind, key, err)
+	}
+	e.value, e.blk = v, nil // the store is done with the block
+	s.kinds[kind].byKey[key] = *e
+	return nil
 }
 
 // Create implements [ipam.Store].
 func (s *Store) Create(ctx context.Context, kind ipam.Kind, key string, value []byte) (ipam.Revision, error) {
+	return s.create(ctx, kind, key, entry{value: value})
+}
+
+// Update implements [ipam.Store].
+func (s *Store) Update(ctx context.Context, kind ipam.Kind, key string, value []byte, rev ipam.Revision) (ipam.Revision, error) {
+	return s.update(ctx, kind, key, entry{value: value}, rev)
+}
+
+// CreateBlock implements [ipam.BlockKeeper]: it keeps b and encodes it when
+// the record is first read.
+func (s *Store) CreateBlock(ctx context.Context, key string, b *block.Block) (ipam.Revision, error) {
+	if b == nil {
+		return 0, fmt.Errorf("memstore: create block %q: nil block", key)
+	}
+	return s.create(ctx, ipam.KindBlock, key, entry{blk: b})
+}
+
+// UpdateBlock implements [ipam.BlockKeeper]: it keeps b and encodes it when
+// the record is first read.
+func (s *Store) UpdateBlock(ctx context.Context, key string, b *block.Block, rev ipam.Revision) (ipam.Revision, error) {
+	if b == nil {
+		return 0, fmt.Errorf("memstore: update block %q: nil block", key)
+	}
+	return s.update(ctx, ipam.KindBlock, key, entry{blk: b}, rev)
+}
+
+func (s *Store) create(ctx context.Context, kind ipam.Kind, key string, e entry) (ipam.Revision, error) {
 	if err := ctx.Err(); err != nil {
 		return 0, err
 	}
@@ -187,15 +250,14 @@ func (s *Store) Create(ctx context.Context, kind ipam.Kind, key string, value []
 		recs.lazy = kind == ipam.KindHandle
 	}
 	s.rev++
-	rev := ipam.Revision(s.rev)
-	recs.byKey[key] = entry{value: value, rev: rev}
+	e.rev = ipam.Revision(s.rev)
+	recs.byKey[key] = e
 	recs.added(key)
 	s.gens[kind].Add(1)
-	return rev, nil
+	return e.rev, nil
 }
 
-// Update implements [ipam.Store].
-func (s *Store) Update(ctx context.Context, kind ipam.Kind, key string, value []byte, rev ipam.Revision) (ipam.Revision, error) {
+func (s *Store) update(ctx context.Context, kind ipam.Kind, key string, e entry, rev ipam.Revision) (ipam.Revision, error) {
 	if err := ctx.Err(); err != nil {
 		return 0, err
 	}
@@ -209,10 +271,10 @@ func (s *Store) Update(ctx context.Context, kind ipam.Kind, key string, value []
 		return 0, err
 	}
 	s.rev++
-	newRev := ipam.Revision(s.rev)
-	recs.byKey[key] = entry{value: value, rev: newRev}
+	e.rev = ipam.Revision(s.rev)
+	recs.byKey[key] = e
 	s.gens[kind].Add(1)
-	return newRev, nil
+	return e.rev, nil
 }
 
 // Delete implements [ipam.Store].

@@ -6,6 +6,7 @@ import (
 	"strings"
 	"sync/atomic"
 
+	"github.com/carve-ipam/carve/block"
 	"github.com/carve-ipam/carve/ipam"
 )
 
@@ -77,8 +78,9 @@ func (c Counts) String() string {
 
 // CountingStore wraps a Store and counts its calls, to measure how many
 // round trips an operation costs. It passes the optional
-// [ipam.Generations] capability through when the wrapped store has it, and
-// is safe for concurrent use.
+// [ipam.Generations] capability through when the wrapped store has it,
+// always offers [ipam.BlockKeeper] (writing encodings to a store without
+// it), and is safe for concurrent use.
 type CountingStore struct {
 	ipam.Store
 	counts [numOps][8]atomic.Int64
@@ -156,4 +158,19 @@ func (c *CountingStore) Update(ctx context.Context, kind ipam.Kind, key string, 
 func (c *CountingStore) Delete(ctx context.Context, kind ipam.Kind, key string, rev ipam.Revision) error {
 	c.count(OpDelete, kind)
 	return c.Store.Delete(ctx, kind, key, rev)
+}
+
+// CreateBlock implements [ipam.BlockKeeper], counted as a Create of a block.
+// It passes the block to the wrapped store's BlockKeeper, or writes its
+// encoding when the wrapped store has none.
+func (c *CountingStore) CreateBlock(ctx context.Context, key string, b *block.Block) (ipam.Revision, error) {
+	c.count(OpCreate, ipam.KindBlock)
+	return createBlock(ctx, c.Store, key, b)
+}
+
+// UpdateBlock implements [ipam.BlockKeeper], counted as an Update of a
+// block, as CreateBlock does.
+func (c *CountingStore) UpdateBlock(ctx context.Context, key string, b *block.Block, rev ipam.Revision) (ipam.Revision, error) {
+	c.count(OpUpdate, ipam.KindBlock)
+	return updateBlock(ctx, c.Store, key, b, rev)
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"sync/atomic"
 
+	"github.com/carve-ipam/carve/block"
 	"github.com/carve-ipam/carve/ipam"
 )
 
@@ -57,6 +58,9 @@ type Fault struct {
 // from one on, to test what a failure or a crash at that point leaves
 // behind. It is safe for concurrent use. Use WithGenerations to hand it to
 // an allocator with the wrapped store's [ipam.Generations] passed through.
+// It always offers [ipam.BlockKeeper], writing encodings to a store
+// without it, so faults strike the allocator's block writes the same way
+// over either kind of store.
 type FaultyStore struct {
 	ipam.Store
 	fault   Fault
@@ -183,4 +187,32 @@ func (f *FaultyStore) Delete(ctx context.Context, kind ipam.Kind, key string, re
 		return f.afterErr("delete", kind, key)
 	}
 	return err
+}
+
+// CreateBlock implements [ipam.BlockKeeper] as Create does [ipam.Store]: it
+// passes the block to the wrapped store's BlockKeeper, or writes its
+// encoding when the wrapped store has none.
+func (f *FaultyStore) CreateBlock(ctx context.Context, key string, b *block.Block) (ipam.Revision, error) {
+	after, err := f.before("create", ipam.KindBlock, key)
+	if err != nil {
+		return 0, err
+	}
+	rev, err := createBlock(ctx, f.Store, key, b)
+	if after {
+		return 0, f.afterErr("create", ipam.KindBlock, key)
+	}
+	return rev, err
+}
+
+// UpdateBlock implements [ipam.BlockKeeper] as Update does [ipam.Store].
+func (f *FaultyStore) UpdateBlock(ctx context.Context, key string, b *block.Block, rev ipam.Revision) (ipam.Revision, error) {
+	after, err := f.before("update", ipam.KindBlock, key)
+	if err != nil {
+		return 0, err
+	}
+	newRev, err := updateBlock(ctx, f.Store, key, b, rev)
+	if after {
+		return 0, f.afterErr("update", ipam.KindBlock, key)
+	}
+	return newRev, err
 }

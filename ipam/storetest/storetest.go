@@ -8,8 +8,8 @@
 //
 // Each check runs as its own subtest on a fresh store from newStore, checks
 // errors only with errors.Is, and includes concurrent writers, so run it
-// under the race detector. Optional capabilities ([ipam.Generations]) are
-// checked when the store implements them.
+// under the race detector. Optional capabilities ([ipam.Generations],
+// [ipam.BlockKeeper]) are checked when the store implements them.
 package storetest
 
 import (
@@ -80,6 +80,8 @@ var checks = []check{
 	{name: "RaceCounter", run: testRaceCounter},
 	{name: "RaceCreateDelete", run: testRaceCreateDelete},
 	{name: "Generations", run: testGenerations, applies: hasGenerations},
+	{name: "BlockKeeper", run: testBlockKeeper, applies: hasBlockKeeper},
+	{name: "RaceBlockKeeper", run: testRaceBlockKeeper, applies: hasBlockKeeper},
 }
 
 // ctx returns a context for one check.
