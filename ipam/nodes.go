@@ -33,6 +33,19 @@ const AttrNode = "node"
 // checkName checks a node name or handle ID: it becomes part of a store key.
 // Node names may not contain "/", which separates the parts of index keys.
 func checkName(op, what, s string, slash bool) error {
+	if s != "" && len(s) <= MaxNameLen {
+		// The common case, printable ASCII without "/", in one pass.
+		ok := true
+		for i := 0; i < len(s); i++ {
+			if c := s[i]; c < 0x20 || c >= 0x7f || c == '/' {
+				ok = false
+				break
+			}
+		}
+		if ok {
+			return nil
+		}
+	}
 	switch {
 	case s == "":
 		return invalid(op, "empty %s", what)
