@@ -120,6 +120,10 @@ func (b *Block) Allocate(dst []netip.Addr, n int, o Owner) ([]netip.Addr, uint64
 	}
 	b.cursor = c
 	b.used += n
+	b.recs.recs[s].at = uint16(b.cursor) // 1 + the last index given, mod size
+	if b.cursor == 0 {
+		b.recs.recs[s].at = uint16(b.size)
+	}
 	return dst, seq
 }
 
@@ -140,6 +144,7 @@ func (b *Block) Assign(a netip.Addr, o Owner) (uint64, error) {
 	b.seq++
 	b.taken.Set(uint(i))
 	b.owner[i] = uint16(s)
+	b.recs.recs[s].at = uint16(i + 1)
 	b.aseq[i] = b.seq
 	b.forget(i)
 	b.used++
@@ -223,6 +228,18 @@ func (b *Block) releaseHandle(handle string, dst []netip.Addr, ns int64) []netip
 	}
 	b.used -= left
 	tw, rw := b.taken.Words(), b.resv.Words()
+	if left == 1 {
+		// One address: where the record was last given one, usually.
+		s := slots[0]
+		if i := int(b.recs.recs[s].at) - 1; i >= 0 && b.owner[i] == s && (tw[i>>6]&^rw[i>>6])&(1<<(i&63)) != 0 {
+			tw[i>>6] &^= 1 << (i & 63)
+			dst = append(dst, b.addr(i))
+			if ns != 0 {
+				b.remember(i, ns)
+			}
+			left = 0
+		}
+	}
 	for k := 0; left > 0; k++ {
 		for w := tw[k] &^ rw[k]; w != 0; w &= w - 1 {
 			i := k<<6 | bits.TrailingZeros64(w)

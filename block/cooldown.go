@@ -78,6 +78,7 @@ func (b *Block) AllocateWith(dst []netip.Addr, n int, o Owner, opts AllocOptions
 		b.forget(i)
 		dst = append(dst, b.addr(i))
 	}
+	b.recs.recs[s].at = uint16(picks[len(picks)-1] + 1)
 	b.cursor = picks[len(picks)-1] + 1
 	if b.cursor == b.size {
 		b.cursor = 0

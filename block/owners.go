@@ -33,6 +33,10 @@ type record struct {
 	attrs  map[string]string // never modified by the package; nil or empty means none
 	hash   uint64            // maphash of handle
 	refs   int               // addresses held; 0 for the spare and for free slots
+	// at is 1 + the index of an address the record was last given, 0 if
+	// unknown: a hint that lets a release of a one-address owner skip the
+	// scan. The address may have been released since, so it is checked.
+	at uint16
 	// enc locates the record's binary encoding (handle, attribute count,
 	// sorted pairs) in owners.arena, made once when the record is created:
 	// encoding a block then copies those bytes instead of walking and
