@@ -46,6 +46,9 @@ func (h *handleRecord) setEntries(es []handleCount) {
 }
 
 func findBlock(es []handleCount, blk netip.Prefix) (int, bool) {
+	if len(es) == 1 && es[0].block == blk {
+		return 0, true // the common case: a handle in one block
+	}
 	return slices.BinarySearchFunc(es, blk, func(c handleCount, p netip.Prefix) int {
 		return comparePrefix(c.block, p)
 	})
