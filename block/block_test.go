@@ -652,3 +652,61 @@ func TestConcurrentReads(t *testing.T) {
 		require.NoError(t, <-done)
 	}
 }
+
+// TestReleaseHandleOneAddress: a handle left with one address is released
+// from where it was last given one when that is still its address, and
+// found by a scan when it is not (released since, given to another owner,
+// or reserved).
+func TestReleaseHandleOneAddress(t *testing.T) {
+	tests := []struct {
+		name string
+		// setup leaves pod-a holding exactly the address it returns.
+		setup func(t *testing.T, b *block.Block) netip.Addr
+	}{
+		{"last given", func(t *testing.T, b *block.Block) netip.Addr {
+			got, _ := b.Allocate(nil, 1, podA)
+			return got[0]
+		}},
+		{"assigned", func(t *testing.T, b *block.Block) netip.Addr {
+			_, err := b.Assign(addr("10.0.0.9"), podA)
+			require.NoError(t, err)
+			return addr("10.0.0.9")
+		}},
+		{"last given released since", func(t *testing.T, b *block.Block) netip.Addr {
+			got, _ := b.Allocate(nil, 2, podA)
+			require.NoError(t, b.Release(got[1], noChk))
+			return got[0]
+		}},
+		{"last given now another owner's", func(t *testing.T, b *block.Block) netip.Addr {
+			got, _ := b.Allocate(nil, 1, podA)
+			_, err := b.Assign(addr("10.0.0.5"), podA)
+			require.NoError(t, err)
+			require.NoError(t, b.Release(addr("10.0.0.5"), noChk))
+			_, err = b.Assign(addr("10.0.0.5"), podB)
+			require.NoError(t, err)
+			return got[0]
+		}},
+		{"last given now reserved", func(t *testing.T, b *block.Block) netip.Addr {
+			got, _ := b.Allocate(nil, 1, podA)
+			_, err := b.Assign(addr("10.0.0.7"), podA)
+			require.NoError(t, err)
+			require.NoError(t, b.Release(addr("10.0.0.7"), noChk))
+			require.NoError(t, b.Reserve(addr("10.0.0.7")))
+			return got[0]
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			b := mustNew(t, "10.0.0.0/28", 0)
+			_, _ = b.Allocate(nil, 2, podB)
+			held := tt.setup(t, b)
+			used := b.Used()
+			got := b.ReleaseHandle("pod-a", nil)
+			require.Equal(t, []netip.Addr{held}, got)
+			require.Equal(t, used-1, b.Used())
+			require.Empty(t, b.AddrsOf("pod-a", nil))
+			require.Len(t, b.AddrsOf("pod-b", nil), b.Used(), "pod-b keeps the rest")
+			require.NoError(t, b.Verify())
+		})
+	}
+}
