@@ -68,20 +68,29 @@ func (a *Allocator) entry(p netip.Prefix) *blockEntry {
 
 // load reads the block from the store. The caller holds e.mu.
 func (a *Allocator) load(ctx context.Context, e *blockEntry) error {
-	rec, err := a.store.Get(ctx, KindBlock, e.key)
-	if errors.Is(err, ErrNotFound) {
-		e.blk, e.rev, e.loaded, e.fresh = nil, 0, true, true
-		return nil
-	}
-	if err != nil {
-		return fmt.Errorf("ipam: read block %s: %w", e.prefix, err)
-	}
-	b, err := decodeBlock(e.prefix, rec.Value)
+	b, rev, err := a.fetch(ctx, e.prefix)
 	if err != nil {
 		return err
 	}
-	e.blk, e.rev, e.loaded, e.fresh = b, rec.Revision, true, true
+	e.blk, e.rev, e.loaded, e.fresh = b, rev, true, true
 	return nil
+}
+
+// fetch reads and decodes the block with prefix blk: a new block, nobody
+// else's. nil and revision 0 mean it does not exist.
+func (a *Allocator) fetch(ctx context.Context, blk netip.Prefix) (*block.Block, Revision, error) {
+	rec, err := a.store.Get(ctx, KindBlock, blockKey(blk))
+	if errors.Is(err, ErrNotFound) {
+		return nil, 0, nil
+	}
+	if err != nil {
+		return nil, 0, fmt.Errorf("ipam: read block %s: %w", blk, err)
+	}
+	b, err := decodeBlock(blk, rec.Value)
+	if err != nil {
+		return nil, 0, err
+	}
+	return b, rec.Revision, nil
 }
 
 // decodeBlock decodes a block record and checks it is the block its key says.

@@ -227,3 +227,48 @@ func TestClaimCostIndependentOfPoolSize(t *testing.T) {
 	require.Equal(t, small.Total(), huge.Total())
 	require.Zero(t, huge.Of(storetest.OpList, ipam.KindBlock), "no block listing")
 }
+
+// TestReadsDuringWrites has one goroutine assign and release on a node's
+// block while others read it through the same allocator (Block,
+// IPsByHandle, Owner). Under -race this checks that readers get blocks of
+// their own, never the cached copy a later write turns into scratch.
+func TestReadsDuringWrites(t *testing.T) {
+	e := newEnv(t, v4pool("small", "10.10.0.0/24", 26))
+	held := e.mustAssign4("node-a", "keeper", 1)
+	blk, addr := held[0].Block, held[0].Addr
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			h := fmt.Sprintf("pod-%d", i)
+			if _, err := e.assign4("node-a", h, 1); err != nil {
+				t.Error(err)
+				return
+			}
+			if _, err := e.a.ReleaseByHandle(e.ctx, h); err != nil {
+				t.Error(err)
+				return
+			}
+		}
+	}()
+	for range 300 {
+		b, err := e.a.Block(e.ctx, blk)
+		require.NoError(t, err)
+		require.Contains(t, b.AddrsOf("keeper", nil), addr)
+		got, err := e.a.IPsByHandle(e.ctx, "keeper")
+		require.NoError(t, err)
+		require.Equal(t, []netip.Addr{addr}, got)
+		own, err := e.a.Owner(e.ctx, addr)
+		require.NoError(t, err)
+		require.Equal(t, "keeper", own.Handle)
+	}
+	close(stop)
+	wg.Wait()
+}

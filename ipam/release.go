@@ -366,16 +366,13 @@ func (a *Allocator) IPsByHandle(ctx context.Context, handle string) ([]netip.Add
 	return out, nil
 }
 
-// readBlock reads a block fresh from the store, refreshing the cache; nil
-// means it does not exist.
+// readBlock reads a block fresh from the store into a block of the
+// caller's own; nil means it does not exist. (Not the cached copy: once the
+// entry is unlocked, a write may turn that into the scratch copy of the
+// next change.)
 func (a *Allocator) readBlock(ctx context.Context, blk netip.Prefix) (*block.Block, error) {
-	e := a.entry(blk)
-	e.lock()
-	defer e.unlock()
-	if err := a.load(ctx, e); err != nil {
-		return nil, err
-	}
-	return e.blk, nil
+	b, _, err := a.fetch(ctx, blk)
+	return b, err
 }
 
 // Allocation describes who holds an address.
@@ -441,7 +438,7 @@ func (a *Allocator) Block(ctx context.Context, blk netip.Prefix) (*block.Block, 
 	if b == nil {
 		return nil, fmt.Errorf("ipam: block %s: %w", blk, ErrNotFound)
 	}
-	return b.Clone(), nil
+	return b, nil // the caller's own
 }
 
 // Allocations returns every allocation whose address lies in within (a
