@@ -491,16 +491,7 @@ func (a *Allocator) assignFrom(ctx context.Context, o *assignOp, out *[]Assigned
 			return err
 		}
 		if err := a.commit(ctx, e); err != nil {
-			if !refused(err) {
-				// The block write may have happened (a lost reply): keep
-				// the count, too high at worst, so that ReleaseByHandle
-				// finds the addresses if they were assigned.
-				return err
-			}
-			if herr := o.h.add(ctx, blk, -k); herr != nil {
-				return errors.Join(err, herr)
-			}
-			return err
+			return o.h.undo(ctx, blk, k, err)
 		}
 		for _, addr := range addrs {
 			*out = append(*out, Assigned{Addr: addr, Block: blk, Pool: poolName, Seq: seq})
@@ -625,10 +616,7 @@ func (a *Allocator) AssignIP(ctx context.Context, args AssignIPArgs) (Assigned, 
 			return err
 		}
 		if err := a.commit(ctx, e); err != nil {
-			if herr := h.add(ctx, blk, -1); herr != nil {
-				return errors.Join(err, herr)
-			}
-			return err
+			return h.undo(ctx, blk, 1, err)
 		}
 		return nil
 	})

@@ -121,8 +121,10 @@ func (a *Allocator) claimLocked(ctx context.Context, e *blockEntry, aff block.Af
 	rsv.apply(b)
 	b.SetAffinity(aff, a.now())
 	err = a.create(ctx, e, b)
-	if err == nil {
-		return a.putIndex(ctx, aff, e.prefix)
+	if err == nil || !refused(err) {
+		// Created, or perhaps (a lost reply): either way the block may be
+		// aff's, so its index record must be there.
+		return errors.Join(err, a.putIndex(ctx, aff, e.prefix))
 	}
 	if !errors.Is(err, ErrExists) {
 		return err
@@ -214,14 +216,12 @@ func (a *Allocator) dropIndex(ctx context.Context, aff block.Affinity, blk netip
 		}
 		return err
 	})
-	if err != nil {
-		return err
+	// Even if the delete failed: it may have happened all the same.
+	now, rerr := a.storedAffinity(ctx, blk)
+	if rerr != nil || now != aff {
+		return errors.Join(err, rerr)
 	}
-	now, err := a.storedAffinity(ctx, blk)
-	if err != nil || now != aff {
-		return err
-	}
-	return a.putIndex(ctx, aff, blk)
+	return errors.Join(err, a.putIndex(ctx, aff, blk))
 }
 
 // storedAffinity reads blk's affinity from the store, past the cache (the

@@ -183,3 +183,92 @@ func TestCrashAtEveryOperation(t *testing.T) {
 		}
 	}
 }
+
+// TestLostReplyEachOperation loses the reply of every store operation of
+// one public call in turn (the write happens; the caller hears it failed)
+// and checks that only the states the write order promises are left, and
+// that Repair clears them.
+func TestLostReplyEachOperation(t *testing.T) {
+	type call func(ctx context.Context, a *ipam.Allocator) error
+	cases := []struct {
+		name  string
+		setup call // on a store with crashPools, without faults
+		run   call
+	}{
+		{"AutoAssign claiming", nil, func(ctx context.Context, a *ipam.Allocator) error {
+			_, err := a.AutoAssign(ctx, ipam.AutoAssignArgs{Num4: 2, Num6: 1, Handle: "h", Node: "n1"})
+			return err
+		}},
+		{"AutoAssign steady", func(ctx context.Context, a *ipam.Allocator) error {
+			_, err := a.AutoAssign(ctx, ipam.AutoAssignArgs{Num4: 1, Handle: "first", Node: "n1"})
+			return err
+		}, func(ctx context.Context, a *ipam.Allocator) error {
+			_, err := a.AutoAssign(ctx, ipam.AutoAssignArgs{Num4: 1, Handle: "h", Node: "n1"})
+			return err
+		}},
+		{"AssignIP", nil, func(ctx context.Context, a *ipam.Allocator) error {
+			_, err := a.AssignIP(ctx, ipam.AssignIPArgs{Addr: netip.MustParseAddr("10.0.0.3"), Handle: "h", Node: "n1"})
+			return err
+		}},
+		{"ReleaseByHandle", func(ctx context.Context, a *ipam.Allocator) error {
+			_, err := a.AutoAssign(ctx, ipam.AutoAssignArgs{Num4: 2, Num6: 1, Handle: "h", Node: "n1"})
+			return err
+		}, func(ctx context.Context, a *ipam.Allocator) error {
+			_, err := a.ReleaseByHandle(ctx, "h")
+			return err
+		}},
+		{"ReleaseHostAffinities", func(ctx context.Context, a *ipam.Allocator) error {
+			_, err := a.AutoAssign(ctx, ipam.AutoAssignArgs{Num4: 1, Handle: "h", Node: "n1"})
+			if err == nil {
+				_, err = a.ReleaseByHandle(ctx, "h")
+			}
+			return err
+		}, func(ctx context.Context, a *ipam.Allocator) error {
+			_, err := a.ReleaseHostAffinities(ctx, "n1", false)
+			return err
+		}},
+	}
+	for _, c := range cases {
+		// newStore returns a store set up for the case and the number of
+		// store operations the call makes on it without faults.
+		newStore := func(t *testing.T) *memstore.Store {
+			s := memstore.New()
+			a, err := ipam.New(s, ipam.Options{})
+			require.NoError(t, err)
+			for _, p := range crashPools {
+				require.NoError(t, a.CreatePool(t.Context(), p))
+			}
+			if c.setup != nil {
+				require.NoError(t, c.setup(t.Context(), a))
+			}
+			return s
+		}
+		t.Run(c.name, func(t *testing.T) {
+			clean := storetest.NewFaultyStore(newStore(t), storetest.Fault{})
+			a, err := ipam.New(clean.WithGenerations(), ipam.Options{})
+			require.NoError(t, err)
+			require.NoError(t, c.run(t.Context(), a))
+			total := clean.Ops()
+			require.Positive(t, total)
+			for k := int64(1); k <= total; k++ {
+				s := newStore(t)
+				f := storetest.NewFaultyStore(s, storetest.Fault{At: k, Mode: storetest.LostReply})
+				a, err := ipam.New(f.WithGenerations(), ipam.Options{})
+				require.NoError(t, err)
+				_ = c.run(t.Context(), a) // fails or not, depending on k
+
+				checker, err := ipam.New(s, ipam.Options{})
+				require.NoError(t, err)
+				r, err := checker.Check(t.Context())
+				require.NoError(t, err)
+				for _, p := range r.Problems {
+					require.Contains(t, []ipam.ProblemKind{ipam.ProblemHandleExcess, ipam.ProblemAffinityStale}, p.Kind,
+						"reply of operation %d lost: %v", k, p)
+				}
+				_, after, err := checker.Repair(t.Context())
+				require.NoError(t, err)
+				require.True(t, after.Clean(), "reply of operation %d lost; after repair: %v", k, after.Problems)
+			}
+		})
+	}
+}

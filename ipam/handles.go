@@ -141,3 +141,19 @@ func (a *Allocator) handleValue(r *handleRecord) []byte {
 	}
 	return a.handleVals.getOrMake(es[0], func() []byte { return r.appendBinary(nil) })
 }
+
+// undo lowers the handle's count for blk by k again after the block write
+// it was raised for failed with err, and returns err (joined with any
+// error of its own). Only a refusal (ErrConflict, ErrNotFound, ErrExists)
+// certainly changed nothing; after any other failure the write may have
+// happened (a lost reply), so the count stays: too high at worst, which
+// lets ReleaseByHandle find the addresses if they were assigned.
+func (h *handleTx) undo(ctx context.Context, blk netip.Prefix, k int, err error) error {
+	if !refused(err) {
+		return err
+	}
+	if herr := h.add(ctx, blk, -k); herr != nil {
+		return errors.Join(err, herr)
+	}
+	return err
+}
