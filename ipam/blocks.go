@@ -139,17 +139,7 @@ func (a *Allocator) commit(ctx context.Context, e *blockEntry) error {
 		e.blk, e.rev, e.next, e.fresh = nil, 0, nil, true
 		return nil
 	}
-	var rev Revision
-	var err error
-	if a.keeper != nil {
-		rev, err = a.keeper.UpdateBlock(ctx, e.key, b, e.rev)
-	} else {
-		var value []byte
-		if value, err = e.encode(b); err != nil {
-			return err
-		}
-		rev, err = a.store.Update(ctx, KindBlock, e.key, value, e.rev)
-	}
+	rev, err := a.put(ctx, e, b, e.rev)
 	if err != nil {
 		if a.keeper != nil && !refused(err) {
 			e.next = nil // the write may have happened: b may be the store's now
@@ -182,22 +172,32 @@ func (a *Allocator) pruneReleased(b *block.Block) {
 // create stores b, a new block, under e. It fails with ErrExists when the
 // block exists already. The caller holds e.mu.
 func (a *Allocator) create(ctx context.Context, e *blockEntry, b *block.Block) error {
-	var rev Revision
-	var err error
-	if a.keeper != nil {
-		rev, err = a.keeper.CreateBlock(ctx, e.key, b)
-	} else {
-		var value []byte
-		if value, err = e.encode(b); err != nil {
-			return err
-		}
-		rev, err = a.store.Create(ctx, KindBlock, e.key, value)
-	}
+	rev, err := a.put(ctx, e, b, 0)
 	if err != nil {
 		return a.writeFailed(e, err)
 	}
 	e.blk, e.rev, e.loaded, e.fresh = b, rev, true, true
 	return nil
+}
+
+// put writes b as e's block: a create when rev is 0, an update at rev
+// otherwise; handed over as it is when the store is a BlockKeeper, encoded
+// otherwise.
+func (a *Allocator) put(ctx context.Context, e *blockEntry, b *block.Block, rev Revision) (Revision, error) {
+	switch {
+	case a.keeper != nil && rev == 0:
+		return a.keeper.CreateBlock(ctx, e.key, b)
+	case a.keeper != nil:
+		return a.keeper.UpdateBlock(ctx, e.key, b, rev)
+	}
+	value, err := e.encode(b)
+	if err != nil {
+		return 0, err
+	}
+	if rev == 0 {
+		return a.store.Create(ctx, KindBlock, e.key, value)
+	}
+	return a.store.Update(ctx, KindBlock, e.key, value, rev)
 }
 
 // encode encodes b into a new buffer sized from the last encoding, so that

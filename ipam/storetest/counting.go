@@ -165,12 +165,12 @@ func (c *CountingStore) Delete(ctx context.Context, kind ipam.Kind, key string, 
 // encoding when the wrapped store has none.
 func (c *CountingStore) CreateBlock(ctx context.Context, key string, b *block.Block) (ipam.Revision, error) {
 	c.count(OpCreate, ipam.KindBlock)
-	return createBlock(ctx, c.Store, key, b)
+	return putBlock(ctx, c.Store, key, b, 0)
 }
 
 // UpdateBlock implements [ipam.BlockKeeper], counted as an Update of a
 // block, as CreateBlock does.
 func (c *CountingStore) UpdateBlock(ctx context.Context, key string, b *block.Block, rev ipam.Revision) (ipam.Revision, error) {
 	c.count(OpUpdate, ipam.KindBlock)
-	return updateBlock(ctx, c.Store, key, b, rev)
+	return putBlock(ctx, c.Store, key, b, rev)
 }

@@ -197,7 +197,7 @@ func (f *FaultyStore) CreateBlock(ctx context.Context, key string, b *block.Bloc
 	if err != nil {
 		return 0, err
 	}
-	rev, err := createBlock(ctx, f.Store, key, b)
+	rev, err := putBlock(ctx, f.Store, key, b, 0)
 	if after {
 		return 0, f.afterErr("create", ipam.KindBlock, key)
 	}
@@ -210,7 +210,7 @@ func (f *FaultyStore) UpdateBlock(ctx context.Context, key string, b *block.Bloc
 	if err != nil {
 		return 0, err
 	}
-	newRev, err := updateBlock(ctx, f.Store, key, b, rev)
+	newRev, err := putBlock(ctx, f.Store, key, b, rev)
 	if after {
 		return 0, f.afterErr("update", ipam.KindBlock, key)
 	}

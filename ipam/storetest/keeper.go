@@ -217,28 +217,24 @@ func testRaceBlockKeeper(t *testing.T, s ipam.Store) {
 	}
 }
 
-// createBlock creates a block record through s's BlockKeeper, or with the
-// block's encoding when s has none. The wrappers in this package use it to
-// offer BlockKeeper over any store.
-func createBlock(ctx context.Context, s ipam.Store, key string, b *block.Block) (ipam.Revision, error) {
-	if k, ok := s.(ipam.BlockKeeper); ok {
+// putBlock writes a block record through s's BlockKeeper, or as the
+// block's encoding when s has none: a create when rev is 0, an update at
+// rev otherwise. The wrappers in this package use it to offer BlockKeeper
+// over any store.
+func putBlock(ctx context.Context, s ipam.Store, key string, b *block.Block, rev ipam.Revision) (ipam.Revision, error) {
+	k, ok := s.(ipam.BlockKeeper)
+	switch {
+	case ok && rev == 0:
 		return k.CreateBlock(ctx, key, b)
-	}
-	v, err := b.MarshalBinary()
-	if err != nil {
-		return 0, err
-	}
-	return s.Create(ctx, ipam.KindBlock, key, v)
-}
-
-// updateBlock is createBlock's counterpart for UpdateBlock.
-func updateBlock(ctx context.Context, s ipam.Store, key string, b *block.Block, rev ipam.Revision) (ipam.Revision, error) {
-	if k, ok := s.(ipam.BlockKeeper); ok {
+	case ok:
 		return k.UpdateBlock(ctx, key, b, rev)
 	}
 	v, err := b.MarshalBinary()
 	if err != nil {
 		return 0, err
+	}
+	if rev == 0 {
+		return s.Create(ctx, ipam.KindBlock, key, v)
 	}
 	return s.Update(ctx, ipam.KindBlock, key, v, rev)
 }
