@@ -232,16 +232,25 @@ func (s *Store) UpdateBlock(ctx context.Context, key string, b *block.Block, rev
 	return s.update(ctx, ipam.KindBlock, key, entry{blk: b}, rev)
 }
 
-func (s *Store) create(ctx context.Context, kind ipam.Kind, key string, e entry) (ipam.Revision, error) {
+// lockWrite checks ctx and kind and takes the write lock, returning the
+// kind's records; the caller unlocks s.mu when it gets no error.
+func (s *Store) lockWrite(ctx context.Context, kind ipam.Kind) (*records, error) {
 	if err := ctx.Err(); err != nil {
-		return 0, err
+		return nil, err
 	}
 	if err := checkKind(kind); err != nil {
-		return 0, err
+		return nil, err
 	}
 	s.mu.Lock()
+	return &s.kinds[kind], nil
+}
+
+func (s *Store) create(ctx context.Context, kind ipam.Kind, key string, e entry) (ipam.Revision, error) {
+	recs, err := s.lockWrite(ctx, kind)
+	if err != nil {
+		return 0, err
+	}
 	defer s.mu.Unlock()
-	recs := &s.kinds[kind]
 	if _, ok := recs.byKey[key]; ok {
 		return 0, fmt.Errorf("memstore: create %s %q: %w", kind, key, ipam.ErrExists)
 	}
@@ -258,15 +267,11 @@ func (s *Store) create(ctx context.Context, kind ipam.Kind, key string, e entry)
 }
 
 func (s *Store) update(ctx context.Context, kind ipam.Kind, key string, e entry, rev ipam.Revision) (ipam.Revision, error) {
-	if err := ctx.Err(); err != nil {
+	recs, err := s.lockWrite(ctx, kind)
+	if err != nil {
 		return 0, err
 	}
-	if err := checkKind(kind); err != nil {
-		return 0, err
-	}
-	s.mu.Lock()
 	defer s.mu.Unlock()
-	recs := &s.kinds[kind]
 	if err := recs.check("update", kind, key, rev); err != nil {
 		return 0, err
 	}
@@ -279,15 +284,11 @@ func (s *Store) update(ctx context.Context, kind ipam.Kind, key string, e entry,
 
 // Delete implements [ipam.Store].
 func (s *Store) Delete(ctx context.Context, kind ipam.Kind, key string, rev ipam.Revision) error {
-	if err := ctx.Err(); err != nil {
+	recs, err := s.lockWrite(ctx, kind)
+	if err != nil {
 		return err
 	}
-	if err := checkKind(kind); err != nil {
-		return err
-	}
-	s.mu.Lock()
 	defer s.mu.Unlock()
-	recs := &s.kinds[kind]
 	if err := recs.check("delete", kind, key, rev); err != nil {
 		return err
 	}
