@@ -53,12 +53,11 @@ type Allocator struct {
 
 	view atomic.Pointer[view]
 
-	// Caches (see cache): blocks as last read or written, the blocks each
-	// node holds, the shared attribute map of each node, and the encoded
-	// value of single-block handle records.
+	// Caches (see cache): blocks as last read or written, per node name
+	// the blocks the node holds and its shared attribute map, and the
+	// encoded value of single-block handle records.
 	blocks     cache[netip.Prefix, *blockEntry]
-	nodes      cache[block.Affinity, *nodeBlocks]
-	nodeAttr   cache[string, map[string]string]
+	nodes      cache[string, *nodeCache]
 	handleVals cache[handleCount, []byte]
 }
 

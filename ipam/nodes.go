@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"strings"
+	"sync/atomic"
 	"unicode"
 	"unicode/utf8"
 
@@ -33,18 +34,8 @@ const AttrNode = "node"
 // checkName checks a node name or handle ID: it becomes part of a store key.
 // Node names may not contain "/", which separates the parts of index keys.
 func checkName(op, what, s string, slash bool) error {
-	if s != "" && len(s) <= MaxNameLen {
-		// The common case, printable ASCII without "/", in one pass.
-		ok := true
-		for i := 0; i < len(s); i++ {
-			if c := s[i]; c < 0x20 || c >= 0x7f || c == '/' {
-				ok = false
-				break
-			}
-		}
-		if ok {
-			return nil
-		}
+	if s != "" && len(s) <= MaxNameLen && plainASCII(s) {
+		return nil // the common case
 	}
 	switch {
 	case s == "":
@@ -59,6 +50,31 @@ func checkName(op, what, s string, slash bool) error {
 		return invalid(op, "%s %q contains \"/\"", what, s)
 	}
 	return nil
+}
+
+// plainASCII reports whether s is printable ASCII without "/", eight bytes
+// at a time.
+func plainASCII(s string) bool {
+	const ones, highs = 0x0101010101010101, 0x8080808080808080
+	// hasZero is non-zero when a byte of v is zero, hasLess when a byte of
+	// v is below n; both are exact for bytes below 0x80, and bytes with
+	// the high bit set are refused first.
+	hasZero := func(v uint64) uint64 { return (v - ones) &^ v & highs }
+	hasLess := func(v uint64, n uint8) uint64 { return (v - ones*uint64(n)) &^ v & highs }
+	i := 0
+	for ; i+8 <= len(s); i += 8 {
+		v := uint64(s[i]) | uint64(s[i+1])<<8 | uint64(s[i+2])<<16 | uint64(s[i+3])<<24 |
+			uint64(s[i+4])<<32 | uint64(s[i+5])<<40 | uint64(s[i+6])<<48 | uint64(s[i+7])<<56
+		if v&highs != 0 || hasLess(v, 0x20)|hasZero(v^(ones*0x7f))|hasZero(v^(ones*'/')) != 0 {
+			return false
+		}
+	}
+	for ; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c >= 0x7f || c == '/' {
+			return false
+		}
+	}
+	return true
 }
 
 func checkNode(op, node string) error     { return checkName(op, "node name", node, false) }
@@ -84,7 +100,7 @@ func checkAttrs(op string, attrs map[string]string) error {
 // one map, which blocks keep without copying: no allocation on the hot path.
 func (a *Allocator) ownerAttrs(node string, attrs map[string]string) map[string]string {
 	if len(attrs) == 0 || (len(attrs) == 1 && attrs[AttrNode] == node) {
-		return a.nodeAttr.getOrMake(node, func() map[string]string { return map[string]string{AttrNode: node} })
+		return a.node(node).attrs
 	}
 	m := make(map[string]string, len(attrs)+1)
 	for k, v := range attrs {
@@ -94,11 +110,27 @@ func (a *Allocator) ownerAttrs(node string, attrs map[string]string) map[string]
 	return m
 }
 
-// nodeBlocks caches the blocks an affinity owner holds, per the affinity
-// index, with the index generation it was read at.
+// nodeCache is what the allocator keeps per node.
+type nodeCache struct {
+	// attrs is {AttrNode: node}, the attributes of every allocation for the
+	// node without attributes of its own. Never modified.
+	attrs map[string]string
+	// blocks is the node's entries in the affinity index as last listed.
+	blocks atomic.Pointer[nodeBlocks]
+}
+
+// nodeBlocks is a node's blocks per the affinity index, with the index
+// generation it was read at.
 type nodeBlocks struct {
 	gen    uint64
 	blocks []netip.Prefix // never modified once cached
+}
+
+// node returns the cache of the node named name.
+func (a *Allocator) node(name string) *nodeCache {
+	return a.nodes.getOrMake(name, func() *nodeCache {
+		return &nodeCache{attrs: map[string]string{AttrNode: name}}
+	})
 }
 
 // affineBlocks returns the blocks the index lists for owner (an affinity's
@@ -106,9 +138,11 @@ type nodeBlocks struct {
 // it, and callers check the block's own affinity before relying on it.
 func (a *Allocator) affineBlocks(ctx context.Context, owner block.Affinity) ([]netip.Prefix, error) {
 	var gen uint64
-	if a.gens != nil {
+	var nc *nodeCache
+	if a.gens != nil && owner.Kind == block.HostAffinity {
 		gen = a.gens.Generation(KindAffinity)
-		if nb, ok := a.nodes.get(owner); ok && nb.gen == gen {
+		nc = a.node(owner.Name)
+		if nb := nc.blocks.Load(); nb != nil && nb.gen == gen {
 			return nb.blocks, nil
 		}
 	}
@@ -124,8 +158,8 @@ func (a *Allocator) affineBlocks(ctx context.Context, owner block.Affinity) ([]n
 		}
 		blocks = append(blocks, blk)
 	}
-	if a.gens != nil {
-		a.nodes.put(owner, &nodeBlocks{gen: gen, blocks: blocks})
+	if nc != nil {
+		nc.blocks.Store(&nodeBlocks{gen: gen, blocks: blocks})
 	}
 	return blocks, nil
 }
