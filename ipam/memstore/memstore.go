@@ -37,10 +37,14 @@ type Store struct {
 	rev   uint64 // last revision handed out, store-wide
 	kinds [maxKinds]records
 	gens  [maxKinds]atomic.Uint64
+	free  []*entry // deleted entries, for reuse by create; under mu
 }
 
 type records struct {
-	byKey map[string]entry
+	// byKey holds each record's entry. Entries are changed in place under
+	// the write lock, so an update looks its key up once; deleted entries
+	// go to the store's free list for the next create.
+	byKey map[string]*entry
 	// keys is byKey's keys in order. Handles are created and deleted on
 	// every assignment but listed only by Check and the collector, so their
 	// order is rebuilt lazily on the next List (dirty); every other kind is
@@ -92,10 +96,10 @@ var _ ipam.Generations = (*Store)(nil)
 var _ ipam.BlockKeeper = (*Store)(nil)
 
 func checkKind(kind ipam.Kind) error {
-	if !kind.Valid() || int(kind) >= maxKinds {
-		return fmt.Errorf("memstore: invalid record kind %d", uint8(kind))
+	if kind.Valid() && int(kind) < maxKinds {
+		return nil
 	}
-	return nil
+	return fmt.Errorf("memstore: invalid record kind %d", uint8(kind))
 }
 
 // Get implements [ipam.Store].
@@ -107,15 +111,22 @@ func (s *Store) Get(ctx context.Context, kind ipam.Kind, key string) (ipam.Recor
 		return ipam.Record{}, err
 	}
 	s.mu.RLock()
-	e, ok := s.kinds[kind].byKey[key]
+	var e entry
+	p, ok := s.kinds[kind].byKey[key]
+	if ok {
+		e = *p
+	}
 	s.mu.RUnlock()
 	if !ok {
 		return ipam.Record{}, fmt.Errorf("memstore: get %s %q: %w", kind, key, ipam.ErrNotFound)
 	}
 	if e.pending() {
 		s.mu.Lock()
-		e, ok = s.kinds[kind].byKey[key]
-		err := s.encode(kind, key, &e)
+		var err error
+		if p, ok = s.kinds[kind].byKey[key]; ok {
+			err = s.encode(kind, key, p)
+			e = *p
+		}
 		s.mu.Unlock()
 		switch {
 		case !ok:
@@ -158,8 +169,7 @@ func (s *Store) List(ctx context.Context, kind ipam.Kind, r ipam.KeyRange) ([]ip
 		if !r.Contains(k) {
 			break
 		}
-		e := recs.byKey[k]
-		if err := s.encode(kind, k, &e); err != nil {
+		if err := s.encode(kind, k, recs.byKey[k]); err != nil {
 			return nil, err
 		}
 	}
@@ -189,8 +199,8 @@ func (s *Store) list(kind ipam.Kind, r ipam.KeyRange) ([]ipam.Record, bool) {
 	return out, true
 }
 
-// encode encodes a pending entry's block and keeps the encoding in the
-// map and in *e. The caller holds the write lock.
+// encode encodes a pending entry's block and keeps the encoding in e, the
+// entry of key. The caller holds the write lock.
 func (s *Store) encode(kind ipam.Kind, key string, e *entry) error {
 	if !e.pending() {
 		return nil
@@ -200,7 +210,6 @@ func (s *Store) encode(kind ipam.Kind, key string, e *entry) error {
 		return fmt.Errorf("memstore: encode %s %q: %w", kind, key, err)
 	}
 	e.value, e.blk = v, nil // the store is done with the block
-	s.kinds[kind].byKey[key] = *e
 	return nil
 }
 
@@ -245,24 +254,36 @@ func (s *Store) lockWrite(ctx context.Context, kind ipam.Kind) (*records, error)
 	return &s.kinds[kind], nil
 }
 
+// The write paths unlock s.mu themselves rather than by defer: they run on
+// every allocation, and nothing between Lock and Unlock can panic.
+
 func (s *Store) create(ctx context.Context, kind ipam.Kind, key string, e entry) (ipam.Revision, error) {
 	recs, err := s.lockWrite(ctx, kind)
 	if err != nil {
 		return 0, err
 	}
-	defer s.mu.Unlock()
 	if _, ok := recs.byKey[key]; ok {
+		s.mu.Unlock()
 		return 0, fmt.Errorf("memstore: create %s %q: %w", kind, key, ipam.ErrExists)
 	}
 	if recs.byKey == nil {
-		recs.byKey = make(map[string]entry)
+		recs.byKey = make(map[string]*entry)
 		recs.lazy = kind == ipam.KindHandle
 	}
 	s.rev++
 	e.rev = ipam.Revision(s.rev)
-	recs.byKey[key] = e
+	var p *entry
+	if n := len(s.free); n > 0 {
+		p = s.free[n-1]
+		s.free = s.free[:n-1]
+	} else {
+		p = new(entry)
+	}
+	*p = e
+	recs.byKey[key] = p
 	recs.added(key)
 	s.gens[kind].Add(1)
+	s.mu.Unlock()
 	return e.rev, nil
 }
 
@@ -271,14 +292,16 @@ func (s *Store) update(ctx context.Context, kind ipam.Kind, key string, e entry,
 	if err != nil {
 		return 0, err
 	}
-	defer s.mu.Unlock()
-	if err := recs.check("update", kind, key, rev); err != nil {
+	p, err := recs.check("update", kind, key, rev)
+	if err != nil {
+		s.mu.Unlock()
 		return 0, err
 	}
 	s.rev++
 	e.rev = ipam.Revision(s.rev)
-	recs.byKey[key] = e
+	*p = e
 	s.gens[kind].Add(1)
+	s.mu.Unlock()
 	return e.rev, nil
 }
 
@@ -288,27 +311,38 @@ func (s *Store) Delete(ctx context.Context, kind ipam.Kind, key string, rev ipam
 	if err != nil {
 		return err
 	}
-	defer s.mu.Unlock()
-	if err := recs.check("delete", kind, key, rev); err != nil {
+	p, err := recs.check("delete", kind, key, rev)
+	if err != nil {
+		s.mu.Unlock()
 		return err
 	}
 	delete(recs.byKey, key)
 	recs.removed(key)
 	s.gens[kind].Add(1)
+	// Readers copy an entry under the lock and never keep the pointer, so
+	// it can serve the next create.
+	*p = entry{}
+	if len(s.free) < maxFree {
+		s.free = append(s.free, p)
+	}
+	s.mu.Unlock()
 	return nil
 }
 
-// check reports whether key is at revision rev, for a compare-and-swap
-// write. The caller holds the store's lock.
-func (r *records) check(op string, kind ipam.Kind, key string, rev ipam.Revision) error {
-	e, ok := r.byKey[key]
+// maxFree bounds the free list: enough to absorb a burst of releases.
+const maxFree = 1 << 10
+
+// check returns the entry of key if it is at revision rev, for a
+// compare-and-swap write. The caller holds the store's lock.
+func (r *records) check(op string, kind ipam.Kind, key string, rev ipam.Revision) (*entry, error) {
+	p, ok := r.byKey[key]
 	switch {
 	case !ok:
-		return fmt.Errorf("memstore: %s %s %q: %w", op, kind, key, ipam.ErrNotFound)
-	case e.rev != rev:
-		return fmt.Errorf("memstore: %s %s %q at revision %d (now %d): %w", op, kind, key, rev, e.rev, ipam.ErrConflict)
+		return nil, fmt.Errorf("memstore: %s %s %q: %w", op, kind, key, ipam.ErrNotFound)
+	case p.rev != rev:
+		return nil, fmt.Errorf("memstore: %s %s %q at revision %d (now %d): %w", op, kind, key, rev, p.rev, ipam.ErrConflict)
 	}
-	return nil
+	return p, nil
 }
 
 // Generation implements [ipam.Generations]: it counts the writes to records
