@@ -2,12 +2,14 @@ package ipam
 
 import (
 	"context"
+	"encoding/binary"
 	"fmt"
 	"net/netip"
 	"strings"
 	"sync/atomic"
 	"unicode"
 	"unicode/utf8"
+	"unsafe"
 
 	"github.com/carve-ipam/carve/block"
 )
@@ -55,26 +57,35 @@ func checkName(op, what, s string, slash bool) error {
 // plainASCII reports whether s is printable ASCII without "/", eight bytes
 // at a time.
 func plainASCII(s string) bool {
+	if len(s) < 8 {
+		for i := 0; i < len(s); i++ {
+			if c := s[i]; c < 0x20 || c >= 0x7f || c == '/' {
+				return false
+			}
+		}
+		return true
+	}
+	// Whole words, then the last eight bytes (which may overlap).
+	for i := 0; ; i += 8 {
+		if i > len(s)-8 {
+			i = len(s) - 8
+		}
+		if !plainWord(binary.LittleEndian.Uint64(unsafe.Slice(unsafe.StringData(s[i:]), 8))) {
+			return false
+		}
+		if i == len(s)-8 {
+			return true
+		}
+	}
+}
+
+// plainWord reports whether each byte of v is printable ASCII but "/".
+func plainWord(v uint64) bool {
 	const ones, highs = 0x0101010101010101, 0x8080808080808080
-	// hasZero is non-zero when a byte of v is zero, hasLess when a byte of
-	// v is below n; both are exact for bytes below 0x80, and bytes with
-	// the high bit set are refused first.
-	hasZero := func(v uint64) uint64 { return (v - ones) &^ v & highs }
-	hasLess := func(v uint64, n uint8) uint64 { return (v - ones*uint64(n)) &^ v & highs }
-	i := 0
-	for ; i+8 <= len(s); i += 8 {
-		v := uint64(s[i]) | uint64(s[i+1])<<8 | uint64(s[i+2])<<16 | uint64(s[i+3])<<24 |
-			uint64(s[i+4])<<32 | uint64(s[i+5])<<40 | uint64(s[i+6])<<48 | uint64(s[i+7])<<56
-		if v&highs != 0 || hasLess(v, 0x20)|hasZero(v^(ones*0x7f))|hasZero(v^(ones*'/')) != 0 {
-			return false
-		}
-	}
-	for ; i < len(s); i++ {
-		if c := s[i]; c < 0x20 || c >= 0x7f || c == '/' {
-			return false
-		}
-	}
-	return true
+	// With no byte of v at 0x80 or above, (x - ones*n) &^ x & highs is
+	// non-zero exactly when a byte of x is below n.
+	below := func(x uint64, n uint8) uint64 { return (x - ones*uint64(n)) &^ x & highs }
+	return v&highs == 0 && below(v, 0x20)|below(v^(ones*0x7f), 1)|below(v^(ones*'/'), 1) == 0
 }
 
 func checkNode(op, node string) error     { return checkName(op, "node name", node, false) }
