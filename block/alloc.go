@@ -105,6 +105,7 @@ func (b *Block) Allocate(dst []netip.Addr, n int, o Owner) ([]netip.Addr, uint64
 		words[i>>6] |= 1 << (i & 63)
 		b.owner[i] = s
 		b.aseq[i] = seq
+		b.mir.touch(i)
 		b.forget(i)
 		if b.is4 {
 			// b.addr, open-coded: ipmath.ToAddr is a call.
@@ -146,6 +147,7 @@ func (b *Block) Assign(a netip.Addr, o Owner) (uint64, error) {
 	b.owner[i] = uint16(s)
 	b.recs.recs[s].at = uint16(i + 1)
 	b.aseq[i] = b.seq
+	b.mir.touch(i)
 	b.forget(i)
 	b.used++
 	return b.seq, nil

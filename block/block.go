@@ -66,6 +66,8 @@ type Block struct {
 	// are all free ordinals.
 	rel  []int64
 	nrel int
+
+	mir mirror // see Mirror
 }
 
 // lastSeed makes seeds strictly increasing within a process even when the
@@ -152,6 +154,7 @@ func (b *Block) init(p netip.Prefix, seq uint64) error {
 	b.aseq = resize(b.aseq, size)
 	b.rel, b.nrel = b.rel[:0], 0
 	b.recs.reset()
+	b.mir.forget()
 	return nil
 }
 
@@ -196,6 +199,7 @@ func (b *Block) reset() {
 	b.aseq = b.aseq[:0]
 	b.rel, b.nrel = b.rel[:0], 0
 	b.recs.reset()
+	b.mir.forget()
 }
 
 // Prefix returns the block's prefix; the zero Block returns the zero Prefix.

@@ -75,6 +75,7 @@ func (b *Block) AllocateWith(dst []netip.Addr, n int, o Owner, opts AllocOptions
 		b.taken.Set(uint(i))
 		b.owner[i] = s
 		b.aseq[i] = b.seq
+		b.mir.touch(i)
 		b.forget(i)
 		dst = append(dst, b.addr(i))
 	}
@@ -137,6 +138,7 @@ func (b *Block) remember(i int, ns int64) {
 		b.nrel++
 	}
 	b.rel[i] = ns
+	b.mir.touch(i)
 }
 
 // forget drops the release time of ordinal i, which is being taken.
@@ -144,6 +146,7 @@ func (b *Block) forget(i int) {
 	if b.nrel > 0 && b.rel[i] != 0 {
 		b.rel[i] = 0
 		b.nrel--
+		b.mir.touch(i)
 	}
 }
 
@@ -183,6 +186,7 @@ func (b *Block) PruneReleased(t time.Time) int {
 	for i, ns := range b.rel {
 		if ns != 0 && ns < cutoff {
 			b.rel[i] = 0
+			b.mir.touch(i)
 			n++
 		}
 	}

@@ -3,6 +3,7 @@ package block
 import (
 	"math/bits"
 	"slices"
+	"sync/atomic"
 )
 
 // Clone returns a deep copy of b: changing one never changes the other.
@@ -29,6 +30,95 @@ func (b *Block) CopyTo(dst *Block) {
 	dst.aseq = append(dst.aseq[:0], b.aseq...)
 	dst.rel, dst.nrel = append(dst.rel[:0], b.rel...), b.nrel
 	b.recs.copyTo(&dst.recs)
+	dst.mir.forget()
+	dst.recs.dlo, dst.recs.dhi, dst.recs.dmeta = 0, 0, false
+}
+
+// Mirror makes dst a deep copy of b, as CopyTo does, and remembers that the
+// two are equal. When two blocks are mirrored back and forth (the current
+// version into a scratch copy, the copy changed, and the roles swapped once
+// the change is kept, as an allocator does around every write), each Mirror
+// copies only the addresses and owner records that either block changed
+// since the previous one, not the whole block.
+//
+// Unlike CopyTo, Mirror writes b's bookkeeping of what changed, though
+// never what b holds: other goroutines may read b meanwhile (encode it,
+// Clone it, CopyTo from it), but must not Mirror it or change it.
+func (b *Block) Mirror(dst *Block) {
+	if dst == b {
+		return
+	}
+	if !b.mir.twin(&dst.mir) || len(dst.owner) != len(b.owner) || len(dst.rel) != len(b.rel) ||
+		!b.recs.copyChanges(&dst.recs) {
+		b.CopyTo(dst)
+	} else {
+		dst.prefix, dst.base, dst.is4 = b.prefix, b.base, b.is4
+		dst.size, dst.used, dst.nres, dst.cursor = b.size, b.used, b.nres, b.cursor
+		dst.seq, dst.aff, dst.claim = b.seq, b.aff, b.claim
+		b.taken.CopyFull(&dst.taken)
+		b.resv.CopyFull(&dst.resv)
+		if lo, hi := span(b.mir.lo, b.mir.hi, dst.mir.lo, dst.mir.hi); lo < hi {
+			copy(dst.owner[lo:hi], b.owner[lo:hi])
+			copy(dst.aseq[lo:hi], b.aseq[lo:hi])
+			if len(b.rel) > 0 {
+				copy(dst.rel[lo:hi], b.rel[lo:hi])
+			}
+		}
+		dst.nrel = b.nrel
+	}
+	// Equal now: a new stamp for the content they share, and nothing
+	// changed since.
+	st := b.mir.next()
+	b.mir.stamp, dst.mir.stamp = st, st
+	b.mir.lo, b.mir.hi, dst.mir.lo, dst.mir.hi = 0, 0, 0, 0
+	b.recs.dlo, b.recs.dhi, b.recs.dmeta = 0, 0, false
+	dst.recs.dlo, dst.recs.dhi, dst.recs.dmeta = 0, 0, false
+}
+
+// mirror is a block's bookkeeping for Mirror.
+//
+// A stamp names the content two blocks had when one was mirrored into the
+// other; stamps never repeat in a process (a per-block nonce drawn from a
+// process-wide counter, and a per-block counter), so two blocks with the
+// same stamp held the same content then. Each block records the ordinals
+// it changed since (owner, aseq and rel entries; owners records its slots
+// and indexes): two blocks with the same stamp differ at most there.
+type mirror struct {
+	stamp  stamp // zero: no content shared with another block
+	lo, hi int   // ordinals changed since the stamp; none when lo >= hi
+	nonce  uint64
+	count  uint64
+}
+
+type stamp struct{ nonce, n uint64 }
+
+// nonces hands out the blocks' nonces.
+var nonces atomic.Uint64
+
+// touch records a change at ordinal i.
+func (m *mirror) touch(i int) {
+	if m.lo >= m.hi {
+		m.lo, m.hi = i, i+1
+		return
+	}
+	m.lo, m.hi = min(m.lo, i), max(m.hi, i+1)
+}
+
+// forget drops the relation to any other block: the content changed
+// wholesale.
+func (m *mirror) forget() { m.stamp, m.lo, m.hi = stamp{}, 0, 0 }
+
+// twin reports whether m's block and o's held the same content at their
+// last Mirror.
+func (m *mirror) twin(o *mirror) bool { return m.stamp.n != 0 && m.stamp == o.stamp }
+
+// next returns a stamp never handed out before.
+func (m *mirror) next() stamp {
+	if m.nonce == 0 {
+		m.nonce = nonces.Add(1)
+	}
+	m.count++
+	return stamp{m.nonce, m.count}
 }
 
 // Equal reports whether b and o are the same block: prefix, counter, cursor,

@@ -66,7 +66,10 @@ type machine struct {
 	b       *block.Block
 	m       *model
 	scratch *block.Block // CopyTo target, kept across steps so its memory is reused
-	attrs   []map[string]string
+	// twin is the block's partner in Mirror: the previous version, or a
+	// scratch copy changed on its own, as an allocator's.
+	twin  *block.Block
+	attrs []map[string]string
 }
 
 var handles = []string{"", "pod-a", "pod-b", "pod-c", "ñ-d", "pod-e"}
@@ -90,6 +93,7 @@ func newMachine(t *rapid.T) *machine {
 		b:       b,
 		m:       &model{prefix: p, size: b.Size(), seq: seq, alloc: map[int]modelAlloc{}, resv: map[int]bool{}, rel: map[int]int64{}},
 		scratch: new(block.Block),
+		twin:    new(block.Block),
 		// One map object per attribute set, reused; drawOwner also makes
 		// fresh equal copies so records are matched by content too.
 		attrs: []map[string]string{nil, {"ns": "a"}, {"ns": "b"}, {"ns": "a", "pod": "x"}},
@@ -423,6 +427,39 @@ func (s *machine) SetAffinity(t *rapid.T) {
 	s.b.SetAffinity(a, at)
 	s.m.aff, s.m.claim = a, at
 	s.m.seq++
+}
+
+// Mirror stages the next change as an allocator does: the block is
+// mirrored into its twin, which takes its place, and the old block becomes
+// the twin. Sometimes the twin was changed first on its own (an attempt
+// whose write failed); Mirror must undo that too.
+func (s *machine) Mirror(t *rapid.T) {
+	if rapid.IntRange(0, 2).Draw(t, "scribble") == 0 {
+		x := s.twin
+		if x.Size() == 0 {
+			s.b.CopyTo(x)
+		}
+		for a := range x.All() {
+			if rapid.Bool().Draw(t, "scribbleRelease") {
+				_ = x.Release(a, block.Check{})
+			} else {
+				_ = x.ReleaseAt(a, block.Check{}, time.Unix(1, 0))
+			}
+			break
+		}
+		x.ReleaseHandle(rapid.SampledFrom(handles).Draw(t, "scribbleHandle"), nil)
+		x.Allocate(nil, rapid.IntRange(0, 3).Draw(t, "scribbleN"), s.drawOwner(t))
+		x.Allocate(nil, 1, block.Owner{Handle: "scribbled", Attrs: map[string]string{"new": "owner"}})
+		if rapid.Bool().Draw(t, "scribbleAff") {
+			x.SetAffinity(block.Host("other"), time.Now())
+		}
+		x.PruneReleased(time.Unix(2, 0))
+	}
+	s.b.Mirror(s.twin)
+	if d := block.CopyDiff(s.b, s.twin); d != "" {
+		t.Fatalf("mirror differs in %s", d)
+	}
+	s.b, s.twin = s.twin, s.b
 }
 
 // CloneIsolation changes a clone and a CopyTo copy and checks the original

@@ -65,6 +65,21 @@ type owners struct {
 	live              int      // records with refs > 0
 	spare             uint16   // slot+1 of the spare record, 0 for none
 	last              uint16   // slot+1 of the record the last acquire returned, 0 for none
+
+	// Changes since the block's last Mirror: the slots of recs in
+	// [dlo, dhi) (none when dlo >= dhi), and whether index or arena
+	// changed.
+	dlo, dhi int
+	dmeta    bool
+}
+
+// touch records a change to slot s for Mirror.
+func (t *owners) touch(s int) {
+	if t.dlo >= t.dhi {
+		t.dlo, t.dhi = s, s+1
+		return
+	}
+	t.dlo, t.dhi = min(t.dlo, s), max(t.dhi, s+1)
 }
 
 // maxSlots bounds the slots: at most MaxSize live records and one spare,
@@ -108,12 +123,14 @@ func (t *owners) acquire(handle string, attrs map[string]string, n int) int {
 		if mapPtr(r.attrs) == mapPtr(attrs) && sameString(r.handle, handle) {
 			if r.refs > 0 {
 				r.refs += n
+				t.touch(s)
 				return s
 			}
 			if t.spare == t.last {
 				t.spare = 0
 				t.live++
 				r.refs = n
+				t.touch(s)
 				return s
 			}
 		}
@@ -137,6 +154,7 @@ func (t *owners) acquireSlow(handle string, attrs map[string]string, n int) int 
 		}
 	}
 	r.refs += n
+	t.touch(s)
 	return s
 }
 
@@ -184,6 +202,8 @@ func (t *owners) add(h uint64, handle string, attrs map[string]string, enc []byt
 	t.arenaLive += n
 	t.recs[s] = record{handle: handle, attrs: attrs, hash: h, encOff: uint32(off), encLen: uint32(n)}
 	t.insert(s)
+	t.touch(s)
+	t.dmeta = true
 	return s
 }
 
@@ -208,6 +228,7 @@ func (t *owners) compact() {
 	}
 	t.spareArena, t.arena = t.arena[:0], next
 	t.arenaLive = len(next)
+	t.dlo, t.dhi, t.dmeta = 0, len(t.recs), true // every encOff may have moved
 }
 
 // grow doubles the index (at least 8 buckets) and re-inserts the indexed
@@ -219,6 +240,7 @@ func (t *owners) grow() {
 	}
 	t.index = make([]uint16, n)
 	t.indexed = 0
+	t.dmeta = true
 	for s := range t.recs {
 		if t.recs[s].refs > 0 || int(t.spare)-1 == s {
 			t.insert(s)
@@ -235,6 +257,7 @@ func (t *owners) insert(s int) {
 	}
 	t.index[p] = uint16(s + 1)
 	t.indexed++
+	t.dmeta = true
 }
 
 // unindex removes slot s from the index by backward-shift deletion, which
@@ -247,6 +270,7 @@ func (t *owners) unindex(s int) {
 		p = (p + 1) & mask
 	}
 	t.index[p] = 0
+	t.dmeta = true
 	for j := (p + 1) & mask; t.index[j] != 0; j = (j + 1) & mask {
 		home := int(t.recs[t.index[j]-1].hash) & mask
 		// The entry at j may move back to p when p lies on its probe path,
@@ -264,6 +288,7 @@ func (t *owners) unindex(s int) {
 // spare, and the previous spare is freed.
 func (t *owners) drop(s, n int) {
 	r := &t.recs[s]
+	t.touch(s)
 	if r.refs -= n; r.refs == 0 {
 		t.retire(s)
 	}
@@ -283,6 +308,7 @@ func (t *owners) purge(s int) {
 	t.unindex(s)
 	t.arenaLive -= int(t.recs[s].encLen)
 	t.recs[s] = record{}
+	t.touch(s)
 	t.free = append(t.free, uint16(s))
 }
 
@@ -310,6 +336,7 @@ func (t *owners) reset() {
 	clear(t.index)
 	t.indexed, t.live, t.spare, t.last = 0, 0, 0, 0
 	t.arena, t.arenaLive = t.arena[:0], 0
+	t.dlo, t.dhi, t.dmeta = 0, 0, false
 }
 
 // copyTo makes dst a copy of t, reusing dst's memory. Strings and attribute
@@ -324,6 +351,39 @@ func (t *owners) copyTo(dst *owners) {
 	dst.index = append(dst.index[:0], t.index...)
 	dst.indexed, dst.live, dst.spare, dst.last = t.indexed, t.live, t.spare, t.last
 	dst.arena, dst.arenaLive = append(dst.arena[:0], t.arena...), t.arenaLive
+}
+
+// copyChanges makes dst, which was equal to t at their last Mirror, a copy
+// of t again: it copies the slots and indexes either of them changed since.
+// It returns false, copying nothing, when the records were added to (a
+// different length), for copyTo to do.
+func (t *owners) copyChanges(dst *owners) bool {
+	if len(dst.recs) != len(t.recs) || len(dst.index) != len(t.index) {
+		return false
+	}
+	if lo, hi := span(t.dlo, t.dhi, dst.dlo, dst.dhi); lo < hi {
+		copy(dst.recs[lo:hi], t.recs[lo:hi])
+	}
+	if t.dmeta || dst.dmeta {
+		copy(dst.index, t.index)
+		dst.arena = append(dst.arena[:0], t.arena...)
+	}
+	dst.free = append(dst.free[:0], t.free...)
+	dst.indexed, dst.live, dst.spare, dst.last = t.indexed, t.live, t.spare, t.last
+	dst.arenaLive = t.arenaLive
+	return true
+}
+
+// span returns the smallest range holding [lo1, hi1) and [lo2, hi2), where
+// lo >= hi means empty.
+func span(lo1, hi1, lo2, hi2 int) (int, int) {
+	switch {
+	case lo1 >= hi1:
+		return lo2, hi2
+	case lo2 >= hi2:
+		return lo1, hi1
+	}
+	return min(lo1, lo2), max(hi1, hi2)
 }
 
 // addUnique appends a record for a decoder and returns its slot, or an error

@@ -115,12 +115,17 @@ func (a *Allocator) ensure(ctx context.Context, e *blockEntry) error {
 
 // stage makes e.next a copy of the current block, ready to change. The
 // caller holds e.mu and has loaded an existing block.
+//
+// The copy is a Mirror: e.next is usually the block's previous version
+// (commit swaps the two) or a copy changed by an attempt that failed, so
+// only what either changed since the last stage is copied. Mirror writes
+// e.blk's bookkeeping, never its content, so a BlockKeeper store may read
+// e.blk meanwhile.
 func (e *blockEntry) stage() *block.Block {
 	if e.next == nil {
-		e.next = e.blk.Clone()
-	} else {
-		e.blk.CopyTo(e.next)
+		e.next = new(block.Block)
 	}
+	e.blk.Mirror(e.next)
 	return e.next
 }
 
