@@ -11,9 +11,10 @@
 //
 // A Block is pure data with methods: no I/O, and not safe for concurrent
 // use while it changes (concurrent reads are fine). The caller owns a block
-// while it changes it; the allocator engine copies a block
-// ([Block.CopyTo]), changes the copy and writes it with a compare-and-swap. The zero Block is invalid (see [Block]); [New] makes
-// one.
+// while it changes it; the allocator engine copies a block into a scratch
+// block ([Block.Mirror], which copies only what changed since the two were
+// last equal), changes the copy and writes it with a compare-and-swap. The
+// zero Block is invalid (see [Block]); [New] makes one.
 //
 // # Allocation order
 //

@@ -211,7 +211,9 @@ type Generations interface {
 // key with b's encoding ([block.Block.AppendBinary]) as the value: the same
 // checks, errors and revisions, and every later Get or List of the record
 // returns that encoding, as if it had been written as bytes. The store must
-// not modify b. It may keep b until the record is next written or deleted,
+// not modify b, nor Mirror from it (carve does: Mirror writes bookkeeping in
+// its source that readers such as AppendBinary, Clone and CopyTo never
+// touch). It may keep b until the record is next written or deleted,
 // but must stop reading it by the time that write returns (memstore
 // encodes under the lock that orders writes). carve, for its part, does not
 // modify b after passing it in until a later write of the record by the
