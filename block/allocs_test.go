@@ -96,6 +96,16 @@ func TestNoAllocs(t *testing.T) {
 	check("CopyTo a grown block", 0, func() { big.CopyTo(scratch) })
 	b.CopyTo(scratch) // smaller: still no allocation
 	check("CopyTo a smaller block", 0, func() { b.CopyTo(scratch) })
+	twin := new(block.Block)
+	big.Mirror(twin)
+	check("Mirror after a change, both ways", 0, func() {
+		got, _ := big.Allocate(buf[:0], 1, owner)
+		big.Mirror(twin)
+		if err := twin.Release(got[0], block.Check{}); err != nil {
+			t.Fatal(err)
+		}
+		twin.Mirror(big)
+	})
 
 	enc := make([]byte, 0, 64<<10)
 	check("AppendBinary /26", 0, func() {

@@ -89,6 +89,32 @@ func BenchmarkCopyTo(b *testing.B) {
 	}
 }
 
+// BenchmarkMirror is the copy the allocator makes before each write: one
+// allocation or release in the current block, then Mirror into the
+// previous version, and the two swap, as a successful write swaps them.
+func BenchmarkMirror(b *testing.B) {
+	for _, sz := range benchSizes {
+		b.Run(fmt.Sprintf("bits=%d/fill=50", sz.bits), func(b *testing.B) {
+			cur := filled(b, sz.prefix, 50)
+			prev := new(block.Block)
+			cur.Mirror(prev)
+			owner := block.Owner{Handle: "pod"}
+			buf := make([]netip.Addr, 0, 1)
+			b.ReportAllocs()
+			for b.Loop() {
+				cur.Mirror(prev)
+				cur, prev = prev, cur
+				got, _ := cur.Allocate(buf[:0], 1, owner)
+				cur.Mirror(prev)
+				cur, prev = prev, cur
+				if err := cur.Release(got[0], block.Check{}); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
 func BenchmarkMarshalBinary(b *testing.B) {
 	for _, sz := range benchSizes {
 		for _, fill := range []int{0, 50, 99} {

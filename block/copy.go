@@ -1,6 +1,7 @@
 package block
 
 import (
+	"math"
 	"math/bits"
 	"slices"
 	"sync/atomic"
@@ -31,7 +32,7 @@ func (b *Block) CopyTo(dst *Block) {
 	dst.rel, dst.nrel = append(dst.rel[:0], b.rel...), b.nrel
 	b.recs.copyTo(&dst.recs)
 	dst.mir.forget()
-	dst.recs.dlo, dst.recs.dhi, dst.recs.dmeta = 0, 0, false
+	dst.recs.dlo, dst.recs.dhi, dst.recs.dmeta = math.MaxInt, 0, false
 }
 
 // Mirror makes dst a deep copy of b, as CopyTo does, and remembers that the
@@ -70,9 +71,9 @@ func (b *Block) Mirror(dst *Block) {
 	// changed since.
 	st := b.mir.next()
 	b.mir.stamp, dst.mir.stamp = st, st
-	b.mir.lo, b.mir.hi, dst.mir.lo, dst.mir.hi = 0, 0, 0, 0
-	b.recs.dlo, b.recs.dhi, b.recs.dmeta = 0, 0, false
-	dst.recs.dlo, dst.recs.dhi, dst.recs.dmeta = 0, 0, false
+	b.mir.lo, b.mir.hi, dst.mir.lo, dst.mir.hi = math.MaxInt, 0, math.MaxInt, 0
+	b.recs.dlo, b.recs.dhi, b.recs.dmeta = math.MaxInt, 0, false
+	dst.recs.dlo, dst.recs.dhi, dst.recs.dmeta = math.MaxInt, 0, false
 }
 
 // mirror is a block's bookkeeping for Mirror.
@@ -85,7 +86,7 @@ func (b *Block) Mirror(dst *Block) {
 // and indexes): two blocks with the same stamp differ at most there.
 type mirror struct {
 	stamp  stamp // zero: no content shared with another block
-	lo, hi int   // ordinals changed since the stamp; none when lo >= hi
+	lo, hi int   // ordinals changed since the stamp; none when lo >= hi (see touch)
 	nonce  uint64
 	count  uint64
 }
@@ -95,18 +96,14 @@ type stamp struct{ nonce, n uint64 }
 // nonces hands out the blocks' nonces.
 var nonces atomic.Uint64
 
-// touch records a change at ordinal i.
-func (m *mirror) touch(i int) {
-	if m.lo >= m.hi {
-		m.lo, m.hi = i, i+1
-		return
-	}
-	m.lo, m.hi = min(m.lo, i), max(m.hi, i+1)
-}
+// touch records a change at ordinal i. It is branch-free: an empty range
+// is [maxInt, 0), and the zero range [0, 0) only makes the first range
+// start at 0, which copies more than needed but never less.
+func (m *mirror) touch(i int) { m.lo, m.hi = min(m.lo, i), max(m.hi, i+1) }
 
 // forget drops the relation to any other block: the content changed
 // wholesale.
-func (m *mirror) forget() { m.stamp, m.lo, m.hi = stamp{}, 0, 0 }
+func (m *mirror) forget() { m.stamp, m.lo, m.hi = stamp{}, math.MaxInt, 0 }
 
 // twin reports whether m's block and o's held the same content at their
 // last Mirror.

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"hash/maphash"
 	"maps"
+	"math"
 	"unsafe"
 )
 
@@ -73,14 +74,8 @@ type owners struct {
 	dmeta    bool
 }
 
-// touch records a change to slot s for Mirror.
-func (t *owners) touch(s int) {
-	if t.dlo >= t.dhi {
-		t.dlo, t.dhi = s, s+1
-		return
-	}
-	t.dlo, t.dhi = min(t.dlo, s), max(t.dhi, s+1)
-}
+// touch records a change to slot s for Mirror, as mirror.touch does.
+func (t *owners) touch(s int) { t.dlo, t.dhi = min(t.dlo, s), max(t.dhi, s+1) }
 
 // maxSlots bounds the slots: at most MaxSize live records and one spare,
 // and slot+1 must fit a uint16.
@@ -336,7 +331,7 @@ func (t *owners) reset() {
 	clear(t.index)
 	t.indexed, t.live, t.spare, t.last = 0, 0, 0, 0
 	t.arena, t.arenaLive = t.arena[:0], 0
-	t.dlo, t.dhi, t.dmeta = 0, 0, false
+	t.dlo, t.dhi, t.dmeta = math.MaxInt, 0, false
 }
 
 // copyTo makes dst a copy of t, reusing dst's memory. Strings and attribute
