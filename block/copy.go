@@ -49,7 +49,7 @@ func (b *Block) Mirror(dst *Block) {
 	if dst == b {
 		return
 	}
-	if !b.mir.twin(&dst.mir) || len(dst.owner) != len(b.owner) || len(dst.rel) != len(b.rel) ||
+	if !b.mir.twin(&dst.mir) || len(dst.owner) != len(b.owner) || len(dst.aseq) != len(b.aseq) || len(dst.rel) != len(b.rel) ||
 		!b.recs.copyChanges(&dst.recs) {
 		b.CopyTo(dst)
 	} else {
@@ -91,6 +91,9 @@ type mirror struct {
 	count  uint64
 }
 
+// stamp is a mirror's name for shared content. A Block must never be
+// copied by value: the copy would share its nonce and count, and could hand
+// out a stamp the original also hands out for different content.
 type stamp struct{ nonce, n uint64 }
 
 // nonces hands out the blocks' nonces.
