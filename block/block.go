@@ -154,7 +154,7 @@ func (b *Block) init(p netip.Prefix, seq uint64) error {
 	b.aseq = resize(b.aseq, size)
 	b.rel, b.nrel = b.rel[:0], 0
 	b.recs.reset()
-	b.mir.forget()
+	b.unmirror()
 	return nil
 }
 
@@ -199,7 +199,7 @@ func (b *Block) reset() {
 	b.aseq = b.aseq[:0]
 	b.rel, b.nrel = b.rel[:0], 0
 	b.recs.reset()
-	b.mir.forget()
+	b.unmirror()
 }
 
 // Prefix returns the block's prefix; the zero Block returns the zero Prefix.

@@ -22,17 +22,22 @@ func (b *Block) CopyTo(dst *Block) {
 	if dst == b {
 		return
 	}
-	dst.prefix, dst.base, dst.is4 = b.prefix, b.base, b.is4
-	dst.size, dst.used, dst.nres, dst.cursor = b.size, b.used, b.nres, b.cursor
-	dst.seq, dst.aff, dst.claim = b.seq, b.aff, b.claim
-	b.taken.CopyFull(&dst.taken)
-	b.resv.CopyFull(&dst.resv)
+	b.copyHead(dst)
 	dst.owner = append(dst.owner[:0], b.owner...)
 	dst.aseq = append(dst.aseq[:0], b.aseq...)
-	dst.rel, dst.nrel = append(dst.rel[:0], b.rel...), b.nrel
+	dst.rel = append(dst.rel[:0], b.rel...)
 	b.recs.copyTo(&dst.recs)
-	dst.mir.forget()
-	dst.recs.dlo, dst.recs.dhi, dst.recs.dmeta = math.MaxInt, 0, false
+	dst.unmirror()
+}
+
+// copyHead copies what every copy copies whole: the counters, identity,
+// affinity and both bitmaps.
+func (b *Block) copyHead(dst *Block) {
+	dst.prefix, dst.base, dst.is4 = b.prefix, b.base, b.is4
+	dst.size, dst.used, dst.nres, dst.cursor = b.size, b.used, b.nres, b.cursor
+	dst.seq, dst.aff, dst.claim, dst.nrel = b.seq, b.aff, b.claim, b.nrel
+	b.taken.CopyFull(&dst.taken)
+	b.resv.CopyFull(&dst.resv)
 }
 
 // Mirror makes dst a deep copy of b, as CopyTo does, and remembers that the
@@ -53,11 +58,7 @@ func (b *Block) Mirror(dst *Block) {
 		!b.recs.copyChanges(&dst.recs) {
 		b.CopyTo(dst)
 	} else {
-		dst.prefix, dst.base, dst.is4 = b.prefix, b.base, b.is4
-		dst.size, dst.used, dst.nres, dst.cursor = b.size, b.used, b.nres, b.cursor
-		dst.seq, dst.aff, dst.claim = b.seq, b.aff, b.claim
-		b.taken.CopyFull(&dst.taken)
-		b.resv.CopyFull(&dst.resv)
+		b.copyHead(dst)
 		if lo, hi := span(b.mir.lo, b.mir.hi, dst.mir.lo, dst.mir.hi); lo < hi {
 			copy(dst.owner[lo:hi], b.owner[lo:hi])
 			copy(dst.aseq[lo:hi], b.aseq[lo:hi])
@@ -65,15 +66,13 @@ func (b *Block) Mirror(dst *Block) {
 				copy(dst.rel[lo:hi], b.rel[lo:hi])
 			}
 		}
-		dst.nrel = b.nrel
 	}
 	// Equal now: a new stamp for the content they share, and nothing
 	// changed since.
 	st := b.mir.next()
 	b.mir.stamp, dst.mir.stamp = st, st
-	b.mir.lo, b.mir.hi, dst.mir.lo, dst.mir.hi = math.MaxInt, 0, math.MaxInt, 0
-	b.recs.dlo, b.recs.dhi, b.recs.dmeta = math.MaxInt, 0, false
-	dst.recs.dlo, dst.recs.dhi, dst.recs.dmeta = math.MaxInt, 0, false
+	b.unchanged()
+	dst.unchanged()
 }
 
 // mirror is a block's bookkeeping for Mirror.
@@ -104,9 +103,18 @@ var nonces atomic.Uint64
 // start at 0, which copies more than needed but never less.
 func (m *mirror) touch(i int) { m.lo, m.hi = min(m.lo, i), max(m.hi, i+1) }
 
-// forget drops the relation to any other block: the content changed
+// unchanged records that b changed nothing since its stamp.
+func (b *Block) unchanged() {
+	b.mir.lo, b.mir.hi = math.MaxInt, 0
+	b.recs.unchanged()
+}
+
+// unmirror drops b's relation to any other block: its content changed
 // wholesale.
-func (m *mirror) forget() { m.stamp, m.lo, m.hi = stamp{}, math.MaxInt, 0 }
+func (b *Block) unmirror() {
+	b.mir.stamp = stamp{}
+	b.unchanged()
+}
 
 // twin reports whether m's block and o's held the same content at their
 // last Mirror.

@@ -331,8 +331,10 @@ func (t *owners) reset() {
 	clear(t.index)
 	t.indexed, t.live, t.spare, t.last = 0, 0, 0, 0
 	t.arena, t.arenaLive = t.arena[:0], 0
-	t.dlo, t.dhi, t.dmeta = math.MaxInt, 0, false
 }
+
+// unchanged records that t changed nothing since its block's last Mirror.
+func (t *owners) unchanged() { t.dlo, t.dhi, t.dmeta = math.MaxInt, 0, false }
 
 // copyTo makes dst a copy of t, reusing dst's memory. Strings and attribute
 // maps are shared: the package never modifies them.

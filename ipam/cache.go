@@ -85,13 +85,3 @@ func (c *cache[K, V]) missed() {
 	c.read.Store(&m)
 	c.dirty, c.misses = nil, 0
 }
-
-// len returns the number of keys cached.
-func (c *cache[K, V]) len() int {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.dirty != nil {
-		return len(c.dirty)
-	}
-	return len(c.snapshot())
-}

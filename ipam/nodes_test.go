@@ -140,3 +140,13 @@ func TestCacheConcurrent(t *testing.T) {
 		}
 	}
 }
+
+// len returns the number of keys cached (for tests).
+func (c *cache[K, V]) len() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.dirty != nil {
+		return len(c.dirty)
+	}
+	return len(c.snapshot())
+}
