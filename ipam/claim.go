@@ -95,7 +95,11 @@ func (a *Allocator) claimLocked(ctx context.Context, e *blockEntry, aff block.Af
 	// taken, and a read settles that without writing (and undoing) an
 	// index entry. The first probe of a walk usually finds the block free
 	// and goes straight to the writes.
-	if look && !e.fresh {
+	//
+	// A cached copy that says the block exists is read again too: the
+	// claim's answer, accepted or refused, must not rest on a block that
+	// another allocator may have deleted since.
+	if (look || e.blk != nil) && !e.fresh {
 		if err := a.load(ctx, e); err != nil {
 			return err
 		}
@@ -347,7 +351,14 @@ func (a *Allocator) borrow(ctx context.Context, o *assignOp, out *[]Assigned, p 
 			continue
 		}
 		a.seed(sum.Prefix, b, r.Revision)
-		if _, err := a.assignFrom(ctx, o, out, p.Name, sum.Prefix, goal-len(*out), false, false); err != nil {
+		res, err := a.assignFrom(ctx, o, out, p.Name, sum.Prefix, goal-len(*out), false, false)
+		if err == nil && res == fromFull {
+			// The cache held an older copy that calls the block full, where
+			// the list just said it has room (another allocator freed
+			// addresses): read it fresh and try again.
+			_, err = a.assignFrom(ctx, o, out, p.Name, sum.Prefix, goal-len(*out), false, true)
+		}
+		if err != nil {
 			return err
 		}
 		if len(*out) == goal {

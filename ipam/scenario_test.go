@@ -33,6 +33,39 @@ func TestTwoNodesOneBlockSecondBorrows(t *testing.T) {
 	require.Equal(t, 2, u[0].Blocks[0].Borrowed)
 }
 
+// TestBorrowSeesReleaseByAnotherAllocator: an allocator whose cached copy
+// of another node's block says full must still borrow an address that
+// another allocator (another process) has freed there since.
+func TestBorrowSeesReleaseByAnotherAllocator(t *testing.T) {
+	e := newEnv(t, v4pool("small", "10.0.0.0/29", 30)) // two blocks of 4
+	first := e.mustAssign4("node-1", "h1", 4)          // fills a block, cached full by e.a
+	e.mustAssign4("node-2", "h2", 4)                   // claims and fills the other
+	other := e.allocator()
+	_, err := other.ReleaseByHandle(e.ctx, "h1")
+	require.NoError(t, err)
+
+	// node-3 can claim nothing and must borrow from node-1's block.
+	got := e.mustAssign4("node-3", "h3", 2)
+	require.Equal(t, map[netip.Prefix]int{first[0].Block: 2}, blocksOf(got))
+}
+
+// TestClaimSeesBlockDeletedByAnotherAllocator: an allocator whose cache
+// still holds a block its node claimed must not take that copy's word for
+// a new claim once another allocator has removed the block.
+func TestClaimSeesBlockDeletedByAnotherAllocator(t *testing.T) {
+	e := newEnv(t, v4pool("one", "10.0.0.0/30", 30)) // a single block
+	first := e.mustAssign4("node-1", "h1", 1)        // e.a caches the block as node-1's
+	other := e.allocator()
+	_, err := other.ReleaseByHandle(e.ctx, "h1")
+	require.NoError(t, err)
+	_, err = other.ReleaseHostAffinities(e.ctx, "node-1", true) // the empty block is deleted
+	require.NoError(t, err)
+
+	got := e.mustAssign4("node-1", "h2", 2)
+	require.Equal(t, map[netip.Prefix]int{first[0].Block: 2}, blocksOf(got))
+	require.Equal(t, []netip.Prefix{first[0].Block}, e.affine("node-1"))
+}
+
 func TestStrictAffinityForbidsBorrowing(t *testing.T) {
 	e := newEnv(t, v4pool("small", "10.0.0.0/28", 28))
 	e.config(ipam.Config{StrictAffinity: true, AutoAllocateBlocks: true})
