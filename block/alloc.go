@@ -6,6 +6,7 @@ import (
 	"math/bits"
 	"net/netip"
 	"strconv"
+	"unsafe"
 )
 
 // Owner is who holds an address: a handle (Calico's handle ID, such as one
@@ -79,6 +80,40 @@ func (b *Block) errorf(op string, a netip.Addr, detail string, errs ...error) er
 // Allocate does not allocate memory when dst has room and o's record exists
 // or can reuse a free slot (the block keeps o.Attrs, see Owner).
 func (b *Block) Allocate(dst []netip.Addr, n int, o Owner) ([]netip.Addr, uint64) {
+	// The hot path, written without calls so that the compiler spills
+	// nothing: one address for the owner of the last allocation, into room
+	// dst already has. Anything else takes the general path, which does
+	// the same.
+	if n == 1 && len(dst) < cap(dst) && b.used+b.nres < b.size {
+		if s := b.recs.cached(o.Handle, o.Attrs, true); s >= 0 {
+			i := nextFree(b.taken.Words(), b.cursor)
+			b.recs.grant(s, 1)
+			b.seq++
+			// allocate's loop for one address, written out.
+			b.taken.Words()[i>>6] |= 1 << (i & 63)
+			b.owner[i] = uint16(s)
+			b.aseq[i] = b.seq
+			b.mir.touch(i)
+			b.forget(i)
+			if b.cursor = i + 1; b.cursor == b.size {
+				b.cursor = 0
+			}
+			b.recs.recs[s].at = uint16(i + 1)
+			b.used++
+			dst = dst[:len(dst)+1]
+			if b.is4 {
+				dst[len(dst)-1] = b.addr4(i)
+			} else {
+				dst[len(dst)-1] = b.addr6(i)
+			}
+			return dst, b.seq
+		}
+	}
+	return b.allocate(dst, n, o)
+}
+
+// allocate is Allocate's general path.
+func (b *Block) allocate(dst []netip.Addr, n int, o Owner) ([]netip.Addr, uint64) {
 	n = min(n, b.size-b.used-b.nres)
 	if n <= 0 {
 		return dst, b.seq
@@ -87,45 +122,44 @@ func (b *Block) Allocate(dst []netip.Addr, n int, o Owner) ([]netip.Addr, uint64
 	b.seq++
 	seq := b.seq
 	words := b.taken.Words()
-	c := b.cursor
+	c, last := b.cursor, 0
 	for range n {
-		// The word under the cursor usually has a free bit: look there
-		// inline before the library's scan.
-		var i int
-		if free := ^words[c>>6] >> (c & 63); free != 0 {
-			i = c + bits.TrailingZeros64(free)
-		} else if j, ok := b.taken.NextClear(uint(c)); ok {
-			i = int(j)
-		} else {
-			// There is a free address, so it lies before the cursor.
-			j, _ := b.taken.NextClear(0)
-			i = int(j)
-		}
-		// i < size: the padding bits are set.
+		i := nextFree(words, c)
 		words[i>>6] |= 1 << (i & 63)
 		b.owner[i] = s
 		b.aseq[i] = seq
 		b.mir.touch(i)
 		b.forget(i)
 		if b.is4 {
-			// b.addr, open-coded: ipmath.ToAddr is a call.
-			var x [4]byte
-			binary.BigEndian.PutUint32(x[:], uint32(b.base.Lo)|uint32(i))
-			dst = append(dst, netip.AddrFrom4(x))
+			dst = append(dst, b.addr4(i))
 		} else {
-			dst = append(dst, b.addr(i))
+			dst = append(dst, b.addr6(i))
 		}
 		if c = i + 1; c == b.size {
 			c = 0
 		}
+		last = i
 	}
 	b.cursor = c
+	// at is 1 + the last index given.
+	b.recs.recs[s].at = uint16(last + 1)
 	b.used += n
-	b.recs.recs[s].at = uint16(b.cursor) // 1 + the last index given, mod size
-	if b.cursor == 0 {
-		b.recs.recs[s].at = uint16(b.size)
-	}
 	return dst, seq
+}
+
+// nextFree returns the first ordinal at or after c whose bit in words (a
+// block's taken bits) is clear, wrapping around the end of the block, which
+// must have one. The ordinal is below size: the padding bits are set.
+func nextFree(words []uint64, c int) int {
+	k := c >> 6
+	w := ^words[k] >> (c & 63) << (c & 63) // free at or after c
+	for w == 0 {
+		if k++; k == len(words) {
+			k = 0
+		}
+		w = ^words[k]
+	}
+	return k<<6 | bits.TrailingZeros64(w)
 }
 
 // Assign gives the address a to o and returns the sequence number recorded
@@ -163,23 +197,49 @@ func (b *Block) Release(a netip.Addr, c Check) error {
 
 // release is Release, returning the ordinal it freed.
 func (b *Block) release(a netip.Addr, c Check) (int, error) {
-	// ordinal, with its IPv4 case written out: a call here costs more
-	// than the rest of the checks.
-	var i int
-	var ok bool
+	// The hot path, written without calls so that the compiler spills
+	// nothing: an allocated address of an IPv4 block whose checks pass
+	// with a handle that is the stored string itself. Anything else takes
+	// the general path, which decides the same way. (IPv6 addresses take
+	// it too: netip's As16 is compiled to a 16-byte load of two 8-byte
+	// stores, a stall that costs more than the call that ordinal6 makes.)
 	if b.is4 && a.Is4() {
+		// ordinal4, written out: i is below size, and both bitmaps hold
+		// size bits.
 		x := a.As4()
 		u := uint64(binary.BigEndian.Uint32(x[:]))
 		mask := uint64(b.size - 1)
-		i, ok = int(u&mask), u&^mask == b.base.Lo
-	} else {
-		i, ok = b.ordinal6(a)
+		i := int(u & mask)
+		if u&^mask == b.base.Lo && (b.taken.Words()[i>>6]&^b.resv.Words()[i>>6])&(1<<(i&63)) != 0 {
+			s := int(b.owner[i])
+			h := b.recs.recs[s].handle
+			if (c.Handle == "" || (len(c.Handle) == len(h) && unsafe.StringData(c.Handle) == unsafe.StringData(h))) &&
+				(!c.CheckSeq || c.Seq == b.aseq[i]) {
+				// releaseAny's last steps and t.drop(s, 1), written
+				// out.
+				b.taken.Words()[i>>6] &^= 1 << (i & 63)
+				t := &b.recs
+				t.touchOther(s)
+				if t.recs[s].refs--; t.recs[s].refs == 0 {
+					t.retire(s)
+				}
+				b.used--
+				b.seq++
+				return i, nil
+			}
+		}
 	}
+	return b.releaseAny(a, c)
+}
+
+// releaseAny is release's general path.
+func (b *Block) releaseAny(a netip.Addr, c Check) (int, error) {
+	i, ok := b.ordinal(a)
 	if !ok || !b.taken.Test(uint(i)) || b.resv.Test(uint(i)) {
 		return 0, b.releaseError(a, i, ok)
 	}
 	s := int(b.owner[i])
-	if (c.Handle != "" && !sameString(c.Handle, b.recs.recs[s].handle)) || (c.CheckSeq && c.Seq != b.aseq[i]) {
+	if (c.Handle != "" && c.Handle != b.recs.recs[s].handle) || (c.CheckSeq && c.Seq != b.aseq[i]) {
 		return 0, b.checkError(a, i, c)
 	}
 	b.taken.Words()[i>>6] &^= 1 << (i & 63)

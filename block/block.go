@@ -313,3 +313,12 @@ func (b *Block) ordinal6(a netip.Addr) (int, bool) {
 func (b *Block) addr(i int) netip.Addr {
 	return ipmath.ToAddr(ipmath.Uint128{Hi: b.base.Hi, Lo: b.base.Lo | uint64(i)}, b.is4)
 }
+
+// addr4 is addr for an IPv4 block. It and addr6 are inlined where addr
+// would be a call.
+func (b *Block) addr4(i int) netip.Addr { return ipmath.ToAddr4(b.base.Lo | uint64(i)) }
+
+// addr6 is addr for an IPv6 block.
+func (b *Block) addr6(i int) netip.Addr {
+	return ipmath.ToAddr6(ipmath.Uint128{Hi: b.base.Hi, Lo: b.base.Lo | uint64(i)})
+}

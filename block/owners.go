@@ -15,13 +15,15 @@ import (
 // hash) finds the record of an owner. It is a []uint16 rather than a Go map so
 // that copying a block is a few memmoves and allocates nothing.
 //
-// Three shortcuts keep the hot path (allocate one address, release it) free
-// of hashing:
-//   - last caches the slot of the most recent acquire;
+// Shortcuts keep the hot path (allocate one address, release it) cheap:
+//   - last caches the slot of the most recent acquire, which needs no
+//     hashing;
 //   - the record emptied most recently (spare) stays indexed, so an owner
 //     that releases its only address and allocates again revives it instead
 //     of being unindexed and indexed again;
-//   - attribute maps are compared by identity before by content.
+//   - attribute maps are compared by identity before by content;
+//   - changes to last's slot are not recorded for Mirror, which copies
+//     that slot whatever changed (see dlo).
 
 // hashSeed is per process; indexes are copied only within a process and
 // rebuilt by the decoders.
@@ -69,13 +71,23 @@ type owners struct {
 
 	// Changes since the block's last Mirror: the slots of recs in
 	// [dlo, dhi) (none when dlo >= dhi), and whether index or arena
-	// changed.
+	// changed. The slot last names counts as changed whatever the range
+	// says, so that the hot path need not record the changes it makes
+	// to it; when last moves on, the slot it named is touched.
 	dlo, dhi int
 	dmeta    bool
 }
 
 // touch records a change to slot s for Mirror, as mirror.touch does.
 func (t *owners) touch(s int) { t.dlo, t.dhi = min(t.dlo, s), max(t.dhi, s+1) }
+
+// touchOther is touch for a slot that may be the one last names, which
+// needs no record.
+func (t *owners) touchOther(s int) {
+	if s != int(t.last)-1 {
+		t.touch(s)
+	}
+}
 
 // maxSlots bounds the slots: at most MaxSize live records and one spare,
 // and slot+1 must fit a uint16.
@@ -94,12 +106,6 @@ func sameAttrs(a, b map[string]string) bool {
 	return maps.Equal(a, b)
 }
 
-// sameString is a == b, without a call to compare the bytes when both are
-// the same string, as when a caller reuses its handle.
-func sameString(a, b string) bool {
-	return len(a) == len(b) && (unsafe.StringData(a) == unsafe.StringData(b) || a == b)
-}
-
 // mapPtr returns the pointer a map value is made of, its identity. It is
 // only a shortcut: maps with different pointers are compared by content.
 // reflect.Value.UnsafePointer gives the same answer at several times the
@@ -111,26 +117,40 @@ func mapPtr(m map[string]string) unsafe.Pointer {
 // acquire returns the slot of the record of (handle, attrs), creating it if
 // needed, and adds n addresses to it. A new record keeps attrs.
 func (t *owners) acquire(handle string, attrs map[string]string, n int) int {
-	// The cached record, with attributes matched by identity only (not
-	// even len, which reads the map).
-	if s := int(t.last) - 1; s >= 0 {
-		r := &t.recs[s]
-		if mapPtr(r.attrs) == mapPtr(attrs) && sameString(r.handle, handle) {
-			if r.refs > 0 {
-				r.refs += n
-				t.touch(s)
-				return s
-			}
-			if t.spare == t.last {
-				t.spare = 0
-				t.live++
-				r.refs = n
-				t.touch(s)
-				return s
-			}
-		}
+	if s := t.cached(handle, attrs, false); s >= 0 {
+		t.grant(s, n)
+		return s
 	}
 	return t.acquireSlow(handle, attrs, n)
+}
+
+// cached returns the slot of the last acquire when it holds (handle, attrs)
+// and is live or the spare, otherwise -1. Attributes are matched by
+// identity only (not even len, which reads the map); so is the handle when
+// same is set, which keeps the comparison free of calls. It and grant are
+// small enough to be inlined into the allocation hot path.
+func (t *owners) cached(handle string, attrs map[string]string, same bool) int {
+	s := int(t.last) - 1
+	if s < 0 {
+		return -1
+	}
+	r := &t.recs[s]
+	if mapPtr(r.attrs) != mapPtr(attrs) || len(r.handle) != len(handle) ||
+		(unsafe.StringData(r.handle) != unsafe.StringData(handle) && (same || r.handle != handle)) ||
+		(r.refs == 0 && t.spare != t.last) {
+		return -1
+	}
+	return s
+}
+
+// grant adds n addresses to slot s, found by cached: a spare comes to life.
+func (t *owners) grant(s, n int) {
+	r := &t.recs[s]
+	if r.refs == 0 {
+		t.spare = 0
+		t.live++
+	}
+	r.refs += n // s is last's slot: no touch
 }
 
 func (t *owners) acquireSlow(handle string, attrs map[string]string, n int) int {
@@ -138,6 +158,9 @@ func (t *owners) acquireSlow(handle string, attrs map[string]string, n int) int 
 	s := t.find(h, handle, attrs)
 	if s < 0 {
 		s = t.add(h, handle, attrs, nil)
+	}
+	if l := int(t.last) - 1; l >= 0 && l != s {
+		t.touch(l) // no longer covered by last
 	}
 	t.last = uint16(s + 1)
 	r := &t.recs[s]
@@ -280,16 +303,17 @@ func (t *owners) unindex(s int) {
 }
 
 // drop removes n addresses from slot s; a record left with none becomes the
-// spare, and the previous spare is freed.
+// spare (retire). Block.release writes the same steps out for one address
+// on its hot path.
 func (t *owners) drop(s, n int) {
-	r := &t.recs[s]
 	t.touch(s)
-	if r.refs -= n; r.refs == 0 {
+	if t.recs[s].refs -= n; t.recs[s].refs == 0 {
 		t.retire(s)
 	}
 }
 
-// retire makes slot s, just emptied, the spare.
+// retire makes slot s, just emptied, the spare, and frees the previous
+// spare.
 func (t *owners) retire(s int) {
 	t.live--
 	if t.spare != 0 {
@@ -360,6 +384,12 @@ func (t *owners) copyChanges(dst *owners) bool {
 	}
 	if lo, hi := span(t.dlo, t.dhi, dst.dlo, dst.dhi); lo < hi {
 		copy(dst.recs[lo:hi], t.recs[lo:hi])
+	}
+	// The slot last named at the last Mirror, whose changes no range
+	// records: if either block's last has moved since, that block touched
+	// the slot, and otherwise t.last still names it.
+	if l := int(t.last) - 1; l >= 0 {
+		dst.recs[l] = t.recs[l]
 	}
 	if t.dmeta || dst.dmeta {
 		copy(dst.index, t.index)

@@ -21,10 +21,21 @@ func FromAddr(a netip.Addr) Uint128 {
 // the low 32 bits of u (higher bits are ignored).
 func ToAddr(u Uint128, is4 bool) netip.Addr {
 	if is4 {
-		var b [4]byte
-		binary.BigEndian.PutUint32(b[:], uint32(u.Lo))
-		return netip.AddrFrom4(b)
+		return ToAddr4(u.Lo)
 	}
+	return ToAddr6(u)
+}
+
+// ToAddr4 is ToAddr for an IPv4 address. It and ToAddr6 are small enough to
+// be inlined into hot paths, which ToAddr is not.
+func ToAddr4(lo uint64) netip.Addr {
+	var b [4]byte
+	binary.BigEndian.PutUint32(b[:], uint32(lo))
+	return netip.AddrFrom4(b)
+}
+
+// ToAddr6 is ToAddr for an IPv6 address.
+func ToAddr6(u Uint128) netip.Addr {
 	var b [16]byte
 	binary.BigEndian.PutUint64(b[:8], u.Hi)
 	binary.BigEndian.PutUint64(b[8:], u.Lo)
