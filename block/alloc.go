@@ -86,19 +86,22 @@ func (b *Block) Allocate(dst []netip.Addr, n int, o Owner) ([]netip.Addr, uint64
 	// the same.
 	if n == 1 && len(dst) < cap(dst) && b.used+b.nres < b.size {
 		if s := b.recs.cached(o.Handle, o.Attrs, true); s >= 0 {
-			i := nextFree(b.taken.Words(), b.cursor)
-			b.recs.grant(s, 1)
-			b.seq++
+			r := &b.recs.recs[s]
+			b.recs.grant(r, 1)
+			seq := b.seq + 1
+			b.seq = seq
 			// allocate's loop for one address, written out.
-			b.taken.Words()[i>>6] |= 1 << (i & 63)
+			words := b.taken.Words()
+			i := nextFree(words, b.cursor)
+			words[i>>6] |= 1 << (i & 63)
 			b.owner[i] = uint16(s)
-			b.aseq[i] = b.seq
+			b.aseq[i] = seq
 			b.mir.touch(i)
 			b.forget(i)
 			if b.cursor = i + 1; b.cursor == b.size {
 				b.cursor = 0
 			}
-			b.recs.recs[s].at = uint16(i + 1)
+			r.at = uint16(i + 1)
 			b.used++
 			dst = dst[:len(dst)+1]
 			if b.is4 {
@@ -106,7 +109,7 @@ func (b *Block) Allocate(dst []netip.Addr, n int, o Owner) ([]netip.Addr, uint64
 			} else {
 				dst[len(dst)-1] = b.addr6(i)
 			}
-			return dst, b.seq
+			return dst, seq
 		}
 	}
 	return b.allocate(dst, n, o)
@@ -210,17 +213,18 @@ func (b *Block) release(a netip.Addr, c Check) (int, error) {
 		u := uint64(binary.BigEndian.Uint32(x[:]))
 		mask := uint64(b.size - 1)
 		i := int(u & mask)
-		if u&^mask == b.base.Lo && (b.taken.Words()[i>>6]&^b.resv.Words()[i>>6])&(1<<(i&63)) != 0 {
+		tw := b.taken.Words()
+		if u&^mask == b.base.Lo && (tw[i>>6]&^b.resv.Words()[i>>6])&(1<<(i&63)) != 0 {
+			t := &b.recs
 			s := int(b.owner[i])
-			h := b.recs.recs[s].handle
-			if (c.Handle == "" || (len(c.Handle) == len(h) && unsafe.StringData(c.Handle) == unsafe.StringData(h))) &&
+			r := &t.recs[s]
+			if (c.Handle == "" || (len(c.Handle) == len(r.handle) && unsafe.StringData(c.Handle) == unsafe.StringData(r.handle))) &&
 				(!c.CheckSeq || c.Seq == b.aseq[i]) {
 				// releaseAny's last steps and t.drop(s, 1), written
 				// out.
-				b.taken.Words()[i>>6] &^= 1 << (i & 63)
-				t := &b.recs
+				tw[i>>6] &^= 1 << (i & 63)
 				t.touchOther(s)
-				if t.recs[s].refs--; t.recs[s].refs == 0 {
+				if r.refs--; r.refs == 0 {
 					t.retire(s)
 				}
 				b.used--

@@ -118,7 +118,7 @@ func mapPtr(m map[string]string) unsafe.Pointer {
 // needed, and adds n addresses to it. A new record keeps attrs.
 func (t *owners) acquire(handle string, attrs map[string]string, n int) int {
 	if s := t.cached(handle, attrs, false); s >= 0 {
-		t.grant(s, n)
+		t.grant(&t.recs[s], n)
 		return s
 	}
 	return t.acquireSlow(handle, attrs, n)
@@ -143,9 +143,9 @@ func (t *owners) cached(handle string, attrs map[string]string, same bool) int {
 	return s
 }
 
-// grant adds n addresses to slot s, found by cached: a spare comes to life.
-func (t *owners) grant(s, n int) {
-	r := &t.recs[s]
+// grant adds n addresses to r, the record of the slot cached found: a
+// spare comes to life.
+func (t *owners) grant(r *record, n int) {
 	if r.refs == 0 {
 		t.spare = 0
 		t.live++
