@@ -96,10 +96,12 @@ func (a *Allocator) claimLocked(ctx context.Context, e *blockEntry, aff block.Af
 	// index entry. The first probe of a walk usually finds the block free
 	// and goes straight to the writes.
 	//
-	// A cached copy that says the block exists is read again too: the
-	// claim's answer, accepted or refused, must not rest on a block that
-	// another allocator may have deleted since.
-	if (look || e.blk != nil) && !e.fresh {
+	// A cached copy that calls the block aff's already is read again too:
+	// accepting it must not rest on a block that another allocator may
+	// have deleted since. (A refusal drawn from the cache only moves the
+	// walk on; the pool listing that follows, if it comes to that, sees
+	// the truth.)
+	if (look || e.blk != nil && e.blk.Affinity() == aff) && !e.fresh {
 		if err := a.load(ctx, e); err != nil {
 			return err
 		}
