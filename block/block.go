@@ -52,7 +52,9 @@ type Block struct {
 
 	// taken has a bit for every allocated or reserved ordinal. Its length
 	// is a whole number of words and the padding bits past size are set,
-	// so NextClear never returns an ordinal outside the block.
+	// so a search (nextFree, NextClear) never returns an ordinal outside
+	// the block. used+nres counts its clear bits below size exactly:
+	// nextFree relies on that to stop.
 	taken bitset.BitSet
 	// resv has a bit for every reserved ordinal and the same padding bits,
 	// so taken &^ resv is exactly the allocated ordinals.

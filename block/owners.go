@@ -67,7 +67,10 @@ type owners struct {
 	indexed           int      // records in index: live ones and the spare
 	live              int      // records with refs > 0
 	spare             uint16   // slot+1 of the spare record, 0 for none
-	last              uint16   // slot+1 of the record the last acquire returned, 0 for none
+	// last is slot+1 of the record the last acquire returned, 0 for none.
+	// Changes to its slot are not recorded in [dlo, dhi) (see there): code
+	// that moves last must touch the slot it leaves, as acquireSlow does.
+	last uint16
 
 	// Changes since the block's last Mirror: the slots of recs in
 	// [dlo, dhi) (none when dlo >= dhi), and whether index or arena
