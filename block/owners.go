@@ -153,7 +153,7 @@ func (t *owners) grant(r *record, n int) {
 		t.spare = 0
 		t.live++
 	}
-	r.refs += n // s is last's slot: no touch
+	r.refs += n // r is last's slot, which Mirror copies anyway: no touch
 }
 
 func (t *owners) acquireSlow(handle string, attrs map[string]string, n int) int {
@@ -309,8 +309,9 @@ func (t *owners) unindex(s int) {
 // spare (retire). Block.release writes the same steps out for one address
 // on its hot path.
 func (t *owners) drop(s, n int) {
+	r := &t.recs[s]
 	t.touch(s)
-	if t.recs[s].refs -= n; t.recs[s].refs == 0 {
+	if r.refs -= n; r.refs == 0 {
 		t.retire(s)
 	}
 }
