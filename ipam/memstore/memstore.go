@@ -95,10 +95,16 @@ var _ ipam.Store = (*Store)(nil)
 var _ ipam.Generations = (*Store)(nil)
 var _ ipam.BlockKeeper = (*Store)(nil)
 
+// checkKind is small enough to inline into every operation; the error is
+// made out of line.
 func checkKind(kind ipam.Kind) error {
 	if kind.Valid() && int(kind) < maxKinds {
 		return nil
 	}
+	return kindError(kind)
+}
+
+func kindError(kind ipam.Kind) error {
 	return fmt.Errorf("memstore: invalid record kind %d", uint8(kind))
 }
 
