@@ -139,7 +139,18 @@ func (a *Allocator) handleValue(r *handleRecord) []byte {
 	if len(es) != 1 {
 		return r.appendBinary(nil)
 	}
-	return a.handleVals.getOrMake(es[0], func() []byte { return r.appendBinary(nil) })
+	if hv := a.lastHandleVal.Load(); hv != nil && hv.hc == es[0] {
+		return hv.v
+	}
+	hv := a.handleVals.getOrMake(es[0], func() *handleVal { return &handleVal{es[0], r.appendBinary(nil)} })
+	a.lastHandleVal.Store(hv)
+	return hv.v
+}
+
+// handleVal is a shared handle value with the one entry it encodes.
+type handleVal struct {
+	hc handleCount
+	v  []byte
 }
 
 // undo lowers the handle's count for blk by k again after the block write

@@ -46,7 +46,10 @@ func (h *handleRecord) setEntries(es []handleCount) {
 }
 
 func findBlock(es []handleCount, blk netip.Prefix) (int, bool) {
-	if len(es) == 1 && es[0].block == blk {
+	switch {
+	case len(es) == 0:
+		return 0, false // a new handle
+	case len(es) == 1 && es[0].block == blk:
 		return 0, true // the common case: a handle in one block
 	}
 	return slices.BinarySearchFunc(es, blk, func(c handleCount, p netip.Prefix) int {
@@ -75,6 +78,26 @@ func (h *handleRecord) count(blk netip.Prefix) int {
 func (h *handleRecord) put(blk netip.Prefix, n int) {
 	es := h.entries()
 	i, ok := findBlock(es, blk)
+	if h.big == nil && (ok || n == 0 || h.n < len(h.small)) {
+		// In small, changed in place: no slices to shift and copy back.
+		switch {
+		case ok && n != 0:
+			h.small[i].count = n
+		case ok:
+			for ; i < h.n-1; i++ {
+				h.small[i] = h.small[i+1]
+			}
+			h.n--
+			h.small[h.n] = handleCount{}
+		case n != 0:
+			for j := h.n; j > i; j-- {
+				h.small[j] = h.small[j-1]
+			}
+			h.small[i] = handleCount{blk, n}
+			h.n++
+		}
+		return
+	}
 	switch {
 	case ok && n != 0:
 		es[i].count = n

@@ -307,7 +307,13 @@ func (a *Allocator) ReleaseByHandle(ctx context.Context, handle string) ([]netip
 	if v.config.ReleaseCooldown > 0 {
 		at = a.now()
 	}
-	var released []netip.Addr
+	// Room for what the record counts (a block holds at most 4,096
+	// addresses), made once rather than grown by the blocks' appends.
+	size := 0
+	for _, hc := range h.rec.entries() {
+		size += min(hc.count, 1<<12)
+	}
+	released := make([]netip.Addr, 0, size)
 	var todo [4]handleCount
 	for _, hc := range append(todo[:0], h.rec.entries()...) {
 		e := a.entry(hc.block)
