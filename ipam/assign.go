@@ -89,6 +89,7 @@ func (r AutoAssignResult) Len() int { return len(r.IPv4) + len(r.IPv6) }
 type assignOp struct {
 	v      *view
 	node   string
+	nc     *nodeCache // the node's cache
 	aff    block.Affinity
 	owner  block.Owner
 	labels selector.Labels
@@ -116,8 +117,13 @@ type assignOp struct {
 // addresses assigned by then are released on a best-effort basis and are
 // otherwise recorded under the handle, where ReleaseByHandle finds them.
 func (a *Allocator) AutoAssign(ctx context.Context, args AutoAssignArgs) (AutoAssignResult, error) {
-	if err := checkAutoAssign(args); err != nil {
+	// A node the allocator has met has a name that passed the checks.
+	nc, known := a.nodes.get(args.Node)
+	if err := checkAutoAssign(args, known); err != nil {
 		return AutoAssignResult{}, err
+	}
+	if !known {
+		nc = a.node(args.Node)
 	}
 	v, err := a.loadView(ctx)
 	if err != nil {
@@ -162,7 +168,8 @@ func (a *Allocator) AutoAssign(ctx context.Context, args AutoAssignArgs) (AutoAs
 		v:      v,
 		node:   args.Node,
 		aff:    block.Host(args.Node),
-		owner:  block.Owner{Handle: args.Handle, Attrs: a.ownerAttrs(args.Node, args.Attrs)},
+		nc:     nc,
+		owner:  block.Owner{Handle: args.Handle, Attrs: ownerAttrs(nc, args.Node, args.Attrs)},
 		labels: args.NodeLabels,
 	}
 	o.h.init(a, args.Handle, true)
@@ -225,7 +232,8 @@ func (a *Allocator) assignError(args AutoAssignArgs, kept AutoAssignResult, shor
 	}
 }
 
-func checkAutoAssign(args AutoAssignArgs) error {
+// checkAutoAssign checks args; a known node's name was checked before.
+func checkAutoAssign(args AutoAssignArgs, knownNode bool) error {
 	const op = "auto-assign"
 	switch {
 	case args.Num4 < 0 || args.Num6 < 0:
@@ -240,8 +248,10 @@ func checkAutoAssign(args AutoAssignArgs) error {
 	if err := checkHandle(op, args.Handle); err != nil {
 		return err
 	}
-	if err := checkNode(op, args.Node); err != nil {
-		return err
+	if !knownNode {
+		if err := checkNode(op, args.Node); err != nil {
+			return err
+		}
 	}
 	if err := checkUse(op, args.Use); err != nil {
 		return err
@@ -288,53 +298,64 @@ func (a *Allocator) assignFamily(ctx context.Context, o *assignOp, fam pool.Fami
 	cfg := o.v.config
 
 	// 1. Blocks affine to the node, in pool order.
-	affine, err := a.affineBlocks(ctx, o.aff)
+	affine, err := a.affineBlocks(ctx, o.aff, o.nc)
 	if err != nil {
 		return out, "", err
 	}
-	var mineBuf [8]netip.Prefix
-	mine := mineBuf[:0]
+	// held is the node's blocks of the eligible pools with each one's pool,
+	// in pool order.
+	type heldBlock struct {
+		blk  netip.Prefix
+		pool int
+	}
+	var heldBuf [4]heldBlock
+	held := heldBuf[:0]
 	for _, blk := range affine {
 		if !sameAddrFamily(blk, fam) {
 			continue
 		}
-		if poolOf(pools, blk) >= 0 {
-			mine = append(mine, blk)
+		if i := poolOf(pools, blk); i >= 0 {
+			held = append(held, heldBlock{blk, i})
 			continue
 		}
 		o.unselected = append(o.unselected, blk)
 	}
-	slices.SortStableFunc(mine, func(x, y netip.Prefix) int { return poolOf(pools, x) - poolOf(pools, y) })
+	slices.SortStableFunc(held, func(x, y heldBlock) int { return x.pool - y.pool })
 	// The cached copy of a block may call it full when another allocator has
 	// since freed addresses; such blocks get a fresh read before the node
 	// claims a new block.
-	var stale, gone []netip.Prefix
-	for _, blk := range mine {
+	var stale []heldBlock
+	var gone []netip.Prefix
+	for _, h := range held {
 		if len(out) == n {
 			return out, "", nil
 		}
-		r, err := a.assignFrom(ctx, o, &out, pools[poolOf(pools, blk)].Name, blk, n-len(out), true, false)
+		r, err := a.assignFrom(ctx, o, &out, pools[h.pool].Name, h.blk, n-len(out), true, false)
 		if err != nil {
 			return out, "", err
 		}
 		switch r {
 		case fromFull:
-			stale = append(stale, blk)
+			stale = append(stale, h)
 		case fromNotMine:
-			gone = append(gone, blk)
+			gone = append(gone, h.blk)
 		}
 	}
-	for _, blk := range stale {
+	for _, h := range stale {
 		if len(out) == n {
 			return out, "", nil
 		}
-		r, err := a.assignFrom(ctx, o, &out, pools[poolOf(pools, blk)].Name, blk, n-len(out), true, true)
+		r, err := a.assignFrom(ctx, o, &out, pools[h.pool].Name, h.blk, n-len(out), true, true)
 		if err != nil {
 			return out, "", err
 		}
 		if r == fromNotMine {
-			gone = append(gone, blk)
+			gone = append(gone, h.blk)
 		}
+	}
+	mine := make([]netip.Prefix, 0, len(held))
+	for _, h := range held {
+		mine = append(mine, h.blk)
 	}
 	// Index entries whose block is gone or not the node's (a crash in the
 	// middle of a claim or a release leaves them) do not count as held
@@ -570,7 +591,7 @@ func (a *Allocator) AssignIP(ctx context.Context, args AssignIPArgs) (Assigned, 
 	}
 	blk, _ := p.BlockFor(addr)
 	aff := block.Host(args.Node)
-	owner := block.Owner{Handle: args.Handle, Attrs: a.ownerAttrs(args.Node, args.Attrs)}
+	owner := block.Owner{Handle: args.Handle, Attrs: ownerAttrs(a.node(args.Node), args.Node, args.Attrs)}
 	var h handleTx
 	h.init(a, args.Handle, false)
 

@@ -25,14 +25,23 @@ type cache[K comparable, V any] struct {
 	misses int     // lookups that missed read since dirty was made
 }
 
+// get returns the value of k when the snapshot has it. A miss says nothing:
+// k may be in dirty.
+func (c *cache[K, V]) get(k K) (V, bool) {
+	if m := c.read.Load(); m != nil {
+		v, ok := (*m)[k]
+		return v, ok
+	}
+	var zero V
+	return zero, false
+}
+
 // getOrMake returns the value of k, made with newV and kept if there is
 // none: every caller asking for k gets the same value until the cache
 // starts over.
 func (c *cache[K, V]) getOrMake(k K, newV func() V) V {
-	if m := c.read.Load(); m != nil {
-		if v, ok := (*m)[k]; ok {
-			return v
-		}
+	if v, ok := c.get(k); ok {
+		return v
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()

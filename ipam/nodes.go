@@ -92,7 +92,10 @@ func checkNode(op, node string) error     { return checkName(op, "node name", no
 func checkHandle(op, handle string) error { return checkName(op, "handle", handle, true) }
 
 func checkAttrs(op string, attrs map[string]string) error {
-	if len(attrs) > MaxAttrs {
+	switch {
+	case len(attrs) == 0:
+		return nil
+	case len(attrs) > MaxAttrs:
 		return invalid(op, "%d attributes, more than %d", len(attrs), MaxAttrs)
 	}
 	for k, v := range attrs {
@@ -109,9 +112,9 @@ func checkAttrs(op string, attrs map[string]string) error {
 // ownerAttrs returns the attributes stored with an allocation: the caller's
 // plus the node. Without caller attributes every allocation of a node shares
 // one map, which blocks keep without copying: no allocation on the hot path.
-func (a *Allocator) ownerAttrs(node string, attrs map[string]string) map[string]string {
+func ownerAttrs(nc *nodeCache, node string, attrs map[string]string) map[string]string {
 	if len(attrs) == 0 || (len(attrs) == 1 && attrs[AttrNode] == node) {
-		return a.node(node).attrs
+		return nc.attrs
 	}
 	m := make(map[string]string, len(attrs)+1)
 	for k, v := range attrs {
@@ -137,7 +140,8 @@ type nodeBlocks struct {
 	blocks []netip.Prefix // never modified once cached
 }
 
-// node returns the cache of the node named name.
+// node returns the cache of the node named name, which must have passed
+// checkNode: AutoAssign skips the check for a name the cache holds.
 func (a *Allocator) node(name string) *nodeCache {
 	return a.nodes.getOrMake(name, func() *nodeCache {
 		return &nodeCache{attrs: map[string]string{AttrNode: name}}
@@ -145,14 +149,17 @@ func (a *Allocator) node(name string) *nodeCache {
 }
 
 // affineBlocks returns the blocks the index lists for owner (an affinity's
-// String form). The index is a superset: every block affine to owner is in
-// it, and callers check the block's own affinity before relying on it.
-func (a *Allocator) affineBlocks(ctx context.Context, owner block.Affinity) ([]netip.Prefix, error) {
+// String form), from nc, the owner's node cache when it is a node, if the
+// index has not changed since. The index is a superset: every block affine
+// to owner is in it, and callers check the block's own affinity before
+// relying on it.
+func (a *Allocator) affineBlocks(ctx context.Context, owner block.Affinity, nc *nodeCache) ([]netip.Prefix, error) {
 	var gen uint64
-	var nc *nodeCache
-	if a.gens != nil && owner.Kind == block.HostAffinity {
+	if a.gens == nil || owner.Kind != block.HostAffinity {
+		nc = nil
+	}
+	if nc != nil {
 		gen = a.gens.Generation(KindAffinity)
-		nc = a.node(owner.Name)
 		if nb := nc.blocks.Load(); nb != nil && nb.gen == gen {
 			return nb.blocks, nil
 		}
