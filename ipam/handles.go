@@ -51,15 +51,15 @@ func (h *handleTx) open(ctx context.Context, a *Allocator, op, id string) error 
 func (h *handleTx) read(ctx context.Context) error {
 	rec, err := h.a.store.Get(ctx, KindHandle, h.id)
 	switch {
-	case errors.Is(err, ErrNotFound):
-		h.rec, h.rev = handleRecord{}, 0
-	case err != nil:
-		return fmt.Errorf("ipam: read handle %q: %w", h.id, err)
-	default:
+	case err == nil:
 		if err := h.rec.unmarshal(rec.Value); err != nil {
 			return fmt.Errorf("ipam: handle %q: %w: %w", h.id, ErrCorrupt, err)
 		}
 		h.rev = rec.Revision
+	case errors.Is(err, ErrNotFound):
+		h.rec, h.rev = handleRecord{}, 0
+	default:
+		return fmt.Errorf("ipam: read handle %q: %w", h.id, err)
 	}
 	h.known = true
 	return nil
