@@ -104,6 +104,9 @@ type assignOp struct {
 	listed map[string][]Record
 	// rsv is what each block this operation claims reserves.
 	rsv hostReserved
+	// addrs is scratch space for the addresses of one block, when more
+	// than a few are wanted.
+	addrs []netip.Addr
 }
 
 // AutoAssign assigns addresses from the pools that qualify for the request,
@@ -499,8 +502,18 @@ func (a *Allocator) assignFrom(ctx context.Context, o *assignOp, out *[]Assigned
 			return nil
 		}
 		next := e.stage()
+		// Up to 8 addresses on the stack; a batch reuses one buffer for
+		// all its blocks. The two are kept apart, so that buf never flows
+		// into o and stays on the stack.
 		var buf [8]netip.Addr
-		addrs, seq := next.AllocateWith(buf[:0], want, o.owner, o.v.allocOptions(blk, a.now))
+		var addrs []netip.Addr
+		var seq uint64
+		if opts := o.v.allocOptions(blk, a.now); want <= len(buf) {
+			addrs, seq = next.AllocateWith(buf[:0], want, o.owner, opts)
+		} else {
+			o.addrs, seq = next.AllocateWith(o.addrs[:0], want, o.owner, opts)
+			addrs = o.addrs
+		}
 		k := len(addrs)
 		if k == 0 {
 			res = fromFull
