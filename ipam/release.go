@@ -307,11 +307,11 @@ func (a *Allocator) ReleaseByHandle(ctx context.Context, handle string) ([]netip
 	if v.config.ReleaseCooldown > 0 {
 		at = a.now()
 	}
-	// Room for what the record counts (a block holds at most 4,096
-	// addresses), made once rather than grown by the blocks' appends.
+	// Room for what the record counts (at most a block's worth per block),
+	// made once rather than grown by the blocks' appends.
 	size := 0
 	for _, hc := range h.rec.entries() {
-		size += min(hc.count, 1<<12)
+		size += min(hc.count, block.MaxSize)
 	}
 	released := make([]netip.Addr, 0, size)
 	var todo [4]handleCount
@@ -343,13 +343,22 @@ func (a *Allocator) ReleaseByHandle(ctx context.Context, handle string) ([]netip
 		})
 		e.unlock()
 		if err != nil {
-			return released, err
+			return orNil(released), err
 		}
 		if err := h.clear(ctx, hc.block); err != nil {
-			return released, err
+			return orNil(released), err
 		}
 	}
-	return released, nil
+	return orNil(released), nil
+}
+
+// orNil returns s, or nil when s is empty: ReleaseByHandle made room
+// before it knew whether the handle's blocks would release anything.
+func orNil(s []netip.Addr) []netip.Addr {
+	if len(s) == 0 {
+		return nil
+	}
+	return s
 }
 
 // IPsByHandle returns the addresses held by handle, read fresh from the

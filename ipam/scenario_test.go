@@ -49,6 +49,59 @@ func TestBorrowSeesReleaseByAnotherAllocator(t *testing.T) {
 	require.Equal(t, map[netip.Prefix]int{first[0].Block: 2}, blocksOf(got))
 }
 
+// TestAssignAcrossBlocks: a request larger than a block takes its
+// addresses from several blocks, first the node's own (one of them cached
+// as full while another allocator emptied it), then new ones: every address
+// distinct and inside its block, all of them the handle's, all released by
+// it.
+func TestAssignAcrossBlocks(t *testing.T) {
+	e := newEnv(t, v4pool("p", "10.0.0.0/24", 26)) // four blocks of 64
+	first := e.mustAssign4("node-1", "h1", 64)     // fills a block, cached full by e.a
+	other := e.allocator()
+	_, err := other.ReleaseByHandle(e.ctx, "h1")
+	require.NoError(t, err)
+
+	got := e.mustAssign4("node-1", "h2", 150)
+	seen := map[netip.Addr]bool{}
+	for _, x := range got {
+		require.False(t, seen[x.Addr], "%s assigned twice", x.Addr)
+		seen[x.Addr] = true
+		require.True(t, x.Block.Contains(x.Addr), "%s outside its block %s", x.Addr, x.Block)
+	}
+	blocks := blocksOf(got)
+	require.Len(t, blocks, 3)
+	require.Equal(t, 64, blocks[first[0].Block], "the node's emptied block is used first")
+	require.Len(t, e.affine("node-1"), 3)
+
+	held, err := e.a.IPsByHandle(e.ctx, "h2")
+	require.NoError(t, err)
+	require.ElementsMatch(t, addrs(got), held)
+	released, err := e.a.ReleaseByHandle(e.ctx, "h2")
+	require.NoError(t, err)
+	require.ElementsMatch(t, addrs(got), released)
+}
+
+// TestReleaseByHandleWithStaleCounts: a handle record may count addresses
+// its blocks no longer hold (a crash between a release's two writes leaves
+// that); ReleaseByHandle then releases nothing, returns no addresses and
+// clears the record.
+func TestReleaseByHandleWithStaleCounts(t *testing.T) {
+	e := newEnv(t, v4pool("p", "10.0.0.0/24", 26))
+	got := e.mustAssign4("node-1", "h1", 2)
+	rec, err := e.store.Get(e.ctx, ipam.KindHandle, "h1")
+	require.NoError(t, err)
+	_, err = e.a.ReleaseIPs(e.ctx, ipam.Release{Addr: got[0].Addr}, ipam.Release{Addr: got[1].Addr})
+	require.NoError(t, err)
+	// Put the record back as a crash before its update would have left it.
+	_, err = e.store.Create(e.ctx, ipam.KindHandle, "h1", rec.Value)
+	require.NoError(t, err)
+
+	released, err := e.a.ReleaseByHandle(e.ctx, "h1")
+	require.NoError(t, err)
+	require.Nil(t, released)
+	require.Zero(t, e.store.Len(ipam.KindHandle))
+}
+
 // TestClaimSeesBlockDeletedByAnotherAllocator: an allocator whose cache
 // still holds a block its node claimed must not take that copy's word for
 // a new claim once another allocator has removed the block.

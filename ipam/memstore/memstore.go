@@ -104,6 +104,7 @@ func checkKind(kind ipam.Kind) error {
 	return kindError(kind)
 }
 
+//go:noinline
 func kindError(kind ipam.Kind) error {
 	return fmt.Errorf("memstore: invalid record kind %d", uint8(kind))
 }
