@@ -59,10 +59,6 @@ type Allocator struct {
 	blocks     cache[netip.Prefix, *blockEntry]
 	nodes      cache[string, *nodeCache]
 	handleVals cache[handleCount, *handleVal]
-	// lastHandleVal is the handle value handed out last: a node's next
-	// assignment usually goes to the same block, so it is usually the next
-	// one too, without a lookup in handleVals.
-	lastHandleVal atomic.Pointer[handleVal]
 }
 
 // New returns an allocator on store.

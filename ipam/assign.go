@@ -176,6 +176,7 @@ func (a *Allocator) AutoAssign(ctx context.Context, args AutoAssignArgs) (AutoAs
 		labels: args.NodeLabels,
 	}
 	o.h.init(a, args.Handle, true)
+	o.h.last = &nc.lastHandleVal
 	o.rsv = hostReserved{args.ReserveFirst, args.ReserveLast}
 	var res AutoAssignResult
 	var short [2]int

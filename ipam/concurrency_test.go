@@ -179,15 +179,23 @@ func TestAllocatorErrorsAreClear(t *testing.T) {
 		{"bad use", ipam.AutoAssignArgs{Num4: 1, Handle: "h", Node: "n", Use: "Pods"}, `unknown use "Pods"`},
 		{"bad attr", ipam.AutoAssignArgs{Num4: 1, Handle: "h", Node: "n", Attrs: map[string]string{"": "x"}}, "attribute"},
 	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			_, err := e.a.AutoAssign(e.ctx, tt.args)
-			require.ErrorIs(t, err, ipam.ErrInvalid)
-			require.Contains(t, err.Error(), tt.want)
-		})
+	run := func(t *testing.T) {
+		for _, tt := range tests {
+			t.Run(tt.name, func(t *testing.T) {
+				_, err := e.a.AutoAssign(e.ctx, tt.args)
+				require.ErrorIs(t, err, ipam.ErrInvalid)
+				require.Contains(t, err.Error(), tt.want)
+			})
+		}
 	}
+	t.Run("new node", run)
 	require.Zero(t, e.store.Len(ipam.KindBlock), "no invalid request wrote anything")
 	require.Zero(t, e.store.Len(ipam.KindHandle))
+	// The allocator does not check again the name of a node it has met;
+	// every other check still applies to it.
+	e.mustAssign4("n", "h0", 1)
+	t.Run("known node", run)
+	require.EqualValues(t, 1, e.store.Len(ipam.KindHandle), "no invalid request wrote anything")
 
 	_, err := ipam.New(nil, ipam.Options{})
 	require.ErrorIs(t, err, ipam.ErrInvalid)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"sync/atomic"
 )
 
 // handleTx keeps one handle record in step with the blocks during an
@@ -24,6 +25,9 @@ type handleTx struct {
 	// new handle assumes there is no record, which saves a read on the hot
 	// path (a wrong guess costs one failed create).
 	known bool
+	// last, when not nil, is where handleValue looks first for the value
+	// to write and keeps what it wrote: the node's slot.
+	last *atomic.Pointer[handleVal]
 }
 
 // init starts tracking the handle id, assuming it has no record yet when
@@ -117,9 +121,9 @@ func (h *handleTx) write(ctx context.Context) error {
 	case len(h.rec.entries()) == 0:
 		err = h.a.store.Delete(ctx, KindHandle, h.id, h.rev)
 	case h.rev == 0:
-		rev, err = h.a.store.Create(ctx, KindHandle, h.id, h.a.handleValue(&h.rec))
+		rev, err = h.a.store.Create(ctx, KindHandle, h.id, h.a.handleValue(&h.rec, h.last))
 	default:
-		rev, err = h.a.store.Update(ctx, KindHandle, h.id, h.a.handleValue(&h.rec), h.rev)
+		rev, err = h.a.store.Update(ctx, KindHandle, h.id, h.a.handleValue(&h.rec, h.last), h.rev)
 	}
 	if err != nil {
 		if errors.Is(err, ErrNotFound) {
@@ -134,16 +138,21 @@ func (h *handleTx) write(ctx context.Context) error {
 // handleValue encodes a handle record. The value of a handle holding some
 // addresses of a single block, by far the most common, is shared by every
 // such handle: values are immutable once written, so one copy serves all.
-func (a *Allocator) handleValue(r *handleRecord) []byte {
+// last, if not nil, is tried first and then holds the value returned.
+func (a *Allocator) handleValue(r *handleRecord, last *atomic.Pointer[handleVal]) []byte {
 	es := r.entries()
 	if len(es) != 1 {
 		return r.appendBinary(nil)
 	}
-	if hv := a.lastHandleVal.Load(); hv != nil && hv.hc == es[0] {
-		return hv.v
+	if last != nil {
+		if hv := last.Load(); hv != nil && hv.hc == es[0] {
+			return hv.v
+		}
 	}
 	hv := a.handleVals.getOrMake(es[0], func() *handleVal { return &handleVal{es[0], r.appendBinary(nil)} })
-	a.lastHandleVal.Store(hv)
+	if last != nil {
+		last.Store(hv)
+	}
 	return hv.v
 }
 

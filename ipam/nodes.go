@@ -131,6 +131,12 @@ type nodeCache struct {
 	attrs map[string]string
 	// blocks is the node's entries in the affinity index as last listed.
 	blocks atomic.Pointer[nodeBlocks]
+	// lastHandleVal is the handle value last written for an assignment to
+	// the node: its next assignment usually goes to the same block, so the
+	// value is usually the same, without a lookup in the shared cache.
+	// (Per node, so that allocations for different nodes do not write to
+	// one shared word.)
+	lastHandleVal atomic.Pointer[handleVal]
 }
 
 // nodeBlocks is a node's blocks per the affinity index, with the index

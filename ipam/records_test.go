@@ -96,6 +96,8 @@ func TestHandleRecordRoundTrip(t *testing.T) {
 				model[blk] = n
 			}
 		}
+		// Up to two entries live inline, more in big.
+		require.Equal(t, len(h.entries()) > len(h.small), h.big != nil, "representation of %d entries", len(h.entries()))
 		got := map[netip.Prefix]int{}
 		for _, c := range h.entries() {
 			got[c.block] = c.count
