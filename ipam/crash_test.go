@@ -272,3 +272,30 @@ func TestLostReplyEachOperation(t *testing.T) {
 		})
 	}
 }
+
+// TestReleaseReportsOnlyCertainReleases: whichever store operation of
+// ReleaseIPs fails, and whether the failed write took effect or not, every
+// address the result calls released is free in the store, and every
+// address it calls not allocated is.
+func TestReleaseReportsOnlyCertainReleases(t *testing.T) {
+	modes := []storetest.FaultMode{storetest.FailOnce, storetest.Crash, storetest.CrashAfter, storetest.LostReply}
+	for _, mode := range modes {
+		for at := int64(1); at <= 10; at++ {
+			t.Run(fmt.Sprintf("%s/at=%d", mode, at), func(t *testing.T) {
+				e := newEnv(t, v4pool("p", "10.0.0.0/24", 26))
+				got := e.mustAssign4("node-1", "h1", 2)
+				fs := storetest.NewFaultyStore(e.store, storetest.Fault{At: at, Mode: mode})
+				a, err := ipam.New(fs.WithGenerations(), ipam.Options{MaxRetries: 1})
+				require.NoError(t, err)
+				res, err := a.ReleaseIPs(e.ctx, ipam.Release{Addr: got[0].Addr}, ipam.Release{Addr: got[1].Addr})
+				if err == nil {
+					require.ElementsMatch(t, addrs(got), res.Released)
+				}
+				for _, addr := range append(res.Released, res.NotAllocated...) {
+					_, err := e.a.Owner(e.ctx, addr)
+					require.ErrorIs(t, err, ipam.ErrNotAllocated, "%s reported released or free, but is assigned", addr)
+				}
+			})
+		}
+	}
+}

@@ -50,6 +50,11 @@ const (
 // ErrSeqMismatch. Addresses that are not assigned are reported in
 // NotAllocated.
 //
+// When the store fails, ReleaseIPs stops and returns the error with what is
+// certain by then: an address is in Released only if the write that freed
+// it succeeded. A write whose reply was lost may still have freed an
+// address it does not list; releasing again settles it.
+//
 // With Config.ReleaseCooldown set, each address released records when, and
 // is not assigned again automatically until the cooldown has passed.
 func (a *Allocator) ReleaseIPs(ctx context.Context, rels ...Release) (ReleaseResult, error) {
@@ -254,6 +259,13 @@ func (a *Allocator) releaseFromBlock(ctx context.Context, blk netip.Prefix, rels
 		return a.commit(ctx, e)
 	})
 	if err != nil {
+		// The block write failed, or its outcome is unknown (a lost
+		// reply): none of these addresses is known to be released.
+		for _, i := range idx {
+			if status[i] == relReleased {
+				status[i] = relPending
+			}
+		}
 		return exists, err
 	}
 	// The handles after the block: a crash in between leaves a count too
