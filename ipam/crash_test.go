@@ -274,7 +274,7 @@ func TestLostReplyEachOperation(t *testing.T) {
 }
 
 // TestReleaseReportsOnlyCertainReleases: whichever store operation of
-// ReleaseIPs fails, and whether the failed write took effect or not, every
+// ReleaseIPs or ReleaseByHandle fails, and whether the failed write took effect or not, every
 // address the result calls released is free in the store, and every
 // address it calls not allocated is.
 func TestReleaseReportsOnlyCertainReleases(t *testing.T) {
@@ -294,6 +294,21 @@ func TestReleaseReportsOnlyCertainReleases(t *testing.T) {
 				for _, addr := range append(res.Released, res.NotAllocated...) {
 					_, err := e.a.Owner(e.ctx, addr)
 					require.ErrorIs(t, err, ipam.ErrNotAllocated, "%s reported released or free, but is assigned", addr)
+				}
+			})
+			t.Run(fmt.Sprintf("by-handle/%s/at=%d", mode, at), func(t *testing.T) {
+				e := newEnv(t, v4pool("p", "10.0.0.0/24", 26))
+				got := e.mustAssign4("node-1", "h1", 70) // two blocks
+				fs := storetest.NewFaultyStore(e.store, storetest.Fault{At: at, Mode: mode})
+				a, err := ipam.New(fs.WithGenerations(), ipam.Options{MaxRetries: 1})
+				require.NoError(t, err)
+				released, err := a.ReleaseByHandle(e.ctx, "h1")
+				if err == nil {
+					require.ElementsMatch(t, addrs(got), released)
+				}
+				for _, addr := range released {
+					_, err := e.a.Owner(e.ctx, addr)
+					require.ErrorIs(t, err, ipam.ErrNotAllocated, "%s reported released, but is assigned", addr)
 				}
 			})
 		}
