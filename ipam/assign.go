@@ -128,6 +128,10 @@ func (a *Allocator) AutoAssign(ctx context.Context, args AutoAssignArgs) (AutoAs
 	if !known {
 		nc = a.node(args.Node)
 	}
+	attrs, err := ownerAttrs("auto-assign", nc, args.Node, args.Attrs)
+	if err != nil {
+		return AutoAssignResult{}, err
+	}
 	v, err := a.loadView(ctx)
 	if err != nil {
 		return AutoAssignResult{}, err
@@ -172,7 +176,7 @@ func (a *Allocator) AutoAssign(ctx context.Context, args AutoAssignArgs) (AutoAs
 		node:   args.Node,
 		aff:    block.Host(args.Node),
 		nc:     nc,
-		owner:  block.Owner{Handle: args.Handle, Attrs: ownerAttrs(nc, args.Node, args.Attrs)},
+		owner:  block.Owner{Handle: args.Handle, Attrs: attrs},
 		labels: args.NodeLabels,
 	}
 	o.h.init(a, args.Handle, true)
@@ -257,10 +261,7 @@ func checkAutoAssign(args AutoAssignArgs, knownNode bool) error {
 			return err
 		}
 	}
-	if err := checkUse(op, args.Use); err != nil {
-		return err
-	}
-	return checkAttrs(op, args.Attrs)
+	return checkUse(op, args.Use) // the attributes are checked as they are copied: ownerAttrs
 }
 
 func checkUse(op string, u pool.Use) error {
@@ -582,7 +583,8 @@ func (a *Allocator) AssignIP(ctx context.Context, args AssignIPArgs) (Assigned, 
 	if err := checkUse(op, args.Use); err != nil {
 		return Assigned{}, err
 	}
-	if err := checkAttrs(op, args.Attrs); err != nil {
+	attrs, err := ownerAttrs(op, a.node(args.Node), args.Node, args.Attrs)
+	if err != nil {
 		return Assigned{}, err
 	}
 	addr := args.Addr.Unmap()
@@ -605,7 +607,7 @@ func (a *Allocator) AssignIP(ctx context.Context, args AssignIPArgs) (Assigned, 
 	}
 	blk, _ := p.BlockFor(addr)
 	aff := block.Host(args.Node)
-	owner := block.Owner{Handle: args.Handle, Attrs: ownerAttrs(a.node(args.Node), args.Node, args.Attrs)}
+	owner := block.Owner{Handle: args.Handle, Attrs: attrs}
 	var h handleTx
 	h.init(a, args.Handle, false)
 

@@ -36,7 +36,7 @@ const AttrNode = "node"
 // checkName checks a node name or handle ID: it becomes part of a store key.
 // Node names may not contain "/", which separates the parts of index keys.
 func checkName(op, what, s string, slash bool) error {
-	if s != "" && len(s) <= MaxNameLen && plainASCII(s) {
+	if s != "" && len(s) <= MaxNameLen && plainASCII(s, slash) {
 		return nil // the common case
 	}
 	switch {
@@ -54,12 +54,12 @@ func checkName(op, what, s string, slash bool) error {
 	return nil
 }
 
-// plainASCII reports whether s is printable ASCII without "/", eight bytes
-// at a time.
-func plainASCII(s string) bool {
+// plainASCII reports whether s is printable ASCII, without "/" unless
+// slash, eight bytes at a time.
+func plainASCII(s string, slash bool) bool {
 	if len(s) < 8 {
 		for i := 0; i < len(s); i++ {
-			if c := s[i]; c < 0x20 || c >= 0x7f || c == '/' {
+			if c := s[i]; c < 0x20 || c >= 0x7f || (c == '/' && !slash) {
 				return false
 			}
 		}
@@ -70,7 +70,7 @@ func plainASCII(s string) bool {
 		if i > len(s)-8 {
 			i = len(s) - 8
 		}
-		if !plainWord(binary.LittleEndian.Uint64(unsafe.Slice(unsafe.StringData(s[i:]), 8))) {
+		if !plainWord(word(s, i), slash) {
 			return false
 		}
 		if i == len(s)-8 {
@@ -79,49 +79,71 @@ func plainASCII(s string) bool {
 	}
 }
 
-// plainWord reports whether each byte of v is printable ASCII but "/".
-func plainWord(v uint64) bool {
-	const ones, highs = 0x0101010101010101, 0x8080808080808080
+const ones, highs = 0x0101010101010101, 0x8080808080808080
+
+// word returns the eight bytes of s from i on.
+func word(s string, i int) uint64 {
+	return binary.LittleEndian.Uint64(unsafe.Slice(unsafe.StringData(s[i:]), 8))
+}
+
+// plainWord reports whether each byte of v is printable ASCII, and not "/"
+// unless slash.
+func plainWord(v uint64, slash bool) bool {
 	// With no byte of v at 0x80 or above, (x - ones*n) &^ x & highs is
 	// non-zero exactly when a byte of x is below n.
 	below := func(x uint64, n uint8) uint64 { return (x - ones*uint64(n)) &^ x & highs }
-	return v&highs == 0 && below(v, 0x20)|below(v^(ones*0x7f), 1)|below(v^(ones*'/'), 1) == 0
+	bad := below(v, 0x20) | below(v^(ones*0x7f), 1)
+	if !slash {
+		bad |= below(v^(ones*'/'), 1)
+	}
+	return v&highs == 0 && bad == 0
+}
+
+// validUTF8 is utf8.ValidString, which it calls from the first byte that is
+// not ASCII on: attributes are nearly always ASCII, checked eight bytes at
+// a time.
+func validUTF8(s string) bool {
+	i := 0
+	for ; i+8 <= len(s); i += 8 {
+		if word(s, i)&highs != 0 {
+			return utf8.ValidString(s[i:])
+		}
+	}
+	for ; i < len(s); i++ {
+		if s[i] >= 0x80 {
+			return utf8.ValidString(s[i:])
+		}
+	}
+	return true
 }
 
 func checkNode(op, node string) error     { return checkName(op, "node name", node, false) }
 func checkHandle(op, handle string) error { return checkName(op, "handle", handle, true) }
 
-func checkAttrs(op string, attrs map[string]string) error {
+// ownerAttrs checks the caller's attributes and returns those stored with
+// an allocation: the caller's plus the node. Without caller attributes every
+// allocation of a node shares one map, which blocks keep without copying: no
+// allocation on the hot path. Otherwise the attributes are checked as they
+// are copied, in one pass over the map.
+func ownerAttrs(op string, nc *nodeCache, node string, attrs map[string]string) (map[string]string, error) {
 	switch {
-	case len(attrs) == 0:
-		return nil
+	case len(attrs) == 0 || (len(attrs) == 1 && attrs[AttrNode] == node):
+		return nc.attrs, nil // node is a checked name: a valid value
 	case len(attrs) > MaxAttrs:
-		return invalid(op, "%d attributes, more than %d", len(attrs), MaxAttrs)
-	}
-	for k, v := range attrs {
-		switch {
-		case k == "" || len(k) > MaxAttrLen || len(v) > MaxAttrLen:
-			return invalid(op, "attribute %.40q=%.40q: keys must have 1 to %d bytes and values at most %d", k, v, MaxAttrLen, MaxAttrLen)
-		case !utf8.ValidString(k) || !utf8.ValidString(v):
-			return invalid(op, "attribute %q=%q is not valid UTF-8", k, v)
-		}
-	}
-	return nil
-}
-
-// ownerAttrs returns the attributes stored with an allocation: the caller's
-// plus the node. Without caller attributes every allocation of a node shares
-// one map, which blocks keep without copying: no allocation on the hot path.
-func ownerAttrs(nc *nodeCache, node string, attrs map[string]string) map[string]string {
-	if len(attrs) == 0 || (len(attrs) == 1 && attrs[AttrNode] == node) {
-		return nc.attrs
+		return nil, invalid(op, "%d attributes, more than %d", len(attrs), MaxAttrs)
 	}
 	m := make(map[string]string, len(attrs)+1)
 	for k, v := range attrs {
+		switch {
+		case k == "" || len(k) > MaxAttrLen || len(v) > MaxAttrLen:
+			return nil, invalid(op, "attribute %.40q=%.40q: keys must have 1 to %d bytes and values at most %d", k, v, MaxAttrLen, MaxAttrLen)
+		case !validUTF8(k) || !validUTF8(v):
+			return nil, invalid(op, "attribute %q=%q is not valid UTF-8", k, v)
+		}
 		m[k] = v
 	}
 	m[AttrNode] = node
-	return m
+	return m, nil
 }
 
 // nodeCache is what the allocator keeps per node.

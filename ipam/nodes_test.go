@@ -4,15 +4,16 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"unicode/utf8"
 
 	"github.com/stretchr/testify/require"
 	"pgregory.net/rapid"
 )
 
 // plainASCIISlow is plainASCII one byte at a time.
-func plainASCIISlow(s string) bool {
+func plainASCIISlow(s string, slash bool) bool {
 	for i := 0; i < len(s); i++ {
-		if c := s[i]; c < 0x20 || c >= 0x7f || c == '/' {
+		if c := s[i]; c < 0x20 || c >= 0x7f || (c == '/' && !slash) {
 			return false
 		}
 	}
@@ -21,38 +22,61 @@ func plainASCIISlow(s string) bool {
 
 func TestPlainASCII(t *testing.T) {
 	tests := []struct {
-		s    string
-		want bool
+		s         string
+		want      bool // without "/"
+		wantSlash bool // with "/" allowed
 	}{
-		{"", true},
-		{"node-1", true},
-		{"a-pod-with-a-long-name-0123456789", true},
-		{" !\"#$%&'()*+,-.0123456789:;<=>?@AZ[\\]^_`az{|}~", true},
-		{"rack/1", false},
-		{"0123456/", false},
-		{"01234567/", false},
-		{"tab\there", false},
-		{"01234567\x1f", false},
-		{"0123456\x7f", false},
-		{"0123456\x80", false},
-		{"nøde", false},
-		{"01234567890123456789012\x00", false},
+		{"", true, true},
+		{"node-1", true, true},
+		{"a-pod-with-a-long-name-0123456789", true, true},
+		{" !\"#$%&'()*+,-.0123456789:;<=>?@AZ[\\]^_`az{|}~", true, true},
+		{"rack/1", false, true},
+		{"0123456/", false, true},
+		{"01234567/", false, true},
+		{"k8s-pod-network/default/web-0", false, true},
+		{"tab\there", false, false},
+		{"01234567\x1f", false, false},
+		{"0123456\x7f", false, false},
+		{"0123456\x80", false, false},
+		{"nøde", false, false},
+		{"01234567890123456789012\x00", false, false},
 	}
 	for _, tt := range tests {
-		require.Equal(t, tt.want, plainASCII(tt.s), "%q", tt.s)
+		require.Equal(t, tt.want, plainASCII(tt.s, false), "%q", tt.s)
+		require.Equal(t, tt.wantSlash, plainASCII(tt.s, true), "%q with slashes allowed", tt.s)
 	}
 	// Every byte value in every position of a word and of the tail.
 	for c := 0; c < 256; c++ {
 		for pos := 0; pos < 12; pos++ {
 			b := []byte(strings.Repeat("a", 12))
 			b[pos] = byte(c)
-			require.Equal(t, plainASCIISlow(string(b)), plainASCII(string(b)), "byte %#x at %d", c, pos)
+			for _, slash := range []bool{false, true} {
+				require.Equal(t, plainASCIISlow(string(b), slash), plainASCII(string(b), slash), "byte %#x at %d, slash %v", c, pos, slash)
+			}
 		}
 	}
 	rapid.Check(t, func(t *rapid.T) {
 		s := rapid.String().Draw(t, "s")
-		if plainASCII(s) != plainASCIISlow(s) {
-			t.Fatalf("plainASCII(%q) = %v", s, plainASCII(s))
+		slash := rapid.Bool().Draw(t, "slash")
+		if plainASCII(s, slash) != plainASCIISlow(s, slash) {
+			t.Fatalf("plainASCII(%q, %v) = %v", s, slash, plainASCII(s, slash))
+		}
+	})
+}
+
+// TestValidUTF8 checks the ASCII shortcut against utf8.ValidString, with a
+// bad or multi-byte sequence at every position of a word and of the tail.
+func TestValidUTF8(t *testing.T) {
+	for _, bad := range []string{"\x80", "\xff", "\xc3", "ø", "€", "\xed\xa0\x80"} {
+		for pos := 0; pos <= 17; pos++ {
+			s := strings.Repeat("a", pos) + bad + strings.Repeat("b", 17-pos)
+			require.Equal(t, utf8.ValidString(s), validUTF8(s), "%q", s)
+		}
+	}
+	rapid.Check(t, func(t *rapid.T) {
+		s := string(rapid.SliceOf(rapid.Byte()).Draw(t, "s"))
+		if validUTF8(s) != utf8.ValidString(s) {
+			t.Fatalf("validUTF8(%q) = %v", s, validUTF8(s))
 		}
 	})
 }
