@@ -52,8 +52,9 @@ const (
 //
 // When the store fails, ReleaseIPs stops and returns the error with what is
 // certain by then: an address is in Released only if the write that freed
-// it succeeded. A write whose reply was lost may still have freed an
-// address it does not list; releasing again settles it.
+// it succeeded, and in NotAllocated only if a read that completed found it
+// free. A write whose reply was lost may still have freed an address it
+// does not list; releasing again settles it.
 //
 // With Config.ReleaseCooldown set, each address released records when, and
 // is not assigned again automatically until the cooldown has passed.
@@ -260,11 +261,10 @@ func (a *Allocator) releaseFromBlock(ctx context.Context, blk netip.Prefix, rels
 	})
 	if err != nil {
 		// The block write failed, or its outcome is unknown (a lost
-		// reply): none of these addresses is known to be released.
+		// reply), or the last attempt's answers were drawn from a cached
+		// copy it could not confirm: nothing is known of these addresses.
 		for _, i := range idx {
-			if status[i] == relReleased {
-				status[i] = relPending
-			}
+			status[i], refusals[i] = relPending, nil
 		}
 		return exists, err
 	}
