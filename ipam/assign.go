@@ -125,12 +125,15 @@ func (a *Allocator) AutoAssign(ctx context.Context, args AutoAssignArgs) (AutoAs
 	if err := checkAutoAssign(args, known); err != nil {
 		return AutoAssignResult{}, err
 	}
+	attrs, shared, err := ownerAttrs("auto-assign", args.Node, args.Attrs)
+	if err != nil {
+		return AutoAssignResult{}, err
+	}
 	if !known {
 		nc = a.node(args.Node)
 	}
-	attrs, err := ownerAttrs("auto-assign", nc, args.Node, args.Attrs)
-	if err != nil {
-		return AutoAssignResult{}, err
+	if shared {
+		attrs = nc.attrs
 	}
 	v, err := a.loadView(ctx)
 	if err != nil {
@@ -583,7 +586,7 @@ func (a *Allocator) AssignIP(ctx context.Context, args AssignIPArgs) (Assigned, 
 	if err := checkUse(op, args.Use); err != nil {
 		return Assigned{}, err
 	}
-	attrs, err := ownerAttrs(op, a.node(args.Node), args.Node, args.Attrs)
+	attrs, shared, err := ownerAttrs(op, args.Node, args.Attrs)
 	if err != nil {
 		return Assigned{}, err
 	}
@@ -607,6 +610,9 @@ func (a *Allocator) AssignIP(ctx context.Context, args AssignIPArgs) (Assigned, 
 	}
 	blk, _ := p.BlockFor(addr)
 	aff := block.Host(args.Node)
+	if shared {
+		attrs = a.node(args.Node).attrs
+	}
 	owner := block.Owner{Handle: args.Handle, Attrs: attrs}
 	var h handleTx
 	h.init(a, args.Handle, false)

@@ -121,29 +121,29 @@ func checkNode(op, node string) error     { return checkName(op, "node name", no
 func checkHandle(op, handle string) error { return checkName(op, "handle", handle, true) }
 
 // ownerAttrs checks the caller's attributes and returns those stored with
-// an allocation: the caller's plus the node. Without caller attributes every
-// allocation of a node shares one map, which blocks keep without copying: no
-// allocation on the hot path. Otherwise the attributes are checked as they
-// are copied, in one pass over the map.
-func ownerAttrs(op string, nc *nodeCache, node string, attrs map[string]string) (map[string]string, error) {
+// an allocation: the caller's plus the node, copied and checked in one pass
+// over the map. With no attributes of the caller's own it returns shared
+// instead: every allocation of the node then shares the node cache's map,
+// which blocks keep without copying, so the hot path allocates nothing.
+func ownerAttrs(op, node string, attrs map[string]string) (m map[string]string, shared bool, err error) {
 	switch {
 	case len(attrs) == 0 || (len(attrs) == 1 && attrs[AttrNode] == node):
-		return nc.attrs, nil // node is a checked name: a valid value
+		return nil, true, nil // node is a checked name: a valid value
 	case len(attrs) > MaxAttrs:
-		return nil, invalid(op, "%d attributes, more than %d", len(attrs), MaxAttrs)
+		return nil, false, invalid(op, "%d attributes, more than %d", len(attrs), MaxAttrs)
 	}
-	m := make(map[string]string, len(attrs)+1)
+	m = make(map[string]string, len(attrs)+1)
 	for k, v := range attrs {
 		switch {
 		case k == "" || len(k) > MaxAttrLen || len(v) > MaxAttrLen:
-			return nil, invalid(op, "attribute %.40q=%.40q: keys must have 1 to %d bytes and values at most %d", k, v, MaxAttrLen, MaxAttrLen)
+			return nil, false, invalid(op, "attribute %.40q=%.40q: keys must have 1 to %d bytes and values at most %d", k, v, MaxAttrLen, MaxAttrLen)
 		case !validUTF8(k) || !validUTF8(v):
-			return nil, invalid(op, "attribute %q=%q is not valid UTF-8", k, v)
+			return nil, false, invalid(op, "attribute %q=%q is not valid UTF-8", k, v)
 		}
 		m[k] = v
 	}
 	m[AttrNode] = node
-	return m, nil
+	return m, false, nil
 }
 
 // nodeCache is what the allocator keeps per node.

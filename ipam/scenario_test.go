@@ -2,6 +2,7 @@ package ipam_test
 
 import (
 	"errors"
+	"fmt"
 	"net/netip"
 	"strings"
 	"testing"
@@ -79,6 +80,44 @@ func TestAssignAcrossBlocks(t *testing.T) {
 	released, err := e.a.ReleaseByHandle(e.ctx, "h2")
 	require.NoError(t, err)
 	require.ElementsMatch(t, addrs(got), released)
+}
+
+// TestOwnerAttributes: an allocation records the caller's attributes and,
+// under AttrNode, its node, whatever the caller put there; AutoAssign and
+// AssignIP refuse bad attributes alike, before writing anything.
+func TestOwnerAttributes(t *testing.T) {
+	e := newEnv(t, v4pool("p", "10.0.0.0/24", 26))
+	res, err := e.a.AutoAssign(e.ctx, ipam.AutoAssignArgs{Num4: 1, Handle: "h1", Node: "n1",
+		Attrs: map[string]string{ipam.AttrNode: "other", "pod": "web"}})
+	require.NoError(t, err)
+	own, err := e.a.Owner(e.ctx, res.IPv4[0].Addr)
+	require.NoError(t, err)
+	require.Equal(t, map[string]string{ipam.AttrNode: "n1", "pod": "web"}, own.Attrs)
+
+	x, err := e.a.AssignIP(e.ctx, ipam.AssignIPArgs{Addr: mustAddr("10.0.0.9"), Handle: "h2", Node: "n1",
+		Attrs: map[string]string{ipam.AttrNode: "n1"}})
+	require.NoError(t, err)
+	own, err = e.a.Owner(e.ctx, x.Addr)
+	require.NoError(t, err)
+	require.Equal(t, map[string]string{ipam.AttrNode: "n1"}, own.Attrs)
+
+	many := map[string]string{}
+	for i := range ipam.MaxAttrs + 1 {
+		many[fmt.Sprint("k", i)] = "v"
+	}
+	for _, attrs := range []map[string]string{
+		{"": "x"},
+		{"k": strings.Repeat("v", ipam.MaxAttrLen+1)},
+		{"k": "\xff"},
+		many,
+	} {
+		_, err := e.a.AutoAssign(e.ctx, ipam.AutoAssignArgs{Num4: 1, Handle: "h3", Node: "n1", Attrs: attrs})
+		require.ErrorIs(t, err, ipam.ErrInvalid)
+		_, err = e.a.AssignIP(e.ctx, ipam.AssignIPArgs{Addr: mustAddr("10.0.0.10"), Handle: "h3", Node: "n2", Attrs: attrs})
+		require.ErrorIs(t, err, ipam.ErrInvalid)
+	}
+	require.Equal(t, 2, e.store.Len(ipam.KindHandle), "no refused request wrote anything")
+	require.Equal(t, []netip.Prefix(nil), e.affine("n2"))
 }
 
 // TestReleaseByHandleWithStaleCounts: a handle record may count addresses
