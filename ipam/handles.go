@@ -78,10 +78,25 @@ func (h *handleTx) add(ctx context.Context, blk netip.Prefix, delta int) error {
 	return h.set(ctx, blk, func(n int) int { return n + delta })
 }
 
-// clear drops the handle's count for blk, whatever it was: the caller has
-// just released every address the handle held there.
-func (h *handleTx) clear(ctx context.Context, blk netip.Prefix) error {
-	return h.set(ctx, blk, func(int) int { return 0 })
+// lower moves the handle's count for blk down by k, the addresses the
+// caller has just released there, after the block write. It never lowers a
+// count by more than the caller released: a count higher than the block
+// holds may be an assignment in flight (its count raised, its block write
+// still to come), which is indistinguishable from the leftover of a crash,
+// so what is left stays for Repair. A count lower than k means the record
+// did not count these addresses (an earlier repair, or a record written by
+// another tool); it is left as it is.
+func (h *handleTx) lower(ctx context.Context, blk netip.Prefix, k int) error {
+	err := h.add(ctx, blk, -k)
+	if err != nil && !errors.Is(err, ErrTooManyConflicts) && isCountError(err) {
+		return nil
+	}
+	return err
+}
+
+func isCountError(err error) bool {
+	var ce *countError
+	return errors.As(err, &ce)
 }
 
 // set changes the handle's count for blk to count(current) and writes the

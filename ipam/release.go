@@ -276,22 +276,11 @@ func (a *Allocator) releaseFromBlock(ctx context.Context, blk netip.Prefix, rels
 		}
 		var h handleTx
 		h.init(a, handle, false)
-		err := h.add(ctx, blk, -freed[handle])
-		if err != nil && !errors.Is(err, ErrTooManyConflicts) && isCountError(err) {
-			// The handle record did not count these addresses (an earlier
-			// repair, or a record written by another tool): nothing to lower.
-			continue
-		}
-		if err != nil {
+		if err := h.lower(ctx, blk, freed[handle]); err != nil {
 			return exists, err
 		}
 	}
 	return exists, nil
-}
-
-func isCountError(err error) bool {
-	var ce *countError
-	return errors.As(err, &ce)
 }
 
 func sortedKeys(m map[string]int) []string {
@@ -306,6 +295,14 @@ func sortedKeys(m map[string]int) []string {
 // ReleaseByHandle releases every address held by handle and returns them.
 // It fails with ErrHandleNotFound when the handle holds nothing, so callers
 // that release twice can tell (and may ignore it).
+//
+// It lowers the handle's count in each block by the addresses it released
+// there, and no further: a count its blocks do not bear out is either an
+// assignment to the same handle in flight (counted, its block write still
+// to come) or what a crash left behind, and the two look alike. Such a
+// count stays, so that the record keeps an address assigned a moment later
+// releasable; Check reports what a crash left (ProblemHandleExcess) and
+// Repair removes it.
 func (a *Allocator) ReleaseByHandle(ctx context.Context, handle string) ([]netip.Addr, error) {
 	var h handleTx
 	if err := h.open(ctx, a, "release by handle", handle); err != nil {
@@ -328,6 +325,7 @@ func (a *Allocator) ReleaseByHandle(ctx context.Context, handle string) ([]netip
 	released := make([]netip.Addr, 0, size)
 	var todo [4]handleCount
 	for _, hc := range append(todo[:0], h.rec.entries()...) {
+		before := len(released)
 		e := a.entry(hc.block)
 		e.lock()
 		err := a.retry(ctx, "release by handle from block", e.name, func() error {
@@ -357,7 +355,9 @@ func (a *Allocator) ReleaseByHandle(ctx context.Context, handle string) ([]netip
 		if err != nil {
 			return orNil(released), err
 		}
-		if err := h.clear(ctx, hc.block); err != nil {
+		// Lower the count by what was released, never to 0 regardless: an
+		// assignment to the same handle may have raised it in between.
+		if err := h.lower(ctx, hc.block, len(released)-before); err != nil {
 			return orNil(released), err
 		}
 	}

@@ -122,8 +122,10 @@ func TestOwnerAttributes(t *testing.T) {
 
 // TestReleaseByHandleWithStaleCounts: a handle record may count addresses
 // its blocks no longer hold (a crash between a release's two writes leaves
-// that); ReleaseByHandle then releases nothing, returns no addresses and
-// clears the record.
+// that). ReleaseByHandle then releases nothing and returns no addresses,
+// and it leaves the count, which it cannot tell from an assignment in
+// flight (TestReleaseByHandleDuringAssign); Check reports it and Repair
+// removes it.
 func TestReleaseByHandleWithStaleCounts(t *testing.T) {
 	e := newEnv(t, v4pool("p", "10.0.0.0/24", 26))
 	got := e.mustAssign4("node-1", "h1", 2)
@@ -138,7 +140,60 @@ func TestReleaseByHandleWithStaleCounts(t *testing.T) {
 	released, err := e.a.ReleaseByHandle(e.ctx, "h1")
 	require.NoError(t, err)
 	require.Nil(t, released)
+	after, err := e.store.Get(e.ctx, ipam.KindHandle, "h1")
+	require.NoError(t, err)
+	require.Equal(t, rec.Value, after.Value, "the count it cannot account for stays")
+
+	r, err := e.a.Check(e.ctx)
+	require.NoError(t, err)
+	require.Equal(t, []ipam.ProblemKind{ipam.ProblemHandleExcess}, kinds(r))
+	_, report, err := e.a.Repair(e.ctx)
+	require.NoError(t, err)
+	require.True(t, report.Clean(), "%v", report.Problems)
 	require.Zero(t, e.store.Len(ipam.KindHandle))
+}
+
+// TestReleaseByHandleDuringAssign: ReleaseByHandle runs between the two
+// writes of an assignment to the same handle (a CNI DEL racing the ADD of
+// the same container): the handle's count is raised, the block write is
+// still to come. The release finds nothing in the block yet and must leave
+// the count alone, so that the address the assignment then writes is
+// counted and can be released by handle.
+func TestReleaseByHandleDuringAssign(t *testing.T) {
+	e := newEnv(t, v4pool("p", "10.0.0.0/24", 26))
+	var (
+		armed       bool
+		releasedMid []netip.Addr
+	)
+	hooked := &hookStore{Store: e.store, hook: func(op string, kind ipam.Kind, key string) {
+		if armed && op == "update" && kind == ipam.KindBlock {
+			armed = false // the count is raised; the block write is next
+			var err error
+			releasedMid, err = e.a.ReleaseByHandle(e.ctx, "h")
+			require.NoError(t, err)
+		}
+	}}
+	assigner, err := ipam.New(hooked, ipam.Options{})
+	require.NoError(t, err)
+	// The node's block exists, so the next assignment updates it.
+	_, err = assigner.AutoAssign(e.ctx, ipam.AutoAssignArgs{Num4: 1, Handle: "other", Node: "node-1"})
+	require.NoError(t, err)
+
+	armed = true
+	got, err := assigner.AutoAssign(e.ctx, ipam.AutoAssignArgs{Num4: 1, Handle: "h", Node: "node-1"})
+	require.NoError(t, err)
+	require.False(t, armed, "the release ran between the assignment's writes")
+	require.Nil(t, releasedMid, "nothing was assigned yet")
+
+	held, err := e.a.IPsByHandle(e.ctx, "h")
+	require.NoError(t, err, "the assignment is still counted")
+	require.Equal(t, addrs(got.IPv4), held)
+	r, err := e.a.Check(e.ctx)
+	require.NoError(t, err)
+	require.True(t, r.Clean(), "%v", r.Problems)
+	released, err := e.a.ReleaseByHandle(e.ctx, "h")
+	require.NoError(t, err)
+	require.Equal(t, held, released)
 }
 
 // TestClaimSeesBlockDeletedByAnotherAllocator: an allocator whose cache

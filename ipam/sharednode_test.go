@@ -90,6 +90,11 @@ func (h *hookStore) Create(ctx context.Context, kind ipam.Kind, key string, valu
 	return h.Store.Create(ctx, kind, key, value)
 }
 
+func (h *hookStore) Update(ctx context.Context, kind ipam.Kind, key string, value []byte, rev ipam.Revision) (ipam.Revision, error) {
+	h.hook("update", kind, key)
+	return h.Store.Update(ctx, kind, key, value, rev)
+}
+
 func (h *hookStore) Delete(ctx context.Context, kind ipam.Kind, key string, rev ipam.Revision) error {
 	h.hook("delete", kind, key)
 	return h.Store.Delete(ctx, kind, key, rev)
