@@ -204,6 +204,9 @@ func (a *Allocator) AutoAssign(ctx context.Context, args AutoAssignArgs) (AutoAs
 			continue
 		}
 		got, why, err := a.assignFamily(ctx, o, fam, n, pools[i])
+		if serr := o.h.settle(ctx); serr != nil {
+			err = errors.Join(err, serr)
+		}
 		if fam == pool.IPv4 {
 			res.IPv4 = got
 		} else {
@@ -312,10 +315,6 @@ func (a *Allocator) assignFamily(ctx context.Context, o *assignOp, fam pool.Fami
 	}
 	// held is the node's blocks of the eligible pools with each one's pool,
 	// in pool order.
-	type heldBlock struct {
-		blk  netip.Prefix
-		pool int
-	}
 	var heldBuf [4]heldBlock
 	held := heldBuf[:0]
 	for _, blk := range affine {
@@ -329,6 +328,11 @@ func (a *Allocator) assignFamily(ctx context.Context, o *assignOp, fam pool.Fami
 		o.unselected = append(o.unselected, blk)
 	}
 	slices.SortStableFunc(held, func(x, y heldBlock) int { return x.pool - y.pool })
+	if n > 1 && len(held) > 1 {
+		if err := a.reserveHeld(ctx, o, held, n); err != nil {
+			return out, "", err
+		}
+	}
 	// The cached copy of a block may call it full when another allocator has
 	// since freed addresses; such blocks get a fresh read before the node
 	// claims a new block.
@@ -439,6 +443,35 @@ func (a *Allocator) assignFamily(ctx context.Context, o *assignOp, fam pool.Fami
 	return out, fmt.Sprintf("%s: %s", fam, joinReasons(why)), nil
 }
 
+// heldBlock is one of the node's blocks, with the index of its pool.
+type heldBlock struct {
+	blk  netip.Prefix
+	pool int
+}
+
+// reserveHeld raises the handle's counts, in one write, for the node's
+// blocks that a request for n addresses will take them from, going by the
+// blocks as cached or read (see handleTx.reserve). A request that one
+// block can serve raises its count as it writes that block instead.
+func (a *Allocator) reserveHeld(ctx context.Context, o *assignOp, held []heldBlock, n int) error {
+	var buf [8]handleCount
+	plan := buf[:0]
+	for _, h := range held {
+		if n == 0 {
+			break
+		}
+		if free := a.freeIn(ctx, h.blk, o.aff); free > 0 {
+			k := min(free, n)
+			plan = append(plan, handleCount{h.blk, k})
+			n -= k
+		}
+	}
+	if len(plan) < 2 {
+		return nil
+	}
+	return o.h.reserve(ctx, plan)
+}
+
 func joinReasons(why []string) string {
 	s := ""
 	for i, w := range why {
@@ -526,7 +559,7 @@ func (a *Allocator) assignFrom(ctx context.Context, o *assignOp, out *[]Assigned
 		}
 		// The handle first: a crash between the two writes leaves a count
 		// too high, which is repairable, never an address without an owner.
-		if err := o.h.add(ctx, blk, k); err != nil {
+		if err := o.h.take(ctx, blk, k); err != nil {
 			return err
 		}
 		if err := a.commit(ctx, e); err != nil {

@@ -66,6 +66,20 @@ func (a *Allocator) entry(p netip.Prefix) *blockEntry {
 	})
 }
 
+// freeIn returns how many addresses blk has free when it is aff's block,
+// else 0, reading the block unless the cache has it. The answer is a
+// guess, good enough to plan with: the block may change before it is
+// written. A read that fails gives 0; the write will meet the failure.
+func (a *Allocator) freeIn(ctx context.Context, blk netip.Prefix, aff block.Affinity) int {
+	e := a.entry(blk)
+	e.lock()
+	defer e.unlock()
+	if a.ensure(ctx, e) != nil || e.blk == nil || e.blk.Affinity() != aff {
+		return 0
+	}
+	return e.blk.Free()
+}
+
 // load reads the block from the store. The caller holds e.mu.
 func (a *Allocator) load(ctx context.Context, e *blockEntry) error {
 	b, rev, err := a.fetch(ctx, e.prefix)

@@ -206,12 +206,30 @@ func TestLostReplyEachOperation(t *testing.T) {
 			_, err := a.AutoAssign(ctx, ipam.AutoAssignArgs{Num4: 1, Handle: "h", Node: "n1"})
 			return err
 		}},
+		{"AutoAssign across held blocks", func(ctx context.Context, a *ipam.Allocator) error {
+			// n1 holds three blocks, empty.
+			_, err := a.AutoAssign(ctx, ipam.AutoAssignArgs{Num4: 20, Handle: "setup", Node: "n1"})
+			if err == nil {
+				_, err = a.ReleaseByHandle(ctx, "setup")
+			}
+			return err
+		}, func(ctx context.Context, a *ipam.Allocator) error {
+			_, err := a.AutoAssign(ctx, ipam.AutoAssignArgs{Num4: 20, Handle: "h", Node: "n1"})
+			return err
+		}},
 		{"AssignIP", nil, func(ctx context.Context, a *ipam.Allocator) error {
 			_, err := a.AssignIP(ctx, ipam.AssignIPArgs{Addr: netip.MustParseAddr("10.0.0.3"), Handle: "h", Node: "n1"})
 			return err
 		}},
 		{"ReleaseByHandle", func(ctx context.Context, a *ipam.Allocator) error {
 			_, err := a.AutoAssign(ctx, ipam.AutoAssignArgs{Num4: 2, Num6: 1, Handle: "h", Node: "n1"})
+			return err
+		}, func(ctx context.Context, a *ipam.Allocator) error {
+			_, err := a.ReleaseByHandle(ctx, "h")
+			return err
+		}},
+		{"ReleaseByHandle across blocks", func(ctx context.Context, a *ipam.Allocator) error {
+			_, err := a.AutoAssign(ctx, ipam.AutoAssignArgs{Num4: 20, Handle: "h", Node: "n1"})
 			return err
 		}, func(ctx context.Context, a *ipam.Allocator) error {
 			_, err := a.ReleaseByHandle(ctx, "h")

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"sync/atomic"
 )
 
@@ -28,6 +29,9 @@ type handleTx struct {
 	// last, when not nil, is where handleValue looks first for the value
 	// to write and keeps what it wrote: the node's slot.
 	last *atomic.Pointer[handleVal]
+	// spare, during a reservation, is how far reserve raised each block's
+	// count beyond what take has used so far; nil otherwise.
+	spare []handleCount
 }
 
 // init starts tracking the handle id, assuming it has no record yet when
@@ -70,61 +74,136 @@ func (h *handleTx) read(ctx context.Context) error {
 }
 
 // add moves the handle's count for blk by delta and writes the record,
-// retrying from a fresh read when another writer changed it in between.
+// retrying from a fresh read when another writer changed it in between: a
+// create, an update, or a delete once the handle holds nothing. A count is
+// never taken below zero (see adjust).
 func (h *handleTx) add(ctx context.Context, blk netip.Prefix, delta int) error {
 	if delta == 0 {
 		return nil
 	}
-	return h.set(ctx, blk, func(n int) int { return n + delta })
+	return h.move(ctx, blk, delta)
 }
 
-// lower moves the handle's count for blk down by k, the addresses the
-// caller has just released there, after the block write. It never lowers a
-// count by more than the caller released: a count higher than the block
-// holds may be an assignment in flight (its count raised, its block write
-// still to come), which is indistinguishable from the leftover of a crash,
-// so what is left stays for Repair. A count lower than k means the record
-// did not count these addresses (an earlier repair, or a record written by
-// another tool); it is left as it is.
-func (h *handleTx) lower(ctx context.Context, blk netip.Prefix, k int) error {
-	err := h.add(ctx, blk, -k)
-	if err != nil && !errors.Is(err, ErrTooManyConflicts) && isCountError(err) {
-		return nil
-	}
-	return err
-}
-
-func isCountError(err error) bool {
-	var ce *countError
-	return errors.As(err, &ce)
-}
-
-// set changes the handle's count for blk to count(current) and writes the
-// record: a create, an update, or a delete once the handle holds nothing.
-func (h *handleTx) set(ctx context.Context, blk netip.Prefix, count func(int) int) error {
+// move is add for a delta other than zero.
+func (h *handleTx) move(ctx context.Context, blk netip.Prefix, delta int) error {
 	return h.a.retry(ctx, "update handle", h.id, func() error {
 		if !h.known {
 			if err := h.read(ctx); err != nil {
 				return err
 			}
 		}
-		old := h.rec.count(blk)
-		n := count(old)
-		if n == old {
+		n := h.rec.count(blk) + delta
+		if n < 0 {
 			return nil
 		}
-		if n < 0 {
-			return fmt.Errorf("ipam: handle %q: %w", h.id, &countError{blk, old, n - old})
-		}
-		// Change the record in place and put it back if the write fails.
 		h.rec.put(blk, n)
-		if err := h.write(ctx); err != nil {
-			h.rec.put(blk, old)
-			h.known = false
-			return err
-		}
-		return nil
+		return h.written(h.write(ctx))
 	})
+}
+
+// written returns err, the outcome of writing h.rec; after a failure the
+// record no longer says what the store holds, so the next attempt reads
+// it again.
+func (h *handleTx) written(err error) error {
+	if err != nil {
+		h.known = false
+	}
+	return err
+}
+
+// adjust moves the handle's count for each block of deltas by the entry's
+// count, in one write of the record, retrying from a fresh read when
+// another writer changed it in between: a create, an update, or a delete
+// once the handle holds nothing.
+//
+// A lowering never takes a count below zero. A release lowers counts after
+// its block write, by what it released; a count lower than that means the
+// record did not count these addresses (an earlier repair, or a record
+// written by another tool), and it is left as it is. Nor is a count ever
+// lowered by more than was released: a count higher than its block bears
+// out may be an assignment in flight (its count raised, its block write
+// still to come), which cannot be told from what a crash left, so it stays
+// for Repair.
+func (h *handleTx) adjust(ctx context.Context, deltas []handleCount) error {
+	switch len(deltas) {
+	case 0:
+		return nil
+	case 1:
+		return h.add(ctx, deltas[0].block, deltas[0].count)
+	}
+	slices.SortFunc(deltas, func(x, y handleCount) int { return comparePrefix(x.block, y.block) })
+	return h.a.retry(ctx, "update handle", h.id, func() error {
+		if !h.known {
+			if err := h.read(ctx); err != nil {
+				return err
+			}
+		}
+		if !h.rec.merge(deltas) {
+			return nil
+		}
+		return h.written(h.write(ctx))
+	})
+}
+
+// A request that spans several blocks raises the handle's counts for all
+// of them in one write (reserve), draws on that as it writes each block
+// (take), and lowers what it did not use in a second write at the end
+// (settle). Without it, each block would write the record once more, and
+// each write encodes every entry, so a batch of b blocks would cost b
+// writes of up to b entries: quadratic. The counts are raised before any
+// of the block writes they cover, so the write order, and what a crash
+// leaves, are as for one block.
+
+// reserve raises the handle's counts by plan (a count per block) and keeps
+// the raise as spare for take.
+func (h *handleTx) reserve(ctx context.Context, plan []handleCount) error {
+	if err := h.adjust(ctx, plan); err != nil {
+		return err
+	}
+	h.spare = append(h.spare[:0], plan...)
+	return nil
+}
+
+// take raises the handle's count for blk by k ahead of a block write that
+// assigns k addresses, drawing first on the spare that reserve raised.
+func (h *handleTx) take(ctx context.Context, blk netip.Prefix, k int) error {
+	if h.spare != nil {
+		k = h.fromSpare(blk, k)
+	}
+	if k == 0 {
+		return nil
+	}
+	return h.move(ctx, blk, k)
+}
+
+// fromSpare uses up to k of blk's spare and returns what is still to raise.
+func (h *handleTx) fromSpare(blk netip.Prefix, k int) int {
+	for i := range h.spare {
+		if h.spare[i].block == blk {
+			use := min(k, h.spare[i].count)
+			h.spare[i].count -= use
+			return k - use
+		}
+	}
+	return k
+}
+
+// settle lowers the handle's counts by the spare that take did not use,
+// and ends the reservation.
+func (h *handleTx) settle(ctx context.Context) error {
+	if h.spare == nil {
+		return nil
+	}
+	return h.settleSpare(ctx)
+}
+
+func (h *handleTx) settleSpare(ctx context.Context) error {
+	for i := range h.spare {
+		h.spare[i].count = -h.spare[i].count
+	}
+	err := h.adjust(ctx, h.spare)
+	h.spare = nil
+	return err
 }
 
 // write stores h.rec as the handle's record.
@@ -187,8 +266,25 @@ func (h *handleTx) undo(ctx context.Context, blk netip.Prefix, k int, err error)
 	if !refused(err) {
 		return err
 	}
+	if h.spare != nil {
+		// During a reservation the raise stays, as spare for the next
+		// attempt; settle lowers what is left of it.
+		h.giveBack(blk, k)
+		return err
+	}
 	if herr := h.add(ctx, blk, -k); herr != nil {
 		return errors.Join(err, herr)
 	}
 	return err
+}
+
+// giveBack returns k to blk's spare.
+func (h *handleTx) giveBack(blk netip.Prefix, k int) {
+	for i := range h.spare {
+		if h.spare[i].block == blk {
+			h.spare[i].count += k
+			return
+		}
+	}
+	h.spare = append(h.spare, handleCount{blk, k})
 }

@@ -35,7 +35,7 @@ func (h *handleRecord) entries() []handleCount {
 	return h.small[:h.n]
 }
 
-// setEntries makes es the record's entries.
+// setEntries makes a copy of es the record's entries.
 func (h *handleRecord) setEntries(es []handleCount) {
 	if len(es) <= len(h.small) {
 		h.n = copy(h.small[:], es)
@@ -98,30 +98,87 @@ func (h *handleRecord) put(blk netip.Prefix, n int) {
 		}
 		return
 	}
+	if h.big == nil {
+		// small is full and gains an entry: the entries move to big.
+		big := make([]handleCount, 0, 2*len(h.small))
+		big = append(big, h.small[:i]...)
+		big = append(big, handleCount{blk, n})
+		h.big = append(big, h.small[i:]...)
+		h.small, h.n = [2]handleCount{}, 0
+		return
+	}
+	// big is the record's own: changed in place, never copied whole.
 	switch {
 	case ok && n != 0:
-		es[i].count = n
+		h.big[i].count = n
 		return
 	case ok:
-		es = slices.Delete(es, i, i+1)
+		h.big = slices.Delete(h.big, i, i+1)
 	case n == 0:
 		return
 	default:
-		es = slices.Insert(es, i, handleCount{blk, n})
+		h.big = slices.Insert(h.big, i, handleCount{blk, n})
 	}
-	h.setEntries(es)
+	if len(h.big) <= len(h.small) {
+		h.n = copy(h.small[:], h.big)
+		h.big = nil
+	}
 }
 
-// countError reports a handle count that would go negative: the handle
-// record counts fewer addresses in a block than are being released.
-type countError struct {
-	block netip.Prefix
-	have  int
-	delta int
-}
-
-func (e *countError) Error() string {
-	return fmt.Sprintf("handle counts %d addresses in block %s, cannot take %d", e.have, e.block, -e.delta)
+// merge moves the count of each block of deltas by the entry's count, as
+// put would one block at a time, in one pass over the record: deltas are
+// sorted by block, one entry per block. A delta that would take a count
+// below zero is left out. It reports whether any count changed.
+func (h *handleRecord) merge(deltas []handleCount) bool {
+	es := h.entries()
+	out := make([]handleCount, 0, len(es)+len(deltas))
+	changed := false
+	i, j := 0, 0
+	for i < len(es) || j < len(deltas) {
+		c := 0
+		switch {
+		case j == len(deltas):
+			c = -1
+		case i == len(es):
+			c = 1
+		default:
+			c = comparePrefix(es[i].block, deltas[j].block)
+		}
+		switch {
+		case c < 0: // no change for this block
+			out = append(out, es[i])
+			i++
+		case c > 0: // a block the record did not have
+			if d := deltas[j]; d.count > 0 {
+				out = append(out, d)
+				changed = true
+			}
+			j++
+		default:
+			n := es[i].count + deltas[j].count
+			switch {
+			case deltas[j].count == 0 || n < 0:
+				out = append(out, es[i])
+			case n > 0:
+				out = append(out, handleCount{es[i].block, n})
+				changed = true
+			default:
+				changed = true
+			}
+			i++
+			j++
+		}
+	}
+	if !changed {
+		return false
+	}
+	if len(out) > len(h.small) {
+		h.big = out // made here: the record takes it over
+		return true
+	}
+	h.n = copy(h.small[:], out)
+	h.big = nil
+	return true
 }
 
 const handleVersion = 1

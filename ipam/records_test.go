@@ -3,6 +3,7 @@ package ipam
 import (
 	"bytes"
 	"net/netip"
+	"slices"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -74,11 +75,14 @@ func TestPrefixRange(t *testing.T) {
 	require.Equal(t, KeyRange{}, PrefixRange(""))
 }
 
+// TestHandleRecordRoundTrip: a record changed by put and merge, in any
+// order, counts what a map changed the same way counts, keeps its entries
+// in block order, and decodes to itself.
 func TestHandleRecordRoundTrip(t *testing.T) {
 	rapid.Check(t, func(t *rapid.T) {
 		var h handleRecord
 		model := map[netip.Prefix]int{}
-		for range rapid.IntRange(0, 12).Draw(t, "ops") {
+		drawBlock := func() netip.Prefix {
 			base := netip.MustParsePrefix("10.0.0.0/20")
 			if rapid.Bool().Draw(t, "v6") {
 				base = netip.MustParsePrefix("fd00::/116")
@@ -87,19 +91,48 @@ func TestHandleRecordRoundTrip(t *testing.T) {
 			for range rapid.IntRange(0, 7).Draw(t, "step") {
 				a = a.Next()
 			}
-			blk := netip.PrefixFrom(a, a.BitLen()-rapid.IntRange(0, 3).Draw(t, "hostBits")).Masked()
-			n := rapid.IntRange(0, 5).Draw(t, "count")
-			h.put(blk, n)
-			if n == 0 {
-				delete(model, blk)
-			} else {
-				model[blk] = n
+			return netip.PrefixFrom(a, a.BitLen()-rapid.IntRange(0, 3).Draw(t, "hostBits")).Masked()
+		}
+		for range rapid.IntRange(0, 12).Draw(t, "ops") {
+			if !rapid.Bool().Draw(t, "merge") {
+				blk := drawBlock()
+				n := rapid.IntRange(0, 5).Draw(t, "count")
+				h.put(blk, n)
+				if n == 0 {
+					delete(model, blk)
+				} else {
+					model[blk] = n
+				}
+				continue
 			}
+			// A merge of deltas, one per block, in block order; one that
+			// would take a count below zero is left out.
+			byBlock := map[netip.Prefix]int{}
+			for range rapid.IntRange(0, 6).Draw(t, "deltas") {
+				byBlock[drawBlock()] = rapid.IntRange(-4, 4).Draw(t, "delta")
+			}
+			var deltas []handleCount
+			changed := false
+			for blk, d := range byBlock {
+				deltas = append(deltas, handleCount{blk, d})
+				if n := model[blk] + d; d != 0 && n >= 0 {
+					changed = true
+					if n == 0 {
+						delete(model, blk)
+					} else {
+						model[blk] = n
+					}
+				}
+			}
+			slices.SortFunc(deltas, func(x, y handleCount) int { return comparePrefix(x.block, y.block) })
+			require.Equal(t, changed, h.merge(deltas), "merge of %v reports a change", deltas)
 		}
 		// Up to two entries live inline, more in big.
-		require.Equal(t, len(h.entries()) > len(h.small), h.big != nil, "representation of %d entries", len(h.entries()))
+		es := h.entries()
+		require.Equal(t, len(es) > len(h.small), h.big != nil, "representation of %d entries", len(es))
+		require.True(t, slices.IsSortedFunc(es, func(x, y handleCount) int { return comparePrefix(x.block, y.block) }), "entries in order: %v", es)
 		got := map[netip.Prefix]int{}
-		for _, c := range h.entries() {
+		for _, c := range es {
 			got[c.block] = c.count
 		}
 		require.Equal(t, model, got)

@@ -276,7 +276,7 @@ func (a *Allocator) releaseFromBlock(ctx context.Context, blk netip.Prefix, rels
 		}
 		var h handleTx
 		h.init(a, handle, false)
-		if err := h.lower(ctx, blk, freed[handle]); err != nil {
+		if err := h.add(ctx, blk, -freed[handle]); err != nil {
 			return exists, err
 		}
 	}
@@ -323,8 +323,12 @@ func (a *Allocator) ReleaseByHandle(ctx context.Context, handle string) ([]netip
 		size += min(hc.count, block.MaxSize)
 	}
 	released := make([]netip.Addr, 0, size)
-	var todo [4]handleCount
-	for _, hc := range append(todo[:0], h.rec.entries()...) {
+	// The blocks, and then how far each block's count goes down: what was
+	// released there, lowered in one write once the blocks are done (a
+	// crash in between leaves counts too high, which is repairable).
+	var buf [4]handleCount
+	todo := append(buf[:0], h.rec.entries()...)
+	for i, hc := range todo {
 		before := len(released)
 		e := a.entry(hc.block)
 		e.lock()
@@ -353,15 +357,14 @@ func (a *Allocator) ReleaseByHandle(ctx context.Context, handle string) ([]netip
 		})
 		e.unlock()
 		if err != nil {
+			if herr := h.adjust(ctx, todo[:i]); herr != nil {
+				err = errors.Join(err, herr)
+			}
 			return orNil(released), err
 		}
-		// Lower the count by what was released, never to 0 regardless: an
-		// assignment to the same handle may have raised it in between.
-		if err := h.lower(ctx, hc.block, len(released)-before); err != nil {
-			return orNil(released), err
-		}
+		todo[i].count = before - len(released)
 	}
-	return orNil(released), nil
+	return orNil(released), h.adjust(ctx, todo)
 }
 
 // orNil returns s, or nil when s is empty: ReleaseByHandle made room

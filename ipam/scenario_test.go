@@ -10,6 +10,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/carve-ipam/carve/ipam"
+	"github.com/carve-ipam/carve/ipam/storetest"
 	"github.com/carve-ipam/carve/pool"
 )
 
@@ -545,4 +546,74 @@ func TestAssignErrorNamesTheFamilyWithoutPool(t *testing.T) {
 	require.Equal(t, 1, ae.Short4)
 	require.Equal(t, 1, ae.Short6)
 	require.Len(t, ae.Reasons, 2)
+}
+
+// TestBatchWritesHandleOnce: a request spanning several of the node's
+// blocks writes its handle record once, not once per block, and so does
+// its release: each write encodes the whole record, so one per block would
+// make a batch's cost grow with the square of its blocks.
+func TestBatchWritesHandleOnce(t *testing.T) {
+	e := newEnv(t, v4pool("p", "10.0.0.0/24", 28)) // blocks of 16
+	store := storetest.NewCountingStore(e.store)
+	a, err := ipam.New(store, ipam.Options{})
+	require.NoError(t, err)
+	args := ipam.AutoAssignArgs{Num4: 40, Handle: "warm", Node: "node-1"}
+	_, err = a.AutoAssign(e.ctx, args) // claims three blocks
+	require.NoError(t, err)
+	_, err = a.ReleaseByHandle(e.ctx, "warm")
+	require.NoError(t, err)
+
+	before, _ := storetest.CountsOf(store)
+	args.Handle = "batch"
+	got, err := a.AutoAssign(e.ctx, args)
+	require.NoError(t, err)
+	require.Len(t, blocksOf(got.IPv4), 3)
+	assigned, _ := storetest.CountsOf(store)
+	released, err := a.ReleaseByHandle(e.ctx, "batch")
+	require.NoError(t, err)
+	require.ElementsMatch(t, addrs(got.IPv4), released)
+	after, _ := storetest.CountsOf(store)
+
+	handleWrites := func(c storetest.Counts) int64 {
+		return c.Of(storetest.OpCreate, ipam.KindHandle) + c.Of(storetest.OpUpdate, ipam.KindHandle) + c.Of(storetest.OpDelete, ipam.KindHandle)
+	}
+	require.EqualValues(t, 1, handleWrites(assigned.Sub(before)), "assign: %v", assigned.Sub(before))
+	require.EqualValues(t, 3, assigned.Sub(before).Of(storetest.OpUpdate, ipam.KindBlock))
+	require.EqualValues(t, 1, handleWrites(after.Sub(assigned)), "release: %v", after.Sub(assigned))
+	require.EqualValues(t, 3, after.Sub(assigned).Of(storetest.OpUpdate, ipam.KindBlock))
+	r, err := e.a.Check(e.ctx)
+	require.NoError(t, err)
+	require.True(t, r.Clean(), "%v", r.Problems)
+}
+
+// TestBatchPlanGoesStale: a request spanning several blocks raises the
+// handle's counts ahead, by what its cached copies say is free. When
+// another allocator has taken some of those addresses since, the request
+// takes fewer from that block and more from the next, and lowers what it
+// raised too much: the record counts exactly what the handle holds.
+func TestBatchPlanGoesStale(t *testing.T) {
+	e := newEnv(t, v4pool("p", "10.0.0.0/26", 29)) // 8 blocks of 8
+	_, err := e.a.AutoAssign(e.ctx, ipam.AutoAssignArgs{Num4: 24, Handle: "warm", Node: "node-1"})
+	require.NoError(t, err)
+	_, err = e.a.ReleaseByHandle(e.ctx, "warm") // e.a caches node-1's three blocks as empty
+	require.NoError(t, err)
+	other := e.allocator()
+	res, err := other.AutoAssign(e.ctx, ipam.AutoAssignArgs{Num4: 5, Handle: "other", Node: "node-1"})
+	require.NoError(t, err)
+	taken := res.IPv4 // from node-1's first block
+	require.Len(t, blocksOf(taken), 1)
+
+	got := e.mustAssign4("node-1", "h", 19)
+	require.Len(t, got, 19)
+	for blk, n := range blocksOf(got) {
+		if _, ok := blocksOf(taken)[blk]; ok {
+			require.Equal(t, 3, n, "the rest of the first block")
+		}
+	}
+	held, err := e.a.IPsByHandle(e.ctx, "h")
+	require.NoError(t, err)
+	require.ElementsMatch(t, addrs(got), held)
+	r, err := e.a.Check(e.ctx)
+	require.NoError(t, err)
+	require.True(t, r.Clean(), "the handle counts exactly what it holds: %v", r.Problems)
 }
