@@ -235,6 +235,17 @@ func TestLostReplyEachOperation(t *testing.T) {
 			_, err := a.ReleaseByHandle(ctx, "h")
 			return err
 		}},
+		{"ReleaseIPs across blocks", func(ctx context.Context, a *ipam.Allocator) error {
+			_, err := a.AutoAssign(ctx, ipam.AutoAssignArgs{Num4: 20, Handle: "h", Node: "n1"})
+			return err
+		}, func(ctx context.Context, a *ipam.Allocator) error {
+			var rels []ipam.Release
+			for i := range 32 { // the whole v4 pool
+				rels = append(rels, ipam.Release{Addr: netip.AddrFrom4([4]byte{10, 0, 0, byte(i)})})
+			}
+			_, err := a.ReleaseIPs(ctx, rels...)
+			return err
+		}},
 		{"ReleaseHostAffinities", func(ctx context.Context, a *ipam.Allocator) error {
 			_, err := a.AutoAssign(ctx, ipam.AutoAssignArgs{Num4: 1, Handle: "h", Node: "n1"})
 			if err == nil {

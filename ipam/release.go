@@ -109,11 +109,12 @@ func (a *Allocator) releaseIPs(ctx context.Context, stamp bool, rels []Release) 
 		groups[blk] = append(groups[blk], i)
 	}
 	var errs []error
+	lowers := handleLowers{}
 	for _, blk := range order {
 		idx := groups[blk]
-		found, err := a.releaseFromBlock(ctx, blk, rels, idx, status, refusals, at)
+		found, err := a.releaseFromBlock(ctx, blk, rels, idx, status, refusals, at, lowers)
 		if err != nil {
-			return a.releaseResult(rels, status), err
+			return a.releaseResult(rels, status), a.lowerHandles(ctx, lowers, err)
 		}
 		if !found {
 			// No block where the pool says: the pool may have changed since
@@ -121,21 +122,24 @@ func (a *Allocator) releaseIPs(ctx context.Context, stamp bool, rels []Release) 
 			for _, i := range idx {
 				b, ok, err := a.findBlock(ctx, rels[i].Addr.Unmap())
 				if err != nil {
-					return a.releaseResult(rels, status), err
+					return a.releaseResult(rels, status), a.lowerHandles(ctx, lowers, err)
 				}
 				if !ok {
 					status[i] = relNotAllocated
 					continue
 				}
-				found, err := a.releaseFromBlock(ctx, b, rels, []int{i}, status, refusals, at)
+				found, err := a.releaseFromBlock(ctx, b, rels, []int{i}, status, refusals, at, lowers)
 				if err != nil {
-					return a.releaseResult(rels, status), err
+					return a.releaseResult(rels, status), a.lowerHandles(ctx, lowers, err)
 				}
 				if !found {
 					status[i] = relNotAllocated // deleted since we found it
 				}
 			}
 		}
+	}
+	if err := a.lowerHandles(ctx, lowers, nil); err != nil {
+		return a.releaseResult(rels, status), err
 	}
 	for i, s := range status {
 		if s == relRefused {
@@ -195,9 +199,10 @@ func (a *Allocator) findBlock(ctx context.Context, addr netip.Addr) (netip.Prefi
 }
 
 // releaseFromBlock releases the requests idx of rels that lie in blk, with
-// one compare-and-swap write, then lowers the handles' counts. It reports
-// whether the block exists.
-func (a *Allocator) releaseFromBlock(ctx context.Context, blk netip.Prefix, rels []Release, idx []int, status []releaseStatus, refusals []error, at time.Time) (bool, error) {
+// one compare-and-swap write, and adds what it freed per handle to lowers
+// for the caller to write once every block is done. It reports whether the
+// block exists.
+func (a *Allocator) releaseFromBlock(ctx context.Context, blk netip.Prefix, rels []Release, idx []int, status []releaseStatus, refusals []error, at time.Time, lowers handleLowers) (bool, error) {
 	e := a.entry(blk)
 	e.lock()
 	defer e.unlock()
@@ -268,22 +273,52 @@ func (a *Allocator) releaseFromBlock(ctx context.Context, blk netip.Prefix, rels
 		}
 		return exists, err
 	}
-	// The handles after the block: a crash in between leaves a count too
-	// high, which is repairable.
-	for _, handle := range sortedKeys(freed) {
-		if handle == "" {
-			continue
-		}
-		var h handleTx
-		h.init(a, handle, false)
-		if err := h.add(ctx, blk, -freed[handle]); err != nil {
-			return exists, err
-		}
+	for handle, k := range freed {
+		lowers.add(handle, blk, k)
 	}
 	return exists, nil
 }
 
-func sortedKeys(m map[string]int) []string {
+// handleLowers collects, per handle and block, how many addresses a
+// release freed, so that each handle's counts are lowered in one write
+// once the blocks are written (see handleTx.adjust).
+type handleLowers map[string]map[netip.Prefix]int
+
+func (l handleLowers) add(handle string, blk netip.Prefix, k int) {
+	if handle == "" {
+		return // an address without a handle: no record counts it
+	}
+	m := l[handle]
+	if m == nil {
+		m = map[netip.Prefix]int{}
+		l[handle] = m
+	}
+	m[blk] += k
+}
+
+// lowerHandles lowers the handles' counts by what the release freed: the
+// handles after the blocks, so that a crash in between leaves counts too
+// high, which is repairable. It returns err joined with any error of its
+// own.
+func (a *Allocator) lowerHandles(ctx context.Context, l handleLowers, err error) error {
+	for _, handle := range sortedKeys(l) {
+		deltas := make([]handleCount, 0, len(l[handle]))
+		for blk, k := range l[handle] {
+			deltas = append(deltas, handleCount{blk, -k})
+		}
+		var h handleTx
+		h.init(a, handle, false)
+		if herr := h.adjust(ctx, deltas); herr != nil {
+			if err == nil {
+				return herr
+			}
+			return errors.Join(err, herr)
+		}
+	}
+	return err
+}
+
+func sortedKeys[V any](m map[string]V) []string {
 	keys := make([]string, 0, len(m))
 	for k := range m {
 		keys = append(keys, k)

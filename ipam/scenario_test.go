@@ -550,40 +550,58 @@ func TestAssignErrorNamesTheFamilyWithoutPool(t *testing.T) {
 
 // TestBatchWritesHandleOnce: a request spanning several of the node's
 // blocks writes its handle record once, not once per block, and so does
-// its release: each write encodes the whole record, so one per block would
-// make a batch's cost grow with the square of its blocks.
+// its release, by handle or by address: each write encodes the whole
+// record, so one per block would make a batch's cost grow with the square
+// of its blocks.
 func TestBatchWritesHandleOnce(t *testing.T) {
-	e := newEnv(t, v4pool("p", "10.0.0.0/24", 28)) // blocks of 16
-	store := storetest.NewCountingStore(e.store)
-	a, err := ipam.New(store, ipam.Options{})
-	require.NoError(t, err)
-	args := ipam.AutoAssignArgs{Num4: 40, Handle: "warm", Node: "node-1"}
-	_, err = a.AutoAssign(e.ctx, args) // claims three blocks
-	require.NoError(t, err)
-	_, err = a.ReleaseByHandle(e.ctx, "warm")
-	require.NoError(t, err)
-
-	before, _ := storetest.CountsOf(store)
-	args.Handle = "batch"
-	got, err := a.AutoAssign(e.ctx, args)
-	require.NoError(t, err)
-	require.Len(t, blocksOf(got.IPv4), 3)
-	assigned, _ := storetest.CountsOf(store)
-	released, err := a.ReleaseByHandle(e.ctx, "batch")
-	require.NoError(t, err)
-	require.ElementsMatch(t, addrs(got.IPv4), released)
-	after, _ := storetest.CountsOf(store)
-
-	handleWrites := func(c storetest.Counts) int64 {
-		return c.Of(storetest.OpCreate, ipam.KindHandle) + c.Of(storetest.OpUpdate, ipam.KindHandle) + c.Of(storetest.OpDelete, ipam.KindHandle)
+	releases := map[string]func(a *ipam.Allocator, e *env, got []ipam.Assigned) ([]netip.Addr, error){
+		"ReleaseByHandle": func(a *ipam.Allocator, e *env, _ []ipam.Assigned) ([]netip.Addr, error) {
+			return a.ReleaseByHandle(e.ctx, "batch")
+		},
+		"ReleaseIPs": func(a *ipam.Allocator, e *env, got []ipam.Assigned) ([]netip.Addr, error) {
+			var rels []ipam.Release
+			for _, x := range got {
+				rels = append(rels, ipam.Release{Addr: x.Addr, Handle: "batch"})
+			}
+			res, err := a.ReleaseIPs(e.ctx, rels...)
+			return res.Released, err
+		},
 	}
-	require.EqualValues(t, 1, handleWrites(assigned.Sub(before)), "assign: %v", assigned.Sub(before))
-	require.EqualValues(t, 3, assigned.Sub(before).Of(storetest.OpUpdate, ipam.KindBlock))
-	require.EqualValues(t, 1, handleWrites(after.Sub(assigned)), "release: %v", after.Sub(assigned))
-	require.EqualValues(t, 3, after.Sub(assigned).Of(storetest.OpUpdate, ipam.KindBlock))
-	r, err := e.a.Check(e.ctx)
-	require.NoError(t, err)
-	require.True(t, r.Clean(), "%v", r.Problems)
+	for name, release := range releases {
+		t.Run(name, func(t *testing.T) {
+			e := newEnv(t, v4pool("p", "10.0.0.0/24", 28)) // blocks of 16
+			store := storetest.NewCountingStore(e.store)
+			a, err := ipam.New(store, ipam.Options{})
+			require.NoError(t, err)
+			args := ipam.AutoAssignArgs{Num4: 40, Handle: "warm", Node: "node-1"}
+			_, err = a.AutoAssign(e.ctx, args) // claims three blocks
+			require.NoError(t, err)
+			_, err = a.ReleaseByHandle(e.ctx, "warm")
+			require.NoError(t, err)
+
+			before, _ := storetest.CountsOf(store)
+			args.Handle = "batch"
+			got, err := a.AutoAssign(e.ctx, args)
+			require.NoError(t, err)
+			require.Len(t, blocksOf(got.IPv4), 3)
+			assigned, _ := storetest.CountsOf(store)
+			released, err := release(a, e, got.IPv4)
+			require.NoError(t, err)
+			require.ElementsMatch(t, addrs(got.IPv4), released)
+			after, _ := storetest.CountsOf(store)
+
+			handleWrites := func(c storetest.Counts) int64 {
+				return c.Of(storetest.OpCreate, ipam.KindHandle) + c.Of(storetest.OpUpdate, ipam.KindHandle) + c.Of(storetest.OpDelete, ipam.KindHandle)
+			}
+			require.EqualValues(t, 1, handleWrites(assigned.Sub(before)), "assign: %v", assigned.Sub(before))
+			require.EqualValues(t, 3, assigned.Sub(before).Of(storetest.OpUpdate, ipam.KindBlock))
+			require.EqualValues(t, 1, handleWrites(after.Sub(assigned)), "release: %v", after.Sub(assigned))
+			require.EqualValues(t, 3, after.Sub(assigned).Of(storetest.OpUpdate, ipam.KindBlock))
+			r, err := e.a.Check(e.ctx)
+			require.NoError(t, err)
+			require.True(t, r.Clean(), "%v", r.Problems)
+		})
+	}
 }
 
 // TestBatchPlanGoesStale: a request spanning several blocks raises the
