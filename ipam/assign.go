@@ -204,7 +204,9 @@ func (a *Allocator) AutoAssign(ctx context.Context, args AutoAssignArgs) (AutoAs
 			continue
 		}
 		got, why, err := a.assignFamily(ctx, o, fam, n, pools[i])
-		if serr := o.h.settle(ctx); serr != nil {
+		// A failure to lower unused counts does not fail a request that
+		// got its addresses: it leaves counts too high, as a crash would.
+		if serr := o.h.settle(ctx); serr != nil && err != nil {
 			err = errors.Join(err, serr)
 		}
 		if fam == pool.IPv4 {

@@ -167,13 +167,19 @@ func (h *handleTx) reserve(ctx context.Context, plan []handleCount) error {
 // take raises the handle's count for blk by k ahead of a block write that
 // assigns k addresses, drawing first on the spare that reserve raised.
 func (h *handleTx) take(ctx context.Context, blk netip.Prefix, k int) error {
+	rest := k
 	if h.spare != nil {
-		k = h.fromSpare(blk, k)
+		rest = h.fromSpare(blk, k)
 	}
-	if k == 0 {
+	if rest == 0 {
 		return nil
 	}
-	return h.move(ctx, blk, k)
+	err := h.move(ctx, blk, rest)
+	if err != nil && rest < k {
+		// No block write follows: what came from the spare is spare again.
+		h.giveBack(blk, k-rest)
+	}
+	return err
 }
 
 // fromSpare uses up to k of blk's spare and returns what is still to raise.
@@ -189,7 +195,8 @@ func (h *handleTx) fromSpare(blk netip.Prefix, k int) int {
 }
 
 // settle lowers the handle's counts by the spare that take did not use,
-// and ends the reservation.
+// and ends the reservation. If that write fails, the counts stay too high,
+// as after a crash, until Repair.
 func (h *handleTx) settle(ctx context.Context) error {
 	if h.spare == nil {
 		return nil

@@ -143,6 +143,26 @@ func TestHandleRecordRoundTrip(t *testing.T) {
 	})
 }
 
+// TestHandleRecordPutMovesEntries: a third entry moves the entries from
+// inline to big, and dropping back to two moves them inline again.
+func TestHandleRecordPutMovesEntries(t *testing.T) {
+	blocks := []netip.Prefix{
+		netip.MustParsePrefix("10.0.0.0/26"),
+		netip.MustParsePrefix("10.0.0.64/26"),
+		netip.MustParsePrefix("10.0.0.128/26"),
+	}
+	var h handleRecord
+	h.put(blocks[2], 3)
+	h.put(blocks[0], 1)
+	require.Nil(t, h.big)
+	h.put(blocks[1], 2)
+	require.NotNil(t, h.big)
+	require.Equal(t, []handleCount{{blocks[0], 1}, {blocks[1], 2}, {blocks[2], 3}}, h.entries())
+	h.put(blocks[1], 0)
+	require.Nil(t, h.big)
+	require.Equal(t, []handleCount{{blocks[0], 1}, {blocks[2], 3}}, h.entries())
+}
+
 // FuzzHandleRecord: the decoder never panics, whatever it accepts
 // re-encodes to the same bytes, and its shortcut for one IPv4 block decides
 // as the general decoder does.

@@ -1,6 +1,7 @@
 package ipam_test
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -634,4 +635,123 @@ func TestBatchPlanGoesStale(t *testing.T) {
 	r, err := e.a.Check(e.ctx)
 	require.NoError(t, err)
 	require.True(t, r.Clean(), "the handle counts exactly what it holds: %v", r.Problems)
+}
+
+// TestBatchRaiseConflicts: in a planned request, the raise of a block's
+// count beyond its share of the plan loses its compare-and-swap races
+// until the write gives up; the block is tried again. What the failed
+// attempt drew from the plan must be drawn again, not lost: the request
+// then ends with counts that are exact.
+func TestBatchRaiseConflicts(t *testing.T) {
+	e := newEnv(t, v4pool("p", "10.0.0.0/26", 29)) // 8 blocks of 8
+	bumps := 0
+	hooked := &hookStore{Store: e.store, hook: func(op string, kind ipam.Kind, key string) {
+		if op == "update" && kind == ipam.KindHandle && key == "h" && bumps < 2 {
+			// Another writer changes the record just before each of the
+			// first two updates of it.
+			bumps++
+			rec, err := e.store.Get(e.ctx, kind, key)
+			require.NoError(t, err)
+			_, err = e.store.Update(e.ctx, kind, key, rec.Value, rec.Revision)
+			require.NoError(t, err)
+		}
+	}}
+	a, err := ipam.New(hooked, ipam.Options{MaxRetries: 2})
+	require.NoError(t, err)
+	_, err = a.AutoAssign(e.ctx, ipam.AutoAssignArgs{Num4: 24, Handle: "warm", Node: "node-1"})
+	require.NoError(t, err)
+	_, err = a.ReleaseByHandle(e.ctx, "warm") // node-1 holds three empty blocks, cached
+	require.NoError(t, err)
+	// Another allocator takes 5 of the first block: the plan counts on 8
+	// there, gets 3, and raises the third block's count by 5 beyond plan.
+	_, err = e.allocator().AutoAssign(e.ctx, ipam.AutoAssignArgs{Num4: 5, Handle: "other", Node: "node-1"})
+	require.NoError(t, err)
+
+	got, err := a.AutoAssign(e.ctx, ipam.AutoAssignArgs{Num4: 19, Handle: "h", Node: "node-1"})
+	require.NoError(t, err)
+	require.Equal(t, 2, bumps, "the raise lost two races")
+	held, err := e.a.IPsByHandle(e.ctx, "h")
+	require.NoError(t, err)
+	require.ElementsMatch(t, addrs(got.IPv4), held)
+	r, err := e.a.Check(e.ctx)
+	require.NoError(t, err)
+	require.True(t, r.Clean(), "the handle counts exactly what it holds: %v", r.Problems)
+}
+
+// TestBatchSettleFails: the last write of a planned request, lowering the
+// counts it raised but did not use, fails. The request got its addresses
+// and succeeds; the counts stay too high, as a crash would leave them,
+// until Repair.
+func TestBatchSettleFails(t *testing.T) {
+	e := newEnv(t, v4pool("p", "10.0.0.0/26", 29)) // 8 blocks of 8
+	updates := 0
+	failing := &failStore{Store: e.store, fail: func(op string, kind ipam.Kind, key string) bool {
+		if op == "update" && kind == ipam.KindHandle && key == "h" {
+			updates++
+			return updates == 2 // the raise beyond plan, then the settle
+		}
+		return false
+	}}
+	a, err := ipam.New(failing, ipam.Options{})
+	require.NoError(t, err)
+	_, err = a.AutoAssign(e.ctx, ipam.AutoAssignArgs{Num4: 24, Handle: "warm", Node: "node-1"})
+	require.NoError(t, err)
+	_, err = a.ReleaseByHandle(e.ctx, "warm")
+	require.NoError(t, err)
+	_, err = e.allocator().AutoAssign(e.ctx, ipam.AutoAssignArgs{Num4: 5, Handle: "other", Node: "node-1"})
+	require.NoError(t, err)
+
+	got, err := a.AutoAssign(e.ctx, ipam.AutoAssignArgs{Num4: 19, Handle: "h", Node: "node-1"})
+	require.NoError(t, err)
+	require.Len(t, got.IPv4, 19)
+	require.Equal(t, 2, updates)
+	r, err := e.a.Check(e.ctx)
+	require.NoError(t, err)
+	require.Equal(t, []ipam.ProblemKind{ipam.ProblemHandleExcess}, kinds(r))
+	_, after, err := e.a.Repair(e.ctx)
+	require.NoError(t, err)
+	require.True(t, after.Clean(), "%v", after.Problems)
+	held, err := e.a.IPsByHandle(e.ctx, "h")
+	require.NoError(t, err)
+	require.ElementsMatch(t, addrs(got.IPv4), held)
+}
+
+// failStore fails an operation, before it reaches the store, when fail
+// says so.
+type failStore struct {
+	ipam.Store
+	fail func(op string, kind ipam.Kind, key string) bool
+}
+
+var errInjected = errors.New("injected failure")
+
+func (s *failStore) Update(ctx context.Context, kind ipam.Kind, key string, value []byte, rev ipam.Revision) (ipam.Revision, error) {
+	if s.fail("update", kind, key) {
+		return 0, errInjected
+	}
+	return s.Store.Update(ctx, kind, key, value, rev)
+}
+
+// TestBatchAcrossPoolsOutOfAddressOrder: a planned request takes the
+// node's blocks in pool order, here the reverse of address order; the
+// handle record still lists its blocks in address order, as it must to
+// decode.
+func TestBatchAcrossPoolsOutOfAddressOrder(t *testing.T) {
+	e := newEnv(t, v4pool("a", "10.1.0.0/28", 29), v4pool("b", "10.0.0.0/28", 29))
+	args := ipam.AutoAssignArgs{Num4: 32, Handle: "warm", Node: "node-1", IPv4Pools: []string{"a", "b"}}
+	_, err := e.a.AutoAssign(e.ctx, args) // all four blocks, a's first
+	require.NoError(t, err)
+	_, err = e.a.ReleaseByHandle(e.ctx, "warm")
+	require.NoError(t, err)
+
+	args.Num4, args.Handle = 30, "h"
+	got, err := e.a.AutoAssign(e.ctx, args)
+	require.NoError(t, err)
+	require.Len(t, blocksOf(got.IPv4), 4)
+	held, err := e.a.IPsByHandle(e.ctx, "h")
+	require.NoError(t, err)
+	require.ElementsMatch(t, addrs(got.IPv4), held)
+	r, err := e.a.Check(e.ctx)
+	require.NoError(t, err)
+	require.True(t, r.Clean(), "%v", r.Problems)
 }
