@@ -190,22 +190,25 @@ func TestCrashAtEveryOperation(t *testing.T) {
 // that Repair clears them.
 func TestLostReplyEachOperation(t *testing.T) {
 	type call func(ctx context.Context, a *ipam.Allocator) error
+	assign := func(args ipam.AutoAssignArgs) call {
+		return func(ctx context.Context, a *ipam.Allocator) error {
+			_, err := a.AutoAssign(ctx, args)
+			return err
+		}
+	}
+	releaseH := func(ctx context.Context, a *ipam.Allocator) error {
+		_, err := a.ReleaseByHandle(ctx, "h")
+		return err
+	}
 	cases := []struct {
 		name  string
 		setup call // on a store with crashPools, without faults
 		run   call
 	}{
-		{"AutoAssign claiming", nil, func(ctx context.Context, a *ipam.Allocator) error {
-			_, err := a.AutoAssign(ctx, ipam.AutoAssignArgs{Num4: 2, Num6: 1, Handle: "h", Node: "n1"})
-			return err
-		}},
-		{"AutoAssign steady", func(ctx context.Context, a *ipam.Allocator) error {
-			_, err := a.AutoAssign(ctx, ipam.AutoAssignArgs{Num4: 1, Handle: "first", Node: "n1"})
-			return err
-		}, func(ctx context.Context, a *ipam.Allocator) error {
-			_, err := a.AutoAssign(ctx, ipam.AutoAssignArgs{Num4: 1, Handle: "h", Node: "n1"})
-			return err
-		}},
+		{"AutoAssign claiming", nil, assign(ipam.AutoAssignArgs{Num4: 2, Num6: 1, Handle: "h", Node: "n1"})},
+		{"AutoAssign steady",
+			assign(ipam.AutoAssignArgs{Num4: 1, Handle: "first", Node: "n1"}),
+			assign(ipam.AutoAssignArgs{Num4: 1, Handle: "h", Node: "n1"})},
 		{"AutoAssign across held blocks", func(ctx context.Context, a *ipam.Allocator) error {
 			// n1 holds three blocks, empty.
 			_, err := a.AutoAssign(ctx, ipam.AutoAssignArgs{Num4: 20, Handle: "setup", Node: "n1"})
@@ -213,32 +216,14 @@ func TestLostReplyEachOperation(t *testing.T) {
 				_, err = a.ReleaseByHandle(ctx, "setup")
 			}
 			return err
-		}, func(ctx context.Context, a *ipam.Allocator) error {
-			_, err := a.AutoAssign(ctx, ipam.AutoAssignArgs{Num4: 20, Handle: "h", Node: "n1"})
-			return err
-		}},
+		}, assign(ipam.AutoAssignArgs{Num4: 20, Handle: "h", Node: "n1"})},
 		{"AssignIP", nil, func(ctx context.Context, a *ipam.Allocator) error {
 			_, err := a.AssignIP(ctx, ipam.AssignIPArgs{Addr: netip.MustParseAddr("10.0.0.3"), Handle: "h", Node: "n1"})
 			return err
 		}},
-		{"ReleaseByHandle", func(ctx context.Context, a *ipam.Allocator) error {
-			_, err := a.AutoAssign(ctx, ipam.AutoAssignArgs{Num4: 2, Num6: 1, Handle: "h", Node: "n1"})
-			return err
-		}, func(ctx context.Context, a *ipam.Allocator) error {
-			_, err := a.ReleaseByHandle(ctx, "h")
-			return err
-		}},
-		{"ReleaseByHandle across blocks", func(ctx context.Context, a *ipam.Allocator) error {
-			_, err := a.AutoAssign(ctx, ipam.AutoAssignArgs{Num4: 20, Handle: "h", Node: "n1"})
-			return err
-		}, func(ctx context.Context, a *ipam.Allocator) error {
-			_, err := a.ReleaseByHandle(ctx, "h")
-			return err
-		}},
-		{"ReleaseIPs across blocks", func(ctx context.Context, a *ipam.Allocator) error {
-			_, err := a.AutoAssign(ctx, ipam.AutoAssignArgs{Num4: 20, Handle: "h", Node: "n1"})
-			return err
-		}, func(ctx context.Context, a *ipam.Allocator) error {
+		{"ReleaseByHandle", assign(ipam.AutoAssignArgs{Num4: 2, Num6: 1, Handle: "h", Node: "n1"}), releaseH},
+		{"ReleaseByHandle across blocks", assign(ipam.AutoAssignArgs{Num4: 20, Handle: "h", Node: "n1"}), releaseH},
+		{"ReleaseIPs across blocks", assign(ipam.AutoAssignArgs{Num4: 20, Handle: "h", Node: "n1"}), func(ctx context.Context, a *ipam.Allocator) error {
 			var rels []ipam.Release
 			for i := range 32 { // the whole v4 pool
 				rels = append(rels, ipam.Release{Addr: netip.AddrFrom4([4]byte{10, 0, 0, byte(i)})})

@@ -145,14 +145,20 @@ func TestReleaseByHandleWithStaleCounts(t *testing.T) {
 	after, err := e.store.Get(e.ctx, ipam.KindHandle, "h1")
 	require.NoError(t, err)
 	require.Equal(t, rec.Value, after.Value, "the count it cannot account for stays")
-
-	r, err := e.a.Check(e.ctx)
-	require.NoError(t, err)
-	require.Equal(t, []ipam.ProblemKind{ipam.ProblemHandleExcess}, kinds(r))
-	_, report, err := e.a.Repair(e.ctx)
-	require.NoError(t, err)
-	require.True(t, report.Clean(), "%v", report.Problems)
+	e.requireExcessRepaired()
 	require.Zero(t, e.store.Len(ipam.KindHandle))
+}
+
+// requireExcessRepaired checks that Check finds a handle counting too much
+// and nothing else, and that Repair makes the store clean.
+func (e *env) requireExcessRepaired() {
+	e.t.Helper()
+	r, err := e.a.Check(e.ctx)
+	require.NoError(e.t, err)
+	require.Equal(e.t, []ipam.ProblemKind{ipam.ProblemHandleExcess}, kinds(r))
+	_, report, err := e.a.Repair(e.ctx)
+	require.NoError(e.t, err)
+	require.True(e.t, report.Clean(), "%v", report.Problems)
 }
 
 // TestReleaseByHandleDuringAssign: ReleaseByHandle runs between the two
@@ -612,29 +618,43 @@ func TestBatchWritesHandleOnce(t *testing.T) {
 // raised too much: the record counts exactly what the handle holds.
 func TestBatchPlanGoesStale(t *testing.T) {
 	e := newEnv(t, v4pool("p", "10.0.0.0/26", 29)) // 8 blocks of 8
-	_, err := e.a.AutoAssign(e.ctx, ipam.AutoAssignArgs{Num4: 24, Handle: "warm", Node: "node-1"})
-	require.NoError(t, err)
-	_, err = e.a.ReleaseByHandle(e.ctx, "warm") // e.a caches node-1's three blocks as empty
-	require.NoError(t, err)
-	other := e.allocator()
-	res, err := other.AutoAssign(e.ctx, ipam.AutoAssignArgs{Num4: 5, Handle: "other", Node: "node-1"})
-	require.NoError(t, err)
-	taken := res.IPv4 // from node-1's first block
-	require.Len(t, blocksOf(taken), 1)
+	taken := e.stalePlan(e.a)
 
 	got := e.mustAssign4("node-1", "h", 19)
-	require.Len(t, got, 19)
 	for blk, n := range blocksOf(got) {
 		if _, ok := blocksOf(taken)[blk]; ok {
 			require.Equal(t, 3, n, "the rest of the first block")
 		}
 	}
-	held, err := e.a.IPsByHandle(e.ctx, "h")
-	require.NoError(t, err)
-	require.ElementsMatch(t, addrs(got), held)
+	e.requireHolds("h", got)
+}
+
+// stalePlan makes a's cache of node-1's blocks stale for a planned request:
+// a sees node-1's three blocks empty, then another allocator takes 5
+// addresses of the first, which it returns. The next request of 19 plans
+// on 8 there, gets 3, and raises the third block's count by 5 beyond plan.
+func (e *env) stalePlan(a *ipam.Allocator) []ipam.Assigned {
+	e.t.Helper()
+	_, err := a.AutoAssign(e.ctx, ipam.AutoAssignArgs{Num4: 24, Handle: "warm", Node: "node-1"})
+	require.NoError(e.t, err)
+	_, err = a.ReleaseByHandle(e.ctx, "warm")
+	require.NoError(e.t, err)
+	res, err := e.allocator().AutoAssign(e.ctx, ipam.AutoAssignArgs{Num4: 5, Handle: "other", Node: "node-1"})
+	require.NoError(e.t, err)
+	require.Len(e.t, blocksOf(res.IPv4), 1)
+	return res.IPv4
+}
+
+// requireHolds checks that handle holds exactly got, and that the store is
+// consistent: the handle's record counts exactly what it holds.
+func (e *env) requireHolds(handle string, got []ipam.Assigned) {
+	e.t.Helper()
+	held, err := e.a.IPsByHandle(e.ctx, handle)
+	require.NoError(e.t, err)
+	require.ElementsMatch(e.t, addrs(got), held)
 	r, err := e.a.Check(e.ctx)
-	require.NoError(t, err)
-	require.True(t, r.Clean(), "the handle counts exactly what it holds: %v", r.Problems)
+	require.NoError(e.t, err)
+	require.True(e.t, r.Clean(), "%v", r.Problems)
 }
 
 // TestBatchRaiseConflicts: in a planned request, the raise of a block's
@@ -658,24 +678,12 @@ func TestBatchRaiseConflicts(t *testing.T) {
 	}}
 	a, err := ipam.New(hooked, ipam.Options{MaxRetries: 2})
 	require.NoError(t, err)
-	_, err = a.AutoAssign(e.ctx, ipam.AutoAssignArgs{Num4: 24, Handle: "warm", Node: "node-1"})
-	require.NoError(t, err)
-	_, err = a.ReleaseByHandle(e.ctx, "warm") // node-1 holds three empty blocks, cached
-	require.NoError(t, err)
-	// Another allocator takes 5 of the first block: the plan counts on 8
-	// there, gets 3, and raises the third block's count by 5 beyond plan.
-	_, err = e.allocator().AutoAssign(e.ctx, ipam.AutoAssignArgs{Num4: 5, Handle: "other", Node: "node-1"})
-	require.NoError(t, err)
+	e.stalePlan(a)
 
 	got, err := a.AutoAssign(e.ctx, ipam.AutoAssignArgs{Num4: 19, Handle: "h", Node: "node-1"})
 	require.NoError(t, err)
 	require.Equal(t, 2, bumps, "the raise lost two races")
-	held, err := e.a.IPsByHandle(e.ctx, "h")
-	require.NoError(t, err)
-	require.ElementsMatch(t, addrs(got.IPv4), held)
-	r, err := e.a.Check(e.ctx)
-	require.NoError(t, err)
-	require.True(t, r.Clean(), "the handle counts exactly what it holds: %v", r.Problems)
+	e.requireHolds("h", got.IPv4)
 }
 
 // TestBatchSettleFails: the last write of a planned request, lowering the
@@ -694,26 +702,14 @@ func TestBatchSettleFails(t *testing.T) {
 	}}
 	a, err := ipam.New(failing, ipam.Options{})
 	require.NoError(t, err)
-	_, err = a.AutoAssign(e.ctx, ipam.AutoAssignArgs{Num4: 24, Handle: "warm", Node: "node-1"})
-	require.NoError(t, err)
-	_, err = a.ReleaseByHandle(e.ctx, "warm")
-	require.NoError(t, err)
-	_, err = e.allocator().AutoAssign(e.ctx, ipam.AutoAssignArgs{Num4: 5, Handle: "other", Node: "node-1"})
-	require.NoError(t, err)
+	e.stalePlan(a)
 
 	got, err := a.AutoAssign(e.ctx, ipam.AutoAssignArgs{Num4: 19, Handle: "h", Node: "node-1"})
 	require.NoError(t, err)
 	require.Len(t, got.IPv4, 19)
 	require.Equal(t, 2, updates)
-	r, err := e.a.Check(e.ctx)
-	require.NoError(t, err)
-	require.Equal(t, []ipam.ProblemKind{ipam.ProblemHandleExcess}, kinds(r))
-	_, after, err := e.a.Repair(e.ctx)
-	require.NoError(t, err)
-	require.True(t, after.Clean(), "%v", after.Problems)
-	held, err := e.a.IPsByHandle(e.ctx, "h")
-	require.NoError(t, err)
-	require.ElementsMatch(t, addrs(got.IPv4), held)
+	e.requireExcessRepaired()
+	e.requireHolds("h", got.IPv4)
 }
 
 // failStore fails an operation, before it reaches the store, when fail
@@ -748,10 +744,5 @@ func TestBatchAcrossPoolsOutOfAddressOrder(t *testing.T) {
 	got, err := e.a.AutoAssign(e.ctx, args)
 	require.NoError(t, err)
 	require.Len(t, blocksOf(got.IPv4), 4)
-	held, err := e.a.IPsByHandle(e.ctx, "h")
-	require.NoError(t, err)
-	require.ElementsMatch(t, addrs(got.IPv4), held)
-	r, err := e.a.Check(e.ctx)
-	require.NoError(t, err)
-	require.True(t, r.Clean(), "%v", r.Problems)
+	e.requireHolds("h", got.IPv4)
 }
