@@ -87,29 +87,36 @@ func (h *handleTx) add(ctx context.Context, blk netip.Prefix, delta int) error {
 
 // move is add for a delta other than zero.
 func (h *handleTx) move(ctx context.Context, blk netip.Prefix, delta int) error {
+	return h.rewrite(ctx, func() bool {
+		n := h.rec.count(blk) + delta
+		if n < 0 {
+			return false
+		}
+		h.rec.put(blk, n)
+		return true
+	})
+}
+
+// rewrite applies change to the record, read first unless known, and
+// writes it when change reports a change, retrying from a fresh read when
+// another writer changed it in between. After a failed write the record no
+// longer says what the store holds, so the next attempt reads it again.
+func (h *handleTx) rewrite(ctx context.Context, change func() bool) error {
 	return h.a.retry(ctx, "update handle", h.id, func() error {
 		if !h.known {
 			if err := h.read(ctx); err != nil {
 				return err
 			}
 		}
-		n := h.rec.count(blk) + delta
-		if n < 0 {
+		if !change() {
 			return nil
 		}
-		h.rec.put(blk, n)
-		return h.written(h.write(ctx))
+		err := h.write(ctx)
+		if err != nil {
+			h.known = false
+		}
+		return err
 	})
-}
-
-// written returns err, the outcome of writing h.rec; after a failure the
-// record no longer says what the store holds, so the next attempt reads
-// it again.
-func (h *handleTx) written(err error) error {
-	if err != nil {
-		h.known = false
-	}
-	return err
 }
 
 // adjust moves the handle's count for each block of deltas by the entry's
@@ -133,17 +140,7 @@ func (h *handleTx) adjust(ctx context.Context, deltas []handleCount) error {
 		return h.add(ctx, deltas[0].block, deltas[0].count)
 	}
 	slices.SortFunc(deltas, func(x, y handleCount) int { return comparePrefix(x.block, y.block) })
-	return h.a.retry(ctx, "update handle", h.id, func() error {
-		if !h.known {
-			if err := h.read(ctx); err != nil {
-				return err
-			}
-		}
-		if !h.rec.merge(deltas) {
-			return nil
-		}
-		return h.written(h.write(ctx))
-	})
+	return h.rewrite(ctx, func() bool { return h.rec.merge(deltas) })
 }
 
 // A request that spans several blocks raises the handle's counts for all
@@ -184,10 +181,21 @@ func (h *handleTx) take(ctx context.Context, blk netip.Prefix, k int) error {
 }
 
 // fromSpare uses up to k of blk's spare and returns what is still to raise.
-// Blocks are mostly taken in the order of the spare, so the search starts
-// where the last one ended: a batch of b blocks makes about b comparisons,
-// not b*b/2.
 func (h *handleTx) fromSpare(blk netip.Prefix, k int) int {
+	i := h.spareOf(blk)
+	if i < 0 {
+		return k
+	}
+	use := min(k, h.spare[i].count)
+	h.spare[i].count -= use
+	return k - use
+}
+
+// spareOf returns the index of blk's entry in the spare, or -1. Blocks are
+// mostly taken in the order of the spare, so the search starts where the
+// last one ended: a batch of b blocks makes about b comparisons, not
+// b*b/2.
+func (h *handleTx) spareOf(blk netip.Prefix) int {
 	n := len(h.spare)
 	for j := range n {
 		i := h.hint + j
@@ -196,12 +204,10 @@ func (h *handleTx) fromSpare(blk netip.Prefix, k int) int {
 		}
 		if h.spare[i].block == blk {
 			h.hint = i
-			use := min(k, h.spare[i].count)
-			h.spare[i].count -= use
-			return k - use
+			return i
 		}
 	}
-	return k
+	return -1
 }
 
 // settle lowers the handle's counts by the spare that take did not use,
@@ -214,6 +220,8 @@ func (h *handleTx) settle(ctx context.Context) error {
 	return h.settleSpare(ctx)
 }
 
+// settleSpare is settle once there is a reservation; settle, small enough
+// to inline, keeps the check for one off the single-address path.
 func (h *handleTx) settleSpare(ctx context.Context) error {
 	for i := range h.spare {
 		h.spare[i].count = -h.spare[i].count
@@ -297,11 +305,9 @@ func (h *handleTx) undo(ctx context.Context, blk netip.Prefix, k int, err error)
 
 // giveBack returns k to blk's spare.
 func (h *handleTx) giveBack(blk netip.Prefix, k int) {
-	for i := range h.spare {
-		if h.spare[i].block == blk {
-			h.spare[i].count += k
-			return
-		}
+	if i := h.spareOf(blk); i >= 0 {
+		h.spare[i].count += k
+		return
 	}
 	h.spare = append(h.spare, handleCount{blk, k})
 }

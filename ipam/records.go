@@ -119,10 +119,19 @@ func (h *handleRecord) put(blk netip.Prefix, n int) {
 	default:
 		h.big = slices.Insert(h.big, i, handleCount{blk, n})
 	}
-	if len(h.big) <= len(h.small) {
-		h.n = copy(h.small[:], h.big)
+	h.own(h.big)
+}
+
+// own makes es the record's entries, inline when they fit; the record
+// takes es over. es must not be the record's inline array (setEntries
+// copies from anywhere).
+func (h *handleRecord) own(es []handleCount) {
+	if len(es) <= len(h.small) {
+		h.n = copy(h.small[:], es)
 		h.big = nil
+		return
 	}
+	h.big = es
 }
 
 // merge moves the count of each block of deltas by the entry's count, as
@@ -169,16 +178,10 @@ func (h *handleRecord) merge(deltas []handleCount) bool {
 			j++
 		}
 	}
-	if !changed {
-		return false
+	if changed {
+		h.own(out)
 	}
-	if len(out) > len(h.small) {
-		h.big = out // made here: the record takes it over
-		return true
-	}
-	h.n = copy(h.small[:], out)
-	h.big = nil
-	return true
+	return changed
 }
 
 const handleVersion = 1

@@ -309,9 +309,6 @@ func (a *Allocator) lowerHandles(ctx context.Context, l handleLowers, err error)
 		var h handleTx
 		h.init(a, handle, false)
 		if herr := h.adjust(ctx, deltas); herr != nil {
-			if err == nil {
-				return herr
-			}
 			return errors.Join(err, herr)
 		}
 	}
