@@ -32,14 +32,8 @@ func BenchmarkStoreOps(b *testing.B) {
 		b.Run(fmt.Sprintf("op=steady/pool=%s", p.Name), func(b *testing.B) {
 			store := storetest.NewCountingStore(memstore.New())
 			a := workload.Filled(b, store, p, 0)
-			args := p.Args(1, "pod", workload.Node)
-			benchStoreOps(b, store, func(int) error {
-				_, err := a.AutoAssign(ctx, args)
-				return err
-			}, func(int) error {
-				_, err := a.ReleaseByHandle(ctx, args.Handle)
-				return err
-			})
+			assign, release := podPair(ctx, a, p.Args(1, "pod", workload.Node))
+			benchStoreOps(b, store, assign, release)
 		})
 	}
 	for _, p := range workload.Pools {
@@ -72,15 +66,24 @@ func BenchmarkStoreOps(b *testing.B) {
 			}
 			args := p.Args(1, "pod", workload.Node)
 			checkBorrows(b, a, args)
-			benchStoreOps(b, store, func(int) error {
-				_, err := a.AutoAssign(ctx, args)
-				return err
-			}, func(int) error {
-				_, err := a.ReleaseByHandle(ctx, args.Handle)
-				return err
-			})
+			assign, release := podPair(ctx, a, args)
+			benchStoreOps(b, store, assign, release)
 		})
 	}
+}
+
+// podPair returns the AutoAssign of args and the ReleaseByHandle of its
+// handle, as benchStoreOps takes them.
+func podPair(ctx context.Context, a *ipam.Allocator, args ipam.AutoAssignArgs) (assign, release func(int) error) {
+	assign = func(int) error {
+		_, err := a.AutoAssign(ctx, args)
+		return err
+	}
+	release = func(int) error {
+		_, err := a.ReleaseByHandle(ctx, args.Handle)
+		return err
+	}
+	return assign, release
 }
 
 // checkBorrows fails b unless an IPv4 request with args is served from
