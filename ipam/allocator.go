@@ -50,6 +50,9 @@ type Allocator struct {
 	now        func() time.Time
 	retries    int
 	reclaimAge time.Duration
+	// sleep waits for d or until ctx is done (Repair's settle time);
+	// tests replace it to run operations during the wait.
+	sleep func(ctx context.Context, d time.Duration) error
 
 	view atomic.Pointer[view]
 
@@ -74,6 +77,7 @@ func New(store Store, opts Options) (*Allocator, error) {
 		now:        opts.Now,
 		retries:    opts.MaxRetries,
 		reclaimAge: opts.ReclaimAge,
+		sleep:      sleepCtx,
 	}
 	a.gens, _ = store.(Generations)
 	a.keeper, _ = store.(BlockKeeper)
@@ -277,6 +281,18 @@ func (a *Allocator) retry(ctx context.Context, op, subject string, f func() erro
 // isRace reports whether err means another writer got there first.
 func isRace(err error) bool {
 	return errors.Is(err, ErrConflict) || errors.Is(err, ErrExists) || errors.Is(err, errRecordMoved) || errors.Is(err, errStale)
+}
+
+// sleepCtx waits for d, or returns ctx's error if ctx is done first.
+func sleepCtx(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 // errRecordMoved marks a record that disappeared or appeared between our

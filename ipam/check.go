@@ -299,23 +299,50 @@ type RepairAction struct {
 	Note string `json:"note,omitempty"`
 }
 
+// RepairOptions tune Repair. The zero value repairs a quiet store at once.
+type RepairOptions struct {
+	// Settle is how long Repair waits, after its check and before it
+	// rewrites handle records, for operations in flight during the check to
+	// finish. Set it longer than any AutoAssign, AssignIP or release takes
+	// (a batch included) to repair a store in use: a handle count that an
+	// assignment has raised but whose block it has not written yet looks
+	// too high to the check, and lowering it would lose that address. Zero
+	// means no operation is in flight (after a crash, or with allocators
+	// paused), and Repair does not wait. Negative is invalid.
+	Settle time.Duration
+}
+
 // Repair checks the store and fixes every repairable problem, re-reading
 // each record and writing with compare-and-swap, and returns what it did
 // and the report of a check run after the repairs. It rebuilds handle
 // records from the blocks, removes stale affinity index entries and adds
 // missing ones, and deletes empty blocks nothing should keep.
 //
-// A handle record that changed between the check and its repair is left
-// for the next run. Repair assumes no operation is halfway through (between
-// its handle and block writes) for the whole time it runs: run it on a
-// quiet store, such as after a crash, or with allocators paused.
-func (a *Allocator) Repair(ctx context.Context) ([]RepairAction, *Report, error) {
+// A handle record is changed only where the check and a fresh read after
+// the settle time both find it wrong, and only by what both agree on, so
+// that a release in flight (its block written, its count not yet lowered)
+// is not counted twice. A record written by anyone since the check is left
+// for the next run.
+//
+// Calico asks for the datastore to be locked while leaked addresses are
+// released from a check's report. Repair needs that only with a zero
+// opts.Settle: with a settle time longer than any operation, it is safe to
+// run while allocators are working.
+func (a *Allocator) Repair(ctx context.Context, opts RepairOptions) ([]RepairAction, *Report, error) {
+	if opts.Settle < 0 {
+		return nil, nil, invalid("repair", "negative settle time %v", opts.Settle)
+	}
 	r, st, err := a.check(ctx)
 	if err != nil {
 		return nil, nil, err
 	}
+	if opts.Settle > 0 && slices.ContainsFunc(r.Problems, func(p Problem) bool { return p.Repairable && p.Handle != "" }) {
+		if err := a.sleep(ctx, opts.Settle); err != nil {
+			return nil, nil, fmt.Errorf("ipam: repair: %w", err)
+		}
+	}
 	var actions []RepairAction
-	fixedHandles := map[string]bool{}
+	rebuilt := map[string]handleFix{}
 	for _, p := range r.Problems {
 		act := RepairAction{Problem: p}
 		if !p.Repairable {
@@ -330,20 +357,19 @@ func (a *Allocator) Repair(ctx context.Context) ([]RepairAction, *Report, error)
 				err = a.store.Delete(ctx, KindAffinity, strings.TrimPrefix(p.Record, "affinity "), p.rev)
 				break
 			}
-			if fixedHandles[p.Handle] {
-				act.Done, act.Note = true, "fixed with another problem of this handle"
-				actions = append(actions, act)
-				continue
+			fix, ok := rebuilt[p.Handle]
+			if !ok {
+				fix = a.rebuildHandle(ctx, p.Handle, st.handleOf[p.Handle], st)
+				rebuilt[p.Handle] = fix
 			}
-			err = a.rebuildHandle(ctx, p.Handle, st.handleOf[p.Handle], st)
-			fixedHandles[p.Handle] = err == nil
+			err = fix.err
+			if err == nil && p.Kind != ProblemCorrupt && !fix.changed[p.Block] {
+				act.Note = "no longer found: an operation in flight during the check has finished"
+			}
 		case ProblemAffinityStale:
 			err = a.repairStaleIndex(ctx, p)
 		case ProblemAffinityUnindexed:
-			_, err = a.store.Create(ctx, KindAffinity, affinityKey(p.Owner, p.Block), nil)
-			if errors.Is(err, ErrExists) {
-				err = nil
-			}
+			err = a.repairUnindexed(ctx, p)
 		case ProblemBlockEmptyUnaffine, ProblemBlockOutsidePools:
 			err = a.deleteEmptyBlock(ctx, p.Block)
 		}
@@ -357,23 +383,43 @@ func (a *Allocator) Repair(ctx context.Context) ([]RepairAction, *Report, error)
 	return actions, after, err
 }
 
-// rebuildHandle rewrites a handle record from the blocks, read fresh, that
-// the check found or the record names, if the record is still at rev.
-func (a *Allocator) rebuildHandle(ctx context.Context, handle string, rev Revision, st *checkState) error {
+// handleFix is what rebuildHandle did: the blocks whose count it changed,
+// or why it could not.
+type handleFix struct {
+	changed map[netip.Prefix]bool
+	err     error
+}
+
+// rebuildHandle rewrites a handle record, if it is still at rev, the
+// revision the check read. Each count the record holds for a block the
+// check found or the record names moves toward what the block, read fresh,
+// gives the handle, by as much as both that read and the check's agree on.
+//
+// Agreement is what makes it safe while operations run. An assignment
+// raises a count before its block write and a release lowers it after
+// its own; with the record unchanged since the check, any such operation
+// whose count the check saw began before the check, and has finished by
+// the time the settle time is over. An operation that raises a count
+// after the check changes the record, and the write below fails. A release
+// that writes a block after the check but lowers its count only after this
+// rewrite shows in the fresh read alone, so the rewrite leaves its
+// addresses for it to take off.
+func (a *Allocator) rebuildHandle(ctx context.Context, handle string, rev Revision, st *checkState) handleFix {
 	cur, err := a.store.Get(ctx, KindHandle, handle)
 	switch {
 	case errors.Is(err, ErrNotFound):
 		if rev != 0 {
-			return errors.New("handle record deleted since the check")
+			return handleFix{err: errors.New("handle record deleted since the check")}
 		}
 	case err != nil:
-		return err
+		return handleFix{err: err}
 	case cur.Revision != rev:
-		return errors.New("handle record changed since the check; check again")
+		return handleFix{err: errors.New("handle record changed since the check; check again")}
 	}
 	var old handleRecord
-	if rev != 0 {
-		_ = old.unmarshal(cur.Value) // a corrupt record is rebuilt from nothing
+	corrupt := false
+	if rev != 0 && old.unmarshal(cur.Value) != nil {
+		old, corrupt = handleRecord{}, true // rebuilt from nothing
 	}
 	blocks := map[netip.Prefix]bool{}
 	for blk := range st.handles[handle] {
@@ -382,29 +428,72 @@ func (a *Allocator) rebuildHandle(ctx context.Context, handle string, rev Revisi
 	for _, c := range old.entries() {
 		blocks[c.block] = true
 	}
+	fix := handleFix{changed: map[netip.Prefix]bool{}}
 	var next handleRecord
 	for _, blk := range slices.SortedFunc(maps.Keys(blocks), comparePrefix) {
 		b, err := a.readBlock(ctx, blk)
 		if err != nil {
-			return err
+			return handleFix{err: err}
 		}
+		fresh := 0
 		if b != nil {
-			if n := len(b.AddrsOf(handle, nil)); n > 0 {
-				next.put(blk, n)
-			}
+			fresh = len(b.AddrsOf(handle, nil))
+		}
+		have := old.count(blk)
+		n := have + agreed(st.handles[handle][blk]-have, fresh-have)
+		if n != have {
+			fix.changed[blk] = true
+		}
+		if n > 0 {
+			next.put(blk, n)
 		}
 	}
 	switch {
+	case len(fix.changed) == 0 && !corrupt:
+		return fix
 	case len(next.entries()) == 0 && rev == 0:
-		return nil
 	case len(next.entries()) == 0:
-		return a.store.Delete(ctx, KindHandle, handle, rev)
+		err = a.store.Delete(ctx, KindHandle, handle, rev)
 	case rev == 0:
 		_, err = a.store.Create(ctx, KindHandle, handle, next.appendBinary(nil))
 	default:
 		_, err = a.store.Update(ctx, KindHandle, handle, next.appendBinary(nil), rev)
 	}
-	return err
+	if err != nil {
+		return handleFix{err: err}
+	}
+	return fix
+}
+
+// agreed returns the change two observations of a count's error agree on:
+// the smaller of the two when both go the same way, else none.
+func agreed(seen, now int) int {
+	switch {
+	case seen > 0 && now > 0:
+		return min(seen, now)
+	case seen < 0 && now < 0:
+		return max(seen, now)
+	}
+	return 0
+}
+
+// repairUnindexed adds the missing index entry of an affine block. As a
+// claimer does, it writes first and reads after: if the block, read after
+// the write, is no longer affine to the owner (its affinity was released
+// meanwhile), the entry is dropped again.
+func (a *Allocator) repairUnindexed(ctx context.Context, p Problem) error {
+	aff, err := block.ParseAffinity(p.Owner)
+	if err != nil {
+		return err
+	}
+	if err := a.putIndex(ctx, aff, p.Block); err != nil {
+		return err
+	}
+	now, err := a.storedAffinity(ctx, p.Block)
+	if err != nil || now == aff {
+		return err
+	}
+	return a.dropIndex(ctx, aff, p.Block, 0)
 }
 
 // repairStaleIndex deletes an index entry whose block, read fresh, is still

@@ -104,7 +104,7 @@ func TestCheckAndRepair(t *testing.T) {
 			require.Contains(t, kinds(r), tt.want)
 			require.True(t, r.Repairable(), "%v", r.Problems)
 
-			actions, after, err := e.a.Repair(e.ctx)
+			actions, after, err := e.a.Repair(e.ctx, ipam.RepairOptions{})
 			require.NoError(t, err)
 			require.NotEmpty(t, actions)
 			for _, act := range actions {
@@ -169,7 +169,7 @@ func TestCheckUnrepairable(t *testing.T) {
 	require.Contains(t, string(js), `"kind":"block-overlap"`)
 	require.Contains(t, string(js), `"repairable":false`)
 
-	actions, after, err := e.a.Repair(e.ctx)
+	actions, after, err := e.a.Repair(e.ctx, ipam.RepairOptions{})
 	require.NoError(t, err)
 	require.NotEmpty(t, actions)
 	require.Contains(t, kinds(after), ipam.ProblemBlockOverlap, "left for a person")

@@ -167,7 +167,7 @@ func TestCrashAtEveryOperation(t *testing.T) {
 					require.Contains(t, []ipam.ProblemKind{ipam.ProblemHandleExcess, ipam.ProblemAffinityStale}, p.Kind,
 						"fault %s at %d: %v", mode, k, p)
 				}
-				actions, after, err := checker.Repair(run.ctx)
+				actions, after, err := checker.Repair(run.ctx, ipam.RepairOptions{})
 				require.NoError(t, err)
 				for _, act := range actions {
 					require.True(t, act.Done, "%v: %s", act.Problem, act.Note)
@@ -279,7 +279,7 @@ func TestLostReplyEachOperation(t *testing.T) {
 					require.Contains(t, []ipam.ProblemKind{ipam.ProblemHandleExcess, ipam.ProblemAffinityStale}, p.Kind,
 						"reply of operation %d lost: %v", k, p)
 				}
-				_, after, err := checker.Repair(t.Context())
+				_, after, err := checker.Repair(t.Context(), ipam.RepairOptions{})
 				require.NoError(t, err)
 				require.True(t, after.Clean(), "reply of operation %d lost; after repair: %v", k, after.Problems)
 			}

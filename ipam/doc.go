@@ -46,7 +46,9 @@
 //
 // [Allocator.Check] reads the whole store and reports every inconsistency
 // in a machine-readable [Report], as `calicoctl ipam check` does;
-// [Allocator.Repair] fixes what is safe to fix and says what it did. A
+// [Allocator.Repair] fixes what is safe to fix and says what it did; with
+// a settle time ([RepairOptions]) it may run while allocators work, where
+// Calico asks for the datastore to be locked. A
 // [Collector] finds and releases leaked addresses, as Calico's
 // kube-controllers garbage collector does: a liveness oracle, a grace
 // period, all-or-none per handle, a re-check before release, and release
@@ -67,6 +69,8 @@
 //     the block); Calico needs about nine.
 //   - Releases are checked per address: one stale release is refused
 //     without holding back the others.
+//   - Repair can run on a store in use (with a settle time); Calico's
+//     release of a check's leaks needs the datastore locked.
 //   - The pool set is one record, so two processes creating overlapping
 //     pools at once cannot both succeed, and a pool cannot be created over
 //     leftover blocks of a different size.

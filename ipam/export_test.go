@@ -1,6 +1,15 @@
 package ipam
 
-import "net/netip"
+import (
+	"context"
+	"maps"
+	"net/netip"
+	"slices"
+	"time"
+)
+
+// SetSleep replaces the wait of Repair's settle time.
+func SetSleep(a *Allocator, f func(ctx context.Context, d time.Duration) error) { a.sleep = f }
 
 // DecodeHandle decodes a handle record's value into its per-block counts.
 func DecodeHandle(value []byte) (map[netip.Prefix]int, error) {
@@ -13,4 +22,13 @@ func DecodeHandle(value []byte) (map[netip.Prefix]int, error) {
 		out[c.block] = c.count
 	}
 	return out, nil
+}
+
+// EncodeHandle encodes per-block counts as a handle record's value.
+func EncodeHandle(counts map[netip.Prefix]int) []byte {
+	var h handleRecord
+	for _, blk := range slices.SortedFunc(maps.Keys(counts), comparePrefix) {
+		h.put(blk, counts[blk])
+	}
+	return h.appendBinary(nil)
 }

@@ -156,7 +156,7 @@ func (e *env) requireExcessRepaired() {
 	r, err := e.a.Check(e.ctx)
 	require.NoError(e.t, err)
 	require.Equal(e.t, []ipam.ProblemKind{ipam.ProblemHandleExcess}, kinds(r))
-	_, report, err := e.a.Repair(e.ctx)
+	_, report, err := e.a.Repair(e.ctx, ipam.RepairOptions{})
 	require.NoError(e.t, err)
 	require.True(e.t, report.Clean(), "%v", report.Problems)
 }

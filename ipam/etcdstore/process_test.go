@@ -503,7 +503,7 @@ func TestKill(t *testing.T) {
 	checkHeld(t, a, st, after.held(), true)
 	checkReport(t, a, left)
 	// What is left, counts too high and stale index entries, is for Repair.
-	actions, rep, err := a.Repair(ctx)
+	actions, rep, err := a.Repair(ctx, ipam.RepairOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,0 +1,226 @@
+package ipam_test
+
+import (
+	"context"
+	"errors"
+	"net/netip"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/carve-ipam/carve/ipam"
+)
+
+// pauseStore pauses the first operation that matches, before it runs,
+// until the test lets it go: an operation caught between two writes.
+type pauseStore struct {
+	hookStore
+	paused, resume chan struct{}
+}
+
+func newPauseStore(e *env, match func(op string, kind ipam.Kind, key string) bool) *pauseStore {
+	p := &pauseStore{paused: make(chan struct{}), resume: make(chan struct{})}
+	var once sync.Once
+	p.hookStore = hookStore{Store: e.store, hook: func(op string, kind ipam.Kind, key string) {
+		if match(op, kind, key) {
+			once.Do(func() {
+				close(p.paused)
+				<-p.resume
+			})
+		}
+	}}
+	return p
+}
+
+// handleCounts reads a handle record's counts.
+func handleCounts(t *testing.T, e *env, handle string) map[netip.Prefix]int {
+	t.Helper()
+	rec, err := e.store.Get(e.ctx, ipam.KindHandle, handle)
+	if errors.Is(err, ipam.ErrNotFound) {
+		return map[netip.Prefix]int{}
+	}
+	require.NoError(t, err)
+	counts, err := ipam.DecodeHandle(rec.Value)
+	require.NoError(t, err)
+	return counts
+}
+
+// TestRepairWhileAssigning: an assignment has raised its handle's count
+// and not yet written its block when Repair checks. With a settle time the
+// assignment finishes during the wait, and Repair leaves the count alone;
+// without one, Repair lowers it at once, as documented for a quiet store,
+// and the address then lands in the block with no count for it.
+func TestRepairWhileAssigning(t *testing.T) {
+	for _, settle := range []time.Duration{time.Hour, 0} {
+		t.Run("settle="+settle.String(), func(t *testing.T) {
+			e := newEnv(t, v4pool("p", "10.0.0.0/24", 26))
+			e.mustAssign4("node-1", "other", 1) // the block exists: the next assignment updates it
+			ps := newPauseStore(e, func(op string, kind ipam.Kind, key string) bool {
+				return op == "update" && kind == ipam.KindBlock
+			})
+			assigner, err := ipam.New(ps, ipam.Options{})
+			require.NoError(t, err)
+			var got ipam.AutoAssignResult
+			done := make(chan error)
+			go func() {
+				var err error
+				got, err = assigner.AutoAssign(e.ctx, ipam.AutoAssignArgs{Num4: 1, Handle: "h", Node: "node-1"})
+				done <- err
+			}()
+			<-ps.paused // the count is raised, the block write is next
+			var (
+				once      sync.Once
+				assignErr error
+			)
+			finish := func() error {
+				once.Do(func() {
+					close(ps.resume)
+					assignErr = <-done
+				})
+				return assignErr
+			}
+			t.Cleanup(func() { _ = finish() })
+			waited := time.Duration(0)
+			ipam.SetSleep(e.a, func(ctx context.Context, d time.Duration) error {
+				waited = d
+				return finish()
+			})
+
+			actions, _, err := e.a.Repair(e.ctx, ipam.RepairOptions{Settle: settle})
+			require.NoError(t, err)
+			require.Len(t, actions, 1)
+			require.Equal(t, ipam.ProblemHandleExcess, actions[0].Problem.Kind, "the check saw the raised count")
+			require.True(t, actions[0].Done, actions[0].Note)
+			if settle == 0 {
+				require.Zero(t, waited, "no settle time, no wait")
+				require.NoError(t, finish())
+				r, err := e.a.Check(e.ctx)
+				require.NoError(t, err)
+				require.Equal(t, []ipam.ProblemKind{ipam.ProblemHandleMissing}, kinds(r), "why a store in use needs a settle time")
+				return
+			}
+			require.Equal(t, settle, waited)
+			require.Contains(t, actions[0].Note, "no longer found")
+			requireClean(t, e)
+			held, err := e.a.IPsByHandle(e.ctx, "h")
+			require.NoError(t, err)
+			require.Equal(t, addrs(got.IPv4), held)
+		})
+	}
+}
+
+// TestRepairWhileReleasing: a handle's count is one too high (a crash's
+// leftover) when a release of one of its addresses writes the block after
+// the check and lowers the count only after Repair has rewritten it.
+// Repair must lower the count by the one both its reads agree on, not to
+// what the block holds at its second read, or the release takes the same
+// address off twice.
+func TestRepairWhileReleasing(t *testing.T) {
+	e := newEnv(t, v4pool("p", "10.0.0.0/24", 26))
+	held := e.mustAssign4("node-1", "h", 2)
+	blk := held[0].Block
+	rec, err := e.store.Get(e.ctx, ipam.KindHandle, "h")
+	require.NoError(t, err)
+	_, err = e.store.Update(e.ctx, ipam.KindHandle, "h", ipam.EncodeHandle(map[netip.Prefix]int{blk: 3}), rec.Revision)
+	require.NoError(t, err)
+
+	ps := newPauseStore(e, func(op string, kind ipam.Kind, key string) bool {
+		return op == "update" && kind == ipam.KindHandle
+	})
+	releaser, err := ipam.New(ps, ipam.Options{})
+	require.NoError(t, err)
+	done := make(chan error, 1)
+	var once sync.Once
+	resume := func() { once.Do(func() { close(ps.resume) }) }
+	t.Cleanup(resume)
+	waited := false
+	ipam.SetSleep(e.a, func(ctx context.Context, d time.Duration) error {
+		waited = true
+		go func() {
+			_, err := releaser.ReleaseIPs(e.ctx, ipam.Release{Addr: held[0].Addr})
+			done <- err
+		}()
+		<-ps.paused // the block is written, the count not yet lowered
+		return nil
+	})
+	actions, _, err := e.a.Repair(e.ctx, ipam.RepairOptions{Settle: time.Minute})
+	require.NoError(t, err)
+	require.True(t, waited, "Repair waited for the settle time")
+	require.Len(t, actions, 1)
+	require.True(t, actions[0].Done, actions[0].Note)
+	require.Equal(t, map[netip.Prefix]int{blk: 2}, handleCounts(t, e, "h"), "lowered by the one phantom address only")
+	resume()
+	require.NoError(t, <-done)
+
+	requireClean(t, e)
+	got, err := e.a.IPsByHandle(e.ctx, "h")
+	require.NoError(t, err)
+	require.Equal(t, []netip.Addr{held[1].Addr}, got)
+}
+
+// TestRepairIndexOfReleasedBlock: between the check and the repair of a
+// missing index entry, the node gives the block up. The entry Repair adds
+// must not outlive the affinity.
+func TestRepairIndexOfReleasedBlock(t *testing.T) {
+	e := newEnv(t, v4pool("p", "10.0.0.0/24", 26))
+	held := e.mustAssign4("node-1", "h", 1)[0]
+	key := "host:node-1/" + storeKey(t, e, held.Block)
+	rec, err := e.store.Get(e.ctx, ipam.KindAffinity, key)
+	require.NoError(t, err)
+	require.NoError(t, e.store.Delete(e.ctx, ipam.KindAffinity, key, rec.Revision))
+
+	other := e.allocator()
+	var once sync.Once
+	hs := &hookStore{Store: e.store, hook: func(op string, kind ipam.Kind, k string) {
+		if op == "create" && kind == ipam.KindAffinity && k == key {
+			once.Do(func() {
+				_, err := other.ReleaseByHandle(e.ctx, "h")
+				require.NoError(t, err)
+				require.NoError(t, other.ReleaseAffinity(e.ctx, "node-1", held.Block, true))
+			})
+		}
+	}}
+	repairer, err := ipam.New(hs, ipam.Options{})
+	require.NoError(t, err)
+	actions, after, err := repairer.Repair(e.ctx, ipam.RepairOptions{})
+	require.NoError(t, err)
+	require.Len(t, actions, 1)
+	require.Equal(t, ipam.ProblemAffinityUnindexed, actions[0].Problem.Kind)
+	require.True(t, actions[0].Done, actions[0].Note)
+	require.True(t, after.Clean(), "%v", after.Problems)
+	_, err = e.store.Get(e.ctx, ipam.KindAffinity, key)
+	require.ErrorIs(t, err, ipam.ErrNotFound, "no index entry for a block that is gone")
+}
+
+func TestRepairSettle(t *testing.T) {
+	e := newEnv(t, v4pool("p", "10.0.0.0/24", 26))
+	held := e.mustAssign4("node-1", "a", 1)[0]
+	slept := 0
+	ipam.SetSleep(e.a, func(ctx context.Context, d time.Duration) error {
+		slept++
+		return context.Canceled
+	})
+
+	_, _, err := e.a.Repair(e.ctx, ipam.RepairOptions{Settle: -time.Second})
+	require.ErrorIs(t, err, ipam.ErrInvalid)
+	require.ErrorContains(t, err, "-1s")
+
+	_, _, err = e.a.Repair(e.ctx, ipam.RepairOptions{Settle: time.Minute})
+	require.NoError(t, err)
+	require.Zero(t, slept, "nothing to repair, nothing to wait for")
+
+	_, err = e.store.Create(e.ctx, ipam.KindHandle, "ghost", ipam.EncodeHandle(map[netip.Prefix]int{held.Block: 1}))
+	require.NoError(t, err)
+	_, _, err = e.a.Repair(e.ctx, ipam.RepairOptions{Settle: time.Minute})
+	require.ErrorIs(t, err, context.Canceled, "the wait ends with its context")
+	require.Equal(t, 1, slept)
+	require.Equal(t, map[netip.Prefix]int{held.Block: 1}, handleCounts(t, e, "ghost"), "nothing written")
+
+	// The real wait honours the context.
+	ctx, cancel := context.WithTimeout(e.ctx, 10*time.Millisecond)
+	defer cancel()
+	_, _, err = e.allocator().Repair(ctx, ipam.RepairOptions{Settle: time.Hour})
+	require.ErrorIs(t, err, context.DeadlineExceeded)
+}
