@@ -381,6 +381,7 @@ func (a *Allocator) assignFamily(ctx context.Context, o *assignOp, fam pool.Fami
 
 	// 2. New blocks claimed for the node.
 	var why []string
+	var gonePools []*pool.Pool
 	switch {
 	case len(out) == n:
 		return out, "", nil
@@ -399,6 +400,13 @@ func (a *Allocator) assignFamily(ctx context.Context, o *assignOp, fam pool.Fami
 					break
 				}
 				blk, ok, listed, err := a.claim(ctx, o.v, p, o.aff, slices.Clone(mine), o.rsv)
+				if errors.Is(err, ErrNotInPool) {
+					// The pool was disabled, deleted or re-made since this
+					// request read it: nothing more from it.
+					why = append(why, fmt.Sprintf("pool %q changed during the request", p.Name))
+					gonePools = append(gonePools, p)
+					break
+				}
 				if err != nil {
 					return out, "", err
 				}
@@ -429,6 +437,9 @@ func (a *Allocator) assignFamily(ctx context.Context, o *assignOp, fam pool.Fami
 			why = append(why, "strictAffinity forbids borrowing")
 		} else {
 			for _, p := range pools {
+				if slices.Contains(gonePools, p) {
+					continue
+				}
 				if err := a.borrow(ctx, o, &out, p, n-len(out)); err != nil {
 					return out, "", err
 				}

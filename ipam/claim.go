@@ -108,7 +108,7 @@ func (a *Allocator) claimLocked(ctx context.Context, e *blockEntry, aff block.Af
 	}
 	if e.blk != nil {
 		if e.blk.Affinity() == aff {
-			return nil
+			return a.claimStands(ctx, e, aff) // perhaps an earlier attempt's write whose reply was lost
 		}
 		return fmt.Errorf("ipam: claim block %s for %s: %w (%s)", e.prefix, aff, ErrAffinityConflict, e.blk.Affinity())
 	}
@@ -130,7 +130,10 @@ func (a *Allocator) claimLocked(ctx context.Context, e *blockEntry, aff block.Af
 	if err == nil || !refused(err) {
 		// Created, or perhaps (a lost reply): either way the block may be
 		// aff's, so its index record must be there.
-		return errors.Join(err, a.putIndex(ctx, aff, e.prefix))
+		if err := errors.Join(err, a.putIndex(ctx, aff, e.prefix)); err != nil {
+			return err
+		}
+		return a.claimStands(ctx, e, aff)
 	}
 	if !errors.Is(err, ErrExists) {
 		return err
@@ -140,7 +143,7 @@ func (a *Allocator) claimLocked(ctx context.Context, e *blockEntry, aff block.Af
 		return err
 	}
 	if e.blk != nil && e.blk.Affinity() == aff {
-		return nil // ours after all: an earlier attempt of this node
+		return a.claimStands(ctx, e, aff) // ours after all: an earlier attempt of this node
 	}
 	if err := a.dropIndex(ctx, aff, e.prefix, idxRev); err != nil {
 		return err
@@ -150,6 +153,67 @@ func (a *Allocator) claimLocked(ctx context.Context, e *blockEntry, aff block.Af
 		return fmt.Errorf("ipam: claim block %s: %w", e.prefix, errRecordMoved)
 	}
 	return fmt.Errorf("ipam: claim block %s for %s: %w (%s)", e.prefix, aff, ErrAffinityConflict, e.blk.Affinity())
+}
+
+// claimStands makes a claim hold against a concurrent change of the pool
+// set: with e's block just made aff's, it reads the pool set and checks
+// that an enabled pool still carves the block. If none does, it gives the
+// block up when empty (a claim's new block is) and fails with an error
+// matching ErrNotInPool. The caller holds e.mu.
+//
+// A claim writes its block and then reads the pools; a pool change writes
+// the pools and then reads the blocks (DeletePool disables the pool, then
+// lists its blocks and releases their affinity; CreatePool refuses a range
+// holding blocks of another size, and can only follow a completed delete
+// of the pool it overlaps). Whichever of the two goes second sees the
+// other's write, so no block is created behind a pool change's back: one
+// a pool's deletion would miss, or one carved the old way inside a new
+// pool of another block size, overlapping its blocks.
+func (a *Allocator) claimStands(ctx context.Context, e *blockEntry, aff block.Affinity) error {
+	rec, err := a.store.Get(ctx, KindPool, singletonKey)
+	if err != nil && !errors.Is(err, ErrNotFound) {
+		return fmt.Errorf("ipam: claim block %s: read pools: %w", e.prefix, err)
+	}
+	pools := new(pool.Set)
+	if v := a.view.Load(); v != nil && err == nil && rec.Revision == v.poolsRev {
+		pools = v.pools
+	} else if err == nil {
+		if pools, err = unmarshalPools(rec.Value); err != nil {
+			return err
+		}
+	}
+	p, ok := pools.ByAddr(e.prefix.Addr())
+	if ok && !p.Disabled && p.BlockSize == e.prefix.Bits() && p.CIDR.Bits() <= e.prefix.Bits() {
+		return nil
+	}
+	why := "no pool holds it now"
+	if ok {
+		why = fmt.Sprintf("pool %q changed during the claim", p.Name)
+		if p.Disabled {
+			why = fmt.Sprintf("pool %q was disabled during the claim", p.Name)
+		}
+	}
+	gone := fmt.Errorf("ipam: claim block %s for %s: %w: %s", e.prefix, aff, ErrNotInPool, why)
+	if e.blk == nil || !e.blk.Empty() {
+		return gone
+	}
+	err = a.retry(ctx, "give up block", e.name, func() error {
+		if !e.fresh {
+			if err := a.load(ctx, e); err != nil {
+				return err
+			}
+		}
+		if e.blk == nil || e.blk.Affinity() != aff || !e.blk.Empty() {
+			return nil
+		}
+		next := e.stage()
+		next.SetAffinity(block.Affinity{}, time.Time{})
+		return a.commit(ctx, e) // empty and unaffine: a delete
+	})
+	if err == nil && e.blk == nil {
+		err = a.dropIndex(ctx, aff, e.prefix, 0)
+	}
+	return errors.Join(gone, err)
 }
 
 // hostReserved says how many addresses at the start and end of each block a
