@@ -39,9 +39,12 @@ type AutoAssignArgs struct {
 	// pool.UseWorkload.
 	Use pool.Use
 
-	// IPv4Pools and IPv6Pools name the pools to use, in order. When set
-	// they bypass selectors and Manual assignment mode, but each must
-	// exist, be enabled and be of the right family.
+	// IPv4Pools and IPv6Pools name the pools to use, in order, each by its
+	// name or its CIDR. When set they bypass selectors and Manual
+	// assignment mode, but each must exist, be enabled and be of the right
+	// family: otherwise the request fails with an *AssignError whose cause
+	// is a *pool.NoPoolError naming the pool, and a name that no pool has
+	// also matches ErrPoolNotFound.
 	IPv4Pools, IPv6Pools []string
 
 	// Partial accepts fewer addresses than asked for: what was assigned is

@@ -312,6 +312,14 @@ func TestRequestedPoolsOverrideSelectors(t *testing.T) {
 
 	_, err = e.a.AutoAssign(e.ctx, ipam.AutoAssignArgs{Num4: 1, Handle: "h2", Node: "node-a", IPv4Pools: []string{"missing"}})
 	require.ErrorIs(t, err, pool.ErrNoPool)
+	require.ErrorIs(t, err, ipam.ErrPoolNotFound, "a misspelt name is told from a full pool")
+	require.ErrorContains(t, err, "pool missing: no pool has this name or CIDR")
+
+	_, err = e.a.AutoAssign(e.ctx, ipam.AutoAssignArgs{Num4: 1, Handle: "h3", Node: "node-a", IPv4Pools: []string{rack1.CIDR.String()}})
+	require.NoError(t, err, "a pool can be named by its CIDR")
+	_, err = e.a.AutoAssign(e.ctx, ipam.AutoAssignArgs{Num4: 1, Handle: "h4", Node: "node-a", IPv4Pools: []string{"rack-1"}, IPv6Pools: []string{"rack-1"}, Num6: 1})
+	require.ErrorIs(t, err, pool.ErrNoPool)
+	require.NotErrorIs(t, err, ipam.ErrPoolNotFound, "the pool exists, in the other family")
 }
 
 func TestManualPoolOnlyWhenRequested(t *testing.T) {

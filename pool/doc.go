@@ -126,8 +126,9 @@
 //   - IPv4-mapped IPv6 CIDRs (::ffff:a.b.c.d/n) are refused.
 //   - A LoadBalancer pool's nodeSelector must mean all() (canonical form),
 //     not be the exact text "all()".
-//   - Requests name pools by name; Calico's IPAM takes their CIDRs (its CNI
-//     plugin converts names). Duplicate names in a request count once.
+//   - Requests name pools by name or by CIDR; Calico's IPAM takes only
+//     CIDRs (its CNI plugin converts names). Duplicate names in a request
+//     count once.
 //   - The walk's start is a 128-bit hash of the node name rather than a
 //     math/rand draw seeded by a 32-bit one, and it is deterministic for
 //     every block size (Calico seeds from the clock for /32 and /128

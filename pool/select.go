@@ -127,6 +127,21 @@ func (e *NoPoolError) Error() string {
 // Unwrap returns [ErrNoPool].
 func (e *NoPoolError) Unwrap() error { return ErrNoPool }
 
+// Is reports whether target is [ErrNotFound] and the request named a pool
+// that is not in the set, so that a misspelt name can be told from pools
+// that exist but do not qualify.
+func (e *NoPoolError) Is(target error) bool {
+	if target != ErrNotFound {
+		return false
+	}
+	for _, r := range e.Rejections {
+		if r.Reason == ReasonNotFound {
+			return true
+		}
+	}
+	return false
+}
+
 // Select returns the pools that may serve r, in the order to try them, or a
 // *NoPoolError that explains, pool by pool, why none can. The rules are
 // Calico's (libcalico-go ipam determinePools and the allowed-use filter):
@@ -202,7 +217,7 @@ func (s *Set) appendRequested(dst []*Pool, r Request) ([]*Pool, error) {
 			fatal = true
 		}
 		if p == nil {
-			rej = append(rej, Rejection{Pool: name, Reason: why, Detail: "is not in the set"})
+			rej = append(rej, Rejection{Pool: name, Reason: why, Detail: "no pool has this name or CIDR"})
 		} else {
 			rej = append(rej, explain(p, &r, why))
 		}

@@ -1,6 +1,7 @@
 package pool_test
 
 import (
+	"errors"
 	"net/netip"
 	"testing"
 
@@ -77,7 +78,7 @@ func TestSelect(t *testing.T) {
 		{"requested disabled pool", pool.Request{Family: pool.IPv4, Node: "n0", Pools: []string{"default-ipv4", "old"}}, nil,
 			"no pool for node n0 (IPv4, Workload, pools default-ipv4,old): pool old: is disabled"},
 		{"requested missing pool", pool.Request{Family: pool.IPv4, Node: "n0", Pools: []string{"ghost"}}, nil,
-			"no pool for node n0 (IPv4, Workload, pools ghost): pool ghost: is not in the set"},
+			"no pool for node n0 (IPv4, Workload, pools ghost): pool ghost: no pool has this name or CIDR"},
 		{"requested pool of the other family", pool.Request{Family: pool.IPv4, Node: "n0", Pools: []string{"default-ipv6"}}, nil,
 			"no pool for node n0 (IPv4, Workload, pools default-ipv6): pool default-ipv6: is IPv6, the request is for IPv4"},
 		{"requested pools without the use", pool.Request{Family: pool.IPv4, Use: pool.UseLoadBalancer, Pools: []string{"default-ipv4"}}, nil,
@@ -89,6 +90,8 @@ func TestSelect(t *testing.T) {
 			if tt.want == nil {
 				require.EqualError(t, err, tt.err)
 				require.ErrorIs(t, err, pool.ErrNoPool)
+				require.Equal(t, tt.name == "requested missing pool", errors.Is(err, pool.ErrNotFound),
+					"only a name that no pool has matches ErrNotFound")
 				require.Empty(t, got)
 				return
 			}
