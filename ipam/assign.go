@@ -388,6 +388,8 @@ func (a *Allocator) assignFamily(ctx context.Context, o *assignOp, fam pool.Fami
 	switch {
 	case len(out) == n:
 		return out, "", nil
+	case !cfg.AutoAllocateBlocks && len(mine) == 0:
+		why = append(why, "autoAllocateBlocks is off and the node holds no block of "+poolNames(pools))
 	case !cfg.AutoAllocateBlocks:
 		why = append(why, "autoAllocateBlocks is off and the node's blocks are full")
 	default:

@@ -208,6 +208,7 @@ func TestAllocatorErrorsAreClear(t *testing.T) {
 	err = e.a.SetConfig(e.ctx, ipam.Config{})
 	require.ErrorIs(t, err, ipam.ErrInvalidConfig)
 	require.True(t, errors.Is(err, ipam.ErrInvalidConfig))
+	require.ErrorContains(t, err, "nodes could only borrow, never claim a block (start from DefaultConfig)")
 }
 
 // TestClaimCostIndependentOfPoolSize: a node's first AutoAssign claims a

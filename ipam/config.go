@@ -11,7 +11,8 @@ import (
 // Config is the cluster-wide allocator configuration, Calico's
 // IPAMConfiguration. It is kept in the store; [Allocator.Config] reads it and
 // [Allocator.SetConfig] changes it. Start from [DefaultConfig]: the zero
-// Config turns off both block claiming and borrowing, which is refused.
+// Config turns off automatic block claims and is refused (see
+// [Config.Validate]).
 type Config struct {
 	// StrictAffinity forbids borrowing: a node assigns only from blocks
 	// affine to it. Calico requires it on Windows nodes.
@@ -57,9 +58,14 @@ func DefaultConfig() Config {
 // ErrInvalidConfig is matched by every error Config.Validate returns.
 var ErrInvalidConfig = errors.New("invalid IPAM configuration")
 
-// Validate reports whether c is a configuration carve accepts, with Calico's
-// cross-field rule: StrictAffinity and AutoAllocateBlocks may not both be
-// off, since a node could then get no address at all.
+// Validate reports whether c is a configuration carve accepts.
+//
+// StrictAffinity and AutoAllocateBlocks may not both be off. Nodes would
+// then never claim a block of their own and could only borrow from blocks
+// claimed with [Allocator.ClaimAffinity]; that is the zero Config, and
+// almost always a Config built without DefaultConfig by mistake. With
+// StrictAffinity on and AutoAllocateBlocks off, nodes use only the blocks
+// ClaimAffinity gives them.
 //
 // Calico also refuses MaxBlocksPerHost without StrictAffinity, because its
 // allocator fails, rather than borrows, at the cap. carve borrows at the cap
@@ -67,7 +73,7 @@ var ErrInvalidConfig = errors.New("invalid IPAM configuration")
 func (c Config) Validate() error {
 	var problems []error
 	if !c.StrictAffinity && !c.AutoAllocateBlocks {
-		problems = append(problems, errors.New("strictAffinity and autoAllocateBlocks cannot both be false: nodes could neither claim blocks nor borrow"))
+		problems = append(problems, errors.New("strictAffinity and autoAllocateBlocks are both false: nodes could only borrow, never claim a block (start from DefaultConfig)"))
 	}
 	if c.MaxBlocksPerHost < 0 || c.MaxBlocksPerHost > math.MaxInt32 {
 		problems = append(problems, fmt.Errorf("maxBlocksPerHost %d is outside 0..%d", c.MaxBlocksPerHost, math.MaxInt32))
