@@ -610,7 +610,8 @@ func (a *Allocator) dropUnselected(ctx context.Context, o *assignOp) {
 // AssignIPArgs is a request for one specific address.
 type AssignIPArgs struct {
 	// Addr is the address to assign; it must lie in an enabled pool that
-	// allows Use.
+	// allows Use. An IPv4-mapped IPv6 address (::ffff:10.0.0.1) stands for
+	// its IPv4 address.
 	Addr netip.Addr
 	// Handle, Attrs, Node and Use are as in AutoAssignArgs.
 	Handle string

@@ -144,6 +144,9 @@ func (a *Allocator) setDisabled(ctx context.Context, name string, disabled bool)
 // stay assigned until released. Interrupted, it can simply be called again.
 func (a *Allocator) DeletePool(ctx context.Context, name string) error {
 	p, err := a.Pool(ctx, name)
+	if errors.Is(err, ErrPoolNotFound) {
+		return fmt.Errorf("ipam: delete pool %q: %w", name, ErrPoolNotFound)
+	}
 	if err != nil {
 		return err
 	}

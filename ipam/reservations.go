@@ -44,8 +44,11 @@ func (r Reservation) check(op string) error {
 		return invalid(op, "reservation %q has %d CIDRs, more than %d", r.Name, len(r.CIDRs), MaxReservationCIDRs)
 	}
 	for _, c := range r.CIDRs {
-		if !c.IsValid() || c.Masked() != c || c.Addr().Zone() != "" || c.Addr().Is4In6() {
+		switch {
+		case !c.IsValid() || c.Masked() != c || c.Addr().Zone() != "":
 			return invalid(op, "reservation %q: %s is not a masked prefix", r.Name, c)
+		case c.Addr().Is4In6():
+			return invalid(op, "reservation %q: %s is an IPv4-mapped IPv6 prefix; write IPv4 ranges in IPv4 form", r.Name, c)
 		}
 	}
 	return nil

@@ -63,6 +63,9 @@ func TestReservationAPI(t *testing.T) {
 	} {
 		require.ErrorIs(t, e.a.CreateReservation(e.ctx, bad), ipam.ErrInvalid, "%+v", bad)
 	}
+	err = e.a.CreateReservation(e.ctx, ipam.Reservation{Name: "m", CIDRs: []netip.Prefix{netip.MustParsePrefix("::ffff:10.0.0.0/104")}})
+	require.ErrorIs(t, err, ipam.ErrInvalid)
+	require.ErrorContains(t, err, `reservation "m": ::ffff:10.0.0.0/104 is an IPv4-mapped IPv6 prefix; write IPv4 ranges in IPv4 form`)
 	require.NoError(t, e.a.DeleteReservation(e.ctx, "r1"))
 	all, err = e.a.Reservations(e.ctx)
 	require.NoError(t, err)

@@ -452,6 +452,9 @@ func TestPoolDeletion(t *testing.T) {
 	require.NoError(t, e.a.DeletePool(e.ctx, "p"))
 	_, err = e.a.Pool(e.ctx, "p")
 	require.ErrorIs(t, err, ipam.ErrPoolNotFound)
+	err = e.a.DeletePool(e.ctx, "p")
+	require.ErrorIs(t, err, ipam.ErrPoolNotFound)
+	require.EqualError(t, err, `ipam: delete pool "p": pool not found`)
 
 	u := e.utilization()
 	require.Len(t, u, 1, "only the orphan entry is left")

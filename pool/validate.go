@@ -113,6 +113,10 @@ func isDNSSubdomain(s string) bool {
 func validateCIDR(ps *problems, p *Pool) Family {
 	c := p.CIDR
 	if !c.IsValid() {
+		if c.Addr().IsValid() { // netip.PrefixFrom with a length out of range
+			ps.add(ErrCIDR, "cidr", c.Addr().String(), fmt.Sprintf("has a prefix length outside 0..%d", c.Addr().BitLen()))
+			return 0
+		}
 		ps.add(ErrCIDR, "cidr", "", "is required")
 		return 0
 	}

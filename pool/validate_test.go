@@ -29,6 +29,9 @@ func TestValidateRules(t *testing.T) {
 			`pool "Extra_1": name "Extra_1" is not a DNS subdomain (lowercase letters, digits, '-' and '.', at most 253 characters)`, pool.ErrName},
 		{"cidr is required", func() pool.Pool { return pool.Pool{Name: "extra"} },
 			`pool "extra": cidr is required`, pool.ErrCIDR},
+		{"cidr length in range", func() pool.Pool {
+			return pool.Pool{Name: "extra", CIDR: netip.PrefixFrom(netip.MustParseAddr("10.0.0.0"), 40)}
+		}, `pool "extra": cidr 10.0.0.0 has a prefix length outside 0..32`, pool.ErrCIDR},
 		{"cidr is masked", func() pool.Pool { return v4("extra", "10.0.0.1/24") },
 			`pool "extra": cidr 10.0.0.1/24 is not masked`, pool.ErrCIDR},
 		{"cidr is not IPv4-mapped", func() pool.Pool { return v4("mapped", "::ffff:10.0.0.0/112") },
