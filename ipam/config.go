@@ -25,7 +25,9 @@ type Config struct {
 
 	// MaxBlocksPerHost caps how many blocks of one IP family a node may hold
 	// in the pools a request may use; 0 means no cap. Reaching the cap stops
-	// claims only: without StrictAffinity the node goes on to borrow.
+	// claims only: without StrictAffinity the node goes on to borrow free
+	// addresses from other nodes' blocks (never unclaimed blocks: those
+	// are claimed or not at all).
 	MaxBlocksPerHost int `json:"maxBlocksPerHost,omitempty"`
 
 	// ReleaseCooldown keeps a released address from being assigned again
