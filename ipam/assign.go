@@ -458,6 +458,14 @@ func (a *Allocator) assignFamily(ctx context.Context, o *assignOp, fam pool.Fami
 	if len(out) == n {
 		return out, "", nil
 	}
+	// What else holds addresses back, so that a pool that looks half empty
+	// is not taken for a fault.
+	if c := cfg.ReleaseCooldown; c > 0 {
+		why = append(why, fmt.Sprintf("addresses released in the last %v are held back by releaseCooldown", c))
+	}
+	if o.v.hasReserved {
+		why = append(why, "addresses in reservations are never assigned automatically")
+	}
 	return out, fmt.Sprintf("%s: %s", fam, joinReasons(why)), nil
 }
 

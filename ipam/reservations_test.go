@@ -23,6 +23,8 @@ func TestReservationsExcludedFromAutoAssign(t *testing.T) {
 	}
 	_, err := e.assign4("node-1", "more", 1)
 	require.ErrorIs(t, err, ipam.ErrNoSpace, "the rest is reserved")
+	require.ErrorContains(t, err, "addresses in reservations are never assigned automatically")
+	require.NotContains(t, err.Error(), "releaseCooldown")
 	require.Len(t, e.affine("node-1"), 2, "fully reserved blocks are never claimed")
 
 	u := e.utilization()
@@ -84,6 +86,8 @@ func TestReleaseCooldown(t *testing.T) {
 	// Within the cooldown the address is not handed out again.
 	_, err = e.assign4("node-1", "b", 1)
 	require.ErrorIs(t, err, ipam.ErrNoSpace)
+	require.ErrorContains(t, err, "addresses released in the last 1m0s are held back by releaseCooldown")
+	require.NotContains(t, err.Error(), "reservations")
 	_, err = e.a.AssignIP(e.ctx, ipam.AssignIPArgs{Addr: got[2].Addr, Handle: "b", Node: "node-1"})
 	require.ErrorIs(t, err, ipam.ErrCoolingDown)
 	u := e.utilization()
