@@ -87,6 +87,31 @@ func BenchmarkBatch(b *testing.B) {
 	}
 }
 
+// BenchmarkFirstBatch times a node's first AutoAssign of n addresses on a
+// fresh store: it claims every block it fills (500 /26 blocks for 32,000
+// addresses), so it shows what claiming block after block costs as the
+// node's holding grows. The store's set-up is not timed.
+func BenchmarkFirstBatch(b *testing.B) {
+	for _, n := range []int{8000, 32000} {
+		for _, p := range workload.Pools {
+			b.Run(fmt.Sprintf("pool=%s/n=%d", p.Name, n), func(b *testing.B) {
+				ctx := context.Background()
+				args := p.Args(n, "batch", workload.Node)
+				b.ReportAllocs()
+				for b.Loop() {
+					b.StopTimer()
+					a := workload.Filled(b, memstore.New(), p, 0)
+					b.StartTimer()
+					if _, err := a.AutoAssign(ctx, args); err != nil {
+						b.Fatal(err)
+					}
+				}
+				b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*n), "ns/addr")
+			})
+		}
+	}
+}
+
 // allocBudget is the most heap allocations the steady-state
 // AutoAssign+ReleaseByHandle pair may make on memstore: the result and the
 // released addresses. (Issue 5 allows 4; a store without ipam.BlockKeeper

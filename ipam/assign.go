@@ -395,6 +395,7 @@ func (a *Allocator) assignFamily(ctx context.Context, o *assignOp, fam pool.Fami
 	default:
 	claims:
 		for _, p := range pools {
+			var w *pool.Walker // made at the pool's first claim
 			for len(out) < n {
 				if cfg.MaxBlocksPerHost > 0 && len(mine) >= cfg.MaxBlocksPerHost {
 					why = append(why, fmt.Sprintf("node holds %d of maxBlocksPerHost %d blocks", len(mine), cfg.MaxBlocksPerHost))
@@ -404,7 +405,10 @@ func (a *Allocator) assignFamily(ctx context.Context, o *assignOp, fam pool.Fami
 					why = append(why, fmt.Sprintf("pool %q's blocks are too small to reserve %d+%d addresses", p.Name, o.rsv.first, o.rsv.last))
 					break
 				}
-				blk, ok, listed, err := a.claim(ctx, o.v, p, o.aff, slices.Clone(mine), o.rsv)
+				if w == nil {
+					w = newWalker(o.v, p, mine)
+				}
+				blk, ok, listed, err := a.claim(ctx, o.v, p, w, o.aff, o.rsv)
 				if errors.Is(err, ErrNotInPool) {
 					// The pool was disabled, deleted or re-made since this
 					// request read it: nothing more from it.
@@ -425,6 +429,7 @@ func (a *Allocator) assignFamily(ctx context.Context, o *assignOp, fam pool.Fami
 					break
 				}
 				mine = append(mine, blk)
+				w.Skip(blk)
 				o.claimed = append(o.claimed, blk)
 				if _, err := a.assignFrom(ctx, o, &out, p.Name, blk, n-len(out), true, false); err != nil {
 					return out, "", err

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"time"
 
 	"github.com/carve-ipam/carve/block"
@@ -19,21 +20,25 @@ const claimProbes = 4
 
 // claim claims a block of pool p for aff: the first block of the node's walk
 // that does not exist yet, or failing that an empty block of another node
-// old enough to reclaim. held lists the blocks the node holds already,
-// which the walk passes over. It reports false when the pool has neither.
+// old enough to reclaim. w walks p past the blocks the node holds already
+// (see newWalker); when claim lists the pool's blocks, it adds them to w,
+// so that later claims of the same request pass over them too. It reports
+// false when the pool has neither.
 //
 // It also returns the pool's blocks when it had to list them, so that
 // borrowing need not list them again.
-func (a *Allocator) claim(ctx context.Context, v *view, p *pool.Pool, aff block.Affinity, held []netip.Prefix, rsv hostReserved) (netip.Prefix, bool, []Record, error) {
-	if v.hasReserved {
-		held = append(held, reservedSkip(v.reserved, p.CIDR, p.BlockSize)...)
-	}
-	skip := held
+func (a *Allocator) claim(ctx context.Context, v *view, p *pool.Pool, w *pool.Walker, aff block.Affinity, rsv hostReserved) (netip.Prefix, bool, []Record, error) {
 	var existing []Record
 	listed := false
 	probes := 0
+	var taken []netip.Prefix // other nodes' blocks met, for w once the walk is over
+	defer func() {
+		for _, blk := range taken {
+			w.Skip(blk)
+		}
+	}()
 	for {
-		for blk := range p.Walk(aff.Name, skip) {
+		for blk := range w.Walk(aff.Name) {
 			if v.hasReserved && v.reserved.ContainsPrefix(blk) {
 				continue // reserved whole by several smaller reservations
 			}
@@ -44,6 +49,7 @@ func (a *Allocator) claim(ctx context.Context, v *view, p *pool.Pool, aff block.
 			if ok {
 				return blk, true, existing, nil
 			}
+			taken = append(taken, blk)
 			probes++
 			if probes >= claimProbes && !listed || probes >= a.retries {
 				break
@@ -58,16 +64,24 @@ func (a *Allocator) claim(ctx context.Context, v *view, p *pool.Pool, aff block.
 			return netip.Prefix{}, false, nil, fmt.Errorf("ipam: list blocks of pool %q: %w", p.Name, err)
 		}
 		existing, listed = recs, true
-		skip = make([]netip.Prefix, 0, len(held)+len(recs))
-		skip = append(skip, held...)
 		for _, r := range recs {
 			if blk, err := parseBlockKey(r.Key); err == nil {
-				skip = append(skip, blk)
+				w.Skip(blk)
 			}
 		}
 	}
 	blk, ok, err := a.reclaim(ctx, p, aff, existing)
 	return blk, ok, existing, err
+}
+
+// newWalker returns a walker of p for a node's claims that passes over the
+// blocks it holds and those that reservations cover whole.
+func newWalker(v *view, p *pool.Pool, held []netip.Prefix) *pool.Walker {
+	if !v.hasReserved {
+		return p.NewWalker(held)
+	}
+	skip := append(slices.Clone(held), reservedSkip(v.reserved, p.CIDR, p.BlockSize)...)
+	return p.NewWalker(skip)
 }
 
 // tryClaim creates block blk affine to aff. It reports false, having

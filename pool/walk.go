@@ -44,6 +44,27 @@ func (p *Pool) Walk(node string, skip []netip.Prefix) iter.Seq[netip.Prefix] {
 // run is an inclusive range of block indices.
 type run struct{ lo, hi ipmath.Uint128 }
 
+// runOf returns the run of block indices of g that q covers, by Walk's
+// rules for skip prefixes, or false when q covers none.
+func (g geom) runOf(q netip.Prefix) (run, bool) {
+	if !q.IsValid() || q.Addr().Is4() != g.cidr.Addr().Is4() {
+		return run{}, false
+	}
+	q = q.Masked()
+	if !q.Overlaps(g.cidr) {
+		return run{}, false
+	}
+	if q.Bits() <= g.cidr.Bits() {
+		return run{ipmath.Uint128{}, g.last()}, true // q covers the whole pool
+	}
+	lo, _ := ipmath.PrefixIndex(g.cidr, g.bs, q.Addr())
+	hi := lo
+	if q.Bits() < g.bs {
+		hi = lo.Add(ipmath.Mask(uint(g.bs - q.Bits())))
+	}
+	return run{lo, hi}, true
+}
+
 // skipRuns turns skip into sorted, merged runs of block indices of g. Runs
 // that touch are merged too, so that a walk jumping past one run never lands
 // in the next.
@@ -51,42 +72,105 @@ func skipRuns(g geom, skip []netip.Prefix) []run {
 	if len(skip) == 0 {
 		return nil
 	}
-	is4 := g.cidr.Addr().Is4()
 	runs := make([]run, 0, len(skip))
 	for _, q := range skip {
-		if !q.IsValid() || q.Addr().Is4() != is4 {
-			continue
+		if r, ok := g.runOf(q); ok {
+			runs = append(runs, r)
 		}
-		q = q.Masked()
-		if !q.Overlaps(g.cidr) {
-			continue
-		}
-		if q.Bits() <= g.cidr.Bits() {
-			return []run{{ipmath.Uint128{}, g.last()}} // q covers the whole pool
-		}
-		lo, _ := ipmath.PrefixIndex(g.cidr, g.bs, q.Addr())
-		hi := lo
-		if q.Bits() < g.bs {
-			hi = lo.Add(ipmath.Mask(uint(g.bs - q.Bits())))
-		}
-		runs = append(runs, run{lo, hi})
 	}
 	slices.SortFunc(runs, func(a, b run) int { return a.lo.Cmp(b.lo) })
 	merged := runs[:0]
 	for _, r := range runs {
-		if n := len(merged); n > 0 {
-			m := &merged[n-1]
-			next, over := m.hi.AddOverflow(ipmath.U64(1))
-			if over || r.lo.Cmp(next) <= 0 {
-				if r.hi.Cmp(m.hi) > 0 {
-					m.hi = r.hi
-				}
-				continue
-			}
+		if n := len(merged); n > 0 && touches(merged[n-1], r) {
+			merged[n-1].hi = maxIndex(merged[n-1].hi, r.hi)
+			continue
 		}
 		merged = append(merged, r)
 	}
 	return merged
+}
+
+// touches reports whether run b, which starts at or after a, overlaps a or
+// starts right after it.
+func touches(a, b run) bool {
+	next, over := a.hi.AddOverflow(ipmath.U64(1))
+	return over || b.lo.Cmp(next) <= 0
+}
+
+func maxIndex(a, b ipmath.Uint128) ipmath.Uint128 {
+	if a.Cmp(b) >= 0 {
+		return a
+	}
+	return b
+}
+
+// Walker walks one pool's blocks as [Pool.Walk] does, passing over a set
+// of blocks that it keeps and that grows a prefix at a time. A node
+// claiming block after block adds each one it claims, and the next walk
+// jumps over all of them at once, without the cost of sorting them all
+// again for every claim. Make one with [Pool.NewWalker].
+type Walker struct {
+	g    geom
+	ok   bool
+	runs []run
+}
+
+// NewWalker returns a walker of p that passes over the blocks overlapping
+// a prefix of skip, with Walk's rules for skip prefixes. It does not keep
+// skip.
+func (p *Pool) NewWalker(skip []netip.Prefix) *Walker {
+	g, ok := p.geometry()
+	w := &Walker{g: g, ok: ok}
+	if ok {
+		w.runs = skipRuns(g, skip)
+	}
+	return w
+}
+
+// Skip adds q to the prefixes the walker passes over, with Walk's rules
+// for skip prefixes. It costs a binary search and, when q does not touch
+// blocks skipped already, a slice insertion. It must not be called while a
+// sequence from Walk is being iterated.
+func (w *Walker) Skip(q netip.Prefix) {
+	if !w.ok {
+		return
+	}
+	r, ok := w.g.runOf(q)
+	if !ok {
+		return
+	}
+	// i is the first run that ends at or after r's start less one: the
+	// first that r can touch.
+	i, _ := slices.BinarySearchFunc(w.runs, r.lo, func(x run, lo ipmath.Uint128) int {
+		if touches(x, run{lo, lo}) {
+			return 0
+		}
+		return x.hi.Cmp(lo)
+	})
+	// Merge every run from i on that r touches.
+	j := i
+	for j < len(w.runs) && (touches(r, w.runs[j]) || w.runs[j].lo.Cmp(r.lo) <= 0) {
+		if w.runs[j].lo.Cmp(r.lo) < 0 {
+			r.lo = w.runs[j].lo
+		}
+		r.hi = maxIndex(r.hi, w.runs[j].hi)
+		j++
+	}
+	w.runs = slices.Replace(w.runs, i, j, r)
+}
+
+// Walk returns every block of the pool once, in node's order (see
+// [Pool.Walk]), leaving out the blocks the walker skips. The set is read
+// as the sequence is iterated.
+func (w *Walker) Walk(node string) iter.Seq[netip.Prefix] {
+	if !w.ok {
+		return func(func(netip.Prefix) bool) {}
+	}
+	return func(yield func(netip.Prefix) bool) {
+		walkIndices(w.g.last(), nodeStart(node, w.g.n), w.runs, func(i ipmath.Uint128) bool {
+			return yield(w.g.at(i))
+		})
+	}
 }
 
 // walkIndices calls visit with every index in 0..last that no run covers,

@@ -106,6 +106,59 @@ func TestWalkVisitsEveryBlockOnce(t *testing.T) {
 	})
 }
 
+// TestWalkerGrowsLikeWalk: a Walker built from some skip prefixes and then
+// given the rest one at a time, in any order, walks exactly as Walk does
+// with all of them, after every addition.
+func TestWalkerGrowsLikeWalk(t *testing.T) {
+	rapid.Check(t, func(t *rapid.T) {
+		p := drawSmallPool(t)
+		node := rapid.StringN(0, 12, -1).Draw(t, "node")
+		skip := drawSkip(t, p)
+		// Adjacent blocks too, so that additions merge with what is there.
+		for i := range rapid.IntRange(0, 6).Draw(t, "nadjacent") {
+			idx := rapid.Int64Range(0, p.NumBlocks().Int64()-1).Draw(t, fmt.Sprint("adjacent", i))
+			b, ok := p.BlockAt(big.NewInt(idx))
+			require.True(t, ok)
+			skip = append(skip, b)
+		}
+		k := rapid.IntRange(0, len(skip)).Draw(t, "initial")
+		order := rapid.Permutation(skip[k:]).Draw(t, "order")
+		w := p.NewWalker(skip[:k])
+		have := slices.Clone(skip[:k])
+		require.Equal(t, walkAll(p, node, have), slices.Collect(w.Walk(node)))
+		for _, q := range order {
+			w.Skip(q)
+			have = append(have, q)
+			require.Equal(t, walkAll(p, node, have), slices.Collect(w.Walk(node)), "after adding %s", q)
+		}
+	})
+}
+
+// TestWalkerClaimsInARow: a node claiming block after block with one
+// walker, adding each block it takes, gets every block of the pool once,
+// in its walk order, whatever it held to begin with.
+func TestWalkerClaimsInARow(t *testing.T) {
+	p := &pool.Pool{Name: "p", CIDR: netip.MustParsePrefix("10.0.0.0/16"), BlockSize: 26}
+	held := []netip.Prefix{netip.MustParsePrefix("10.0.64.0/26"), netip.MustParsePrefix("10.0.0.0/20")}
+	want := walkAll(p, "node-1", held)
+	w := p.NewWalker(held)
+	var got []netip.Prefix
+	for {
+		var next netip.Prefix
+		for b := range w.Walk("node-1") {
+			next = b
+			break
+		}
+		if !next.IsValid() {
+			break
+		}
+		got = append(got, next)
+		w.Skip(next)
+	}
+	require.Equal(t, want, got)
+	require.Len(t, got, 1024-64-1)
+}
+
 // TestWalkHugePool checks that walking a 2^74-block pool starts at once:
 // a handful of steps, as many allocations as for a /24, and a skip list
 // that covers 2^70 blocks jumped in one step.
