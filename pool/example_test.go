@@ -94,6 +94,27 @@ func ExamplePool_Walk() {
 	// 18889465931478580854784 blocks, node-1 starts at fd00::8f43:560c:5020:fa3e:4440/122
 }
 
+// A node taking blocks one after another keeps one Walker and tells it of
+// each block it takes: every walk starts at the node's first block and
+// jumps over all it holds.
+func ExampleWalker() {
+	p := pool.Pool{Name: "small", CIDR: netip.MustParsePrefix("10.0.0.0/24"), BlockSize: 26}
+	w := p.NewWalker([]netip.Prefix{netip.MustParsePrefix("10.0.0.192/26")}) // another node's
+	for range 3 {
+		var next netip.Prefix
+		for b := range w.Walk("node-2") {
+			next = b
+			break
+		}
+		fmt.Println("node-2 takes", next)
+		w.Skip(next) // after the walk: never during one
+	}
+	// Output:
+	// node-2 takes 10.0.0.0/26
+	// node-2 takes 10.0.0.64/26
+	// node-2 takes 10.0.0.128/26
+}
+
 // The block-size rule of the Calico documentation: 2^(blockSize - prefix)
 // blocks must cover the nodes.
 func ExamplePlan() {
