@@ -395,15 +395,15 @@ type handleFix struct {
 // check found or the record names moves toward what the block, read fresh,
 // gives the handle, by as much as both that read and the check's agree on.
 //
-// Agreement is what makes it safe while operations run. An assignment
-// raises a count before its block write and a release lowers it after
-// its own; with the record unchanged since the check, any such operation
-// whose count the check saw began before the check, and has finished by
-// the time the settle time is over. An operation that raises a count
-// after the check changes the record, and the write below fails. A release
-// that writes a block after the check but lowers its count only after this
+// This is what makes it safe while operations run. An assignment raises
+// a count before its block write and a release lowers it after its own;
+// with the record unchanged since the check, any such operation whose
+// count the check saw began before the check, and has finished by the time
+// the settle time is over. An operation that raises a count after the
+// check changes the record, and the write below fails. A release that
+// writes a block after the check but lowers its count only after this
 // rewrite shows in the fresh read alone, so the rewrite leaves its
-// addresses for it to take off.
+// addresses counted for it to take off (see agreed).
 func (a *Allocator) rebuildHandle(ctx context.Context, handle string, rev Revision, st *checkState) handleFix {
 	cur, err := a.store.Get(ctx, KindHandle, handle)
 	switch {
@@ -465,14 +465,15 @@ func (a *Allocator) rebuildHandle(ctx context.Context, handle string, rev Revisi
 	return fix
 }
 
-// agreed returns the change two observations of a count's error agree on:
-// the smaller of the two when both go the same way, else none.
+// agreed returns how much to move a count, given what the check and the
+// fresh read each say it lacks (positive) or has too much (negative). A
+// count is lowered only by what both agree on: the smaller excess. It is
+// raised by the larger shortfall of the two: a release in flight has freed
+// in the fresh read addresses it has yet to take off the count, and too
+// high is the safe direction (repairable, never a lost address).
 func agreed(seen, now int) int {
-	switch {
-	case seen > 0 && now > 0:
-		return min(seen, now)
-	case seen < 0 && now < 0:
-		return max(seen, now)
+	if seen > 0 || now > 0 || seen < 0 && now < 0 {
+		return max(seen, now) // the larger shortfall, or the smaller excess
 	}
 	return 0
 }

@@ -211,6 +211,8 @@ func (a *Allocator) claimStands(ctx context.Context, e *blockEntry, aff block.Af
 	if e.blk == nil || !e.blk.Empty() {
 		return gone
 	}
+	// Give the block up. If that fails, the store's error is what the
+	// caller must see: the block may still be aff's.
 	err = a.retry(ctx, "give up block", e.name, func() error {
 		if !e.fresh {
 			if err := a.load(ctx, e); err != nil {
@@ -227,7 +229,10 @@ func (a *Allocator) claimStands(ctx context.Context, e *blockEntry, aff block.Af
 	if err == nil && e.blk == nil {
 		err = a.dropIndex(ctx, aff, e.prefix, 0)
 	}
-	return errors.Join(gone, err)
+	if err != nil {
+		return fmt.Errorf("ipam: claim block %s for %s: %s; giving the block up: %w", e.prefix, aff, why, err)
+	}
+	return gone
 }
 
 // hostReserved says how many addresses at the start and end of each block a
@@ -399,7 +404,13 @@ func (a *Allocator) takeOver(ctx context.Context, blk netip.Prefix, aff block.Af
 	if err := a.putIndex(ctx, aff, blk); err != nil {
 		return true, err
 	}
-	return true, a.dropIndex(ctx, old, blk, 0)
+	if err := a.dropIndex(ctx, old, blk, 0); err != nil {
+		return true, err
+	}
+	if err := a.claimStands(ctx, e, aff); err != nil {
+		return false, err
+	}
+	return true, nil
 }
 
 // borrow assigns up to want addresses from existing blocks of pool p that

@@ -1,12 +1,15 @@
 package ipam_test
 
 import (
+	"errors"
 	"net/netip"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/carve-ipam/carve/block"
 	"github.com/carve-ipam/carve/ipam"
 	"github.com/carve-ipam/carve/pool"
 )
@@ -100,5 +103,135 @@ func TestClaimDuringPoolDeletion(t *testing.T) {
 			require.NoError(t, e.a.CreatePool(e.ctx, pool.Pool{Name: "q", CIDR: mustPrefix("10.0.0.0/24"), BlockSize: 28}),
 				"nothing of the old pool is left in the way")
 		})
+	}
+}
+
+// TestCreatePoolDuringDeletion: an overlapping pool's deletion finishes
+// while CreatePool runs, leaving a block that holds an address. However
+// the two interleave, the new pool, of another block size, must be
+// refused, or a block of its own could overlap that one: two owners for an
+// address. (CreatePool used to look for leftover blocks before it read the
+// pool set; a deletion in between let it through.)
+func TestCreatePoolDuringDeletion(t *testing.T) {
+	e := newEnv(t, v4pool("old", "10.0.0.0/24", 26))
+	var once sync.Once
+	var x ipam.Assigned
+	deleteOld := func() {
+		once.Do(func() {
+			x = e.mustAssign4("node-a", "h-a", 1)[0]
+			require.NoError(t, e.a.DeletePool(e.ctx, "old"))
+		})
+	}
+	rs := &readHookStore{hookStore{Store: e.store}}
+	rs.hook = func(op string, kind ipam.Kind, key string) {
+		if op == "listed" && kind == ipam.KindBlock {
+			deleteOld() // just after a look for leftover blocks
+		}
+	}
+	creator, err := ipam.New(rs, ipam.Options{})
+	require.NoError(t, err)
+	err = creator.CreatePool(e.ctx, v4pool("new", "10.0.0.0/24", 28))
+	require.True(t, errors.Is(err, pool.ErrOverlap) || errors.Is(err, ipam.ErrLeftoverBlocks), "%v", err)
+	deleteOld() // if the attempt never looked for leftovers
+	err = creator.CreatePool(e.ctx, v4pool("new", "10.0.0.0/24", 28))
+	require.ErrorIs(t, err, ipam.ErrLeftoverBlocks)
+	require.ErrorContains(t, err, x.Block.String())
+
+	pools, err := e.a.Pools(e.ctx)
+	require.NoError(t, err)
+	require.Empty(t, pools, "nothing created")
+	_, err = e.a.AssignIP(e.ctx, ipam.AssignIPArgs{Addr: x.Addr, Handle: "h-b", Node: "node-b"})
+	require.ErrorIs(t, err, ipam.ErrNotInPool)
+}
+
+// TestReclaimDuringPoolDeletion: a node takes over another node's empty
+// block just after DeletePool listed the pool's blocks. The takeover, which
+// read the pools before their deletion began, must give the block up
+// rather than leave it affine to the reclaiming node outside every pool.
+func TestReclaimDuringPoolDeletion(t *testing.T) {
+	e := newEnv(t, v4pool("p", "10.0.0.0/26", 26)) // one block
+	e.mustAssign4("node-a", "h-a", 1)
+	_, err := e.a.ReleaseByHandle(e.ctx, "h-a") // empty, still node-a's
+	require.NoError(t, err)
+	e.clock.Advance(2 * time.Minute)
+
+	ps := newPauseStore(e, func(op string, kind ipam.Kind, key string) bool {
+		return op == "update" && kind == ipam.KindBlock // takeOver's block write
+	})
+	reclaimer, err := ipam.New(ps, ipam.Options{Now: e.clock.Now})
+	require.NoError(t, err)
+	done := make(chan error, 1)
+	var res ipam.AutoAssignResult
+	go func() {
+		var err error
+		res, err = reclaimer.AutoAssign(e.ctx, ipam.AutoAssignArgs{Num4: 1, Handle: "h-x", Node: "node-x"})
+		done <- err
+	}()
+	<-ps.paused
+
+	var once sync.Once
+	var reclaimErr error
+	rs := &readHookStore{hookStore{Store: e.store}}
+	rs.hook = func(op string, kind ipam.Kind, key string) {
+		if op == "listed" && kind == ipam.KindBlock {
+			once.Do(func() {
+				close(ps.resume)
+				reclaimErr = <-done
+			})
+		}
+	}
+	deleter, err := ipam.New(rs, ipam.Options{Now: e.clock.Now})
+	require.NoError(t, err)
+	require.NoError(t, deleter.DeletePool(e.ctx, "p"))
+	require.ErrorIs(t, reclaimErr, ipam.ErrNoSpace, "the pool was disabled before the takeover's write")
+	require.ErrorContains(t, reclaimErr, `pool "p" changed during the request`)
+	require.Empty(t, res.IPv4)
+
+	recs, err := e.store.List(e.ctx, ipam.KindBlock, ipam.KeyRange{})
+	require.NoError(t, err)
+	for _, r := range recs {
+		var b block.Block
+		require.NoError(t, b.UnmarshalBinary(r.Value))
+		require.True(t, b.Affinity().IsZero(), "block %s of the deleted pool is still affine to %s", b.Prefix(), b.Affinity())
+	}
+}
+
+// TestUpdateDuringPoolDeletion: an UpdatePool with the pool's spec
+// (Disabled false, say a controller re-applying a manifest) enables the
+// pool again while DeletePool runs, and a node claims a block after
+// DeletePool's list. DeletePool must keep the pool rather than remove it
+// with that block affine to the node.
+func TestUpdateDuringPoolDeletion(t *testing.T) {
+	e := newEnv(t, v4pool("p", "10.0.0.0/24", 26))
+	spec, err := e.a.Pool(e.ctx, "p")
+	require.NoError(t, err)
+	var once sync.Once
+	rs := &readHookStore{hookStore{Store: e.store}}
+	rs.hook = func(op string, kind ipam.Kind, key string) {
+		if op == "listed" && kind == ipam.KindBlock {
+			once.Do(func() {
+				require.NoError(t, e.a.UpdatePool(e.ctx, spec)) // e.g. a controller re-applying the manifest
+				e.mustAssign4("node-a", "h-a", 1)
+			})
+		}
+	}
+	deleter, err := ipam.New(rs, ipam.Options{})
+	require.NoError(t, err)
+	err = deleter.DeletePool(e.ctx, "p")
+	require.ErrorIs(t, err, ipam.ErrConflict)
+	require.ErrorContains(t, err, "enabled again during the deletion")
+	kept, err := e.a.Pool(e.ctx, "p")
+	require.NoError(t, err, "the pool is kept")
+	require.False(t, kept.Disabled)
+	requireClean(t, e)
+	require.Len(t, e.affine("node-a"), 1, "node-a's block stays in a pool that exists")
+
+	require.NoError(t, e.a.DeletePool(e.ctx, "p"), "called again, the deletion finishes")
+	recs, err := e.store.List(e.ctx, ipam.KindBlock, ipam.KeyRange{})
+	require.NoError(t, err)
+	for _, r := range recs {
+		var b block.Block
+		require.NoError(t, b.UnmarshalBinary(r.Value))
+		require.True(t, b.Affinity().IsZero(), "block %s of the deleted pool is still affine to %s", b.Prefix(), b.Affinity())
 	}
 }

@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/netip"
 	"strings"
 
+	"github.com/carve-ipam/carve/block"
 	"github.com/carve-ipam/carve/pool"
 )
 
@@ -46,12 +48,10 @@ func (a *Allocator) changePools(ctx context.Context, op string, change func(s *p
 // Blocks of a deleted pool stay while they hold addresses. A new pool over
 // the same addresses must carve them the same way, or its blocks would
 // overlap the old ones: CreatePool refuses, with ErrLeftoverBlocks, a pool
-// whose range holds a block of another size.
+// whose range holds a block of another size (a deletion of the old pool
+// still running makes it fail with the overlap instead).
 func (a *Allocator) CreatePool(ctx context.Context, p pool.Pool) error {
 	op := fmt.Sprintf("create pool %q", p.Name)
-	if err := a.checkLeftovers(ctx, op, p.WithDefaults()); err != nil {
-		return err
-	}
 	return a.changePools(ctx, op, func(s *pool.Set) error {
 		if _, ok := s.Get(p.Name); ok {
 			return fmt.Errorf("ipam: %s: %w", op, ErrPoolExists)
@@ -59,7 +59,12 @@ func (a *Allocator) CreatePool(ctx context.Context, p pool.Pool) error {
 		if err := s.Add(p); err != nil {
 			return fmt.Errorf("ipam: create pool: %w", err) // the error names the pool
 		}
-		return nil
+		// Leftover blocks are looked for after the pool set this write
+		// replaces was read, so a pool deleted after the look shows as a
+		// changed pool set, and the write fails and looks again. (The look
+		// must not come before that read: the deletion of an overlapping
+		// pool, with a node's block in it, could fall in between.)
+		return a.checkLeftovers(ctx, op, p.WithDefaults())
 	})
 }
 
@@ -142,6 +147,8 @@ func (a *Allocator) setDisabled(ctx context.Context, name string, disabled bool)
 // every block affinity in it (empty blocks are deleted, others keep their
 // addresses without affinity), then removes the pool. Assigned addresses
 // stay assigned until released. Interrupted, it can simply be called again.
+// If the pool is enabled again while it runs, it fails with an error
+// matching ErrConflict and keeps the pool.
 func (a *Allocator) DeletePool(ctx context.Context, name string) error {
 	p, err := a.Pool(ctx, name)
 	if errors.Is(err, ErrPoolNotFound) {
@@ -168,20 +175,43 @@ func (a *Allocator) DeletePool(ctx context.Context, name string) error {
 		if err != nil {
 			return fmt.Errorf("ipam: delete pool %q: %w", name, err)
 		}
-		if aff := b.Affinity(); !aff.IsZero() {
-			err := a.releaseAffinity(ctx, aff, blk, false)
-			if err != nil && !errors.Is(err, ErrAffinityConflict) {
-				return fmt.Errorf("ipam: delete pool %q: %w", name, err)
-			}
+		if err := a.releaseAnyAffinity(ctx, blk, b.Affinity()); err != nil {
+			return fmt.Errorf("ipam: delete pool %q: %w", name, err)
 		}
 	}
 	op := fmt.Sprintf("delete pool %q", name)
 	return a.changePools(ctx, op, func(s *pool.Set) error {
-		if !s.Remove(name) {
+		q, ok := s.Get(name)
+		if !ok {
 			return fmt.Errorf("ipam: %s: %w", op, ErrPoolNotFound)
 		}
+		if !q.Disabled {
+			// Enabled again while its blocks were released: claims may
+			// have followed, which the deletion did not see.
+			return fmt.Errorf("ipam: %s: %w: the pool was enabled again during the deletion; it is kept", op, ErrConflict)
+		}
+		s.Remove(name)
 		return nil
 	})
+}
+
+// releaseAnyAffinity releases blk's affinity, whoever holds it: aff, as
+// last read, or whoever took the block over since (a reclaim racing the
+// deletion of its pool).
+func (a *Allocator) releaseAnyAffinity(ctx context.Context, blk netip.Prefix, aff block.Affinity) error {
+	for range a.retries {
+		if aff.IsZero() {
+			return nil
+		}
+		err := a.releaseAffinity(ctx, aff, blk, false)
+		if !errors.Is(err, ErrAffinityConflict) {
+			return err
+		}
+		if aff, err = a.storedAffinity(ctx, blk); err != nil {
+			return err
+		}
+	}
+	return fmt.Errorf("ipam: release block %s: %w: its affinity kept changing", blk, ErrTooManyConflicts)
 }
 
 // Pools returns the pools in the store, in name order.

@@ -224,3 +224,137 @@ func TestRepairSettle(t *testing.T) {
 	_, _, err = e.allocator().Repair(ctx, ipam.RepairOptions{Settle: time.Hour})
 	require.ErrorIs(t, err, context.DeadlineExceeded)
 }
+
+// readHookStore is hookStore that also runs hook before Get and after List.
+type readHookStore struct {
+	hookStore
+}
+
+func (h *readHookStore) Get(ctx context.Context, kind ipam.Kind, key string) (ipam.Record, error) {
+	h.hook("get", kind, key)
+	return h.Store.Get(ctx, kind, key)
+}
+
+func (h *readHookStore) List(ctx context.Context, kind ipam.Kind, r ipam.KeyRange) ([]ipam.Record, error) {
+	recs, err := h.Store.List(ctx, kind, r)
+	h.hook("listed", kind, "")
+	return recs, err
+}
+
+// TestRepairCorruptHandleWhileReleasing: a handle record is corrupt, and a
+// release of one of its two addresses writes its block before Repair's
+// fresh read and reads the handle after Repair's rewrite. Rebuilt from the
+// fresh read alone (1), the count would lose the released address twice,
+// and the other address would have no count: Repair raises by the larger
+// of its two reads.
+func TestRepairCorruptHandleWhileReleasing(t *testing.T) {
+	e := newEnv(t, v4pool("p", "10.0.0.0/24", 26))
+	held := e.mustAssign4("node-1", "h", 2)
+	rec, err := e.store.Get(e.ctx, ipam.KindHandle, "h")
+	require.NoError(t, err)
+	_, err = e.store.Update(e.ctx, ipam.KindHandle, "h", []byte{0xff, 0xff}, rec.Revision)
+	require.NoError(t, err)
+
+	blockWritten := make(chan struct{})
+	resume := make(chan struct{})
+	var once sync.Once
+	seenBlockWrite := false
+	rs := &readHookStore{hookStore{Store: e.store}}
+	rs.hook = func(op string, kind ipam.Kind, key string) {
+		if kind == ipam.KindBlock && op == "update" {
+			seenBlockWrite = true
+		}
+		if seenBlockWrite && op == "get" && kind == ipam.KindHandle {
+			once.Do(func() { close(blockWritten); <-resume })
+		}
+	}
+	releaser, err := ipam.New(rs, ipam.Options{})
+	require.NoError(t, err)
+	done := make(chan error, 1)
+	ipam.SetSleep(e.a, func(ctx context.Context, d time.Duration) error {
+		go func() {
+			_, err := releaser.ReleaseIPs(e.ctx, ipam.Release{Addr: held[0].Addr})
+			done <- err
+		}()
+		<-blockWritten // the block is written; the handle not yet read
+		return nil
+	})
+	actions, _, err := e.a.Repair(e.ctx, ipam.RepairOptions{Settle: time.Minute})
+	require.NoError(t, err)
+	require.NotEmpty(t, actions)
+	close(resume)
+	require.NoError(t, <-done)
+
+	requireClean(t, e)
+	got, err := e.a.ReleaseByHandle(e.ctx, "h")
+	require.NoError(t, err, "address %s is still held by h", held[1].Addr)
+	require.Equal(t, []netip.Addr{held[1].Addr}, got)
+}
+
+// TestRepairUndercountWhileReleasing: the same with a record that counts
+// fewer than the block holds ({B:1}, the block gives h 4) and a release of
+// two of them (TestUndercountReleaseWithoutRepair shows that the release
+// alone loses nothing).
+func TestRepairUndercountWhileReleasing(t *testing.T) {
+	e := newEnv(t, v4pool("p", "10.0.0.0/24", 26))
+	held := e.mustAssign4("node-1", "h", 4)
+	blk := held[0].Block
+	rec, err := e.store.Get(e.ctx, ipam.KindHandle, "h")
+	require.NoError(t, err)
+	_, err = e.store.Update(e.ctx, ipam.KindHandle, "h", ipam.EncodeHandle(map[netip.Prefix]int{blk: 1}), rec.Revision)
+	require.NoError(t, err)
+
+	blockWritten := make(chan struct{})
+	resume := make(chan struct{})
+	var once sync.Once
+	seenBlockWrite := false
+	rs := &readHookStore{hookStore{Store: e.store}}
+	rs.hook = func(op string, kind ipam.Kind, key string) {
+		if kind == ipam.KindBlock && op == "update" {
+			seenBlockWrite = true
+		}
+		if seenBlockWrite && op == "get" && kind == ipam.KindHandle {
+			once.Do(func() { close(blockWritten); <-resume })
+		}
+	}
+	releaser, err := ipam.New(rs, ipam.Options{})
+	require.NoError(t, err)
+	done := make(chan error, 1)
+	ipam.SetSleep(e.a, func(ctx context.Context, d time.Duration) error {
+		go func() {
+			_, err := releaser.ReleaseIPs(e.ctx, ipam.Release{Addr: held[0].Addr}, ipam.Release{Addr: held[1].Addr})
+			done <- err
+		}()
+		<-blockWritten
+		return nil
+	})
+	_, _, err = e.a.Repair(e.ctx, ipam.RepairOptions{Settle: time.Minute})
+	require.NoError(t, err)
+	require.Equal(t, map[netip.Prefix]int{blk: 4}, handleCounts(t, e, "h"), "raised to what the check saw, for the release to lower")
+	close(resume)
+	require.NoError(t, <-done)
+	require.Equal(t, map[netip.Prefix]int{blk: 2}, handleCounts(t, e, "h"))
+	requireClean(t, e)
+
+	got, err := e.a.ReleaseByHandle(e.ctx, "h")
+	require.NoError(t, err, "addresses %s %s are still held by h", held[2].Addr, held[3].Addr)
+	require.ElementsMatch(t, []netip.Addr{held[2].Addr, held[3].Addr}, got)
+}
+
+// TestUndercountReleaseWithoutRepair: a release below a count that is too
+// low leaves the count alone (a lowering below zero is left out), so
+// ReleaseByHandle still finds the rest.
+func TestUndercountReleaseWithoutRepair(t *testing.T) {
+	e := newEnv(t, v4pool("p", "10.0.0.0/24", 26))
+	held := e.mustAssign4("node-1", "h", 4)
+	blk := held[0].Block
+	rec, err := e.store.Get(e.ctx, ipam.KindHandle, "h")
+	require.NoError(t, err)
+	_, err = e.store.Update(e.ctx, ipam.KindHandle, "h", ipam.EncodeHandle(map[netip.Prefix]int{blk: 1}), rec.Revision)
+	require.NoError(t, err)
+	_, err = e.a.ReleaseIPs(e.ctx, ipam.Release{Addr: held[0].Addr}, ipam.Release{Addr: held[1].Addr})
+	require.NoError(t, err)
+	got, err := e.a.ReleaseByHandle(e.ctx, "h")
+	require.NoError(t, err)
+	require.ElementsMatch(t, []netip.Addr{held[2].Addr, held[3].Addr}, got)
+}
