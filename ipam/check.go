@@ -194,9 +194,8 @@ func (a *Allocator) check(ctx context.Context) (*Report, *checkState, error) {
 		if !reach.IsValid() || reach.Addr().Is4() != blk.Addr().Is4() || !reach.Contains(blk.Addr()) || blk.Bits() < reach.Bits() {
 			reach = blk
 		}
-		p, ok := pools.ByAddr(blk.Addr())
-		switch {
-		case !ok || p.CIDR.Bits() > blk.Bits() || p.BlockSize != blk.Bits():
+		switch _, ok := carving(pools, blk); {
+		case !ok:
 			add(Problem{Kind: ProblemBlockOutsidePools, Record: name, Block: blk, rev: rec.Revision, Repairable: b.Empty(),
 				Detail: fmt.Sprintf("no pool carves it; %d addresses in use", b.Used())})
 		case b.Empty() && b.Affinity().IsZero():
@@ -370,7 +369,18 @@ func (a *Allocator) Repair(ctx context.Context, opts RepairOptions) ([]RepairAct
 			err = a.repairStaleIndex(ctx, p)
 		case ProblemAffinityUnindexed:
 			err = a.repairUnindexed(ctx, p)
-		case ProblemBlockEmptyUnaffine, ProblemBlockOutsidePools:
+		case ProblemBlockOutsidePools:
+			// After a settle time a new pool may carve it, and a node
+			// have claimed it: then it is no problem any more.
+			var v *view
+			if v, err = a.readView(ctx); err == nil {
+				if _, ok := carving(v.pools, p.Block); ok {
+					act.Note = "no longer found: a pool carves the block again"
+					break
+				}
+				err = a.deleteEmptyBlock(ctx, p.Block)
+			}
+		case ProblemBlockEmptyUnaffine:
 			err = a.deleteEmptyBlock(ctx, p.Block)
 		}
 		act.Done = err == nil

@@ -196,12 +196,12 @@ func (a *Allocator) claimStands(ctx context.Context, e *blockEntry, aff block.Af
 			return err
 		}
 	}
-	p, ok := pools.ByAddr(e.prefix.Addr())
-	if ok && !p.Disabled && p.BlockSize == e.prefix.Bits() && p.CIDR.Bits() <= e.prefix.Bits() {
+	p, ok := carving(pools, e.prefix)
+	if ok && !p.Disabled {
 		return nil
 	}
 	why := "no pool holds it now"
-	if ok {
+	if p, held := pools.ByAddr(e.prefix.Addr()); held {
 		why = fmt.Sprintf("pool %q changed during the claim", p.Name)
 		if p.Disabled {
 			why = fmt.Sprintf("pool %q was disabled during the claim", p.Name)
@@ -233,6 +233,16 @@ func (a *Allocator) claimStands(ctx context.Context, e *blockEntry, aff block.Af
 		return fmt.Errorf("ipam: claim block %s for %s: %s; giving the block up: %w", e.prefix, aff, why, err)
 	}
 	return gone
+}
+
+// carving returns the pool of pools that carves blk: holds it, with blk's
+// size as its block size. Disabled pools count.
+func carving(pools *pool.Set, blk netip.Prefix) (*pool.Pool, bool) {
+	p, ok := pools.ByAddr(blk.Addr())
+	if !ok || p.CIDR.Bits() > blk.Bits() || p.BlockSize != blk.Bits() {
+		return nil, false
+	}
+	return p, true
 }
 
 // hostReserved says how many addresses at the start and end of each block a

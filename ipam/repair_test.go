@@ -358,3 +358,43 @@ func TestUndercountReleaseWithoutRepair(t *testing.T) {
 	require.NoError(t, err)
 	require.ElementsMatch(t, []netip.Addr{held[2].Addr, held[3].Addr}, got)
 }
+
+// TestRepairBlockCarvedAgain: an empty block affine to a node lies outside
+// every pool (its pool record lost it), and during Repair's settle time a
+// pool that carves it is created again. Repair must leave the block to its
+// node rather than delete it on the strength of the check.
+func TestRepairBlockCarvedAgain(t *testing.T) {
+	e := newEnv(t, v4pool("p", "10.0.0.0/24", 26))
+	held := e.mustAssign4("node-a", "h", 1)[0]
+	_, err := e.a.ReleaseByHandle(e.ctx, "h")
+	require.NoError(t, err)
+	other := newEnv(t, v4pool("other", "10.9.0.0/24", 26))
+	rec, err := other.store.Get(other.ctx, ipam.KindPool, "default")
+	require.NoError(t, err)
+	cur, err := e.store.Get(e.ctx, ipam.KindPool, "default")
+	require.NoError(t, err)
+	_, err = e.store.Update(e.ctx, ipam.KindPool, "default", rec.Value, cur.Revision) // pool "p" lost
+	require.NoError(t, err)
+	r, err := e.a.Check(e.ctx)
+	require.NoError(t, err)
+	require.Equal(t, []ipam.ProblemKind{ipam.ProblemBlockOutsidePools}, kinds(r))
+
+	ghost := e.allocator()
+	_, err = ghost.Store().Create(e.ctx, ipam.KindHandle, "ghost", ipam.EncodeHandle(map[netip.Prefix]int{held.Block: 1}))
+	require.NoError(t, err) // a handle problem, so that Repair waits
+	ipam.SetSleep(e.a, func(ctx context.Context, d time.Duration) error {
+		return e.allocator().CreatePool(ctx, v4pool("p2", "10.0.0.0/24", 26))
+	})
+	actions, after, err := e.a.Repair(e.ctx, ipam.RepairOptions{Settle: time.Minute})
+	require.NoError(t, err)
+	var note string
+	for _, act := range actions {
+		if act.Problem.Kind == ipam.ProblemBlockOutsidePools {
+			require.True(t, act.Done)
+			note = act.Note
+		}
+	}
+	require.Equal(t, "no longer found: a pool carves the block again", note)
+	require.True(t, after.Clean(), "%v", after.Problems)
+	require.Equal(t, []netip.Prefix{held.Block}, e.affine("node-a"), "the block is still node-a's")
+}
