@@ -11,20 +11,40 @@ import (
 	"github.com/carve-ipam/carve/ipam"
 )
 
-// storeKey spells a block's store key, as the store shows it.
-func storeKey(t *testing.T, e *env, blk netip.Prefix) string {
+// storedBlocks reads every block record of the store, by key.
+func storedBlocks(t *testing.T, e *env) map[string]*block.Block {
 	t.Helper()
 	recs, err := e.store.List(e.ctx, ipam.KindBlock, ipam.KeyRange{})
 	require.NoError(t, err)
+	out := map[string]*block.Block{}
 	for _, r := range recs {
-		var b block.Block
+		b := new(block.Block)
 		require.NoError(t, b.UnmarshalBinary(r.Value))
+		out[r.Key] = b
+	}
+	return out
+}
+
+// storeKey spells a block's store key, as the store shows it.
+func storeKey(t *testing.T, e *env, blk netip.Prefix) string {
+	t.Helper()
+	for key, b := range storedBlocks(t, e) {
 		if b.Prefix() == blk {
-			return r.Key
+			return key
 		}
 	}
 	t.Fatalf("no block %s", blk)
 	return ""
+}
+
+// setHandle overwrites a handle record's value, as a crash or another tool
+// could leave it.
+func setHandle(t *testing.T, e *env, handle string, value []byte) {
+	t.Helper()
+	rec, err := e.store.Get(e.ctx, ipam.KindHandle, handle)
+	require.NoError(t, err)
+	_, err = e.store.Update(e.ctx, ipam.KindHandle, handle, value, rec.Revision)
+	require.NoError(t, err)
 }
 
 func kinds(r *ipam.Report) []ipam.ProblemKind {
@@ -68,10 +88,7 @@ func TestCheckAndRepair(t *testing.T) {
 			require.NoError(t, e.store.Delete(e.ctx, ipam.KindHandle, "a", rec.Revision))
 		}, ipam.ProblemHandleMissing},
 		{"handle record corrupt", func(t *testing.T, e *env, held ipam.Assigned) {
-			rec, err := e.store.Get(e.ctx, ipam.KindHandle, "a")
-			require.NoError(t, err)
-			_, err = e.store.Update(e.ctx, ipam.KindHandle, "a", []byte{9, 9}, rec.Revision)
-			require.NoError(t, err)
+			setHandle(t, e, "a", []byte{9, 9})
 		}, ipam.ProblemCorrupt},
 		{"index entry without block", func(t *testing.T, e *env, held ipam.Assigned) {
 			// A crash after the index entry of a claim, before its block.

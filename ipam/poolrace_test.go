@@ -9,7 +9,6 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/carve-ipam/carve/block"
 	"github.com/carve-ipam/carve/ipam"
 	"github.com/carve-ipam/carve/pool"
 )
@@ -187,13 +186,7 @@ func TestReclaimDuringPoolDeletion(t *testing.T) {
 	require.ErrorContains(t, reclaimErr, `pool "p" changed during the request`)
 	require.Empty(t, res.IPv4)
 
-	recs, err := e.store.List(e.ctx, ipam.KindBlock, ipam.KeyRange{})
-	require.NoError(t, err)
-	for _, r := range recs {
-		var b block.Block
-		require.NoError(t, b.UnmarshalBinary(r.Value))
-		require.True(t, b.Affinity().IsZero(), "block %s of the deleted pool is still affine to %s", b.Prefix(), b.Affinity())
-	}
+	requireNoAffineBlocks(t, e)
 }
 
 // TestUpdateDuringPoolDeletion: an UpdatePool with the pool's spec
@@ -227,11 +220,14 @@ func TestUpdateDuringPoolDeletion(t *testing.T) {
 	require.Len(t, e.affine("node-a"), 1, "node-a's block stays in a pool that exists")
 
 	require.NoError(t, e.a.DeletePool(e.ctx, "p"), "called again, the deletion finishes")
-	recs, err := e.store.List(e.ctx, ipam.KindBlock, ipam.KeyRange{})
-	require.NoError(t, err)
-	for _, r := range recs {
-		var b block.Block
-		require.NoError(t, b.UnmarshalBinary(r.Value))
+	requireNoAffineBlocks(t, e)
+}
+
+// requireNoAffineBlocks checks that no block of the store is affine to a
+// node, as after the deletion of its only pool.
+func requireNoAffineBlocks(t *testing.T, e *env) {
+	t.Helper()
+	for _, b := range storedBlocks(t, e) {
 		require.True(t, b.Affinity().IsZero(), "block %s of the deleted pool is still affine to %s", b.Prefix(), b.Affinity())
 	}
 }

@@ -121,10 +121,7 @@ func TestRepairWhileReleasing(t *testing.T) {
 	e := newEnv(t, v4pool("p", "10.0.0.0/24", 26))
 	held := e.mustAssign4("node-1", "h", 2)
 	blk := held[0].Block
-	rec, err := e.store.Get(e.ctx, ipam.KindHandle, "h")
-	require.NoError(t, err)
-	_, err = e.store.Update(e.ctx, ipam.KindHandle, "h", ipam.EncodeHandle(map[netip.Prefix]int{blk: 3}), rec.Revision)
-	require.NoError(t, err)
+	setHandle(t, e, "h", ipam.EncodeHandle(map[netip.Prefix]int{blk: 3}))
 
 	ps := newPauseStore(e, func(op string, kind ipam.Kind, key string) bool {
 		return op == "update" && kind == ipam.KindHandle
@@ -241,20 +238,11 @@ func (h *readHookStore) List(ctx context.Context, kind ipam.Kind, r ipam.KeyRang
 	return recs, err
 }
 
-// TestRepairCorruptHandleWhileReleasing: a handle record is corrupt, and a
-// release of one of its two addresses writes its block before Repair's
-// fresh read and reads the handle after Repair's rewrite. Rebuilt from the
-// fresh read alone (1), the count would lose the released address twice,
-// and the other address would have no count: Repair raises by the larger
-// of its two reads.
-func TestRepairCorruptHandleWhileReleasing(t *testing.T) {
-	e := newEnv(t, v4pool("p", "10.0.0.0/24", 26))
-	held := e.mustAssign4("node-1", "h", 2)
-	rec, err := e.store.Get(e.ctx, ipam.KindHandle, "h")
-	require.NoError(t, err)
-	_, err = e.store.Update(e.ctx, ipam.KindHandle, "h", []byte{0xff, 0xff}, rec.Revision)
-	require.NoError(t, err)
-
+// releaseDuringRepair runs Repair with a settle time during which rels are
+// released by another allocator, paused after its block write and before
+// it reads the handle record; the release goes on once Repair is done.
+func releaseDuringRepair(t *testing.T, e *env, rels ...ipam.Release) {
+	t.Helper()
 	blockWritten := make(chan struct{})
 	resume := make(chan struct{})
 	var once sync.Once
@@ -273,7 +261,7 @@ func TestRepairCorruptHandleWhileReleasing(t *testing.T) {
 	done := make(chan error, 1)
 	ipam.SetSleep(e.a, func(ctx context.Context, d time.Duration) error {
 		go func() {
-			_, err := releaser.ReleaseIPs(e.ctx, ipam.Release{Addr: held[0].Addr})
+			_, err := releaser.ReleaseIPs(e.ctx, rels...)
 			done <- err
 		}()
 		<-blockWritten // the block is written; the handle not yet read
@@ -284,7 +272,20 @@ func TestRepairCorruptHandleWhileReleasing(t *testing.T) {
 	require.NotEmpty(t, actions)
 	close(resume)
 	require.NoError(t, <-done)
+}
 
+// TestRepairCorruptHandleWhileReleasing: a handle record is corrupt, and a
+// release of one of its two addresses writes its block before Repair's
+// fresh read and reads the handle after Repair's rewrite. Rebuilt from the
+// fresh read alone (1), the count would lose the released address twice,
+// and the other address would have no count: Repair raises by the larger
+// of its two reads.
+func TestRepairCorruptHandleWhileReleasing(t *testing.T) {
+	e := newEnv(t, v4pool("p", "10.0.0.0/24", 26))
+	held := e.mustAssign4("node-1", "h", 2)
+	setHandle(t, e, "h", []byte{0xff, 0xff})
+
+	releaseDuringRepair(t, e, ipam.Release{Addr: held[0].Addr})
 	requireClean(t, e)
 	got, err := e.a.ReleaseByHandle(e.ctx, "h")
 	require.NoError(t, err, "address %s is still held by h", held[1].Addr)
@@ -299,43 +300,11 @@ func TestRepairUndercountWhileReleasing(t *testing.T) {
 	e := newEnv(t, v4pool("p", "10.0.0.0/24", 26))
 	held := e.mustAssign4("node-1", "h", 4)
 	blk := held[0].Block
-	rec, err := e.store.Get(e.ctx, ipam.KindHandle, "h")
-	require.NoError(t, err)
-	_, err = e.store.Update(e.ctx, ipam.KindHandle, "h", ipam.EncodeHandle(map[netip.Prefix]int{blk: 1}), rec.Revision)
-	require.NoError(t, err)
+	setHandle(t, e, "h", ipam.EncodeHandle(map[netip.Prefix]int{blk: 1}))
 
-	blockWritten := make(chan struct{})
-	resume := make(chan struct{})
-	var once sync.Once
-	seenBlockWrite := false
-	rs := &readHookStore{hookStore{Store: e.store}}
-	rs.hook = func(op string, kind ipam.Kind, key string) {
-		if kind == ipam.KindBlock && op == "update" {
-			seenBlockWrite = true
-		}
-		if seenBlockWrite && op == "get" && kind == ipam.KindHandle {
-			once.Do(func() { close(blockWritten); <-resume })
-		}
-	}
-	releaser, err := ipam.New(rs, ipam.Options{})
-	require.NoError(t, err)
-	done := make(chan error, 1)
-	ipam.SetSleep(e.a, func(ctx context.Context, d time.Duration) error {
-		go func() {
-			_, err := releaser.ReleaseIPs(e.ctx, ipam.Release{Addr: held[0].Addr}, ipam.Release{Addr: held[1].Addr})
-			done <- err
-		}()
-		<-blockWritten
-		return nil
-	})
-	_, _, err = e.a.Repair(e.ctx, ipam.RepairOptions{Settle: time.Minute})
-	require.NoError(t, err)
-	require.Equal(t, map[netip.Prefix]int{blk: 4}, handleCounts(t, e, "h"), "raised to what the check saw, for the release to lower")
-	close(resume)
-	require.NoError(t, <-done)
-	require.Equal(t, map[netip.Prefix]int{blk: 2}, handleCounts(t, e, "h"))
+	releaseDuringRepair(t, e, ipam.Release{Addr: held[0].Addr}, ipam.Release{Addr: held[1].Addr})
+	require.Equal(t, map[netip.Prefix]int{blk: 2}, handleCounts(t, e, "h"), "raised to what the check saw (4), then lowered by the release")
 	requireClean(t, e)
-
 	got, err := e.a.ReleaseByHandle(e.ctx, "h")
 	require.NoError(t, err, "addresses %s %s are still held by h", held[2].Addr, held[3].Addr)
 	require.ElementsMatch(t, []netip.Addr{held[2].Addr, held[3].Addr}, got)
@@ -348,11 +317,8 @@ func TestUndercountReleaseWithoutRepair(t *testing.T) {
 	e := newEnv(t, v4pool("p", "10.0.0.0/24", 26))
 	held := e.mustAssign4("node-1", "h", 4)
 	blk := held[0].Block
-	rec, err := e.store.Get(e.ctx, ipam.KindHandle, "h")
-	require.NoError(t, err)
-	_, err = e.store.Update(e.ctx, ipam.KindHandle, "h", ipam.EncodeHandle(map[netip.Prefix]int{blk: 1}), rec.Revision)
-	require.NoError(t, err)
-	_, err = e.a.ReleaseIPs(e.ctx, ipam.Release{Addr: held[0].Addr}, ipam.Release{Addr: held[1].Addr})
+	setHandle(t, e, "h", ipam.EncodeHandle(map[netip.Prefix]int{blk: 1}))
+	_, err := e.a.ReleaseIPs(e.ctx, ipam.Release{Addr: held[0].Addr}, ipam.Release{Addr: held[1].Addr})
 	require.NoError(t, err)
 	got, err := e.a.ReleaseByHandle(e.ctx, "h")
 	require.NoError(t, err)
