@@ -317,11 +317,11 @@ type RepairOptions struct {
 // records from the blocks, removes stale affinity index entries and adds
 // missing ones, and deletes empty blocks nothing should keep.
 //
-// A handle record is changed only where the check and a fresh read after
-// the settle time both find it wrong, and only by what both agree on, so
-// that a release in flight (its block written, its count not yet lowered)
-// is not counted twice. A record written by anyone since the check is left
-// for the next run.
+// A handle count is lowered only where the check and a fresh read after
+// the settle time both find it too high, by the smaller excess, and one
+// too low is raised by the larger shortfall, so that a release in flight
+// (its block written, its count not yet lowered) is not taken off twice.
+// A record written by anyone since the check is left for the next run.
 //
 // Calico asks for the datastore to be locked while leaked addresses are
 // released from a check's report. Repair needs that only with a zero
@@ -402,8 +402,8 @@ type handleFix struct {
 
 // rebuildHandle rewrites a handle record, if it is still at rev, the
 // revision the check read. Each count the record holds for a block the
-// check found or the record names moves toward what the block, read fresh,
-// gives the handle, by as much as both that read and the check's agree on.
+// check found or the record names moves toward what the block gives the
+// handle, going by both the check's read and a fresh one (see agreed).
 //
 // This is what makes it safe while operations run. An assignment raises
 // a count before its block write and a release lowers it after its own;

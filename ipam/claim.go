@@ -177,11 +177,11 @@ func (a *Allocator) claimLocked(ctx context.Context, e *blockEntry, aff block.Af
 //
 // A claim writes its block and then reads the pools; a pool change writes
 // the pools and then reads the blocks (DeletePool disables the pool, then
-// lists its blocks and releases their affinity; CreatePool refuses a range
-// holding blocks of another size, and can only follow a completed delete
-// of the pool it overlaps). Whichever of the two goes second sees the
-// other's write, so no block is created behind a pool change's back: one
-// a pool's deletion would miss, or one carved the old way inside a new
+// lists its blocks and releases their affinity; CreatePool looks for
+// blocks of another size after reading the pool set it replaces, so only
+// once an overlapping pool is gone). Whichever of the two goes second sees
+// the other's write, so no block is created behind a pool change's back:
+// one a pool's deletion would miss, or one carved the old way inside a new
 // pool of another block size, overlapping its blocks.
 func (a *Allocator) claimStands(ctx context.Context, e *blockEntry, aff block.Affinity) error {
 	rec, err := a.store.Get(ctx, KindPool, singletonKey)

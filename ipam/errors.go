@@ -33,6 +33,11 @@ var (
 	// pool, of another block size.
 	ErrLeftoverBlocks = errors.New("pool range holds blocks of another size")
 
+	// ErrPoolEnabled: DeletePool found the pool enabled again by someone
+	// else while it ran, and kept it. Calling DeletePool again finishes the
+	// deletion.
+	ErrPoolEnabled = errors.New("pool was enabled again during its deletion")
+
 	// ErrReservationExists: a reservation with the given name exists.
 	ErrReservationExists = errors.New("reservation already exists")
 

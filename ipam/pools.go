@@ -147,8 +147,8 @@ func (a *Allocator) setDisabled(ctx context.Context, name string, disabled bool)
 // every block affinity in it (empty blocks are deleted, others keep their
 // addresses without affinity), then removes the pool. Assigned addresses
 // stay assigned until released. Interrupted, it can simply be called again.
-// If the pool is enabled again while it runs, it fails with an error
-// matching ErrConflict and keeps the pool.
+// If the pool is enabled again while it runs, it keeps the pool and fails
+// with ErrPoolEnabled.
 func (a *Allocator) DeletePool(ctx context.Context, name string) error {
 	p, err := a.Pool(ctx, name)
 	if errors.Is(err, ErrPoolNotFound) {
@@ -188,7 +188,7 @@ func (a *Allocator) DeletePool(ctx context.Context, name string) error {
 		if !q.Disabled {
 			// Enabled again while its blocks were released: claims may
 			// have followed, which the deletion did not see.
-			return fmt.Errorf("ipam: %s: %w: the pool was enabled again during the deletion; it is kept", op, ErrConflict)
+			return fmt.Errorf("ipam: %s: %w; it is kept", op, ErrPoolEnabled)
 		}
 		s.Remove(name)
 		return nil
