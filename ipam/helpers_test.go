@@ -131,3 +131,11 @@ func labels(kv ...string) selector.Set {
 	}
 	return s
 }
+
+// requireConsistent fails the test unless Check finds the store clean.
+func (e *env) requireConsistent() {
+	e.t.Helper()
+	r, err := e.a.Check(e.ctx)
+	require.NoError(e.t, err)
+	require.True(e.t, r.Clean(), "%v", r.Problems)
+}

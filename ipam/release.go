@@ -41,6 +41,7 @@ const (
 	relReleased
 	relNotAllocated
 	relRefused
+	relRepeat // a later entry for an address given before: not listed
 )
 
 // ReleaseIPs releases addresses. Each address is released independently:
@@ -76,11 +77,14 @@ func (a *Allocator) releaseIPs(ctx context.Context, stamp bool, rels []Release) 
 			}
 		}
 	}
+	status := make([]releaseStatus, len(rels))
+	if err := markRepeats(op, rels, status); err != nil {
+		return ReleaseResult{}, err
+	}
 	v, err := a.loadView(ctx)
 	if err != nil {
 		return ReleaseResult{}, err
 	}
-	status := make([]releaseStatus, len(rels))
 	refusals := make([]error, len(rels))
 	var at time.Time
 	if stamp && v.config.ReleaseCooldown > 0 {
@@ -91,6 +95,9 @@ func (a *Allocator) releaseIPs(ctx context.Context, stamp bool, rels []Release) 
 	var order []netip.Prefix
 	groups := map[netip.Prefix][]int{}
 	for i, r := range rels {
+		if status[i] == relRepeat {
+			continue
+		}
 		addr := r.Addr.Unmap()
 		blk, ok := a.guessBlock(v, addr)
 		if !ok {
@@ -150,6 +157,50 @@ func (a *Allocator) releaseIPs(ctx context.Context, stamp bool, rels []Release) 
 		return a.releaseResult(rels, status), fmt.Errorf("ipam: release: %w", errors.Join(errs...))
 	}
 	return a.releaseResult(rels, status), nil
+}
+
+// markRepeats marks each entry for an address given earlier in rels as
+// relRepeat, and refuses entries for one address that disagree on what
+// must hold for the release.
+func markRepeats(op string, rels []Release, status []releaseStatus) error {
+	if len(rels) < 2 {
+		return nil
+	}
+	check := func(i, j int) error { // j repeats i's address
+		status[j] = relRepeat
+		if rels[i].Handle != rels[j].Handle {
+			return invalid(op, "address %s given twice with different handles (%q, %q)", rels[j].Addr.Unmap(), rels[i].Handle, rels[j].Handle)
+		}
+		if rels[i].Seq != rels[j].Seq {
+			return invalid(op, "address %s given twice with different sequence numbers (%d, %d)", rels[j].Addr.Unmap(), rels[i].Seq, rels[j].Seq)
+		}
+		return nil
+	}
+	if len(rels) <= 16 { // comparing every pair costs less than a map
+		for j := 1; j < len(rels); j++ {
+			for i := range j {
+				if rels[i].Addr.Unmap() == rels[j].Addr.Unmap() {
+					if err := check(i, j); err != nil {
+						return err
+					}
+					break
+				}
+			}
+		}
+		return nil
+	}
+	first := make(map[netip.Addr]int, len(rels))
+	for j, r := range rels {
+		addr := r.Addr.Unmap()
+		if i, ok := first[addr]; ok {
+			if err := check(i, j); err != nil {
+				return err
+			}
+			continue
+		}
+		first[addr] = j
+	}
+	return nil
 }
 
 func (a *Allocator) releaseResult(rels []Release, status []releaseStatus) ReleaseResult {

@@ -408,6 +408,99 @@ func TestStaleSequenceReleaseRefused(t *testing.T) {
 	require.ErrorIs(t, err, ipam.ErrHandleMismatch)
 }
 
+// TestReleaseRepeatedAddress: an address given more than once in one
+// ReleaseIPs is released once and listed once, as first given; entries that
+// disagree on what must hold refuse the whole call, before anything is
+// released.
+func TestReleaseRepeatedAddress(t *testing.T) {
+	mapped := func(a netip.Addr) netip.Addr { return netip.AddrFrom16(a.As16()) }
+	for _, pad := range []int{0, 20} { // 20: more entries than are compared pairwise
+		cases := []struct {
+			name      string
+			rels      func(got []ipam.Assigned) []ipam.Release
+			released  func(got []ipam.Assigned) []netip.Addr
+			invalid   string
+			stillHeld bool
+		}{
+			{
+				name: "same entry twice",
+				rels: func(got []ipam.Assigned) []ipam.Release {
+					return []ipam.Release{{Addr: got[0].Addr}, {Addr: got[1].Addr}, {Addr: got[0].Addr}}
+				},
+				released: func(got []ipam.Assigned) []netip.Addr { return []netip.Addr{got[0].Addr, got[1].Addr} },
+			},
+			{
+				name: "mapped and plain, with the same checks",
+				rels: func(got []ipam.Assigned) []ipam.Release {
+					return []ipam.Release{
+						{Addr: mapped(got[0].Addr), Handle: "h", Seq: got[0].Seq},
+						{Addr: got[0].Addr, Handle: "h", Seq: got[0].Seq},
+					}
+				},
+				released: func(got []ipam.Assigned) []netip.Addr { return []netip.Addr{mapped(got[0].Addr)} },
+			},
+			{
+				name: "different handles",
+				rels: func(got []ipam.Assigned) []ipam.Release {
+					return []ipam.Release{{Addr: got[1].Addr}, {Addr: got[0].Addr, Handle: "h"}, {Addr: got[0].Addr, Handle: "other"}}
+				},
+				invalid:   `given twice with different handles ("h", "other")`,
+				stillHeld: true,
+			},
+			{
+				name: "a handle and none",
+				rels: func(got []ipam.Assigned) []ipam.Release {
+					return []ipam.Release{{Addr: got[0].Addr}, {Addr: got[0].Addr, Handle: "h"}}
+				},
+				invalid:   `given twice with different handles ("", "h")`,
+				stillHeld: true,
+			},
+			{
+				name: "different sequence numbers",
+				rels: func(got []ipam.Assigned) []ipam.Release {
+					return []ipam.Release{{Addr: got[0].Addr, Seq: got[0].Seq}, {Addr: mapped(got[0].Addr), Seq: got[0].Seq + 1}}
+				},
+				invalid:   "given twice with different sequence numbers",
+				stillHeld: true,
+			},
+		}
+		for _, c := range cases {
+			t.Run(fmt.Sprintf("pad=%d/%s", pad, c.name), func(t *testing.T) {
+				e := newEnv(t, v4pool("p", "10.0.0.0/24", 26))
+				got := e.mustAssign4("node-1", "h", 2)
+				rels := c.rels(got)
+				var free []netip.Addr // addresses never assigned, padding the call
+				for i := range pad {
+					addr := netip.AddrFrom4([4]byte{10, 0, 0, byte(200 + i)})
+					free = append(free, addr)
+					rels = append(rels, ipam.Release{Addr: addr})
+				}
+				res, err := e.a.ReleaseIPs(e.ctx, rels...)
+				if c.invalid != "" {
+					require.ErrorIs(t, err, ipam.ErrInvalid)
+					require.ErrorContains(t, err, got[0].Addr.String()+" "+c.invalid)
+					require.Empty(t, res.Released)
+					ips, err := e.a.IPsByHandle(e.ctx, "h")
+					require.NoError(t, err)
+					require.Len(t, ips, 2, "a refused call released something")
+					return
+				}
+				require.NoError(t, err)
+				require.Equal(t, c.released(got), res.Released)
+				require.Equal(t, orEmpty(free), orEmpty(res.NotAllocated))
+				e.requireConsistent()
+			})
+		}
+	}
+}
+
+func orEmpty[T any](s []T) []T {
+	if s == nil {
+		return []T{}
+	}
+	return s
+}
+
 func TestDualStackAllOrNothing(t *testing.T) {
 	v6 := pool.Pool{Name: "v6", CIDR: mustPrefix("fd00::/120"), BlockSize: 120}
 	e := newEnv(t, v4pool("v4", "10.0.0.0/24", 26), v6)
