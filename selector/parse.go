@@ -18,7 +18,9 @@ const (
 
 // Parse parses a selector in Calico's label-selector language. The empty
 // selector, and one of only spaces and tabs, is all(). Every error is a
-// *SyntaxError that gives the byte offset of the problem.
+// *SyntaxError that gives the byte offset of the problem. With an error,
+// Parse returns None(), so that a caller who drops the error selects
+// nothing rather than everything (the zero Selector matches everything).
 //
 // The grammar, with || binding loosest; tokens may be separated by spaces and
 // tabs, and "{ x }" means zero or more x:
@@ -45,20 +47,20 @@ const (
 func Parse(s string) (Selector, error) {
 	p := parser{lx: lexer{in: s}}
 	if len(s) > MaxLength {
-		return Selector{}, p.errorf(MaxLength, "selector is %d bytes long; the limit is %d", len(s), MaxLength)
+		return None(), p.errorf(MaxLength, "selector is %d bytes long; the limit is %d", len(s), MaxLength)
 	}
 	if err := p.advance(); err != nil {
-		return Selector{}, err
+		return None(), err
 	}
 	if p.tok.kind == tEOF {
 		return All(), nil
 	}
 	root, err := p.or()
 	if err != nil {
-		return Selector{}, err
+		return None(), err
 	}
 	if p.tok.kind != tEOF {
-		return Selector{}, p.expected(`"&&", "||" or the end of the selector`)
+		return None(), p.expected(`"&&", "||" or the end of the selector`)
 	}
 	switch {
 	case root.op == opAll:

@@ -258,7 +258,7 @@ func TestSyntaxErrors(t *testing.T) {
 		assert.Equal(t, tt.in, se.Input, "Parse(%q): Input", tt.in)
 		assert.Equal(t, tt.offset, se.Offset, "Parse(%q): Offset", tt.in)
 		assert.Equal(t, tt.msg, se.Msg, "Parse(%q): Msg", tt.in)
-		assert.Equal(t, selector.Selector{}, sel, "Parse(%q) returned a selector with its error", tt.in)
+		assert.Equal(t, selector.None(), sel, "Parse(%q) returned a selector that matches something with its error", tt.in)
 	}
 }
 
