@@ -33,13 +33,16 @@ func (o Op) String() string {
 }
 
 // Counts is how many times each Store method was called, by record kind.
-type Counts [numOps][8]int64
+// The zero value counts no calls.
+type Counts struct {
+	n [numOps][8]int64
+}
 
 // Total returns the number of calls of every method and kind: the store
 // round trips.
 func (c Counts) Total() int64 {
 	var n int64
-	for _, byKind := range c {
+	for _, byKind := range c.n {
 		for _, v := range byKind {
 			n += v
 		}
@@ -48,13 +51,19 @@ func (c Counts) Total() int64 {
 }
 
 // Of returns the calls of one method on one kind.
-func (c Counts) Of(op Op, kind ipam.Kind) int64 { return c[op][kind] }
+// It returns 0 for an op or kind out of range.
+func (c Counts) Of(op Op, kind ipam.Kind) int64 {
+	if op < 0 || op >= numOps || kind >= 8 {
+		return 0
+	}
+	return c.n[op][kind]
+}
 
 // Sub returns c minus d, the calls made between two snapshots.
 func (c Counts) Sub(d Counts) Counts {
-	for i := range c {
-		for k := range c[i] {
-			c[i][k] -= d[i][k]
+	for i := range c.n {
+		for k := range c.n[i] {
+			c.n[i][k] -= d.n[i][k]
 		}
 	}
 	return c
@@ -63,7 +72,7 @@ func (c Counts) Sub(d Counts) Counts {
 // String lists the non-zero counts, such as "get block=1 update block=1".
 func (c Counts) String() string {
 	var parts []string
-	for op, byKind := range c {
+	for op, byKind := range c.n {
 		for k, v := range byKind {
 			if v != 0 {
 				parts = append(parts, fmt.Sprintf("%s %s=%d", Op(op), ipam.Kind(k), v))
@@ -118,7 +127,7 @@ func CountsOf(s ipam.Store) (Counts, bool) {
 	var out Counts
 	for op := range c.counts {
 		for k := range c.counts[op] {
-			out[op][k] = c.counts[op][k].Load()
+			out.n[op][k] = c.counts[op][k].Load()
 		}
 	}
 	return out, true
