@@ -2,6 +2,7 @@ package ipam_test
 
 import (
 	"errors"
+	"fmt"
 	"net/netip"
 	"sync"
 	"testing"
@@ -9,6 +10,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/carve-ipam/carve/block"
 	"github.com/carve-ipam/carve/ipam"
 	"github.com/carve-ipam/carve/pool"
 )
@@ -230,5 +232,59 @@ func requireNoAffineBlocks(t *testing.T, e *env) {
 	t.Helper()
 	for _, b := range storedBlocks(t, e) {
 		require.True(t, b.Affinity().IsZero(), "block %s of the deleted pool is still affine to %s", b.Prefix(), b.Affinity())
+	}
+}
+
+// TestDeletePoolFollowsAffinityChanges: the block's affinity changes after
+// DeletePool lists the block, twice, as reclaims by other nodes could do.
+// DeletePool follows it to whoever holds the block last and releases that,
+// or, when the affinity never settles, fails and keeps the pool.
+func TestDeletePoolFollowsAffinityChanges(t *testing.T) {
+	for _, c := range []struct {
+		name  string
+		flips int // affinity changes before each read of the block
+	}{{"settles", 2}, {"never settles", 1 << 30}} {
+		t.Run(c.name, func(t *testing.T) {
+			e := newEnv(t, v4pool("p", "10.0.0.0/26", 26)) // one block
+			held := e.mustAssign4("node-a", "h-a", 1)[0]
+			key := storeKey(t, e, held.Block)
+			listed, flips := false, 0
+			rs := &readHookStore{hookStore{Store: e.store}}
+			rs.hook = func(op string, kind ipam.Kind, k string) {
+				if op == "listed" && kind == ipam.KindBlock {
+					listed = true
+				}
+				if !listed || op != "get" || kind != ipam.KindBlock || k != key || flips == c.flips {
+					return
+				}
+				flips++
+				rec, err := e.store.Get(e.ctx, ipam.KindBlock, key)
+				require.NoError(t, err)
+				b := new(block.Block)
+				require.NoError(t, b.UnmarshalBinary(rec.Value))
+				b.SetAffinity(block.Host(fmt.Sprint("node-", flips)), e.clock.Now())
+				value, err := b.MarshalBinary()
+				require.NoError(t, err)
+				_, err = e.store.Update(e.ctx, ipam.KindBlock, key, value, rec.Revision)
+				require.NoError(t, err)
+			}
+			deleter, err := ipam.New(rs, ipam.Options{Now: e.clock.Now, MaxRetries: 4})
+			require.NoError(t, err)
+			err = deleter.DeletePool(e.ctx, "p")
+			if c.flips > 100 {
+				require.ErrorIs(t, err, ipam.ErrTooManyConflicts)
+				require.ErrorContains(t, err, "its affinity kept changing")
+				p, err := e.a.Pool(e.ctx, "p")
+				require.NoError(t, err, "a failed deletion keeps the pool")
+				require.True(t, p.Disabled)
+				return
+			}
+			require.NoError(t, err)
+			require.Equal(t, 2, flips)
+			requireNoAffineBlocks(t, e)
+			own, err := e.a.Owner(e.ctx, held.Addr)
+			require.NoError(t, err)
+			require.Equal(t, "h-a", own.Handle, "the address stays assigned")
+		})
 	}
 }
