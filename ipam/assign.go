@@ -636,7 +636,11 @@ type AssignIPArgs struct {
 // AssignIP assigns one specific address. If its block does not exist yet
 // the block is claimed for the node. With StrictAffinity the block must be
 // affine to the node. It fails with ErrInUse if the address is taken,
-// ErrReserved if it is reserved and ErrNotInPool if no usable pool holds it.
+// ErrReserved if it is reserved and ErrNotInPool if no usable pool holds it
+// (none, or one that is disabled or does not allow Use). As in Calico,
+// naming the address is an explicit choice: the pool's nodeSelector and
+// namespaceSelector, and its assignment mode (Manual pools included), are
+// not consulted.
 func (a *Allocator) AssignIP(ctx context.Context, args AssignIPArgs) (Assigned, error) {
 	const op = "assign"
 	if !args.Addr.IsValid() || args.Addr.Zone() != "" {

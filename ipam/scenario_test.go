@@ -334,6 +334,29 @@ func TestManualPoolOnlyWhenRequested(t *testing.T) {
 	require.True(t, manual.CIDR.Contains(res.IPv4[0].Addr))
 }
 
+// TestAssignIPIsExplicit: naming an address chooses its pool, whatever the
+// pool's selectors and assignment mode say (as in Calico); only a disabled
+// pool refuses.
+func TestAssignIPIsExplicit(t *testing.T) {
+	rack := v4pool("rack-1", "10.0.0.0/24", 26)
+	rack.NodeSelector = `rack == "1"`
+	rack.NamespaceSelector = `team == "a"`
+	rack.AssignmentMode = pool.Manual
+	e := newEnv(t, rack)
+	_, err := e.assign4("node-9", "auto", 1) // node-9 has no rack label
+	require.ErrorIs(t, err, pool.ErrNoPool)
+
+	got, err := e.a.AssignIP(e.ctx, ipam.AssignIPArgs{Addr: mustAddr("10.0.0.7"), Handle: "h", Node: "node-9"})
+	require.NoError(t, err)
+	require.Equal(t, mustAddr("10.0.0.7"), got.Addr)
+	require.Equal(t, []netip.Prefix{mustPrefix("10.0.0.0/26")}, e.affine("node-9"))
+
+	require.NoError(t, e.a.DisablePool(e.ctx, "rack-1"))
+	_, err = e.a.AssignIP(e.ctx, ipam.AssignIPArgs{Addr: mustAddr("10.0.0.8"), Handle: "h", Node: "node-9"})
+	require.ErrorIs(t, err, ipam.ErrNotInPool)
+	require.ErrorContains(t, err, `pool "rack-1" is disabled`)
+}
+
 func TestAllowedUses(t *testing.T) {
 	tunnel := v4pool("tunnel", "10.0.0.0/24", 26)
 	tunnel.AllowedUses = []pool.Use{pool.UseTunnel}
