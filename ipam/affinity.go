@@ -79,8 +79,11 @@ func (a *Allocator) poolFor(ctx context.Context, op string, cidr netip.Prefix) (
 		return nil, err
 	}
 	p, ok := v.pools.ByAddr(cidr.Addr())
-	if !ok || p.CIDR.Bits() > cidr.Bits() {
+	if !ok {
 		return nil, fmt.Errorf("ipam: %s %s: %w: no pool holds it", op, cidr, ErrNotInPool)
+	}
+	if p.CIDR.Bits() > cidr.Bits() {
+		return nil, fmt.Errorf("ipam: %s %s: %w: it is larger than pool %q (%s); name a prefix of one pool", op, cidr, ErrNotInPool, p.Name, p.CIDR)
 	}
 	if p.Disabled {
 		return nil, fmt.Errorf("ipam: %s %s: %w: pool %q is disabled", op, cidr, ErrNotInPool, p.Name)
@@ -126,10 +129,12 @@ func (a *Allocator) ClaimAffinity(ctx context.Context, node string, cidr netip.P
 	return claimed, nil
 }
 
-// ReleaseAffinity releases node's affinity to the blocks of cidr (a block,
-// or a larger prefix of one pool). Empty blocks are deleted; non-empty ones
-// keep their addresses without affinity, unless requireEmpty, which leaves
-// them and reports ErrBlockNotEmpty. Blocks not affine to node are skipped.
+// ReleaseAffinity releases node's affinity to the blocks in cidr: a block,
+// a part of a pool, or any larger prefix (such as 0.0.0.0/0), in which case
+// the blocks are those the node holds inside it, in any pool or in none.
+// Empty blocks are deleted; non-empty ones keep their addresses without
+// affinity, unless requireEmpty, which leaves them and reports
+// ErrBlockNotEmpty. Blocks not affine to node are skipped.
 func (a *Allocator) ReleaseAffinity(ctx context.Context, node string, cidr netip.Prefix, requireEmpty bool) error {
 	const op = "release affinity"
 	if err := checkNode(op, node); err != nil {
@@ -142,15 +147,37 @@ func (a *Allocator) ReleaseAffinity(ctx context.Context, node string, cidr netip
 	if err != nil {
 		return err
 	}
+	aff := block.Host(node)
+	// The node's blocks inside cidr, in any pool or in none (a block kept
+	// by a deleted pool, or one of another block size than its pool's).
+	held, err := a.affineBlocks(ctx, aff, nil)
+	if err != nil {
+		return err
+	}
 	var blocks []netip.Prefix
+	seen := map[netip.Prefix]bool{}
+	for _, blk := range held {
+		if blk.Bits() >= cidr.Bits() && cidr.Contains(blk.Addr()) {
+			blocks = append(blocks, blk)
+			seen[blk] = true
+		}
+	}
+	// And, read from the blocks themselves in case the index lost one,
+	// the blocks of cidr's pool inside cidr, or cidr itself if it may be a
+	// block.
+	var more []netip.Prefix
 	if p, ok := v.pools.ByAddr(cidr.Addr()); ok && p.CIDR.Bits() <= cidr.Bits() {
-		if blocks, err = blocksOf(op, p, cidr); err != nil {
+		if more, err = blocksOf(op, p, cidr); err != nil {
 			return err
 		}
-	} else {
-		blocks = []netip.Prefix{cidr} // a block of a deleted pool
+	} else if minBits := minBlockBits(cidr.Addr()); cidr.Bits() >= minBits {
+		more = []netip.Prefix{cidr}
 	}
-	aff := block.Host(node)
+	for _, blk := range more {
+		if !seen[blk] {
+			blocks = append(blocks, blk)
+		}
+	}
 	var errs []error
 	for _, blk := range blocks {
 		err := a.releaseAffinity(ctx, aff, blk, requireEmpty)
@@ -166,6 +193,15 @@ func (a *Allocator) ReleaseAffinity(ctx context.Context, node string, cidr netip
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// minBlockBits is the length of the largest block a pool of addr's family
+// can have.
+func minBlockBits(addr netip.Addr) int {
+	if addr.Is4() {
+		return pool.MinBlockSize4
+	}
+	return pool.MinBlockSize6
 }
 
 // ReleaseHostAffinities releases every block affinity of node, as when the

@@ -140,15 +140,51 @@ func TestClaimAndReleaseAffinity(t *testing.T) {
 	for _, tt := range []struct {
 		cidr string
 		err  error
+		msg  string
 	}{
-		{"10.0.0.1/26", ipam.ErrInvalid},   // not masked
-		{"10.0.0.0/27", ipam.ErrInvalid},   // smaller than a block
-		{"10.1.0.0/26", ipam.ErrNotInPool}, // outside every pool
-		{"10.0.0.0/16", ipam.ErrNotInPool}, // larger than the pool
-		{"fd00::/122", ipam.ErrNotInPool},  // no IPv6 pool
+		{"10.0.0.1/26", ipam.ErrInvalid, "10.0.0.1/26 is not a masked prefix"},
+		{"10.0.0.0/27", ipam.ErrInvalid, `10.0.0.0/27 is smaller than a block of pool "p" (/26)`},
+		{"10.1.0.0/26", ipam.ErrNotInPool, "claim affinity 10.1.0.0/26: address is not in a usable pool: no pool holds it"},
+		{"10.0.0.0/16", ipam.ErrNotInPool, `it is larger than pool "p" (10.0.0.0/24)`},
+		{"fd00::/122", ipam.ErrNotInPool, "no pool holds it"},
 	} {
 		_, err := e.a.ClaimAffinity(e.ctx, "node-3", netip.MustParsePrefix(tt.cidr))
 		require.ErrorIs(t, err, tt.err, tt.cidr)
+		require.ErrorContains(t, err, tt.msg)
+	}
+}
+
+// TestReleaseAffinityOfLargerPrefix: a prefix larger than a pool releases
+// the node's blocks inside it, in every pool it holds, and nothing outside.
+func TestReleaseAffinityOfLargerPrefix(t *testing.T) {
+	for _, cidr := range []string{"10.0.0.0/16", "10.0.0.0/8", "0.0.0.0/0"} {
+		t.Run(cidr, func(t *testing.T) {
+			e := newEnv(t, v4pool("a", "10.0.0.0/24", 26), v4pool("b", "10.0.1.0/24", 26), v4pool("c", "192.168.0.0/24", 26))
+			for _, p := range []string{"a", "b", "c"} {
+				_, err := e.a.AutoAssign(e.ctx, ipam.AutoAssignArgs{Num4: 1, Handle: "h-" + p, Node: "node-1", IPv4Pools: []string{p}})
+				require.NoError(t, err)
+			}
+			e.mustAssign4("node-2", "other", 1)
+			// Pool b is deleted, and its empty block with it.
+			_, err := e.a.ReleaseByHandle(e.ctx, "h-b")
+			require.NoError(t, err)
+			require.NoError(t, e.a.DeletePool(e.ctx, "b"))
+			_, err = e.a.ClaimAffinity(e.ctx, "node-1", mustPrefix("10.0.0.128/26"))
+			require.NoError(t, err)
+			before := e.affine("node-1")
+			require.Len(t, before, 3)
+
+			require.NoError(t, e.a.ReleaseAffinity(e.ctx, "node-1", mustPrefix(cidr), false))
+			var left []netip.Prefix
+			for _, blk := range before {
+				if !mustPrefix(cidr).Contains(blk.Addr()) {
+					left = append(left, blk)
+				}
+			}
+			require.Equal(t, orEmpty(left), orEmpty(e.affine("node-1")))
+			require.Len(t, e.affine("node-2"), 1, "another node's blocks stay")
+			e.requireConsistent()
+		})
 	}
 }
 
