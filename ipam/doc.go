@@ -75,7 +75,10 @@
 //     pools at once cannot both succeed, and a pool cannot be created over
 //     leftover blocks of a different size.
 //   - A failed AutoAssign leaves nothing behind: no address, no handle, no
-//     claimed block.
+//     claimed block. (A store write whose outcome is unknown, a timeout
+//     say, is the exception: it may leave a handle count too high, which
+//     ReleaseByHandle reports as ErrHandleNotFound, Check reports and
+//     Repair removes; never an address without its count.)
 //   - The consistency check, its repair and the leak collector are library
 //     functions, not separate programs.
 //

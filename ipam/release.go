@@ -376,8 +376,9 @@ func sortedKeys[V any](m map[string]V) []string {
 }
 
 // ReleaseByHandle releases every address held by handle and returns them.
-// It fails with ErrHandleNotFound when the handle holds nothing, so callers
-// that release twice can tell (and may ignore it).
+// It fails with ErrHandleNotFound when the handle holds nothing (no record,
+// or a record whose counts no block bears out), so callers that release
+// twice can tell (and may ignore it).
 //
 // It lowers the handle's count in each block by the addresses it released
 // there, and no further: a count its blocks do not bear out is either an
@@ -447,7 +448,23 @@ func (a *Allocator) ReleaseByHandle(ctx context.Context, handle string) ([]netip
 		}
 		todo[i].count = before - len(released)
 	}
-	return orNil(released), h.adjust(ctx, todo)
+	if err := h.adjust(ctx, todo); err != nil {
+		return orNil(released), err
+	}
+	if len(released) == 0 {
+		return nil, noAddrs("release by handle", &h)
+	}
+	return released, nil
+}
+
+// noAddrs is the error for a handle whose record counts addresses that no
+// block holds: as for no record, ErrHandleNotFound.
+func noAddrs(op string, h *handleTx) error {
+	n := 0
+	for _, hc := range h.rec.entries() {
+		n += hc.count
+	}
+	return fmt.Errorf("ipam: %s %q: %w: its record counts %d addresses that no block holds (an assignment in flight, or left by a failed write: Check reports it, Repair removes it)", op, h.id, ErrHandleNotFound, n)
 }
 
 // orNil returns s, or nil when s is empty: ReleaseByHandle made room
@@ -475,6 +492,9 @@ func (a *Allocator) IPsByHandle(ctx context.Context, handle string) ([]netip.Add
 		if b != nil {
 			out = b.AddrsOf(handle, out)
 		}
+	}
+	if len(out) == 0 {
+		return nil, noAddrs("addresses of handle", &h)
 	}
 	return out, nil
 }

@@ -124,8 +124,9 @@ func TestOwnerAttributes(t *testing.T) {
 
 // TestReleaseByHandleWithStaleCounts: a handle record may count addresses
 // its blocks no longer hold (a crash between a release's two writes leaves
-// that). ReleaseByHandle then releases nothing and returns no addresses,
-// and it leaves the count, which it cannot tell from an assignment in
+// that). ReleaseByHandle then releases nothing and fails with
+// ErrHandleNotFound, as for a handle without a record, and it leaves the
+// count, which it cannot tell from an assignment in
 // flight (TestReleaseByHandleDuringAssign); Check reports it and Repair
 // removes it.
 func TestReleaseByHandleWithStaleCounts(t *testing.T) {
@@ -140,8 +141,11 @@ func TestReleaseByHandleWithStaleCounts(t *testing.T) {
 	require.NoError(t, err)
 
 	released, err := e.a.ReleaseByHandle(e.ctx, "h1")
-	require.NoError(t, err)
+	require.ErrorIs(t, err, ipam.ErrHandleNotFound, "it holds nothing")
+	require.ErrorContains(t, err, "its record counts 2 addresses that no block holds")
 	require.Nil(t, released)
+	_, err = e.a.IPsByHandle(e.ctx, "h1")
+	require.ErrorIs(t, err, ipam.ErrHandleNotFound)
 	after, err := e.store.Get(e.ctx, ipam.KindHandle, "h1")
 	require.NoError(t, err)
 	require.Equal(t, rec.Value, after.Value, "the count it cannot account for stays")
@@ -178,7 +182,7 @@ func TestReleaseByHandleDuringAssign(t *testing.T) {
 			armed = false // the count is raised; the block write is next
 			var err error
 			releasedMid, err = e.a.ReleaseByHandle(e.ctx, "h")
-			require.NoError(t, err)
+			require.ErrorIs(t, err, ipam.ErrHandleNotFound, "nothing is assigned yet")
 		}
 	}}
 	assigner, err := ipam.New(hooked, ipam.Options{})
