@@ -181,6 +181,19 @@ func (v *view) allocOptions(blk netip.Prefix, now func() time.Time) block.AllocO
 	return opts
 }
 
+// reservesIn reports whether a reservation overlaps one of pools.
+func (v *view) reservesIn(pools []*pool.Pool) bool {
+	if !v.hasReserved {
+		return false
+	}
+	for _, p := range pools {
+		if v.reserved.OverlapsPrefix(p.CIDR) {
+			return true
+		}
+	}
+	return false
+}
+
 // poolsRecord is the stored form of the pool set: Calico's IPPool resources
 // as JSON, so the record reads like the manifests users write.
 type poolsRecord struct {

@@ -110,6 +110,10 @@ type assignOp struct {
 	// addrs is scratch space for the addresses of one block, when more
 	// than a few are wanted.
 	addrs []netip.Addr
+	// cooling and reserved say whether a block this operation looked at
+	// had free addresses that the release cooldown or a reservation held
+	// back, for the reasons of a failure.
+	cooling, reserved bool
 }
 
 // AutoAssign assigns addresses from the pools that qualify for the request,
@@ -385,6 +389,7 @@ func (a *Allocator) assignFamily(ctx context.Context, o *assignOp, fam pool.Fami
 	// 2. New blocks claimed for the node.
 	var why []string
 	var gonePools []*pool.Pool
+	var full []*pool.Pool // pools whose walk found no block to claim
 	switch {
 	case len(out) == n:
 		return out, "", nil
@@ -426,6 +431,7 @@ func (a *Allocator) assignFamily(ctx context.Context, o *assignOp, fam pool.Fami
 					o.listed[p.Name] = listed
 				}
 				if !ok {
+					full = append(full, p)
 					break
 				}
 				mine = append(mine, blk)
@@ -436,8 +442,8 @@ func (a *Allocator) assignFamily(ctx context.Context, o *assignOp, fam pool.Fami
 				}
 			}
 		}
-		if len(out) < n && (cfg.MaxBlocksPerHost == 0 || len(mine) < cfg.MaxBlocksPerHost) {
-			why = append(why, "no unclaimed block left in "+poolNames(pools))
+		if len(out) < n && len(full) > 0 {
+			why = append(why, "no unclaimed block left in "+poolNames(full))
 		}
 	}
 
@@ -465,10 +471,10 @@ func (a *Allocator) assignFamily(ctx context.Context, o *assignOp, fam pool.Fami
 	}
 	// What else holds addresses back, so that a pool that looks half empty
 	// is not taken for a fault.
-	if c := cfg.ReleaseCooldown; c > 0 {
-		why = append(why, fmt.Sprintf("addresses released in the last %v are held back by releaseCooldown", c))
+	if o.cooling {
+		why = append(why, fmt.Sprintf("addresses released in the last %v are held back by releaseCooldown", cfg.ReleaseCooldown))
 	}
-	if o.v.hasReserved {
+	if o.reserved || o.v.reservesIn(full) {
 		why = append(why, "addresses in reservations are never assigned automatically")
 	}
 	return out, fmt.Sprintf("%s: %s", fam, joinReasons(why)), nil
@@ -577,13 +583,17 @@ func (a *Allocator) assignFrom(ctx context.Context, o *assignOp, out *[]Assigned
 		var buf [8]netip.Addr
 		var addrs []netip.Addr
 		var seq uint64
-		if opts := o.v.allocOptions(blk, a.now); want <= len(buf) {
+		opts := o.v.allocOptions(blk, a.now)
+		if want <= len(buf) {
 			addrs, seq = next.AllocateWith(buf[:0], want, o.owner, opts)
 		} else {
 			o.addrs, seq = next.AllocateWith(o.addrs[:0], want, o.owner, opts)
 			addrs = o.addrs
 		}
 		k := len(addrs)
+		if k < want && next.Free() > 0 {
+			o.heldBack(next, opts)
+		}
 		if k == 0 {
 			res = fromFull
 			return nil
@@ -610,6 +620,17 @@ func (a *Allocator) assignFrom(ctx context.Context, o *assignOp, out *[]Assigned
 // It runs only after a successful assignment, so that a failed one changes
 // nothing, and is best effort: a block it cannot release now is tried again
 // next time.
+// heldBack notes why b, which gave fewer addresses than wanted, kept the
+// free ones it has: released too recently, or in a reservation.
+func (o *assignOp) heldBack(b *block.Block, opts block.AllocOptions) {
+	if !opts.ReleasedBefore.IsZero() && b.CoolingSince(opts.ReleasedBefore) > 0 {
+		o.cooling = true
+	}
+	if opts.Skip != nil {
+		o.reserved = true
+	}
+}
+
 func (a *Allocator) dropUnselected(ctx context.Context, o *assignOp) {
 	for _, blk := range o.unselected {
 		p, ok := o.v.pools.ByAddr(blk.Addr())

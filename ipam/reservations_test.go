@@ -176,3 +176,75 @@ func TestHostReservedAddresses(t *testing.T) {
 	_, err = e.a.AutoAssign(e.ctx, ipam.AutoAssignArgs{Num4: 1, Handle: "x", Node: "n", ReserveFirst: -1})
 	require.ErrorIs(t, err, ipam.ErrInvalid)
 }
+
+// TestShortReasonsAreTrue: an AutoAssign that comes up short gives only
+// reasons that hold: the cooldown only when a released address was held
+// back, reservations only when they kept addresses or blocks back, and
+// "no unclaimed block left" only for pools whose walk found none.
+func TestShortReasonsAreTrue(t *testing.T) {
+	cooldown := func(e *env) {
+		cfg := ipam.DefaultConfig()
+		cfg.ReleaseCooldown = time.Minute
+		e.config(cfg)
+	}
+	for _, c := range []struct {
+		name    string
+		setup   func(e *env)
+		args    ipam.AutoAssignArgs
+		want    []string
+		notWant []string
+	}{
+		{
+			name:    "blocks too small for the reservation, cooldown on, nothing released",
+			setup:   cooldown,
+			args:    ipam.AutoAssignArgs{Num4: 1, ReserveFirst: 3, ReserveLast: 1},
+			want:    []string{`pool "p"'s blocks are too small to reserve 3+1 addresses`},
+			notWant: []string{"no unclaimed block", "releaseCooldown", "reservations"},
+		},
+		{
+			name:    "more than the pool holds, cooldown on, nothing released",
+			setup:   cooldown,
+			args:    ipam.AutoAssignArgs{Num4: 17},
+			want:    []string{`no unclaimed block left in pools ["p"]`, "no free address to borrow"},
+			notWant: []string{"releaseCooldown", "reservations"},
+		},
+		{
+			name: "an address released within the cooldown",
+			setup: func(e *env) {
+				cooldown(e)
+				got := e.mustAssign4("node-2", "x", 16)
+				_, err := e.a.ReleaseIPs(e.ctx, ipam.Release{Addr: got[5].Addr})
+				require.NoError(e.t, err)
+			},
+			args:    ipam.AutoAssignArgs{Num4: 1},
+			want:    []string{"addresses released in the last 1m0s are held back by releaseCooldown"},
+			notWant: []string{"reservations"},
+		},
+		{
+			name: "a reservation over whole blocks",
+			setup: func(e *env) {
+				require.NoError(e.t, e.a.CreateReservation(e.ctx, ipam.Reservation{Name: "r", CIDRs: []netip.Prefix{mustPrefix("10.0.0.8/29")}}))
+				e.mustAssign4("node-2", "x", 8)
+			},
+			args:    ipam.AutoAssignArgs{Num4: 1},
+			want:    []string{"addresses in reservations are never assigned automatically"},
+			notWant: []string{"releaseCooldown"},
+		},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			e := newEnv(t, v4pool("p", "10.0.0.0/28", 30)) // four blocks of 4
+			c.setup(e)
+			args := c.args
+			args.Handle, args.Node = "h", "node-1"
+			_, err := e.a.AutoAssign(e.ctx, args)
+			require.ErrorIs(t, err, ipam.ErrNoSpace)
+			for _, s := range c.want {
+				require.ErrorContains(t, err, s)
+			}
+			for _, s := range c.notWant {
+				require.NotContains(t, err.Error(), s)
+			}
+			e.requireConsistent()
+		})
+	}
+}
