@@ -5,9 +5,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net/netip"
-	"strconv"
+
+	"github.com/carve-ipam/carve/internal/strictjson"
 )
 
 // MarshalJSON encodes p as the spec of a Calico IPPool, without the name.
@@ -38,14 +38,14 @@ func (p *Pool) UnmarshalJSON(data []byte) error {
 	if bytes.Equal(bytes.TrimSpace(data), []byte("null")) {
 		return nil
 	}
-	fields, err := objectFields(data)
+	fields, err := strictjson.Fields(data)
 	if err != nil {
 		return fmt.Errorf("spec: %w", err)
 	}
 	q := Pool{Name: p.Name}
 	for _, f := range fields {
-		if err := q.setField(f.key, f.value); err != nil {
-			return fmt.Errorf("spec.%s: %w", f.key, err)
+		if err := q.setField(f.Key, f.Value); err != nil {
+			return fmt.Errorf("spec.%s: %w", f.Key, err)
 		}
 	}
 	*p = q
@@ -53,13 +53,13 @@ func (p *Pool) UnmarshalJSON(data []byte) error {
 }
 
 func (p *Pool) setField(key string, v json.RawMessage) error {
-	if isNull(v) {
+	if strictjson.IsNull(v) {
 		return nil
 	}
 	switch key {
 	case "cidr":
 		var s string
-		if err := decodeAs(v, &s, "a string"); err != nil {
+		if err := strictjson.DecodeAs(v, &s, "a string"); err != nil {
 			return err
 		}
 		c, err := parseCIDR(s)
@@ -68,25 +68,25 @@ func (p *Pool) setField(key string, v json.RawMessage) error {
 		}
 		p.CIDR = c
 	case "blockSize":
-		return decodeAs(v, &p.BlockSize, "an integer")
+		return strictjson.DecodeAs(v, &p.BlockSize, "an integer")
 	case "nodeSelector":
-		return decodeAs(v, &p.NodeSelector, "a string")
+		return strictjson.DecodeAs(v, &p.NodeSelector, "a string")
 	case "namespaceSelector":
-		return decodeAs(v, &p.NamespaceSelector, "a string")
+		return strictjson.DecodeAs(v, &p.NamespaceSelector, "a string")
 	case "disabled":
-		return decodeAs(v, &p.Disabled, "true or false")
+		return strictjson.DecodeAs(v, &p.Disabled, "true or false")
 	case "allowedUses":
-		return decodeAs(v, &p.AllowedUses, "a list of strings")
+		return strictjson.DecodeAs(v, &p.AllowedUses, "a list of strings")
 	case "assignmentMode":
-		return decodeAs(v, &p.AssignmentMode, "a string")
+		return strictjson.DecodeAs(v, &p.AssignmentMode, "a string")
 	case "ipipMode":
-		return decodeAs(v, &p.IPIPMode, "a string")
+		return strictjson.DecodeAs(v, &p.IPIPMode, "a string")
 	case "vxlanMode":
-		return decodeAs(v, &p.VXLANMode, "a string")
+		return strictjson.DecodeAs(v, &p.VXLANMode, "a string")
 	case "natOutgoing":
-		return decodeAs(v, &p.NATOutgoing, "true or false")
+		return strictjson.DecodeAs(v, &p.NATOutgoing, "true or false")
 	case "disableBGPExport":
-		return decodeAs(v, &p.DisableBGPExport, "true or false")
+		return strictjson.DecodeAs(v, &p.DisableBGPExport, "true or false")
 	case "ipip":
 		return errors.New("is the Calico APIv1 field, not allowed in v3: use ipipMode")
 	case "nat-outgoing":
@@ -114,74 +114,4 @@ func parseCIDR(s string) (netip.Prefix, error) {
 		return netip.Prefix{}, fmt.Errorf("%q is not a CIDR", s)
 	}
 	return netip.PrefixFrom(a, a.BitLen()), nil
-}
-
-func decodeAs(v json.RawMessage, dst any, want string) error {
-	if err := json.Unmarshal(v, dst); err != nil {
-		return fmt.Errorf("want %s, got %s", want, abbrev(v))
-	}
-	return nil
-}
-
-func isNull(v json.RawMessage) bool { return string(bytes.TrimSpace(v)) == "null" }
-
-// abbrev shortens a JSON value for an error message.
-func abbrev(v json.RawMessage) string {
-	s := string(bytes.TrimSpace(v))
-	if len(s) > 40 {
-		s = s[:37] + "..."
-	}
-	return s
-}
-
-type field struct {
-	key   string
-	value json.RawMessage
-}
-
-// objectFields splits a JSON object into its members, in order, with keys
-// matched exactly (encoding/json would match them case-insensitively) and
-// duplicate keys refused (Kubernetes' strict decoding refuses them too).
-func objectFields(data []byte) ([]field, error) {
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.UseNumber()
-	tok, err := dec.Token()
-	if err != nil {
-		return nil, syntaxErr(err)
-	}
-	if d, ok := tok.(json.Delim); !ok || d != '{' {
-		return nil, fmt.Errorf("want an object, got %s", abbrev(data))
-	}
-	var fields []field
-	for dec.More() {
-		tok, err := dec.Token()
-		if err != nil {
-			return nil, syntaxErr(err)
-		}
-		key, _ := tok.(string) // inside an object the decoder only returns string keys
-		var v json.RawMessage
-		if err := dec.Decode(&v); err != nil {
-			return nil, syntaxErr(err)
-		}
-		for _, f := range fields {
-			if f.key == key {
-				return nil, fmt.Errorf("%s: appears twice", strconv.Quote(key))
-			}
-		}
-		fields = append(fields, field{key, v})
-	}
-	if _, err := dec.Token(); err != nil { // the closing brace
-		return nil, syntaxErr(err)
-	}
-	if _, err := dec.Token(); err != io.EOF {
-		return nil, errors.New("invalid JSON: data after the object")
-	}
-	return fields, nil
-}
-
-func syntaxErr(err error) error {
-	if err == io.EOF {
-		err = io.ErrUnexpectedEOF
-	}
-	return fmt.Errorf("invalid JSON: %w", err)
 }

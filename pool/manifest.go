@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"io"
 	"strconv"
+
+	"github.com/carve-ipam/carve/internal/strictjson"
 )
 
 // API versions whose IPPool manifests DecodeManifest reads. Both have the
@@ -108,28 +110,28 @@ func (d *manifestDecoder) value(v json.RawMessage) error {
 // document reads an IPPool or, unless inList, a list of them. listVersion
 // is the apiVersion of the enclosing IPPoolList, if any.
 func (d *manifestDecoder) document(v json.RawMessage, inList bool, listVersion string) error {
-	fields, err := objectFields(v)
+	fields, err := strictjson.Fields(v)
 	if err != nil {
 		return d.errorf("", "%w", err)
 	}
 	var apiVersion, kind string
 	var metadata, spec, items json.RawMessage
 	for _, f := range fields {
-		switch f.key {
+		switch f.Key {
 		case "apiVersion":
-			if err := decodeAs(f.value, &apiVersion, "a string"); err != nil {
+			if err := strictjson.DecodeAs(f.Value, &apiVersion, "a string"); err != nil {
 				return d.errorf("", "apiVersion: %w", err)
 			}
 		case "kind":
-			if err := decodeAs(f.value, &kind, "a string"); err != nil {
+			if err := strictjson.DecodeAs(f.Value, &kind, "a string"); err != nil {
 				return d.errorf("", "kind: %w", err)
 			}
 		case "metadata":
-			metadata = f.value
+			metadata = f.Value
 		case "spec":
-			spec = f.value
+			spec = f.Value
 		case "items":
-			items = f.value
+			items = f.Value
 		}
 	}
 	if inList && listVersion != "" {
@@ -151,9 +153,9 @@ func (d *manifestDecoder) document(v json.RawMessage, inList bool, listVersion s
 			return d.errorf("", "apiVersion %q: want %s or %s", apiVersion, APIVersionV3, APIVersionCRD)
 		}
 		var list []json.RawMessage
-		if len(items) > 0 && !isNull(items) {
+		if len(items) > 0 && !strictjson.IsNull(items) {
 			if err := json.Unmarshal(items, &list); err != nil {
-				return d.errorf("", "items: want a list, got %s", abbrev(items))
+				return d.errorf("", "items: want a list, got %s", strictjson.Abbrev(items))
 			}
 		}
 		inherit := ""
@@ -195,19 +197,19 @@ func knownVersion(v string) bool { return v == APIVersionV3 || v == APIVersionCR
 
 // metadataName returns metadata.name, ignoring every other metadata field.
 func metadataName(metadata json.RawMessage) (string, error) {
-	if len(metadata) == 0 || isNull(metadata) {
+	if len(metadata) == 0 || strictjson.IsNull(metadata) {
 		return "", errors.New("metadata.name is missing")
 	}
-	fields, err := objectFields(metadata)
+	fields, err := strictjson.Fields(metadata)
 	if err != nil {
 		return "", fmt.Errorf("metadata: %w", err)
 	}
 	for _, f := range fields {
-		if f.key != "name" {
+		if f.Key != "name" {
 			continue
 		}
 		var name string
-		if err := decodeAs(f.value, &name, "a string"); err != nil {
+		if err := strictjson.DecodeAs(f.Value, &name, "a string"); err != nil {
 			return "", fmt.Errorf("metadata.name: %w", err)
 		}
 		if name == "" {
