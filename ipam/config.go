@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"math"
 	"time"
+
+	"github.com/carve-ipam/carve/internal/strictjson"
 )
 
 // Config is the cluster-wide allocator configuration, Calico's
@@ -94,11 +96,16 @@ func (c Config) Validate() error {
 // "releaseCooldown":"30s"}.
 func (c Config) MarshalJSON() ([]byte, error) { return c.marshal() }
 
-// UnmarshalJSON reads what MarshalJSON writes.
+// UnmarshalJSON reads what MarshalJSON writes, and Calico's
+// IPAMConfiguration spec. As with pool specs, field names are matched
+// exactly and a field the configuration does not have is an error, not
+// ignored; a missing autoAllocateBlocks is true, Calico's default, and the
+// other missing fields are zero. Errors match ErrInvalidConfig. The result
+// is not validated (see Validate).
 func (c *Config) UnmarshalJSON(data []byte) error {
-	got, err := unmarshalConfig(data)
+	got, err := decodeConfig(data, true)
 	if err != nil {
-		return err
+		return fmt.Errorf("ipam: config: %w: %w", ErrInvalidConfig, err)
 	}
 	*c = got
 	return nil
@@ -112,18 +119,51 @@ func (c Config) marshal() ([]byte, error) {
 	return json.Marshal(j)
 }
 
+// unmarshalConfig decodes the stored config record. Fields it does not
+// know are skipped, so that a record written by a later version of carve
+// still reads.
 func unmarshalConfig(data []byte) (Config, error) {
-	var j configJSON
-	if err := json.Unmarshal(data, &j); err != nil {
+	c, err := decodeConfig(data, false)
+	if err != nil {
 		return Config{}, fmt.Errorf("ipam: config record: %w: %w", ErrCorrupt, err)
 	}
-	c := Config{StrictAffinity: j.StrictAffinity, AutoAllocateBlocks: j.AutoAllocateBlocks, MaxBlocksPerHost: j.MaxBlocksPerHost}
-	if j.ReleaseCooldown != "" {
-		d, err := time.ParseDuration(j.ReleaseCooldown)
-		if err != nil {
-			return Config{}, fmt.Errorf("ipam: config record: %w: releaseCooldown: %w", ErrCorrupt, err)
+	return c, nil
+}
+
+// decodeConfig decodes a Config from its JSON form, starting from
+// DefaultConfig; strict refuses fields it does not know.
+func decodeConfig(data []byte, strict bool) (Config, error) {
+	fields, err := strictjson.Fields(data)
+	if err != nil {
+		return Config{}, err
+	}
+	c := DefaultConfig()
+	for _, f := range fields {
+		if strictjson.IsNull(f.Value) {
+			continue
 		}
-		c.ReleaseCooldown = d
+		switch f.Key {
+		case "strictAffinity":
+			err = strictjson.DecodeAs(f.Value, &c.StrictAffinity, "true or false")
+		case "autoAllocateBlocks":
+			err = strictjson.DecodeAs(f.Value, &c.AutoAllocateBlocks, "true or false")
+		case "maxBlocksPerHost":
+			err = strictjson.DecodeAs(f.Value, &c.MaxBlocksPerHost, "an integer")
+		case "releaseCooldown":
+			var s string
+			if err = strictjson.DecodeAs(f.Value, &s, `a duration such as "30s"`); err == nil && s != "" {
+				if c.ReleaseCooldown, err = time.ParseDuration(s); err != nil {
+					err = fmt.Errorf("want a duration such as \"30s\", got %q", s)
+				}
+			}
+		default:
+			if strict {
+				err = errors.New("is not a field of the IPAM configuration")
+			}
+		}
+		if err != nil {
+			return Config{}, fmt.Errorf("%s: %w", f.Key, err)
+		}
 	}
 	return c, nil
 }
