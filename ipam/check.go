@@ -42,9 +42,12 @@ const (
 	// ProblemBlockEmptyUnaffine: an empty block without affinity, which
 	// should have been deleted. Repairable.
 	ProblemBlockEmptyUnaffine ProblemKind = "block-empty-unaffine"
-	// ProblemBlockOutsidePools: a block that no pool carves (its pool was
-	// deleted, or re-created differently). Repairable when empty (it is
-	// deleted); otherwise its addresses stay until released.
+	// ProblemBlockOutsidePools: a block that no pool carves, and which is
+	// empty (repairable: it is deleted), or affine to a node, or overlaps
+	// a pool that carves blocks of another size (not repairable: release
+	// its addresses). A block of a deleted pool that still holds addresses
+	// and has no affinity, which is what DeletePool leaves, is not a
+	// problem but a Leftover.
 	ProblemBlockOutsidePools ProblemKind = "block-outside-pools"
 	// ProblemBlockOverlap: two blocks share addresses. Not repairable: an
 	// address could be held twice; release one block's addresses.
@@ -91,6 +94,29 @@ type Report struct {
 	Reservations int `json:"reservations"`
 	// Problems lists every inconsistency found, in a stable order.
 	Problems []Problem `json:"problems"`
+	// Leftovers lists, in address order, the blocks of deleted pools that
+	// still hold addresses. They are no problem: DeletePool leaves assigned
+	// addresses assigned, and a leftover block is deleted once its last
+	// address is released. Migrations (see DeletePool) end when none is
+	// left.
+	Leftovers []Leftover `json:"leftovers,omitempty"`
+}
+
+// Leftover is a block that no pool carves any more, without affinity,
+// still holding addresses.
+type Leftover struct {
+	Block netip.Prefix `json:"block"`
+	InUse int          `json:"inUse"`
+}
+
+// overlapsPool reports whether blk shares an address with a pool.
+func overlapsPool(pools *pool.Set, blk netip.Prefix) bool {
+	for _, p := range pools.All() {
+		if p.CIDR.Overlaps(blk) {
+			return true
+		}
+	}
+	return false
 }
 
 // Clean reports whether the check found nothing wrong.
@@ -195,6 +221,9 @@ func (a *Allocator) check(ctx context.Context) (*Report, *checkState, error) {
 			reach = blk
 		}
 		switch _, ok := carving(pools, blk); {
+		case !ok && !b.Empty() && b.Affinity().IsZero() && !overlapsPool(pools, blk):
+			// What DeletePool leaves: addresses stay until released.
+			r.Leftovers = append(r.Leftovers, Leftover{Block: blk, InUse: b.Used()})
 		case !ok:
 			add(Problem{Kind: ProblemBlockOutsidePools, Record: name, Block: blk, rev: rec.Revision, Repairable: b.Empty(),
 				Detail: fmt.Sprintf("no pool carves it; %d addresses in use", b.Used())})
