@@ -271,6 +271,11 @@ func checkAutoAssign(args AutoAssignArgs, knownNode bool) error {
 	if err := checkHandle(op, args.Handle); err != nil {
 		return err
 	}
+	for _, names := range [2][]string{args.IPv4Pools, args.IPv6Pools} {
+		if slices.Contains(names, "") {
+			return invalid(op, "an empty pool name in %q", names)
+		}
+	}
 	if !knownNode {
 		if err := checkNode(op, args.Node); err != nil {
 			return err
@@ -664,8 +669,8 @@ type AssignIPArgs struct {
 // not consulted.
 func (a *Allocator) AssignIP(ctx context.Context, args AssignIPArgs) (Assigned, error) {
 	const op = "assign"
-	if !args.Addr.IsValid() || args.Addr.Zone() != "" {
-		return Assigned{}, invalid(op, "address %q is not a valid IP address without zone", args.Addr)
+	if err := checkAddr(op, args.Addr); err != nil {
+		return Assigned{}, err
 	}
 	if err := checkHandle(op, args.Handle); err != nil {
 		return Assigned{}, err

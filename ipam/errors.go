@@ -148,7 +148,15 @@ type AddrError struct {
 	Err  error
 }
 
-func (e *AddrError) Error() string { return e.Addr.String() + ": " + e.Err.Error() }
+// Error returns the cause's text, after the address unless the cause names
+// it already.
+func (e *AddrError) Error() string {
+	msg := e.Err.Error()
+	if addr := e.Addr.String(); !strings.Contains(msg, addr) {
+		return addr + ": " + msg
+	}
+	return msg
+}
 
 // Unwrap returns the cause.
 func (e *AddrError) Unwrap() error { return e.Err }

@@ -120,6 +120,17 @@ func validUTF8(s string) bool {
 func checkNode(op, node string) error     { return checkName(op, "node name", node, false) }
 func checkHandle(op, handle string) error { return checkName(op, "handle", handle, true) }
 
+// checkAddr checks an address given to op: set, and without a zone.
+func checkAddr(op string, addr netip.Addr) error {
+	switch {
+	case !addr.IsValid():
+		return invalid(op, "no address given (the zero netip.Addr)")
+	case addr.Zone() != "":
+		return invalid(op, "address %s has a zone; give it without one", addr)
+	}
+	return nil
+}
+
 // ownerAttrs checks the caller's attributes and returns those stored with
 // an allocation: the caller's plus the node, copied and checked in one pass
 // over the map. With no attributes of the caller's own it returns shared

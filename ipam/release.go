@@ -68,8 +68,8 @@ func (a *Allocator) ReleaseIPs(ctx context.Context, rels ...Release) (ReleaseRes
 func (a *Allocator) releaseIPs(ctx context.Context, stamp bool, rels []Release) (ReleaseResult, error) {
 	const op = "release"
 	for _, r := range rels {
-		if !r.Addr.IsValid() || r.Addr.Zone() != "" {
-			return ReleaseResult{}, invalid(op, "address %q is not a valid IP address without zone", r.Addr)
+		if err := checkAddr(op, r.Addr); err != nil {
+			return ReleaseResult{}, err
 		}
 		if r.Handle != "" {
 			if err := checkHandle(op, r.Handle); err != nil {
@@ -154,7 +154,10 @@ func (a *Allocator) releaseIPs(ctx context.Context, stamp bool, rels []Release) 
 		}
 	}
 	if len(errs) > 0 {
-		return a.releaseResult(rels, status), fmt.Errorf("ipam: release: %w", errors.Join(errs...))
+		if len(errs) == 1 {
+			return a.releaseResult(rels, status), fmt.Errorf("ipam: %w", errs[0])
+		}
+		return a.releaseResult(rels, status), fmt.Errorf("ipam: release: %d addresses refused:\n%w", len(errs), errors.Join(errs...))
 	}
 	return a.releaseResult(rels, status), nil
 }
@@ -524,8 +527,8 @@ type Allocation struct {
 // Owner returns who holds addr, read fresh from the store, or an error
 // matching ErrNotAllocated.
 func (a *Allocator) Owner(ctx context.Context, addr netip.Addr) (Allocation, error) {
-	if !addr.IsValid() || addr.Zone() != "" {
-		return Allocation{}, invalid("owner", "address %q is not a valid IP address without zone", addr)
+	if err := checkAddr("owner", addr); err != nil {
+		return Allocation{}, err
 	}
 	addr = addr.Unmap()
 	v, err := a.loadView(ctx)

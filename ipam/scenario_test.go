@@ -425,14 +425,33 @@ func TestStaleSequenceReleaseRefused(t *testing.T) {
 	var ae *ipam.AddrError
 	require.ErrorAs(t, err, &ae)
 	require.Equal(t, first.Addr, ae.Addr)
+	require.Equal(t, 1, strings.Count(err.Error(), first.Addr.String()+":"), "the address is named once: %v", err)
+	require.True(t, strings.HasPrefix(err.Error(), "ipam: block "), err.Error())
 	require.Empty(t, res.Released)
 	own, err := e.a.Owner(e.ctx, first.Addr)
 	require.NoError(t, err)
 	require.Equal(t, "pod-b", own.Handle)
 
+
 	// So is a release naming the wrong handle.
 	_, err = e.a.ReleaseIPs(e.ctx, ipam.Release{Addr: first.Addr, Handle: "pod-a"})
 	require.ErrorIs(t, err, ipam.ErrHandleMismatch)
+
+	// Several refusals: one line each, after a line that counts them.
+	held, err := e.a.IPsByHandle(e.ctx, "pod-b")
+	require.NoError(t, err)
+	other := held[0]
+	if other == first.Addr {
+		other = held[1]
+	}
+	_, err = e.a.ReleaseIPs(e.ctx, ipam.Release{Addr: first.Addr, Handle: "pod-a"}, ipam.Release{Addr: other, Seq: 1})
+	require.ErrorIs(t, err, ipam.ErrHandleMismatch)
+	require.ErrorIs(t, err, ipam.ErrSeqMismatch)
+	lines := strings.Split(err.Error(), "\n")
+	require.Len(t, lines, 3, err.Error())
+	require.Equal(t, "ipam: release: 2 addresses refused:", lines[0])
+	require.Contains(t, lines[1], "release "+first.Addr.String()+`: handle "pod-a" does not match "pod-b"`)
+	require.Contains(t, lines[2], "release "+other.String()+": sequence number 1 does not match")
 }
 
 // TestReleaseRepeatedAddress: an address given more than once in one
@@ -876,4 +895,41 @@ func TestBatchAcrossPoolsOutOfAddressOrder(t *testing.T) {
 	require.NoError(t, err)
 	require.Len(t, blocksOf(got.IPv4), 4)
 	e.requireHolds("h", got.IPv4)
+}
+
+// TestAddressArguments: a missing or zoned address is refused by every
+// call that takes one, with a message that says which.
+func TestAddressArguments(t *testing.T) {
+	e := newEnv(t, v4pool("p", "10.0.0.0/24", 26))
+	calls := map[string]func(netip.Addr) error{
+		"assign": func(a netip.Addr) error {
+			_, err := e.a.AssignIP(e.ctx, ipam.AssignIPArgs{Addr: a, Handle: "h", Node: "n"})
+			return err
+		},
+		"release": func(a netip.Addr) error {
+			_, err := e.a.ReleaseIPs(e.ctx, ipam.Release{Addr: a})
+			return err
+		},
+		"owner": func(a netip.Addr) error {
+			_, err := e.a.Owner(e.ctx, a)
+			return err
+		},
+	}
+	for op, call := range calls {
+		err := call(netip.Addr{})
+		require.ErrorIs(t, err, ipam.ErrInvalid, op)
+		require.EqualError(t, err, "ipam: "+op+": invalid argument: no address given (the zero netip.Addr)")
+		err = call(mustAddr("fe80::1%eth0"))
+		require.ErrorIs(t, err, ipam.ErrInvalid, op)
+		require.EqualError(t, err, "ipam: "+op+": invalid argument: address fe80::1%eth0 has a zone; give it without one")
+	}
+	e.requireConsistent()
+}
+
+func TestEmptyPoolName(t *testing.T) {
+	e := newEnv(t, v4pool("p", "10.0.0.0/24", 26))
+	_, err := e.a.AutoAssign(e.ctx, ipam.AutoAssignArgs{Num4: 1, Handle: "h", Node: "n", IPv4Pools: []string{"p", ""}})
+	require.ErrorIs(t, err, ipam.ErrInvalid)
+	require.ErrorContains(t, err, `an empty pool name in ["p" ""]`)
+	e.requireConsistent()
 }
