@@ -432,7 +432,6 @@ func TestStaleSequenceReleaseRefused(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, "pod-b", own.Handle)
 
-
 	// So is a release naming the wrong handle.
 	_, err = e.a.ReleaseIPs(e.ctx, ipam.Release{Addr: first.Addr, Handle: "pod-a"})
 	require.ErrorIs(t, err, ipam.ErrHandleMismatch)
