@@ -175,10 +175,14 @@ func (a *Allocator) commit(ctx context.Context, e *blockEntry) error {
 
 // pruneReleased forgets the release times b no longer needs: those older
 // than the cooldown, or all of them when there is no cooldown. It keeps
-// block encodings small.
+// block encodings small. It trusts the cooldown of the allocator's view only
+// when the store's generations say the view is current: an operation that
+// reads no view (ReleaseHostAffinities, say) may run on an old one, or none,
+// and must not forget times that a cooldown set since still needs. Without
+// that, it forgets only what no cooldown can need (MaxReleaseCooldown).
 func (a *Allocator) pruneReleased(b *block.Block) {
-	var cooldown time.Duration
-	if v := a.view.Load(); v != nil {
+	cooldown := MaxReleaseCooldown
+	if v := a.view.Load(); v != nil && a.gens != nil && a.gens.Generation(KindConfig) == v.configGen {
 		cooldown = v.config.ReleaseCooldown
 	}
 	if cooldown > 0 {

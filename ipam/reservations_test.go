@@ -1,6 +1,7 @@
 package ipam_test
 
 import (
+	"fmt"
 	"net/netip"
 	"testing"
 	"time"
@@ -245,6 +246,37 @@ func TestShortReasonsAreTrue(t *testing.T) {
 				require.NotContains(t, err.Error(), s)
 			}
 			e.requireConsistent()
+		})
+	}
+}
+
+// TestCooldownSurvivesAllocatorsWithoutCurrentConfig: a node-removal
+// controller whose allocator has read no configuration yet, or read it
+// before the cooldown was set, rewrites a block with an address still
+// cooling. It must keep the release time, so that a node borrowing from
+// the block does not get the address.
+func TestCooldownSurvivesAllocatorsWithoutCurrentConfig(t *testing.T) {
+	for _, stale := range []bool{false, true} {
+		t.Run(fmt.Sprintf("stale=%v", stale), func(t *testing.T) {
+			e := newEnv(t, v4pool("p", "10.0.0.0/29", 29)) // one block of 8
+			controller := e.allocator()
+			if stale {
+				_, err := controller.Config(e.ctx) // reads the view before the cooldown
+				require.NoError(t, err)
+			}
+			cfg := ipam.DefaultConfig()
+			cfg.ReleaseCooldown = time.Hour
+			e.config(cfg)
+			got := e.mustAssign4("node-1", "a", 8)
+			_, err := e.a.ReleaseIPs(e.ctx, ipam.Release{Addr: got[3].Addr})
+			require.NoError(t, err)
+
+			_, err = controller.ReleaseHostAffinities(e.ctx, "node-1", false)
+			require.NoError(t, err)
+			e.clock.Advance(time.Minute)
+			_, err = e.assign4("node-2", "b", 1)
+			require.ErrorIs(t, err, ipam.ErrNoSpace, "the only free address is cooling")
+			require.ErrorContains(t, err, "held back by releaseCooldown")
 		})
 	}
 }
