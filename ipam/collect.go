@@ -37,7 +37,9 @@ type CollectorOptions struct {
 // the owner is still dead when asked again right before the release, and
 // with the sequence number seen, so an address reassigned meanwhile is
 // never freed. Empty affine blocks are released the same way once seen
-// empty, unchanged, across the grace period, but never a node's last block.
+// empty, unchanged, across the grace period, but never a node's last block,
+// and not while an address in it is still cooling (Config.ReleaseCooldown):
+// deleting the block would forget when the address was released.
 //
 // A Collector keeps its suspects in memory: a new one starts its grace
 // periods afresh. It is safe for concurrent use; passes do not overlap.
@@ -164,7 +166,15 @@ func (c *Collector) Collect(ctx context.Context) (CollectResult, error) {
 			delete(c.blocks, blk) // in use again, or gone
 		}
 	}
-	if !c.keep {
+	if !c.keep && len(empty) > 0 {
+		v, err := c.a.loadView(ctx)
+		if err != nil {
+			return res, errors.Join(append(errs, fmt.Errorf("ipam: collect: %w", err))...)
+		}
+		var cooled time.Time // addresses released after it are still cooling
+		if cd := v.config.ReleaseCooldown; cd > 0 {
+			cooled = now.Add(-cd)
+		}
 		for _, blk := range slices.SortedFunc(maps.Keys(empty), comparePrefix) {
 			b := empty[blk]
 			s, ok := c.blocks[blk]
@@ -174,6 +184,9 @@ func (c *Collector) Collect(ctx context.Context) (CollectResult, error) {
 			}
 			if now.Sub(s.since) < c.grace || affine[b.Affinity()] <= 1 {
 				continue // not long enough, or the node's last block
+			}
+			if !cooled.IsZero() && b.CoolingSince(cooled) > 0 {
+				continue // deleting it would forget the release times
 			}
 			err := c.a.releaseEmptyAffinity(ctx, b.Affinity(), blk, s.seq)
 			switch {

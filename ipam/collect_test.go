@@ -252,3 +252,33 @@ func TestCollectorKeepsHandleWithALiveAddress(t *testing.T) {
 	require.NoError(t, err)
 	require.Len(t, got, 2)
 }
+
+// TestCollectorKeepsCoolingBlocks: an empty block in which an address is
+// still cooling is not released: deleting it would forget the release
+// time, and a node claiming the block again would hand the address out at
+// once. Once the cooldown has passed, it goes.
+func TestCollectorKeepsCoolingBlocks(t *testing.T) {
+	e := newEnv(t, v4pool("p", "10.0.0.0/28", 30)) // four blocks of 4
+	cfg := ipam.DefaultConfig()
+	cfg.ReleaseCooldown = time.Hour
+	e.config(cfg)
+	got := e.mustAssign4("node-1", "a", 8) // two blocks
+	_, err := e.a.ReleaseIPs(e.ctx, ipam.Release{Addr: got[0].Addr}, ipam.Release{Addr: got[1].Addr}, ipam.Release{Addr: got[2].Addr}, ipam.Release{Addr: got[3].Addr})
+	require.NoError(t, err)
+	require.Len(t, e.affine("node-1"), 2)
+
+	c := newCollector(t, e, &owners{alive: map[string]bool{"a": true}}, time.Minute)
+	for range 3 {
+		res, err := c.Collect(e.ctx)
+		require.NoError(t, err)
+		require.Empty(t, res.ReleasedBlocks, "an address in the empty block is cooling")
+		e.clock.Advance(2 * time.Minute)
+	}
+	require.Len(t, e.affine("node-1"), 2)
+
+	e.clock.Advance(time.Hour)
+	res, err := c.Collect(e.ctx)
+	require.NoError(t, err)
+	require.Equal(t, []netip.Prefix{got[0].Block}, res.ReleasedBlocks, "cooled down, it goes")
+	e.requireConsistent()
+}

@@ -37,6 +37,12 @@ type Config struct {
 	// owner may still be using (a slow pod teardown, a stale ARP entry).
 	// 0 turns the cooldown off. At most MaxReleaseCooldown. In JSON it is a
 	// duration string, "releaseCooldown":"30s".
+	//
+	// Release times live in the block. A block deleted because it is empty
+	// and has no affinity takes them with it: releasing a node's affinity
+	// (ReleaseAffinity, ReleaseHostAffinities, DeletePool) ends the
+	// cooldown of its empty blocks' addresses. The Collector waits for the
+	// cooldown before it releases an empty block.
 	ReleaseCooldown time.Duration `json:"-"`
 }
 
