@@ -69,8 +69,8 @@ func unmarshalReservation(name string, data []byte) (Reservation, error) {
 // CreateReservation stores a new reservation. A name in use fails with
 // ErrReservationExists. The reservation holds for every AutoAssign that
 // starts after CreateReservation returns; one already in flight, which read
-// the reservations before, may still assign an address in it (as in
-// Calico). Addresses assigned before stay assigned; Allocations lists them.
+// the reservations before, may still assign an address in it. Addresses
+// assigned before stay assigned; Allocations lists them.
 func (a *Allocator) CreateReservation(ctx context.Context, r Reservation) error {
 	const op = "create reservation"
 	if err := r.check(op); err != nil {
