@@ -175,6 +175,34 @@ func TestCollectorNeverFreesAReassignedAddress(t *testing.T) {
 	require.Equal(t, "new", own.Handle)
 }
 
+// TestCollectorReassignedDuringPass: the address is released and assigned
+// to a live owner after the pass read it, while the collector asks again
+// about its old owner. The release by handle and sequence number is refused,
+// and that is the collector working, not an error.
+func TestCollectorReassignedDuringPass(t *testing.T) {
+	e := newEnv(t, v4pool("p", "10.0.0.0/30", 30))
+	o := &owners{alive: map[string]bool{"new": true}}
+	old := e.mustAssign4("node-1", "old", 1)[0]
+	c := newCollector(t, e, o, time.Minute)
+	_, err := c.Collect(e.ctx)
+	require.NoError(t, err)
+	e.clock.Advance(time.Minute)
+	o.flip = func(handle string, calls int) {
+		if calls == 3 { // the question right before the release
+			_, err := e.a.ReleaseByHandle(e.ctx, "old")
+			require.NoError(t, err)
+			_, err = e.a.AssignIP(e.ctx, ipam.AssignIPArgs{Addr: old.Addr, Handle: "new", Node: "node-1"})
+			require.NoError(t, err)
+		}
+	}
+	res, err := c.Collect(e.ctx)
+	require.NoError(t, err)
+	require.Empty(t, res.Released)
+	own, err := e.a.Owner(e.ctx, old.Addr)
+	require.NoError(t, err)
+	require.Equal(t, "new", own.Handle)
+}
+
 func TestCollectorEmptyBlocks(t *testing.T) {
 	e := newEnv(t, v4pool("p", "10.0.0.0/24", 28))
 	o := &owners{alive: map[string]bool{"big": true}}
