@@ -160,6 +160,10 @@ func (b *Block) ReleasedAt(a netip.Addr) (time.Time, bool) {
 	return time.Unix(0, b.rel[i]).UTC(), true
 }
 
+// ReleaseTimes returns how many free addresses have their release time
+// kept (see ReleasedAt and PruneReleased).
+func (b *Block) ReleaseTimes() int { return b.nrel }
+
 // CoolingSince returns how many free addresses were released at or after
 // t: those AllocateWith with ReleasedBefore t passes over.
 func (b *Block) CoolingSince(t time.Time) int {

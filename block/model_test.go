@@ -559,6 +559,15 @@ func (s *machine) Check(t *rapid.T) {
 			t.Fatalf("AddrsOf(%q) = %v, want %v", h, got, want)
 		}
 	}
+	kept := 0
+	for _, r := range m.rel {
+		if r != 0 {
+			kept++
+		}
+	}
+	if got := b.ReleaseTimes(); got != kept {
+		t.Fatalf("ReleaseTimes() = %d, model %d", got, kept)
+	}
 	for i := range m.size {
 		if b.IsReserved(m.addr(i)) != m.resv[i] {
 			t.Fatalf("IsReserved(%v) = %v", m.addr(i), !m.resv[i])

@@ -271,9 +271,11 @@ func checkAutoAssign(args AutoAssignArgs, knownNode bool) error {
 	if err := checkHandle(op, args.Handle); err != nil {
 		return err
 	}
-	for _, names := range [2][]string{args.IPv4Pools, args.IPv6Pools} {
-		if slices.Contains(names, "") {
-			return invalid(op, "an empty pool name in %q", names)
+	if len(args.IPv4Pools)+len(args.IPv6Pools) > 0 {
+		for _, names := range [2][]string{args.IPv4Pools, args.IPv6Pools} {
+			if slices.Contains(names, "") {
+				return invalid(op, "an empty pool name in %q", names)
+			}
 		}
 	}
 	if !knownNode {

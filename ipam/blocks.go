@@ -181,6 +181,9 @@ func (a *Allocator) commit(ctx context.Context, e *blockEntry) error {
 // and must not forget times that a cooldown set since still needs. Without
 // that, it forgets only what no cooldown can need (MaxReleaseCooldown).
 func (a *Allocator) pruneReleased(b *block.Block) {
+	if b.ReleaseTimes() == 0 {
+		return
+	}
 	cooldown := MaxReleaseCooldown
 	if v := a.view.Load(); v != nil && a.gens != nil && a.gens.Generation(KindConfig) == v.configGen {
 		cooldown = v.config.ReleaseCooldown
