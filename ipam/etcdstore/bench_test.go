@@ -108,7 +108,7 @@ func BenchmarkThroughput(b *testing.B) {
 			ctx := b.Context()
 			var before storetest.Counts
 			for _, n := range ns {
-				before = sumCounts(before, n.counts())
+				before = before.Add(n.counts())
 			}
 			// b.N cycles shared out among the nodes: b.Loop times one
 			// goroutine, and here the work is spread over several.
@@ -142,19 +142,10 @@ func BenchmarkThroughput(b *testing.B) {
 			}
 			var after storetest.Counts
 			for _, n := range ns {
-				after = sumCounts(after, n.counts())
+				after = after.Add(n.counts())
 			}
 			b.ReportMetric(float64(b.N)/elapsed.Seconds(), "cycles/s")
 			b.ReportMetric(float64(after.Sub(before).Total())/float64(b.N), "roundtrips/op")
 		})
 	}
-}
-
-func sumCounts(c, d storetest.Counts) storetest.Counts {
-	for i := range c {
-		for k := range c[i] {
-			c[i][k] += d[i][k]
-		}
-	}
-	return c
 }

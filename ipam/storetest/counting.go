@@ -59,6 +59,16 @@ func (c Counts) Of(op Op, kind ipam.Kind) int64 {
 	return c.n[op][kind]
 }
 
+// Add returns c plus d, the calls of two stores together.
+func (c Counts) Add(d Counts) Counts {
+	for i := range c.n {
+		for k := range c.n[i] {
+			c.n[i][k] += d.n[i][k]
+		}
+	}
+	return c
+}
+
 // Sub returns c minus d, the calls made between two snapshots.
 func (c Counts) Sub(d Counts) Counts {
 	for i := range c.n {

@@ -60,6 +60,8 @@ func TestCounts(t *testing.T) {
 	between := end.Sub(mid)
 	require.Equal(t, int64(1), between.Total())
 	require.Equal(t, "list handle=1", between.String())
+	require.Equal(t, end, mid.Add(between))
+	require.Equal(t, int64(2), between.Add(between).Of(storetest.OpList, ipam.KindHandle))
 	require.Equal(t, "op(99)", storetest.Op(99).String())
 }
 
