@@ -67,6 +67,13 @@ func (e *env) config(c ipam.Config) {
 	require.NoError(e.t, e.a.SetConfig(e.ctx, c))
 }
 
+// cooldown stores DefaultConfig with a release cooldown of d.
+func (e *env) cooldown(d time.Duration) {
+	cfg := ipam.DefaultConfig()
+	cfg.ReleaseCooldown = d
+	e.config(cfg)
+}
+
 func mustPrefix(s string) netip.Prefix { return netip.MustParsePrefix(s) }
 func mustAddr(s string) netip.Addr     { return netip.MustParseAddr(s) }
 

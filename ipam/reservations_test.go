@@ -77,9 +77,7 @@ func TestReservationAPI(t *testing.T) {
 
 func TestReleaseCooldown(t *testing.T) {
 	e := newEnv(t, v4pool("p", "10.0.0.0/30", 30)) // one block of 4
-	cfg := ipam.DefaultConfig()
-	cfg.ReleaseCooldown = time.Minute
-	e.config(cfg)
+	e.cooldown(time.Minute)
 	got := e.mustAssign4("node-1", "a", 4)
 	_, err := e.a.ReleaseIPs(e.ctx, ipam.Release{Addr: got[2].Addr})
 	require.NoError(t, err)
@@ -183,11 +181,7 @@ func TestHostReservedAddresses(t *testing.T) {
 // back, reservations only when they kept addresses or blocks back, and
 // "no unclaimed block left" only for pools whose walk found none.
 func TestShortReasonsAreTrue(t *testing.T) {
-	cooldown := func(e *env) {
-		cfg := ipam.DefaultConfig()
-		cfg.ReleaseCooldown = time.Minute
-		e.config(cfg)
-	}
+	cooldown := func(e *env) { e.cooldown(time.Minute) }
 	for _, c := range []struct {
 		name    string
 		setup   func(e *env)
@@ -264,9 +258,7 @@ func TestCooldownSurvivesAllocatorsWithoutCurrentConfig(t *testing.T) {
 				_, err := controller.Config(e.ctx) // reads the view before the cooldown
 				require.NoError(t, err)
 			}
-			cfg := ipam.DefaultConfig()
-			cfg.ReleaseCooldown = time.Hour
-			e.config(cfg)
+			e.cooldown(time.Hour)
 			got := e.mustAssign4("node-1", "a", 8)
 			_, err := e.a.ReleaseIPs(e.ctx, ipam.Release{Addr: got[3].Addr})
 			require.NoError(t, err)
