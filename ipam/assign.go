@@ -621,12 +621,6 @@ func (a *Allocator) assignFrom(ctx context.Context, o *assignOp, out *[]Assigned
 	return res, err
 }
 
-// dropUnselected gives up the node's affinity to the blocks o found whose
-// pool, still enabled, no longer selects the node, when they are empty
-// (Calico does this as it assigns). A non-empty block keeps its affinity.
-// It runs only after a successful assignment, so that a failed one changes
-// nothing, and is best effort: a block it cannot release now is tried again
-// next time.
 // heldBack notes why b, which gave fewer addresses than wanted, kept the
 // free ones it has: released too recently, or in a reservation.
 func (o *assignOp) heldBack(b *block.Block, opts block.AllocOptions) {
@@ -638,6 +632,12 @@ func (o *assignOp) heldBack(b *block.Block, opts block.AllocOptions) {
 	}
 }
 
+// dropUnselected gives up the node's affinity to the blocks o found whose
+// pool, still enabled, no longer selects the node, when they are empty
+// (Calico does this as it assigns). A non-empty block keeps its affinity.
+// It runs only after a successful assignment, so that a failed one changes
+// nothing, and is best effort: a block it cannot release now is tried again
+// next time.
 func (a *Allocator) dropUnselected(ctx context.Context, o *assignOp) {
 	for _, blk := range o.unselected {
 		p, ok := o.v.pools.ByAddr(blk.Addr())
