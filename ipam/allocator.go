@@ -156,15 +156,43 @@ func (a *Allocator) readView(ctx context.Context) (*view, error) {
 	default:
 		return nil, fmt.Errorf("ipam: read config: %w", err)
 	}
-	recs, err := a.store.List(ctx, KindReservation, KeyRange{})
-	if err != nil {
-		return nil, fmt.Errorf("ipam: read reservations: %w", err)
-	}
-	if nv.reserved, err = reservedSet(recs); err != nil {
+	if err := a.readReservations(ctx, nv); err != nil {
 		return nil, err
 	}
-	nv.hasReserved = len(recs) > 0
 	a.view.Store(nv)
+	return nv, nil
+}
+
+// readReservations reads the reservations into v. Its generation, if the
+// store offers them, was read before.
+func (a *Allocator) readReservations(ctx context.Context, v *view) error {
+	recs, err := a.store.List(ctx, KindReservation, KeyRange{})
+	if err != nil {
+		return fmt.Errorf("ipam: read reservations: %w", err)
+	}
+	if v.reserved, err = reservedSet(recs); err != nil {
+		return err
+	}
+	v.hasReserved = len(recs) > 0
+	return nil
+}
+
+// reservationsSince returns v with the reservations as they are now, or v
+// itself when the store's generations say they have not changed since v
+// was read. Without generations it reads them every time.
+func (a *Allocator) reservationsSince(ctx context.Context, v *view) (*view, error) {
+	var gen uint64
+	if a.gens != nil {
+		if gen = a.gens.Generation(KindReservation); gen == v.resvGen {
+			return v, nil
+		}
+	}
+	nv := new(view)
+	*nv = *v
+	nv.resvGen = gen
+	if err := a.readReservations(ctx, nv); err != nil {
+		return nil, err
+	}
 	return nv, nil
 }
 

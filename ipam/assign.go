@@ -196,52 +196,120 @@ func (a *Allocator) AutoAssign(ctx context.Context, args AutoAssignArgs) (AutoAs
 	var short [2]int
 	var reasons []string
 	var cause error
-	for i, fam := range []pool.Family{pool.IPv4, pool.IPv6} {
-		n := args.Num4
-		if fam == pool.IPv6 {
-			n = args.Num6
-		}
-		if n == 0 {
-			continue
-		}
-		if selErr[i] != nil {
-			short[i] = n
-			reasons = append(reasons, selErr[i].Error())
-			cause = errors.Join(cause, selErr[i])
-			continue
-		}
-		got, why, err := a.assignFamily(ctx, o, fam, n, pools[i])
-		// A failure to lower unused counts does not fail a request that
-		// got its addresses: it leaves counts too high, as a crash would.
-		if serr := o.h.settle(ctx); serr != nil && err != nil {
-			err = errors.Join(err, serr)
-		}
-		if fam == pool.IPv4 {
-			res.IPv4 = got
-		} else {
-			res.IPv6 = got
-		}
-		if err != nil {
-			_ = a.rollback(ctx, o, res) // best effort: the store is failing
-			return AutoAssignResult{}, err
-		}
-		if len(got) < n {
-			short[i] = n - len(got)
-			reasons = append(reasons, why)
-			if !args.Partial {
-				// All-or-nothing: give back what this request took.
-				if err := a.rollback(ctx, o, res); err != nil {
-					return AutoAssignResult{}, err
+	want := [2]int{args.Num4, args.Num6}
+	for round := 0; ; round++ {
+		for i, fam := range []pool.Family{pool.IPv4, pool.IPv6} {
+			n := want[i]
+			if n == 0 {
+				continue
+			}
+			if selErr[i] != nil {
+				short[i] = n
+				reasons = append(reasons, selErr[i].Error())
+				cause = errors.Join(cause, selErr[i])
+				continue
+			}
+			got, why, err := a.assignFamily(ctx, o, fam, n, pools[i])
+			// A failure to lower unused counts does not fail a request that
+			// got its addresses: it leaves counts too high, as a crash would.
+			if serr := o.h.settle(ctx); serr != nil && err != nil {
+				err = errors.Join(err, serr)
+			}
+			if fam == pool.IPv4 {
+				res.IPv4 = appendAssigned(res.IPv4, got)
+			} else {
+				res.IPv6 = appendAssigned(res.IPv6, got)
+			}
+			if err != nil {
+				_ = a.rollback(ctx, o, res) // best effort: the store is failing
+				return AutoAssignResult{}, err
+			}
+			if len(got) < n {
+				short[i] += n - len(got)
+				reasons = append(reasons, why)
+				if !args.Partial {
+					// All-or-nothing: give back what this request took.
+					if err := a.rollback(ctx, o, res); err != nil {
+						return AutoAssignResult{}, err
+					}
+					return AutoAssignResult{}, a.assignError(args, AutoAssignResult{}, short, reasons, nil)
 				}
-				return AutoAssignResult{}, a.assignError(args, AutoAssignResult{}, short, reasons, nil)
 			}
 		}
+		// A reservation made while this request was in flight may cover an
+		// address it wrote after reading the reservations: give such
+		// addresses back and assign others.
+		if res.Len() == 0 || a.gens != nil && a.gens.Generation(KindReservation) == o.v.resvGen {
+			break
+		}
+		again, err := a.unreserve(ctx, o, &res)
+		if err == nil && again != [2]int{} && round+1 >= a.retries {
+			err = fmt.Errorf("ipam: auto-assign for %q: %w: the reservations changed %d times during the request", args.Node, ErrTooManyConflicts, round+1)
+		}
+		if err != nil {
+			_ = a.rollback(ctx, o, res) // best effort
+			return AutoAssignResult{}, err
+		}
+		if again == [2]int{} {
+			break
+		}
+		want = again
 	}
 	a.dropUnselected(ctx, o)
 	if short[0]+short[1] > 0 {
 		return res, a.assignError(args, res, short, reasons, cause)
 	}
 	return res, nil
+}
+
+// appendAssigned appends got to to, without a copy when to is empty.
+func appendAssigned(to, got []Assigned) []Assigned {
+	if len(to) == 0 {
+		return got
+	}
+	return append(to, got...)
+}
+
+// unreserve checks the addresses of res against the reservations as they
+// are now, if they changed since o's view was read. It releases those that
+// a reservation covers, takes them out of res, and returns how many it took
+// out per family, for the request to assign again (with o's view now
+// including the new reservations). The release checks each address's
+// sequence number, so it frees only what this request assigned.
+func (a *Allocator) unreserve(ctx context.Context, o *assignOp, res *AutoAssignResult) ([2]int, error) {
+	v, err := a.reservationsSince(ctx, o.v)
+	if err != nil || v == o.v {
+		return [2]int{}, err
+	}
+	o.v = v
+	var took [2]int
+	if !v.hasReserved {
+		return took, nil
+	}
+	var rels []Release
+	for i, got := range [2][]Assigned{res.IPv4, res.IPv6} {
+		for _, x := range got {
+			if v.reserved.Contains(x.Addr) {
+				rels = append(rels, Release{Addr: x.Addr, Handle: o.owner.Handle, Seq: x.Seq})
+				took[i]++
+			}
+		}
+	}
+	if len(rels) == 0 {
+		return took, nil
+	}
+	// Out of res only once released: a rollback after a failure covers
+	// them. A refusal (the address is no longer this allocation: someone
+	// released it meanwhile) leaves nothing to give back.
+	_, err = a.releaseIPs(ctx, false, rels)
+	if err != nil && !errors.Is(err, ErrHandleMismatch) && !errors.Is(err, ErrSeqMismatch) {
+		return took, err
+	}
+	reserved := func(x Assigned) bool { return v.reserved.Contains(x.Addr) }
+	res.IPv4 = slices.DeleteFunc(res.IPv4, reserved)
+	res.IPv6 = slices.DeleteFunc(res.IPv6, reserved)
+	o.h.known = false // the release rewrote the handle's record
+	return took, nil
 }
 
 func (a *Allocator) assignError(args AutoAssignArgs, kept AutoAssignResult, short [2]int, reasons []string, cause error) error {

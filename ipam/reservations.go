@@ -67,10 +67,13 @@ func unmarshalReservation(name string, data []byte) (Reservation, error) {
 }
 
 // CreateReservation stores a new reservation. A name in use fails with
-// ErrReservationExists. The reservation holds for every AutoAssign that
-// starts after CreateReservation returns; one already in flight, which read
-// the reservations before, may still assign an address in it. Addresses
-// assigned before stay assigned; Allocations lists them.
+// ErrReservationExists. Addresses assigned before stay assigned;
+// Allocations lists them. An AutoAssign in flight meanwhile does not return
+// an address in it either: after its block writes it looks again, if the
+// reservations changed since it read them, and gives back and replaces
+// what a new reservation covers. (On a store whose Generations lag, such
+// as etcdstore's watch, another process's reservation is seen once the
+// store reports it.)
 func (a *Allocator) CreateReservation(ctx context.Context, r Reservation) error {
 	const op = "create reservation"
 	if err := r.check(op); err != nil {
@@ -91,6 +94,7 @@ func (a *Allocator) CreateReservation(ctx context.Context, r Reservation) error 
 }
 
 // UpdateReservation replaces the CIDRs of the reservation named r.Name.
+// New CIDRs hold as a new reservation's do (see CreateReservation).
 func (a *Allocator) UpdateReservation(ctx context.Context, r Reservation) error {
 	const op = "update reservation"
 	if err := r.check(op); err != nil {

@@ -3,6 +3,7 @@ package ipam_test
 import (
 	"fmt"
 	"net/netip"
+	"sync"
 	"testing"
 	"time"
 
@@ -269,6 +270,78 @@ func TestCooldownSurvivesAllocatorsWithoutCurrentConfig(t *testing.T) {
 			_, err = e.assign4("node-2", "b", 1)
 			require.ErrorIs(t, err, ipam.ErrNoSpace, "the only free address is cooling")
 			require.ErrorContains(t, err, "held back by releaseCooldown")
+		})
+	}
+}
+
+// TestReservationDuringAutoAssign: a reservation is created (or widened)
+// while an AutoAssign is in flight, after the request read the
+// reservations and just before it writes its block. The request must not
+// return an address inside it: it gives the address back and assigns
+// another, or fails if the pool has no other. With and without the
+// store's generations (without them, the reservations are read again).
+func TestReservationDuringAutoAssign(t *testing.T) {
+	for _, c := range []struct {
+		name    string
+		gens    bool
+		update  bool // widen an existing reservation rather than create one
+		reserve string
+		num     int
+		partial bool
+		wantErr bool
+	}{
+		{name: "create, generations", gens: true, reserve: "10.0.0.0/30", num: 2},
+		{name: "create, no generations", reserve: "10.0.0.0/30", num: 2},
+		{name: "update, generations", gens: true, update: true, reserve: "10.0.0.0/30", num: 2},
+		{name: "the whole pool, all or nothing", gens: true, reserve: "10.0.0.0/28", num: 2, wantErr: true},
+		{name: "the whole pool, partial", gens: true, reserve: "10.0.0.0/28", num: 2, partial: true, wantErr: true},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			e := newEnv(t, v4pool("p", "10.0.0.0/28", 28)) // one block of 16
+			r := ipam.Reservation{Name: "late", CIDRs: []netip.Prefix{mustPrefix("10.0.0.15/32")}}
+			if c.update {
+				require.NoError(t, e.a.CreateReservation(e.ctx, r))
+			}
+			var once sync.Once
+			hs := &hookStore{Store: e.store, hook: func(op string, kind ipam.Kind, key string) {
+				if kind != ipam.KindBlock {
+					return
+				}
+				once.Do(func() {
+					r.CIDRs = []netip.Prefix{mustPrefix(c.reserve)}
+					if c.update {
+						require.NoError(t, e.a.UpdateReservation(e.ctx, r))
+					} else {
+						require.NoError(t, e.a.CreateReservation(e.ctx, r))
+					}
+				})
+			}}
+			var s ipam.Store = hs
+			if c.gens {
+				s = struct {
+					*hookStore
+					ipam.Generations
+				}{hs, e.store}
+			}
+			a, err := ipam.New(s, ipam.Options{Now: e.clock.Now})
+			require.NoError(t, err)
+			res, err := a.AutoAssign(e.ctx, ipam.AutoAssignArgs{Num4: c.num, Handle: "h", Node: "node-1", Partial: c.partial})
+			late := mustPrefix(c.reserve)
+			for _, x := range res.IPv4 {
+				require.False(t, late.Contains(x.Addr), "%s is in the reservation made during the request", x.Addr)
+			}
+			if c.wantErr {
+				require.ErrorIs(t, err, ipam.ErrNoSpace)
+				require.ErrorContains(t, err, "addresses in reservations are never assigned automatically")
+				require.Empty(t, res.IPv4)
+			} else {
+				require.NoError(t, err)
+				require.Len(t, res.IPv4, c.num)
+			}
+			allocs, err := e.a.Allocations(e.ctx, mustPrefix("10.0.0.0/28"))
+			require.NoError(t, err)
+			require.Len(t, allocs, len(res.IPv4), "the addresses given back are free again")
+			e.requireConsistent()
 		})
 	}
 }

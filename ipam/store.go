@@ -181,8 +181,10 @@ const MaxKeyLen = 1024
 
 // Generations is an optional Store capability that lets an allocator cache
 // pools, configuration, reservations and node affinities instead of reading
-// them on every call: without it a steady-state AutoAssign costs about six
-// round trips instead of two.
+// them on every call: without it a steady-state AutoAssign costs seven
+// round trips instead of two (it reads pools, configuration, reservations
+// and the node's blocks, writes its handle and block, and reads the
+// reservations again to see whether one was made meanwhile).
 //
 // An allocator finds the capability by type assertion, so a wrapper around
 // a store (for logging or metrics) must implement Generation itself,
