@@ -17,7 +17,8 @@ import (
 const maxAffinityBlocks = 4096
 
 // releaseAffinity removes aff's affinity from blk: an empty block is
-// deleted, a non-empty one keeps its allocations without affinity (unless
+// deleted (unless an address in it is cooling: see keepCooling), a
+// non-empty one keeps its allocations without affinity (unless
 // requireEmpty, which refuses with ErrBlockNotEmpty). The block goes first,
 // then the index record, so a crash leaves at worst a stale index entry.
 func (a *Allocator) releaseAffinity(ctx context.Context, aff block.Affinity, blk netip.Prefix, requireEmpty bool) error {
@@ -132,9 +133,10 @@ func (a *Allocator) ClaimAffinity(ctx context.Context, node string, cidr netip.P
 // ReleaseAffinity releases node's affinity to the blocks in cidr: a block,
 // a part of a pool, or any larger prefix (such as 0.0.0.0/0), in which case
 // the blocks are those the node holds inside it, in any pool or in none.
-// Empty blocks are deleted; non-empty ones keep their addresses without
-// affinity, unless requireEmpty, which leaves them and reports
-// ErrBlockNotEmpty. Blocks not affine to node are skipped.
+// Empty blocks are deleted (or, while an address in one is cooling under
+// Config.ReleaseCooldown, kept without affinity); non-empty ones keep their
+// addresses without affinity, unless requireEmpty, which leaves them and
+// reports ErrBlockNotEmpty. Blocks not affine to node are skipped.
 func (a *Allocator) ReleaseAffinity(ctx context.Context, node string, cidr netip.Prefix, requireEmpty bool) error {
 	const op = "release affinity"
 	if err := checkNode(op, node); err != nil {
@@ -206,8 +208,10 @@ func minBlockBits(addr netip.Addr) int {
 
 // ReleaseHostAffinities releases every block affinity of node, as when the
 // node leaves the cluster, and returns the blocks released. Empty blocks are
-// deleted; non-empty ones keep their addresses without affinity, unless
-// requireEmpty, which leaves them and reports ErrBlockNotEmpty.
+// deleted (or, while an address in one is cooling under
+// Config.ReleaseCooldown, kept without affinity); non-empty ones keep their
+// addresses without affinity, unless requireEmpty, which leaves them and
+// reports ErrBlockNotEmpty.
 func (a *Allocator) ReleaseHostAffinities(ctx context.Context, node string, requireEmpty bool) ([]netip.Prefix, error) {
 	const op = "release host affinities"
 	if err := checkNode(op, node); err != nil {

@@ -145,18 +145,25 @@ func (e *blockEntry) stage() *block.Block {
 
 // commit writes e.next as the block's new version with compare-and-swap:
 // an update, or a delete when the block ended up empty without affinity
-// (such a block has nothing to remember). On success e.next becomes the
+// (such a block has nothing to remember, unless addresses in it are still
+// cooling: see keepCooling). On success e.next becomes the
 // cached block; on a lost race the entry is marked for a fresh read and the
 // error matches ErrConflict. The caller holds e.mu.
 func (a *Allocator) commit(ctx context.Context, e *blockEntry) error {
 	b := e.next
 	a.pruneReleased(b)
 	if b.Empty() && b.Affinity().IsZero() {
-		if err := a.store.Delete(ctx, KindBlock, e.key, e.rev); err != nil {
-			return a.writeFailed(e, err)
+		keep, err := a.keepCooling(ctx, b)
+		if err != nil {
+			return err
 		}
-		e.blk, e.rev, e.next, e.fresh = nil, 0, nil, true
-		return nil
+		if !keep {
+			if err := a.store.Delete(ctx, KindBlock, e.key, e.rev); err != nil {
+				return a.writeFailed(e, err)
+			}
+			e.blk, e.rev, e.next, e.fresh = nil, 0, nil, true
+			return nil
+		}
 	}
 	rev, err := a.put(ctx, e, b, e.rev)
 	if err != nil {
@@ -171,6 +178,38 @@ func (a *Allocator) commit(ctx context.Context, e *blockEntry) error {
 	e.blk, e.next = b, e.blk
 	e.rev, e.fresh = rev, true
 	return nil
+}
+
+// keepCooling reports whether commit should write b, empty and without
+// affinity, rather than delete it: while an address in it is still cooling
+// (Config.ReleaseCooldown) and an enabled pool carves it, so that the
+// release times outlive the node's affinity (ReleaseAffinity,
+// ReleaseHostAffinities) or the last address of a block left without one.
+// A claim may take such a block over (see reclaimable); Repair deletes it
+// once the cooldown has passed. It reads the view afresh:
+// this is a rare path, and the answer must rest on the current cooldown.
+func (a *Allocator) keepCooling(ctx context.Context, b *block.Block) (bool, error) {
+	if b.ReleaseTimes() == 0 {
+		return false, nil
+	}
+	v, err := a.loadView(ctx)
+	if err != nil {
+		return false, err
+	}
+	return v.cooling(b, a.now()), nil
+}
+
+// cooling reports whether b, empty and without affinity, is one to keep
+// (see keepCooling) under v's pools and configuration at now.
+func (v *view) cooling(b *block.Block, now time.Time) bool {
+	cd := v.config.ReleaseCooldown
+	if cd <= 0 || b.ReleaseTimes() == 0 {
+		return false
+	}
+	if p, ok := carving(v.pools, b.Prefix()); !ok || p.Disabled {
+		return false
+	}
+	return b.CoolingSince(now.Add(-cd)) > 0
 }
 
 // pruneReleased forgets the release times b no longer needs: those older

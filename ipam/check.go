@@ -40,7 +40,8 @@ const (
 	// it, so the node would not find it. Repairable.
 	ProblemAffinityUnindexed ProblemKind = "affinity-unindexed"
 	// ProblemBlockEmptyUnaffine: an empty block without affinity, which
-	// should have been deleted. Repairable.
+	// should have been deleted (unless an address in it is still cooling:
+	// see Report.Cooling). Repairable.
 	ProblemBlockEmptyUnaffine ProblemKind = "block-empty-unaffine"
 	// ProblemBlockOutsidePools: a block that no pool carves, and which is
 	// empty (repairable: it is deleted), or affine to a node, or overlaps
@@ -100,6 +101,11 @@ type Report struct {
 	// address is released. Migrations (see DeletePool) end when none is
 	// left.
 	Leftovers []Leftover `json:"leftovers,omitempty"`
+	// Cooling lists, in address order, empty blocks without affinity kept
+	// because an address in them is still cooling (Config.ReleaseCooldown).
+	// They are no problem: a claim may take one over, and once the
+	// cooldown has passed Repair deletes it.
+	Cooling []netip.Prefix `json:"cooling,omitempty"`
 }
 
 // Leftover is a block that no pool carves any more, without affinity,
@@ -171,6 +177,7 @@ func (a *Allocator) check(ctx context.Context) (*Report, *checkState, error) {
 		return nil, nil, fmt.Errorf("ipam: check: %w", err)
 	}
 	r.Pools = pools.Len()
+	v := &view{pools: pools, config: DefaultConfig()} // for view.cooling
 	if rec, err := a.store.Get(ctx, KindConfig, singletonKey); err == nil {
 		c, err := unmarshalConfig(rec.Value)
 		if err == nil {
@@ -178,6 +185,8 @@ func (a *Allocator) check(ctx context.Context) (*Report, *checkState, error) {
 		}
 		if err != nil {
 			add(Problem{Kind: ProblemConfig, Record: "config " + singletonKey, Detail: err.Error()})
+		} else {
+			v.config = c
 		}
 	} else if !errors.Is(err, ErrNotFound) {
 		return nil, nil, fmt.Errorf("ipam: check: %w", err)
@@ -227,6 +236,8 @@ func (a *Allocator) check(ctx context.Context) (*Report, *checkState, error) {
 		case !ok:
 			add(Problem{Kind: ProblemBlockOutsidePools, Record: name, Block: blk, rev: rec.Revision, Repairable: b.Empty(),
 				Detail: fmt.Sprintf("no pool carves it; %d addresses in use", b.Used())})
+		case b.Empty() && b.Affinity().IsZero() && v.cooling(b, r.Time):
+			r.Cooling = append(r.Cooling, blk)
 		case b.Empty() && b.Affinity().IsZero():
 			add(Problem{Kind: ProblemBlockEmptyUnaffine, Record: name, Block: blk, rev: rec.Revision, Repairable: true, Detail: "empty and without affinity"})
 		}
@@ -554,7 +565,8 @@ func (a *Allocator) repairStaleIndex(ctx context.Context, p Problem) error {
 }
 
 // deleteEmptyBlock deletes a block that is, read fresh, still empty: its
-// affinity, if any, is released (which deletes it), or it is deleted.
+// affinity, if any, is released (which deletes it, unless an address in it
+// is cooling), or it is deleted.
 func (a *Allocator) deleteEmptyBlock(ctx context.Context, blk netip.Prefix) error {
 	e := a.entry(blk)
 	e.lock()
@@ -574,8 +586,14 @@ func (a *Allocator) deleteEmptyBlock(ctx context.Context, blk netip.Prefix) erro
 	if err := a.commit(ctx, e); err != nil { // empty and unaffine: a delete
 		return err
 	}
-	if !aff.IsZero() {
-		return a.dropIndex(ctx, aff, blk, 0)
+	var kept error
+	if e.blk != nil {
+		// Kept (see keepCooling): an address in it cools under a cooldown
+		// set since the check. Its affinity is released all the same.
+		kept = errors.New("an address in it is still cooling; kept without affinity")
 	}
-	return nil
+	if !aff.IsZero() {
+		return errors.Join(kept, a.dropIndex(ctx, aff, blk, 0))
+	}
+	return kept
 }

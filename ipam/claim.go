@@ -341,17 +341,17 @@ func (a *Allocator) storedAffinity(ctx context.Context, blk netip.Prefix) (block
 	return sum.Affinity, nil
 }
 
-// reclaim takes over an empty block of pool p affine to another node and
-// claimed at least ReclaimAge ago, from the pool's existing blocks.
+// reclaim takes over, from the pool's existing blocks, an empty block
+// without affinity (one kept while its addresses cool, see keepCooling) or
+// an empty block affine to another node and claimed at least ReclaimAge
+// ago.
 func (a *Allocator) reclaim(ctx context.Context, p *pool.Pool, aff block.Affinity, existing []Record) (netip.Prefix, bool, error) {
-	if a.reclaimAge < 0 {
-		return netip.Prefix{}, false, nil
-	}
 	now := a.now()
 	for _, r := range existing {
-		// Only empty blocks of other nodes are worth decoding.
+		// Only empty blocks of no node or of other nodes are worth decoding.
 		sum, err := block.Peek(r.Value)
-		if err != nil || sum.Used != 0 || sum.Affinity.Kind != block.HostAffinity || sum.Affinity == aff {
+		if err != nil || sum.Used != 0 || sum.Affinity == aff ||
+			!sum.Affinity.IsZero() && (sum.Affinity.Kind != block.HostAffinity || a.reclaimAge < 0) {
 			continue
 		}
 		blk := sum.Prefix
@@ -370,14 +370,23 @@ func (a *Allocator) reclaim(ctx context.Context, p *pool.Pool, aff block.Affinit
 	return netip.Prefix{}, false, nil
 }
 
+// reclaimable reports whether aff may take b over: b is empty and either
+// has no affinity or is another node's, claimed at least ReclaimAge ago.
 func (a *Allocator) reclaimable(b *block.Block, aff block.Affinity, now time.Time) bool {
 	old := b.Affinity()
-	return b.Empty() && old.Kind == block.HostAffinity && old != aff && now.Sub(b.ClaimTime()) >= a.reclaimAge
+	switch {
+	case !b.Empty() || old == aff:
+		return false
+	case old.IsZero():
+		return true
+	}
+	return old.Kind == block.HostAffinity && a.reclaimAge >= 0 && now.Sub(b.ClaimTime()) >= a.reclaimAge
 }
 
 // takeOver moves an empty, reclaimable block to aff: the new index record,
 // then the block (compare-and-swap, checking it is still reclaimable), then
-// the old owner's index record.
+// the old owner's index record, if it had one. The block keeps its release
+// times: the cooldown of its addresses goes on.
 func (a *Allocator) takeOver(ctx context.Context, blk netip.Prefix, aff block.Affinity) (bool, error) {
 	e := a.entry(blk)
 	e.lock()
@@ -414,8 +423,10 @@ func (a *Allocator) takeOver(ctx context.Context, blk netip.Prefix, aff block.Af
 	if err := a.putIndex(ctx, aff, blk); err != nil {
 		return true, err
 	}
-	if err := a.dropIndex(ctx, old, blk, 0); err != nil {
-		return true, err
+	if !old.IsZero() {
+		if err := a.dropIndex(ctx, old, blk, 0); err != nil {
+			return true, err
+		}
 	}
 	if err := a.claimStands(ctx, e, aff); err != nil {
 		return false, err

@@ -38,11 +38,15 @@ type Config struct {
 	// 0 turns the cooldown off. At most MaxReleaseCooldown. In JSON it is a
 	// duration string, "releaseCooldown":"30s".
 	//
-	// Release times live in the block. A block deleted because it is empty
-	// and has no affinity takes them with it: releasing a node's affinity
-	// (ReleaseAffinity, ReleaseHostAffinities, DeletePool) ends the
-	// cooldown of its empty blocks' addresses. The Collector waits for the
-	// cooldown before it releases an empty block.
+	// Release times live in the block. An empty block that loses its
+	// affinity (ReleaseAffinity, ReleaseHostAffinities), or whose last
+	// address is released while it has none, is therefore kept, without
+	// affinity, while an address in it is still cooling, rather than
+	// deleted; a claim may take it over, times and all, and once the
+	// cooldown has passed Repair deletes it (Check lists
+	// such blocks as Report.Cooling). The Collector waits for the cooldown
+	// before it releases an empty affine block. DeletePool deletes empty
+	// blocks at once: their pool is gone, and so is the cooldown.
 	ReleaseCooldown time.Duration `json:"-"`
 }
 
