@@ -19,14 +19,30 @@ import (
 // name). An error means "unknown": the allocation is treated as alive.
 type Liveness func(ctx context.Context, a Allocation) (alive bool, err error)
 
+// NodeLiveness tells a Collector whether a node still exists in the
+// orchestrator (for Kubernetes, whether its Node object does). An error
+// means "unknown": the node is treated as existing.
+type NodeLiveness func(ctx context.Context, node string) (exists bool, err error)
+
 // CollectorOptions tune a Collector.
 type CollectorOptions struct {
-	// Grace is how long an allocation must be seen with a dead owner, and
-	// an affine block seen empty, before either is released; 0 means 15
-	// minutes (Calico's default).
+	// Grace is how long an allocation must be seen with a dead owner, an
+	// affine block seen empty, and a node seen gone (Nodes), before any of
+	// them is released; 0 means 15 minutes (Calico's default).
 	Grace time.Duration
-	// KeepEmptyBlocks turns off the release of empty affine blocks.
+	// KeepEmptyBlocks turns off the release of empty affine blocks of
+	// nodes that exist. It does not keep the blocks of a node that Nodes
+	// calls gone.
 	KeepEmptyBlocks bool
+	// Nodes, if set, is asked once a pass about each node holding blocks.
+	// A node seen gone across the grace period, and still gone when asked
+	// again, loses its blocks as if ReleaseHostAffinities had been called:
+	// empty ones are deleted, its last one too, and the others keep their
+	// addresses without affinity. That frees the block an AutoAssign in
+	// flight claims for a node just removed, after the removal released
+	// the node's blocks. nil: nodes are not asked, and a node keeps its
+	// last block for good.
+	Nodes NodeLiveness
 }
 
 // Collector finds leaked addresses and releases them, as Calico's
@@ -41,17 +57,30 @@ type CollectorOptions struct {
 // and not while an address in it is still cooling (Config.ReleaseCooldown):
 // deleting the block would forget when the address was released.
 //
+// A node's last block is kept because the collector cannot tell a quiet
+// node from a removed one. Given a node oracle (CollectorOptions.Nodes), it
+// can: a node holding blocks that the oracle calls gone becomes a suspect
+// too, and once it has been gone for the grace period, and is still gone
+// when asked again, every block it holds loses its affinity. Each block is
+// released with compare-and-swap on a fresh read: a block another node
+// holds by then is left alone, and an empty block in which an address is
+// cooling is kept, the node remaining a suspect, until a later pass finds
+// it cooled. A block that still holds addresses keeps them, without
+// affinity; the allocation oracle collects them as usual.
+//
 // A Collector keeps its suspects in memory: a new one starts its grace
 // periods afresh. It is safe for concurrent use; passes do not overlap.
 type Collector struct {
 	a     *Allocator
 	live  Liveness
+	nodes NodeLiveness // nil: nodes are not asked
 	grace time.Duration
 	keep  bool
 
 	mu     sync.Mutex
 	leaks  map[netip.Addr]suspect
 	blocks map[netip.Prefix]suspect
+	gone   map[string]time.Time // nodes holding blocks seen gone, since when
 }
 
 // suspect is what the collector remembers of an allocation or a block.
@@ -71,8 +100,17 @@ type CollectResult struct {
 	// new owner, without an error.
 	Released []Allocation
 	// ReleasedBlocks lists the empty blocks whose affinity was released
-	// (and which were deleted).
+	// (and which were deleted) because they stayed empty, not because
+	// their node is gone.
 	ReleasedBlocks []netip.Prefix
+	// GoneNodes is how many nodes holding blocks the node oracle
+	// (CollectorOptions.Nodes) calls gone, after the pass: nodes waiting
+	// out the grace period, or with a block left for a later pass.
+	GoneNodes int
+	// GoneNodeBlocks lists the blocks whose affinity was released because
+	// their node is gone: the empty ones were deleted, the others keep
+	// their addresses without affinity.
+	GoneNodeBlocks []netip.Prefix
 }
 
 // NewCollector returns a collector releasing a's leaked addresses, asking
@@ -86,13 +124,14 @@ func NewCollector(a *Allocator, live Liveness, opts CollectorOptions) (*Collecto
 	case opts.Grace == 0:
 		opts.Grace = 15 * time.Minute
 	}
-	return &Collector{a: a, live: live, grace: opts.Grace, keep: opts.KeepEmptyBlocks,
-		leaks: map[netip.Addr]suspect{}, blocks: map[netip.Prefix]suspect{}}, nil
+	return &Collector{a: a, live: live, nodes: opts.Nodes, grace: opts.Grace, keep: opts.KeepEmptyBlocks,
+		leaks: map[netip.Addr]suspect{}, blocks: map[netip.Prefix]suspect{}, gone: map[string]time.Time{}}, nil
 }
 
 // Collect runs one pass: it reads every block, updates the suspects, and
-// releases what has been dead or empty for the grace period. Errors from
-// individual releases are joined in the returned error; the pass goes on.
+// releases what has been dead, empty or gone for the grace period. Errors
+// from individual releases are joined in the returned error; the pass goes
+// on.
 func (c *Collector) Collect(ctx context.Context) (CollectResult, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -108,6 +147,10 @@ func (c *Collector) Collect(ctx context.Context) (CollectResult, error) {
 	seen := map[netip.Addr]bool{}
 	empty := map[netip.Prefix]*block.Block{}
 	affine := map[block.Affinity]int{} // blocks per node
+	var held map[string][]netip.Prefix // each node's blocks, in key order, if nodes are asked
+	if c.nodes != nil {
+		held = map[string][]netip.Prefix{}
+	}
 	for _, r := range recs {
 		blk, err := parseBlockKey(r.Key)
 		if err != nil {
@@ -119,6 +162,9 @@ func (c *Collector) Collect(ctx context.Context) (CollectResult, error) {
 		}
 		if aff := b.Affinity(); aff.Kind == block.HostAffinity {
 			affine[aff]++
+			if held != nil {
+				held[aff.Name] = append(held[aff.Name], blk)
+			}
 			if b.Empty() {
 				empty[blk] = b
 			}
@@ -144,6 +190,8 @@ func (c *Collector) Collect(ctx context.Context) (CollectResult, error) {
 			delete(c.leaks, addr) // released by someone else
 		}
 	}
+	c.askNodes(ctx, held, now)
+	res.GoneNodes = len(c.gone)
 
 	// Release whole handles whose every allocation is a ripe suspect: a
 	// handle with one live allocation keeps them all.
@@ -162,21 +210,50 @@ func (c *Collector) Collect(ctx context.Context) (CollectResult, error) {
 	}
 	res.Suspects = len(c.leaks)
 
-	// Empty affine blocks.
 	for blk := range c.blocks {
 		if _, ok := empty[blk]; !ok {
 			delete(c.blocks, blk) // in use again, or gone
 		}
 	}
-	if !c.keep && len(empty) > 0 {
+
+	// The blocks of nodes gone for the grace period, then empty affine
+	// blocks; both need the cooldown.
+	var gone []string // nodes gone for the grace period
+	for _, node := range slices.Sorted(maps.Keys(c.gone)) {
+		if now.Sub(c.gone[node]) >= c.grace {
+			gone = append(gone, node)
+		}
+	}
+	var cooled time.Time // addresses released after it are still cooling
+	if len(gone) > 0 || (!c.keep && len(empty) > 0) {
 		v, err := c.a.loadView(ctx)
 		if err != nil {
 			return res, errors.Join(append(errs, fmt.Errorf("ipam: collect: %w", err))...)
 		}
-		var cooled time.Time // addresses released after it are still cooling
 		if cd := v.config.ReleaseCooldown; cd > 0 {
 			cooled = now.Add(-cd)
 		}
+	}
+
+	for _, node := range gone {
+		if err := ctx.Err(); err != nil {
+			return res, errors.Join(append(errs, err)...)
+		}
+		released, err := c.releaseNode(ctx, node, held[node], cooled)
+		res.GoneNodeBlocks = append(res.GoneNodeBlocks, released...)
+		for _, blk := range released {
+			delete(empty, blk)
+			delete(c.blocks, blk)
+			affine[block.Host(node)]--
+		}
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
+	res.GoneNodes = len(c.gone)
+
+	// Empty affine blocks.
+	if !c.keep && len(empty) > 0 {
 		for _, blk := range slices.SortedFunc(maps.Keys(empty), comparePrefix) {
 			b := empty[blk]
 			s, ok := c.blocks[blk]
@@ -204,6 +281,61 @@ func (c *Collector) Collect(ctx context.Context) (CollectResult, error) {
 		}
 	}
 	return res, errors.Join(errs...)
+}
+
+// askNodes asks the node oracle, if there is one, about each node holding
+// blocks (held), once, and updates the node suspects: a node called gone is
+// remembered from when it was first seen gone; one that exists, or whose
+// answer is unknown, is forgotten, and so is one that holds no block now.
+func (c *Collector) askNodes(ctx context.Context, held map[string][]netip.Prefix, now time.Time) {
+	if c.nodes == nil {
+		return
+	}
+	for node := range c.gone {
+		if _, ok := held[node]; !ok {
+			delete(c.gone, node)
+		}
+	}
+	for _, node := range slices.Sorted(maps.Keys(held)) {
+		if exists, err := c.nodes(ctx, node); err != nil || exists {
+			delete(c.gone, node)
+		} else if _, ok := c.gone[node]; !ok {
+			c.gone[node] = now
+		}
+	}
+}
+
+// releaseNode asks the node oracle again whether node is gone and, if it
+// still is, releases node's affinity to blocks, the blocks the pass saw it
+// hold. It returns those released. The node stays a suspect while one of
+// them is left to a later pass (cooling, or a release that failed).
+func (c *Collector) releaseNode(ctx context.Context, node string, blocks []netip.Prefix, cooled time.Time) ([]netip.Prefix, error) {
+	if exists, err := c.nodes(ctx, node); err != nil || exists {
+		delete(c.gone, node)
+		return nil, nil
+	}
+	aff := block.Host(node)
+	var released []netip.Prefix
+	var errs []error
+	left := false
+	for _, blk := range blocks {
+		err := c.a.releaseGoneAffinity(ctx, aff, blk, cooled)
+		switch {
+		case err == nil:
+			released = append(released, blk)
+		case errors.Is(err, errBlockChanged):
+			// Not the node's any more: nothing to release.
+		case errors.Is(err, errBlockCooling):
+			left = true
+		default:
+			left = true
+			errs = append(errs, fmt.Errorf("ipam: collect: release block %s of gone node %q: %w", blk, node, err))
+		}
+	}
+	if !left {
+		delete(c.gone, node)
+	}
+	return released, errors.Join(errs...)
 }
 
 // ripe reports whether every allocation of a handle has been a suspect for
@@ -275,4 +407,43 @@ func (a *Allocator) releaseEmptyAffinity(ctx context.Context, aff block.Affinity
 		return err
 	}
 	return a.dropIndex(ctx, aff, blk, 0)
+}
+
+// errBlockCooling: an empty block holds an address released too recently
+// for the block to be deleted.
+var errBlockCooling = errors.New("an address in the block is cooling")
+
+// releaseGoneAffinity releases aff's affinity to blk, for a node that is
+// gone, as releaseAffinity does: an empty block is deleted, a non-empty one
+// keeps its addresses without affinity. It decides on a fresh read of the
+// block and writes with compare-and-swap on it. A block not affine to aff
+// (gone, or another node's by now) gives errBlockChanged; an empty one in
+// which an address was released after cooled (unless cooled is zero) gives
+// errBlockCooling. Either way the block is left as it is.
+func (a *Allocator) releaseGoneAffinity(ctx context.Context, aff block.Affinity, blk netip.Prefix, cooled time.Time) error {
+	e := a.entry(blk)
+	e.lock()
+	err := a.retry(ctx, "release affinity of block", e.name, func() error {
+		if err := a.load(ctx, e); err != nil {
+			return err
+		}
+		switch {
+		case e.blk == nil || e.blk.Affinity() != aff:
+			return errBlockChanged
+		case e.blk.Empty() && !cooled.IsZero() && e.blk.CoolingSince(cooled) > 0:
+			return errBlockCooling
+		}
+		next := e.stage()
+		next.SetAffinity(block.Affinity{}, time.Time{})
+		return a.commit(ctx, e)
+	})
+	e.unlock()
+	if err != nil && !errors.Is(err, errBlockChanged) {
+		return err
+	}
+	// The node's index record for the block is stale either way now.
+	if derr := a.dropIndex(ctx, aff, blk, 0); derr != nil {
+		return derr
+	}
+	return err
 }

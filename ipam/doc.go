@@ -52,9 +52,11 @@
 // [Collector] finds and releases leaked addresses, as Calico's
 // kube-controllers garbage collector does: a liveness oracle, a grace
 // period, all-or-none per handle, a re-check before release, and release
-// by sequence number. [storetest.FaultyStore] fails or crashes a store at a
-// chosen operation; carve's tests crash a workload at every one of its
-// operations and show that Check then finds only what Repair fixes.
+// by sequence number; given a node oracle ([CollectorOptions].Nodes), it
+// also releases the blocks of nodes that are gone. [storetest.FaultyStore]
+// fails or crashes a store at a chosen operation; carve's tests crash a
+// workload at every one of its operations and show that Check then finds
+// only what Repair fixes.
 //
 // # Where carve differs from Calico
 //
