@@ -104,7 +104,7 @@ type Report struct {
 	// Cooling lists, in address order, empty blocks without affinity kept
 	// because an address in them is still cooling (Config.ReleaseCooldown).
 	// They are no problem: a claim may take one over, and once the
-	// cooldown has passed Repair deletes it.
+	// cooldown has passed the Collector or Repair deletes it.
 	Cooling []netip.Prefix `json:"cooling,omitempty"`
 }
 

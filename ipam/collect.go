@@ -53,9 +53,12 @@ type CollectorOptions struct {
 // the owner is still dead when asked again right before the release, and
 // with the sequence number seen, so an address reassigned meanwhile is
 // never freed. Empty affine blocks are released the same way once seen
-// empty, unchanged, across the grace period, but never a node's last block,
-// and not while an address in it is still cooling (Config.ReleaseCooldown):
-// deleting the block would forget when the address was released.
+// empty, unchanged, across the grace period, but never a node's last block.
+//
+// Releasing a block's affinity deletes it if it is empty, unless an address
+// in it is still cooling (Config.ReleaseCooldown): then it is kept, without
+// affinity, so that the release times last; a later pass deletes it once
+// the cooldown is over (DeletedBlocks).
 //
 // A node's last block is kept because the collector cannot tell a quiet
 // node from a removed one. Given a node oracle (CollectorOptions.Nodes), it
@@ -63,10 +66,8 @@ type CollectorOptions struct {
 // too, and once it has been gone for the grace period, and is still gone
 // when asked again, every block it holds loses its affinity. Each block is
 // released with compare-and-swap on a fresh read: a block another node
-// holds by then is left alone, and an empty block in which an address is
-// cooling is kept, the node remaining a suspect, until a later pass finds
-// it cooled. A block that still holds addresses keeps them, without
-// affinity; the allocation oracle collects them as usual.
+// holds by then is left alone. A block that still holds addresses keeps
+// them, without affinity; the allocation oracle collects them as usual.
 //
 // A Collector keeps its suspects in memory: a new one starts its grace
 // periods afresh. It is safe for concurrent use; passes do not overlap.
@@ -100,17 +101,21 @@ type CollectResult struct {
 	// new owner, without an error.
 	Released []Allocation
 	// ReleasedBlocks lists the empty blocks whose affinity was released
-	// (and which were deleted) because they stayed empty, not because
-	// their node is gone.
+	// (and which were deleted, or kept while their addresses cool) because
+	// they stayed empty, not because their node is gone.
 	ReleasedBlocks []netip.Prefix
 	// GoneNodes is how many nodes holding blocks the node oracle
 	// (CollectorOptions.Nodes) calls gone, after the pass: nodes waiting
-	// out the grace period, or with a block left for a later pass.
+	// out the grace period, or with a block whose release failed.
 	GoneNodes int
 	// GoneNodeBlocks lists the blocks whose affinity was released because
-	// their node is gone: the empty ones were deleted, the others keep
-	// their addresses without affinity.
+	// their node is gone: the empty ones were deleted (or kept while their
+	// addresses cool), the others keep their addresses without affinity.
 	GoneNodeBlocks []netip.Prefix
+	// DeletedBlocks lists the empty blocks without affinity that were kept
+	// while their addresses cooled and are deleted now that the cooldown
+	// is over.
+	DeletedBlocks []netip.Prefix
 }
 
 // NewCollector returns a collector releasing a's leaked addresses, asking
@@ -146,6 +151,7 @@ func (c *Collector) Collect(ctx context.Context) (CollectResult, error) {
 	alive := map[string]bool{} // handles with an allocation whose owner lives
 	seen := map[netip.Addr]bool{}
 	empty := map[netip.Prefix]*block.Block{}
+	var unaffine []*block.Block        // empty blocks without affinity
 	affine := map[block.Affinity]int{} // blocks per node
 	var held map[string][]netip.Prefix // each node's blocks, in key order, if nodes are asked
 	if c.nodes != nil {
@@ -168,6 +174,8 @@ func (c *Collector) Collect(ctx context.Context) (CollectResult, error) {
 			if b.Empty() {
 				empty[blk] = b
 			}
+		} else if b.Affinity().IsZero() && b.Empty() {
+			unaffine = append(unaffine, b)
 		}
 		for addr, al := range b.All() {
 			x := Allocation{Addr: addr, Block: blk, Handle: al.Owner.Handle, Attrs: al.Owner.Attrs, Seq: al.Seq}
@@ -216,30 +224,15 @@ func (c *Collector) Collect(ctx context.Context) (CollectResult, error) {
 		}
 	}
 
-	// The blocks of nodes gone for the grace period, then empty affine
-	// blocks; both need the cooldown.
-	var gone []string // nodes gone for the grace period
+	// The blocks of nodes gone for the grace period.
 	for _, node := range slices.Sorted(maps.Keys(c.gone)) {
-		if now.Sub(c.gone[node]) >= c.grace {
-			gone = append(gone, node)
+		if now.Sub(c.gone[node]) < c.grace {
+			continue
 		}
-	}
-	var cooled time.Time // addresses released after it are still cooling
-	if len(gone) > 0 || (!c.keep && len(empty) > 0) {
-		v, err := c.a.loadView(ctx)
-		if err != nil {
-			return res, errors.Join(append(errs, fmt.Errorf("ipam: collect: %w", err))...)
-		}
-		if cd := v.config.ReleaseCooldown; cd > 0 {
-			cooled = now.Add(-cd)
-		}
-	}
-
-	for _, node := range gone {
 		if err := ctx.Err(); err != nil {
 			return res, errors.Join(append(errs, err)...)
 		}
-		released, err := c.releaseNode(ctx, node, held[node], cooled)
+		released, err := c.releaseNode(ctx, node, held[node])
 		res.GoneNodeBlocks = append(res.GoneNodeBlocks, released...)
 		for _, blk := range released {
 			delete(empty, blk)
@@ -252,8 +245,10 @@ func (c *Collector) Collect(ctx context.Context) (CollectResult, error) {
 	}
 	res.GoneNodes = len(c.gone)
 
-	// Empty affine blocks.
-	if !c.keep && len(empty) > 0 {
+	// Empty affine blocks. Releasing one whose addresses are still cooling
+	// keeps it, without affinity, until the cooldown is over (see
+	// keepCooling).
+	if !c.keep {
 		for _, blk := range slices.SortedFunc(maps.Keys(empty), comparePrefix) {
 			b := empty[blk]
 			s, ok := c.blocks[blk]
@@ -264,9 +259,6 @@ func (c *Collector) Collect(ctx context.Context) (CollectResult, error) {
 			if now.Sub(s.since) < c.grace || affine[b.Affinity()] <= 1 {
 				continue // not long enough, or the node's last block
 			}
-			if !cooled.IsZero() && b.CoolingSince(cooled) > 0 {
-				continue // deleting it would forget the release times
-			}
 			err := c.a.releaseEmptyAffinity(ctx, b.Affinity(), blk, s.seq)
 			switch {
 			case err == nil:
@@ -276,6 +268,27 @@ func (c *Collector) Collect(ctx context.Context) (CollectResult, error) {
 			case errors.Is(err, errBlockChanged):
 				delete(c.blocks, blk)
 			default:
+				errs = append(errs, err)
+			}
+		}
+	}
+
+	// Empty blocks without affinity, kept while their addresses cooled:
+	// once the cooldown is over they have nothing left to remember.
+	if len(unaffine) > 0 {
+		v, err := c.a.loadView(ctx)
+		if err != nil {
+			return res, errors.Join(append(errs, fmt.Errorf("ipam: collect: %w", err))...)
+		}
+		for _, b := range unaffine {
+			if v.cooling(b, now) {
+				continue
+			}
+			err := c.a.releaseEmptyAffinity(ctx, block.Affinity{}, b.Prefix(), b.Seq())
+			switch {
+			case err == nil:
+				res.DeletedBlocks = append(res.DeletedBlocks, b.Prefix())
+			case !errors.Is(err, errBlockChanged):
 				errs = append(errs, err)
 			}
 		}
@@ -307,9 +320,10 @@ func (c *Collector) askNodes(ctx context.Context, held map[string][]netip.Prefix
 
 // releaseNode asks the node oracle again whether node is gone and, if it
 // still is, releases node's affinity to blocks, the blocks the pass saw it
-// hold. It returns those released. The node stays a suspect while one of
-// them is left to a later pass (cooling, or a release that failed).
-func (c *Collector) releaseNode(ctx context.Context, node string, blocks []netip.Prefix, cooled time.Time) ([]netip.Prefix, error) {
+// hold, as ReleaseHostAffinities would. It returns those released. The
+// node stays a suspect while one of them is left to a later pass (a
+// release that failed).
+func (c *Collector) releaseNode(ctx context.Context, node string, blocks []netip.Prefix) ([]netip.Prefix, error) {
 	if exists, err := c.nodes(ctx, node); err != nil || exists {
 		delete(c.gone, node)
 		return nil, nil
@@ -317,22 +331,18 @@ func (c *Collector) releaseNode(ctx context.Context, node string, blocks []netip
 	aff := block.Host(node)
 	var released []netip.Prefix
 	var errs []error
-	left := false
 	for _, blk := range blocks {
-		err := c.a.releaseGoneAffinity(ctx, aff, blk, cooled)
+		err := c.a.releaseAffinity(ctx, aff, blk, false)
 		switch {
 		case err == nil:
 			released = append(released, blk)
-		case errors.Is(err, errBlockChanged):
+		case errors.Is(err, ErrAffinityConflict):
 			// Not the node's any more: nothing to release.
-		case errors.Is(err, errBlockCooling):
-			left = true
 		default:
-			left = true
 			errs = append(errs, fmt.Errorf("ipam: collect: release block %s of gone node %q: %w", blk, node, err))
 		}
 	}
-	if !left {
+	if len(errs) == 0 {
 		delete(c.gone, node)
 	}
 	return released, errors.Join(errs...)
@@ -385,9 +395,11 @@ func (c *Collector) release(ctx context.Context, allocs []Allocation) ([]Allocat
 // errBlockChanged: a block changed since a caller last saw it.
 var errBlockChanged = errors.New("block changed since it was seen")
 
-// releaseEmptyAffinity releases aff's affinity to blk, which deletes it,
-// only if the block is still empty, affine to aff, and at sequence number
-// seq; otherwise it returns errBlockChanged.
+// releaseEmptyAffinity releases aff's affinity to blk, which deletes it
+// (unless an address in it is still cooling: see keepCooling), only if the
+// block is still empty, affine to aff, and at sequence number seq;
+// otherwise it returns errBlockChanged. With the zero aff it deletes an
+// empty block without affinity on the same terms.
 func (a *Allocator) releaseEmptyAffinity(ctx context.Context, aff block.Affinity, blk netip.Prefix, seq uint64) error {
 	e := a.entry(blk)
 	e.lock()
@@ -403,47 +415,8 @@ func (a *Allocator) releaseEmptyAffinity(ctx context.Context, aff block.Affinity
 		return a.commit(ctx, e)
 	})
 	e.unlock()
-	if err != nil {
+	if err != nil || aff.IsZero() {
 		return err
 	}
 	return a.dropIndex(ctx, aff, blk, 0)
-}
-
-// errBlockCooling: an empty block holds an address released too recently
-// for the block to be deleted.
-var errBlockCooling = errors.New("an address in the block is cooling")
-
-// releaseGoneAffinity releases aff's affinity to blk, for a node that is
-// gone, as releaseAffinity does: an empty block is deleted, a non-empty one
-// keeps its addresses without affinity. It decides on a fresh read of the
-// block and writes with compare-and-swap on it. A block not affine to aff
-// (gone, or another node's by now) gives errBlockChanged; an empty one in
-// which an address was released after cooled (unless cooled is zero) gives
-// errBlockCooling. Either way the block is left as it is.
-func (a *Allocator) releaseGoneAffinity(ctx context.Context, aff block.Affinity, blk netip.Prefix, cooled time.Time) error {
-	e := a.entry(blk)
-	e.lock()
-	err := a.retry(ctx, "release affinity of block", e.name, func() error {
-		if err := a.load(ctx, e); err != nil {
-			return err
-		}
-		switch {
-		case e.blk == nil || e.blk.Affinity() != aff:
-			return errBlockChanged
-		case e.blk.Empty() && !cooled.IsZero() && e.blk.CoolingSince(cooled) > 0:
-			return errBlockCooling
-		}
-		next := e.stage()
-		next.SetAffinity(block.Affinity{}, time.Time{})
-		return a.commit(ctx, e)
-	})
-	e.unlock()
-	if err != nil && !errors.Is(err, errBlockChanged) {
-		return err
-	}
-	// The node's index record for the block is stale either way now.
-	if derr := a.dropIndex(ctx, aff, blk, 0); derr != nil {
-		return derr
-	}
-	return err
 }

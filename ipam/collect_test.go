@@ -273,11 +273,12 @@ func TestCollectorKeepsHandleWithALiveAddress(t *testing.T) {
 	require.Len(t, got, 2)
 }
 
-// TestCollectorKeepsCoolingBlocks: an empty block in which an address is
-// still cooling is not released: deleting it would forget the release
-// time, and a node claiming the block again would hand the address out at
-// once. Once the cooldown has passed, it goes.
-func TestCollectorKeepsCoolingBlocks(t *testing.T) {
+// TestCollectorCoolingBlocks: an empty block in which an address is still
+// cooling is released like any other, but kept, without affinity, until the
+// cooldown is over: deleting it would forget the release times, and a node
+// claiming the block again would hand the addresses out at once. A later
+// pass deletes it.
+func TestCollectorCoolingBlocks(t *testing.T) {
 	e := newEnv(t, v4pool("p", "10.0.0.0/28", 30)) // four blocks of 4
 	e.cooldown(time.Hour)
 	got := e.mustAssign4("node-1", "a", 8) // two blocks
@@ -286,17 +287,30 @@ func TestCollectorKeepsCoolingBlocks(t *testing.T) {
 	require.Len(t, e.affine("node-1"), 2)
 
 	c := newCollector(t, e, &owners{alive: map[string]bool{"a": true}}, time.Minute)
-	for range 3 {
-		res, err := c.Collect(e.ctx)
-		require.NoError(t, err)
-		require.Empty(t, res.ReleasedBlocks, "an address in the empty block is cooling")
-		e.clock.Advance(2 * time.Minute)
-	}
-	require.Len(t, e.affine("node-1"), 2)
-
-	e.clock.Advance(time.Hour)
 	res, err := c.Collect(e.ctx)
 	require.NoError(t, err)
-	require.Equal(t, []netip.Prefix{got[0].Block}, res.ReleasedBlocks, "cooled down, it goes")
+	require.Empty(t, res.ReleasedBlocks)
+	e.clock.Advance(2 * time.Minute)
+	res, err = c.Collect(e.ctx)
+	require.NoError(t, err)
+	require.Equal(t, []netip.Prefix{got[0].Block}, res.ReleasedBlocks)
+	require.Empty(t, res.DeletedBlocks, "an address in it is cooling")
+	require.Equal(t, []netip.Prefix{got[4].Block}, e.affine("node-1"))
+	r, err := e.a.Check(e.ctx)
+	require.NoError(t, err)
+	require.Equal(t, []netip.Prefix{got[0].Block}, r.Cooling, "kept without affinity")
+	require.True(t, r.Clean(), "%v", r.Problems)
+
+	e.clock.Advance(30 * time.Minute)
+	res, err = c.Collect(e.ctx)
+	require.NoError(t, err)
+	require.Empty(t, res.DeletedBlocks, "still cooling")
+
+	e.clock.Advance(time.Hour)
+	res, err = c.Collect(e.ctx)
+	require.NoError(t, err)
+	require.Equal(t, []netip.Prefix{got[0].Block}, res.DeletedBlocks, "cooled down, it goes")
+	_, err = e.a.Block(e.ctx, got[0].Block)
+	require.ErrorIs(t, err, ipam.ErrNotFound)
 	e.requireConsistent()
 }
