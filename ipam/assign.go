@@ -678,7 +678,7 @@ func (a *Allocator) assignFrom(ctx context.Context, o *assignOp, out *[]Assigned
 		if err := o.h.take(ctx, blk, k); err != nil {
 			return err
 		}
-		if err := a.commit(ctx, e); err != nil {
+		if err := a.commit(ctx, e); err != nil && (refused(err) || !a.landed(ctx, e, addrs[0], o.owner.Handle, seq)) {
 			return o.h.undo(ctx, blk, k, err)
 		}
 		for _, addr := range addrs {
@@ -687,6 +687,21 @@ func (a *Allocator) assignFrom(ctx context.Context, o *assignOp, out *[]Assigned
 		return nil
 	})
 	return res, err
+}
+
+// landed reports whether a block write that failed with an unknown outcome
+// (a reply lost to a timeout, say) happened after all: a fresh read shows
+// addr allocated to handle at seq, the sequence number that write gave it,
+// which the block never gives twice. The assignment then stands. A failed
+// read, or one that does not show it, leaves the outcome unknown, since the
+// write may still land after the read: the caller keeps the handle's count
+// raised, as before.
+func (a *Allocator) landed(ctx context.Context, e *blockEntry, addr netip.Addr, handle string, seq uint64) bool {
+	if err := a.load(ctx, e); err != nil || e.blk == nil {
+		return false
+	}
+	al, ok := e.blk.Owner(addr)
+	return ok && al.Seq == seq && al.Owner.Handle == handle
 }
 
 // heldBack notes why b, which gave fewer addresses than wanted, kept the
@@ -823,7 +838,7 @@ func (a *Allocator) AssignIP(ctx context.Context, args AssignIPArgs) (Assigned, 
 		if err := h.add(ctx, blk, 1); err != nil {
 			return err
 		}
-		if err := a.commit(ctx, e); err != nil {
+		if err := a.commit(ctx, e); err != nil && (refused(err) || !a.landed(ctx, e, addr, owner.Handle, seq)) {
 			return h.undo(ctx, blk, 1, err)
 		}
 		return nil

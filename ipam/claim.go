@@ -144,7 +144,10 @@ func (a *Allocator) claimLocked(ctx context.Context, e *blockEntry, aff block.Af
 	if err == nil || !refused(err) {
 		// Created, or perhaps (a lost reply): either way the block may be
 		// aff's, so its index record must be there.
-		if err := errors.Join(err, a.putIndex(ctx, aff, e.prefix)); err != nil {
+		if ierr := a.putIndex(ctx, aff, e.prefix); ierr != nil {
+			return errors.Join(err, ierr)
+		}
+		if err != nil && !a.claimLanded(ctx, e, aff) {
 			return err
 		}
 		return a.claimStands(ctx, e, aff)
@@ -167,6 +170,14 @@ func (a *Allocator) claimLocked(ctx context.Context, e *blockEntry, aff block.Af
 		return fmt.Errorf("ipam: claim block %s: %w", e.prefix, errRecordMoved)
 	}
 	return fmt.Errorf("ipam: claim block %s for %s: %w (%s)", e.prefix, aff, ErrAffinityConflict, e.blk.Affinity())
+}
+
+// claimLanded reports whether a claim's block create that failed with an
+// unknown outcome happened after all: a fresh read finds the block affine
+// to aff (made by this claim, or by another allocator serving the same
+// node, which comes to the same). Otherwise the outcome stays unknown.
+func (a *Allocator) claimLanded(ctx context.Context, e *blockEntry, aff block.Affinity) bool {
+	return a.load(ctx, e) == nil && e.blk != nil && e.blk.Affinity() == aff
 }
 
 // claimStands makes a claim hold against a concurrent change of the pool

@@ -330,3 +330,72 @@ func TestReleaseReportsOnlyCertainReleases(t *testing.T) {
 		}
 	}
 }
+
+// TestLostReplyOfAssignmentStands: the reply of AutoAssign's block write is
+// lost, but the write happened. The allocator reads the block, sees its own
+// allocation (the handle, at the sequence number the write gave it), and
+// the request succeeds, with nothing left for Repair. Before, the request
+// failed and left the address assigned under a handle its caller had
+// given up on.
+func TestLostReplyOfAssignmentStands(t *testing.T) {
+	for _, c := range []struct {
+		name     string
+		setup    bool   // n1 holds a block already: the steady state
+		write    string // the block write whose reply is lost
+		explicit bool   // AssignIP of 10.0.0.9, in n1's block
+	}{
+		{"the claim's block", false, "create", false},
+		{"a new block's first address", false, "update", false},
+		{"steady", true, "update", false},
+		{"AssignIP", true, "update", true},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			// run makes the request on a fresh store, losing the reply of
+			// operation k (0: none), and returns the store, the number of
+			// the first block write, and the request's result.
+			run := func(k int64) (*memstore.Store, int64, ipam.AutoAssignResult, error) {
+				s := memstore.New()
+				setup, err := ipam.New(s, ipam.Options{})
+				require.NoError(t, err)
+				for _, p := range crashPools {
+					require.NoError(t, setup.CreatePool(t.Context(), p))
+				}
+				if c.setup {
+					_, err := setup.AutoAssign(t.Context(), ipam.AutoAssignArgs{Num4: 1, Handle: "first", Node: "n1"})
+					require.NoError(t, err)
+				}
+				var f *storetest.FaultyStore
+				var at int64
+				hs := &hookStore{Store: s, hook: func(op string, kind ipam.Kind, key string) {
+					if kind == ipam.KindBlock && op == c.write && at == 0 {
+						at = f.Ops()
+					}
+				}}
+				f = storetest.NewFaultyStore(hs, storetest.Fault{At: k, Mode: storetest.LostReply})
+				a, err := ipam.New(f, ipam.Options{})
+				require.NoError(t, err)
+				if c.explicit {
+					x, err := a.AssignIP(t.Context(), ipam.AssignIPArgs{Addr: netip.MustParseAddr("10.0.0.9"), Handle: "h", Node: "n1"})
+					return s, at, ipam.AutoAssignResult{IPv4: []ipam.Assigned{x}}, err
+				}
+				res, err := a.AutoAssign(t.Context(), ipam.AutoAssignArgs{Num4: 1, Handle: "h", Node: "n1"})
+				return s, at, res, err
+			}
+			_, at, _, err := run(0)
+			require.NoError(t, err)
+			require.Positive(t, at)
+
+			s, _, res, err := run(at)
+			require.NoError(t, err, "the write happened: the request stands")
+			require.Len(t, res.IPv4, 1)
+			checker, err := ipam.New(s, ipam.Options{})
+			require.NoError(t, err)
+			r, err := checker.Check(t.Context())
+			require.NoError(t, err)
+			require.True(t, r.Clean(), "%v", r.Problems)
+			got, err := checker.IPsByHandle(t.Context(), "h")
+			require.NoError(t, err)
+			require.Equal(t, []netip.Addr{res.IPv4[0].Addr}, got)
+		})
+	}
+}
