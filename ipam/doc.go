@@ -80,7 +80,14 @@
 //     claimed block. (A store write whose outcome is unknown, a timeout
 //     say, is the exception: it may leave a handle count too high, which
 //     ReleaseByHandle reports as ErrHandleNotFound, Check reports and
-//     Repair removes; never an address without its count.)
+//     Repair removes; never an address without its count. If a read of
+//     the block shows that the write happened, the assignment stands.)
+//   - A reservation made while an AutoAssign is in flight holds for it:
+//     the request looks again after its writes and replaces what the new
+//     reservation covers.
+//   - Release times outlive a block's affinity: an empty block whose
+//     addresses still cool is kept, without affinity, rather than deleted,
+//     so removing a node does not end the cooldown.
 //   - The consistency check, its repair and the leak collector are library
 //     functions, not separate programs.
 //
