@@ -805,8 +805,9 @@ func (a *Allocator) AssignIP(ctx context.Context, args AssignIPArgs) (Assigned, 
 		if err := a.ensure(ctx, e); err != nil {
 			return err
 		}
-		if e.blk == nil {
-			// No block yet: claim it for the node. If another node got
+		if e.blk == nil || e.blk.Empty() && e.blk.Affinity().IsZero() {
+			// No block yet, or an empty one nobody holds (kept while its
+			// addresses cool): claim it for the node. If another node got
 			// there first, the block now loaded is theirs: assign into it
 			// like any existing block.
 			if err := a.claimLocked(ctx, e, aff, false, hostReserved{}); err != nil && !errors.Is(err, ErrAffinityConflict) {

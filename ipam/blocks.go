@@ -152,17 +152,14 @@ func (e *blockEntry) stage() *block.Block {
 func (a *Allocator) commit(ctx context.Context, e *blockEntry) error {
 	b := e.next
 	a.pruneReleased(b)
+	keep := false
 	if b.Empty() && b.Affinity().IsZero() {
-		keep, err := a.keepCooling(ctx, b)
-		if err != nil {
+		var err error
+		if keep, err = a.keepCooling(ctx, b); err != nil {
 			return err
 		}
 		if !keep {
-			if err := a.store.Delete(ctx, KindBlock, e.key, e.rev); err != nil {
-				return a.writeFailed(e, err)
-			}
-			e.blk, e.rev, e.next, e.fresh = nil, 0, nil, true
-			return nil
+			return a.deleteBlock(ctx, e)
 		}
 	}
 	rev, err := a.put(ctx, e, b, e.rev)
@@ -177,12 +174,45 @@ func (a *Allocator) commit(ctx context.Context, e *blockEntry) error {
 	// record's value and becomes the scratch copy.
 	e.blk, e.next = b, e.blk
 	e.rev, e.fresh = rev, true
+	if keep {
+		return a.keptStands(ctx, e)
+	}
+	return nil
+}
+
+// deleteBlock deletes e's block with compare-and-swap on e.rev.
+func (a *Allocator) deleteBlock(ctx context.Context, e *blockEntry) error {
+	if err := a.store.Delete(ctx, KindBlock, e.key, e.rev); err != nil {
+		return a.writeFailed(e, err)
+	}
+	e.blk, e.rev, e.next, e.fresh = nil, 0, nil, true
+	return nil
+}
+
+// keptStands makes the keeping of an empty block without affinity hold
+// against a concurrent DeletePool, as claimStands makes a claim hold: with
+// the block just written, it reads the pool set, and deletes the block if
+// no pool carves it now. DeletePool removes the pool and then deletes the
+// pool's empty blocks without affinity, so whichever goes second sees the
+// other's write. A refused delete means the block changed meanwhile (a
+// claim took it over), which settles it too.
+func (a *Allocator) keptStands(ctx context.Context, e *blockEntry) error {
+	pools, err := a.storedPools(ctx)
+	if err != nil {
+		return fmt.Errorf("ipam: keep block %s: %w", e.prefix, err)
+	}
+	if _, ok := carving(pools, e.prefix); ok {
+		return nil
+	}
+	if err := a.deleteBlock(ctx, e); err != nil && !refused(err) {
+		return err
+	}
 	return nil
 }
 
 // keepCooling reports whether commit should write b, empty and without
 // affinity, rather than delete it: while an address in it is still cooling
-// (Config.ReleaseCooldown) and an enabled pool carves it, so that the
+// (Config.ReleaseCooldown) and a pool carves it, so that the
 // release times outlive the node's affinity (ReleaseAffinity,
 // ReleaseHostAffinities) or the last address of a block left without one.
 // A claim may take such a block over (see reclaimable); the Collector and
@@ -200,13 +230,14 @@ func (a *Allocator) keepCooling(ctx context.Context, b *block.Block) (bool, erro
 }
 
 // cooling reports whether b, empty and without affinity, is one to keep
-// (see keepCooling) under v's pools and configuration at now.
+// (see keepCooling) under v's pools and configuration at now. A disabled
+// pool's blocks are kept too: it may be enabled again.
 func (v *view) cooling(b *block.Block, now time.Time) bool {
 	cd := v.config.ReleaseCooldown
 	if cd <= 0 || b.ReleaseTimes() == 0 {
 		return false
 	}
-	if p, ok := carving(v.pools, b.Prefix()); !ok || p.Disabled {
+	if _, ok := carving(v.pools, b.Prefix()); !ok {
 		return false
 	}
 	return b.CoolingSince(now.Add(-cd)) > 0

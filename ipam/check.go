@@ -418,10 +418,10 @@ func (a *Allocator) Repair(ctx context.Context, opts RepairOptions) ([]RepairAct
 					act.Note = "no longer found: a pool carves the block again"
 					break
 				}
-				err = a.deleteEmptyBlock(ctx, p.Block)
+				err = a.deleteEmptyBlock(ctx, p.Block, false)
 			}
 		case ProblemBlockEmptyUnaffine:
-			err = a.deleteEmptyBlock(ctx, p.Block)
+			err = a.deleteEmptyBlock(ctx, p.Block, true)
 		}
 		act.Done = err == nil
 		if err != nil {
@@ -566,8 +566,10 @@ func (a *Allocator) repairStaleIndex(ctx context.Context, p Problem) error {
 
 // deleteEmptyBlock deletes a block that is, read fresh, still empty: its
 // affinity, if any, is released (which deletes it, unless an address in it
-// is cooling), or it is deleted.
-func (a *Allocator) deleteEmptyBlock(ctx context.Context, blk netip.Prefix) error {
+// is cooling), or it is deleted. With unaffine, a block that has an
+// affinity now was claimed since the check (a node may take over an empty
+// block without affinity) and is left to its node.
+func (a *Allocator) deleteEmptyBlock(ctx context.Context, blk netip.Prefix, unaffine bool) error {
 	e := a.entry(blk)
 	e.lock()
 	defer e.unlock()
@@ -579,6 +581,8 @@ func (a *Allocator) deleteEmptyBlock(ctx context.Context, blk netip.Prefix) erro
 		return nil
 	case !e.blk.Empty():
 		return errors.New("the block is in use again")
+	case unaffine && !e.blk.Affinity().IsZero():
+		return fmt.Errorf("the block was claimed since the check (%s)", e.blk.Affinity())
 	}
 	aff := e.blk.Affinity()
 	next := e.stage()

@@ -70,7 +70,7 @@ func (a *Allocator) claim(ctx context.Context, v *view, p *pool.Pool, w *pool.Wa
 			}
 		}
 	}
-	blk, ok, err := a.reclaim(ctx, p, aff, existing)
+	blk, ok, err := a.reclaim(ctx, v, p, aff, existing, rsv)
 	return blk, ok, existing, err
 }
 
@@ -110,19 +110,22 @@ func (a *Allocator) claimLocked(ctx context.Context, e *blockEntry, aff block.Af
 	// index entry. The first probe of a walk usually finds the block free
 	// and goes straight to the writes.
 	//
-	// A cached copy that calls the block aff's already is read again too:
-	// accepting it must not rest on a block that another allocator may
-	// have deleted since. (A refusal drawn from the cache only moves the
+	// A cached copy that calls the block aff's already, or nobody's, is
+	// read again too: accepting or adopting it must not rest on a block
+	// that another allocator may have deleted or taken since. (A refusal drawn from the cache only moves the
 	// walk on; the pool listing that follows, if it comes to that, sees
 	// the truth.)
-	if (look || e.blk != nil && e.blk.Affinity() == aff) && !e.fresh {
+	if (look || e.blk != nil && (e.blk.Affinity() == aff || e.blk.Affinity().IsZero())) && !e.fresh {
 		if err := a.load(ctx, e); err != nil {
 			return err
 		}
 	}
 	if e.blk != nil {
-		if e.blk.Affinity() == aff {
+		switch {
+		case e.blk.Affinity() == aff:
 			return a.claimStands(ctx, e, aff) // perhaps an earlier attempt's write whose reply was lost
+		case e.blk.Affinity().IsZero() && e.blk.Empty():
+			return a.adoptLocked(ctx, e, aff, rsv)
 		}
 		return fmt.Errorf("ipam: claim block %s for %s: %w (%s)", e.prefix, aff, ErrAffinityConflict, e.blk.Affinity())
 	}
@@ -172,6 +175,36 @@ func (a *Allocator) claimLocked(ctx context.Context, e *blockEntry, aff block.Af
 	return fmt.Errorf("ipam: claim block %s for %s: %w (%s)", e.prefix, aff, ErrAffinityConflict, e.blk.Affinity())
 }
 
+// adoptLocked claims e's block, which exists empty and without affinity
+// (kept while its addresses cool, see keepCooling), for aff, in a claim's
+// order: the index record, the block (compare-and-swap, keeping its
+// release times), the index record again, the pool set. The caller holds
+// e.mu.
+func (a *Allocator) adoptLocked(ctx context.Context, e *blockEntry, aff block.Affinity, rsv hostReserved) error {
+	idxRev, err := a.store.Create(ctx, KindAffinity, affinityKey(aff.String(), e.prefix), nil)
+	switch {
+	case errors.Is(err, ErrExists):
+		idxRev = 0 // left by an earlier attempt: the block decides
+	case err != nil:
+		return fmt.Errorf("ipam: claim block %s for %s: %w", e.prefix, aff, err)
+	}
+	next := e.stage()
+	rsv.reset(next)
+	next.SetAffinity(aff, a.now())
+	err = a.commit(ctx, e)
+	if err != nil && refused(err) {
+		// Changed since read: the retry reads it again.
+		return errors.Join(err, a.dropIndex(ctx, aff, e.prefix, idxRev))
+	}
+	if ierr := a.putIndex(ctx, aff, e.prefix); ierr != nil {
+		return errors.Join(err, ierr)
+	}
+	if err != nil && !a.claimLanded(ctx, e, aff) {
+		return err
+	}
+	return a.claimStands(ctx, e, aff)
+}
+
 // claimLanded reports whether a claim's block create that failed with an
 // unknown outcome happened after all: a fresh read finds the block affine
 // to aff (made by this claim, or by another allocator serving the same
@@ -195,17 +228,9 @@ func (a *Allocator) claimLanded(ctx context.Context, e *blockEntry, aff block.Af
 // one a pool's deletion would miss, or one carved the old way inside a new
 // pool of another block size, overlapping its blocks.
 func (a *Allocator) claimStands(ctx context.Context, e *blockEntry, aff block.Affinity) error {
-	rec, err := a.store.Get(ctx, KindPool, singletonKey)
-	if err != nil && !errors.Is(err, ErrNotFound) {
-		return fmt.Errorf("ipam: claim block %s: read pools: %w", e.prefix, err)
-	}
-	pools := new(pool.Set)
-	if v := a.view.Load(); v != nil && err == nil && rec.Revision == v.poolsRev {
-		pools = v.pools
-	} else if err == nil {
-		if pools, err = unmarshalPools(rec.Value); err != nil {
-			return err
-		}
+	pools, err := a.storedPools(ctx)
+	if err != nil {
+		return fmt.Errorf("ipam: claim block %s: %w", e.prefix, err)
 	}
 	p, ok := carving(pools, e.prefix)
 	if ok && !p.Disabled {
@@ -237,13 +262,30 @@ func (a *Allocator) claimStands(ctx context.Context, e *blockEntry, aff block.Af
 		next.SetAffinity(block.Affinity{}, time.Time{})
 		return a.commit(ctx, e) // empty and unaffine: a delete
 	})
-	if err == nil && e.blk == nil {
+	if err == nil && (e.blk == nil || e.blk.Affinity() != aff) {
+		// Given up: deleted, or kept while its addresses cool.
 		err = a.dropIndex(ctx, aff, e.prefix, 0)
 	}
 	if err != nil {
 		return fmt.Errorf("ipam: claim block %s for %s: %s; giving the block up: %w", e.prefix, aff, why, err)
 	}
 	return gone
+}
+
+// storedPools reads the pool set from the store, past the view's cache
+// (the view's set when its revision is the stored one).
+func (a *Allocator) storedPools(ctx context.Context) (*pool.Set, error) {
+	rec, err := a.store.Get(ctx, KindPool, singletonKey)
+	switch {
+	case errors.Is(err, ErrNotFound):
+		return new(pool.Set), nil
+	case err != nil:
+		return nil, fmt.Errorf("read pools: %w", err)
+	}
+	if v := a.view.Load(); v != nil && rec.Revision == v.poolsRev {
+		return v.pools, nil
+	}
+	return unmarshalPools(rec.Value)
 }
 
 // carving returns the pool of pools that carves blk: holds it, with blk's
@@ -263,6 +305,17 @@ type hostReserved struct{ first, last int }
 
 // fits reports whether a block of size addresses keeps one to assign.
 func (r hostReserved) fits(size int) bool { return size > r.first+r.last }
+
+// reset makes the reserved addresses of b, an empty block changing hands,
+// those a new block claimed with r would have.
+func (r hostReserved) reset(b *block.Block) {
+	first, last := b.Prefix().Addr(), lastAddr(b.Prefix())
+	for i := 0; i < MaxHostReserved && i < b.Size(); i, first, last = i+1, first.Next(), last.Prev() {
+		_ = b.Unreserve(first) // an error: not reserved
+		_ = b.Unreserve(last)
+	}
+	r.apply(b)
+}
 
 // apply reserves the addresses in a new, empty block.
 func (r hostReserved) apply(b *block.Block) {
@@ -356,7 +409,7 @@ func (a *Allocator) storedAffinity(ctx context.Context, blk netip.Prefix) (block
 // without affinity (one kept while its addresses cool, see keepCooling) or
 // an empty block affine to another node and claimed at least ReclaimAge
 // ago.
-func (a *Allocator) reclaim(ctx context.Context, p *pool.Pool, aff block.Affinity, existing []Record) (netip.Prefix, bool, error) {
+func (a *Allocator) reclaim(ctx context.Context, v *view, p *pool.Pool, aff block.Affinity, existing []Record, rsv hostReserved) (netip.Prefix, bool, error) {
 	now := a.now()
 	for _, r := range existing {
 		// Only empty blocks of no node or of other nodes are worth decoding.
@@ -366,11 +419,14 @@ func (a *Allocator) reclaim(ctx context.Context, p *pool.Pool, aff block.Affinit
 			continue
 		}
 		blk := sum.Prefix
+		if v.hasReserved && v.reserved.ContainsPrefix(blk) {
+			continue // a reservation covers it whole
+		}
 		b, err := decodeBlock(blk, r.Value)
 		if err != nil || !a.reclaimable(b, aff, now) {
 			continue
 		}
-		ok, err := a.takeOver(ctx, blk, aff)
+		ok, err := a.takeOver(ctx, blk, aff, rsv)
 		if err != nil {
 			return netip.Prefix{}, false, err
 		}
@@ -398,7 +454,7 @@ func (a *Allocator) reclaimable(b *block.Block, aff block.Affinity, now time.Tim
 // then the block (compare-and-swap, checking it is still reclaimable), then
 // the old owner's index record, if it had one. The block keeps its release
 // times: the cooldown of its addresses goes on.
-func (a *Allocator) takeOver(ctx context.Context, blk netip.Prefix, aff block.Affinity) (bool, error) {
+func (a *Allocator) takeOver(ctx context.Context, blk netip.Prefix, aff block.Affinity, rsv hostReserved) (bool, error) {
 	e := a.entry(blk)
 	e.lock()
 	defer e.unlock()
@@ -418,6 +474,7 @@ func (a *Allocator) takeOver(ctx context.Context, blk netip.Prefix, aff block.Af
 		}
 		old = e.blk.Affinity()
 		next := e.stage()
+		rsv.reset(next)
 		next.SetAffinity(aff, a.now())
 		if err := a.commit(ctx, e); err != nil {
 			return err

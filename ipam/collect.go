@@ -112,9 +112,9 @@ type CollectResult struct {
 	// their node is gone: the empty ones were deleted (or kept while their
 	// addresses cool), the others keep their addresses without affinity.
 	GoneNodeBlocks []netip.Prefix
-	// DeletedBlocks lists the empty blocks without affinity that were kept
-	// while their addresses cooled and are deleted now that the cooldown
-	// is over.
+	// DeletedBlocks lists the empty blocks without affinity the pass
+	// deleted: those kept while their addresses cooled, once the cooldown
+	// is over, and any other (one a crash left, say).
 	DeletedBlocks []netip.Prefix
 }
 
@@ -259,7 +259,7 @@ func (c *Collector) Collect(ctx context.Context) (CollectResult, error) {
 			if now.Sub(s.since) < c.grace || affine[b.Affinity()] <= 1 {
 				continue // not long enough, or the node's last block
 			}
-			err := c.a.releaseEmptyAffinity(ctx, b.Affinity(), blk, s.seq)
+			_, err := c.a.releaseEmptyAffinity(ctx, b.Affinity(), blk, s.seq)
 			switch {
 			case err == nil:
 				res.ReleasedBlocks = append(res.ReleasedBlocks, blk)
@@ -284,11 +284,11 @@ func (c *Collector) Collect(ctx context.Context) (CollectResult, error) {
 			if v.cooling(b, now) {
 				continue
 			}
-			err := c.a.releaseEmptyAffinity(ctx, block.Affinity{}, b.Prefix(), b.Seq())
+			deleted, err := c.a.releaseEmptyAffinity(ctx, block.Affinity{}, b.Prefix(), b.Seq())
 			switch {
-			case err == nil:
+			case deleted:
 				res.DeletedBlocks = append(res.DeletedBlocks, b.Prefix())
-			case !errors.Is(err, errBlockChanged):
+			case err != nil && !errors.Is(err, errBlockChanged):
 				errs = append(errs, err)
 			}
 		}
@@ -399,8 +399,9 @@ var errBlockChanged = errors.New("block changed since it was seen")
 // (unless an address in it is still cooling: see keepCooling), only if the
 // block is still empty, affine to aff, and at sequence number seq;
 // otherwise it returns errBlockChanged. With the zero aff it deletes an
-// empty block without affinity on the same terms.
-func (a *Allocator) releaseEmptyAffinity(ctx context.Context, aff block.Affinity, blk netip.Prefix, seq uint64) error {
+// empty block without affinity on the same terms. It reports whether the
+// block was deleted.
+func (a *Allocator) releaseEmptyAffinity(ctx context.Context, aff block.Affinity, blk netip.Prefix, seq uint64) (bool, error) {
 	e := a.entry(blk)
 	e.lock()
 	err := a.retry(ctx, "release empty block", e.name, func() error {
@@ -414,9 +415,10 @@ func (a *Allocator) releaseEmptyAffinity(ctx context.Context, aff block.Affinity
 		next.SetAffinity(block.Affinity{}, time.Time{})
 		return a.commit(ctx, e)
 	})
+	deleted := err == nil && e.blk == nil
 	e.unlock()
 	if err != nil || aff.IsZero() {
-		return err
+		return deleted, err
 	}
-	return a.dropIndex(ctx, aff, blk, 0)
+	return deleted, a.dropIndex(ctx, aff, blk, 0)
 }

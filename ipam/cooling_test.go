@@ -52,7 +52,7 @@ func TestCoolingOutlivesAffinity(t *testing.T) {
 			r, err := e.a.Check(e.ctx)
 			require.NoError(t, err)
 			require.True(t, r.Clean(), "%v", r.Problems)
-			_ = r // require.Equal(t, []netip.Prefix{got[0].Block}, r.Cooling, "kept, empty and without affinity")
+			require.Equal(t, []netip.Prefix{got[0].Block}, r.Cooling, "kept, empty and without affinity")
 			require.Empty(t, e.affine("node-1"))
 
 			// node-2 takes the block over and gets another address, even
@@ -89,7 +89,7 @@ func TestCoolingBlockAfterCooldown(t *testing.T) {
 	e.clock.Advance(time.Hour + time.Second)
 	r, err := e.a.Check(e.ctx)
 	require.NoError(t, err)
-	_ = r
+	require.Empty(t, r.Cooling)
 	require.Len(t, r.Problems, 1)
 	require.Equal(t, ipam.ProblemBlockEmptyUnaffine, r.Problems[0].Kind)
 	_, r, err = e.a.Repair(e.ctx, ipam.RepairOptions{})

@@ -180,7 +180,7 @@ func (a *Allocator) DeletePool(ctx context.Context, name string) error {
 		}
 	}
 	op := fmt.Sprintf("delete pool %q", name)
-	return a.changePools(ctx, op, func(s *pool.Set) error {
+	err = a.changePools(ctx, op, func(s *pool.Set) error {
 		q, ok := s.Get(name)
 		if !ok {
 			return fmt.Errorf("ipam: %s: %w", op, ErrPoolNotFound)
@@ -193,6 +193,30 @@ func (a *Allocator) DeletePool(ctx context.Context, name string) error {
 		s.Remove(name)
 		return nil
 	})
+	if err != nil {
+		return err
+	}
+	// Empty blocks kept without affinity while their addresses cooled
+	// (see keepCooling) go with the pool: listed after its removal, so a
+	// block kept meanwhile, which reads the pool set after its write
+	// (keptStands), is deleted by one side or the other.
+	if recs, err = a.store.List(ctx, KindBlock, blockRange(p.CIDR)); err != nil {
+		return fmt.Errorf("ipam: %s: list blocks: %w", op, err)
+	}
+	var errs []error
+	for _, r := range recs {
+		sum, err := block.Peek(r.Value)
+		if err != nil || sum.Used != 0 || !sum.Affinity.IsZero() {
+			continue
+		}
+		if _, err := a.releaseEmptyAffinity(ctx, block.Affinity{}, sum.Prefix, sum.Seq); err != nil && !errors.Is(err, errBlockChanged) {
+			errs = append(errs, err)
+		}
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("ipam: %s: the pool is deleted; its empty blocks are left to Repair: %w", op, errors.Join(errs...))
+	}
+	return nil
 }
 
 // releaseAnyAffinity releases blk's affinity, whoever holds it: aff, as
