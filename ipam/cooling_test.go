@@ -78,14 +78,7 @@ func TestCoolingOutlivesAffinity(t *testing.T) {
 // block kept for it is an ordinary empty block without affinity, which
 // Check reports and Repair deletes; DeletePool deletes one at once.
 func TestCoolingBlockAfterCooldown(t *testing.T) {
-	e := newEnv(t, v4pool("p", "10.0.0.0/29", 29))
-	e.cooldown(time.Hour)
-	got := e.mustAssign4("node-1", "a", 1)
-	_, err := e.a.ReleaseByHandle(e.ctx, "a")
-	require.NoError(t, err)
-	_, err = e.a.ReleaseHostAffinities(e.ctx, "node-1", false)
-	require.NoError(t, err)
-
+	e, got := keptBlock(t)
 	e.clock.Advance(time.Hour + time.Second)
 	r, err := e.a.Check(e.ctx)
 	require.NoError(t, err)
