@@ -112,9 +112,9 @@ func (a *Allocator) claimLocked(ctx context.Context, e *blockEntry, aff block.Af
 	//
 	// A cached copy that calls the block aff's already, or nobody's, is
 	// read again too: accepting or adopting it must not rest on a block
-	// that another allocator may have deleted or taken since. (A refusal drawn from the cache only moves the
-	// walk on; the pool listing that follows, if it comes to that, sees
-	// the truth.)
+	// that another allocator may have deleted or taken since. (A refusal
+	// drawn from the cache only moves the walk on; the pool listing that
+	// follows, if it comes to that, sees the truth.)
 	if (look || e.blk != nil && (e.blk.Affinity() == aff || e.blk.Affinity().IsZero())) && !e.fresh {
 		if err := a.load(ctx, e); err != nil {
 			return err
@@ -175,11 +175,12 @@ func (a *Allocator) claimLocked(ctx context.Context, e *blockEntry, aff block.Af
 	return fmt.Errorf("ipam: claim block %s for %s: %w (%s)", e.prefix, aff, ErrAffinityConflict, e.blk.Affinity())
 }
 
-// adoptLocked claims e's block, which exists empty and without affinity
-// (kept while its addresses cool, see keepCooling), for aff, in a claim's
-// order: the index record, the block (compare-and-swap, keeping its
-// release times), the index record again, the pool set. The caller holds
-// e.mu.
+// adoptLocked claims e's block, which exists and is empty (without
+// affinity, kept while its addresses cool, see keepCooling; or another
+// node's, for takeOver), for aff, in a claim's order: the index record, the
+// block (compare-and-swap, keeping its release times, with the addresses at
+// its ends reserved as rsv says), the index record again, the pool set. The
+// caller holds e.mu.
 func (a *Allocator) adoptLocked(ctx context.Context, e *blockEntry, aff block.Affinity, rsv hostReserved) error {
 	idxRev, err := a.store.Create(ctx, KindAffinity, affinityKey(aff.String(), e.prefix), nil)
 	switch {
@@ -450,22 +451,18 @@ func (a *Allocator) reclaimable(b *block.Block, aff block.Affinity, now time.Tim
 	return old.Kind == block.HostAffinity && a.reclaimAge >= 0 && now.Sub(b.ClaimTime()) >= a.reclaimAge
 }
 
-// takeOver moves an empty, reclaimable block to aff: the new index record,
-// then the block (compare-and-swap, checking it is still reclaimable), then
-// the old owner's index record, if it had one. The block keeps its release
+// takeOver moves an empty, reclaimable block to aff as a claim adopts one
+// (adoptLocked: the new index record, the block by compare-and-swap on a
+// fresh read that shows it still reclaimable, the pool set), then drops the
+// old owner's index record, if it had one. The block keeps its release
 // times: the cooldown of its addresses goes on.
 func (a *Allocator) takeOver(ctx context.Context, blk netip.Prefix, aff block.Affinity, rsv hostReserved) (bool, error) {
 	e := a.entry(blk)
 	e.lock()
 	defer e.unlock()
-	idx := affinityKey(aff.String(), blk)
-	idxRev, err := a.store.Create(ctx, KindAffinity, idx, nil)
-	if err != nil && !errors.Is(err, ErrExists) {
-		return false, fmt.Errorf("ipam: reclaim block %s: %w", blk, err)
-	}
 	var old block.Affinity
 	taken := false
-	err = a.retry(ctx, "reclaim block", e.name, func() error {
+	err := a.retry(ctx, "reclaim block", e.name, func() error {
 		if err := a.load(ctx, e); err != nil {
 			return err
 		}
@@ -473,33 +470,19 @@ func (a *Allocator) takeOver(ctx context.Context, blk netip.Prefix, aff block.Af
 			return nil
 		}
 		old = e.blk.Affinity()
-		next := e.stage()
-		rsv.reset(next)
-		next.SetAffinity(aff, a.now())
-		if err := a.commit(ctx, e); err != nil {
+		if err := a.adoptLocked(ctx, e, aff, rsv); err != nil {
 			return err
 		}
 		taken = true
 		return nil
 	})
-	if err != nil || !taken {
-		if derr := a.dropIndex(ctx, aff, blk, idxRev); derr != nil {
+	if !old.IsZero() {
+		// Stale whether the take-over stood or the block was given up.
+		if derr := a.dropIndex(ctx, old, blk, 0); derr != nil {
 			err = errors.Join(err, derr)
 		}
-		return false, err
 	}
-	if err := a.putIndex(ctx, aff, blk); err != nil {
-		return true, err
-	}
-	if !old.IsZero() {
-		if err := a.dropIndex(ctx, old, blk, 0); err != nil {
-			return true, err
-		}
-	}
-	if err := a.claimStands(ctx, e, aff); err != nil {
-		return false, err
-	}
-	return true, nil
+	return taken && err == nil, err
 }
 
 // borrow assigns up to want addresses from existing blocks of pool p that
