@@ -215,9 +215,10 @@ func (a *Allocator) keptStands(ctx context.Context, e *blockEntry) error {
 // (Config.ReleaseCooldown) and a pool carves it, so that the
 // release times outlive the node's affinity (ReleaseAffinity,
 // ReleaseHostAffinities) or the last address of a block left without one.
-// A claim may take such a block over (see reclaimable); the Collector and
-// Repair delete it once the cooldown has passed. It reads the view afresh:
-// this is a rare path, and the answer must rest on the current cooldown.
+// A claim may take such a block over (see reclaimable); the Collector
+// deletes it once the cooldown has passed (Check lists it as Cooled, not as
+// a problem). It reads the view afresh: this is a rare path, and the answer
+// must rest on the current cooldown.
 func (a *Allocator) keepCooling(ctx context.Context, b *block.Block) (bool, error) {
 	if b.ReleaseTimes() == 0 {
 		return false, nil

@@ -40,8 +40,9 @@ const (
 	// it, so the node would not find it. Repairable.
 	ProblemAffinityUnindexed ProblemKind = "affinity-unindexed"
 	// ProblemBlockEmptyUnaffine: an empty block without affinity, which
-	// should have been deleted (unless an address in it is still cooling:
-	// see Report.Cooling). Repairable.
+	// should have been deleted (what a crash during an affinity release
+	// leaves). One kept for the release cooldown is no problem: see
+	// Report.Cooling and Report.Cooled. Repairable.
 	ProblemBlockEmptyUnaffine ProblemKind = "block-empty-unaffine"
 	// ProblemBlockOutsidePools: a block that no pool carves, and which is
 	// empty (repairable: it is deleted), or affine to a node, or overlaps
@@ -103,9 +104,14 @@ type Report struct {
 	Leftovers []Leftover `json:"leftovers,omitempty"`
 	// Cooling lists, in address order, empty blocks without affinity kept
 	// because an address in them is still cooling (Config.ReleaseCooldown).
-	// They are no problem: a claim may take one over, and once the
-	// cooldown has passed the Collector or Repair deletes it.
+	// They are no problem: a claim may take one over.
 	Cooling []netip.Prefix `json:"cooling,omitempty"`
+	// Cooled lists, in address order, empty blocks without affinity that
+	// were kept while their addresses cooled and whose cooldown is over
+	// (or was turned off). They are no problem either, and Repair leaves
+	// them: the Collector deletes them, a claim may take one over, and
+	// DeletePool deletes its pool's.
+	Cooled []netip.Prefix `json:"cooled,omitempty"`
 }
 
 // Leftover is a block that no pool carves any more, without affinity,
@@ -238,6 +244,10 @@ func (a *Allocator) check(ctx context.Context) (*Report, *checkState, error) {
 				Detail: fmt.Sprintf("no pool carves it; %d addresses in use", b.Used())})
 		case b.Empty() && b.Affinity().IsZero() && v.cooling(b, r.Time):
 			r.Cooling = append(r.Cooling, blk)
+		case b.Empty() && b.Affinity().IsZero() && b.ReleaseTimes() > 0:
+			// Kept while its addresses cooled (keepCooling): the release
+			// times say so, where a crash leftover has none to keep.
+			r.Cooled = append(r.Cooled, blk)
 		case b.Empty() && b.Affinity().IsZero():
 			add(Problem{Kind: ProblemBlockEmptyUnaffine, Record: name, Block: blk, rev: rec.Revision, Repairable: true, Detail: "empty and without affinity"})
 		}

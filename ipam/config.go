@@ -43,9 +43,10 @@ type Config struct {
 	// address is released while it has none, is therefore kept, without
 	// affinity, while an address in it is still cooling, rather than
 	// deleted; a claim may take it over, times and all, and once the
-	// cooldown has passed the Collector or Repair deletes it (Check lists
-	// such blocks as Report.Cooling). DeletePool deletes empty blocks at
-	// once: their pool is gone, and so is the cooldown.
+	// cooldown has passed the Collector deletes it (Check lists such
+	// blocks as Report.Cooling, then Report.Cooled, never as problems).
+	// DeletePool deletes empty blocks at once: their pool is gone, and so
+	// is the cooldown.
 	ReleaseCooldown time.Duration `json:"-"`
 }
 

@@ -1,6 +1,7 @@
 package ipam_test
 
 import (
+	"context"
 	"net/netip"
 	"testing"
 	"time"
@@ -75,21 +76,41 @@ func TestCoolingOutlivesAffinity(t *testing.T) {
 }
 
 // TestCoolingBlockAfterCooldown: once the cooldown has passed, an empty
-// block kept for it is an ordinary empty block without affinity, which
-// Check reports and Repair deletes; DeletePool deletes one at once.
+// block kept for it is listed as cooled, not as a problem, so that a
+// healthy store checks clean whatever the time; Repair leaves it, the
+// Collector deletes it; DeletePool deletes one at once.
 func TestCoolingBlockAfterCooldown(t *testing.T) {
 	e, got := keptBlock(t)
 	e.clock.Advance(time.Hour + time.Second)
 	r, err := e.a.Check(e.ctx)
 	require.NoError(t, err)
-	require.Empty(t, r.Cooling)
-	require.Len(t, r.Problems, 1)
-	require.Equal(t, ipam.ProblemBlockEmptyUnaffine, r.Problems[0].Kind)
-	_, r, err = e.a.Repair(e.ctx, ipam.RepairOptions{})
-	require.NoError(t, err)
 	require.True(t, r.Clean(), "%v", r.Problems)
+	require.Empty(t, r.Cooling)
+	require.Equal(t, []netip.Prefix{got[0].Block}, r.Cooled)
+	acts, r, err := e.a.Repair(e.ctx, ipam.RepairOptions{})
+	require.NoError(t, err)
+	require.Empty(t, acts)
+	require.Equal(t, []netip.Prefix{got[0].Block}, r.Cooled, "Repair leaves it")
+
+	c, err := ipam.NewCollector(e.a, func(context.Context, ipam.Allocation) (bool, error) { return true, nil }, ipam.CollectorOptions{})
+	require.NoError(t, err)
+	res, err := c.Collect(e.ctx)
+	require.NoError(t, err)
+	require.Equal(t, []netip.Prefix{got[0].Block}, res.DeletedBlocks)
 	_, err = e.a.Block(e.ctx, got[0].Block)
 	require.ErrorIs(t, err, ipam.ErrNotFound)
+	r, err = e.a.Check(e.ctx)
+	require.NoError(t, err)
+	require.Empty(t, r.Cooled)
+
+	// Turning the cooldown off ends it at once: a block kept for it is
+	// cooled from then on.
+	keep, _ := keptBlock(t)
+	keep.cooldown(0)
+	r, err = keep.a.Check(keep.ctx)
+	require.NoError(t, err)
+	require.True(t, r.Clean(), "%v", r.Problems)
+	require.Equal(t, []netip.Prefix{got[0].Block}, r.Cooled)
 
 	// DeletePool does not keep cooling blocks: the pool is going away, and
 	// a pool made in its place may carve blocks of another size.
