@@ -79,23 +79,48 @@ func (a *Allocator) checkLeftovers(ctx context.Context, op string, p pool.Pool) 
 	if err != nil {
 		return fmt.Errorf("ipam: %s: list blocks: %w", op, err)
 	}
-	var bad []string
+	var bad []Record
 	for _, r := range recs {
 		if blk, err := parseBlockKey(r.Key); err == nil && blk.Bits() != p.BlockSize {
-			bad = append(bad, blk.String())
+			bad = append(bad, r)
 		}
 	}
 	// A larger block that starts before the pool and covers it.
 	if blk, ok, err := a.findBlock(ctx, cidr.Addr()); err != nil {
 		return err
 	} else if ok && blk.Bits() < cidr.Bits() {
-		bad = append(bad, blk.String())
+		r, err := a.store.Get(ctx, KindBlock, blockKey(blk))
+		switch {
+		case err == nil:
+			bad = append(bad, r)
+		case !errors.Is(err, ErrNotFound): // deleted since: no longer in the way
+			return fmt.Errorf("ipam: %s: read block %s: %w", op, blk, err)
+		}
 	}
 	if len(bad) == 0 {
 		return nil
 	}
-	return fmt.Errorf("ipam: %s: %w: cidr %s holds blocks %v of a deleted pool, which do not fit blockSize %d; release their addresses first",
-		op, ErrLeftoverBlocks, cidr, bad, p.BlockSize)
+	// Say what each one needs: a block with addresses waits for their
+	// release, an empty one (what a crash can leave) for Repair.
+	what := make([]string, len(bad))
+	for i, r := range bad {
+		blk, _ := parseBlockKey(r.Key)
+		b, err := decodeBlock(blk, r.Value)
+		switch {
+		case err != nil:
+			what[i] = fmt.Sprintf("%s (unreadable: %v)", blk, err)
+		case b.Empty():
+			what[i] = fmt.Sprintf("%s (empty: Repair deletes it)", blk)
+		default:
+			n, them := fmt.Sprintf("%d addresses", b.Used()), "them"
+			if b.Used() == 1 {
+				n, them = "1 address", "it"
+			}
+			what[i] = fmt.Sprintf("%s (%s in use: release %s first)", blk, n, them)
+		}
+	}
+	return fmt.Errorf("ipam: %s: %w: cidr %s holds blocks of a deleted pool that do not fit blockSize %d: %s",
+		op, ErrLeftoverBlocks, cidr, p.BlockSize, strings.Join(what, ", "))
 }
 
 // UpdatePool replaces the pool named p.Name. The CIDR and block size never

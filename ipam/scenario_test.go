@@ -10,6 +10,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/carve-ipam/carve/block"
 	"github.com/carve-ipam/carve/ipam"
 	"github.com/carve-ipam/carve/ipam/storetest"
 	"github.com/carve-ipam/carve/pool"
@@ -625,7 +626,7 @@ func TestPoolRecreatedWithOtherBlockSize(t *testing.T) {
 
 	err := e.a.CreatePool(e.ctx, v4pool("p2", "10.0.0.0/24", 27))
 	require.ErrorIs(t, err, ipam.ErrLeftoverBlocks)
-	require.Contains(t, err.Error(), kept.Block.String())
+	require.Contains(t, err.Error(), kept.Block.String()+" (1 address in use: release it first)")
 	err = e.a.CreatePool(e.ctx, netipPool("p2", netip.PrefixFrom(kept.Addr, 30).Masked(), 30))
 	require.ErrorIs(t, err, ipam.ErrLeftoverBlocks, "a pool inside a leftover block")
 
@@ -639,6 +640,30 @@ func TestPoolRecreatedWithOtherBlockSize(t *testing.T) {
 	_, err = e.a.ReleaseByHandle(e.ctx, "kept")
 	require.NoError(t, err)
 	require.NoError(t, e.a.CreatePool(e.ctx, v4pool("p3", "10.0.0.0/24", 27)))
+}
+
+// An empty block a crash left in a deleted pool's range is in a new pool's
+// way as well; the refusal says that Repair deletes it, and it does.
+func TestPoolRecreatedOverEmptyLeftover(t *testing.T) {
+	e := newEnv(t)
+	b, err := block.New(mustPrefix("10.0.0.64/26"))
+	require.NoError(t, err)
+	data, err := b.MarshalBinary()
+	require.NoError(t, err)
+	_, err = e.store.Create(e.ctx, ipam.KindBlock, "v4:0a000040/26", data)
+	require.NoError(t, err)
+
+	err = e.a.CreatePool(e.ctx, v4pool("p", "10.0.0.0/24", 27))
+	require.ErrorIs(t, err, ipam.ErrLeftoverBlocks)
+	require.Contains(t, err.Error(), "10.0.0.64/26 (empty: Repair deletes it)")
+	err = e.a.CreatePool(e.ctx, v4pool("p", "10.0.0.64/28", 28))
+	require.ErrorIs(t, err, ipam.ErrLeftoverBlocks, "a pool inside the block")
+	require.Contains(t, err.Error(), "10.0.0.64/26 (empty: Repair deletes it)")
+
+	_, r, err := e.a.Repair(e.ctx, ipam.RepairOptions{})
+	require.NoError(t, err)
+	require.True(t, r.Clean(), "%v", r.Problems)
+	require.NoError(t, e.a.CreatePool(e.ctx, v4pool("p", "10.0.0.0/24", 27)))
 }
 
 func TestAllocationsWithin(t *testing.T) {
