@@ -41,7 +41,10 @@ type CollectorOptions struct {
 	// addresses without affinity. That frees the block an AutoAssign in
 	// flight claims for a node just removed, after the removal released
 	// the node's blocks. nil: nodes are not asked, and a node keeps its
-	// last block for good.
+	// last block for good. Every name that requests pass as
+	// AutoAssignArgs.Node is asked about, so one that names no node (a
+	// load-balancer controller's, say) must be answered as existing, or
+	// its blocks lose their affinity after the grace period.
 	Nodes NodeLiveness
 }
 
