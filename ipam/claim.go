@@ -162,8 +162,13 @@ func (a *Allocator) claimLocked(ctx context.Context, e *blockEntry, aff block.Af
 	if err := a.load(ctx, e); err != nil {
 		return err
 	}
-	if e.blk != nil && e.blk.Affinity() == aff {
+	switch {
+	case e.blk != nil && e.blk.Affinity() == aff:
 		return a.claimStands(ctx, e, aff) // ours after all: an earlier attempt of this node
+	case e.blk != nil && e.blk.Affinity().IsZero() && e.blk.Empty():
+		// Kept while its addresses cool: take it over here, as a probe
+		// that looked first would, with the index record already made.
+		return a.adoptIndexed(ctx, e, aff, rsv, idxRev)
 	}
 	if err := a.dropIndex(ctx, aff, e.prefix, idxRev); err != nil {
 		return err
@@ -189,10 +194,16 @@ func (a *Allocator) adoptLocked(ctx context.Context, e *blockEntry, aff block.Af
 	case err != nil:
 		return fmt.Errorf("ipam: claim block %s for %s: %w", e.prefix, aff, err)
 	}
+	return a.adoptIndexed(ctx, e, aff, rsv, idxRev)
+}
+
+// adoptIndexed is adoptLocked once the index record is there, at revision
+// idxRev (0: unknown).
+func (a *Allocator) adoptIndexed(ctx context.Context, e *blockEntry, aff block.Affinity, rsv hostReserved, idxRev Revision) error {
 	next := e.stage()
 	rsv.reset(next)
 	next.SetAffinity(aff, a.now())
-	err = a.commit(ctx, e)
+	err := a.commit(ctx, e)
 	if err != nil && refused(err) {
 		// Changed since read: the retry reads it again.
 		return errors.Join(err, a.dropIndex(ctx, aff, e.prefix, idxRev))

@@ -471,3 +471,40 @@ func TestFaultsInCoolingPaths(t *testing.T) {
 		})
 	}
 }
+
+// A claim whose first probe lands on a block kept while its addresses cool
+// takes it over at once, as later probes do, rather than refusing it and
+// finding it again through a listing of the pool and a reclaim.
+func TestClaimProbeAdoptsKeptBlock(t *testing.T) {
+	e, got := keptBlock(t)
+	cs := storetest.NewCountingStore(e.store)
+	fresh, err := ipam.New(cs, ipam.Options{Now: e.clock.Now}) // nothing cached
+	require.NoError(t, err)
+	_, err = fresh.Utilization(e.ctx) // reads the view, so the claim's ops are its own
+	require.NoError(t, err)
+	before, _ := storetest.CountsOf(cs)
+	res, err := fresh.AutoAssign(e.ctx, ipam.AutoAssignArgs{Num4: 1, Handle: "c", Node: "node-2"})
+	require.NoError(t, err)
+	after, _ := storetest.CountsOf(cs)
+	require.Equal(t, got[0].Block, res.IPv4[0].Block)
+	require.NotEqual(t, got[0].Addr, res.IPv4[0].Addr, "still cooling")
+	ops := after.Sub(before)
+	require.Zero(t, ops.Of(storetest.OpList, ipam.KindBlock), "no listing of the pool: %v", ops)
+
+	// What the claim of a block nobody has made costs, measured the same
+	// way: the take-over costs two round trips more (the failed create and
+	// the read of the block it found).
+	f := newEnv(t, v4pool("p", "10.0.0.0/29", 29))
+	fcs := storetest.NewCountingStore(f.store)
+	ffresh, err := ipam.New(fcs, ipam.Options{Now: f.clock.Now})
+	require.NoError(t, err)
+	_, err = ffresh.Utilization(f.ctx)
+	require.NoError(t, err)
+	fbefore, _ := storetest.CountsOf(fcs)
+	_, err = ffresh.AutoAssign(f.ctx, ipam.AutoAssignArgs{Num4: 1, Handle: "c", Node: "node-2"})
+	require.NoError(t, err)
+	fafter, _ := storetest.CountsOf(fcs)
+	claim := fafter.Sub(fbefore)
+	require.LessOrEqual(t, ops.Total(), claim.Total()+2, "take-over %v, claim %v", ops, claim)
+	e.requireConsistent()
+}
