@@ -178,7 +178,7 @@ func (a *Allocator) AutoAssign(ctx context.Context, args AutoAssignArgs) (AutoAs
 				reasons = append(reasons, selErr[i].Error())
 			}
 		}
-		return AutoAssignResult{}, a.assignError(args, AutoAssignResult{}, short, reasons, errors.Join(selErr[0], selErr[1]))
+		return AutoAssignResult{}, a.assignError(args, AutoAssignResult{}, short, reasons, false, errors.Join(selErr[0], selErr[1]))
 	}
 
 	o := &assignOp{
@@ -195,7 +195,8 @@ func (a *Allocator) AutoAssign(ctx context.Context, args AutoAssignArgs) (AutoAs
 	var res AutoAssignResult
 	var short [2]int
 	var reasons []string
-	var cause error
+	var cause error // the families' selection errors
+	full := false   // a family's pools had too little room
 	want := [2]int{args.Num4, args.Num6}
 	for round := 0; ; round++ {
 		for i, fam := range []pool.Family{pool.IPv4, pool.IPv6} {
@@ -225,6 +226,7 @@ func (a *Allocator) AutoAssign(ctx context.Context, args AutoAssignArgs) (AutoAs
 				return AutoAssignResult{}, err
 			}
 			if len(got) < n {
+				full = true
 				short[i] += n - len(got)
 				reasons = append(reasons, why)
 				if !args.Partial {
@@ -232,7 +234,7 @@ func (a *Allocator) AutoAssign(ctx context.Context, args AutoAssignArgs) (AutoAs
 					if err := a.rollback(ctx, o, res); err != nil {
 						return AutoAssignResult{}, err
 					}
-					return AutoAssignResult{}, a.assignError(args, AutoAssignResult{}, short, reasons, nil)
+					return AutoAssignResult{}, a.assignError(args, AutoAssignResult{}, short, reasons, true, nil)
 				}
 			}
 		}
@@ -257,7 +259,7 @@ func (a *Allocator) AutoAssign(ctx context.Context, args AutoAssignArgs) (AutoAs
 	}
 	a.dropUnselected(ctx, o)
 	if short[0]+short[1] > 0 {
-		return res, a.assignError(args, res, short, reasons, cause)
+		return res, a.assignError(args, res, short, reasons, full, cause)
 	}
 	return res, nil
 }
@@ -312,10 +314,18 @@ func (a *Allocator) unreserve(ctx context.Context, o *assignOp, res *AutoAssignR
 	return took, nil
 }
 
-func (a *Allocator) assignError(args AutoAssignArgs, kept AutoAssignResult, short [2]int, reasons []string, cause error) error {
-	err := ErrNoSpace
-	if cause != nil {
+// assignError reports a shortfall: full says that a family's pools had
+// too little room (ErrNoSpace), cause holds the selection errors of
+// families without a pool (pool.ErrNoPool).
+func (a *Allocator) assignError(args AutoAssignArgs, kept AutoAssignResult, short [2]int, reasons []string, full bool, cause error) error {
+	var err error
+	switch {
+	case full && cause != nil:
 		err = fmt.Errorf("%w: %w", ErrNoSpace, cause)
+	case cause != nil:
+		err = cause // a configuration problem, not a full pool
+	default:
+		err = ErrNoSpace
 	}
 	return &AssignError{
 		Node: args.Node, Handle: args.Handle, Want4: args.Num4, Want6: args.Num6,

@@ -94,9 +94,11 @@ var (
 )
 
 // AssignError reports an AutoAssign that could not assign everything it was
-// asked for. It matches ErrNoSpace with errors.Is, and pool.ErrNoPool too
-// when a family had no pool that qualifies (a configuration problem rather
-// than a full pool).
+// asked for. It matches ErrNoSpace with errors.Is when the pools that
+// qualify had too little room, and pool.ErrNoPool when a family had no pool
+// that qualifies (a misspelt pool name, a nodeSelector that matches no
+// label of the node: a configuration problem, not a full pool); a request
+// short for both reasons, one per family, matches both.
 //
 // Unless the request set Partial, nothing was kept: the addresses assigned
 // along the way were released again and Result is empty. With Partial,
@@ -112,7 +114,8 @@ type AssignError struct {
 	Short4, Short6 int
 	// Reasons says, per family, why the rest could not be assigned.
 	Reasons []string
-	// Err is the underlying cause: ErrNoSpace, or an error wrapping it.
+	// Err is the underlying cause: ErrNoSpace, an error wrapping
+	// pool.ErrNoPool, or an error wrapping both.
 	Err error
 }
 

@@ -303,8 +303,33 @@ func TestNodeSelectorsPerRack(t *testing.T) {
 	}
 	_, err := e.a.AutoAssign(e.ctx, ipam.AutoAssignArgs{Num4: 1, Handle: "h", Node: "node-3", NodeLabels: labels("rack", "2")})
 	require.ErrorIs(t, err, pool.ErrNoPool)
-	require.ErrorIs(t, err, ipam.ErrNoSpace)
+	require.NotErrorIs(t, err, ipam.ErrNoSpace, "no pool qualifies: not a full pool")
 	require.Contains(t, err.Error(), `does not match node node-3`)
+}
+
+// A full pool and a missing one are told apart: ErrNoSpace for the first,
+// pool.ErrNoPool for the second, both when a partial request meets one in
+// each family.
+func TestShortfallCauses(t *testing.T) {
+	e := newEnv(t, v4pool("small", "10.0.0.0/30", 30))
+	e.mustAssign4("node-1", "fill", 4)
+
+	_, err := e.assign4("node-1", "h", 1)
+	var ae *ipam.AssignError
+	require.ErrorAs(t, err, &ae)
+	require.ErrorIs(t, err, ipam.ErrNoSpace)
+	require.NotErrorIs(t, err, pool.ErrNoPool, "the pool qualifies; it is full")
+
+	_, err = e.a.AutoAssign(e.ctx, ipam.AutoAssignArgs{Num4: 1, Num6: 1, Handle: "h", Node: "node-1", Partial: true})
+	require.ErrorAs(t, err, &ae)
+	require.Equal(t, [2]int{1, 1}, [2]int{ae.Short4, ae.Short6})
+	require.ErrorIs(t, err, ipam.ErrNoSpace, "IPv4: full")
+	require.ErrorIs(t, err, pool.ErrNoPool, "IPv6: no pool")
+
+	_, err = e.a.AutoAssign(e.ctx, ipam.AutoAssignArgs{Num6: 1, Handle: "h", Node: "node-1"})
+	require.ErrorAs(t, err, &ae)
+	require.ErrorIs(t, err, pool.ErrNoPool)
+	require.NotErrorIs(t, err, ipam.ErrNoSpace, "no IPv6 pool at all")
 }
 
 func TestRequestedPoolsOverrideSelectors(t *testing.T) {
