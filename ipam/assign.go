@@ -31,7 +31,8 @@ type AutoAssignArgs struct {
 	Node string
 
 	// NodeLabels and NamespaceLabels are matched against pools'
-	// nodeSelector and namespaceSelector; nil means no labels.
+	// nodeSelector and namespaceSelector; nil means no labels. A
+	// map[string]string converts: selector.Set{"rack": "a"}.
 	NodeLabels      selector.Labels
 	NamespaceLabels selector.Labels
 
@@ -752,16 +753,25 @@ type AssignIPArgs struct {
 	Attrs  map[string]string
 	Node   string
 	Use    pool.Use
+	// IgnoreCooldown assigns the address even if it was released less
+	// than Config.ReleaseCooldown ago, which otherwise fails with
+	// ErrCoolingDown. It is for a caller that knows who had the address
+	// last: a workload that gets its fixed address back when it restarts
+	// (a StatefulSet pod, a VM), for which the cooldown would only delay
+	// the restart.
+	IgnoreCooldown bool
 }
 
 // AssignIP assigns one specific address. If its block does not exist yet
 // the block is claimed for the node. With StrictAffinity the block must be
 // affine to the node. It fails with ErrInUse if the address is taken,
-// ErrReserved if it is reserved and ErrNotInPool if no usable pool holds it
-// (none, or one that is disabled or does not allow Use). As in Calico,
-// naming the address is an explicit choice: the pool's nodeSelector and
-// namespaceSelector, and its assignment mode (Manual pools included), are
-// not consulted.
+// ErrReserved if its block reserves it (AutoAssignArgs.ReserveFirst and
+// ReserveLast), ErrCoolingDown if it was released less than
+// Config.ReleaseCooldown ago (unless args.IgnoreCooldown), and ErrNotInPool
+// if no usable pool holds it (none, or one that is disabled or does not
+// allow Use). As in Calico, naming the address is an explicit choice: the
+// pool's nodeSelector and namespaceSelector, its assignment mode (Manual
+// pools included) and Reservations are not consulted.
 func (a *Allocator) AssignIP(ctx context.Context, args AssignIPArgs) (Assigned, error) {
 	const op = "assign"
 	if err := checkAddr(op, args.Addr); err != nil {
@@ -830,12 +840,12 @@ func (a *Allocator) AssignIP(ctx context.Context, args AssignIPArgs) (Assigned, 
 			}
 			return fmt.Errorf("ipam: assign %s: %w: block %s is affine to %q, not %s", addr, ErrStrictAffinity, blk, e.blk.Affinity(), aff)
 		}
-		if c := v.config.ReleaseCooldown; c > 0 {
+		if c := v.config.ReleaseCooldown; c > 0 && !args.IgnoreCooldown {
 			if at, ok := e.blk.ReleasedAt(addr); ok && at.After(a.now().Add(-c)) {
 				if err := e.confirm(); err != nil {
 					return err
 				}
-				return fmt.Errorf("ipam: assign %s: %w: released at %s, cooldown %v", addr, ErrCoolingDown, at.Format(time.RFC3339), c)
+				return fmt.Errorf("ipam: assign %s: %w: released at %s, cooldown %v (IgnoreCooldown assigns it all the same)", addr, ErrCoolingDown, at.Format(time.RFC3339), c)
 			}
 		}
 		next := e.stage()

@@ -45,7 +45,7 @@ var (
 	ErrReservationNotFound = errors.New("reservation not found")
 
 	// ErrCoolingDown: AssignIP asked for an address released less than
-	// Config.ReleaseCooldown ago.
+	// Config.ReleaseCooldown ago (see AssignIPArgs.IgnoreCooldown).
 	ErrCoolingDown = errors.New("address released too recently")
 
 	// ErrNotInPool: an address lies in no pool, or in a pool that cannot be

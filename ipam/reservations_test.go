@@ -100,6 +100,18 @@ func TestReleaseCooldown(t *testing.T) {
 	require.Equal(t, got[2].Addr, x[0].Addr)
 	require.Zero(t, e.utilization()[0].Cooling)
 
+	// A workload that gets its fixed address back skips the cooldown when
+	// its caller says so.
+	_, err = e.a.ReleaseIPs(e.ctx, ipam.Release{Addr: got[3].Addr})
+	require.NoError(t, err)
+	_, err = e.a.AssignIP(e.ctx, ipam.AssignIPArgs{Addr: got[3].Addr, Handle: "sts-0", Node: "node-1"})
+	require.ErrorIs(t, err, ipam.ErrCoolingDown)
+	require.ErrorContains(t, err, "IgnoreCooldown")
+	back, err := e.a.AssignIP(e.ctx, ipam.AssignIPArgs{Addr: got[3].Addr, Handle: "sts-0", Node: "node-1", IgnoreCooldown: true})
+	require.NoError(t, err)
+	require.Equal(t, got[3].Addr, back.Addr)
+	require.Zero(t, e.utilization()[0].Cooling, "assigned: cooling no more")
+
 	// ReleaseByHandle stamps too; a later change prunes old stamps.
 	_, err = e.a.ReleaseByHandle(e.ctx, "b")
 	require.NoError(t, err)
