@@ -72,8 +72,8 @@ func blocksOf(op string, p *pool.Pool, cidr netip.Prefix) ([]netip.Prefix, error
 
 // poolFor returns the enabled pool containing cidr.
 func (a *Allocator) poolFor(ctx context.Context, op string, cidr netip.Prefix) (*pool.Pool, error) {
-	if !cidr.IsValid() || cidr.Masked() != cidr {
-		return nil, invalid(op, "%s is not a masked prefix", cidr)
+	if err := checkPrefix(op, cidr); err != nil {
+		return nil, err
 	}
 	v, err := a.loadView(ctx)
 	if err != nil {
@@ -142,8 +142,8 @@ func (a *Allocator) ReleaseAffinity(ctx context.Context, node string, cidr netip
 	if err := checkNode(op, node); err != nil {
 		return err
 	}
-	if !cidr.IsValid() || cidr.Masked() != cidr {
-		return invalid(op, "%s is not a masked prefix", cidr)
+	if err := checkPrefix(op, cidr); err != nil {
+		return err
 	}
 	v, err := a.loadView(ctx)
 	if err != nil {

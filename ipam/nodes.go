@@ -17,9 +17,11 @@ import (
 // Limits on names and attributes, so that every name is a valid store key
 // and a block's encoding stays small.
 const (
-	// MaxNameLen is the longest node name or handle ID carve accepts.
+	// MaxNameLen is the longest node name or handle ID carve accepts (in
+	// bytes): room for two DNS names, such as a namespace and a pod.
 	MaxNameLen = 253 * 2
-	// MaxAttrs is the most attributes one allocation may carry.
+	// MaxAttrs is the most attributes a request may give one allocation;
+	// the allocation also carries AttrNode, which the allocator adds.
 	MaxAttrs = 16
 	// MaxAttrLen is the longest attribute key or value.
 	MaxAttrLen = 512
@@ -127,6 +129,17 @@ func checkAddr(op string, addr netip.Addr) error {
 		return invalid(op, "no address given (the zero netip.Addr)")
 	case addr.Zone() != "":
 		return invalid(op, "address %s has a zone; give it without one", addr)
+	}
+	return nil
+}
+
+// checkPrefix checks a prefix given to op: set, and masked.
+func checkPrefix(op string, p netip.Prefix) error {
+	switch {
+	case !p.IsValid():
+		return invalid(op, "no prefix given (the zero netip.Prefix)")
+	case p.Masked() != p:
+		return invalid(op, "%s is not a masked prefix (%s is)", p, p.Masked())
 	}
 	return nil
 }

@@ -32,6 +32,8 @@ type ReleaseResult struct {
 	// order. Releasing them is not an error, so that releases can be
 	// repeated safely.
 	NotAllocated []netip.Addr
+	// An address given more than once in one call is released (or
+	// refused) once, for its first entry, and listed once.
 }
 
 type releaseStatus uint8
@@ -564,8 +566,8 @@ func (a *Allocator) Owner(ctx context.Context, addr netip.Addr) (Allocation, err
 // store, to inspect its allocations, owners and affinity; ErrNotFound if
 // it does not exist. Changing the copy changes nothing in the store.
 func (a *Allocator) Block(ctx context.Context, blk netip.Prefix) (*block.Block, error) {
-	if !blk.IsValid() || blk.Masked() != blk {
-		return nil, invalid("block", "%s is not a masked prefix", blk)
+	if err := checkPrefix("block", blk); err != nil {
+		return nil, err
 	}
 	b, err := a.readBlock(ctx, blk)
 	if err != nil {
@@ -582,8 +584,8 @@ func (a *Allocator) Block(ctx context.Context, blk netip.Prefix) (*block.Block, 
 // address order, read fresh from the store. It reads the blocks that
 // overlap within, so a large prefix costs a long read.
 func (a *Allocator) Allocations(ctx context.Context, within netip.Prefix) ([]Allocation, error) {
-	if !within.IsValid() || within.Masked() != within {
-		return nil, invalid("allocations", "%s is not a masked prefix", within)
+	if err := checkPrefix("allocations", within); err != nil {
+		return nil, err
 	}
 	recs, err := a.store.List(ctx, KindBlock, blockRange(within))
 	if err != nil {
