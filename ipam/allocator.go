@@ -17,8 +17,10 @@ import (
 
 // Options tune an Allocator. The zero value gives Calico's behaviour.
 type Options struct {
-	// Now returns the current time; nil means time.Now. Claim times and the
-	// reclaim age are measured with it.
+	// Now returns the current time; nil means time.Now. Everything the
+	// allocator times is measured with it: claim times and the reclaim
+	// age, release times and the release cooldown, a Collector's grace
+	// periods, and Report.Time. A test can drive them with a fake clock.
 	Now func() time.Time
 
 	// MaxRetries bounds the compare-and-swap attempts of one write before the

@@ -174,6 +174,20 @@ func (a *Allocator) setDisabled(ctx context.Context, name string, disabled bool)
 // stay assigned until released. Interrupted, it can simply be called again.
 // If the pool is enabled again while it runs, it keeps the pool and fails
 // with ErrPoolEnabled.
+//
+// Deleting a pool ends the release cooldown of its addresses
+// (Config.ReleaseCooldown): its empty blocks go, release times and all, and
+// a pool created over the same range may assign them at once.
+//
+// To move workloads to another pool, or to another block size, do what
+// Calico's migration procedure does: create the new pool, disable the old
+// one (DisablePool: nothing new is assigned from it, what it holds stays),
+// re-create the workloads so that they get addresses from the new pool and
+// release the old ones, then delete the old pool. Blocks of the old pool
+// that still hold addresses stay, without affinity, and are listed in
+// Report.Leftovers; the migration is over when none is left. A new pool
+// over the old range with another block size is refused
+// (ErrLeftoverBlocks) until then. examples/migration shows it step by step.
 func (a *Allocator) DeletePool(ctx context.Context, name string) error {
 	p, err := a.Pool(ctx, name)
 	if errors.Is(err, ErrPoolNotFound) {

@@ -188,8 +188,12 @@ const MaxKeyLen = 1024
 //
 // An allocator finds the capability by type assertion, so a wrapper around
 // a store (for logging or metrics) must implement Generation itself,
-// forwarding to the wrapped store, or the allocator stops caching.
-// storetest.NewCountingStore shows how.
+// forwarding to the wrapped store, or the allocator stops caching. A
+// wrapper type cannot both have the method and do without it, so offer two
+// types and pick one when wrapping: storetest.NewCountingStore returns a
+// Store with Generation when the store it wraps has it, and one without
+// otherwise; storetest.FaultyStore leaves the choice to its caller
+// (WithGenerations).
 //
 // Generation returns a number that changes whenever a record of the kind is
 // created, updated or deleted, by anyone, without a round trip to the
