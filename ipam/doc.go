@@ -39,7 +39,9 @@
 // A [Reservation] keeps CIDRs out of automatic assignment (Calico's
 // IPReservation). [Config].ReleaseCooldown keeps a released address from
 // being assigned again for a while, so that a new owner never gets an
-// address its previous owner may still be using. [Allocator.Utilization]
+// address its previous owner may still be using; [Allocator.AssignIP]
+// refuses such an address too, unless [AssignIPArgs].IgnoreCooldown says
+// that the workload gets its own fixed address back. [Allocator.Utilization]
 // counts reserved and cooling addresses apart from free ones.
 //
 // # Trust under faults
