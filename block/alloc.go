@@ -393,18 +393,24 @@ func (b *Block) Reserve(a netip.Addr) error {
 // Unreserve makes the reserved address a free again. Unreserving an address
 // that is not reserved does nothing. The error wraps ErrOutOfBlock.
 func (b *Block) Unreserve(a netip.Addr) error {
+	_, err := b.unreserve(a)
+	return err
+}
+
+// unreserve is Unreserve, returning the ordinal it freed (-1: none).
+func (b *Block) unreserve(a netip.Addr) (int, error) {
 	i, ok := b.ordinal(a)
 	switch {
 	case !ok:
-		return b.errorf("unreserve", a, "address not in block", ErrOutOfBlock)
+		return -1, b.errorf("unreserve", a, "address not in block", ErrOutOfBlock)
 	case !b.resv.Test(uint(i)):
-		return nil
+		return -1, nil
 	}
 	b.taken.Clear(uint(i))
 	b.resv.Clear(uint(i))
 	b.nres--
 	b.seq++
-	return nil
+	return i, nil
 }
 
 // IsReserved reports whether a is a reserved address of the block.

@@ -106,6 +106,25 @@ func (b *Block) ReleaseAt(a netip.Addr, c Check, at time.Time) error {
 	return nil
 }
 
+// UnreserveAt is Unreserve that also records at as the freed address's
+// release time, as if it had just been released. Reserve forgets an
+// address's release time (a reserved address is not free), so an address
+// reserved while it was cooling and freed again would be assignable at
+// once; UnreserveAt lets the caller hold it back for a cooldown instead.
+// at is checked as ReleaseAt checks it; an address that is not reserved is
+// left alone.
+func (b *Block) UnreserveAt(a netip.Addr, at time.Time) error {
+	ns, ok := releaseNanos(at)
+	if !ok {
+		return b.releaseTimeError("unreserve "+a.String(), at)
+	}
+	i, err := b.unreserve(a)
+	if err == nil && i >= 0 {
+		b.remember(i, ns)
+	}
+	return err
+}
+
 // ReleaseHandleAt is ReleaseHandle that also records at as the release time
 // of every address it frees. An at that ReleaseAt refuses releases nothing
 // and returns dst unchanged with the error.

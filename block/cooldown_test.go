@@ -172,3 +172,41 @@ func TestPeekNoAllocs(t *testing.T) {
 	allocs := testing.AllocsPerRun(100, func() { _, _ = block.Peek(data) })
 	require.Zero(t, allocs)
 }
+
+// TestUnreserveAt: an address freed from a reservation can carry a release
+// time, so that a cooldown holds it back; Reserve forgets one.
+func TestUnreserveAt(t *testing.T) {
+	b, err := block.New(netip.MustParsePrefix("10.0.0.0/30"))
+	require.NoError(t, err)
+	a := netip.MustParseAddr("10.0.0.0")
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	got, _ := b.Allocate(nil, 1, block.Owner{Handle: "pod"})
+	require.Equal(t, []netip.Addr{a}, got)
+	require.NoError(t, b.ReleaseAt(a, block.Check{}, t0))
+	require.NoError(t, b.Reserve(a))
+	_, ok := b.ReleasedAt(a)
+	require.False(t, ok, "a reserved address is not free: its time is forgotten")
+
+	s := b.Seq()
+	require.NoError(t, b.UnreserveAt(a, t0.Add(time.Hour)))
+	require.False(t, b.IsReserved(a))
+	at, ok := b.ReleasedAt(a)
+	require.True(t, ok)
+	require.Equal(t, t0.Add(time.Hour), at)
+	require.Equal(t, 1, b.CoolingSince(t0.Add(time.Minute)))
+	require.Greater(t, b.Seq(), s)
+	x, _ := b.AllocateWith(nil, 4, block.Owner{Handle: "q"}, block.AllocOptions{ReleasedBefore: t0.Add(time.Minute)})
+	require.NotContains(t, x, a, "held back by the cooldown")
+	require.NoError(t, b.Verify())
+
+	// Not reserved: nothing changes. Out of the block, or a time a
+	// nanosecond clock cannot hold: an error, nothing changes.
+	before, _ := b.MarshalBinary()
+	require.NoError(t, b.UnreserveAt(netip.MustParseAddr("10.0.0.3"), t0))
+	require.ErrorIs(t, b.UnreserveAt(netip.MustParseAddr("10.0.0.9"), t0), block.ErrOutOfBlock)
+	require.ErrorIs(t, b.UnreserveAt(netip.MustParseAddr("10.0.0.3"), time.Time{}), block.ErrCorrupt)
+	after, _ := b.MarshalBinary()
+	require.Equal(t, before, after)
+	var back block.Block
+	require.NoError(t, back.UnmarshalBinary(after), "a release time on an unreserved address encodes")
+}

@@ -405,7 +405,14 @@ func (s *machine) Unreserve(t *rapid.T) {
 	if len(s.m.resv) > 0 && rapid.Bool().Draw(t, "pickReserved") {
 		a = s.m.addr(rapid.SampledFrom(slices.Sorted(maps.Keys(s.m.resv))).Draw(t, "reserved"))
 	}
-	err := s.b.Unreserve(a)
+	var at time.Time
+	var err error
+	if rapid.Bool().Draw(t, "unreserveAt") {
+		at = relTime(t, "unreservedAt")
+		err = s.b.UnreserveAt(a, at)
+	} else {
+		err = s.b.Unreserve(a)
+	}
 	i, in := s.m.ordinal(a)
 	switch {
 	case !in:
@@ -416,6 +423,9 @@ func (s *machine) Unreserve(t *rapid.T) {
 		t.Fatalf("Unreserve %v: %v", a, err)
 	case s.m.resv[i]:
 		delete(s.m.resv, i)
+		if !at.IsZero() {
+			s.m.rel[i] = at.UnixNano()
+		}
 		s.m.seq++
 	}
 }
