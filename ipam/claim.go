@@ -201,8 +201,9 @@ func (a *Allocator) adoptLocked(ctx context.Context, e *blockEntry, aff block.Af
 // idxRev (0: unknown).
 func (a *Allocator) adoptIndexed(ctx context.Context, e *blockEntry, aff block.Affinity, rsv hostReserved, idxRev Revision) error {
 	next := e.stage()
-	rsv.reset(next)
-	next.SetAffinity(aff, a.now())
+	now := a.now()
+	rsv.reset(next, now)
+	next.SetAffinity(aff, now)
 	err := a.commit(ctx, e)
 	if err != nil && refused(err) {
 		// Changed since read: the retry reads it again.
@@ -319,14 +320,21 @@ type hostReserved struct{ first, last int }
 func (r hostReserved) fits(size int) bool { return size > r.first+r.last }
 
 // reset makes the reserved addresses of b, an empty block changing hands,
-// those a new block claimed with r would have.
-func (r hostReserved) reset(b *block.Block) {
+// those a new block claimed with r would have. An address it frees gets at
+// as its release time: the address may have been cooling when it was
+// reserved, which forgot its release time (see block.UnreserveAt), so it
+// is held back for a cooldown from now. (Without a cooldown, the block
+// write prunes the time again.)
+func (r hostReserved) reset(b *block.Block, at time.Time) {
 	first, last := b.Prefix().Addr(), lastAddr(b.Prefix())
 	for i := 0; i < MaxHostReserved && i < b.Size(); i, first, last = i+1, first.Next(), last.Prev() {
-		_ = b.Unreserve(first) // an error: not reserved
-		_ = b.Unreserve(last)
+		for _, x := range [2]netip.Addr{first, last} {
+			if b.UnreserveAt(x, at) != nil { // a clock before 1970 or after 2262
+				_ = b.Unreserve(x)
+			}
+		}
 	}
-	r.apply(b)
+	r.apply(b) // reserving again forgets the time
 }
 
 // apply reserves the addresses in a new, empty block.
