@@ -144,13 +144,18 @@ func TestClaimAndReleaseAffinity(t *testing.T) {
 	}{
 		{"10.0.0.1/26", ipam.ErrInvalid, "10.0.0.1/26 is not a masked prefix (10.0.0.0/26 is)"},
 		{"", ipam.ErrInvalid, "no prefix given (the zero netip.Prefix)"},
+		{"10.0.0.0 with 33 bits", ipam.ErrInvalid, "invalid prefix of 10.0.0.0: its length does not fit the address"},
 		{"10.0.0.0/27", ipam.ErrInvalid, `10.0.0.0/27 is smaller than a block of pool "p" (/26)`},
 		{"10.1.0.0/26", ipam.ErrNotInPool, "claim affinity 10.1.0.0/26: address is not in a usable pool: no pool holds it"},
 		{"10.0.0.0/16", ipam.ErrNotInPool, `it is larger than pool "p" (10.0.0.0/24)`},
 		{"fd00::/122", ipam.ErrNotInPool, "no pool holds it"},
 	} {
 		var cidr netip.Prefix
-		if tt.cidr != "" {
+		switch tt.cidr {
+		case "":
+		case "10.0.0.0 with 33 bits":
+			cidr = netip.PrefixFrom(netip.MustParseAddr("10.0.0.0"), 33)
+		default:
 			cidr = netip.MustParsePrefix(tt.cidr)
 		}
 		_, err := e.a.ClaimAffinity(e.ctx, "node-3", cidr)

@@ -136,8 +136,10 @@ func checkAddr(op string, addr netip.Addr) error {
 // checkPrefix checks a prefix given to op: set, and masked.
 func checkPrefix(op string, p netip.Prefix) error {
 	switch {
-	case !p.IsValid():
+	case p == netip.Prefix{}:
 		return invalid(op, "no prefix given (the zero netip.Prefix)")
+	case !p.IsValid():
+		return invalid(op, "invalid prefix of %s: its length does not fit the address", p.Addr())
 	case p.Masked() != p:
 		return invalid(op, "%s is not a masked prefix (%s is)", p, p.Masked())
 	}

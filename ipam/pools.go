@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 
 	"github.com/carve-ipam/carve/block"
@@ -88,7 +89,8 @@ func (a *Allocator) checkLeftovers(ctx context.Context, op string, p pool.Pool) 
 	// A larger block that starts before the pool and covers it.
 	if blk, ok, err := a.findBlock(ctx, cidr.Addr()); err != nil {
 		return err
-	} else if ok && blk.Bits() < cidr.Bits() {
+	} else if ok && blk.Bits() < cidr.Bits() && !slices.ContainsFunc(bad, func(r Record) bool { return r.Key == blockKey(blk) }) {
+		// (One that starts where the pool does was listed already.)
 		r, err := a.store.Get(ctx, KindBlock, blockKey(blk))
 		switch {
 		case err == nil:

@@ -684,6 +684,7 @@ func TestPoolRecreatedOverEmptyLeftover(t *testing.T) {
 	err = e.a.CreatePool(e.ctx, v4pool("p", "10.0.0.64/28", 28))
 	require.ErrorIs(t, err, ipam.ErrLeftoverBlocks, "a pool inside the block")
 	require.Contains(t, err.Error(), "10.0.0.64/26 (empty: Repair deletes it)")
+	require.Equal(t, 1, strings.Count(err.Error(), "10.0.0.64/26"), "named once: %v", err)
 
 	_, r, err := e.a.Repair(e.ctx, ipam.RepairOptions{})
 	require.NoError(t, err)
