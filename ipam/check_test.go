@@ -103,12 +103,7 @@ func TestCheckAndRepair(t *testing.T) {
 			require.NoError(t, e.store.Delete(e.ctx, ipam.KindAffinity, key, rec.Revision))
 		}, ipam.ProblemAffinityUnindexed},
 		{"empty block without affinity", func(t *testing.T, e *env, held ipam.Assigned) {
-			b, err := block.New(mustPrefix("10.0.0.128/26"))
-			require.NoError(t, err)
-			data, err := b.MarshalBinary()
-			require.NoError(t, err)
-			_, err = e.store.Create(e.ctx, ipam.KindBlock, "v4:0a000080/26", data)
-			require.NoError(t, err)
+			e.leftoverBlock("10.0.0.128/26", "v4:0a000080/26")
 		}, ipam.ProblemBlockEmptyUnaffine},
 	}
 	for _, tt := range tests {

@@ -9,6 +9,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/carve-ipam/carve/block"
 	"github.com/carve-ipam/carve/ipam"
 	"github.com/carve-ipam/carve/ipam/memstore"
 	"github.com/carve-ipam/carve/pool"
@@ -76,6 +77,20 @@ func (e *env) cooldown(d time.Duration) {
 
 func mustPrefix(s string) netip.Prefix { return netip.MustParsePrefix(s) }
 func mustAddr(s string) netip.Addr     { return netip.MustParseAddr(s) }
+
+// leftoverBlock stores an empty block without affinity or release times
+// under key (its store key), as a crash during an affinity release leaves
+// one.
+func (e *env) leftoverBlock(cidr, key string) netip.Prefix {
+	e.t.Helper()
+	b, err := block.New(mustPrefix(cidr))
+	require.NoError(e.t, err)
+	data, err := b.MarshalBinary()
+	require.NoError(e.t, err)
+	_, err = e.store.Create(e.ctx, ipam.KindBlock, key, data)
+	require.NoError(e.t, err)
+	return b.Prefix()
+}
 
 func v4pool(name, cidr string, blockSize int) pool.Pool {
 	return pool.Pool{Name: name, CIDR: mustPrefix(cidr), BlockSize: blockSize}

@@ -336,17 +336,12 @@ func TestRepairLeavesBlockTakenOverDuringSettle(t *testing.T) {
 	e := newEnv(t, v4pool("p", "10.0.0.0/29", 29))
 	// What a crash during an affinity release leaves: the pool's only
 	// block, empty and without affinity, with no release times.
-	b, err := block.New(mustPrefix("10.0.0.0/29"))
-	require.NoError(t, err)
-	data, err := b.MarshalBinary()
-	require.NoError(t, err)
-	_, err = e.store.Create(e.ctx, ipam.KindBlock, "v4:0a000000/29", data)
-	require.NoError(t, err)
+	blk := e.leftoverBlock("10.0.0.0/29", "v4:0a000000/29")
 	r, err := e.a.Check(e.ctx)
 	require.NoError(t, err)
 	require.Len(t, r.Problems, 1)
 	require.Equal(t, ipam.ProblemBlockEmptyUnaffine, r.Problems[0].Kind)
-	got := []ipam.Assigned{{Block: b.Prefix()}}
+	got := []ipam.Assigned{{Block: blk}}
 	// A handle problem, so that Repair waits its settle time.
 	_, err = e.store.Create(e.ctx, ipam.KindHandle, "ghost", ipam.EncodeHandle(map[netip.Prefix]int{got[0].Block: 1}))
 	require.NoError(t, err)

@@ -10,7 +10,6 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/carve-ipam/carve/block"
 	"github.com/carve-ipam/carve/ipam"
 	"github.com/carve-ipam/carve/ipam/storetest"
 	"github.com/carve-ipam/carve/pool"
@@ -671,14 +670,9 @@ func TestPoolRecreatedWithOtherBlockSize(t *testing.T) {
 // way as well; the refusal says that Repair deletes it, and it does.
 func TestPoolRecreatedOverEmptyLeftover(t *testing.T) {
 	e := newEnv(t)
-	b, err := block.New(mustPrefix("10.0.0.64/26"))
-	require.NoError(t, err)
-	data, err := b.MarshalBinary()
-	require.NoError(t, err)
-	_, err = e.store.Create(e.ctx, ipam.KindBlock, "v4:0a000040/26", data)
-	require.NoError(t, err)
+	e.leftoverBlock("10.0.0.64/26", "v4:0a000040/26")
 
-	err = e.a.CreatePool(e.ctx, v4pool("p", "10.0.0.0/24", 27))
+	err := e.a.CreatePool(e.ctx, v4pool("p", "10.0.0.0/24", 27))
 	require.ErrorIs(t, err, ipam.ErrLeftoverBlocks)
 	require.Contains(t, err.Error(), "10.0.0.64/26 (empty: Repair deletes it)")
 	err = e.a.CreatePool(e.ctx, v4pool("p", "10.0.0.64/28", 28))
