@@ -97,20 +97,36 @@ func (a *Allocator) poolFor(ctx context.Context, op string, cidr netip.Prefix) (
 // count as claimed. It returns the blocks claimed; the error joins an
 // *AddrError matching ErrAffinityConflict for each block held by someone
 // else.
+//
+// The blocks of a LoadBalancer pool belong to no node: there node must be
+// "", and the blocks are claimed for VirtualLoadBalancer.
 func (a *Allocator) ClaimAffinity(ctx context.Context, node string, cidr netip.Prefix) ([]netip.Prefix, error) {
 	const op = "claim affinity"
-	if err := checkNode(op, node); err != nil {
-		return nil, err
+	if node != "" {
+		if err := checkNode(op, node); err != nil {
+			return nil, err
+		}
 	}
 	p, err := a.poolFor(ctx, op, cidr)
 	if err != nil {
 		return nil, err
+	}
+	lb := p.Allows(pool.UseLoadBalancer)
+	switch {
+	case lb && node != "":
+		return nil, invalid(op, "node %q given for %s in LoadBalancer pool %q: its blocks belong to no node; pass \"\" to claim them for %s",
+			node, cidr, p.Name, block.Virtual(VirtualLoadBalancer))
+	case !lb && node == "":
+		return nil, checkNode(op, node) // names the missing node
 	}
 	blocks, err := blocksOf(op, p, cidr)
 	if err != nil {
 		return nil, err
 	}
 	aff := block.Host(node)
+	if lb {
+		aff = block.Virtual(VirtualLoadBalancer)
+	}
 	var claimed []netip.Prefix
 	var errs []error
 	for _, blk := range blocks {
@@ -125,7 +141,7 @@ func (a *Allocator) ClaimAffinity(ctx context.Context, node string, cidr netip.P
 		}
 	}
 	if len(errs) > 0 {
-		return claimed, fmt.Errorf("ipam: %s %s for %q: %w", op, cidr, node, errors.Join(errs...))
+		return claimed, fmt.Errorf("ipam: %s %s for %s: %w", op, cidr, aff, errors.Join(errs...))
 	}
 	return claimed, nil
 }
@@ -136,11 +152,17 @@ func (a *Allocator) ClaimAffinity(ctx context.Context, node string, cidr netip.P
 // Empty blocks are deleted (or, while an address in one is cooling under
 // Config.ReleaseCooldown, kept without affinity); non-empty ones keep their
 // addresses without affinity, unless requireEmpty, which leaves them and
-// reports ErrBlockNotEmpty. Blocks not affine to node are skipped.
+// reports ErrBlockNotEmpty. Blocks not affine to node are skipped. Node
+// "" stands for VirtualLoadBalancer, the owner of LoadBalancer pools'
+// blocks.
 func (a *Allocator) ReleaseAffinity(ctx context.Context, node string, cidr netip.Prefix, requireEmpty bool) error {
 	const op = "release affinity"
-	if err := checkNode(op, node); err != nil {
-		return err
+	aff := block.Virtual(VirtualLoadBalancer)
+	if node != "" {
+		if err := checkNode(op, node); err != nil {
+			return err
+		}
+		aff = block.Host(node)
 	}
 	if err := checkPrefix(op, cidr); err != nil {
 		return err
@@ -149,7 +171,6 @@ func (a *Allocator) ReleaseAffinity(ctx context.Context, node string, cidr netip
 	if err != nil {
 		return err
 	}
-	aff := block.Host(node)
 	// The node's blocks inside cidr, in any pool or in none (a block kept
 	// by a deleted pool, or one of another block size than its pool's).
 	held, err := a.affineBlocks(ctx, aff, nil)

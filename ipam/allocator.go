@@ -65,6 +65,9 @@ type Allocator struct {
 	blocks     cache[netip.Prefix, *blockEntry]
 	nodes      cache[string, *nodeCache]
 	handleVals cache[handleCount, *handleVal]
+	// lb is VirtualLoadBalancer's cache, as nodes hold each node's; its
+	// attrs are nil, since LoadBalancer addresses carry no AttrNode.
+	lb nodeCache
 }
 
 // New returns an allocator on store.

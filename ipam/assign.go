@@ -23,11 +23,14 @@ type AutoAssignArgs struct {
 	// interface); ReleaseByHandle releases them all. Required.
 	Handle string
 
-	// Attrs are stored with each address, with AttrNode set to Node.
+	// Attrs are stored with each address, with AttrNode set to Node (the
+	// caller may set AttrNode only to Node).
 	Attrs map[string]string
 
 	// Node is the node the addresses are for: its blocks are used first and
-	// new blocks are claimed for it. Required.
+	// new blocks are claimed for it. Required, except for use LoadBalancer,
+	// where it must be empty: LoadBalancer addresses belong to no node,
+	// and come from blocks of the virtual owner VirtualLoadBalancer.
 	Node string
 
 	// NodeLabels and NamespaceLabels are matched against pools'
@@ -37,7 +40,9 @@ type AutoAssignArgs struct {
 	NamespaceLabels selector.Labels
 
 	// Use is what the addresses are for; the zero Use means
-	// pool.UseWorkload.
+	// pool.UseWorkload. Only pools that allow Use qualify; with
+	// pool.UseLoadBalancer the blocks used and claimed are
+	// VirtualLoadBalancer's, as in Calico.
 	Use pool.Use
 
 	// IPv4Pools and IPv6Pools name the pools to use, in order, each by its
@@ -129,7 +134,15 @@ type assignOp struct {
 // otherwise recorded under the handle, where ReleaseByHandle finds them.
 func (a *Allocator) AutoAssign(ctx context.Context, args AutoAssignArgs) (AutoAssignResult, error) {
 	// A node the allocator has met has a name that passed the checks.
-	nc, known := a.nodes.get(args.Node)
+	// LoadBalancer addresses belong to no node, but to the virtual owner.
+	lb := args.Use == pool.UseLoadBalancer
+	var nc *nodeCache
+	known := lb
+	if lb {
+		nc = &a.lb
+	} else {
+		nc, known = a.nodes.get(args.Node)
+	}
 	if err := checkAutoAssign(args, known); err != nil {
 		return AutoAssignResult{}, err
 	}
@@ -185,7 +198,7 @@ func (a *Allocator) AutoAssign(ctx context.Context, args AutoAssignArgs) (AutoAs
 	o := &assignOp{
 		v:      v,
 		node:   args.Node,
-		aff:    block.Host(args.Node),
+		aff:    ownerOf(args.Use, args.Node),
 		nc:     nc,
 		owner:  block.Owner{Handle: args.Handle, Attrs: attrs},
 		labels: args.NodeLabels,
@@ -247,7 +260,7 @@ func (a *Allocator) AutoAssign(ctx context.Context, args AutoAssignArgs) (AutoAs
 		}
 		again, err := a.unreserve(ctx, o, &res)
 		if err == nil && again != [2]int{} && round+1 >= a.retries {
-			err = fmt.Errorf("ipam: auto-assign for %q: %w: the reservations changed %d times during the request", args.Node, ErrTooManyConflicts, round+1)
+			err = fmt.Errorf("ipam: auto-assign for %s: %w: the reservations changed %d times during the request", o.aff, ErrTooManyConflicts, round+1)
 		}
 		if err != nil {
 			_ = a.rollback(ctx, o, res) // best effort
@@ -362,7 +375,35 @@ func checkAutoAssign(args AutoAssignArgs, knownNode bool) error {
 			return err
 		}
 	}
-	return checkUse(op, args.Use) // the attributes are checked as they are copied: ownerAttrs
+	if err := checkUse(op, args.Use); err != nil {
+		return err
+	}
+	return checkNodeForUse(op, args.Use, args.Node) // the attributes are checked as they are copied: ownerAttrs
+}
+
+// checkNodeForUse checks that a LoadBalancer request names no node: its
+// addresses belong to VirtualLoadBalancer.
+func checkNodeForUse(op string, u pool.Use, node string) error {
+	if u == pool.UseLoadBalancer && node != "" {
+		return lbNodeError(op, node) // out of line, so that this inlines
+	}
+	return nil
+}
+
+//go:noinline
+func lbNodeError(op, node string) error {
+	return invalid(op, "node %q given for use LoadBalancer: LoadBalancer addresses belong to no node (their blocks are affine to %s); leave Node empty",
+		node, block.Virtual(VirtualLoadBalancer))
+}
+
+// ownerOf returns the affinity of the blocks a request for use u on node
+// takes addresses from: VirtualLoadBalancer's for LoadBalancer addresses,
+// the node's for any other.
+func ownerOf(u pool.Use, node string) block.Affinity {
+	if u == pool.UseLoadBalancer {
+		return block.Virtual(VirtualLoadBalancer)
+	}
+	return block.Host(node)
 }
 
 func checkUse(op string, u pool.Use) error {
@@ -480,15 +521,16 @@ func (a *Allocator) assignFamily(ctx context.Context, o *assignOp, fam pool.Fami
 	case len(out) == n:
 		return out, "", nil
 	case !cfg.AutoAllocateBlocks && len(mine) == 0:
-		why = append(why, "autoAllocateBlocks is off and the node holds no block of "+poolNames(pools))
+		why = append(why, fmt.Sprintf("autoAllocateBlocks is off and %s holds no block of %s", o.holder(), poolNames(pools)))
 	case !cfg.AutoAllocateBlocks:
-		why = append(why, "autoAllocateBlocks is off and the node's blocks are full")
+		why = append(why, fmt.Sprintf("autoAllocateBlocks is off and the blocks of %s are full", o.holder()))
 	default:
 	claims:
 		for _, p := range pools {
 			var w *pool.Walker // made at the pool's first claim
 			for len(out) < n {
-				if cfg.MaxBlocksPerHost > 0 && len(mine) >= cfg.MaxBlocksPerHost {
+				// The cap is per node: the virtual owner has none.
+				if cfg.MaxBlocksPerHost > 0 && len(mine) >= cfg.MaxBlocksPerHost && o.aff.Kind == block.HostAffinity {
 					why = append(why, fmt.Sprintf("node holds %d of maxBlocksPerHost %d blocks", len(mine), cfg.MaxBlocksPerHost))
 					break claims
 				}
@@ -564,6 +606,14 @@ func (a *Allocator) assignFamily(ctx context.Context, o *assignOp, fam pool.Fami
 		why = append(why, "addresses in reservations are never assigned automatically")
 	}
 	return out, fmt.Sprintf("%s: %s", fam, joinReasons(why)), nil
+}
+
+// holder names who the request's blocks belong to, for messages.
+func (o *assignOp) holder() string {
+	if o.aff.Kind == block.HostAffinity {
+		return "the node"
+	}
+	return o.aff.String()
 }
 
 // heldBlock is one of the node's blocks, with the index of its pool.
@@ -763,8 +813,9 @@ type AssignIPArgs struct {
 }
 
 // AssignIP assigns one specific address. If its block does not exist yet
-// the block is claimed for the node. With StrictAffinity the block must be
-// affine to the node. It fails with ErrInUse if the address is taken,
+// the block is claimed for the node (for use LoadBalancer, for
+// VirtualLoadBalancer). With StrictAffinity the block must be affine to
+// the node (or to VirtualLoadBalancer). It fails with ErrInUse if the address is taken,
 // ErrReserved if its block reserves it (AutoAssignArgs.ReserveFirst and
 // ReserveLast), ErrCoolingDown if it was released less than
 // Config.ReleaseCooldown ago (unless args.IgnoreCooldown), and ErrNotInPool
@@ -780,10 +831,14 @@ func (a *Allocator) AssignIP(ctx context.Context, args AssignIPArgs) (Assigned, 
 	if err := checkHandle(op, args.Handle); err != nil {
 		return Assigned{}, err
 	}
-	if err := checkNode(op, args.Node); err != nil {
+	if err := checkUse(op, args.Use); err != nil {
 		return Assigned{}, err
 	}
-	if err := checkUse(op, args.Use); err != nil {
+	if args.Use != pool.UseLoadBalancer {
+		if err := checkNode(op, args.Node); err != nil {
+			return Assigned{}, err
+		}
+	} else if err := checkNodeForUse(op, args.Use, args.Node); err != nil {
 		return Assigned{}, err
 	}
 	attrs, shared, err := ownerAttrs(op, args.Node, args.Attrs)
@@ -809,8 +864,8 @@ func (a *Allocator) AssignIP(ctx context.Context, args AssignIPArgs) (Assigned, 
 		return Assigned{}, fmt.Errorf("ipam: assign %s: %w: pool %q does not allow use %s", addr, ErrNotInPool, p.Name, use)
 	}
 	blk, _ := p.BlockFor(addr)
-	aff := block.Host(args.Node)
-	if shared {
+	aff := ownerOf(use, args.Node)
+	if shared && aff.Kind == block.HostAffinity {
 		attrs = a.node(args.Node).attrs
 	}
 	owner := block.Owner{Handle: args.Handle, Attrs: attrs}

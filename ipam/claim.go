@@ -519,7 +519,7 @@ func (a *Allocator) borrow(ctx context.Context, o *assignOp, out *[]Assigned, p 
 	}
 	start := 0
 	if len(recs) > 0 {
-		start = int(fnv32(o.node) % uint32(len(recs)))
+		start = int(fnv32(o.aff.Name) % uint32(len(recs)))
 	}
 	goal := len(*out) + want
 	for i := range recs {

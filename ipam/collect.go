@@ -41,10 +41,9 @@ type CollectorOptions struct {
 	// addresses without affinity. That frees the block an AutoAssign in
 	// flight claims for a node just removed, after the removal released
 	// the node's blocks. nil: nodes are not asked, and a node keeps its
-	// last block for good. Every name that requests pass as
-	// AutoAssignArgs.Node is asked about, so one that names no node (a
-	// load-balancer controller's, say) must be answered as existing, or
-	// its blocks lose their affinity after the grace period.
+	// last block for good. Only nodes are asked: the blocks of
+	// LoadBalancer addresses belong to VirtualLoadBalancer, which is left
+	// alone, as are its empty blocks.
 	Nodes NodeLiveness
 }
 
@@ -56,7 +55,8 @@ type CollectorOptions struct {
 // the owner is still dead when asked again right before the release, and
 // with the sequence number seen, so an address reassigned meanwhile is
 // never freed. Empty affine blocks are released the same way once seen
-// empty, unchanged, across the grace period, but never a node's last block.
+// empty, unchanged, across the grace period, but never a node's last block,
+// nor one of VirtualLoadBalancer (as in Calico).
 //
 // Releasing a block's affinity deletes it if it is empty, unless an address
 // in it is still cooling (Config.ReleaseCooldown): then it is kept, without

@@ -28,6 +28,13 @@
 // sets Partial; failures are an [*AssignError] saying what was short and
 // why. [Allocator.AssignIP] assigns one given address.
 //
+// LoadBalancer addresses (use [pool.UseLoadBalancer], from LoadBalancer
+// pools only) belong to no node: a request for them names none, and their
+// blocks are affine to the virtual owner [VirtualLoadBalancer]
+// ("virtual:load-balancer", as in Calico), which goes through the same
+// steps but without MaxBlocksPerHost. Node removal and the Collector's
+// node oracle leave its blocks alone.
+//
 // Every assignment records a handle (the owner: a pod, a VM interface), the
 // node and optional attributes, and the block's sequence number. Release by
 // address with [Allocator.ReleaseIPs] (optionally checking the handle and

@@ -104,6 +104,8 @@ var (
 // along the way were released again and Result is empty. With Partial,
 // Result holds what was assigned and stays assigned.
 type AssignError struct {
+	// Node is the request's node: "" for LoadBalancer addresses, which
+	// belong to VirtualLoadBalancer.
 	Node   string
 	Handle string
 	// Want4 and Want6 are the counts asked for.
@@ -121,7 +123,11 @@ type AssignError struct {
 
 func (e *AssignError) Error() string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "ipam: assign for node %q handle %q: short of ", e.Node, e.Handle)
+	if e.Node == "" {
+		fmt.Fprintf(&b, "ipam: assign for %s handle %q: short of ", block.Virtual(VirtualLoadBalancer), e.Handle)
+	} else {
+		fmt.Fprintf(&b, "ipam: assign for node %q handle %q: short of ", e.Node, e.Handle)
+	}
 	var parts []string
 	if e.Short4 > 0 {
 		parts = append(parts, fmt.Sprintf("%d of %d IPv4", e.Short4, e.Want4))

@@ -97,3 +97,27 @@ func ExampleAllocator_Utilization() {
 	// small 10.0.0.0/28: 5 in use (2 borrowed), 11 free of 16
 	//   10.0.0.0/28 host:node-1: 5/16
 }
+
+// LoadBalancer addresses come from LoadBalancer pools, into blocks of the
+// virtual owner "load-balancer" rather than of a node: the request names
+// no node.
+func ExampleVirtualLoadBalancer() {
+	ctx := context.Background()
+	a, _ := ipam.New(memstore.New(), ipam.Options{})
+	_ = a.CreatePool(ctx, pool.Pool{Name: "services", CIDR: netip.MustParsePrefix("192.168.100.0/24"),
+		BlockSize: 28, AllowedUses: []pool.Use{pool.UseLoadBalancer}})
+
+	res, err := a.AutoAssign(ctx, ipam.AutoAssignArgs{Num4: 1, Handle: "lb-web", Use: pool.UseLoadBalancer,
+		Attrs: map[string]string{"service": "web", "namespace": "shop"}})
+	if err != nil {
+		panic(err)
+	}
+	b, _ := a.Block(ctx, res.IPv4[0].Block)
+	fmt.Println(res.IPv4[0].Addr, "in a block of", b.Affinity())
+
+	_, err = a.AutoAssign(ctx, ipam.AutoAssignArgs{Num4: 1, Handle: "lb-api", Node: "node-1", Use: pool.UseLoadBalancer})
+	fmt.Println(errors.Is(err, ipam.ErrInvalid))
+	// Output:
+	// 192.168.100.176 in a block of virtual:load-balancer
+	// true
+}

@@ -92,7 +92,7 @@ func (in *bytesIn) labels() selector.Labels {
 	return selector.Set{in.str("rack", "zone"): in.str("0", "1", "a")}
 }
 
-var fuzzNodes = []string{"node-1", "node-2", "n/3", "node\x00", "ñode"}
+var fuzzNodes = []string{"node-1", "node-2", "n/3", "node\x00", "ñode", ""}
 var fuzzHandles = []string{"h1", "h2", "h3", "", "h\n"}
 var fuzzPoolNames = []string{"v4", "v6", "extra", "", "Bad_Name"}
 var fuzzSelectors = []string{"", "all()", `rack == "0"`, "global()", "has(", `rack in {"0","1"}`, strings.Repeat("(", 200) + "all()" + strings.Repeat(")", 200)}
@@ -224,7 +224,7 @@ func fuzzCall(ctx context.Context, a *ipam.Allocator, in *bytesIn) (string, erro
 		return "set config", a.SetConfig(ctx, c)
 	case 3, 4:
 		args := ipam.AutoAssignArgs{Num4: in.count(), Num6: in.count(), Handle: in.str(fuzzHandles...), Node: in.str(fuzzNodes...),
-			NodeLabels: in.labels(), NamespaceLabels: in.labels(), Use: pool.Use(in.str("", "Workload", "Tunnel", "Pods")),
+			NodeLabels: in.labels(), NamespaceLabels: in.labels(), Use: pool.Use(in.str("", "Workload", "Tunnel", "Pods", "LoadBalancer")),
 			Partial: in.pick(3) == 0}
 		if in.pick(3) == 0 {
 			args.Attrs = map[string]string{in.str("pod"): in.str("a")}
@@ -242,7 +242,7 @@ func fuzzCall(ctx context.Context, a *ipam.Allocator, in *bytesIn) (string, erro
 		return "auto-assign", err
 	case 5:
 		_, err := a.AssignIP(ctx, ipam.AssignIPArgs{Addr: in.addr(), Handle: in.str(fuzzHandles...), Node: in.str(fuzzNodes...),
-			Use: pool.Use(in.str("", "Tunnel", "x"))})
+			Use: pool.Use(in.str("", "Tunnel", "x", "LoadBalancer"))})
 		return "assign", err
 	case 6:
 		var rels []ipam.Release

@@ -126,7 +126,7 @@ func TestClaimAndReleaseAffinity(t *testing.T) {
 	require.Len(t, blocksOf(got), 2)
 	_, err = e.assign4("node-1", "more", 50)
 	require.ErrorIs(t, err, ipam.ErrNoSpace)
-	require.Contains(t, err.Error(), "autoAllocateBlocks is off and the node's blocks are full")
+	require.Contains(t, err.Error(), "autoAllocateBlocks is off and the blocks of the node are full")
 	_, err = e.assign4("node-3", "new", 1)
 	require.ErrorIs(t, err, ipam.ErrNoSpace)
 	require.Contains(t, err.Error(), `autoAllocateBlocks is off and the node holds no block of pools ["p"]`)

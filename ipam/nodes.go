@@ -35,6 +35,17 @@ const (
 // block's node.
 const AttrNode = "node"
 
+// VirtualLoadBalancer is the owner of the blocks that hold LoadBalancer
+// addresses (AutoAssignArgs.Use and AssignIPArgs.Use pool.UseLoadBalancer):
+// their affinity is block.Virtual(VirtualLoadBalancer), which Calico writes
+// "virtual:load-balancer". Such addresses belong to no node: requests for
+// them name none, and they carry no AttrNode. The owner claims and fills
+// blocks as a node does, but MaxBlocksPerHost does not cap it, no node
+// reclaims its empty blocks, and neither ReleaseHostAffinities nor a
+// Collector's node oracle touches them; DeletePool releases them with
+// their pool.
+const VirtualLoadBalancer = "load-balancer"
+
 // checkName checks a node name or handle ID: it becomes part of a store key.
 // Node names may not contain "/", which separates the parts of index keys.
 func checkName(op, what, s string, slash bool) error {
@@ -151,9 +162,13 @@ func checkPrefix(op string, p netip.Prefix) error {
 // over the map. With no attributes of the caller's own it returns shared
 // instead: every allocation of the node then shares the node cache's map,
 // which blocks keep without copying, so the hot path allocates nothing.
+//
+// node is "" for a LoadBalancer address, which carries no AttrNode. The
+// caller may give AttrNode only with node's value: carve sets it, and a
+// Collector and utilization go by it.
 func ownerAttrs(op, node string, attrs map[string]string) (m map[string]string, shared bool, err error) {
 	switch {
-	case len(attrs) == 0 || (len(attrs) == 1 && attrs[AttrNode] == node):
+	case len(attrs) == 0 || (len(attrs) == 1 && node != "" && attrs[AttrNode] == node):
 		return nil, true, nil // node is a checked name: a valid value
 	case len(attrs) > MaxAttrs:
 		return nil, false, invalid(op, "%d attributes, more than %d", len(attrs), MaxAttrs)
@@ -165,10 +180,16 @@ func ownerAttrs(op, node string, attrs map[string]string) (m map[string]string, 
 			return nil, false, invalid(op, "attribute %.40q=%.40q: keys must have 1 to %d bytes and values at most %d", k, v, MaxAttrLen, MaxAttrLen)
 		case !validUTF8(k) || !validUTF8(v):
 			return nil, false, invalid(op, "attribute %q=%q is not valid UTF-8", k, v)
+		case k == AttrNode && node == "":
+			return nil, false, invalid(op, "attribute %s=%q given for use LoadBalancer: LoadBalancer addresses belong to no node", AttrNode, v)
+		case k == AttrNode && v != node:
+			return nil, false, invalid(op, "attribute %s=%q differs from the node %q: carve records the node there itself", AttrNode, v, node)
 		}
 		m[k] = v
 	}
-	m[AttrNode] = node
+	if node != "" {
+		m[AttrNode] = node
+	}
 	return m, false, nil
 }
 
@@ -203,13 +224,13 @@ func (a *Allocator) node(name string) *nodeCache {
 }
 
 // affineBlocks returns the blocks the index lists for owner (an affinity's
-// String form), from nc, the owner's node cache when it is a node, if the
+// String form), from nc, the owner's cache (nil for none), if the
 // index has not changed since. The index is a superset: every block affine
 // to owner is in it, and callers check the block's own affinity before
 // relying on it.
 func (a *Allocator) affineBlocks(ctx context.Context, owner block.Affinity, nc *nodeCache) ([]netip.Prefix, error) {
 	var gen uint64
-	if a.gens == nil || owner.Kind != block.HostAffinity {
+	if a.gens == nil {
 		nc = nil
 	}
 	if nc != nil {

@@ -85,12 +85,17 @@ func TestAssignAcrossBlocks(t *testing.T) {
 }
 
 // TestOwnerAttributes: an allocation records the caller's attributes and,
-// under AttrNode, its node, whatever the caller put there; AutoAssign and
-// AssignIP refuse bad attributes alike, before writing anything.
+// under AttrNode, its node, which the caller may repeat but not contradict;
+// AutoAssign and AssignIP refuse bad attributes alike, before writing
+// anything.
 func TestOwnerAttributes(t *testing.T) {
 	e := newEnv(t, v4pool("p", "10.0.0.0/24", 26))
-	res, err := e.a.AutoAssign(e.ctx, ipam.AutoAssignArgs{Num4: 1, Handle: "h1", Node: "n1",
+	_, err := e.a.AutoAssign(e.ctx, ipam.AutoAssignArgs{Num4: 1, Handle: "h1", Node: "n1",
 		Attrs: map[string]string{ipam.AttrNode: "other", "pod": "web"}})
+	require.ErrorIs(t, err, ipam.ErrInvalid)
+	require.ErrorContains(t, err, `attribute node="other" differs from the node "n1"`)
+	res, err := e.a.AutoAssign(e.ctx, ipam.AutoAssignArgs{Num4: 1, Handle: "h1", Node: "n1",
+		Attrs: map[string]string{ipam.AttrNode: "n1", "pod": "web"}})
 	require.NoError(t, err)
 	own, err := e.a.Owner(e.ctx, res.IPv4[0].Addr)
 	require.NoError(t, err)
@@ -109,6 +114,7 @@ func TestOwnerAttributes(t *testing.T) {
 	}
 	for _, attrs := range []map[string]string{
 		{"": "x"},
+		{ipam.AttrNode: "n3"},
 		{"k": strings.Repeat("v", ipam.MaxAttrLen+1)},
 		{"k": "\xff"},
 		many,

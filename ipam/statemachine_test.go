@@ -24,6 +24,7 @@ var machinePools = []pool.Pool{
 	{Name: "a4", CIDR: netip.MustParsePrefix("10.0.0.0/27"), BlockSize: 29},
 	{Name: "b4", CIDR: netip.MustParsePrefix("10.0.1.0/28"), BlockSize: 30},
 	{Name: "c6", CIDR: netip.MustParsePrefix("fd00::/124"), BlockSize: 126},
+	{Name: "lb", CIDR: netip.MustParsePrefix("10.0.2.0/28"), BlockSize: 30, AllowedUses: []pool.Use{pool.UseLoadBalancer}},
 }
 
 // machineAlts re-create the machine's pools with other block sizes, which
@@ -32,6 +33,7 @@ var machineAlts = []pool.Pool{
 	{Name: "a4", CIDR: netip.MustParsePrefix("10.0.0.0/27"), BlockSize: 28},
 	{Name: "b4", CIDR: netip.MustParsePrefix("10.0.1.0/28"), BlockSize: 29},
 	{Name: "c6", CIDR: netip.MustParsePrefix("fd00::/124"), BlockSize: 125},
+	{Name: "lb", CIDR: netip.MustParsePrefix("10.0.2.0/28"), BlockSize: 29, AllowedUses: []pool.Use{pool.UseLoadBalancer}},
 }
 
 var machineNodes = []string{"n0", "n1", "n2", "n3"}
@@ -116,11 +118,12 @@ func (m *machine) modelAddrs() []netip.Addr {
 	return slices.SortedFunc(maps.Keys(m.model), netip.Addr.Compare)
 }
 
-// freeIn counts the addresses of enabled pools of a family not in the model.
-func (m *machine) freeIn(is4 bool) int {
+// freeIn counts the addresses of enabled pools of a family, for
+// LoadBalancer addresses or for workloads, not in the model.
+func (m *machine) freeIn(is4, lb bool) int {
 	free := 0
 	for _, p := range m.shape {
-		if !m.live[p.Name] || !m.enabled[p.Name] || p.CIDR.Addr().Is4() != is4 {
+		if !m.live[p.Name] || !m.enabled[p.Name] || p.CIDR.Addr().Is4() != is4 || p.Allows(pool.UseLoadBalancer) != lb {
 			continue
 		}
 		size := 1 << (p.CIDR.Addr().BitLen() - p.CIDR.Bits())
@@ -152,9 +155,16 @@ func (m *machine) AutoAssign(t *rapid.T) {
 	}
 	partial := rapid.Bool().Draw(t, "partial")
 	node, handle := m.node(t), m.newHandle()
-	free4, free6 := m.freeIn(true), m.freeIn(false)
+	// LoadBalancer addresses are no node's: their blocks are the virtual
+	// owner's.
+	lb := rapid.IntRange(0, 3).Draw(t, "lb") == 0
+	var use pool.Use
+	if lb {
+		node, use = "", pool.UseLoadBalancer
+	}
+	free4, free6 := m.freeIn(true, lb), m.freeIn(false, lb)
 	res, err := m.alloc(t).AutoAssign(t.Context(), ipam.AutoAssignArgs{
-		Num4: n4, Num6: n6, Handle: handle, Node: node, Partial: partial,
+		Num4: n4, Num6: n6, Handle: handle, Node: node, Partial: partial, Use: use,
 	})
 	var ae *ipam.AssignError
 	switch {
@@ -166,9 +176,10 @@ func (m *machine) AutoAssign(t *rapid.T) {
 			require.Zero(t, res.Len(), "all-or-nothing")
 		}
 		require.Equal(t, res, ae.Result)
-		// With borrowing allowed and no cap, every free address is reachable:
-		// a failure means there really was not enough space.
-		if !m.config.StrictAffinity && m.config.MaxBlocksPerHost == 0 {
+		// With borrowing allowed and no cap (which the virtual owner does
+		// not have), every free address is reachable: a failure means
+		// there really was not enough space.
+		if !m.config.StrictAffinity && (m.config.MaxBlocksPerHost == 0 || lb) {
 			require.True(t, (ae.Short4 > 0 && free4 < n4) || (ae.Short6 > 0 && free6 < n6) || ae.Short4+ae.Short6 == 0,
 				"AutoAssign(%d, %d) short %d/%d with %d/%d free: %v", n4, n6, ae.Short4, ae.Short6, free4, free6, err)
 		}
@@ -193,7 +204,11 @@ func (m *machine) AssignIP(t *rapid.T) {
 		addr = addr.Next()
 	}
 	node, handle := m.node(t), m.newHandle()
-	x, err := m.alloc(t).AssignIP(t.Context(), ipam.AssignIPArgs{Addr: addr, Handle: handle, Node: node})
+	var use pool.Use
+	if p.Allows(pool.UseLoadBalancer) {
+		node, use = "", pool.UseLoadBalancer
+	}
+	x, err := m.alloc(t).AssignIP(t.Context(), ipam.AssignIPArgs{Addr: addr, Handle: handle, Node: node, Use: use})
 	_, taken := m.model[addr]
 	switch {
 	case !m.live[p.Name] || !m.enabled[p.Name]:
@@ -292,12 +307,24 @@ func (m *machine) machineBlock(t *rapid.T) (pool.Pool, netip.Prefix) {
 	return p, netip.PrefixFrom(addr, p.BlockSize)
 }
 
+// owner draws whom an affinity call names: a node, or "" for the virtual
+// owner of LoadBalancer blocks.
+func (m *machine) owner(t *rapid.T) string {
+	if rapid.IntRange(0, 3).Draw(t, "virtual") == 0 {
+		return ""
+	}
+	return m.node(t)
+}
+
 func (m *machine) ClaimAffinity(t *rapid.T) {
 	p, blk := m.machineBlock(t)
-	claimed, err := m.alloc(t).ClaimAffinity(t.Context(), m.node(t), blk)
+	owner := m.owner(t)
+	claimed, err := m.alloc(t).ClaimAffinity(t.Context(), owner, blk)
 	switch {
 	case !m.live[p.Name] || !m.enabled[p.Name]:
 		require.ErrorIs(t, err, ipam.ErrNotInPool)
+	case (owner == "") != p.Allows(pool.UseLoadBalancer):
+		require.ErrorIs(t, err, ipam.ErrInvalid, "the virtual owner, and only it, holds LoadBalancer blocks")
 	case err != nil:
 		require.ErrorIs(t, err, ipam.ErrAffinityConflict)
 		require.Empty(t, claimed)
@@ -308,7 +335,7 @@ func (m *machine) ClaimAffinity(t *rapid.T) {
 
 func (m *machine) ReleaseAffinity(t *rapid.T) {
 	_, blk := m.machineBlock(t)
-	err := m.alloc(t).ReleaseAffinity(t.Context(), m.node(t), blk, rapid.Bool().Draw(t, "requireEmpty"))
+	err := m.alloc(t).ReleaseAffinity(t.Context(), m.owner(t), blk, rapid.Bool().Draw(t, "requireEmpty"))
 	if err != nil {
 		require.ErrorIs(t, err, ipam.ErrBlockNotEmpty)
 	}
@@ -373,11 +400,16 @@ func (m *machine) Check(t *rapid.T) {
 			require.False(t, prev.Overlaps(p), "blocks %s and %s overlap", prev, p)
 		}
 		prev = p
-		inPool := false
+		inPool, lb := false, false
 		for _, mp := range slices.Concat(machinePools, machineAlts) {
-			inPool = inPool || (mp.CIDR.Contains(p.Addr()) && p.Bits() == mp.BlockSize)
+			if mp.CIDR.Contains(p.Addr()) && p.Bits() == mp.BlockSize {
+				inPool, lb = true, mp.Allows(pool.UseLoadBalancer)
+			}
 		}
 		require.True(t, inPool, "block %s lies in no pool it could have come from", p)
+		if aff := b.Affinity(); !aff.IsZero() {
+			require.Equal(t, lb, aff == block.Virtual(ipam.VirtualLoadBalancer), "block %s affine to %s", p, aff)
+		}
 		require.False(t, b.Empty() && b.Affinity().IsZero(), "empty block %s without affinity was kept", p)
 		if aff := b.Affinity(); !aff.IsZero() {
 			// The affinity index lists every affine block.
