@@ -1,6 +1,7 @@
 package pool
 
 import (
+	"fmt"
 	"net/netip"
 	"slices"
 )
@@ -140,6 +141,30 @@ type Pool struct {
 	// sel caches the parsed selectors (see selectors.go). WithDefaults and
 	// Set fill it; it is ignored when the selector texts have changed since.
 	sel compiled
+}
+
+// String formats the pool's fields as %+v would, without the parsed
+// selectors it caches, which would print as pointers: a pool prints the
+// same whether or not it has been through WithDefaults or a Set.
+func (p Pool) String() string {
+	return fmt.Sprintf("%+v", poolFields{p.Name, p.CIDR, p.BlockSize, p.NodeSelector, p.NamespaceSelector, p.Disabled,
+		p.AllowedUses, p.AssignmentMode, p.IPIPMode, p.VXLANMode, p.NATOutgoing, p.DisableBGPExport})
+}
+
+// poolFields is Pool's exported fields, for String.
+type poolFields struct {
+	Name              string
+	CIDR              netip.Prefix
+	BlockSize         int
+	NodeSelector      string
+	NamespaceSelector string
+	Disabled          bool
+	AllowedUses       []Use
+	AssignmentMode    AssignmentMode
+	IPIPMode          EncapMode
+	VXLANMode         EncapMode
+	NATOutgoing       bool
+	DisableBGPExport  bool
 }
 
 // defaultUses is the AllowedUses of a pool that does not set any.

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"reflect"
 	"slices"
 	"sort"
 	"strings"
@@ -282,4 +283,27 @@ func hundredPools(t testing.TB) *pool.Set {
 	require.NoError(t, s.Add(v4("shared", "172.16.0.0/12")))
 	require.True(t, slices.IsSortedFunc(s.All(), func(a, b *pool.Pool) int { return strings.Compare(a.Name, b.Name) }))
 	return &s
+}
+
+// TestPoolString: a pool prints its fields by name, the same before and
+// after a Set has parsed its selectors (which it caches inside the pool),
+// and every exported field is printed.
+func TestPoolString(t *testing.T) {
+	p := pool.Pool{Name: "a", CIDR: netip.MustParsePrefix("10.0.0.0/24")}.WithDefaults()
+	want := "{Name:a CIDR:10.0.0.0/24 BlockSize:26 NodeSelector:all() NamespaceSelector: Disabled:false " +
+		"AllowedUses:[Workload Tunnel] AssignmentMode:Automatic IPIPMode:Never VXLANMode:Never NATOutgoing:false DisableBGPExport:false}"
+	require.Equal(t, want, fmt.Sprint(p))
+	require.Equal(t, want, fmt.Sprintf("%+v", p))
+	s, err := pool.NewSet(p)
+	require.NoError(t, err)
+	got, ok := s.Get("a")
+	require.True(t, ok)
+	require.True(t, got.SelectsNode("n", nil))
+	require.Equal(t, want, fmt.Sprintf("%v", *got))
+	typ := reflect.TypeFor[pool.Pool]()
+	for i := range typ.NumField() {
+		if f := typ.Field(i); f.IsExported() {
+			require.Regexp(t, `[{ ]`+f.Name+`:`, want, "String leaves out %s", f.Name)
+		}
+	}
 }
