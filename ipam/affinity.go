@@ -130,18 +130,23 @@ func (a *Allocator) ClaimAffinity(ctx context.Context, node string, cidr netip.P
 	var claimed []netip.Prefix
 	var errs []error
 	for _, blk := range blocks {
-		ok, err := a.tryClaim(ctx, blk, aff, true, hostReserved{})
-		if err != nil {
+		err := a.claimBlock(ctx, blk, aff, true, hostReserved{})
+		switch {
+		case err == nil:
+			claimed = append(claimed, blk)
+		case errors.Is(err, ErrAffinityConflict):
+			errs = append(errs, &AddrError{Addr: blk.Addr(), Err: err}) // names the block and its owner
+		default:
 			return claimed, err
 		}
-		if ok {
-			claimed = append(claimed, blk)
-		} else {
-			errs = append(errs, &AddrError{Addr: blk.Addr(), Err: fmt.Errorf("block %s: %w", blk, ErrAffinityConflict)})
-		}
 	}
-	if len(errs) > 0 {
-		return claimed, fmt.Errorf("ipam: %s %s for %s: %w", op, cidr, aff, errors.Join(errs...))
+	switch len(errs) {
+	case 0:
+	case 1:
+		return claimed, fmt.Errorf("ipam: %s %s for %s: %w", op, cidr, aff, errs[0])
+	default:
+		// One line per block, each saying what it is about.
+		return claimed, fmt.Errorf("ipam: %s %s for %s: %d blocks held by others:\n%w", op, cidr, aff, len(errs), errors.Join(errs...))
 	}
 	return claimed, nil
 }

@@ -91,14 +91,20 @@ func newWalker(v *view, p *pool.Pool, held []netip.Prefix) *pool.Walker {
 // an index entry without a block (ignored, and removed by Repair), never a
 // block its node cannot find.
 func (a *Allocator) tryClaim(ctx context.Context, blk netip.Prefix, aff block.Affinity, look bool, rsv hostReserved) (bool, error) {
-	e := a.entry(blk)
-	e.lock()
-	defer e.unlock()
-	err := a.retry(ctx, "claim block", e.name, func() error { return a.claimLocked(ctx, e, aff, look, rsv) })
+	err := a.claimBlock(ctx, blk, aff, look, rsv)
 	if errors.Is(err, ErrAffinityConflict) {
 		return false, nil
 	}
 	return err == nil, err
+}
+
+// claimBlock is tryClaim with the refusal an error matching
+// ErrAffinityConflict that names the block's owner.
+func (a *Allocator) claimBlock(ctx context.Context, blk netip.Prefix, aff block.Affinity, look bool, rsv hostReserved) error {
+	e := a.entry(blk)
+	e.lock()
+	defer e.unlock()
+	return a.retry(ctx, "claim block", e.name, func() error { return a.claimLocked(ctx, e, aff, look, rsv) })
 }
 
 // claimLocked creates e's block affine to aff, or accepts it when it exists

@@ -74,8 +74,9 @@ var (
 	// or assigning into a block affine to another node).
 	ErrStrictAffinity = errors.New("strict affinity forbids it")
 
-	// ErrAffinityConflict: the block is affine to another node.
-	ErrAffinityConflict = errors.New("block is affine to another node")
+	// ErrAffinityConflict: the block is affine to another owner (another
+	// node, or VirtualLoadBalancer); messages name it.
+	ErrAffinityConflict = errors.New("block is affine to another owner")
 
 	// ErrBlockNotEmpty: an affinity release that required an empty block
 	// found addresses in use.
