@@ -120,6 +120,9 @@ type assignOp struct {
 	// had free addresses that the release cooldown or a reservation held
 	// back, for the reasons of a failure.
 	cooling, reserved bool
+	// capped and strict say that MaxBlocksPerHost stopped a claim, and
+	// StrictAffinity borrowing, for a family that came out short.
+	capped, strict bool
 }
 
 // AutoAssign assigns addresses from the pools that qualify for the request,
@@ -192,7 +195,7 @@ func (a *Allocator) AutoAssign(ctx context.Context, args AutoAssignArgs) (AutoAs
 				reasons = append(reasons, selErr[i].Error())
 			}
 		}
-		return AutoAssignResult{}, a.assignError(args, AutoAssignResult{}, short, reasons, false, errors.Join(selErr[0], selErr[1]))
+		return AutoAssignResult{}, a.assignError(args, AutoAssignResult{}, short, reasons, nil, errors.Join(selErr[0], selErr[1]))
 	}
 
 	o := &assignOp{
@@ -248,7 +251,7 @@ func (a *Allocator) AutoAssign(ctx context.Context, args AutoAssignArgs) (AutoAs
 					if err := a.rollback(ctx, o, res); err != nil {
 						return AutoAssignResult{}, err
 					}
-					return AutoAssignResult{}, a.assignError(args, AutoAssignResult{}, short, reasons, true, nil)
+					return AutoAssignResult{}, a.assignError(args, AutoAssignResult{}, short, reasons, o.noSpace(), nil)
 				}
 			}
 		}
@@ -273,7 +276,11 @@ func (a *Allocator) AutoAssign(ctx context.Context, args AutoAssignArgs) (AutoAs
 	}
 	a.dropUnselected(ctx, o)
 	if short[0]+short[1] > 0 {
-		return res, a.assignError(args, res, short, reasons, full, cause)
+		var space error
+		if full {
+			space = o.noSpace()
+		}
+		return res, a.assignError(args, res, short, reasons, space, cause)
 	}
 	return res, nil
 }
@@ -328,18 +335,33 @@ func (a *Allocator) unreserve(ctx context.Context, o *assignOp, res *AutoAssignR
 	return took, nil
 }
 
-// assignError reports a shortfall: full says that a family's pools had
-// too little room (ErrNoSpace), cause holds the selection errors of
+// noSpace is the cause of a shortfall in pools that qualified: ErrNoSpace,
+// with ErrBlockLimit and ErrStrictAffinity when those limits stood in the
+// way.
+func (o *assignOp) noSpace() error {
+	switch {
+	case o.capped && o.strict:
+		return fmt.Errorf("%w: %w, %w", ErrNoSpace, ErrBlockLimit, ErrStrictAffinity)
+	case o.capped:
+		return fmt.Errorf("%w: %w", ErrNoSpace, ErrBlockLimit)
+	case o.strict:
+		return fmt.Errorf("%w: %w", ErrNoSpace, ErrStrictAffinity)
+	}
+	return ErrNoSpace
+}
+
+// assignError reports a shortfall: space is non-nil when a family's pools
+// had too little room (see noSpace), cause holds the selection errors of
 // families without a pool (pool.ErrNoPool).
-func (a *Allocator) assignError(args AutoAssignArgs, kept AutoAssignResult, short [2]int, reasons []string, full bool, cause error) error {
+func (a *Allocator) assignError(args AutoAssignArgs, kept AutoAssignResult, short [2]int, reasons []string, space, cause error) error {
 	var err error
 	switch {
-	case full && cause != nil:
-		err = fmt.Errorf("%w: %w", ErrNoSpace, cause)
+	case space != nil && cause != nil:
+		err = fmt.Errorf("%w: %w", space, cause)
 	case cause != nil:
 		err = cause // a configuration problem, not a full pool
 	default:
-		err = ErrNoSpace
+		err = space
 	}
 	return &AssignError{
 		Node: args.Node, Handle: args.Handle, Want4: args.Num4, Want6: args.Num6,
@@ -515,6 +537,7 @@ func (a *Allocator) assignFamily(ctx context.Context, o *assignOp, fam pool.Fami
 
 	// 2. New blocks claimed for the node.
 	var why []string
+	var capped bool
 	var gonePools []*pool.Pool
 	var full []*pool.Pool // pools whose walk found no block to claim
 	switch {
@@ -532,6 +555,7 @@ func (a *Allocator) assignFamily(ctx context.Context, o *assignOp, fam pool.Fami
 				// The cap is per node: the virtual owner has none.
 				if cfg.MaxBlocksPerHost > 0 && len(mine) >= cfg.MaxBlocksPerHost && o.aff.Kind == block.HostAffinity {
 					why = append(why, fmt.Sprintf("node holds %d of maxBlocksPerHost %d blocks", len(mine), cfg.MaxBlocksPerHost))
+					capped = true
 					break claims
 				}
 				if !o.rsv.fits(1 << (p.CIDR.Addr().BitLen() - p.BlockSize)) {
@@ -597,6 +621,8 @@ func (a *Allocator) assignFamily(ctx context.Context, o *assignOp, fam pool.Fami
 	if len(out) == n {
 		return out, "", nil
 	}
+	o.capped = o.capped || capped
+	o.strict = o.strict || cfg.StrictAffinity
 	// What else holds addresses back, so that a pool that looks half empty
 	// is not taken for a fault.
 	if o.cooling {

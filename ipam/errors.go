@@ -71,8 +71,15 @@ var (
 	ErrSeqMismatch = block.ErrSeqMismatch
 
 	// ErrStrictAffinity: StrictAffinity forbids the operation (borrowing,
-	// or assigning into a block affine to another node).
+	// or assigning into a block affine to another node). An *AssignError
+	// matches it along with ErrNoSpace when StrictAffinity kept a short
+	// request from borrowing.
 	ErrStrictAffinity = errors.New("strict affinity forbids it")
+
+	// ErrBlockLimit: Config.MaxBlocksPerHost kept the node from claiming a
+	// block it needed (Calico's ErrBlockLimit). An *AssignError matches it
+	// along with ErrNoSpace.
+	ErrBlockLimit = errors.New("the node holds maxBlocksPerHost blocks")
 
 	// ErrAffinityConflict: the block is affine to another owner (another
 	// node, or VirtualLoadBalancer); messages name it.
@@ -118,7 +125,11 @@ type AssignError struct {
 	// Reasons says, per family, why the rest could not be assigned.
 	Reasons []string
 	// Err is the underlying cause: ErrNoSpace, an error wrapping
-	// pool.ErrNoPool, or an error wrapping both.
+	// pool.ErrNoPool, or an error wrapping both. With ErrNoSpace it also
+	// wraps ErrBlockLimit when MaxBlocksPerHost stopped a claim, and
+	// ErrStrictAffinity when StrictAffinity stopped borrowing, for a
+	// family that came out short: the pools may have room the request
+	// was not allowed to use.
 	Err error
 }
 

@@ -335,6 +335,46 @@ func TestShortfallCauses(t *testing.T) {
 	require.ErrorAs(t, err, &ae)
 	require.ErrorIs(t, err, pool.ErrNoPool)
 	require.NotErrorIs(t, err, ipam.ErrNoSpace, "no IPv6 pool at all")
+	require.NotErrorIs(t, err, ipam.ErrBlockLimit)
+	require.NotErrorIs(t, err, ipam.ErrStrictAffinity)
+}
+
+// TestShortfallLimits: a shortfall that a limit of the configuration caused,
+// in a pool with room left, matches that limit as well as ErrNoSpace, so a
+// caller can tell a full pool from a capped node.
+func TestShortfallLimits(t *testing.T) {
+	e := newEnv(t, v4pool("p", "10.0.0.0/24", 28))
+	e.mustAssign4("node-1", "first", 16)
+	e.mustAssign4("node-2", "other", 1)
+
+	e.config(ipam.Config{AutoAllocateBlocks: true, MaxBlocksPerHost: 1})
+	res, err := e.assign4("node-1", "borrows", 2)
+	require.NoError(t, err, "without StrictAffinity the capped node borrows")
+	require.Equal(t, map[netip.Prefix]int{e.affine("node-2")[0]: 2}, blocksOf(res.IPv4))
+
+	e.config(ipam.Config{StrictAffinity: true, AutoAllocateBlocks: true, MaxBlocksPerHost: 1})
+	_, err = e.assign4("node-1", "h", 1)
+	require.ErrorIs(t, err, ipam.ErrNoSpace)
+	require.ErrorIs(t, err, ipam.ErrBlockLimit)
+	require.ErrorIs(t, err, ipam.ErrStrictAffinity)
+
+	e.config(ipam.Config{StrictAffinity: true, AutoAllocateBlocks: true})
+	e.mustAssign4("node-1", "h", 1) // claims a second block
+	e.config(ipam.Config{StrictAffinity: true})
+	_, err = e.assign4("node-1", "h2", 16)
+	require.ErrorIs(t, err, ipam.ErrNoSpace)
+	require.ErrorIs(t, err, ipam.ErrStrictAffinity, "autoAllocateBlocks off, no borrowing")
+	require.NotErrorIs(t, err, ipam.ErrBlockLimit, "no cap")
+
+	// A capped family that borrowed what it needed does not make the
+	// other family's shortfall a cap's.
+	e.mustAssign4("node-1", "fill", 15) // both of node-1's blocks are full
+	e.config(ipam.Config{AutoAllocateBlocks: true, MaxBlocksPerHost: 1})
+	res, err = e.a.AutoAssign(e.ctx, ipam.AutoAssignArgs{Num4: 1, Num6: 1, Handle: "dual", Node: "node-1", Partial: true})
+	require.ErrorIs(t, err, pool.ErrNoPool, "no IPv6 pool")
+	require.Len(t, res.IPv4, 1, "borrowed")
+	require.NotErrorIs(t, err, ipam.ErrBlockLimit)
+	require.NotErrorIs(t, err, ipam.ErrNoSpace)
 }
 
 func TestRequestedPoolsOverrideSelectors(t *testing.T) {

@@ -176,6 +176,12 @@ func (m *machine) AutoAssign(t *rapid.T) {
 			require.Zero(t, res.Len(), "all-or-nothing")
 		}
 		require.Equal(t, res, ae.Result)
+		if errors.Is(err, ipam.ErrBlockLimit) {
+			require.True(t, m.config.MaxBlocksPerHost > 0 && !lb, "a cap without one: %v", err)
+		}
+		if errors.Is(err, ipam.ErrStrictAffinity) {
+			require.True(t, m.config.StrictAffinity, "%v", err)
+		}
 		// With borrowing allowed and no cap (which the virtual owner does
 		// not have), every free address is reachable: a failure means
 		// there really was not enough space.
