@@ -120,5 +120,5 @@ func TestPlanErrors(t *testing.T) {
 	require.EqualError(t, err, `pool "p": blockSize 40 is outside 20..32 (IPv4)`)
 	// A disabled pool smaller than a block passes validation, not planning.
 	_, err = pool.Plan(pool.Pool{Name: "p", CIDR: netip.MustParsePrefix("10.0.0.0/28"), Disabled: true}, 1, 1)
-	require.EqualError(t, err, `pool "p": cidr 10.0.0.0/28 is smaller than one block (blockSize 26); only a disabled pool may be`)
+	require.EqualError(t, err, `pool "p": cidr 10.0.0.0/28 is smaller than one block (blockSize 26); only a disabled pool may be, an enabled one needs blockSize 28 or more`)
 }

@@ -155,7 +155,7 @@ func validateBlockSize(ps *problems, p *Pool, fam Family) {
 	}
 	if !p.Disabled && p.CIDR.Bits() > bs {
 		ps.add(ErrBlockSize, "cidr", p.CIDR.String(),
-			fmt.Sprintf("is smaller than one block (blockSize %d); only a disabled pool may be", bs))
+			fmt.Sprintf("is smaller than one block (blockSize %d); only a disabled pool may be, an enabled one needs blockSize %d or more", bs, p.CIDR.Bits()))
 	}
 }
 
