@@ -32,7 +32,7 @@ func (a *Allocator) releaseAffinity(ctx context.Context, aff block.Affinity, blk
 		case e.blk == nil:
 			return nil
 		case e.blk.Affinity() != aff:
-			return fmt.Errorf("ipam: release block %s from %s: %w (%s)", blk, aff, ErrAffinityConflict, e.blk.Affinity())
+			return conflictError("release block %s from %s", blk, aff, e.blk)
 		case requireEmpty && !e.blk.Empty():
 			return fmt.Errorf("ipam: release block %s from %s: %w (%d in use)", blk, aff, ErrBlockNotEmpty, e.blk.Used())
 		}
@@ -96,36 +96,40 @@ func (a *Allocator) poolFor(ctx context.Context, op string, cidr netip.Prefix) (
 // enabled pool and span at most 4096 blocks. Blocks the node holds already
 // count as claimed. It returns the blocks claimed; the error joins an
 // *AddrError matching ErrAffinityConflict for each block held by someone
-// else.
-//
-// The blocks of a LoadBalancer pool belong to no node: there node must be
-// "", and the blocks are claimed for VirtualLoadBalancer.
+// else. The blocks of a LoadBalancer pool belong to no node:
+// ClaimLoadBalancerAffinity claims them.
 func (a *Allocator) ClaimAffinity(ctx context.Context, node string, cidr netip.Prefix) ([]netip.Prefix, error) {
 	const op = "claim affinity"
-	if node != "" {
-		if err := checkNode(op, node); err != nil {
-			return nil, err
-		}
+	if err := checkNode(op, node); err != nil {
+		return nil, err
 	}
+	return a.claimAffinity(ctx, op, block.Host(node), cidr)
+}
+
+// ClaimLoadBalancerAffinity is ClaimAffinity for VirtualLoadBalancer, the
+// owner of the blocks of LoadBalancer addresses: cidr must lie in an
+// enabled LoadBalancer pool. Automatic assignment claims such blocks as it
+// needs them; this is for Config.AutoAllocateBlocks off, or to set blocks
+// aside ahead of time.
+func (a *Allocator) ClaimLoadBalancerAffinity(ctx context.Context, cidr netip.Prefix) ([]netip.Prefix, error) {
+	return a.claimAffinity(ctx, "claim load-balancer affinity", block.Virtual(VirtualLoadBalancer), cidr)
+}
+
+func (a *Allocator) claimAffinity(ctx context.Context, op string, aff block.Affinity, cidr netip.Prefix) ([]netip.Prefix, error) {
 	p, err := a.poolFor(ctx, op, cidr)
 	if err != nil {
 		return nil, err
 	}
-	lb := p.Allows(pool.UseLoadBalancer)
-	switch {
-	case lb && node != "":
-		return nil, invalid(op, "node %q given for %s in LoadBalancer pool %q: its blocks belong to no node; pass \"\" to claim them for %s",
-			node, cidr, p.Name, block.Virtual(VirtualLoadBalancer))
-	case !lb && node == "":
-		return nil, checkNode(op, node) // names the missing node
+	switch lb := p.Allows(pool.UseLoadBalancer); {
+	case lb && aff.Kind == block.HostAffinity:
+		return nil, invalid(op, "%s lies in LoadBalancer pool %q, whose blocks belong to no node (ClaimLoadBalancerAffinity claims them for %s)",
+			cidr, p.Name, block.Virtual(VirtualLoadBalancer))
+	case !lb && aff.Kind != block.HostAffinity:
+		return nil, invalid(op, "%s lies in pool %q, which is not a LoadBalancer pool (ClaimAffinity claims its blocks for a node)", cidr, p.Name)
 	}
 	blocks, err := blocksOf(op, p, cidr)
 	if err != nil {
 		return nil, err
-	}
-	aff := block.Host(node)
-	if lb {
-		aff = block.Virtual(VirtualLoadBalancer)
 	}
 	var claimed []netip.Prefix
 	var errs []error
@@ -135,20 +139,19 @@ func (a *Allocator) ClaimAffinity(ctx context.Context, node string, cidr netip.P
 		case err == nil:
 			claimed = append(claimed, blk)
 		case errors.Is(err, ErrAffinityConflict):
-			errs = append(errs, &AddrError{Addr: blk.Addr(), Err: err}) // names the block and its owner
+			errs = append(errs, &AddrError{Addr: blk.Addr(), Err: err}) // names the block and whose it is
 		default:
 			return claimed, err
 		}
 	}
 	switch len(errs) {
 	case 0:
+		return claimed, nil
 	case 1:
-		return claimed, fmt.Errorf("ipam: %s %s for %s: %w", op, cidr, aff, errs[0])
-	default:
-		// One line per block, each saying what it is about.
-		return claimed, fmt.Errorf("ipam: %s %s for %s: %d blocks held by others:\n%w", op, cidr, aff, len(errs), errors.Join(errs...))
+		return claimed, errs[0]
 	}
-	return claimed, nil
+	// One line per block, each saying what it is about.
+	return claimed, fmt.Errorf("ipam: %s %s for %s: %d blocks not claimed:\n%w", op, cidr, aff, len(errs), errors.Join(errs...))
 }
 
 // ReleaseAffinity releases node's affinity to the blocks in cidr: a block,
@@ -157,18 +160,22 @@ func (a *Allocator) ClaimAffinity(ctx context.Context, node string, cidr netip.P
 // Empty blocks are deleted (or, while an address in one is cooling under
 // Config.ReleaseCooldown, kept without affinity); non-empty ones keep their
 // addresses without affinity, unless requireEmpty, which leaves them and
-// reports ErrBlockNotEmpty. Blocks not affine to node are skipped. Node
-// "" stands for VirtualLoadBalancer, the owner of LoadBalancer pools'
-// blocks.
+// reports ErrBlockNotEmpty. Blocks not affine to node are skipped.
 func (a *Allocator) ReleaseAffinity(ctx context.Context, node string, cidr netip.Prefix, requireEmpty bool) error {
 	const op = "release affinity"
-	aff := block.Virtual(VirtualLoadBalancer)
-	if node != "" {
-		if err := checkNode(op, node); err != nil {
-			return err
-		}
-		aff = block.Host(node)
+	if err := checkNode(op, node); err != nil {
+		return err
 	}
+	return a.releaseAffinityIn(ctx, op, block.Host(node), cidr, requireEmpty)
+}
+
+// ReleaseLoadBalancerAffinity is ReleaseAffinity for VirtualLoadBalancer,
+// the owner of the blocks of LoadBalancer addresses.
+func (a *Allocator) ReleaseLoadBalancerAffinity(ctx context.Context, cidr netip.Prefix, requireEmpty bool) error {
+	return a.releaseAffinityIn(ctx, "release load-balancer affinity", block.Virtual(VirtualLoadBalancer), cidr, requireEmpty)
+}
+
+func (a *Allocator) releaseAffinityIn(ctx context.Context, op string, aff block.Affinity, cidr netip.Prefix, requireEmpty bool) error {
 	if err := checkPrefix(op, cidr); err != nil {
 		return err
 	}

@@ -28,10 +28,10 @@ type Options struct {
 	// bound.
 	MaxRetries int
 
-	// ReclaimAge is how long a block must have been claimed before another
-	// node may take it over, when the block is empty and its pool has no
-	// unclaimed block left. 0 means one minute (Calico's); a negative value
-	// turns reclaiming off. An empty block without affinity (kept while its
+	// ReclaimAge is how long a node's block must have been claimed before
+	// another owner may take it over, when the block is empty and its pool
+	// has no unclaimed block left. 0 means one minute (Calico's); a negative
+	// value turns reclaiming off. An empty block without affinity (kept while its
 	// addresses cool, see Config.ReleaseCooldown) is taken over at any age.
 	ReclaimAge time.Duration
 }

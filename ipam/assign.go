@@ -621,8 +621,11 @@ func (a *Allocator) assignFamily(ctx context.Context, o *assignOp, fam pool.Fami
 	if len(out) == n {
 		return out, "", nil
 	}
-	o.capped = o.capped || capped
-	o.strict = o.strict || cfg.StrictAffinity
+	if capped || cfg.StrictAffinity {
+		room, unclaimed := a.roomOutOfReach(ctx, o, pools, gonePools)
+		o.capped = o.capped || capped && unclaimed
+		o.strict = o.strict || cfg.StrictAffinity && room
+	}
 	// What else holds addresses back, so that a pool that looks half empty
 	// is not taken for a fault.
 	if o.cooling {
@@ -632,6 +635,53 @@ func (a *Allocator) assignFamily(ctx context.Context, o *assignOp, fam pool.Fami
 		why = append(why, "addresses in reservations are never assigned automatically")
 	}
 	return out, fmt.Sprintf("%s: %s", fam, joinReasons(why)), nil
+}
+
+// roomOutOfReach tells, for a family that came out short, whether its
+// pools had room that the limits kept from the request: free addresses in
+// blocks of other owners (what StrictAffinity forbids borrowing), and a
+// block nobody has claimed (what MaxBlocksPerHost forbids claiming). It
+// lists each pool's blocks, as borrowing does (reusing a claim's listing),
+// and reads their headers; it runs only on this failure path. A listing
+// that fails counts as no room: the answer only adds to the error.
+func (a *Allocator) roomOutOfReach(ctx context.Context, o *assignOp, pools, gone []*pool.Pool) (room, unclaimed bool) {
+	for _, p := range pools {
+		if slices.Contains(gone, p) {
+			continue
+		}
+		recs, ok := o.listed[p.Name]
+		if !ok {
+			var err error
+			if recs, err = a.store.List(ctx, KindBlock, blockRange(p.CIDR)); err != nil {
+				continue
+			}
+		}
+		existing := make([]netip.Prefix, 0, len(recs))
+		for _, r := range recs {
+			sum, err := block.Peek(r.Value)
+			if err != nil {
+				continue
+			}
+			existing = append(existing, sum.Prefix)
+			if sum.Prefix.Bits() == p.BlockSize && sum.Free() > 0 && sum.Affinity != o.aff {
+				room = true
+			}
+		}
+		unclaimed = unclaimed || hasUnclaimed(o.v, p, existing, o.aff.Name)
+	}
+	return room, unclaimed
+}
+
+// hasUnclaimed reports whether p has a block outside existing that no
+// reservation covers whole. (Apart from roomOutOfReach, so that the walk's
+// closure does not take the request's assignOp to the heap.)
+func hasUnclaimed(v *view, p *pool.Pool, existing []netip.Prefix, owner string) bool {
+	for blk := range newWalker(v, p, existing).Walk(owner) {
+		if !v.hasReserved || !v.reserved.ContainsPrefix(blk) {
+			return true
+		}
+	}
+	return false
 }
 
 // holder names who the request's blocks belong to, for messages.

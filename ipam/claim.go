@@ -133,7 +133,7 @@ func (a *Allocator) claimLocked(ctx context.Context, e *blockEntry, aff block.Af
 		case e.blk.Affinity().IsZero() && e.blk.Empty():
 			return a.adoptLocked(ctx, e, aff, rsv)
 		}
-		return fmt.Errorf("ipam: claim block %s for %s: %w (%s)", e.prefix, aff, ErrAffinityConflict, e.blk.Affinity())
+		return conflictError("claim block %s for %s", e.prefix, aff, e.blk)
 	}
 	idx := affinityKey(aff.String(), e.prefix)
 	idxRev, err := a.store.Create(ctx, KindAffinity, idx, nil)
@@ -183,7 +183,21 @@ func (a *Allocator) claimLocked(ctx context.Context, e *blockEntry, aff block.Af
 		// Created and deleted again in between: try again.
 		return fmt.Errorf("ipam: claim block %s: %w", e.prefix, errRecordMoved)
 	}
-	return fmt.Errorf("ipam: claim block %s for %s: %w (%s)", e.prefix, aff, ErrAffinityConflict, e.blk.Affinity())
+	return conflictError("claim block %s for %s", e.prefix, aff, e.blk)
+}
+
+// conflictError is ErrAffinityConflict for an operation on blk for aff
+// (what says "claim block %s for %s"), saying whose b, the block as read,
+// is instead.
+func conflictError(what string, blk netip.Prefix, aff block.Affinity, b *block.Block) error {
+	whose := "it is " + b.Affinity().String() + "'s"
+	if b.Affinity().IsZero() {
+		whose = "it has no owner"
+		if n := b.Used(); n > 0 {
+			whose += fmt.Sprintf(" but holds %d addresses", n)
+		}
+	}
+	return fmt.Errorf("ipam: "+what+": %w: %s", blk, aff, ErrAffinityConflict, whose)
 }
 
 // adoptLocked claims e's block, which exists and is empty (without

@@ -36,7 +36,8 @@
 // node oracle leave its blocks alone.
 //
 // Every assignment records a handle (the owner: a pod, a VM interface), the
-// node and optional attributes, and the block's sequence number. Release by
+// node (but for LoadBalancer addresses) and optional attributes, and the
+// block's sequence number. Release by
 // address with [Allocator.ReleaseIPs] (optionally checking the handle and
 // the sequence number, so that a late release never frees a reassigned
 // address), or everything of a handle with [Allocator.ReleaseByHandle].

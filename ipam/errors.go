@@ -71,19 +71,20 @@ var (
 	ErrSeqMismatch = block.ErrSeqMismatch
 
 	// ErrStrictAffinity: StrictAffinity forbids the operation (borrowing,
-	// or assigning into a block affine to another node). An *AssignError
-	// matches it along with ErrNoSpace when StrictAffinity kept a short
-	// request from borrowing.
+	// or assigning into a block of another owner). An *AssignError matches
+	// it along with ErrNoSpace when StrictAffinity kept a short request
+	// from free addresses in other owners' blocks.
 	ErrStrictAffinity = errors.New("strict affinity forbids it")
 
 	// ErrBlockLimit: Config.MaxBlocksPerHost kept the node from claiming a
-	// block it needed (Calico's ErrBlockLimit). An *AssignError matches it
-	// along with ErrNoSpace.
+	// block it needed, while its pools had one unclaimed (Calico's
+	// ErrBlockLimit). An *AssignError matches it along with ErrNoSpace.
 	ErrBlockLimit = errors.New("the node holds maxBlocksPerHost blocks")
 
-	// ErrAffinityConflict: the block is affine to another owner (another
-	// node, or VirtualLoadBalancer); messages name it.
-	ErrAffinityConflict = errors.New("block is affine to another owner")
+	// ErrAffinityConflict: the block is not the caller's: it is another
+	// owner's (another node's, or VirtualLoadBalancer's), or no one's and
+	// holds addresses. Messages say which.
+	ErrAffinityConflict = errors.New("affinity conflict")
 
 	// ErrBlockNotEmpty: an affinity release that required an empty block
 	// found addresses in use.
@@ -126,10 +127,10 @@ type AssignError struct {
 	Reasons []string
 	// Err is the underlying cause: ErrNoSpace, an error wrapping
 	// pool.ErrNoPool, or an error wrapping both. With ErrNoSpace it also
-	// wraps ErrBlockLimit when MaxBlocksPerHost stopped a claim, and
-	// ErrStrictAffinity when StrictAffinity stopped borrowing, for a
-	// family that came out short: the pools may have room the request
-	// was not allowed to use.
+	// wraps ErrBlockLimit when MaxBlocksPerHost stopped a claim of a block
+	// that was there, and ErrStrictAffinity when StrictAffinity stopped
+	// borrowing free addresses that were there, for a family that came
+	// out short: the pools had room the request was not allowed to use.
 	Err error
 }
 

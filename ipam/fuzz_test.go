@@ -287,12 +287,17 @@ func fuzzCall(ctx context.Context, a *ipam.Allocator, in *bytesIn) (string, erro
 		return "utilization", err
 	case 9:
 		node, cidr := in.str(fuzzNodes...), in.prefix()
-		switch in.pick(3) {
+		switch in.pick(5) {
 		case 0:
 			_, err := a.ClaimAffinity(ctx, node, cidr)
 			return "release claim affinity", err // claims what it can, reports the rest
 		case 1:
 			return "release affinity", a.ReleaseAffinity(ctx, node, cidr, in.pick(2) == 0)
+		case 2:
+			_, err := a.ClaimLoadBalancerAffinity(ctx, cidr)
+			return "release claim load-balancer affinity", err
+		case 3:
+			return "release load-balancer affinity", a.ReleaseLoadBalancerAffinity(ctx, cidr, in.pick(2) == 0)
 		}
 		_, err := a.ReleaseHostAffinities(ctx, node, in.pick(2) == 0)
 		return "release host affinities", err

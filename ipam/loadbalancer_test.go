@@ -150,18 +150,22 @@ func TestLoadBalancerNotCappedPerHost(t *testing.T) {
 	e.requireConsistent()
 }
 
-// TestLoadBalancerAffinityCalls: ClaimAffinity and ReleaseAffinity take ""
-// for the virtual owner, and only for it: its blocks are no node's, and a
-// workload pool's blocks are no one's but a node's.
+// TestLoadBalancerAffinityCalls: ClaimLoadBalancerAffinity and
+// ReleaseLoadBalancerAffinity work on the virtual owner's blocks, and only
+// on LoadBalancer pools; a node's calls refuse those pools.
 func TestLoadBalancerAffinityCalls(t *testing.T) {
 	e := newEnv(t, v4pool("pods", "10.0.0.0/24", 26), lbPool("lb", "192.168.0.0/26"))
 	_, err := e.a.ClaimAffinity(e.ctx, "n1", mustPrefix("192.168.0.0/29"))
 	require.ErrorIs(t, err, ipam.ErrInvalid)
-	require.ErrorContains(t, err, `LoadBalancer pool "lb"`)
-	_, err = e.a.ClaimAffinity(e.ctx, "", mustPrefix("10.0.0.0/26"))
+	require.ErrorContains(t, err, `LoadBalancer pool "lb", whose blocks belong to no node (ClaimLoadBalancerAffinity claims them`)
+	_, err = e.a.ClaimLoadBalancerAffinity(e.ctx, mustPrefix("10.0.0.0/26"))
 	require.ErrorIs(t, err, ipam.ErrInvalid)
+	require.ErrorContains(t, err, `pool "pods", which is not a LoadBalancer pool`)
+	_, err = e.a.ClaimAffinity(e.ctx, "", mustPrefix("10.0.0.0/26"))
+	require.ErrorIs(t, err, ipam.ErrInvalid, "a node's calls need the node")
+	require.ErrorIs(t, e.a.ReleaseAffinity(e.ctx, "", mustPrefix("0.0.0.0/0"), false), ipam.ErrInvalid)
 
-	claimed, err := e.a.ClaimAffinity(e.ctx, "", mustPrefix("192.168.0.0/28"))
+	claimed, err := e.a.ClaimLoadBalancerAffinity(e.ctx, mustPrefix("192.168.0.0/28"))
 	require.NoError(t, err)
 	require.Equal(t, []netip.Prefix{mustPrefix("192.168.0.0/29"), mustPrefix("192.168.0.8/29")}, claimed)
 	for _, blk := range claimed {
@@ -176,14 +180,37 @@ func TestLoadBalancerAffinityCalls(t *testing.T) {
 	// A node's release does not touch the owner's blocks.
 	require.NoError(t, e.a.ReleaseAffinity(e.ctx, "n1", mustPrefix("0.0.0.0/0"), false))
 	require.Equal(t, lbOwner, e.blockAffinity(claimed[0]))
+	require.ErrorIs(t, e.a.ReleaseLoadBalancerAffinity(e.ctx, mustPrefix("192.168.0.0/26"), true), ipam.ErrBlockNotEmpty)
 	_, err = e.a.ReleaseByHandle(e.ctx, "web")
 	require.NoError(t, err)
-	require.NoError(t, e.a.ReleaseAffinity(e.ctx, "", mustPrefix("192.168.0.0/26"), true))
+	require.NoError(t, e.a.ReleaseLoadBalancerAffinity(e.ctx, mustPrefix("192.168.0.0/26"), true))
 	for _, blk := range claimed {
 		_, err := e.a.Block(e.ctx, blk)
 		require.ErrorIs(t, err, ipam.ErrNotFound, "an empty block released is deleted")
 	}
 	e.requireConsistent()
+}
+
+// TestClaimRefusalSaysWhy: a claim of a block that is not free says whose
+// it is, or that it is no one's but holds addresses.
+func TestClaimRefusalSaysWhy(t *testing.T) {
+	e := newEnv(t, lbPool("lb", "192.168.0.0/28"))
+	web, err := e.assignLB("web", 1)
+	require.NoError(t, err)
+	held := web.IPv4[0].Block
+	require.NoError(t, e.a.ReleaseLoadBalancerAffinity(e.ctx, mustPrefix("192.168.0.0/28"), false))
+	claimed, err := e.a.ClaimLoadBalancerAffinity(e.ctx, mustPrefix("192.168.0.0/28"))
+	require.ErrorIs(t, err, ipam.ErrAffinityConflict)
+	require.Len(t, claimed, 1, "the other block")
+	require.EqualError(t, err, "ipam: claim block "+held.String()+" for virtual:load-balancer: affinity conflict: it has no owner but holds 1 addresses")
+
+	e2 := newEnv(t, v4pool("p", "10.0.0.0/24", 26))
+	_, err = e2.a.ClaimAffinity(e2.ctx, "n1", mustPrefix("10.0.0.0/25"))
+	require.NoError(t, err)
+	_, err = e2.a.ClaimAffinity(e2.ctx, "n2", mustPrefix("10.0.0.0/25"))
+	require.EqualError(t, err, "ipam: claim affinity 10.0.0.0/25 for host:n2: 2 blocks not claimed:\n"+
+		"ipam: claim block 10.0.0.0/26 for host:n2: affinity conflict: it is host:n1's\n"+
+		"ipam: claim block 10.0.0.64/26 for host:n2: affinity conflict: it is host:n1's")
 }
 
 // TestLoadBalancerBlocksOutliveNodes: neither ReleaseHostAffinities nor a

@@ -21,7 +21,8 @@ const (
 	// bytes): room for two DNS names, such as a namespace and a pod.
 	MaxNameLen = 253 * 2
 	// MaxAttrs is the most attributes a request may give one allocation;
-	// the allocation also carries AttrNode, which the allocator adds.
+	// the allocation also carries AttrNode, which the allocator adds
+	// (unless it is a LoadBalancer address).
 	MaxAttrs = 16
 	// MaxAttrLen is the longest attribute key or value.
 	MaxAttrLen = 512
@@ -30,9 +31,9 @@ const (
 )
 
 // AttrNode is the attribute under which carve records, with every
-// allocation, the node it was assigned for; Calico does the same, and
-// utilization counts an address as borrowed when this differs from its
-// block's node.
+// allocation but LoadBalancer addresses (which are no node's), the node it
+// was assigned for; Calico does the same, and utilization counts an
+// address as borrowed when this differs from its block's node.
 const AttrNode = "node"
 
 // VirtualLoadBalancer is the owner of the blocks that hold LoadBalancer
@@ -42,8 +43,9 @@ const AttrNode = "node"
 // them name none, and they carry no AttrNode. The owner claims and fills
 // blocks as a node does, but MaxBlocksPerHost does not cap it, no node
 // reclaims its empty blocks, and neither ReleaseHostAffinities nor a
-// Collector's node oracle touches them; DeletePool releases them with
-// their pool.
+// Collector's node oracle touches them; ClaimLoadBalancerAffinity and
+// ReleaseLoadBalancerAffinity do, and DeletePool releases them with their
+// pool.
 const VirtualLoadBalancer = "load-balancer"
 
 // checkName checks a node name or handle ID: it becomes part of a store key.

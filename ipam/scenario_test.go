@@ -1023,3 +1023,29 @@ func TestEmptyPoolName(t *testing.T) {
 	require.ErrorContains(t, err, `an empty pool name in ["p" ""]`)
 	e.requireConsistent()
 }
+
+// TestShortfallLimitsFullPool: in a pool with no room left anywhere, the
+// limits are not blamed: the shortfall is ErrNoSpace alone.
+func TestShortfallLimitsFullPool(t *testing.T) {
+	for _, cfg := range []ipam.Config{
+		{StrictAffinity: true, AutoAllocateBlocks: true},
+		{AutoAllocateBlocks: true, MaxBlocksPerHost: 2},
+		{StrictAffinity: true, AutoAllocateBlocks: true, MaxBlocksPerHost: 2},
+	} {
+		e := newEnv(t, v4pool("p", "10.0.0.0/28", 29))
+		e.config(cfg)
+		e.mustAssign4("n1", "all", 16) // n1 holds both blocks, full
+		_, err := e.assign4("n1", "more", 1)
+		require.ErrorIs(t, err, ipam.ErrNoSpace)
+		require.NotErrorIs(t, err, ipam.ErrStrictAffinity, "%+v", cfg)
+		require.NotErrorIs(t, err, ipam.ErrBlockLimit, "%+v", cfg)
+	}
+	// The virtual owner too, holding every block of its pool.
+	e := newEnv(t, lbPool("lb", "192.168.0.0/28"))
+	e.config(ipam.Config{StrictAffinity: true, AutoAllocateBlocks: true})
+	_, err := e.assignLB("all", 16)
+	require.NoError(t, err)
+	_, err = e.assignLB("more", 1)
+	require.ErrorIs(t, err, ipam.ErrNoSpace)
+	require.NotErrorIs(t, err, ipam.ErrStrictAffinity)
+}

@@ -313,8 +313,8 @@ func (m *machine) machineBlock(t *rapid.T) (pool.Pool, netip.Prefix) {
 	return p, netip.PrefixFrom(addr, p.BlockSize)
 }
 
-// owner draws whom an affinity call names: a node, or "" for the virtual
-// owner of LoadBalancer blocks.
+// owner draws whom an affinity call is for: a node, or "" for the virtual
+// owner of LoadBalancer blocks (the LoadBalancer calls).
 func (m *machine) owner(t *rapid.T) string {
 	if rapid.IntRange(0, 3).Draw(t, "virtual") == 0 {
 		return ""
@@ -325,7 +325,13 @@ func (m *machine) owner(t *rapid.T) string {
 func (m *machine) ClaimAffinity(t *rapid.T) {
 	p, blk := m.machineBlock(t)
 	owner := m.owner(t)
-	claimed, err := m.alloc(t).ClaimAffinity(t.Context(), owner, blk)
+	var claimed []netip.Prefix
+	var err error
+	if owner == "" {
+		claimed, err = m.alloc(t).ClaimLoadBalancerAffinity(t.Context(), blk)
+	} else {
+		claimed, err = m.alloc(t).ClaimAffinity(t.Context(), owner, blk)
+	}
 	switch {
 	case !m.live[p.Name] || !m.enabled[p.Name]:
 		require.ErrorIs(t, err, ipam.ErrNotInPool)
@@ -341,7 +347,13 @@ func (m *machine) ClaimAffinity(t *rapid.T) {
 
 func (m *machine) ReleaseAffinity(t *rapid.T) {
 	_, blk := m.machineBlock(t)
-	err := m.alloc(t).ReleaseAffinity(t.Context(), m.owner(t), blk, rapid.Bool().Draw(t, "requireEmpty"))
+	requireEmpty := rapid.Bool().Draw(t, "requireEmpty")
+	var err error
+	if owner := m.owner(t); owner == "" {
+		err = m.alloc(t).ReleaseLoadBalancerAffinity(t.Context(), blk, requireEmpty)
+	} else {
+		err = m.alloc(t).ReleaseAffinity(t.Context(), owner, blk, requireEmpty)
+	}
 	if err != nil {
 		require.ErrorIs(t, err, ipam.ErrBlockNotEmpty)
 	}
