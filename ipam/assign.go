@@ -19,8 +19,12 @@ type AutoAssignArgs struct {
 	// least one must be positive, neither more than MaxAssign.
 	Num4, Num6 int
 
-	// Handle names the owner of the addresses (for example a pod or VM
-	// interface); ReleaseByHandle releases them all. Required.
+	// Handle names the owner of the addresses (for example a pod, a VM
+	// interface or a Service); ReleaseByHandle releases them all.
+	// Required. Every call assigns new addresses, under a handle that
+	// holds some already too (as in Calico): a caller that may repeat a
+	// request, such as a controller retrying after a failed status
+	// update, looks first with IPsByHandle.
 	Handle string
 
 	// Attrs are stored with each address, with AttrNode set to Node (the
@@ -393,7 +397,7 @@ func checkAutoAssign(args AutoAssignArgs, knownNode bool) error {
 		}
 	}
 	if !knownNode {
-		if err := checkNode(op, args.Node); err != nil {
+		if err := checkRequestNode(op, args.Node); err != nil {
 			return err
 		}
 	}
@@ -401,6 +405,15 @@ func checkAutoAssign(args AutoAssignArgs, knownNode bool) error {
 		return err
 	}
 	return checkNodeForUse(op, args.Use, args.Node) // the attributes are checked as they are copied: ownerAttrs
+}
+
+// checkRequestNode checks the node of a request for a node's addresses,
+// pointing a request without one at use LoadBalancer.
+func checkRequestNode(op, node string) error {
+	if node == "" {
+		return invalid(op, "empty node name (LoadBalancer addresses, which belong to no node, are asked for with Use %s)", pool.UseLoadBalancer)
+	}
+	return checkNode(op, node)
 }
 
 // checkNodeForUse checks that a LoadBalancer request names no node: its
@@ -891,14 +904,15 @@ type AssignIPArgs struct {
 // AssignIP assigns one specific address. If its block does not exist yet
 // the block is claimed for the node (for use LoadBalancer, for
 // VirtualLoadBalancer). With StrictAffinity the block must be affine to
-// the node (or to VirtualLoadBalancer). It fails with ErrInUse if the address is taken,
+// the node (or to VirtualLoadBalancer). It fails with ErrInUse if the
+// address is taken (also when args.Handle holds it already: Owner tells),
 // ErrReserved if its block reserves it (AutoAssignArgs.ReserveFirst and
 // ReserveLast), ErrCoolingDown if it was released less than
-// Config.ReleaseCooldown ago (unless args.IgnoreCooldown), and ErrNotInPool
-// if no usable pool holds it (none, or one that is disabled or does not
-// allow Use). As in Calico, naming the address is an explicit choice: the
-// pool's nodeSelector and namespaceSelector, its assignment mode (Manual
-// pools included) and Reservations are not consulted.
+// Config.ReleaseCooldown ago (unless args.IgnoreCooldown), and
+// ErrNotInPool if no usable pool holds it (none, or one that is disabled
+// or does not allow Use). As in Calico, naming the address is an explicit
+// choice: the pool's nodeSelector and namespaceSelector, its assignment
+// mode (Manual pools included) and Reservations are not consulted.
 func (a *Allocator) AssignIP(ctx context.Context, args AssignIPArgs) (Assigned, error) {
 	const op = "assign"
 	if err := checkAddr(op, args.Addr); err != nil {
@@ -911,7 +925,7 @@ func (a *Allocator) AssignIP(ctx context.Context, args AssignIPArgs) (Assigned, 
 		return Assigned{}, err
 	}
 	if args.Use != pool.UseLoadBalancer {
-		if err := checkNode(op, args.Node); err != nil {
+		if err := checkRequestNode(op, args.Node); err != nil {
 			return Assigned{}, err
 		}
 	} else if err := checkNodeForUse(op, args.Use, args.Node); err != nil {

@@ -33,7 +33,11 @@
 // blocks are affine to the virtual owner [VirtualLoadBalancer]
 // ("virtual:load-balancer", as in Calico), which goes through the same
 // steps but without MaxBlocksPerHost. Node removal and the Collector's
-// node oracle leave its blocks alone.
+// node oracle leave its blocks alone. LoadBalancer ranges are often
+// smaller than the default /26 block: such a pool needs a BlockSize of its
+// own (a /28 pool, 28 or more). As everywhere, every address of a block is
+// assignable, the first and last of the range too; a [Reservation] keeps
+// out those that must not be handed out.
 //
 // Every assignment records a handle (the owner: a pod, a VM interface), the
 // node (but for LoadBalancer addresses) and optional attributes, and the

@@ -105,7 +105,9 @@ func TestLoadBalancerRequestChecks(t *testing.T) {
 	require.ErrorIs(t, err, ipam.ErrInvalid)
 	_, err = e.a.AutoAssign(e.ctx, ipam.AutoAssignArgs{Num4: 1, Handle: "pod"})
 	require.ErrorIs(t, err, ipam.ErrInvalid)
-	require.ErrorContains(t, err, "node name")
+	require.ErrorContains(t, err, "empty node name (LoadBalancer addresses, which belong to no node, are asked for with Use LoadBalancer)")
+	_, err = e.a.AssignIP(e.ctx, ipam.AssignIPArgs{Addr: mustAddr("192.168.0.1"), Handle: "web"})
+	require.ErrorContains(t, err, "empty node name (LoadBalancer addresses")
 	for _, k := range ipam.Kinds {
 		if k != ipam.KindPool {
 			require.Zero(t, e.store.Len(k), "%s records after refused requests", k)
