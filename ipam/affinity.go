@@ -112,7 +112,7 @@ func (a *Allocator) ClaimAffinity(ctx context.Context, node string, cidr netip.P
 // needs them; this is for Config.AutoAllocateBlocks off, or to set blocks
 // aside ahead of time.
 func (a *Allocator) ClaimLoadBalancerAffinity(ctx context.Context, cidr netip.Prefix) ([]netip.Prefix, error) {
-	return a.claimAffinity(ctx, "claim load-balancer affinity", block.Virtual(VirtualLoadBalancer), cidr)
+	return a.claimAffinity(ctx, "claim load-balancer affinity", loadBalancerOwner, cidr)
 }
 
 func (a *Allocator) claimAffinity(ctx context.Context, op string, aff block.Affinity, cidr netip.Prefix) ([]netip.Prefix, error) {
@@ -123,7 +123,7 @@ func (a *Allocator) claimAffinity(ctx context.Context, op string, aff block.Affi
 	switch lb := p.Allows(pool.UseLoadBalancer); {
 	case lb && aff.Kind == block.HostAffinity:
 		return nil, invalid(op, "%s lies in LoadBalancer pool %q, whose blocks belong to no node (ClaimLoadBalancerAffinity claims them for %s)",
-			cidr, p.Name, block.Virtual(VirtualLoadBalancer))
+			cidr, p.Name, loadBalancerOwner)
 	case !lb && aff.Kind != block.HostAffinity:
 		return nil, invalid(op, "%s lies in pool %q, which is not a LoadBalancer pool (ClaimAffinity claims its blocks for a node)", cidr, p.Name)
 	}
@@ -172,7 +172,7 @@ func (a *Allocator) ReleaseAffinity(ctx context.Context, node string, cidr netip
 // ReleaseLoadBalancerAffinity is ReleaseAffinity for VirtualLoadBalancer,
 // the owner of the blocks of LoadBalancer addresses.
 func (a *Allocator) ReleaseLoadBalancerAffinity(ctx context.Context, cidr netip.Prefix, requireEmpty bool) error {
-	return a.releaseAffinityIn(ctx, "release load-balancer affinity", block.Virtual(VirtualLoadBalancer), cidr, requireEmpty)
+	return a.releaseAffinityIn(ctx, "release load-balancer affinity", loadBalancerOwner, cidr, requireEmpty)
 }
 
 func (a *Allocator) releaseAffinityIn(ctx context.Context, op string, aff block.Affinity, cidr netip.Prefix, requireEmpty bool) error {

@@ -428,7 +428,7 @@ func checkNodeForUse(op string, u pool.Use, node string) error {
 //go:noinline
 func lbNodeError(op, node string) error {
 	return invalid(op, "node %q given for use LoadBalancer: LoadBalancer addresses belong to no node (their blocks are affine to %s); leave Node empty",
-		node, block.Virtual(VirtualLoadBalancer))
+		node, loadBalancerOwner)
 }
 
 // ownerOf returns the affinity of the blocks a request for use u on node
@@ -436,7 +436,7 @@ func lbNodeError(op, node string) error {
 // the node's for any other.
 func ownerOf(u pool.Use, node string) block.Affinity {
 	if u == pool.UseLoadBalancer {
-		return block.Virtual(VirtualLoadBalancer)
+		return loadBalancerOwner
 	}
 	return block.Host(node)
 }

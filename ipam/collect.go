@@ -16,7 +16,8 @@ import (
 // Liveness tells a Collector whether the owner of an allocation still
 // exists: the pod, VM, interface or Service its handle and attributes name
 // (Attrs carries AttrNode, but for LoadBalancer addresses, and whatever the
-// assigning program stored, such as a pod name). An error means "unknown": the allocation is treated as alive.
+// assigning program stored, such as a pod name). An error means "unknown":
+// the allocation is treated as alive.
 type Liveness func(ctx context.Context, a Allocation) (alive bool, err error)
 
 // NodeLiveness tells a Collector whether a node still exists in the

@@ -137,7 +137,7 @@ type AssignError struct {
 func (e *AssignError) Error() string {
 	var b strings.Builder
 	if e.Node == "" {
-		fmt.Fprintf(&b, "ipam: assign for %s handle %q: short of ", block.Virtual(VirtualLoadBalancer), e.Handle)
+		fmt.Fprintf(&b, "ipam: assign for %s handle %q: short of ", loadBalancerOwner, e.Handle)
 	} else {
 		fmt.Fprintf(&b, "ipam: assign for node %q handle %q: short of ", e.Node, e.Handle)
 	}

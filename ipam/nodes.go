@@ -48,6 +48,9 @@ const AttrNode = "node"
 // pool.
 const VirtualLoadBalancer = "load-balancer"
 
+// loadBalancerOwner is VirtualLoadBalancer's affinity.
+var loadBalancerOwner = block.Virtual(VirtualLoadBalancer)
+
 // checkName checks a node name or handle ID: it becomes part of a store key.
 // Node names may not contain "/", which separates the parts of index keys.
 func checkName(op, what, s string, slash bool) error {
