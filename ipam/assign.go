@@ -867,15 +867,21 @@ func (o *assignOp) heldBack(b *block.Block, opts block.AllocOptions) {
 
 // dropUnselected gives up the node's affinity to the blocks o found whose
 // pool, still enabled, no longer selects the node, when they are empty
-// (Calico does this as it assigns). A non-empty block keeps its affinity.
+// (Calico does this as it assigns). A LoadBalancer pool selects no node
+// here, though its nodeSelector is all(): a node's blocks in it are left
+// from before UpdatePool made it one, and no node assigns from it again.
+// A non-empty block keeps its affinity.
 // It runs only after a successful assignment, so that a failed one changes
 // nothing, and is best effort: a block it cannot release now is tried again
 // next time.
 func (a *Allocator) dropUnselected(ctx context.Context, o *assignOp) {
 	for _, blk := range o.unselected {
 		p, ok := o.v.pools.ByAddr(blk.Addr())
-		if !ok || p.Disabled || p.SelectsNode(o.node, o.labels) {
+		if !ok || p.Disabled {
 			continue
+		}
+		if p.SelectsNode(o.node, o.labels) && p.Allows(pool.UseLoadBalancer) == (o.aff == loadBalancerOwner) {
+			continue // it still serves the owner
 		}
 		_ = a.releaseAffinity(ctx, o.aff, blk, true)
 	}

@@ -33,7 +33,9 @@
 // blocks are affine to the virtual owner [VirtualLoadBalancer]
 // ("virtual:load-balancer", as in Calico), which goes through the same
 // steps but without MaxBlocksPerHost. Node removal and the Collector's
-// node oracle leave its blocks alone. LoadBalancer ranges are often
+// node oracle leave its blocks alone. A workload pool that
+// [Allocator.UpdatePool] turns into a LoadBalancer pool keeps the nodes'
+// blocks until they empty. LoadBalancer ranges are often
 // smaller than the default /26 block: such a pool needs a BlockSize of its
 // own (a /28 pool, 28 or more). As everywhere, every address of a block is
 // assignable, the first and last of the range too; a [Reservation] keeps

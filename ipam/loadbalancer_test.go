@@ -241,3 +241,76 @@ func TestLoadBalancerBlocksOutliveNodes(t *testing.T) {
 	require.Equal(t, lbOwner, e.blockAffinity(blk), "its emptied block stays its own")
 	e.requireConsistent()
 }
+
+// TestPoolBecomesLoadBalancer: a workload pool may become a LoadBalancer
+// pool, as in Calico. The pods keep their addresses, LoadBalancer
+// addresses taken from a node's block count as borrowed, and each node
+// gives up its blocks there once they are empty, the next time it
+// assigns, so that the virtual owner can claim them.
+func TestPoolBecomesLoadBalancer(t *testing.T) {
+	e := newEnv(t, v4pool("old", "10.0.0.0/26", 28), v4pool("pods", "10.1.0.0/24", 26))
+	n1 := e.mustAssign4("n1", "p1", 2) // the first pool in name order
+	n2 := e.mustAssign4("n2", "p2", 1)
+	require.Equal(t, "old", n1[0].Pool)
+	require.Equal(t, "old", n2[0].Pool)
+
+	p, err := e.a.Pool(e.ctx, "old")
+	require.NoError(t, err)
+	p.AllowedUses = []pool.Use{pool.UseLoadBalancer}
+	require.NoError(t, e.a.UpdatePool(e.ctx, p))
+	e.requireConsistent()
+
+	// A LoadBalancer address borrowed from n1's block counts as borrowed.
+	borrowed := n1[0].Block.Addr().Next().Next().Next()
+	_, err = e.a.AssignIP(e.ctx, ipam.AssignIPArgs{Addr: borrowed, Handle: "svc", Use: pool.UseLoadBalancer})
+	require.NoError(t, err)
+	for _, pu := range e.utilization() {
+		if pu.Name != "old" {
+			continue
+		}
+		require.Equal(t, uint64(1), pu.Borrowed, "the LoadBalancer address in n1's block")
+		for _, bu := range pu.Blocks {
+			if bu.Prefix == n1[0].Block {
+				require.Equal(t, 1, bu.Borrowed)
+				require.Equal(t, 3, bu.InUse)
+			}
+		}
+	}
+
+	// Pods now come from the other pool; n2's block, emptied, goes at its
+	// next assignment, while n1's, which still holds its pods, stays.
+	_, err = e.a.ReleaseByHandle(e.ctx, "p2")
+	require.NoError(t, err)
+	require.Equal(t, "pods", e.mustAssign4("n2", "p3", 1)[0].Pool)
+	require.NotContains(t, e.affine("n2"), n2[0].Block, "n2's empty block in the LoadBalancer pool")
+	require.Equal(t, "pods", e.mustAssign4("n1", "p4", 1)[0].Pool)
+	require.Contains(t, e.affine("n1"), n1[0].Block, "n1's block holds its pods")
+
+	// The virtual owner claims the freed block with the two others.
+	got, err := e.assignLB("web", 48)
+	require.NoError(t, err)
+	var claimed bool
+	for _, x := range got.IPv4 {
+		claimed = claimed || x.Block == n2[0].Block
+	}
+	require.True(t, claimed, "the LoadBalancer owner claims n2's former block: %v", blocksOf(got.IPv4))
+	require.Equal(t, lbOwner, e.blockAffinity(n2[0].Block))
+	e.requireConsistent()
+}
+
+// TestLoadBalancerKeepsBlocksOfUnnamedPools: a LoadBalancer request that
+// names one pool leaves the virtual owner's empty blocks in the others
+// alone; only a node gives up its blocks in a LoadBalancer pool.
+func TestLoadBalancerKeepsBlocksOfUnnamedPools(t *testing.T) {
+	e := newEnv(t, lbPool("lb-a", "192.168.0.0/26"), lbPool("lb-b", "192.168.1.0/26"))
+	web, err := e.assignLB("web", 1)
+	require.NoError(t, err)
+	require.Equal(t, "lb-a", web.IPv4[0].Pool)
+	_, err = e.a.ReleaseByHandle(e.ctx, "web")
+	require.NoError(t, err)
+	api, err := e.a.AutoAssign(e.ctx, ipam.AutoAssignArgs{Num4: 1, Handle: "api", Use: pool.UseLoadBalancer, IPv4Pools: []string{"lb-b"}})
+	require.NoError(t, err)
+	require.Equal(t, "lb-b", api.IPv4[0].Pool)
+	require.Equal(t, lbOwner, e.blockAffinity(web.IPv4[0].Block), "the empty block in lb-a stays the owner's")
+	e.requireConsistent()
+}

@@ -127,6 +127,13 @@ func (a *Allocator) checkLeftovers(ctx context.Context, op string, p pool.Pool) 
 
 // UpdatePool replaces the pool named p.Name. The CIDR and block size never
 // change, and a LoadBalancer pool stays one.
+//
+// A pool may become a LoadBalancer pool, as in Calico. What nodes hold in
+// it stays theirs: their addresses until released, and their blocks,
+// from which LoadBalancer requests may borrow (counted as Borrowed in
+// Utilization). A node gives up each of its blocks there once it is
+// empty, the next time it assigns, and the virtual owner may then claim
+// it.
 func (a *Allocator) UpdatePool(ctx context.Context, p pool.Pool) error {
 	op := fmt.Sprintf("update pool %q", p.Name)
 	return a.changePools(ctx, op, func(s *pool.Set) error {

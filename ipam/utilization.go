@@ -26,7 +26,8 @@ type PoolUtilization struct {
 	// IPv6 (a /48 holds 2^80). Capacity = InUse + Reserved + Cooling + Free.
 	Capacity *big.Int
 	// InUse counts assigned addresses; Borrowed counts those among them
-	// assigned for a node other than their block's (see AttrNode).
+	// assigned for an owner other than their block's (see
+	// BlockUtilization.Borrowed).
 	InUse, Borrowed uint64
 	// Reserved counts the addresses that are not assigned and cannot be
 	// assigned automatically: reserved in their block, or inside a
@@ -50,8 +51,10 @@ type BlockUtilization struct {
 	Affinity block.Affinity
 	// Capacity = InUse + Reserved + Cooling + Free.
 	Capacity, InUse, Reserved, Cooling, Free int
-	// Borrowed counts addresses assigned for a node other than the block's
-	// (all that name a node, when the block has no affinity).
+	// Borrowed counts addresses assigned for an owner other than the
+	// block's. An address's owner is the node its AttrNode names, or
+	// VirtualLoadBalancer when it names none (a LoadBalancer address). In
+	// a block without affinity every address counts.
 	Borrowed int
 }
 
@@ -150,8 +153,7 @@ func blockUtilization(v *view, b *block.Block, cutoff time.Time) (BlockUtilizati
 	bu := BlockUtilization{Prefix: b.Prefix(), Affinity: b.Affinity(), Capacity: b.Size(), InUse: b.Used(), Reserved: b.Reserved()}
 	aff := b.Affinity()
 	for o, n := range b.Owners() {
-		node, ok := o.Attrs[AttrNode]
-		if ok && (aff.Kind != block.HostAffinity || node != aff.Name) {
+		if aff.IsZero() || aff != allocOwner(o.Attrs) {
 			bu.Borrowed += n
 		}
 	}
@@ -184,3 +186,13 @@ func blockUtilization(v *view, b *block.Block, cutoff time.Time) (BlockUtilizati
 }
 
 func bigPow2(n int) *big.Int { return new(big.Int).Lsh(big.NewInt(1), uint(n)) }
+
+// allocOwner is the owner an allocation was made for: the node its
+// AttrNode names or, when it names none, the virtual LoadBalancer owner
+// (AutoAssign and AssignIP record the node of every other request).
+func allocOwner(attrs map[string]string) block.Affinity {
+	if node, ok := attrs[AttrNode]; ok {
+		return block.Host(node)
+	}
+	return loadBalancerOwner
+}
