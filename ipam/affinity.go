@@ -44,7 +44,10 @@ func (a *Allocator) releaseAffinity(ctx context.Context, aff block.Affinity, blk
 	if err != nil && !errors.Is(err, ErrAffinityConflict) {
 		return err
 	}
-	// The index record is stale either way now.
+	// The index record is stale either way now, and goes even if the
+	// caller gives up meanwhile (see detach).
+	ctx, cancel := detach(ctx)
+	defer cancel()
 	if derr := a.dropIndex(ctx, aff, blk, 0); derr != nil {
 		return errors.Join(err, derr)
 	}

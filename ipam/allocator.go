@@ -70,6 +70,36 @@ type Allocator struct {
 	lb nodeCache
 }
 
+// cleanupTimeout bounds the store operations that finish or undo what an
+// operation began after its caller's context ended.
+const cleanupTimeout = 10 * time.Second
+
+// detach returns the context for finishing or undoing what an operation
+// began, whether or not ctx has ended: it carries ctx's values, not its
+// cancellation or deadline, and ends after cleanupTimeout. A caller that
+// gives up midway must not leave a pair of writes half made (a handle's
+// count without its block, an index entry without its block) or a failed
+// request's addresses assigned.
+//
+//go:noinline
+func detach(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
+}
+
+// carryOn returns the context for the second write of a pair whose first
+// write is made: ctx while it lasts, and once it has ended, a detached one
+// (see detach). It costs nothing while ctx lasts, so the hot path uses it;
+// a pair whose second half takes several round trips detaches outright,
+// since ctx may end during them. Call stop when the write is done.
+func carryOn(ctx context.Context) (c context.Context, stop context.CancelFunc) {
+	if ctx.Err() == nil {
+		return ctx, noop
+	}
+	return detach(ctx)
+}
+
+func noop() {}
+
 // New returns an allocator on store.
 func New(store Store, opts Options) (*Allocator, error) {
 	if store == nil {

@@ -454,6 +454,8 @@ func checkUse(op string, u pool.Use) error {
 // up the blocks it claimed if they are still empty, so that a failed
 // request leaves the store as it found it (but for block counters).
 func (a *Allocator) rollback(ctx context.Context, o *assignOp, res AutoAssignResult) error {
+	ctx, cancel := detach(ctx) // the request may have failed because ctx ended
+	defer cancel()
 	var errs []error
 	if res.Len() > 0 {
 		rels := make([]Release, 0, res.Len())
@@ -828,8 +830,14 @@ func (a *Allocator) assignFrom(ctx context.Context, o *assignOp, out *[]Assigned
 		if err := o.h.take(ctx, blk, k); err != nil {
 			return err
 		}
-		if err := a.commit(ctx, e); err != nil && (refused(err) || !a.landed(ctx, e, addrs[0], o.owner.Handle, seq)) {
-			return o.h.undo(ctx, blk, k, err)
+		r0 := e.rev
+		wctx, stop := carryOn(ctx)
+		err := a.commit(wctx, e)
+		stop()
+		if err != nil {
+			if err := a.failedAssign(ctx, &o.h, e, r0, err, addrs[0], seq, k); err != nil {
+				return err
+			}
 		}
 		for _, addr := range addrs {
 			*out = append(*out, Assigned{Addr: addr, Block: blk, Pool: poolName, Seq: seq})
@@ -839,19 +847,50 @@ func (a *Allocator) assignFrom(ctx context.Context, o *assignOp, out *[]Assigned
 	return res, err
 }
 
-// landed reports whether a block write that failed with an unknown outcome
-// (a reply lost to a timeout, say) happened after all: a fresh read shows
-// addr allocated to handle at seq, the sequence number that write gave it,
-// which the block never gives twice. The assignment then stands. A failed
-// read, or one that does not show it, leaves the outcome unknown, since the
-// write may still land after the read: the caller keeps the handle's count
-// raised, as before.
-func (a *Allocator) landed(ctx context.Context, e *blockEntry, addr netip.Addr, handle string, seq uint64) bool {
-	if err := a.load(ctx, e); err != nil || e.blk == nil {
-		return false
+// failedAssign handles the failure (err) of a block write at revision r0
+// that assigned k addresses, the first addr at seq, to h's handle, whose
+// count for the block was raised before: it returns nil if the write
+// happened after all, and otherwise err, with the count lowered again when
+// the write certainly never happens. It works on a detached context if
+// ctx has ended, since the caller may have given up during the write.
+func (a *Allocator) failedAssign(ctx context.Context, h *handleTx, e *blockEntry, r0 Revision, err error, addr netip.Addr, seq uint64, k int) error {
+	ctx, stop := carryOn(ctx)
+	defer stop()
+	landed, never := a.settleWrite(ctx, e, r0, err, addr, h.id, seq)
+	if landed {
+		return nil
 	}
-	al, ok := e.blk.Owner(addr)
-	return ok && al.Seq == seq && al.Owner.Handle == handle
+	return h.undo(ctx, e.prefix, k, err, never)
+}
+
+// settleWrite finds out what became of a block write, a compare-and-swap
+// at revision r0 that should have allocated addr to handle at seq and
+// failed with err. A refusal changed nothing (never). After any other
+// failure (a reply lost to a timeout, a context that ended) the write may
+// have happened or may still happen, so a fresh read looks: landed when
+// it shows addr allocated to handle at seq, the sequence number that
+// write gave it, which the block never gives twice (the assignment then
+// stands); never when it does not and the write cannot land any more,
+// because the block has been written since r0 (revisions never repeat) or
+// a write of it unchanged at r0 now succeeds, fencing the lost one off.
+// When the read or the fence fails, the outcome stays unknown (neither).
+func (a *Allocator) settleWrite(ctx context.Context, e *blockEntry, r0 Revision, err error, addr netip.Addr, handle string, seq uint64) (landed, never bool) {
+	if refused(err) {
+		return false, true
+	}
+	if err := a.load(ctx, e); err != nil {
+		return false, false
+	}
+	if e.blk != nil {
+		if al, ok := e.blk.Owner(addr); ok && al.Seq == seq && al.Owner.Handle == handle {
+			return true, false
+		}
+	}
+	if e.rev != r0 || e.blk == nil {
+		return false, true
+	}
+	e.stage()
+	return false, a.commit(ctx, e) == nil
 }
 
 // heldBack notes why b, which gave fewer addresses than wanted, kept the
@@ -970,8 +1009,8 @@ func (a *Allocator) AssignIP(ctx context.Context, args AssignIPArgs) (Assigned, 
 
 	e := a.entry(blk)
 	e.lock()
-	defer e.unlock()
 	var seq uint64
+	claimed := false
 	err = a.retry(ctx, "assign into block", e.name, func() error {
 		if err := a.ensure(ctx, e); err != nil {
 			return err
@@ -981,7 +1020,10 @@ func (a *Allocator) AssignIP(ctx context.Context, args AssignIPArgs) (Assigned, 
 			// addresses cool): claim it for the node. If another node got
 			// there first, the block now loaded is theirs: assign into it
 			// like any existing block.
-			if err := a.claimLocked(ctx, e, aff, false, hostReserved{}); err != nil && !errors.Is(err, ErrAffinityConflict) {
+			switch err := a.claimLocked(ctx, e, aff, false, hostReserved{}); {
+			case err == nil:
+				claimed = true
+			case !errors.Is(err, ErrAffinityConflict):
 				return err
 			}
 		}
@@ -1010,12 +1052,24 @@ func (a *Allocator) AssignIP(ctx context.Context, args AssignIPArgs) (Assigned, 
 		if err := h.add(ctx, blk, 1); err != nil {
 			return err
 		}
-		if err := a.commit(ctx, e); err != nil && (refused(err) || !a.landed(ctx, e, addr, owner.Handle, seq)) {
-			return h.undo(ctx, blk, 1, err)
+		r0 := e.rev
+		wctx, stop := carryOn(ctx)
+		err = a.commit(wctx, e)
+		stop()
+		if err != nil {
+			return a.failedAssign(ctx, &h, e, r0, err, addr, seq, 1)
 		}
 		return nil
 	})
+	e.unlock()
 	if err != nil {
+		if claimed {
+			// Give up the block this call claimed, as a failed AutoAssign
+			// does, if it is still empty; best effort.
+			ctx, cancel := detach(ctx)
+			_ = a.releaseAffinity(ctx, aff, blk, true)
+			cancel()
+		}
 		return Assigned{}, err
 	}
 	return Assigned{Addr: addr, Block: blk, Pool: p.Name, Seq: seq}, nil

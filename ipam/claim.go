@@ -143,6 +143,10 @@ func (a *Allocator) claimLocked(ctx context.Context, e *blockEntry, aff block.Af
 	case err != nil:
 		return fmt.Errorf("ipam: claim block %s for %s: %w", e.prefix, aff, err)
 	}
+	// With the index entry made, the claim goes through to its end, or
+	// undoes it, even if the caller gives up meanwhile (see detach).
+	ctx, cancel := detach(ctx)
+	defer cancel()
 	b, err := block.New(e.prefix)
 	if err != nil {
 		return fmt.Errorf("ipam: claim block %s: %w", e.prefix, err)
@@ -220,6 +224,8 @@ func (a *Allocator) adoptLocked(ctx context.Context, e *blockEntry, aff block.Af
 // adoptIndexed is adoptLocked once the index record is there, at revision
 // idxRev (0: unknown).
 func (a *Allocator) adoptIndexed(ctx context.Context, e *blockEntry, aff block.Affinity, rsv hostReserved, idxRev Revision) error {
+	ctx, cancel := detach(ctx) // the index entry is made: see claimLocked
+	defer cancel()
 	next := e.stage()
 	now := a.now()
 	rsv.reset(next, now)
@@ -517,6 +523,8 @@ func (a *Allocator) takeOver(ctx context.Context, blk netip.Prefix, aff block.Af
 	})
 	if !old.IsZero() {
 		// Stale whether the take-over stood or the block was given up.
+		ctx, cancel := detach(ctx) // see detach
+		defer cancel()
 		if derr := a.dropIndex(ctx, old, blk, 0); derr != nil {
 			err = errors.Join(err, derr)
 		}

@@ -93,11 +93,18 @@
 //     pools at once cannot both succeed, and a pool cannot be created over
 //     leftover blocks of a different size.
 //   - A failed AutoAssign leaves nothing behind: no address, no handle, no
-//     claimed block. (A store write whose outcome is unknown, a timeout
-//     say, is the exception: it may leave a handle count too high, which
-//     ReleaseByHandle reports as ErrHandleNotFound, Check reports and
-//     Repair removes; never an address without its count. If a read of
-//     the block shows that the write happened, the assignment stands.)
+//     claimed block, also when it failed because its context ended: a
+//     pair of writes begun is finished, and a failed request undone, on
+//     a context of the operation's own (ctx's values, a 10-second limit),
+//     so a caller that gives up midway waits for that, and leaves no half
+//     made write for Repair. A block write whose outcome is unknown (a
+//     timeout, a context that ended during it) is settled by a read of
+//     the block: the assignment stands if it shows the write; if not, a
+//     write of the block at the revision the lost one expected fences it
+//     off. Only when the store can be neither read nor written then may a
+//     handle count stay too high, which ReleaseByHandle reports as
+//     ErrHandleNotFound, Check reports and Repair removes; never an
+//     address without its count.
 //   - A reservation made while an AutoAssign is in flight holds for it:
 //     the request looks again after its writes and replaces what the new
 //     reservation covers.

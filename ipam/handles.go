@@ -226,6 +226,8 @@ func (h *handleTx) settleSpare(ctx context.Context) error {
 	for i := range h.spare {
 		h.spare[i].count = -h.spare[i].count
 	}
+	ctx, cancel := detach(ctx) // the blocks are written: see detach
+	defer cancel()
 	err := h.adjust(ctx, h.spare)
 	h.spare = nil
 	return err
@@ -281,14 +283,25 @@ type handleVal struct {
 	v  []byte
 }
 
+// lower is adjust for the lowerings that follow a release's block writes,
+// on the record h read: on a detached context once ctx has ended, so that
+// a caller giving up between the two leaves no count too high (see
+// carryOn).
+func (h *handleTx) lower(ctx context.Context, deltas []handleCount) error {
+	ctx, stop := carryOn(ctx)
+	err := h.adjust(ctx, deltas)
+	stop()
+	return err
+}
+
 // undo lowers the handle's count for blk by k again after the block write
 // it was raised for failed with err, and returns err (joined with any
-// error of its own). Only a refusal (ErrConflict, ErrNotFound, ErrExists)
-// certainly changed nothing; after any other failure the write may have
-// happened (a lost reply), so the count stays: too high at worst, which
-// lets ReleaseByHandle find the addresses if they were assigned.
-func (h *handleTx) undo(ctx context.Context, blk netip.Prefix, k int, err error) error {
-	if !refused(err) {
+// error of its own), when never: the write certainly did not happen and
+// never will (see settleWrite). Otherwise it may have happened, so the
+// count stays: too high at worst, which lets ReleaseByHandle find the
+// addresses if they were assigned.
+func (h *handleTx) undo(ctx context.Context, blk netip.Prefix, k int, err error, never bool) error {
+	if !never {
 		return err
 	}
 	if h.spare != nil {

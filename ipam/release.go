@@ -357,6 +357,11 @@ func (l handleLowers) add(handle string, blk netip.Prefix, k int) {
 // high, which is repairable. It returns err joined with any error of its
 // own.
 func (a *Allocator) lowerHandles(ctx context.Context, l handleLowers, err error) error {
+	if len(l) == 0 {
+		return err
+	}
+	ctx, cancel := detach(ctx) // the blocks are written: see detach
+	defer cancel()
 	for _, handle := range sortedKeys(l) {
 		deltas := make([]handleCount, 0, len(l[handle]))
 		for blk, k := range l[handle] {
@@ -446,14 +451,14 @@ func (a *Allocator) ReleaseByHandle(ctx context.Context, handle string) ([]netip
 		})
 		e.unlock()
 		if err != nil {
-			if herr := h.adjust(ctx, todo[:i]); herr != nil {
+			if herr := h.lower(ctx, todo[:i]); herr != nil {
 				err = errors.Join(err, herr)
 			}
 			return orNil(released), err
 		}
 		todo[i].count = before - len(released)
 	}
-	if err := h.adjust(ctx, todo); err != nil {
+	if err := h.lower(ctx, todo); err != nil {
 		return orNil(released), err
 	}
 	if len(released) == 0 {
