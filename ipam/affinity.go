@@ -22,9 +22,18 @@ const maxAffinityBlocks = 4096
 // requireEmpty, which refuses with ErrBlockNotEmpty). The block goes first,
 // then the index record, so a crash leaves at worst a stale index entry.
 func (a *Allocator) releaseAffinity(ctx context.Context, aff block.Affinity, blk netip.Prefix, requireEmpty bool) error {
+	_, err := a.releaseHeld(ctx, aff, blk, requireEmpty)
+	return err
+}
+
+// releaseHeld is releaseAffinity, and also reports whether there was a
+// block to release: false for an index entry whose block does not exist
+// (what a crash in a claim leaves), which it removes all the same.
+func (a *Allocator) releaseHeld(ctx context.Context, aff block.Affinity, blk netip.Prefix, requireEmpty bool) (held bool, err error) {
 	e := a.entry(blk)
 	e.lock()
-	err := a.retry(ctx, "release affinity of block", e.name, func() error {
+	err = a.retry(ctx, "release affinity of block", e.name, func() error {
+		held = false
 		if err := a.load(ctx, e); err != nil {
 			return err
 		}
@@ -36,22 +45,23 @@ func (a *Allocator) releaseAffinity(ctx context.Context, aff block.Affinity, blk
 		case requireEmpty && !e.blk.Empty():
 			return fmt.Errorf("ipam: release block %s from %s: %w (%d in use)", blk, aff, ErrBlockNotEmpty, e.blk.Used())
 		}
+		held = true
 		next := e.stage()
 		next.SetAffinity(block.Affinity{}, time.Time{})
 		return a.commit(ctx, e)
 	})
 	e.unlock()
 	if err != nil && !errors.Is(err, ErrAffinityConflict) {
-		return err
+		return held, err
 	}
 	// The index record is stale either way now, and goes even if the
 	// caller gives up meanwhile (see detach).
 	ctx, cancel := detach(ctx)
 	defer cancel()
 	if derr := a.dropIndex(ctx, aff, blk, 0); derr != nil {
-		return errors.Join(err, derr)
+		return held, errors.Join(err, derr)
 	}
-	return err
+	return held, err
 }
 
 // blocksOf returns the blocks of pool p that lie in cidr, checking that cidr
@@ -266,10 +276,12 @@ func (a *Allocator) ReleaseHostAffinities(ctx context.Context, node string, requ
 			errs = append(errs, fmt.Errorf("ipam: %w: %w", ErrCorrupt, err))
 			continue
 		}
-		err = a.releaseAffinity(ctx, aff, blk, requireEmpty)
+		held, err := a.releaseHeld(ctx, aff, blk, requireEmpty)
 		switch {
 		case err == nil:
-			released = append(released, blk)
+			if held {
+				released = append(released, blk)
+			}
 		case errors.Is(err, ErrAffinityConflict):
 			// A stale index entry: dropped by releaseAffinity.
 		case errors.Is(err, ErrBlockNotEmpty):

@@ -367,10 +367,11 @@ type RepairOptions struct {
 // records from the blocks, removes stale affinity index entries and adds
 // missing ones, and deletes empty blocks nothing should keep.
 //
-// A handle count is lowered only where the check and a fresh read after
-// the settle time both find it too high, by the smaller excess, and one
-// too low is raised by the larger shortfall, so that a release in flight
-// (its block written, its count not yet lowered) is not taken off twice.
+// A handle count becomes the number of addresses the block gives the
+// handle in the check's read or in a fresh one after the settle time,
+// told apart by sequence number: a release in flight (its block written,
+// its count not yet lowered) is not taken off twice, and an assignment
+// that landed meanwhile is not mistaken for another address's release.
 // A record written by anyone since the check is left for the next run.
 //
 // Calico asks for the datastore to be locked while leaked addresses are
@@ -452,18 +453,25 @@ type handleFix struct {
 
 // rebuildHandle rewrites a handle record, if it is still at rev, the
 // revision the check read. Each count the record holds for a block the
-// check found or the record names moves toward what the block gives the
-// handle, going by both the check's read and a fresh one (see agreed).
+// check found or the record names becomes the number of addresses the
+// block gives the handle in the check's read or in a fresh one (the
+// union, told apart by sequence number: see unionCount).
 //
 // This is what makes it safe while operations run. An assignment raises
 // a count before its block write and a release lowers it after its own;
 // with the record unchanged since the check, any such operation whose
-// count the check saw began before the check, and has finished by the time
-// the settle time is over. An operation that raises a count after the
-// check changes the record, and the write below fails. A release that
-// writes a block after the check but lowers its count only after this
-// rewrite shows in the fresh read alone, so the rewrite leaves its
-// addresses counted for it to take off (see agreed).
+// count the check saw began before the check, and has finished by the
+// time the settle time is over. An operation that raises a count after
+// the check changes the record, and the write below fails. So an address
+// the fresh read alone shows is an assignment the record counts already,
+// and one the check alone showed was released after the check, its count
+// still to come down (unless it came down before the check read the
+// record: the count is then one too high, the safe direction, and the
+// next check sees it). Counting by number alone would take one for the
+// other: an assignment landing while another address's release is in
+// flight looks like no change, and a count lowered for both would lose
+// the assigned address. With no record at all, no release can lower one,
+// and the fresh read alone counts.
 func (a *Allocator) rebuildHandle(ctx context.Context, handle string, rev Revision, st *checkState) handleFix {
 	cur, err := a.store.Get(ctx, KindHandle, handle)
 	switch {
@@ -495,13 +503,13 @@ func (a *Allocator) rebuildHandle(ctx context.Context, handle string, rev Revisi
 		if err != nil {
 			return handleFix{err: err}
 		}
-		fresh := 0
-		if b != nil {
-			fresh = len(b.AddrsOf(handle, nil))
+		var n int
+		if rev == 0 {
+			n = unionCount(nil, b, handle)
+		} else {
+			n = unionCount(st.blocks[blk], b, handle)
 		}
-		have := old.count(blk)
-		n := have + agreed(st.handles[handle][blk]-have, fresh-have)
-		if n != have {
+		if have := old.count(blk); n != have {
 			fix.changed[blk] = true
 		}
 		if n > 0 {
@@ -525,17 +533,28 @@ func (a *Allocator) rebuildHandle(ctx context.Context, handle string, rev Revisi
 	return fix
 }
 
-// agreed returns how much to move a count, given what the check and the
-// fresh read each say it lacks (positive) or has too much (negative). A
-// count is lowered only by what both agree on: the smaller excess. It is
-// raised by the larger shortfall of the two: a release in flight has freed
-// in the fresh read addresses it has yet to take off the count, and too
-// high is the safe direction (repairable, never a lost address).
-func agreed(seen, now int) int {
-	if seen > 0 || now > 0 || seen < 0 && now < 0 {
-		return max(seen, now) // the larger shortfall, or the smaller excess
+// unionCount counts the allocations two reads of a block, x and y (nil: no
+// block), give handle: those of x, and those of y that x does not have.
+// An allocation is its address and sequence number, which the block never
+// gives twice (not even across its deletion and re-creation: see
+// block.New), so an address released and assigned again in between counts
+// twice.
+func unionCount(x, y *block.Block, handle string) int {
+	type alloc struct {
+		addr netip.Addr
+		seq  uint64
 	}
-	return 0
+	seen := map[alloc]bool{}
+	for _, b := range []*block.Block{x, y} {
+		if b == nil {
+			continue
+		}
+		for _, addr := range b.AddrsOf(handle, nil) {
+			al, _ := b.Owner(addr)
+			seen[alloc{addr, al.Seq}] = true
+		}
+	}
+	return len(seen)
 }
 
 // repairUnindexed adds the missing index entry of an affine block. As a

@@ -336,10 +336,12 @@ func (c *Collector) releaseNode(ctx context.Context, node string, blocks []netip
 	var released []netip.Prefix
 	var errs []error
 	for _, blk := range blocks {
-		err := c.a.releaseAffinity(ctx, aff, blk, false)
+		held, err := c.a.releaseHeld(ctx, aff, blk, false)
 		switch {
 		case err == nil:
-			released = append(released, blk)
+			if held {
+				released = append(released, blk)
+			}
 		case errors.Is(err, ErrAffinityConflict):
 			// Not the node's any more: nothing to release.
 		default:

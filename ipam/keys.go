@@ -6,6 +6,8 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+
+	"github.com/carve-ipam/carve/block"
 )
 
 // Store keys. Block keys spell the block's first address in fixed-width
@@ -167,6 +169,9 @@ func parseAffinityKey(key string) (owner string, blk netip.Prefix, err error) {
 	i := strings.IndexByte(key, '/')
 	if i <= 0 {
 		return "", netip.Prefix{}, fmt.Errorf("affinity key %q: malformed", key)
+	}
+	if _, err := block.ParseAffinity(key[:i]); err != nil {
+		return "", netip.Prefix{}, fmt.Errorf("affinity key %q: %w", key, err)
 	}
 	blk, err = parseBlockKey(key[i+1:])
 	if err != nil {
