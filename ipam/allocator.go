@@ -37,7 +37,8 @@ type Options struct {
 }
 
 // Allocator is the IPAM engine: it assigns and releases addresses from the
-// pools kept in a Store, claiming blocks for nodes as Calico does.
+// pools kept in a Store, claiming blocks for nodes as Calico does. Make
+// one with New; the zero Allocator has no store and must not be used.
 //
 // An Allocator is safe for concurrent use. Any number of allocators, in one
 // process or many, may share one store: every write is a compare-and-swap,

@@ -86,8 +86,11 @@ type Assigned struct {
 	Seq uint64
 }
 
-// Prefix returns the address with its block's prefix length, the form
-// Calico hands to CNI plugins (10.244.0.5/26).
+// Prefix returns the address with its block's prefix length, the form in
+// which Calico's CNI plugin reports an address it assigned automatically
+// (10.244.0.5/26). For an address asked for by AssignIP, the plugin
+// reports a host-length prefix (10.244.0.5/32) instead, and for a
+// LoadBalancer address the block means nothing to a Service: use Addr.
 func (x Assigned) Prefix() netip.Prefix { return netip.PrefixFrom(x.Addr, x.Block.Bits()) }
 
 // AutoAssignResult holds the addresses AutoAssign assigned.

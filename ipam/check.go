@@ -151,12 +151,17 @@ type checkState struct {
 	handleOf map[string]Revision
 }
 
-// Check reads the whole store and reports every inconsistency, as
-// `calicoctl ipam check` does: addresses whose handle record is missing,
-// handle counts that disagree with the blocks, affinity index entries
-// without their block and affine blocks missing from the index, blocks
-// outside every pool, overlapping blocks, empty blocks that should have
-// been deleted, and records that do not decode.
+// Check reads the whole store and reports every inconsistency in carve's
+// own records: addresses whose handle record is missing, handle counts
+// that disagree with the blocks, affinity index entries without their
+// block and affine blocks missing from the index, blocks outside every
+// pool, overlapping blocks, empty blocks that should have been deleted,
+// and records that do not decode.
+//
+// Unlike `calicoctl ipam check`, it does not look for leaks: an address
+// whose workload is gone is consistent here, as carve does not know your
+// workloads. A [Collector] finds leaks, asking a liveness oracle you
+// give it.
 //
 // Check reads record by record, not a snapshot: operations in flight while
 // it runs can show as passing problems (a handle counted before its block

@@ -61,7 +61,8 @@
 // # Trust under faults
 //
 // [Allocator.Check] reads the whole store and reports every inconsistency
-// in a machine-readable [Report], as `calicoctl ipam check` does;
+// of carve's records in a machine-readable [Report] (leaks, addresses of
+// workloads that are gone, are the Collector's: see below);
 // [Allocator.Repair] fixes what is safe to fix and says what it did; with
 // a settle time ([RepairOptions]) it may run while allocators work, where
 // Calico asks for the datastore to be locked. A

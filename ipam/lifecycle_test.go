@@ -231,3 +231,15 @@ func TestStaleIndexEntryNeitherCountsNorStays(t *testing.T) {
 	require.NoError(t, err)
 	require.True(t, r.Clean(), "%v", r.Problems)
 }
+
+// TestUpdatePoolPartial: a pool given with only the fields to change is
+// refused with a hint that UpdatePool replaces the whole pool.
+func TestUpdatePoolPartial(t *testing.T) {
+	e := newEnv(t, v4pool("small", "10.0.0.0/25", 26))
+	err := e.a.UpdatePool(e.ctx, pool.Pool{Name: "small", Disabled: true})
+	require.ErrorIs(t, err, pool.ErrImmutable)
+	require.ErrorContains(t, err, `start from Pool(ctx, "small")`)
+	p, err := e.a.Pool(e.ctx, "small")
+	require.NoError(t, err)
+	require.False(t, p.Disabled, "nothing changed")
+}

@@ -53,10 +53,14 @@ var loadBalancerOwner = block.Virtual(VirtualLoadBalancer)
 
 // checkName checks a node name or handle ID: it becomes part of a store key.
 // Node names may not contain "/", which separates the parts of index keys.
+// No name begins or ends with white space: "node-1 " would be another node
+// than "node-1", found by no one who means it.
 func checkName(op, what, s string, slash bool) error {
-	if s != "" && len(s) <= MaxNameLen && plainASCII(s, slash) {
+	if s != "" && len(s) <= MaxNameLen && plainASCII(s, slash) && s[0] != ' ' && s[len(s)-1] != ' ' {
 		return nil // the common case
 	}
+	first, _ := utf8.DecodeRuneInString(s)
+	last, _ := utf8.DecodeLastRuneInString(s)
 	switch {
 	case s == "":
 		return invalid(op, "empty %s", what)
@@ -68,6 +72,8 @@ func checkName(op, what, s string, slash bool) error {
 		return invalid(op, "%s %q contains a control character", what, s)
 	case !slash && strings.Contains(s, "/"):
 		return invalid(op, "%s %q contains \"/\"", what, s)
+	case unicode.IsSpace(first) || unicode.IsSpace(last):
+		return invalid(op, "%s %q begins or ends with white space", what, s)
 	}
 	return nil
 }

@@ -97,6 +97,11 @@ func TestCheckName(t *testing.T) {
 		{"longest", strings.Repeat("n", MaxNameLen), false, ""},
 		{"control", "node\n1", false, "control character"},
 		{"bad utf8", "node\xff", true, "not valid UTF-8"},
+		{"space inside", "node 1", false, ""},
+		{"trailing space", "node-1 ", false, "white space"},
+		{"leading space", " pod", true, "white space"},
+		{"unicode space", "nœud\u00a0", false, "white space"},
+		{"long, trailing space", "k8s-pod-network.0123456789 ", true, "white space"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -141,6 +141,10 @@ func (a *Allocator) UpdatePool(ctx context.Context, p pool.Pool) error {
 			return fmt.Errorf("ipam: %s: %w", op, ErrPoolNotFound)
 		}
 		if err := s.Update(p); err != nil {
+			if !p.CIDR.IsValid() {
+				// Most likely a pool with only the fields to change set.
+				return fmt.Errorf("ipam: update pool: %w (UpdatePool replaces the whole pool: start from Pool(ctx, %q) and change what you need)", err, p.Name)
+			}
 			return fmt.Errorf("ipam: update pool: %w", err) // the error names the pool
 		}
 		return nil
