@@ -50,21 +50,7 @@ func TestRepairAssignAndReleaseDuringSettle(t *testing.T) {
 	t.Cleanup(func() { resumeAssign.Do(func() { close(ps.resume) }) })
 
 	// The releaser stops after its block write, before it reads the handle.
-	blockWritten, resumeRelease := make(chan struct{}), make(chan struct{})
-	var onceRelease, resumeOnce sync.Once
-	t.Cleanup(func() { resumeOnce.Do(func() { close(resumeRelease) }) })
-	seenBlockWrite := false
-	rs := &readHookStore{hookStore{Store: e.store}}
-	rs.hook = func(op string, kind ipam.Kind, key string) {
-		if kind == ipam.KindBlock && op == "update" {
-			seenBlockWrite = true
-		}
-		if seenBlockWrite && op == "get" && kind == ipam.KindHandle {
-			onceRelease.Do(func() { close(blockWritten); <-resumeRelease })
-		}
-	}
-	releaser, err := ipam.New(rs, ipam.Options{})
-	require.NoError(t, err)
+	releaser, blockWritten, resumeRelease := pausedReleaser(t, e)
 	released := make(chan error, 1)
 
 	ipam.SetSleep(e.a, func(ctx context.Context, d time.Duration) error {
@@ -82,7 +68,7 @@ func TestRepairAssignAndReleaseDuringSettle(t *testing.T) {
 	actions, _, err := e.a.Repair(e.ctx, ipam.RepairOptions{Settle: time.Minute})
 	require.NoError(t, err)
 	require.NotEmpty(t, actions)
-	resumeOnce.Do(func() { close(resumeRelease) })
+	resumeRelease()
 	require.NoError(t, <-released)
 
 	require.Len(t, got.IPv4, 1)

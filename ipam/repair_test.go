@@ -243,21 +243,7 @@ func (h *readHookStore) List(ctx context.Context, kind ipam.Kind, r ipam.KeyRang
 // it reads the handle record; the release goes on once Repair is done.
 func releaseDuringRepair(t *testing.T, e *env, rels ...ipam.Release) {
 	t.Helper()
-	blockWritten := make(chan struct{})
-	resume := make(chan struct{})
-	var once sync.Once
-	seenBlockWrite := false
-	rs := &readHookStore{hookStore{Store: e.store}}
-	rs.hook = func(op string, kind ipam.Kind, key string) {
-		if kind == ipam.KindBlock && op == "update" {
-			seenBlockWrite = true
-		}
-		if seenBlockWrite && op == "get" && kind == ipam.KindHandle {
-			once.Do(func() { close(blockWritten); <-resume })
-		}
-	}
-	releaser, err := ipam.New(rs, ipam.Options{})
-	require.NoError(t, err)
+	releaser, blockWritten, resume := pausedReleaser(t, e)
 	done := make(chan error, 1)
 	ipam.SetSleep(e.a, func(ctx context.Context, d time.Duration) error {
 		go func() {
@@ -270,16 +256,41 @@ func releaseDuringRepair(t *testing.T, e *env, rels ...ipam.Release) {
 	actions, _, err := e.a.Repair(e.ctx, ipam.RepairOptions{Settle: time.Minute})
 	require.NoError(t, err)
 	require.NotEmpty(t, actions)
-	close(resume)
+	resume()
 	require.NoError(t, <-done)
+}
+
+// pausedReleaser returns an allocator on e's store whose first release
+// stops after its block write, before it reads the handle record, until
+// resume is called (once or more; the test's cleanup calls it too);
+// blockWritten is closed when the release has stopped there.
+func pausedReleaser(t *testing.T, e *env) (releaser *ipam.Allocator, blockWritten <-chan struct{}, resume func()) {
+	t.Helper()
+	written, gate := make(chan struct{}), make(chan struct{})
+	var stop, open sync.Once
+	resume = func() { open.Do(func() { close(gate) }) }
+	t.Cleanup(resume)
+	seenBlockWrite := false
+	rs := &readHookStore{hookStore{Store: e.store}}
+	rs.hook = func(op string, kind ipam.Kind, key string) {
+		if kind == ipam.KindBlock && op == "update" {
+			seenBlockWrite = true
+		}
+		if seenBlockWrite && op == "get" && kind == ipam.KindHandle {
+			stop.Do(func() { close(written); <-gate })
+		}
+	}
+	releaser, err := ipam.New(rs, ipam.Options{})
+	require.NoError(t, err)
+	return releaser, written, resume
 }
 
 // TestRepairCorruptHandleWhileReleasing: a handle record is corrupt, and a
 // release of one of its two addresses writes its block before Repair's
 // fresh read and reads the handle after Repair's rewrite. Rebuilt from the
 // fresh read alone (1), the count would lose the released address twice,
-// and the other address would have no count: Repair raises by the larger
-// of its two reads.
+// and the other address would have no count: Repair counts what either
+// of its two reads shows (2).
 func TestRepairCorruptHandleWhileReleasing(t *testing.T) {
 	e := newEnv(t, v4pool("p", "10.0.0.0/24", 26))
 	held := e.mustAssign4("node-1", "h", 2)
