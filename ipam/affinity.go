@@ -283,7 +283,7 @@ func (a *Allocator) ReleaseHostAffinities(ctx context.Context, node string, requ
 				released = append(released, blk)
 			}
 		case errors.Is(err, ErrAffinityConflict):
-			// A stale index entry: dropped by releaseAffinity.
+			// A stale index entry: dropped by releaseHeld.
 		case errors.Is(err, ErrBlockNotEmpty):
 			errs = append(errs, err)
 		default:

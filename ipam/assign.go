@@ -833,14 +833,8 @@ func (a *Allocator) assignFrom(ctx context.Context, o *assignOp, out *[]Assigned
 		if err := o.h.take(ctx, blk, k); err != nil {
 			return err
 		}
-		r0 := e.rev
-		wctx, stop := carryOn(ctx)
-		err := a.commit(wctx, e)
-		stop()
-		if err != nil {
-			if err := a.failedAssign(ctx, &o.h, e, r0, err, addrs[0], seq, k); err != nil {
-				return err
-			}
+		if err := a.commitAssign(ctx, &o.h, e, addrs[0], seq, k); err != nil {
+			return err
 		}
 		for _, addr := range addrs {
 			*out = append(*out, Assigned{Addr: addr, Block: blk, Pool: poolName, Seq: seq})
@@ -848,6 +842,21 @@ func (a *Allocator) assignFrom(ctx context.Context, o *assignOp, out *[]Assigned
 		return nil
 	})
 	return res, err
+}
+
+// commitAssign writes e's staged block, which assigns k addresses, the
+// first addr at seq, to h's handle, whose count for the block is raised
+// already: the second write of the pair, made even if ctx ends before it
+// (see carryOn). A failed write is settled by failedAssign.
+func (a *Allocator) commitAssign(ctx context.Context, h *handleTx, e *blockEntry, addr netip.Addr, seq uint64, k int) error {
+	r0 := e.rev
+	wctx, stop := carryOn(ctx)
+	err := a.commit(wctx, e)
+	stop()
+	if err == nil {
+		return nil
+	}
+	return a.failedAssign(ctx, h, e, r0, err, addr, seq, k)
 }
 
 // failedAssign handles the failure (err) of a block write at revision r0
@@ -1055,14 +1064,7 @@ func (a *Allocator) AssignIP(ctx context.Context, args AssignIPArgs) (Assigned, 
 		if err := h.add(ctx, blk, 1); err != nil {
 			return err
 		}
-		r0 := e.rev
-		wctx, stop := carryOn(ctx)
-		err = a.commit(wctx, e)
-		stop()
-		if err != nil {
-			return a.failedAssign(ctx, &h, e, r0, err, addr, seq, 1)
-		}
-		return nil
+		return a.commitAssign(ctx, &h, e, addr, seq, 1)
 	})
 	e.unlock()
 	if err != nil {

@@ -508,12 +508,11 @@ func (a *Allocator) rebuildHandle(ctx context.Context, handle string, rev Revisi
 		if err != nil {
 			return handleFix{err: err}
 		}
-		var n int
+		then := st.blocks[blk]
 		if rev == 0 {
-			n = unionCount(nil, b, handle)
-		} else {
-			n = unionCount(st.blocks[blk], b, handle)
+			then = nil // no record: the fresh read alone counts
 		}
+		n := unionCount(then, b, handle)
 		if have := old.count(blk); n != have {
 			fix.changed[blk] = true
 		}

@@ -153,7 +153,7 @@ func blockUtilization(v *view, b *block.Block, cutoff time.Time) (BlockUtilizati
 	bu := BlockUtilization{Prefix: b.Prefix(), Affinity: b.Affinity(), Capacity: b.Size(), InUse: b.Used(), Reserved: b.Reserved()}
 	aff := b.Affinity()
 	for o, n := range b.Owners() {
-		if aff.IsZero() || aff != allocOwner(o.Attrs) {
+		if aff != allocOwner(o.Attrs) { // never the zero affinity
 			bu.Borrowed += n
 		}
 	}
