@@ -21,11 +21,21 @@ type AutoAssignArgs struct {
 
 	// Handle names the owner of the addresses (for example a pod, a VM
 	// interface or a Service); ReleaseByHandle releases them all.
-	// Required. Every call assigns new addresses, under a handle that
-	// holds some already too (as in Calico): a caller that may repeat a
-	// request, such as a controller retrying after a failed status
-	// update, looks first with IPsByHandle.
+	// Required. Without NewHandle every call assigns new addresses, under
+	// a handle that holds some already too, as in Calico.
 	Handle string
+
+	// NewHandle makes the request safe to repeat: it assigns only if
+	// Handle holds no address yet, and otherwise fails with an error
+	// matching ErrHandleExists, having assigned nothing. Of requests racing
+	// under one handle, on any number of allocators, exactly one assigns:
+	// the first write of a request creates the handle's record, and a
+	// store's create succeeds once. A caller that may send a request again
+	// (a CNI ADD retried, a controller whose status update failed) sets it
+	// and, on ErrHandleExists, reads what the first request got with
+	// AssignedByHandle. A request that fails, or is rolled back, leaves the
+	// handle new again.
+	NewHandle bool
 
 	// Attrs are stored with each address, with AttrNode set to Node (the
 	// caller may set AttrNode only to Node).
@@ -202,7 +212,7 @@ func (a *Allocator) AutoAssign(ctx context.Context, args AutoAssignArgs) (AutoAs
 				reasons = append(reasons, selErr[i].Error())
 			}
 		}
-		return AutoAssignResult{}, a.assignError(args, AutoAssignResult{}, short, reasons, nil, errors.Join(selErr[0], selErr[1]))
+		return AutoAssignResult{}, a.assignError(ctx, args, AutoAssignResult{}, short, reasons, nil, errors.Join(selErr[0], selErr[1]))
 	}
 
 	o := &assignOp{
@@ -214,6 +224,9 @@ func (a *Allocator) AutoAssign(ctx context.Context, args AutoAssignArgs) (AutoAs
 		labels: args.NodeLabels,
 	}
 	o.h.init(a, args.Handle, true)
+	if args.NewHandle {
+		o.h.exclusive = true
+	}
 	o.h.last = &nc.lastHandleVal
 	o.rsv = hostReserved{args.ReserveFirst, args.ReserveLast}
 	var res AutoAssignResult
@@ -258,7 +271,7 @@ func (a *Allocator) AutoAssign(ctx context.Context, args AutoAssignArgs) (AutoAs
 					if err := a.rollback(ctx, o, res); err != nil {
 						return AutoAssignResult{}, err
 					}
-					return AutoAssignResult{}, a.assignError(args, AutoAssignResult{}, short, reasons, o.noSpace(), nil)
+					return AutoAssignResult{}, a.assignError(ctx, args, AutoAssignResult{}, short, reasons, o.noSpace(), nil)
 				}
 			}
 		}
@@ -287,7 +300,7 @@ func (a *Allocator) AutoAssign(ctx context.Context, args AutoAssignArgs) (AutoAs
 		if full {
 			space = o.noSpace()
 		}
-		return res, a.assignError(args, res, short, reasons, space, cause)
+		return res, a.assignError(ctx, args, res, short, reasons, space, cause)
 	}
 	return res, nil
 }
@@ -360,7 +373,17 @@ func (o *assignOp) noSpace() error {
 // assignError reports a shortfall: space is non-nil when a family's pools
 // had too little room (see noSpace), cause holds the selection errors of
 // families without a pool (pool.ErrNoPool).
-func (a *Allocator) assignError(args AutoAssignArgs, kept AutoAssignResult, short [2]int, reasons []string, space, cause error) error {
+//
+// A request with NewHandle that kept nothing fails with ErrHandleExists
+// instead when the handle holds addresses: that is the answer a repeated
+// request needs, whatever else would have stopped it (a pool deleted or
+// full since the first request).
+func (a *Allocator) assignError(ctx context.Context, args AutoAssignArgs, kept AutoAssignResult, short [2]int, reasons []string, space, cause error) error {
+	if args.NewHandle && kept.Len() == 0 {
+		if err := a.handleExists(ctx, args.Handle); err != nil {
+			return err
+		}
+	}
 	var err error
 	switch {
 	case space != nil && cause != nil:
@@ -949,6 +972,9 @@ type AssignIPArgs struct {
 	Attrs  map[string]string
 	Node   string
 	Use    pool.Use
+	// NewHandle assigns only if Handle holds no address yet, as in
+	// AutoAssignArgs: otherwise AssignIP fails with ErrHandleExists.
+	NewHandle bool
 	// IgnoreCooldown assigns the address even if it was released less
 	// than Config.ReleaseCooldown ago, which otherwise fails with
 	// ErrCoolingDown. It is for a caller that knows who had the address
@@ -961,8 +987,9 @@ type AssignIPArgs struct {
 // AssignIP assigns one specific address. If its block does not exist yet
 // the block is claimed for the node (for use LoadBalancer, for
 // VirtualLoadBalancer). With StrictAffinity the block must be affine to
-// the node (or to VirtualLoadBalancer). It fails with ErrInUse if the
-// address is taken (also when args.Handle holds it already: Owner tells),
+// the node (or to VirtualLoadBalancer). It fails with ErrHandleExists if
+// args.NewHandle and the handle holds addresses (this one or others),
+// ErrInUse if the address is taken (also when args.Handle holds it),
 // ErrReserved if its block reserves it (AutoAssignArgs.ReserveFirst and
 // ReserveLast), ErrCoolingDown if it was released less than
 // Config.ReleaseCooldown ago (unless args.IgnoreCooldown), and
@@ -971,6 +998,29 @@ type AssignIPArgs struct {
 // choice: the pool's nodeSelector and namespaceSelector, its assignment
 // mode (Manual pools included) and Reservations are not consulted.
 func (a *Allocator) AssignIP(ctx context.Context, args AssignIPArgs) (Assigned, error) {
+	x, err := a.assignIP(ctx, args)
+	if err != nil && args.NewHandle && unavailable(err) {
+		// As for AutoAssign (see assignError): a repeated request learns
+		// first that its handle holds addresses.
+		if herr := a.handleExists(ctx, args.Handle); herr != nil {
+			return Assigned{}, herr
+		}
+	}
+	return x, err
+}
+
+// unavailable reports whether AssignIP's err says the address cannot be had,
+// as opposed to a bad argument or a failing store.
+func unavailable(err error) bool {
+	for _, target := range [...]error{ErrNotInPool, ErrInUse, ErrReserved, ErrCoolingDown, ErrStrictAffinity} {
+		if errors.Is(err, target) {
+			return true
+		}
+	}
+	return false
+}
+
+func (a *Allocator) assignIP(ctx context.Context, args AssignIPArgs) (Assigned, error) {
 	const op = "assign"
 	if err := checkAddr(op, args.Addr); err != nil {
 		return Assigned{}, err
@@ -1017,7 +1067,8 @@ func (a *Allocator) AssignIP(ctx context.Context, args AssignIPArgs) (Assigned, 
 	}
 	owner := block.Owner{Handle: args.Handle, Attrs: attrs}
 	var h handleTx
-	h.init(a, args.Handle, false)
+	h.init(a, args.Handle, args.NewHandle)
+	h.exclusive = args.NewHandle
 
 	e := a.entry(blk)
 	e.lock()

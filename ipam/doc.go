@@ -48,6 +48,14 @@
 // the sequence number, so that a late release never frees a reassigned
 // address), or everything of a handle with [Allocator.ReleaseByHandle].
 //
+// A request that may be sent again (a CNI ADD retried, a controller
+// reconciling after a failed status update) sets NewHandle: it assigns
+// only if its handle holds nothing, and otherwise fails with
+// [ErrHandleExists]; [Allocator.AssignedByHandle] then returns what the
+// first request got, in the form AutoAssign returned it. Of requests
+// racing under one handle exactly one assigns, on any number of
+// allocators: the handle's record is created by a request's first write.
+//
 // # Keeping addresses apart
 //
 // A [Reservation] keeps CIDRs out of automatic assignment (Calico's
@@ -106,6 +114,8 @@
 //     handle count stay too high, which ReleaseByHandle reports as
 //     ErrHandleNotFound, Check reports and Repair removes; never an
 //     address without its count.
+//   - A request can be made safe to repeat (NewHandle); Calico assigns
+//     again under a handle that holds addresses.
 //   - A reservation made while an AutoAssign is in flight holds for it:
 //     the request looks again after its writes and replaces what the new
 //     reservation covers.

@@ -93,6 +93,12 @@ var (
 	// ErrHandleNotFound: no address is recorded under the handle.
 	ErrHandleNotFound = errors.New("handle not found")
 
+	// ErrHandleExists: a request with NewHandle (AutoAssignArgs,
+	// AssignIPArgs) found its handle holding addresses already, or being
+	// assigned to by another call. Nothing was assigned; AssignedByHandle
+	// returns what the handle holds.
+	ErrHandleExists = errors.New("handle holds addresses already")
+
 	// ErrTooManyConflicts: concurrent writers kept winning the
 	// compare-and-swap race until the retry budget ran out. The operation
 	// had no effect and may be tried again.

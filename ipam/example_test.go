@@ -121,3 +121,28 @@ func ExampleVirtualLoadBalancer() {
 	// 192.168.100.176 in a block of virtual:load-balancer
 	// true
 }
+
+// A request that may be sent again sets NewHandle. The repeat assigns
+// nothing; AssignedByHandle gives it the first request's answer.
+func ExampleAllocator_AssignedByHandle() {
+	ctx := context.Background()
+	a, _ := ipam.New(memstore.New(), ipam.Options{})
+	_ = a.CreatePool(ctx, pool.Pool{Name: "default-ipv4-ippool", CIDR: netip.MustParsePrefix("10.244.0.0/18")})
+
+	args := ipam.AutoAssignArgs{Num4: 1, Handle: "k8s-pod-network.4f9a", Node: "node-1", NewHandle: true}
+	assign := func() (ipam.AutoAssignResult, error) {
+		res, err := a.AutoAssign(ctx, args)
+		if errors.Is(err, ipam.ErrHandleExists) {
+			return a.AssignedByHandle(ctx, args.Handle)
+		}
+		return res, err
+	}
+	first, _ := assign()
+	again, _ := assign() // the caller timed out and asks again
+	fmt.Println(first.IPv4[0].Addr, again.IPv4[0].Addr, first.IPv4[0] == again.IPv4[0])
+	addrs, _ := a.IPsByHandle(ctx, args.Handle)
+	fmt.Println(len(addrs), "address under the handle")
+	// Output:
+	// 10.244.4.64 10.244.4.64 true
+	// 1 address under the handle
+}

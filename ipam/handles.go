@@ -33,6 +33,12 @@ type handleTx struct {
 	// count beyond what take has used so far; nil otherwise.
 	spare []handleCount
 	hint  int // where fromSpare starts looking
+	// exclusive makes the operation hold the handle alone
+	// (AutoAssignArgs.NewHandle): it must create the record, and reading
+	// one it did not create fails with ErrHandleExists. ours says that the
+	// record in the store is the one this operation created: from that
+	// create until the record is seen gone.
+	exclusive, ours bool
 }
 
 // init starts tracking the handle id, assuming it has no record yet when
@@ -66,11 +72,14 @@ func (h *handleTx) read(ctx context.Context) error {
 		}
 		h.rev = rec.Revision
 	case errors.Is(err, ErrNotFound):
-		h.rec, h.rev = handleRecord{}, 0
+		h.rec, h.rev, h.ours = handleRecord{}, 0, false
 	default:
 		return fmt.Errorf("ipam: read handle %q: %w", h.id, err)
 	}
 	h.known = true
+	if h.exclusive && h.rev != 0 && !h.ours {
+		return h.exists()
+	}
 	return nil
 }
 
@@ -241,8 +250,10 @@ func (h *handleTx) write(ctx context.Context) error {
 	case len(h.rec.entries()) == 0 && h.rev == 0:
 	case len(h.rec.entries()) == 0:
 		err = h.a.store.Delete(ctx, KindHandle, h.id, h.rev)
+		h.ours = h.ours && err != nil
 	case h.rev == 0:
 		rev, err = h.a.store.Create(ctx, KindHandle, h.id, h.a.handleValue(&h.rec, h.last))
+		h.ours = err == nil
 	default:
 		rev, err = h.a.store.Update(ctx, KindHandle, h.id, h.a.handleValue(&h.rec, h.last), h.rev)
 	}
@@ -254,6 +265,30 @@ func (h *handleTx) write(ctx context.Context) error {
 	}
 	h.rev = rev
 	return nil
+}
+
+// handleExists returns an error matching ErrHandleExists if handle has a
+// record, for a request with NewHandle that failed for another reason
+// having written nothing; nil if it has none or the read fails (the
+// request's own error then stands).
+func (a *Allocator) handleExists(ctx context.Context, handle string) error {
+	var h handleTx
+	h.init(a, handle, false)
+	if h.read(ctx) != nil || h.rev == 0 {
+		return nil
+	}
+	return h.exists()
+}
+
+// exists is the error of an exclusive operation that found the handle's
+// record made by someone else. It does not match ErrExists, so that retry
+// gives up at once.
+func (h *handleTx) exists() error {
+	n := 0
+	for _, hc := range h.rec.entries() {
+		n += hc.count
+	}
+	return fmt.Errorf("ipam: request with NewHandle under %q: %w (its record counts %d; AssignedByHandle returns what it holds)", h.id, ErrHandleExists, n)
 }
 
 // handleValue encodes a handle record. The value of a handle holding some

@@ -489,24 +489,79 @@ func orNil(s []netip.Addr) []netip.Addr {
 // IPsByHandle returns the addresses held by handle, read fresh from the
 // store. A handle that holds nothing gives ErrHandleNotFound.
 func (a *Allocator) IPsByHandle(ctx context.Context, handle string) ([]netip.Addr, error) {
-	var h handleTx
-	if err := h.open(ctx, a, "addresses of handle", handle); err != nil {
+	var out []netip.Addr
+	err := a.eachOfHandle(ctx, "addresses of handle", handle, func(b *block.Block) bool {
+		n := len(out)
+		out = b.AddrsOf(handle, out)
+		return len(out) > n
+	})
+	if err != nil {
 		return nil, err
 	}
-	var out []netip.Addr
+	return out, nil
+}
+
+// AssignedByHandle returns what handle holds, read fresh from the store, as
+// AutoAssign returns it: each address with its block, the pool that carves
+// the block (empty if none does any more) and the sequence number of its
+// allocation, IPv4 and then IPv6, each in address order. It is how a
+// request repeated with NewHandle learns what the first one got. A handle
+// that holds nothing gives ErrHandleNotFound. An assignment still in flight
+// under the handle shows only once its block is written.
+func (a *Allocator) AssignedByHandle(ctx context.Context, handle string) (AutoAssignResult, error) {
+	v, err := a.loadView(ctx)
+	if err != nil {
+		return AutoAssignResult{}, err
+	}
+	var res AutoAssignResult
+	var addrs []netip.Addr
+	err = a.eachOfHandle(ctx, "assignments of handle", handle, func(b *block.Block) bool {
+		blk := b.Prefix()
+		name := ""
+		if p, ok := v.pools.ByAddr(blk.Addr()); ok {
+			name = p.Name
+		}
+		addrs = b.AddrsOf(handle, addrs[:0])
+		for _, addr := range addrs {
+			al, _ := b.Owner(addr)
+			x := Assigned{Addr: addr, Block: blk, Pool: name, Seq: al.Seq}
+			if addr.Is4() {
+				res.IPv4 = append(res.IPv4, x)
+			} else {
+				res.IPv6 = append(res.IPv6, x)
+			}
+		}
+		return len(addrs) > 0
+	})
+	if err != nil {
+		return AutoAssignResult{}, err
+	}
+	return res, nil
+}
+
+// eachOfHandle reads handle's record and calls f with each block it names
+// that exists, in block order; f reports whether the block holds an
+// address of the handle. It fails with ErrHandleNotFound when there is no
+// record or no block does.
+func (a *Allocator) eachOfHandle(ctx context.Context, op, handle string, f func(*block.Block) bool) error {
+	var h handleTx
+	if err := h.open(ctx, a, op, handle); err != nil {
+		return err
+	}
+	found := false
 	for _, hc := range h.rec.entries() {
 		b, err := a.readBlock(ctx, hc.block)
 		if err != nil {
-			return nil, err
+			return err
 		}
-		if b != nil {
-			out = b.AddrsOf(handle, out)
+		if b != nil && f(b) {
+			found = true
 		}
 	}
-	if len(out) == 0 {
-		return nil, noAddrs("addresses of handle", &h)
+	if !found {
+		return noAddrs(op, &h)
 	}
-	return out, nil
+	return nil
 }
 
 // readBlock reads a block fresh from the store into a block of the

@@ -230,6 +230,88 @@ func (m *machine) AssignIP(t *rapid.T) {
 	}
 }
 
+// RepeatAssign sends a request with NewHandle, under a new handle or one
+// that holds addresses: a held handle gets ErrHandleExists and nothing
+// else changes. Either way AssignedByHandle then gives back exactly what
+// the handle holds.
+func (m *machine) RepeatAssign(t *rapid.T) {
+	handle := m.newHandle()
+	if hs := m.modelHandles(); len(hs) > 0 && rapid.Bool().Draw(t, "held") {
+		handle = rapid.SampledFrom(hs).Draw(t, "handle")
+	}
+	node := m.node(t)
+	var held []ipam.Assigned
+	for addr, x := range m.model {
+		if x.handle == handle {
+			held = append(held, ipam.Assigned{Addr: addr, Seq: x.seq})
+		}
+	}
+	a := m.alloc(t)
+	if rapid.Bool().Draw(t, "specific") {
+		// AssignIP of an address in a workload pool, maybe the handle's own.
+		p := machinePools[rapid.IntRange(0, 2).Draw(t, "pool")]
+		addr := p.CIDR.Addr()
+		for range rapid.IntRange(0, 1<<(p.CIDR.Addr().BitLen()-p.CIDR.Bits())-1).Draw(t, "offset") {
+			addr = addr.Next()
+		}
+		x, err := a.AssignIP(t.Context(), ipam.AssignIPArgs{Addr: addr, Handle: handle, Node: node, NewHandle: true})
+		_, taken := m.model[addr]
+		switch {
+		case len(held) > 0:
+			require.ErrorIs(t, err, ipam.ErrHandleExists)
+		case !m.live[p.Name] || !m.enabled[p.Name]:
+			require.ErrorIs(t, err, ipam.ErrNotInPool)
+		case errors.Is(err, ipam.ErrStrictAffinity):
+			require.True(t, m.config.StrictAffinity)
+		case taken:
+			require.ErrorIs(t, err, ipam.ErrInUse)
+		default:
+			require.NoError(t, err)
+			m.record(t, node, handle, []ipam.Assigned{x})
+			held = append(held, ipam.Assigned{Addr: x.Addr, Seq: x.Seq})
+		}
+		m.requireHeld(t, a, handle, held)
+		return
+	}
+	res, err := a.AutoAssign(t.Context(), ipam.AutoAssignArgs{Num4: 1, Handle: handle, Node: node, NewHandle: true})
+	var ae *ipam.AssignError
+	switch {
+	case len(held) > 0:
+		require.ErrorIs(t, err, ipam.ErrHandleExists)
+		require.Zero(t, res.Len())
+	case err == nil:
+		require.Len(t, res.IPv4, 1)
+		m.record(t, node, handle, res.IPv4)
+		held = append(held, ipam.Assigned{Addr: res.IPv4[0].Addr, Seq: res.IPv4[0].Seq})
+	case errors.As(err, &ae):
+		require.Zero(t, res.Len(), "all-or-nothing")
+		require.NotErrorIs(t, err, ipam.ErrHandleExists)
+	default:
+		t.Fatalf("AutoAssign with NewHandle: %v", err)
+	}
+	m.requireHeld(t, a, handle, held)
+}
+
+// requireHeld checks that AssignedByHandle gives back exactly held (by
+// address and sequence number).
+func (m *machine) requireHeld(t *rapid.T, a *ipam.Allocator, handle string, held []ipam.Assigned) {
+	got, err := a.AssignedByHandle(t.Context(), handle)
+	if len(held) == 0 {
+		require.ErrorIs(t, err, ipam.ErrHandleNotFound)
+		return
+	}
+	require.NoError(t, err)
+	var pairs []ipam.Assigned
+	for _, x := range append(got.IPv4, got.IPv6...) {
+		require.True(t, x.Block.Contains(x.Addr), "%v", x)
+		if p, ok := m.shape[x.Pool]; ok && m.live[x.Pool] {
+			require.True(t, p.CIDR.Overlaps(x.Block), "%v", x)
+		}
+		pairs = append(pairs, ipam.Assigned{Addr: x.Addr, Seq: x.Seq})
+	}
+	require.ElementsMatch(t, held, pairs)
+}
+
 func (m *machine) Release(t *rapid.T) {
 	if len(m.model) == 0 {
 		t.Skip("nothing assigned")
