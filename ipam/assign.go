@@ -33,7 +33,8 @@ type AutoAssignArgs struct {
 	// store's create succeeds once. A caller that may send a request again
 	// (a CNI ADD retried, a controller whose status update failed) sets it
 	// and, on ErrHandleExists, reads what the first request got with
-	// AssignedByHandle. A request that fails, or is rolled back, leaves the
+	// AssignedByHandle (which shows a request still in flight only as far
+	// as it has got). A request that fails, or is rolled back, leaves the
 	// handle new again.
 	NewHandle bool
 

@@ -506,8 +506,13 @@ func (a *Allocator) IPsByHandle(ctx context.Context, handle string) ([]netip.Add
 // the block (empty if none does any more) and the sequence number of its
 // allocation, IPv4 and then IPv6, each in address order. It is how a
 // request repeated with NewHandle learns what the first one got. A handle
-// that holds nothing gives ErrHandleNotFound. An assignment still in flight
-// under the handle shows only once its block is written.
+// that holds nothing gives ErrHandleNotFound.
+//
+// An assignment still in flight under the handle shows as far as its
+// block writes have got: a request racing a dual-stack one may see its
+// IPv4 address and not yet its IPv6 one, or nothing. Compare the result
+// with what the first request asked for, and ask again a moment later if
+// it is short (examples/cni does).
 func (a *Allocator) AssignedByHandle(ctx context.Context, handle string) (AutoAssignResult, error) {
 	v, err := a.loadView(ctx)
 	if err != nil {
