@@ -116,9 +116,10 @@ type CollectResult struct {
 	// their node is gone: the empty ones were deleted (or kept while their
 	// addresses cool), the others keep their addresses without affinity.
 	GoneNodeBlocks []netip.Prefix
-	// DeletedBlocks lists the empty blocks without affinity the pass
-	// deleted: those kept while their addresses cooled, once the cooldown
-	// is over, and any other (one a crash left, say).
+	// DeletedBlocks lists the blocks without affinity the pass deleted:
+	// empty ones kept while their addresses cooled, once the cooldown is
+	// over, and any other (one a crash left, say), and those whose last
+	// address it released (a gone node's block that held addresses).
 	DeletedBlocks []netip.Prefix
 }
 
@@ -214,8 +215,9 @@ func (c *Collector) Collect(ctx context.Context) (CollectResult, error) {
 		if alive[handle] || !c.ripe(byHandle[handle], now) {
 			continue
 		}
-		released, err := c.release(ctx, byHandle[handle])
+		released, deleted, err := c.release(ctx, byHandle[handle])
 		res.Released = append(res.Released, released...)
+		res.DeletedBlocks = append(res.DeletedBlocks, deleted...)
 		if err != nil {
 			errs = append(errs, err)
 		}
@@ -367,14 +369,15 @@ func (c *Collector) ripe(allocs []Allocation, now time.Time) bool {
 }
 
 // release asks again whether the owners are dead and, if all are, releases
-// the handle's allocations with their sequence numbers.
-func (c *Collector) release(ctx context.Context, allocs []Allocation) ([]Allocation, error) {
+// the handle's allocations with their sequence numbers. It returns what it
+// released and the blocks that deleted.
+func (c *Collector) release(ctx context.Context, allocs []Allocation) ([]Allocation, []netip.Prefix, error) {
 	for _, x := range allocs {
 		if live, err := c.live(ctx, x); err != nil || live {
 			for _, y := range allocs {
 				delete(c.leaks, y.Addr)
 			}
-			return nil, nil
+			return nil, nil, nil
 		}
 	}
 	rels := make([]Release, len(allocs))
@@ -395,7 +398,7 @@ func (c *Collector) release(ctx context.Context, allocs []Allocation) ([]Allocat
 		}
 		delete(c.leaks, x.Addr)
 	}
-	return out, err
+	return out, res.DeletedBlocks, err
 }
 
 // errBlockChanged: a block changed since a caller last saw it.

@@ -331,6 +331,7 @@ func TestCollectorGoneNodeKeepsAddresses(t *testing.T) {
 	e.clock.Advance(time.Minute)
 	res = collect(t, e, c)
 	require.Equal(t, addrs(small), allocAddrs(res.Released))
+	require.Equal(t, []netip.Prefix{small[0].Block}, res.DeletedBlocks, "the pass says it deleted the block")
 	require.Equal(t, 1, e.blockCount(), "the emptied block without affinity is gone")
 	e.requireConsistent()
 }

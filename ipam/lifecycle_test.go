@@ -243,3 +243,39 @@ func TestUpdatePoolPartial(t *testing.T) {
 	require.NoError(t, err)
 	require.False(t, p.Disabled, "nothing changed")
 }
+
+// TestReleaseIPsReportsDeletedBlocks: a block without affinity (its node
+// removed while it held addresses) is deleted with its last address, and
+// ReleaseIPs says so; an affine block, or one in which an address cools,
+// stays and is not listed.
+func TestReleaseIPsReportsDeletedBlocks(t *testing.T) {
+	e := newEnv(t, v4pool("p", "10.0.0.0/24", 28))
+	gone := e.mustAssign4("node-gone", "gone", 2)
+	kept := e.mustAssign4("node-1", "kept", 1)
+	_, err := e.a.ReleaseHostAffinities(e.ctx, "node-gone", false)
+	require.NoError(t, err)
+
+	res, err := e.a.ReleaseIPs(e.ctx, ipam.Release{Addr: gone[0].Addr}, ipam.Release{Addr: kept[0].Addr})
+	require.NoError(t, err)
+	require.Len(t, res.Released, 2)
+	require.Empty(t, res.DeletedBlocks, "one address is left in the block without affinity, and node-1 keeps its block")
+
+	res, err = e.a.ReleaseIPs(e.ctx, ipam.Release{Addr: gone[1].Addr})
+	require.NoError(t, err)
+	require.Equal(t, []netip.Prefix{gone[1].Block}, res.DeletedBlocks)
+	_, err = e.a.Block(e.ctx, gone[1].Block)
+	require.ErrorIs(t, err, ipam.ErrNotFound)
+	require.Equal(t, kept[0].Block, e.affine("node-1")[0])
+
+	// With a cooldown the emptied block is kept, so it is not listed.
+	e.cooldown(time.Hour)
+	cool := e.mustAssign4("node-2", "cool", 1)
+	_, err = e.a.ReleaseHostAffinities(e.ctx, "node-2", false)
+	require.NoError(t, err)
+	res, err = e.a.ReleaseIPs(e.ctx, ipam.Release{Addr: cool[0].Addr})
+	require.NoError(t, err)
+	require.Empty(t, res.DeletedBlocks)
+	_, err = e.a.Block(e.ctx, cool[0].Block)
+	require.NoError(t, err)
+	e.requireConsistent()
+}

@@ -34,6 +34,12 @@ type ReleaseResult struct {
 	NotAllocated []netip.Addr
 	// An address given more than once in one call is released (or
 	// refused) once, for its first entry, and listed once.
+
+	// DeletedBlocks lists the blocks this call deleted: blocks without
+	// affinity (their node gone, say) whose last address it released.
+	// One kept while its addresses cool (Config.ReleaseCooldown) is not
+	// deleted, nor is a block with affinity, which stays its owner's.
+	DeletedBlocks []netip.Prefix
 }
 
 type releaseStatus uint8
@@ -119,11 +125,13 @@ func (a *Allocator) releaseIPs(ctx context.Context, stamp bool, rels []Release) 
 	}
 	var errs []error
 	lowers := handleLowers{}
+	var deleted []netip.Prefix
+	result := func() ReleaseResult { return releaseResult(rels, status, deleted) }
 	for _, blk := range order {
 		idx := groups[blk]
-		found, err := a.releaseFromBlock(ctx, blk, rels, idx, status, refusals, at, lowers)
+		found, err := a.releaseFromBlock(ctx, blk, rels, idx, status, refusals, at, lowers, &deleted)
 		if err != nil {
-			return a.releaseResult(rels, status), a.lowerHandles(ctx, lowers, err)
+			return result(), a.lowerHandles(ctx, lowers, err)
 		}
 		if !found {
 			// No block where the pool says: the pool may have changed since
@@ -131,15 +139,15 @@ func (a *Allocator) releaseIPs(ctx context.Context, stamp bool, rels []Release) 
 			for _, i := range idx {
 				b, ok, err := a.findBlock(ctx, rels[i].Addr.Unmap())
 				if err != nil {
-					return a.releaseResult(rels, status), a.lowerHandles(ctx, lowers, err)
+					return result(), a.lowerHandles(ctx, lowers, err)
 				}
 				if !ok {
 					status[i] = relNotAllocated
 					continue
 				}
-				found, err := a.releaseFromBlock(ctx, b, rels, []int{i}, status, refusals, at, lowers)
+				found, err := a.releaseFromBlock(ctx, b, rels, []int{i}, status, refusals, at, lowers, &deleted)
 				if err != nil {
-					return a.releaseResult(rels, status), a.lowerHandles(ctx, lowers, err)
+					return result(), a.lowerHandles(ctx, lowers, err)
 				}
 				if !found {
 					status[i] = relNotAllocated // deleted since we found it
@@ -148,7 +156,7 @@ func (a *Allocator) releaseIPs(ctx context.Context, stamp bool, rels []Release) 
 		}
 	}
 	if err := a.lowerHandles(ctx, lowers, nil); err != nil {
-		return a.releaseResult(rels, status), err
+		return result(), err
 	}
 	for i, s := range status {
 		if s == relRefused {
@@ -157,11 +165,11 @@ func (a *Allocator) releaseIPs(ctx context.Context, stamp bool, rels []Release) 
 	}
 	if len(errs) > 0 {
 		if len(errs) == 1 {
-			return a.releaseResult(rels, status), fmt.Errorf("ipam: %w", errs[0])
+			return result(), fmt.Errorf("ipam: %w", errs[0])
 		}
-		return a.releaseResult(rels, status), fmt.Errorf("ipam: release: %d addresses refused:\n%w", len(errs), errors.Join(errs...))
+		return result(), fmt.Errorf("ipam: release: %d addresses refused:\n%w", len(errs), errors.Join(errs...))
 	}
-	return a.releaseResult(rels, status), nil
+	return result(), nil
 }
 
 // markRepeats marks each entry for an address given earlier in rels as
@@ -208,8 +216,8 @@ func markRepeats(op string, rels []Release, status []releaseStatus) error {
 	return nil
 }
 
-func (a *Allocator) releaseResult(rels []Release, status []releaseStatus) ReleaseResult {
-	var res ReleaseResult
+func releaseResult(rels []Release, status []releaseStatus, deleted []netip.Prefix) ReleaseResult {
+	res := ReleaseResult{DeletedBlocks: deleted}
 	for i, s := range status {
 		switch s {
 		case relReleased:
@@ -257,8 +265,8 @@ func (a *Allocator) findBlock(ctx context.Context, addr netip.Addr) (netip.Prefi
 // releaseFromBlock releases the requests idx of rels that lie in blk, with
 // one compare-and-swap write, and adds what it freed per handle to lowers
 // for the caller to write once every block is done. It reports whether the
-// block exists.
-func (a *Allocator) releaseFromBlock(ctx context.Context, blk netip.Prefix, rels []Release, idx []int, status []releaseStatus, refusals []error, at time.Time, lowers handleLowers) (bool, error) {
+// block exists, and appends blk to deleted if the write deleted it.
+func (a *Allocator) releaseFromBlock(ctx context.Context, blk netip.Prefix, rels []Release, idx []int, status []releaseStatus, refusals []error, at time.Time, lowers handleLowers, deleted *[]netip.Prefix) (bool, error) {
 	e := a.entry(blk)
 	e.lock()
 	defer e.unlock()
@@ -331,6 +339,9 @@ func (a *Allocator) releaseFromBlock(ctx context.Context, blk netip.Prefix, rels
 	}
 	for handle, k := range freed {
 		lowers.add(handle, blk, k)
+	}
+	if len(freed) > 0 && e.blk == nil {
+		*deleted = append(*deleted, blk)
 	}
 	return exists, nil
 }
