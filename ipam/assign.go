@@ -28,14 +28,23 @@ type AutoAssignArgs struct {
 	// NewHandle makes the request safe to repeat: it assigns only if
 	// Handle holds no address yet, and otherwise fails with an error
 	// matching ErrHandleExists, having assigned nothing. Of requests racing
-	// under one handle, on any number of allocators, exactly one assigns:
-	// the first write of a request creates the handle's record, and a
-	// store's create succeeds once. A caller that may send a request again
-	// (a CNI ADD retried, a controller whose status update failed) sets it
-	// and, on ErrHandleExists, reads what the first request got with
-	// AssignedByHandle (which shows a request still in flight only as far
-	// as it has got). A request that fails, or is rolled back, leaves the
-	// handle new again.
+	// under one handle, on any number of allocators, at most one assigns:
+	// the first write of a request creates the handle's record, a store's
+	// create succeeds once, and a request goes on only with the record at
+	// the revision it wrote last. (None does if the one that got the
+	// handle then fails and gives it up; asking again then assigns.)
+	//
+	// A caller that may send a request again (a CNI ADD retried, a
+	// controller whose status update failed) sets it and, on
+	// ErrHandleExists, reads what the first request got with
+	// AssignedByHandle. Compare that with what was asked, family by
+	// family: a request still in flight shows only as far as it has got,
+	// and one cut short by a crash, or by a handle write that failed, may
+	// have left part of its addresses, or a count without addresses
+	// (AssignedByHandle then gives ErrHandleNotFound). Such a handle stays
+	// held until ReleaseByHandle releases what it holds and Repair removes
+	// the count left. A request that fails cleanly leaves the handle new
+	// again.
 	NewHandle bool
 
 	// Attrs are stored with each address, with AttrNode set to Node (the
@@ -213,7 +222,7 @@ func (a *Allocator) AutoAssign(ctx context.Context, args AutoAssignArgs) (AutoAs
 				reasons = append(reasons, selErr[i].Error())
 			}
 		}
-		return AutoAssignResult{}, a.assignError(ctx, args, AutoAssignResult{}, short, reasons, nil, errors.Join(selErr[0], selErr[1]))
+		return AutoAssignResult{}, a.assignError(ctx, args, false, AutoAssignResult{}, short, reasons, nil, errors.Join(selErr[0], selErr[1]))
 	}
 
 	o := &assignOp{
@@ -272,7 +281,7 @@ func (a *Allocator) AutoAssign(ctx context.Context, args AutoAssignArgs) (AutoAs
 					if err := a.rollback(ctx, o, res); err != nil {
 						return AutoAssignResult{}, err
 					}
-					return AutoAssignResult{}, a.assignError(ctx, args, AutoAssignResult{}, short, reasons, o.noSpace(), nil)
+					return AutoAssignResult{}, a.assignError(ctx, args, o.h.created, AutoAssignResult{}, short, reasons, o.noSpace(), nil)
 				}
 			}
 		}
@@ -301,7 +310,7 @@ func (a *Allocator) AutoAssign(ctx context.Context, args AutoAssignArgs) (AutoAs
 		if full {
 			space = o.noSpace()
 		}
-		return res, a.assignError(ctx, args, res, short, reasons, space, cause)
+		return res, a.assignError(ctx, args, o.h.created, res, short, reasons, space, cause)
 	}
 	return res, nil
 }
@@ -345,14 +354,13 @@ func (a *Allocator) unreserve(ctx context.Context, o *assignOp, res *AutoAssignR
 	// Out of res only once released: a rollback after a failure covers
 	// them. A refusal (the address is no longer this allocation: someone
 	// released it meanwhile) leaves nothing to give back.
-	_, err = a.releaseIPs(ctx, false, rels)
+	_, err = a.releaseIPs(ctx, false, rels, &o.h)
 	if err != nil && !errors.Is(err, ErrHandleMismatch) && !errors.Is(err, ErrSeqMismatch) {
 		return took, err
 	}
 	reserved := func(x Assigned) bool { return v.reserved.Contains(x.Addr) }
 	res.IPv4 = slices.DeleteFunc(res.IPv4, reserved)
 	res.IPv6 = slices.DeleteFunc(res.IPv6, reserved)
-	o.h.known = false // the release rewrote the handle's record
 	return took, nil
 }
 
@@ -378,9 +386,11 @@ func (o *assignOp) noSpace() error {
 // A request with NewHandle that kept nothing fails with ErrHandleExists
 // instead when the handle holds addresses: that is the answer a repeated
 // request needs, whatever else would have stopped it (a pool deleted or
-// full since the first request).
-func (a *Allocator) assignError(ctx context.Context, args AutoAssignArgs, kept AutoAssignResult, short [2]int, reasons []string, space, cause error) error {
-	if args.NewHandle && kept.Len() == 0 {
+// full since the first request). Not when the request created the
+// handle's record itself (created): a record left then is its own, from a
+// write that failed while it gave its addresses back.
+func (a *Allocator) assignError(ctx context.Context, args AutoAssignArgs, created bool, kept AutoAssignResult, short [2]int, reasons []string, space, cause error) error {
+	if args.NewHandle && !created && kept.Len() == 0 {
 		if err := a.handleExists(ctx, args.Handle); err != nil {
 			return err
 		}
@@ -489,7 +499,7 @@ func (a *Allocator) rollback(ctx context.Context, o *assignOp, res AutoAssignRes
 		for _, x := range slices.Concat(res.IPv4, res.IPv6) {
 			rels = append(rels, Release{Addr: x.Addr, Seq: x.Seq})
 		}
-		if _, err := a.releaseIPs(ctx, false, rels); err != nil {
+		if _, err := a.releaseIPs(ctx, false, rels, &o.h); err != nil {
 			errs = append(errs, err)
 		}
 	}

@@ -52,9 +52,11 @@
 // reconciling after a failed status update) sets NewHandle: it assigns
 // only if its handle holds nothing, and otherwise fails with
 // [ErrHandleExists]; [Allocator.AssignedByHandle] then returns what the
-// first request got, in the form AutoAssign returned it. Of requests
-// racing under one handle exactly one assigns, on any number of
+// first request got, as an [AutoAssignResult] in address order. Of
+// requests racing under one handle at most one assigns, on any number of
 // allocators: the handle's record is created by a request's first write.
+// A request still in flight, or cut short, shows only as far as it got:
+// compare the answer with what was asked (examples/cni does).
 //
 // # Keeping addresses apart
 //

@@ -94,9 +94,10 @@ var (
 	ErrHandleNotFound = errors.New("handle not found")
 
 	// ErrHandleExists: a request with NewHandle (AutoAssignArgs,
-	// AssignIPArgs) found its handle holding addresses already, or being
-	// assigned to by another call. Nothing was assigned; AssignedByHandle
-	// returns what the handle holds.
+	// AssignIPArgs) found its handle holding addresses already, being
+	// assigned to by another request, or counting addresses that a failed
+	// write left (see AutoAssignArgs.NewHandle). Nothing was assigned;
+	// AssignedByHandle returns what the handle's blocks hold.
 	ErrHandleExists = errors.New("handle holds addresses already")
 
 	// ErrTooManyConflicts: concurrent writers kept winning the

@@ -35,10 +35,13 @@ type handleTx struct {
 	hint  int // where fromSpare starts looking
 	// exclusive makes the operation hold the handle alone
 	// (AutoAssignArgs.NewHandle): it must create the record, and reading
-	// one it did not create fails with ErrHandleExists. ours says that the
-	// record in the store is the one this operation created: from that
-	// create until the record is seen gone.
-	exclusive, ours bool
+	// one at a revision other than the one it wrote last fails with
+	// ErrHandleExists. Revisions never repeat, so a record at mine is this
+	// operation's own: any other writer, a delete and create by others
+	// included, leaves another revision.
+	exclusive bool
+	mine      Revision // the record's revision as this operation last wrote it; 0: none
+	created   bool     // this operation created the record (at some point)
 }
 
 // init starts tracking the handle id, assuming it has no record yet when
@@ -72,12 +75,12 @@ func (h *handleTx) read(ctx context.Context) error {
 		}
 		h.rev = rec.Revision
 	case errors.Is(err, ErrNotFound):
-		h.rec, h.rev, h.ours = handleRecord{}, 0, false
+		h.rec, h.rev = handleRecord{}, 0
 	default:
 		return fmt.Errorf("ipam: read handle %q: %w", h.id, err)
 	}
 	h.known = true
-	if h.exclusive && h.rev != 0 && !h.ours {
+	if h.exclusive && h.rev != 0 && h.rev != h.mine {
 		return h.exists()
 	}
 	return nil
@@ -250,10 +253,9 @@ func (h *handleTx) write(ctx context.Context) error {
 	case len(h.rec.entries()) == 0 && h.rev == 0:
 	case len(h.rec.entries()) == 0:
 		err = h.a.store.Delete(ctx, KindHandle, h.id, h.rev)
-		h.ours = h.ours && err != nil
 	case h.rev == 0:
 		rev, err = h.a.store.Create(ctx, KindHandle, h.id, h.a.handleValue(&h.rec, h.last))
-		h.ours = err == nil
+		h.created = h.created || err == nil
 	default:
 		rev, err = h.a.store.Update(ctx, KindHandle, h.id, h.a.handleValue(&h.rec, h.last), h.rev)
 	}
@@ -263,7 +265,7 @@ func (h *handleTx) write(ctx context.Context) error {
 		}
 		return fmt.Errorf("ipam: write handle %q: %w", h.id, err)
 	}
-	h.rev = rev
+	h.rev, h.mine = rev, rev
 	return nil
 }
 
@@ -288,7 +290,7 @@ func (h *handleTx) exists() error {
 	for _, hc := range h.rec.entries() {
 		n += hc.count
 	}
-	return fmt.Errorf("ipam: request with NewHandle under %q: %w (its record counts %d; AssignedByHandle returns what it holds)", h.id, ErrHandleExists, n)
+	return fmt.Errorf("ipam: request with NewHandle under %q: %w (its record counts %d; AssignedByHandle shows what the blocks hold so far)", h.id, ErrHandleExists, n)
 }
 
 // handleValue encodes a handle record. The value of a handle holding some

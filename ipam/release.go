@@ -68,12 +68,14 @@ const (
 // With Config.ReleaseCooldown set, each address released records when, and
 // is not assigned again automatically until the cooldown has passed.
 func (a *Allocator) ReleaseIPs(ctx context.Context, rels ...Release) (ReleaseResult, error) {
-	return a.releaseIPs(ctx, true, rels)
+	return a.releaseIPs(ctx, true, rels, nil)
 }
 
 // releaseIPs is ReleaseIPs; stamp records release times for the cooldown
-// (a rollback of addresses nobody used does not).
-func (a *Allocator) releaseIPs(ctx context.Context, stamp bool, rels []Release) (ReleaseResult, error) {
+// (a rollback of addresses nobody used does not). own, if not nil, is the
+// handle transaction of the assignment giving addresses back: its handle's
+// counts are lowered through it, so that it knows the record as written.
+func (a *Allocator) releaseIPs(ctx context.Context, stamp bool, rels []Release, own *handleTx) (ReleaseResult, error) {
 	const op = "release"
 	for _, r := range rels {
 		if err := checkAddr(op, r.Addr); err != nil {
@@ -131,7 +133,7 @@ func (a *Allocator) releaseIPs(ctx context.Context, stamp bool, rels []Release) 
 		idx := groups[blk]
 		found, err := a.releaseFromBlock(ctx, blk, rels, idx, status, refusals, at, lowers, &deleted)
 		if err != nil {
-			return result(), a.lowerHandles(ctx, lowers, err)
+			return result(), a.lowerHandles(ctx, lowers, err, own)
 		}
 		if !found {
 			// No block where the pool says: the pool may have changed since
@@ -139,7 +141,7 @@ func (a *Allocator) releaseIPs(ctx context.Context, stamp bool, rels []Release) 
 			for _, i := range idx {
 				b, ok, err := a.findBlock(ctx, rels[i].Addr.Unmap())
 				if err != nil {
-					return result(), a.lowerHandles(ctx, lowers, err)
+					return result(), a.lowerHandles(ctx, lowers, err, own)
 				}
 				if !ok {
 					status[i] = relNotAllocated
@@ -147,7 +149,7 @@ func (a *Allocator) releaseIPs(ctx context.Context, stamp bool, rels []Release) 
 				}
 				found, err := a.releaseFromBlock(ctx, b, rels, []int{i}, status, refusals, at, lowers, &deleted)
 				if err != nil {
-					return result(), a.lowerHandles(ctx, lowers, err)
+					return result(), a.lowerHandles(ctx, lowers, err, own)
 				}
 				if !found {
 					status[i] = relNotAllocated // deleted since we found it
@@ -155,7 +157,7 @@ func (a *Allocator) releaseIPs(ctx context.Context, stamp bool, rels []Release) 
 			}
 		}
 	}
-	if err := a.lowerHandles(ctx, lowers, nil); err != nil {
+	if err := a.lowerHandles(ctx, lowers, nil, own); err != nil {
 		return result(), err
 	}
 	for i, s := range status {
@@ -367,7 +369,7 @@ func (l handleLowers) add(handle string, blk netip.Prefix, k int) {
 // handles after the blocks, so that a crash in between leaves counts too
 // high, which is repairable. It returns err joined with any error of its
 // own.
-func (a *Allocator) lowerHandles(ctx context.Context, l handleLowers, err error) error {
+func (a *Allocator) lowerHandles(ctx context.Context, l handleLowers, err error, own *handleTx) error {
 	if len(l) == 0 {
 		return err
 	}
@@ -378,8 +380,11 @@ func (a *Allocator) lowerHandles(ctx context.Context, l handleLowers, err error)
 		for blk, k := range l[handle] {
 			deltas = append(deltas, handleCount{blk, -k})
 		}
-		var h handleTx
-		h.init(a, handle, false)
+		h := own
+		if h == nil || h.id != handle {
+			h = new(handleTx)
+			h.init(a, handle, false)
+		}
 		if herr := h.adjust(ctx, deltas); herr != nil {
 			return errors.Join(err, herr)
 		}
