@@ -42,9 +42,10 @@ type AutoAssignArgs struct {
 	// and one cut short by a crash, or by a handle write that failed, may
 	// have left part of its addresses, or a count without addresses
 	// (AssignedByHandle then gives ErrHandleNotFound). Such a handle stays
-	// held until ReleaseByHandle releases what it holds and Repair removes
-	// the count left. A request that fails cleanly leaves the handle new
-	// again.
+	// held until ReleaseByHandle releases what it holds and the count
+	// left is removed: by Repair, or by a Collector once the count has
+	// stood unchanged for its grace period. A request that fails cleanly
+	// leaves the handle new again.
 	NewHandle bool
 
 	// Attrs are stored with each address, with AttrNode set to Node (the

@@ -73,6 +73,13 @@ type CollectorOptions struct {
 // holds by then is left alone. A block that still holds addresses keeps
 // them, without affinity; the allocation oracle collects them as usual.
 //
+// A handle record that counts more addresses than the blocks hold (a
+// crash, or a failed write, between the count and its block) is rewritten
+// to what the blocks hold once it has stood so, unchanged, for the grace
+// period, as Repair would; an assignment in flight looks the same, but
+// not for so long. Until then a request with NewHandle finds the handle
+// held (CollectResult.RepairedHandles).
+//
 // A Collector keeps its suspects in memory: a new one starts its grace
 // periods afresh. It is safe for concurrent use; passes do not overlap.
 type Collector struct {
@@ -86,6 +93,16 @@ type Collector struct {
 	leaks  map[netip.Addr]suspect
 	blocks map[netip.Prefix]suspect
 	gone   map[string]time.Time // nodes holding blocks seen gone, since when
+	// handles are the handle records seen counting more than the blocks
+	// hold, each with the revision seen and since when.
+	handles map[string]staleCount
+}
+
+// staleCount is what the collector remembers of a handle record that
+// counts more addresses than the blocks hold.
+type staleCount struct {
+	since time.Time
+	rev   Revision
 }
 
 // suspect is what the collector remembers of an allocation or a block.
@@ -121,6 +138,13 @@ type CollectResult struct {
 	// over, and any other (one a crash left, say), and those whose last
 	// address it released (a gone node's block that held addresses).
 	DeletedBlocks []netip.Prefix
+	// RepairedHandles lists the handles whose records the pass rewrote to
+	// count what the blocks hold: records that counted more, unchanged,
+	// for the grace period (left by a crash or a failed write; an
+	// assignment in flight looks the same, but not for so long). A record
+	// that counted nothing any block holds is deleted, which makes its
+	// handle new again for a request with NewHandle.
+	RepairedHandles []string
 }
 
 // NewCollector returns a collector releasing a's leaked addresses, asking
@@ -135,7 +159,8 @@ func NewCollector(a *Allocator, live Liveness, opts CollectorOptions) (*Collecto
 		opts.Grace = 15 * time.Minute
 	}
 	return &Collector{a: a, live: live, nodes: opts.Nodes, grace: opts.Grace, keep: opts.KeepEmptyBlocks,
-		leaks: map[netip.Addr]suspect{}, blocks: map[netip.Prefix]suspect{}, gone: map[string]time.Time{}}, nil
+		leaks: map[netip.Addr]suspect{}, blocks: map[netip.Prefix]suspect{}, gone: map[string]time.Time{},
+		handles: map[string]staleCount{}}, nil
 }
 
 // Collect runs one pass: it reads every block, updates the suspects, and
@@ -162,6 +187,8 @@ func (c *Collector) Collect(ctx context.Context) (CollectResult, error) {
 	if c.nodes != nil {
 		held = map[string][]netip.Prefix{}
 	}
+	read := map[netip.Prefix]*block.Block{}     // the blocks as the pass read them
+	counts := map[string]map[netip.Prefix]int{} // per handle, its addresses per block
 	for _, r := range recs {
 		blk, err := parseBlockKey(r.Key)
 		if err != nil {
@@ -182,8 +209,13 @@ func (c *Collector) Collect(ctx context.Context) (CollectResult, error) {
 		} else if b.Affinity().IsZero() && b.Empty() {
 			unaffine = append(unaffine, b)
 		}
+		read[blk] = b
 		for addr, al := range b.All() {
 			x := Allocation{Addr: addr, Block: blk, Handle: al.Owner.Handle, Attrs: al.Owner.Attrs, Seq: al.Seq}
+			if counts[x.Handle] == nil {
+				counts[x.Handle] = map[netip.Prefix]int{}
+			}
+			counts[x.Handle][blk]++
 			res.Allocations++
 			seen[addr] = true
 			live, err := c.live(ctx, x)
@@ -216,6 +248,9 @@ func (c *Collector) Collect(ctx context.Context) (CollectResult, error) {
 			continue
 		}
 		released, deleted, err := c.release(ctx, byHandle[handle])
+		if len(released) > 0 {
+			delete(counts, handle) // its record changed: see staleCounts
+		}
 		res.Released = append(res.Released, released...)
 		res.DeletedBlocks = append(res.DeletedBlocks, deleted...)
 		if err != nil {
@@ -299,7 +334,68 @@ func (c *Collector) Collect(ctx context.Context) (CollectResult, error) {
 			}
 		}
 	}
+
+	repaired, err := c.staleCounts(ctx, now, counts, read)
+	res.RepairedHandles = repaired
+	if err != nil {
+		errs = append(errs, err)
+	}
 	return res, errors.Join(errs...)
+}
+
+// staleCounts lists the handle records and rewrites those that have
+// counted more addresses than the blocks hold, at one revision, for the
+// grace period, as Repair does (see rebuildHandle): each count becomes
+// what the pass's read of the block or a fresh one gives the handle.
+// counts holds, per handle, its addresses per block in the pass's read,
+// and read those blocks; a handle missing from counts holds nothing, or
+// had addresses released by this pass, whose read is then out of date
+// (the record changed, so the next pass starts its clock again).
+func (c *Collector) staleCounts(ctx context.Context, now time.Time, counts map[string]map[netip.Prefix]int, read map[netip.Prefix]*block.Block) ([]string, error) {
+	recs, err := c.a.store.List(ctx, KindHandle, KeyRange{})
+	if err != nil {
+		return nil, fmt.Errorf("ipam: collect: list handles: %w", err)
+	}
+	stale := map[string]bool{}
+	var repaired []string
+	var errs []error
+	for _, r := range recs {
+		var rec handleRecord
+		if rec.unmarshal(r.Value) != nil {
+			continue // Check reports it, Repair rebuilds it
+		}
+		found := counts[r.Key]
+		if !slices.ContainsFunc(rec.entries(), func(hc handleCount) bool { return hc.count > found[hc.block] }) {
+			continue
+		}
+		stale[r.Key] = true
+		s, ok := c.handles[r.Key]
+		if !ok || s.rev != r.Revision {
+			c.handles[r.Key] = staleCount{since: now, rev: r.Revision}
+			continue
+		}
+		if now.Sub(s.since) < c.grace {
+			continue
+		}
+		if err := ctx.Err(); err != nil {
+			return repaired, errors.Join(append(errs, err)...)
+		}
+		delete(c.handles, r.Key)
+		st := &checkState{blocks: read, handles: map[string]map[netip.Prefix]int{r.Key: found}}
+		fix := c.a.rebuildHandle(ctx, r.Key, r.Revision, st)
+		switch {
+		case fix.err != nil:
+			errs = append(errs, fmt.Errorf("ipam: collect: handle %q: %w", r.Key, fix.err))
+		case len(fix.changed) > 0:
+			repaired = append(repaired, r.Key)
+		}
+	}
+	for h := range c.handles {
+		if !stale[h] {
+			delete(c.handles, h)
+		}
+	}
+	return repaired, errors.Join(errs...)
 }
 
 // askNodes asks the node oracle, if there is one, about each node holding
