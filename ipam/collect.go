@@ -18,6 +18,13 @@ import (
 // (Attrs carries AttrNode, but for LoadBalancer addresses, and whatever the
 // assigning program stored, such as a pod name). An error means "unknown":
 // the allocation is treated as alive.
+//
+// Answer for the owner the address was assigned to, not for whatever now
+// bears its name: a StatefulSet pod deleted while its node was down
+// comes back under the same name, on another node and with another
+// address, and the old address is then a leak. Compare the node
+// (Attrs[AttrNode]) and the addresses the pod reports, or a UID stored
+// with the address (examples/collector does the first).
 type Liveness func(ctx context.Context, a Allocation) (alive bool, err error)
 
 // NodeLiveness tells a Collector whether a node still exists in the

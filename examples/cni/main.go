@@ -187,9 +187,9 @@ func run(ctx context.Context, w io.Writer) error {
 	}
 	fmt.Fprintln(w, "  released:", released, "(nothing left: success)")
 
-	// The container is gone, so a new ADD under its handle is a new
-	// request: it assigns again.
-	fmt.Fprintln(w, "\nADD after DEL (the container restarted with the same ID)")
+	// After DEL the handle holds nothing, so an ADD under it (a runtime
+	// that reuses the container ID) is a new request and assigns again.
+	fmt.Fprintln(w, "\nADD after DEL: the handle holds nothing, so it assigns again")
 	res, err := add(ctx, a, web)
 	if err != nil {
 		return err

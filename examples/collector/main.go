@@ -7,7 +7,11 @@
 //     attributes, set by the CNI plugin; LoadBalancer addresses carry the
 //     Service's, set by the Service controller, and no node attribute at
 //     all (they belong to the virtual owner "virtual:load-balancer"), so
-//     an oracle that only knew pods would call every Service dead;
+//     an oracle that only knew pods would call every Service dead. A pod
+//     name alone is not enough either: a StatefulSet pod deleted while its
+//     node was down comes back under the same name on another node, with
+//     another address, and the old one must go. So the oracle also
+//     checks the pod's node and addresses, as Calico's does;
 //   - a node oracle that asks whether a node still exists, so that the
 //     blocks of a removed node are released, its last one too.
 //
@@ -27,6 +31,7 @@ import (
 	"io"
 	"net/netip"
 	"os"
+	"slices"
 	"sync"
 	"time"
 
@@ -45,9 +50,16 @@ func main() {
 // cluster stands in for the Kubernetes API: the objects that exist.
 type cluster struct {
 	mu       sync.Mutex
-	pods     map[string]bool // "namespace/name"
-	services map[string]bool // "namespace/name"
+	pods     map[string]podInfo // by "namespace/name"
+	services map[string]bool    // "namespace/name"
 	nodes    map[string]bool
+}
+
+// podInfo is what the oracle needs of a pod: spec.nodeName and
+// status.podIPs.
+type podInfo struct {
+	node string
+	ips  []netip.Addr
 }
 
 // The attributes the assigning programs store with each address.
@@ -66,7 +78,10 @@ func (c *cluster) alive(_ context.Context, al ipam.Allocation) (bool, error) {
 	ns := al.Attrs[attrNamespace]
 	switch {
 	case al.Attrs[attrPod] != "":
-		return c.pods[ns+"/"+al.Attrs[attrPod]], nil
+		p, ok := c.pods[ns+"/"+al.Attrs[attrPod]]
+		// The pod of that name must be the one the address was assigned
+		// for: on its node and, once it reports addresses, holding this one.
+		return ok && p.node == al.Attrs[ipam.AttrNode] && (len(p.ips) == 0 || slices.Contains(p.ips, al.Addr)), nil
 	case al.Attrs[attrService] != "":
 		return c.services[ns+"/"+al.Attrs[attrService]], nil
 	}
@@ -80,10 +95,30 @@ func (c *cluster) nodeExists(_ context.Context, node string) (bool, error) {
 	return c.nodes[node], nil
 }
 
-func (c *cluster) remove(set map[string]bool, name string) {
+func (c *cluster) removePod(name string) {
 	c.mu.Lock()
-	delete(set, name)
+	delete(c.pods, name)
 	c.mu.Unlock()
+}
+
+func (c *cluster) removeService(name string) {
+	c.mu.Lock()
+	delete(c.services, name)
+	c.mu.Unlock()
+}
+
+func (c *cluster) removeNode(name string) {
+	c.mu.Lock()
+	delete(c.nodes, name)
+	c.mu.Unlock()
+}
+
+// owner names an allocation's owner from its attributes.
+func owner(al ipam.Allocation) string {
+	if svc := al.Attrs[attrService]; svc != "" {
+		return "Service " + al.Attrs[attrNamespace] + "/" + svc
+	}
+	return "pod " + al.Attrs[attrNamespace] + "/" + al.Attrs[attrPod] + " on " + al.Attrs[ipam.AttrNode]
 }
 
 // clock is the example's time, advanced by hand.
@@ -119,23 +154,39 @@ func run(ctx context.Context, w io.Writer) error {
 		}
 	}
 
-	k8s := &cluster{pods: map[string]bool{}, services: map[string]bool{}, nodes: map[string]bool{}}
+	k8s := &cluster{pods: map[string]podInfo{}, services: map[string]bool{}, nodes: map[string]bool{}}
+	// startPod runs a pod as the kubelet and the CNI plugin would: the
+	// handle is the container's (here a counter), the pod's IPs are
+	// reported once assigned.
+	containers := 0
+	startPod := func(ns, name, node string) error {
+		containers++
+		k8s.mu.Lock()
+		k8s.nodes[node] = true
+		k8s.mu.Unlock()
+		res, err := a.AutoAssign(ctx, ipam.AutoAssignArgs{
+			Num4: 1, Handle: fmt.Sprintf("k8s-pod-network.c%02d", containers), Node: node,
+			Attrs: map[string]string{attrNamespace: ns, attrPod: name},
+		})
+		if err != nil {
+			return err
+		}
+		k8s.mu.Lock()
+		k8s.pods[ns+"/"+name] = podInfo{node: node, ips: []netip.Addr{res.IPv4[0].Addr}}
+		k8s.mu.Unlock()
+		fmt.Fprintf(w, "  pod     %-20s %-8s %-14s %s\n", ns+"/"+name, node, res.IPv4[0].Addr, fmt.Sprintf("k8s-pod-network.c%02d", containers))
+		return nil
+	}
 	fmt.Fprintln(w, "Assign")
-	for _, p := range []struct{ ns, name, node string }{
+	for _, p := range [][3]string{
 		{"default", "web-0", "node-1"},
 		{"default", "web-1", "node-2"},
 		{"batch", "report-7", "node-2"},
 		{"default", "cache-0", "node-3"},
 	} {
-		k8s.pods[p.ns+"/"+p.name], k8s.nodes[p.node] = true, true
-		res, err := a.AutoAssign(ctx, ipam.AutoAssignArgs{
-			Num4: 1, Handle: "k8s-pod-network." + p.ns + "." + p.name, Node: p.node,
-			Attrs: map[string]string{attrNamespace: p.ns, attrPod: p.name},
-		})
-		if err != nil {
+		if err := startPod(p[0], p[1], p[2]); err != nil {
 			return err
 		}
-		fmt.Fprintf(w, "  pod     %-20s %-8s %s\n", p.ns+"/"+p.name, p.node, res.IPv4[0].Addr)
 	}
 	for _, svc := range []string{"frontend", "legacy-api"} {
 		k8s.services["default/"+svc] = true
@@ -146,18 +197,25 @@ func run(ctx context.Context, w io.Writer) error {
 		if err != nil {
 			return err
 		}
-		fmt.Fprintf(w, "  service %-20s %-8s %s\n", "default/"+svc, "-", res.IPv4[0].Addr)
+		fmt.Fprintf(w, "  service %-20s %-8s %-14s %s\n", "default/"+svc, "-", res.IPv4[0].Addr, "svc.default."+svc)
 	}
 
-	// What happens while nobody cleans up: batch/report-7 is deleted while
-	// node-2 is unreachable, so its CNI DEL never runs; default/legacy-api
-	// is deleted while the Service controller is down; node-3 is removed
-	// from the cluster, its pod with it.
-	fmt.Fprintln(w, "\nThe cluster changes: pod batch/report-7 and Service default/legacy-api deleted, node-3 removed")
-	k8s.remove(k8s.pods, "batch/report-7")
-	k8s.remove(k8s.services, "default/legacy-api")
-	k8s.remove(k8s.pods, "default/cache-0")
-	k8s.remove(k8s.nodes, "node-3")
+	// What happens while nobody cleans up: node-2 is unreachable, so the
+	// CNI DELs of its pods never run: batch/report-7 is deleted, and the
+	// StatefulSet pod default/web-1 is force-deleted and started again on
+	// node-1. default/legacy-api is deleted while the Service controller
+	// is down. node-3 is removed from the cluster, its pod with it.
+	fmt.Fprintln(w, "\nThe cluster changes while node-2 is unreachable")
+	fmt.Fprintln(w, "  pod batch/report-7 deleted; pod default/web-1 force-deleted and started on node-1:")
+	k8s.removePod("batch/report-7")
+	k8s.removePod("default/web-1")
+	if err := startPod("default", "web-1", "node-1"); err != nil {
+		return err
+	}
+	fmt.Fprintln(w, "  Service default/legacy-api deleted; node-3 removed")
+	k8s.removeService("default/legacy-api")
+	k8s.removePod("default/cache-0")
+	k8s.removeNode("node-3")
 
 	const grace = 15 * time.Minute // Calico's default
 	c, err := ipam.NewCollector(a, k8s.alive, ipam.CollectorOptions{Grace: grace, Nodes: k8s.nodeExists})
@@ -173,7 +231,7 @@ func run(ctx context.Context, w io.Writer) error {
 		fmt.Fprintf(w, "\nCollect at %s: allocations %d, suspects %d, nodes gone %d\n",
 			clk.Now().Format("15:04"), r.Allocations, r.Suspects, r.GoneNodes)
 		for _, al := range r.Released {
-			fmt.Fprintf(w, "  released %-14s of %s\n", al.Addr, al.Handle)
+			fmt.Fprintf(w, "  released %-14s %-24s %s\n", al.Addr, al.Handle, owner(al))
 		}
 		for _, blk := range r.GoneNodeBlocks {
 			fmt.Fprintf(w, "  released block %s of a removed node\n", blk)
@@ -187,7 +245,7 @@ func run(ctx context.Context, w io.Writer) error {
 			return err
 		}
 		for _, al := range all {
-			fmt.Fprintf(w, "  %-14s %s\n", al.Addr, al.Handle)
+			fmt.Fprintf(w, "  %-14s %-24s %s\n", al.Addr, al.Handle, owner(al))
 		}
 	}
 	return nil
