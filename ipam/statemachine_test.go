@@ -202,20 +202,21 @@ func (m *machine) AutoAssign(t *rapid.T) {
 	m.record(t, node, handle, res.IPv6)
 }
 
-func (m *machine) AssignIP(t *rapid.T) {
-	p := machinePools[rapid.IntRange(0, len(machinePools)-1).Draw(t, "pool")]
+// poolAddr draws one of the first n machine pools and an address in it.
+func poolAddr(t *rapid.T, n int) (pool.Pool, netip.Addr) {
+	p := machinePools[rapid.IntRange(0, n-1).Draw(t, "pool")]
 	size := 1 << (p.CIDR.Addr().BitLen() - p.CIDR.Bits())
 	addr := p.CIDR.Addr()
 	for range rapid.IntRange(0, size-1).Draw(t, "offset") {
 		addr = addr.Next()
 	}
-	node, handle := m.node(t), m.newHandle()
-	var use pool.Use
-	if p.Allows(pool.UseLoadBalancer) {
-		node, use = "", pool.UseLoadBalancer
-	}
-	x, err := m.alloc(t).AssignIP(t.Context(), ipam.AssignIPArgs{Addr: addr, Handle: handle, Node: node, Use: use})
-	_, taken := m.model[addr]
+	return p, addr
+}
+
+// assignedIP checks AssignIP's answer for addr in p against the model,
+// records what it assigned, and reports whether it did.
+func (m *machine) assignedIP(t *rapid.T, p pool.Pool, node, handle string, x ipam.Assigned, err error) bool {
+	_, taken := m.model[x.Addr]
 	switch {
 	case !m.live[p.Name] || !m.enabled[p.Name]:
 		require.ErrorIs(t, err, ipam.ErrNotInPool)
@@ -225,8 +226,25 @@ func (m *machine) AssignIP(t *rapid.T) {
 		require.ErrorIs(t, err, ipam.ErrInUse)
 	default:
 		require.NoError(t, err)
-		require.Equal(t, addr, x.Addr)
 		m.record(t, node, handle, []ipam.Assigned{x})
+		return true
+	}
+	return false
+}
+
+func (m *machine) AssignIP(t *rapid.T) {
+	p, addr := poolAddr(t, len(machinePools))
+	node, handle := m.node(t), m.newHandle()
+	var use pool.Use
+	if p.Allows(pool.UseLoadBalancer) {
+		node, use = "", pool.UseLoadBalancer
+	}
+	x, err := m.alloc(t).AssignIP(t.Context(), ipam.AssignIPArgs{Addr: addr, Handle: handle, Node: node, Use: use})
+	if err != nil {
+		x.Addr = addr
+	}
+	if m.assignedIP(t, p, node, handle, x, err) {
+		require.Equal(t, addr, x.Addr)
 	}
 }
 
@@ -249,25 +267,16 @@ func (m *machine) RepeatAssign(t *rapid.T) {
 	a := m.alloc(t)
 	if rapid.Bool().Draw(t, "specific") {
 		// AssignIP of an address in a workload pool, maybe the handle's own.
-		p := machinePools[rapid.IntRange(0, 2).Draw(t, "pool")]
-		addr := p.CIDR.Addr()
-		for range rapid.IntRange(0, 1<<(p.CIDR.Addr().BitLen()-p.CIDR.Bits())-1).Draw(t, "offset") {
-			addr = addr.Next()
-		}
+		p, addr := poolAddr(t, 3)
 		x, err := a.AssignIP(t.Context(), ipam.AssignIPArgs{Addr: addr, Handle: handle, Node: node, NewHandle: true})
-		_, taken := m.model[addr]
+		if err != nil {
+			x.Addr = addr
+		}
 		switch {
 		case len(held) > 0:
 			require.ErrorIs(t, err, ipam.ErrHandleExists)
-		case !m.live[p.Name] || !m.enabled[p.Name]:
-			require.ErrorIs(t, err, ipam.ErrNotInPool)
-		case errors.Is(err, ipam.ErrStrictAffinity):
-			require.True(t, m.config.StrictAffinity)
-		case taken:
-			require.ErrorIs(t, err, ipam.ErrInUse)
-		default:
-			require.NoError(t, err)
-			m.record(t, node, handle, []ipam.Assigned{x})
+		case m.assignedIP(t, p, node, handle, x, err):
+			require.Equal(t, addr, x.Addr)
 			held = append(held, ipam.Assigned{Addr: x.Addr, Seq: x.Seq})
 		}
 		m.requireHeld(t, a, handle, held)
