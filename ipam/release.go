@@ -517,8 +517,8 @@ func (a *Allocator) IPsByHandle(ctx context.Context, handle string) ([]netip.Add
 	return out, nil
 }
 
-// AssignedByHandle returns what handle holds, read fresh from the store, as
-// AutoAssign returns it: each address with its block, the pool that carves
+// AssignedByHandle returns what handle holds, read fresh from the store, in
+// AutoAssign's result type: each address with its block, the pool that carves
 // the block (empty if none does any more) and the sequence number of its
 // allocation, IPv4 and then IPv6, each in address order. It is how a
 // request repeated with NewHandle learns what the first one got. A handle
