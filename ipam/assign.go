@@ -1010,10 +1010,12 @@ type AssignIPArgs struct {
 // choice: the pool's nodeSelector and namespaceSelector, its assignment
 // mode (Manual pools included) and Reservations are not consulted.
 func (a *Allocator) AssignIP(ctx context.Context, args AssignIPArgs) (Assigned, error) {
-	x, err := a.assignIP(ctx, args)
-	if err != nil && args.NewHandle && unavailable(err) {
+	var created bool
+	x, err := a.assignIP(ctx, args, &created)
+	if err != nil && args.NewHandle && !created && unavailable(err) {
 		// As for AutoAssign (see assignError): a repeated request learns
-		// first that its handle holds addresses.
+		// first that its handle holds addresses; a record this request
+		// created is its own leftover.
 		if herr := a.handleExists(ctx, args.Handle); herr != nil {
 			return Assigned{}, herr
 		}
@@ -1032,7 +1034,9 @@ func unavailable(err error) bool {
 	return false
 }
 
-func (a *Allocator) assignIP(ctx context.Context, args AssignIPArgs) (Assigned, error) {
+// assignIP is AssignIP; it sets *created when the request created the
+// handle's record.
+func (a *Allocator) assignIP(ctx context.Context, args AssignIPArgs, created *bool) (Assigned, error) {
 	const op = "assign"
 	if err := checkAddr(op, args.Addr); err != nil {
 		return Assigned{}, err
@@ -1130,6 +1134,7 @@ func (a *Allocator) assignIP(ctx context.Context, args AssignIPArgs) (Assigned, 
 		return a.commitAssign(ctx, &h, e, addr, seq, 1)
 	})
 	e.unlock()
+	*created = h.created
 	if err != nil {
 		if claimed {
 			// Give up the block this call claimed, as a failed AutoAssign
