@@ -26,7 +26,9 @@
 //
 // A request for both IPv4 and IPv6 addresses is all-or-nothing unless it
 // sets Partial; failures are an [*AssignError] saying what was short and
-// why. [Allocator.AssignIP] assigns one given address.
+// why. [Allocator.AssignIP] assigns one given address, and
+// [Allocator.AssignIPs] several under one handle, all or none (a pod's
+// fixed IPv4 and IPv6 addresses).
 //
 // LoadBalancer addresses (use [pool.UseLoadBalancer], from LoadBalancer
 // pools only) belong to no node: a request for them names none, and their
@@ -118,6 +120,9 @@
 //     address without its count.
 //   - A request can be made safe to repeat (NewHandle); Calico assigns
 //     again under a handle that holds addresses.
+//   - Several given addresses are assigned all or none (AssignIPs);
+//     Calico's CNI plugin assigns a pod's ipAddrs one at a time and keeps
+//     the first when the second fails.
 //   - A reservation made while an AutoAssign is in flight holds for it:
 //     the request looks again after its writes and replaces what the new
 //     reservation covers.

@@ -44,8 +44,8 @@ var (
 	// ErrReservationNotFound: no reservation has the given name.
 	ErrReservationNotFound = errors.New("reservation not found")
 
-	// ErrCoolingDown: AssignIP asked for an address released less than
-	// Config.ReleaseCooldown ago (see AssignIPArgs.IgnoreCooldown).
+	// ErrCoolingDown: AssignIP or AssignIPs asked for an address released
+	// less than Config.ReleaseCooldown ago (see AssignIPArgs.IgnoreCooldown).
 	ErrCoolingDown = errors.New("address released too recently")
 
 	// ErrNotInPool: an address lies in no pool, or in a pool that cannot be
@@ -55,7 +55,7 @@ var (
 	// ErrNotAllocated: the address is not assigned.
 	ErrNotAllocated = block.ErrNotAllocated
 
-	// ErrInUse: AssignIP found the address taken.
+	// ErrInUse: AssignIP or AssignIPs found the address taken.
 	ErrInUse = block.ErrInUse
 
 	// ErrReserved: the address is reserved and cannot be assigned.
@@ -94,10 +94,10 @@ var (
 	ErrHandleNotFound = errors.New("handle not found")
 
 	// ErrHandleExists: a request with NewHandle (AutoAssignArgs,
-	// AssignIPArgs) found its handle holding addresses already, being
-	// assigned to by another request, or counting addresses that a failed
-	// write left (see AutoAssignArgs.NewHandle). Nothing was assigned;
-	// AssignedByHandle returns what the handle's blocks hold.
+	// AssignIPArgs, AssignIPsArgs) found its handle holding addresses
+	// already, being assigned to by another request, or counting addresses
+	// that a failed write left (see AutoAssignArgs.NewHandle). Nothing was
+	// assigned; AssignedByHandle returns what the handle's blocks hold.
 	ErrHandleExists = errors.New("handle holds addresses already")
 
 	// ErrTooManyConflicts: concurrent writers kept winning the

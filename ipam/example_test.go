@@ -146,3 +146,32 @@ func ExampleAllocator_AssignedByHandle() {
 	// 10.244.4.64 10.244.4.64 true
 	// 1 address under the handle
 }
+
+// A pod that asks for one IPv4 and one IPv6 address (Calico's ipAddrs
+// annotation) gets both or neither.
+func ExampleAllocator_AssignIPs() {
+	ctx := context.Background()
+	a, _ := ipam.New(memstore.New(), ipam.Options{})
+	_ = a.CreatePool(ctx, pool.Pool{Name: "default-ipv4-ippool", CIDR: netip.MustParsePrefix("10.244.0.0/18")})
+	_ = a.CreatePool(ctx, pool.Pool{Name: "default-ipv6-ippool", CIDR: netip.MustParsePrefix("fd00:10:244::/48")})
+
+	res, err := a.AssignIPs(ctx, ipam.AssignIPsArgs{
+		Addrs:  []netip.Addr{netip.MustParseAddr("10.244.0.10"), netip.MustParseAddr("fd00:10:244::10")},
+		Handle: "default/cache-0", Node: "node-1",
+	})
+	fmt.Println(res.IPv4[0].Addr, res.IPv6[0].Addr, err)
+
+	// The IPv6 address is taken, so the free IPv4 one is not kept either.
+	_, err = a.AssignIPs(ctx, ipam.AssignIPsArgs{
+		Addrs:  []netip.Addr{netip.MustParseAddr("10.244.0.11"), netip.MustParseAddr("fd00:10:244::10")},
+		Handle: "default/cache-1", Node: "node-2",
+	})
+	var ae *ipam.AddrError
+	fmt.Println(errors.As(err, &ae), ae.Addr, errors.Is(err, ipam.ErrInUse))
+	_, err = a.Owner(ctx, netip.MustParseAddr("10.244.0.11"))
+	fmt.Println(errors.Is(err, ipam.ErrNotAllocated))
+	// Output:
+	// 10.244.0.10 fd00:10:244::10 <nil>
+	// true fd00:10:244::10 true
+	// true
+}

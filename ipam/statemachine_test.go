@@ -205,12 +205,17 @@ func (m *machine) AutoAssign(t *rapid.T) {
 // poolAddr draws one of the first n machine pools and an address in it.
 func poolAddr(t *rapid.T, n int) (pool.Pool, netip.Addr) {
 	p := machinePools[rapid.IntRange(0, n-1).Draw(t, "pool")]
+	return p, addrIn(t, p)
+}
+
+// addrIn draws an address in p.
+func addrIn(t *rapid.T, p pool.Pool) netip.Addr {
 	size := 1 << (p.CIDR.Addr().BitLen() - p.CIDR.Bits())
 	addr := p.CIDR.Addr()
 	for range rapid.IntRange(0, size-1).Draw(t, "offset") {
 		addr = addr.Next()
 	}
-	return p, addr
+	return addr
 }
 
 // assignedIP checks AssignIP's answer for addr in p against the model,
@@ -246,6 +251,58 @@ func (m *machine) AssignIP(t *rapid.T) {
 	if m.assignedIP(t, p, node, handle, x, err) {
 		require.Equal(t, addr, x.Addr)
 	}
+}
+
+// AssignIPs asks for two or three given addresses, all or none, of a
+// node's pools (both families) or of the LoadBalancer pool.
+func (m *machine) AssignIPs(t *rapid.T) {
+	node, handle := m.node(t), m.newHandle()
+	var use pool.Use
+	from := machinePools[:3]
+	if rapid.Bool().Draw(t, "lb") {
+		node, use, from = "", pool.UseLoadBalancer, machinePools[3:]
+	}
+	var addrs []netip.Addr
+	var pools []pool.Pool
+	for range rapid.IntRange(2, 3).Draw(t, "n") {
+		p := rapid.SampledFrom(from).Draw(t, "pool")
+		addr := addrIn(t, p)
+		if !slices.Contains(addrs, addr) {
+			addrs, pools = append(addrs, addr), append(pools, p)
+		}
+	}
+	res, err := m.alloc(t).AssignIPs(t.Context(), ipam.AssignIPsArgs{Addrs: addrs, Handle: handle, Node: node, Use: use})
+	unusable, taken := false, false
+	for i, addr := range addrs {
+		_, held := m.model[addr]
+		taken = taken || held
+		unusable = unusable || !m.live[pools[i].Name] || !m.enabled[pools[i].Name]
+	}
+	switch {
+	case unusable:
+		require.ErrorIs(t, err, ipam.ErrNotInPool) // found before any write
+	case err == nil:
+		require.False(t, taken, "assigned %v, some of them taken", addrs)
+		var got []netip.Addr
+		for _, x := range slices.Concat(res.IPv4, res.IPv6) {
+			got = append(got, x.Addr)
+		}
+		require.ElementsMatch(t, addrs, got)
+		m.record(t, node, handle, res.IPv4)
+		m.record(t, node, handle, res.IPv6)
+		return
+	case errors.Is(err, ipam.ErrStrictAffinity):
+		require.True(t, m.config.StrictAffinity, "%v", err)
+	default:
+		require.True(t, taken, "%v refused: %v", addrs, err)
+		require.ErrorIs(t, err, ipam.ErrInUse)
+	}
+	var ae *ipam.AddrError
+	if len(addrs) > 1 && !unusable {
+		require.ErrorAs(t, err, &ae)
+		require.Contains(t, addrs, ae.Addr)
+	}
+	require.Zero(t, res.Len(), "all or none") // and Check finds the store as the model
 }
 
 // RepeatAssign sends a request with NewHandle, under a new handle or one
