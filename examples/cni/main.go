@@ -12,6 +12,9 @@
 //     plugin processes would be: exactly one assigns. A loser that finds
 //     the winner's addresses not all written yet waits a moment and asks
 //     again.
+//   - A pod with Calico's ipAddrs annotation gets exactly those addresses,
+//     one IPv4 and one IPv6, with AssignIPs: all or none, so a pod whose
+//     IPv6 address is taken is not left holding its IPv4 one.
 //   - DEL: ReleaseByHandle, where ErrHandleNotFound means the addresses
 //     are gone already, so a repeated DEL succeeds, as CNI requires.
 //
@@ -44,9 +47,11 @@ func main() {
 }
 
 // pod is what a CNI invocation knows about its workload: the runtime's
-// container ID (CNI_CONTAINERID) and, from CNI_ARGS, the pod.
+// container ID (CNI_CONTAINERID) and, from CNI_ARGS, the pod, with the
+// addresses its cni.projectcalico.org/ipAddrs annotation asks for.
 type pod struct {
 	containerID, namespace, name, node string
+	ipAddrs                            []netip.Addr
 }
 
 // handle is the handle Calico's plugin uses for a container on the
@@ -54,17 +59,33 @@ type pod struct {
 func (p pod) handle() string { return "k8s-pod-network." + p.containerID }
 
 // add is the IPAM part of CNI ADD: it returns the pod's addresses, assigning
-// them only if this container has none yet.
+// them only if this container has none yet: the ones its annotation names,
+// or else one of each family.
 func add(ctx context.Context, a *ipam.Allocator, p pod) (ipam.AutoAssignResult, error) {
-	args := ipam.AutoAssignArgs{
-		Num4: 1, Num6: 1,
-		Handle:    p.handle(),
-		NewHandle: true,
-		Node:      p.node,
-		Attrs:     map[string]string{"namespace": p.namespace, "pod": p.name},
+	attrs := map[string]string{"namespace": p.namespace, "pod": p.name}
+	want4, want6 := 1, 1
+	assign := func() (ipam.AutoAssignResult, error) {
+		return a.AutoAssign(ctx, ipam.AutoAssignArgs{
+			Num4: want4, Num6: want6, Handle: p.handle(), NewHandle: true, Node: p.node, Attrs: attrs,
+		})
+	}
+	if len(p.ipAddrs) > 0 {
+		want4, want6 = 0, 0
+		for _, addr := range p.ipAddrs {
+			if addr.Is4() {
+				want4++
+			} else {
+				want6++
+			}
+		}
+		assign = func() (ipam.AutoAssignResult, error) {
+			return a.AssignIPs(ctx, ipam.AssignIPsArgs{
+				Addrs: p.ipAddrs, Handle: p.handle(), NewHandle: true, Node: p.node, Attrs: attrs,
+			})
+		}
 	}
 	for wait := time.Millisecond; ; wait *= 2 {
-		res, err := a.AutoAssign(ctx, args)
+		res, err := assign()
 		if !errors.Is(err, ipam.ErrHandleExists) {
 			return res, err
 		}
@@ -72,14 +93,14 @@ func add(ctx context.Context, a *ipam.Allocator, p pod) (ipam.AutoAssignResult, 
 		// once it is complete. An ADD still running may have written its
 		// IPv4 address and not yet its IPv6 one; one that fails gives the
 		// handle up, and the next round assigns.
-		res, err = a.AssignedByHandle(ctx, args.Handle)
+		res, err = a.AssignedByHandle(ctx, p.handle())
 		switch {
-		case err == nil && len(res.IPv4) == args.Num4 && len(res.IPv6) == args.Num6:
+		case err == nil && len(res.IPv4) == want4 && len(res.IPv6) == want6:
 			return res, nil
 		case err != nil && !errors.Is(err, ipam.ErrHandleNotFound):
 			return res, err
 		case wait > time.Second:
-			return res, fmt.Errorf("ADD %s: an earlier ADD holds the handle but has not finished: %w", args.Handle, ipam.ErrHandleExists)
+			return res, fmt.Errorf("ADD %s: an earlier ADD holds the handle but has not finished: %w", p.handle(), ipam.ErrHandleExists)
 		}
 		time.Sleep(wait)
 	}
@@ -95,12 +116,17 @@ func del(ctx context.Context, a *ipam.Allocator, p pod) ([]netip.Addr, error) {
 	return released, err
 }
 
-// result formats what ADD returns to the runtime: each address with its
-// block's prefix length, as Calico's IPAM plugin reports it.
-func result(res ipam.AutoAssignResult) string {
+// result formats what ADD returns to the runtime, as Calico's IPAM plugin
+// reports it: each address with its block's prefix length, or a
+// host-length prefix for an address the pod asked for.
+func result(res ipam.AutoAssignResult, p pod) string {
 	var ips []string
 	for _, x := range append(res.IPv4, res.IPv6...) {
-		ips = append(ips, x.Prefix().String())
+		if len(p.ipAddrs) > 0 {
+			ips = append(ips, netip.PrefixFrom(x.Addr, x.Addr.BitLen()).String())
+		} else {
+			ips = append(ips, x.Prefix().String())
+		}
 	}
 	return strings.Join(ips, " ")
 }
@@ -126,7 +152,7 @@ func run(ctx context.Context, w io.Writer) error {
 	if err != nil {
 		return err
 	}
-	fmt.Fprintln(w, "  result:", result(first))
+	fmt.Fprintln(w, "  result:", result(first, web))
 
 	fmt.Fprintln(w, "\nADD again (the runtime timed out and retried)")
 	again, err := add(ctx, a, web)
@@ -137,8 +163,8 @@ func run(ctx context.Context, w io.Writer) error {
 	if err != nil {
 		return err
 	}
-	fmt.Fprintln(w, "  result:", result(again))
-	fmt.Fprintf(w, "  same answer: %v; addresses under the handle: %d\n", result(again) == result(first), len(held))
+	fmt.Fprintln(w, "  result:", result(again, web))
+	fmt.Fprintf(w, "  same answer: %v; addresses under the handle: %d\n", result(again, web) == result(first, web), len(held))
 
 	// Four plugin processes handling the same ADD at once, each with an
 	// allocator of its own on the shared store.
@@ -157,7 +183,7 @@ func run(ctx context.Context, w io.Writer) error {
 				return
 			}
 			res, err := add(ctx, plugin, db)
-			answers[i], errs[i] = result(res), err
+			answers[i], errs[i] = result(res, db), err
 		}()
 	}
 	wg.Wait()
@@ -173,6 +199,36 @@ func run(ctx context.Context, w io.Writer) error {
 		same = same && ans == answers[0]
 	}
 	fmt.Fprintf(w, "  addresses under the handle: %d; all four answered %s: %v\n", len(held), answers[0], same)
+
+	// Pods that ask for their addresses (cni.projectcalico.org/ipAddrs).
+	cache := pod{containerID: "b2d810", namespace: "default", name: "cache-0", node: "node-2",
+		ipAddrs: []netip.Addr{netip.MustParseAddr("10.244.63.10"), netip.MustParseAddr("fd00:10:244::10")}}
+	fmt.Fprintln(w, "\nADD", cache.handle(), "with ipAddrs", cache.ipAddrs)
+	res, err := add(ctx, a, cache)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintln(w, "  result:", result(res, cache))
+	again, err = add(ctx, a, cache)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintln(w, "  ADD again:", result(again, cache))
+
+	// This pod's IPv4 address is free but its IPv6 one is cache-0's: it
+	// gets neither, and the error says which address stood in the way.
+	clash := pod{containerID: "77ab02", namespace: "default", name: "cache-1", node: "node-1",
+		ipAddrs: []netip.Addr{netip.MustParseAddr("10.244.63.11"), netip.MustParseAddr("fd00:10:244::10")}}
+	fmt.Fprintln(w, "ADD", clash.handle(), "with ipAddrs", clash.ipAddrs)
+	_, err = add(ctx, a, clash)
+	var ae *ipam.AddrError
+	if !errors.As(err, &ae) || !errors.Is(err, ipam.ErrInUse) {
+		return fmt.Errorf("ADD %s: want the in-use address named, got %v", clash.handle(), err)
+	}
+	if _, err := a.Owner(ctx, clash.ipAddrs[0]); !errors.Is(err, ipam.ErrNotAllocated) {
+		return fmt.Errorf("%s kept after a failed ADD: %v", clash.ipAddrs[0], err)
+	}
+	fmt.Fprintf(w, "  refused: %s is in use; %s was not kept\n", ae.Addr, clash.ipAddrs[0])
 
 	fmt.Fprintln(w, "\nDEL", web.handle())
 	released, err := del(ctx, a, web)
@@ -190,10 +246,10 @@ func run(ctx context.Context, w io.Writer) error {
 	// After DEL the handle holds nothing, so an ADD under it (a runtime
 	// that reuses the container ID) is a new request and assigns again.
 	fmt.Fprintln(w, "\nADD after DEL: the handle holds nothing, so it assigns again")
-	res, err := add(ctx, a, web)
+	res, err = add(ctx, a, web)
 	if err != nil {
 		return err
 	}
-	fmt.Fprintln(w, "  result:", result(res))
+	fmt.Fprintln(w, "  result:", result(res, web))
 	return nil
 }
