@@ -184,7 +184,11 @@ func (a *Allocator) setDisabled(ctx context.Context, name string, disabled bool)
 // DeletePool deletes a pool as Calico does: it disables the pool, releases
 // every block affinity in it (empty blocks are deleted, others keep their
 // addresses without affinity), then removes the pool. Assigned addresses
-// stay assigned until released. Interrupted, it can simply be called again.
+// stay assigned until released. Interrupted, it can simply be called again,
+// until it has removed the pool: an error after that says "the pool is
+// deleted" (a call again finds no pool), and what it may leave, empty
+// blocks without affinity that held cooling addresses, Repair deletes, as
+// does a Collector once their cooldown is over.
 // If the pool is enabled again while it runs, it keeps the pool and fails
 // with ErrPoolEnabled.
 //
@@ -231,6 +235,9 @@ func (a *Allocator) DeletePool(ctx context.Context, name string) error {
 			return fmt.Errorf("ipam: delete pool %q: %w", name, err)
 		}
 	}
+	if err := a.dropPoolIndex(ctx, p.CIDR); err != nil {
+		return fmt.Errorf("ipam: delete pool %q: %w", name, err)
+	}
 	op := fmt.Sprintf("delete pool %q", name)
 	err = a.changePools(ctx, op, func(s *pool.Set) error {
 		q, ok := s.Get(name)
@@ -253,7 +260,7 @@ func (a *Allocator) DeletePool(ctx context.Context, name string) error {
 	// block kept meanwhile, which reads the pool set after its write
 	// (keptStands), is deleted by one side or the other.
 	if recs, err = a.store.List(ctx, KindBlock, blockRange(p.CIDR)); err != nil {
-		return fmt.Errorf("ipam: %s: list blocks: %w", op, err)
+		return fmt.Errorf("ipam: %s: the pool is deleted; its empty blocks are left to Repair or a Collector: list blocks: %w", op, err)
 	}
 	var errs []error
 	for _, r := range recs {
@@ -266,7 +273,39 @@ func (a *Allocator) DeletePool(ctx context.Context, name string) error {
 		}
 	}
 	if len(errs) > 0 {
-		return fmt.Errorf("ipam: %s: the pool is deleted; its empty blocks are left to Repair: %w", op, errors.Join(errs...))
+		return fmt.Errorf("ipam: %s: the pool is deleted; its empty blocks are left to Repair or a Collector: %w", op, errors.Join(errs...))
+	}
+	return nil
+}
+
+// dropPoolIndex removes the index entries for blocks in cidr that their
+// blocks do not bear out: a call cut short between a block's release and
+// its entry's delete leaves one, which the block, no longer affine, does
+// not show. An entry whose block is its owner's stays: the deletion
+// released the blocks it listed, so such a block was claimed since, which
+// only an enabled pool allows, and the removal then fails with
+// ErrPoolEnabled.
+func (a *Allocator) dropPoolIndex(ctx context.Context, cidr netip.Prefix) error {
+	recs, err := a.store.List(ctx, KindAffinity, KeyRange{})
+	if err != nil {
+		return fmt.Errorf("list affinities: %w", err)
+	}
+	for _, r := range recs {
+		owner, blk, err := parseAffinityKey(r.Key)
+		if err != nil || blk.Bits() < cidr.Bits() || !cidr.Contains(blk.Addr()) {
+			continue // Check reports a malformed key
+		}
+		aff, _ := block.ParseAffinity(owner) // parseAffinityKey checked it
+		now, err := a.storedAffinity(ctx, blk)
+		if err != nil {
+			return err
+		}
+		if now == aff {
+			continue
+		}
+		if err := a.dropIndex(ctx, aff, blk, r.Revision); err != nil {
+			return err
+		}
 	}
 	return nil
 }
