@@ -477,17 +477,21 @@ type handleFix struct {
 // flight looks like no change, and a count lowered for both would lose
 // the assigned address. With no record at all, no release can lower one,
 // and the fresh read alone counts.
+// errHandleMoved: a rebuild found the handle's record written since the
+// check it rebuilds from.
+var errHandleMoved = errors.New("handle record written since the check")
+
 func (a *Allocator) rebuildHandle(ctx context.Context, handle string, rev Revision, st *checkState) handleFix {
 	cur, err := a.store.Get(ctx, KindHandle, handle)
 	switch {
 	case errors.Is(err, ErrNotFound):
 		if rev != 0 {
-			return handleFix{err: errors.New("handle record deleted since the check")}
+			return handleFix{err: fmt.Errorf("%w: deleted", errHandleMoved)}
 		}
 	case err != nil:
 		return handleFix{err: err}
 	case cur.Revision != rev:
-		return handleFix{err: errors.New("handle record changed since the check; check again")}
+		return handleFix{err: fmt.Errorf("%w; check again", errHandleMoved)}
 	}
 	var old handleRecord
 	corrupt := false

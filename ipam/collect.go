@@ -35,8 +35,11 @@ type NodeLiveness func(ctx context.Context, node string) (exists bool, err error
 // CollectorOptions tune a Collector.
 type CollectorOptions struct {
 	// Grace is how long an allocation must be seen with a dead owner, an
-	// affine block seen empty, and a node seen gone (Nodes), before any of
-	// them is released; 0 means 15 minutes (Calico's default).
+	// affine block seen empty, a node seen gone (Nodes), and a handle
+	// record seen counting more than the blocks hold, before any of them
+	// is released or rewritten; 0 means 15 minutes (Calico's default). It
+	// must be longer than any assignment takes, and passes further apart
+	// than any assignment or release (see Collector).
 	Grace time.Duration
 	// KeepEmptyBlocks turns off the release of empty affine blocks of
 	// nodes that exist. It does not keep the blocks of a node that Nodes
@@ -82,10 +85,12 @@ type CollectorOptions struct {
 //
 // A handle record that counts more addresses than the blocks hold (a
 // crash, or a failed write, between the count and its block) is rewritten
-// to what the blocks hold once it has stood so, unchanged, for the grace
-// period, as Repair would; an assignment in flight looks the same, but
-// not for so long. Until then a request with NewHandle finds the handle
-// held (CollectResult.RepairedHandles).
+// to what the blocks hold, as Repair would, once every pass across the
+// grace period has seen it so at one revision, on the pass after that:
+// that pass interval is Repair's settle time, so passes must be further
+// apart than any assignment or release takes. An assignment in flight
+// looks the same, but not for so long. Until then a request with
+// NewHandle finds the handle held (CollectResult.RepairedHandles).
 //
 // A Collector keeps its suspects in memory: a new one starts its grace
 // periods afresh. It is safe for concurrent use; passes do not overlap.
@@ -110,6 +115,15 @@ type Collector struct {
 type staleCount struct {
 	since time.Time
 	rev   Revision
+	// settle, once the record has stood so for the grace period, holds
+	// the pass's read of the handle's blocks and what the handle held
+	// there. The next pass rebuilds the record from it and a fresh read if
+	// the record is still at rev, as Repair rebuilds from its check after
+	// the settle time: a release whose block write came before that read
+	// lowers the count, and so changes the revision, before the next pass,
+	// and one whose block write came after it finds its address in the
+	// read, so that its lowering leaves the other addresses counted.
+	settle *checkState
 }
 
 // suspect is what the collector remembers of an allocation or a block.
@@ -146,9 +160,10 @@ type CollectResult struct {
 	// address it released (a gone node's block that held addresses).
 	DeletedBlocks []netip.Prefix
 	// RepairedHandles lists the handles whose records the pass rewrote to
-	// count what the blocks hold: records that counted more, unchanged,
-	// for the grace period (left by a crash or a failed write; an
-	// assignment in flight looks the same, but not for so long). A record
+	// count what the blocks hold: records that counted more, at one
+	// revision, in every pass across the grace period and one pass more
+	// (left by a crash or a failed write; an assignment in flight looks
+	// the same, but not for so long). A record
 	// that counted nothing any block holds is deleted, which makes its
 	// handle new again for a request with NewHandle.
 	RepairedHandles []string
@@ -352,12 +367,14 @@ func (c *Collector) Collect(ctx context.Context) (CollectResult, error) {
 
 // staleCounts lists the handle records and rewrites those that have
 // counted more addresses than the blocks hold, at one revision, for the
-// grace period, as Repair does (see rebuildHandle): each count becomes
-// what the pass's read of the block or a fresh one gives the handle.
-// counts holds, per handle, its addresses per block in the pass's read,
-// and read those blocks; a handle missing from counts holds nothing, or
-// had addresses released by this pass, whose read is then out of date
-// (the record changed, so the next pass starts its clock again).
+// grace period and one pass more, as Repair does (see rebuildHandle and
+// staleCount.settle): each count becomes what the read of the pass before
+// or a fresh one gives the handle. counts holds, per handle, its
+// addresses per block in the pass's read, and read those blocks; a handle
+// missing from counts holds nothing, or had addresses released by this
+// pass, whose read then shows too many (the safe side: the record's
+// lowering changes its revision, and if that write failed, the count
+// stays too high).
 func (c *Collector) staleCounts(ctx context.Context, now time.Time, counts map[string]map[netip.Prefix]int, read map[netip.Prefix]*block.Block) ([]string, error) {
 	recs, err := c.a.store.List(ctx, KindHandle, KeyRange{})
 	if err != nil {
@@ -384,13 +401,30 @@ func (c *Collector) staleCounts(ctx context.Context, now time.Time, counts map[s
 		if now.Sub(s.since) < c.grace {
 			continue
 		}
+		if s.settle == nil {
+			// Ripe: keep this pass's read for the next one.
+			blocks := map[netip.Prefix]*block.Block{}
+			for _, hc := range rec.entries() {
+				if b, ok := read[hc.block]; ok {
+					blocks[hc.block] = b
+				}
+			}
+			for blk := range found {
+				blocks[blk] = read[blk]
+			}
+			s.settle = &checkState{blocks: blocks, handles: map[string]map[netip.Prefix]int{r.Key: found}}
+			c.handles[r.Key] = s
+			continue
+		}
 		if err := ctx.Err(); err != nil {
 			return repaired, errors.Join(append(errs, err)...)
 		}
 		delete(c.handles, r.Key)
-		st := &checkState{blocks: read, handles: map[string]map[netip.Prefix]int{r.Key: found}}
-		fix := c.a.rebuildHandle(ctx, r.Key, r.Revision, st)
+		fix := c.a.rebuildHandle(ctx, r.Key, r.Revision, s.settle)
 		switch {
+		case errors.Is(fix.err, errHandleMoved):
+			// Written since the listing: an operation under the handle
+			// ran, and the next pass starts its clock again.
 		case fix.err != nil:
 			errs = append(errs, fmt.Errorf("ipam: collect: handle %q: %w", r.Key, fix.err))
 		case len(fix.changed) > 0:
