@@ -27,13 +27,14 @@ type Release struct {
 type ReleaseResult struct {
 	// Released lists the addresses released, in request order and as given
 	// (an IPv4-mapped IPv6 address releases, and is reported as, itself).
+	// An address given more than once in one call, as itself or in its
+	// IPv4-mapped form, is released (or refused) once, for its first
+	// entry, and listed once, as that entry gives it.
 	Released []netip.Addr
 	// NotAllocated lists the addresses that were not assigned, in request
-	// order. Releasing them is not an error, so that releases can be
-	// repeated safely.
+	// order, likewise. Releasing them is not an error, so that releases
+	// can be repeated safely.
 	NotAllocated []netip.Addr
-	// An address given more than once in one call is released (or
-	// refused) once, for its first entry, and listed once.
 
 	// DeletedBlocks lists the blocks this call deleted: blocks without
 	// affinity (their node gone, say) whose last address it released.

@@ -18,8 +18,12 @@ type PoolUtilization struct {
 	// Name and CIDR identify the pool. The entry for blocks outside every
 	// pool (left behind by deleted pools) has an empty Name and an invalid
 	// CIDR.
-	Name     string
-	CIDR     netip.Prefix
+	Name string
+	CIDR netip.Prefix
+	// Disabled says that the pool is disabled: AutoAssign hands out none
+	// of its Free addresses until it is enabled again. A sum of the room
+	// left for new workloads skips such pools (during a migration, the
+	// old one).
 	Disabled bool
 
 	// Capacity is the number of addresses in the pool: a big number for
@@ -36,9 +40,12 @@ type PoolUtilization struct {
 	// Cooling counts free addresses released less than
 	// Config.ReleaseCooldown ago.
 	Cooling uint64
-	// Free is what AutoAssign could still hand out. In the entry for blocks
-	// outside every pool it counts their unassigned addresses, which
-	// nothing hands out: AutoAssign only uses pools' blocks.
+	// Free counts the addresses neither in use, reserved nor cooling: what
+	// AutoAssign could still hand out from the pool while it is enabled,
+	// to the requests its selectors, assignment mode and allowed uses
+	// admit. In the entry for blocks outside every pool it counts their
+	// unassigned addresses, which nothing hands out: AutoAssign only uses
+	// pools' blocks.
 	Free *big.Int
 
 	// Blocks lists the pool's existing blocks in address order.
