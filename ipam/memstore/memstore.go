@@ -12,6 +12,11 @@
 // It implements [ipam.BlockKeeper] too: a block an allocator writes is kept
 // as it is and encoded only when someone reads the record, so the
 // allocation path never encodes a block.
+//
+// A Store lives as long as its process. To keep the addresses across
+// restarts, save a snapshot (Store.SaveFile, or Store.WriteTo to any
+// writer) on shutdown or after changes, and start from it (LoadFile,
+// Load): the loaded store holds every record at the revision it had.
 package memstore
 
 import (
