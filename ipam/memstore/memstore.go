@@ -16,7 +16,10 @@
 // A Store lives as long as its process. To keep the addresses across
 // restarts, save a snapshot (Store.SaveFile, or Store.WriteTo to any
 // writer) on shutdown or after changes, and start from it (LoadFile,
-// Load): the loaded store holds every record at the revision it had.
+// Load): the loaded store holds every record at the revision it had. A
+// snapshot taken while allocators work is what a crash would leave: run
+// ipam's Repair on the loaded store before allocators start (or let a
+// Collector rebuild the handle counts in flight).
 package memstore
 
 import (

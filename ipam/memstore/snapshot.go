@@ -9,6 +9,7 @@ import (
 	"hash"
 	"hash/crc32"
 	"io"
+	"math"
 	"os"
 	"path/filepath"
 	"slices"
@@ -24,10 +25,9 @@ import (
 const (
 	snapshotMagic   = "carve memstore snapshot\n"
 	snapshotVersion = 1
-	// maxSnapshotKey and maxSnapshotValue bound what Load accepts of one
-	// record, so that a damaged length cannot ask for gigabytes.
-	maxSnapshotKey   = 1 << 12
-	maxSnapshotValue = 1 << 26
+	// maxSnapshotRev bounds the last revision Load accepts, leaving the
+	// loaded store room to count on.
+	maxSnapshotRev = math.MaxUint64 >> 1
 )
 
 // ErrSnapshot is matched (errors.Is) by every error of Load and LoadFile
@@ -59,7 +59,8 @@ func (s *Store) WriteTo(w io.Writer) (int64, error) {
 	if err != nil {
 		return 0, err
 	}
-	cw := &countWriter{w: bufio.NewWriter(w), crc: crc32.New(castagnoli)}
+	counted := &countingWriter{w: w}
+	cw := &snapWriter{w: bufio.NewWriter(counted), crc: crc32.New(castagnoli)}
 	var buf []byte
 	buf = append(buf, snapshotMagic...)
 	buf = append(buf, snapshotVersion)
@@ -79,7 +80,7 @@ func (s *Store) WriteTo(w io.Writer) (int64, error) {
 	if cw.err == nil {
 		cw.err = cw.w.Flush()
 	}
-	return cw.n, cw.err
+	return counted.n, cw.err
 }
 
 // copyRecords copies every record under the write lock, encoding pending
@@ -108,23 +109,32 @@ func (s *Store) copyRecords() ([]snapRecord, uint64, error) {
 	return out, s.rev, nil
 }
 
-// countWriter writes to w, counting the bytes and summing them into crc,
-// and keeps the first error.
-type countWriter struct {
+// snapWriter writes to w, summing the bytes into crc, and keeps the first
+// error.
+type snapWriter struct {
 	w   *bufio.Writer
 	crc hash.Hash32
-	n   int64
 	err error
 }
 
-func (c *countWriter) write(p []byte) {
+func (c *snapWriter) write(p []byte) {
 	if c.err != nil {
 		return
 	}
 	_, _ = c.crc.Write(p) // a hash never fails
-	var n int
-	n, c.err = c.w.Write(p)
+	_, c.err = c.w.Write(p)
+}
+
+// countingWriter counts the bytes that reach w.
+type countingWriter struct {
+	w io.Writer
+	n int64
+}
+
+func (c *countingWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
 	c.n += int64(n)
+	return n, err
 }
 
 // Load returns a store holding the records of a snapshot that WriteTo
@@ -207,7 +217,8 @@ func (d *snapReader) uvarint(what string) (uint64, error) {
 }
 
 // bytes reads n bytes, growing the buffer as they arrive rather than
-// trusting n.
+// trusting n: a damaged length cannot make Load allocate more than its
+// input holds.
 func (d *snapReader) bytes(n uint64, what string) ([]byte, error) {
 	var out bytes.Buffer
 	m, err := io.CopyN(&out, d.r, int64(n))
@@ -237,12 +248,16 @@ func (d *snapReader) load() (*Store, error) {
 	if err != nil {
 		return nil, err
 	}
+	if last > maxSnapshotRev {
+		return nil, d.bad("last revision %d above %d", last, uint64(maxSnapshotRev))
+	}
 	n, err := d.uvarint("the record count")
 	if err != nil {
 		return nil, err
 	}
 	s := New()
 	s.rev = last
+	revs := map[uint64]bool{} // revisions come from one counter: none twice
 	var kind [1]byte
 	for i := range n {
 		what := fmt.Sprintf("record %d", i)
@@ -260,12 +275,16 @@ func (d *snapReader) load() (*Store, error) {
 		if rev == 0 || rev > last {
 			return nil, d.bad("%s: revision %d outside 1..%d", what, rev, last)
 		}
+		if revs[rev] {
+			return nil, d.bad("%s: revision %d given to another record too", what, rev)
+		}
+		revs[rev] = true
 		klen, err := d.uvarint(what)
 		if err != nil {
 			return nil, err
 		}
-		if klen == 0 || klen > maxSnapshotKey {
-			return nil, d.bad("%s: key length %d outside 1..%d", what, klen, maxSnapshotKey)
+		if klen == 0 {
+			return nil, d.bad("%s: empty key", what)
 		}
 		key, err := d.bytes(klen, what)
 		if err != nil {
@@ -275,9 +294,6 @@ func (d *snapReader) load() (*Store, error) {
 		vlen, err := d.uvarint(what)
 		if err != nil {
 			return nil, err
-		}
-		if vlen > maxSnapshotValue {
-			return nil, d.bad("%s: value length %d above %d", what, vlen, maxSnapshotValue)
 		}
 		var value []byte
 		if vlen > 0 {
@@ -314,7 +330,9 @@ func (d *snapReader) load() (*Store, error) {
 // SaveFile writes a snapshot of the store (see WriteTo) to the file at
 // path, atomically: to a new file in the same directory, synced to disk,
 // then renamed over path. A crash leaves either the old file or the new
-// one, whole.
+// one, whole. The new file is readable and writable by its owner only
+// (0600), whatever the old one's mode; a symbolic link at path is
+// replaced, not followed.
 func (s *Store) SaveFile(path string) (err error) {
 	dir, base := filepath.Split(path)
 	if dir == "" {
