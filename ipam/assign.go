@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"time"
 
 	"github.com/carve-ipam/carve/block"
 	"github.com/carve-ipam/carve/pool"
@@ -132,6 +133,9 @@ type assignOp struct {
 	h      handleTx
 	// claimed lists the blocks this operation claimed, for rollback.
 	claimed []netip.Prefix
+	// cooled holds the release times of addresses assigned while they
+	// cooled (AssignIPs with IgnoreCooldown), which a rollback restores.
+	cooled map[netip.Addr]time.Time
 	// unselected lists blocks affine to the node that no eligible pool
 	// holds: once the operation succeeds, those whose pool no longer
 	// selects the node are given up if empty.
@@ -354,7 +358,7 @@ func (a *Allocator) unreserve(ctx context.Context, o *assignOp, res *AutoAssignR
 	// Out of res only once released: a rollback after a failure covers
 	// them. A refusal (the address is no longer this allocation: someone
 	// released it meanwhile) leaves nothing to give back.
-	_, err = a.releaseIPs(ctx, false, rels, &o.h)
+	_, err = a.releaseIPs(ctx, false, nil, rels, &o.h)
 	if err != nil && !errors.Is(err, ErrHandleMismatch) && !errors.Is(err, ErrSeqMismatch) {
 		return took, err
 	}
@@ -486,10 +490,12 @@ func checkUse(op string, u pool.Use) error {
 	return invalid(op, "unknown use %q (want %s, %s or %s)", u, pool.UseWorkload, pool.UseTunnel, pool.UseLoadBalancer)
 }
 
-// rollback undoes a failed AutoAssign: it releases what the operation
-// assigned, each address only if it is still the same allocation, and gives
-// up the blocks it claimed if they are still empty, so that a failed
-// request leaves the store as it found it (but for block counters).
+// rollback undoes a failed AutoAssign or AssignIPs: it releases what the
+// operation assigned, each address only if it is still the same
+// allocation (and with the release time it had before, if it was
+// cooling), and gives up the blocks it claimed if they are still empty, so
+// that a failed request leaves the store as it found it (but for block
+// counters).
 func (a *Allocator) rollback(ctx context.Context, o *assignOp, res AutoAssignResult) error {
 	ctx, cancel := detach(ctx) // the request may have failed because ctx ended
 	defer cancel()
@@ -499,7 +505,7 @@ func (a *Allocator) rollback(ctx context.Context, o *assignOp, res AutoAssignRes
 		for _, x := range slices.Concat(res.IPv4, res.IPv6) {
 			rels = append(rels, Release{Addr: x.Addr, Seq: x.Seq})
 		}
-		if _, err := a.releaseIPs(ctx, false, rels, &o.h); err != nil {
+		if _, err := a.releaseIPs(ctx, false, o.cooled, rels, &o.h); err != nil {
 			errs = append(errs, err)
 		}
 	}

@@ -55,7 +55,7 @@ type AssignIPArgs struct {
 // the new one first, under the same handle and without NewHandle, and
 // release the old one (with its Seq) only once that succeeded.
 func (a *Allocator) AssignIP(ctx context.Context, args AssignIPArgs) (Assigned, error) {
-	res, err := a.AssignIPs(ctx, AssignIPsArgs{
+	res, err := a.assignIPs(ctx, false, AssignIPsArgs{
 		Addrs: []netip.Addr{args.Addr}, Handle: args.Handle, Attrs: args.Attrs,
 		Node: args.Node, Use: args.Use, NewHandle: args.NewHandle, IgnoreCooldown: args.IgnoreCooldown,
 	})
@@ -93,12 +93,14 @@ type AssignIPsArgs struct {
 // AssignIP assigns it, in the order given, and can fail the same ways.
 // Addresses that no usable pool holds are found before anything is
 // written. When an address fails later, the ones assigned before it are
-// released again (with no release time: they were never used) and the
-// blocks claimed for them given up if still empty, and the error, which
-// says that nothing was assigned, wraps an *AddrError naming the address
-// that failed and its cause (ErrInUse, ErrCoolingDown...). Calico's CNI
-// plugin assigns such addresses one at a time, and keeps the first when
-// the second fails.
+// released again, as they were: with no release time (they were never
+// used), or with the one they had if IgnoreCooldown took them while they
+// cooled; and the blocks claimed for them are given up if still empty.
+// The error of an address that could not be had, the first one or a
+// later one, says that nothing was assigned and wraps an *AddrError
+// naming the address and its cause (ErrInUse, ErrCoolingDown...).
+// Unlike carve, Calico's CNI plugin assigns such addresses one at a time,
+// and keeps the first when the second fails.
 //
 // The handle's record is written once for all the addresses, before their
 // blocks; each address then costs one write of its block. With NewHandle
@@ -111,19 +113,29 @@ type AssignIPsArgs struct {
 // The result lists the addresses by family, each family in the order
 // given.
 func (a *Allocator) AssignIPs(ctx context.Context, args AssignIPsArgs) (AutoAssignResult, error) {
+	return a.assignIPs(ctx, true, args)
+}
+
+// assignIPs is AssignIPs; named says that the error of a request that
+// failed says that nothing was assigned (AssignIP's, about its one
+// address, does not need to).
+func (a *Allocator) assignIPs(ctx context.Context, named bool, args AssignIPsArgs) (AutoAssignResult, error) {
 	o, targets, err := a.prepareFixed(ctx, args)
+	if err != nil && named && errors.Is(err, ErrNotInPool) {
+		err = fmt.Errorf("ipam: assign %s under %q: nothing assigned: %w", plural(len(args.Addrs), "address", "addresses"), args.Handle, err)
+	}
 	if err == nil {
 		var res AutoAssignResult
-		if err = a.assignFixed(ctx, o, targets, args.IgnoreCooldown, &res); err == nil {
+		if err = a.assignFixed(ctx, o, targets, named, args.IgnoreCooldown, &res); err == nil {
 			return res, nil
 		}
 		// Give back what was assigned, and the blocks claimed for it. With
 		// nothing assigned, giving up a claimed block is best effort.
 		if rerr := a.rollback(ctx, o, res); rerr != nil && res.Len() > 0 {
-			return AutoAssignResult{}, errors.Join(err, fmt.Errorf("ipam: assign under %q: giving back the %d addresses assigned failed, and those not released stay under the handle: %w", args.Handle, res.Len(), rerr))
+			return AutoAssignResult{}, errors.Join(err, fmt.Errorf("ipam: assign under %q: giving back the %d addresses assigned failed: an address not released stays under the handle, and a count left too high is removed by Repair or a Collector: %w", args.Handle, res.Len(), rerr))
 		}
-		if len(targets) > 1 {
-			err = fmt.Errorf("ipam: assign %d addresses under %q: nothing assigned: %w", len(targets), args.Handle, err)
+		if named {
+			err = fmt.Errorf("ipam: assign %s under %q: nothing assigned: %w", plural(len(targets), "address", "addresses"), args.Handle, err)
 		}
 	}
 	if args.NewHandle && (o == nil || !o.h.created) && unavailable(err) {
@@ -146,6 +158,14 @@ func unavailable(err error) bool {
 		}
 	}
 	return false
+}
+
+// plural returns n with the singular or plural noun.
+func plural(n int, one, many string) string {
+	if n == 1 {
+		return "1 " + one
+	}
+	return fmt.Sprintf("%d %s", n, many)
 }
 
 // fixedAddr is one address of an AssignIPs request, with where it goes.
@@ -180,13 +200,17 @@ func (a *Allocator) prepareFixed(ctx context.Context, args AssignIPsArgs) (*assi
 	for i, addr := range args.Addrs {
 		addr = addr.Unmap()
 		p, ok := v.pools.ByAddr(addr)
+		var why error
 		switch {
 		case !ok:
-			return nil, nil, fmt.Errorf("ipam: assign %s: %w: no pool holds it", addr, ErrNotInPool)
+			why = fmt.Errorf("ipam: assign %s: %w: no pool holds it", addr, ErrNotInPool)
 		case p.Disabled:
-			return nil, nil, fmt.Errorf("ipam: assign %s: %w: pool %q is disabled", addr, ErrNotInPool, p.Name)
+			why = fmt.Errorf("ipam: assign %s: %w: pool %q is disabled", addr, ErrNotInPool, p.Name)
 		case !p.Allows(use):
-			return nil, nil, fmt.Errorf("ipam: assign %s: %w: pool %q does not allow use %s", addr, ErrNotInPool, p.Name, use)
+			why = fmt.Errorf("ipam: assign %s: %w: pool %q does not allow use %s", addr, ErrNotInPool, p.Name, use)
+		}
+		if why != nil {
+			return nil, nil, &AddrError{Addr: addr, Err: why}
 		}
 		blk, _ := p.BlockFor(addr)
 		targets[i] = fixedAddr{addr, blk, p.Name}
@@ -258,7 +282,7 @@ func checkDistinct(op string, addrs []netip.Addr) error {
 // assignFixed assigns the addresses of targets in order, appending each
 // to res, and stops at the first that fails. With more than one address
 // it raises the handle's counts for all of them in one write first.
-func (a *Allocator) assignFixed(ctx context.Context, o *assignOp, targets []fixedAddr, ignoreCooldown bool, res *AutoAssignResult) (err error) {
+func (a *Allocator) assignFixed(ctx context.Context, o *assignOp, targets []fixedAddr, named, ignoreCooldown bool, res *AutoAssignResult) (err error) {
 	if len(targets) > 1 {
 		if err := o.h.reserve(ctx, fixedPlan(targets)); err != nil {
 			return err
@@ -275,7 +299,7 @@ func (a *Allocator) assignFixed(ctx context.Context, o *assignOp, targets []fixe
 	for _, t := range targets {
 		x, err := a.assignOne(ctx, o, t, ignoreCooldown)
 		if err != nil {
-			if len(targets) > 1 {
+			if unavailable(err) {
 				err = &AddrError{Addr: t.addr, Err: err}
 			}
 			return err
@@ -342,13 +366,17 @@ func (a *Allocator) assignOne(ctx context.Context, o *assignOp, t fixedAddr, ign
 			}
 			return fmt.Errorf("ipam: assign %s: %w: block %s is affine to %q, not %s", addr, ErrStrictAffinity, blk, e.blk.Affinity(), o.aff)
 		}
-		if c := cfg.ReleaseCooldown; c > 0 && !ignoreCooldown {
-			if at, ok := e.blk.ReleasedAt(addr); ok && at.After(a.now().Add(-c)) {
-				if err := e.confirm(); err != nil {
-					return err
-				}
-				return fmt.Errorf("ipam: assign %s: %w: released at %s, cooldown %v (IgnoreCooldown assigns it all the same)", addr, ErrCoolingDown, at.Format(time.RFC3339), c)
+		if at, ok := e.blk.ReleasedAt(addr); ok && ignoreCooldown {
+			// A rollback gives the address back as it was: cooling.
+			if o.cooled == nil {
+				o.cooled = map[netip.Addr]time.Time{}
 			}
+			o.cooled[addr] = at
+		} else if c := cfg.ReleaseCooldown; c > 0 && ok && at.After(a.now().Add(-c)) {
+			if err := e.confirm(); err != nil {
+				return err
+			}
+			return fmt.Errorf("ipam: assign %s: %w: released at %s, cooldown %v (IgnoreCooldown assigns it all the same)", addr, ErrCoolingDown, at.Format(time.RFC3339), c)
 		}
 		next := e.stage()
 		var err error

@@ -293,15 +293,17 @@ func TestAssignIPsFaults(t *testing.T) {
 }
 
 // TestAssignIPSameAsAssignIPs: AssignIP is AssignIPs of one address, with
-// the error of that address as it is.
+// the error of that address (an *AddrError) as it is.
 func TestAssignIPSameAsAssignIPs(t *testing.T) {
 	e := assignIPsEnv(t)
 	x := e.mustAssign4("node-1", "a", 1)[0]
 	_, err := e.a.AssignIP(e.ctx, ipam.AssignIPArgs{Addr: x.Addr, Handle: "b", Node: "node-1"})
 	require.ErrorIs(t, err, ipam.ErrInUse)
 	require.False(t, strings.Contains(err.Error(), "nothing assigned"), "%v", err)
+	require.True(t, strings.HasPrefix(err.Error(), "ipam: "), "the address not named again before the message: %v", err)
 	var ae *ipam.AddrError
-	require.False(t, errors.As(err, &ae))
+	require.True(t, errors.As(err, &ae))
+	require.Equal(t, x.Addr, ae.Addr)
 	got, err := e.a.AssignIP(e.ctx, ipam.AssignIPArgs{Addr: mustAddr("::ffff:10.1.0.7"), Handle: "svc", Use: pool.UseLoadBalancer})
 	require.NoError(t, err)
 	require.Equal(t, ipam.Assigned{Addr: mustAddr("10.1.0.7"), Block: mustPrefix("10.1.0.0/28"), Pool: "lb", Seq: got.Seq}, got)

@@ -171,10 +171,14 @@ func (e *AssignError) Error() string {
 // Unwrap returns the cause.
 func (e *AssignError) Unwrap() error { return e.Err }
 
-// AddrError is an error about one address.
+// AddrError is an error about one address: a release refused
+// (ReleaseIPs), an address that could not be assigned (AssignIP,
+// AssignIPs), a block an affinity operation could not release.
 type AddrError struct {
+	// Addr is the address (for a block, its first address).
 	Addr netip.Addr
-	Err  error
+	// Err is the cause, matched with errors.Is through Unwrap.
+	Err error
 }
 
 // Error returns the cause's text, after the address unless the cause names

@@ -42,6 +42,11 @@ type handleTx struct {
 	exclusive bool
 	mine      Revision // the record's revision as this operation last wrote it; 0: none
 	created   bool     // this operation created the record (at some point)
+	// unsure says that a write of the record failed in a way that may
+	// have applied it (a lost reply): a record at a revision this
+	// operation does not know may then be its own, and an exclusive
+	// operation cannot say that another request holds the handle.
+	unsure bool
 }
 
 // init starts tracking the handle id, assuming it has no record yet when
@@ -81,6 +86,9 @@ func (h *handleTx) read(ctx context.Context) error {
 	}
 	h.known = true
 	if h.exclusive && h.rev != 0 && h.rev != h.mine {
+		if h.unsure {
+			return h.unknown()
+		}
 		return h.exists()
 	}
 	return nil
@@ -263,6 +271,7 @@ func (h *handleTx) write(ctx context.Context) error {
 		if errors.Is(err, ErrNotFound) {
 			err = fmt.Errorf("%w: %w", errRecordMoved, err)
 		}
+		h.unsure = h.unsure || !refused(err)
 		return fmt.Errorf("ipam: write handle %q: %w", h.id, err)
 	}
 	h.rev, h.mine = rev, rev
@@ -291,6 +300,16 @@ func (h *handleTx) exists() error {
 		n += hc.count
 	}
 	return fmt.Errorf("ipam: request with NewHandle under %q: %w (its record counts %d; AssignedByHandle shows what the blocks hold so far)", h.id, ErrHandleExists, n)
+}
+
+// unknown is the error of an exclusive operation that finds the handle's
+// record at a revision it does not know after a write of its own whose
+// outcome it could not learn: the record may be its own or another
+// request's. It does not match ErrHandleExists, which would tell a
+// repeated request that an earlier one assigned. A count the operation
+// leaves too high stays for Repair or a Collector.
+func (h *handleTx) unknown() error {
+	return fmt.Errorf("ipam: request with NewHandle under %q: the handle's record changed after a write of this request whose outcome is unknown; it may be this request's own", h.id)
 }
 
 // handleValue encodes a handle record. The value of a handle holding some

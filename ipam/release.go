@@ -69,14 +69,17 @@ const (
 // With Config.ReleaseCooldown set, each address released records when, and
 // is not assigned again automatically until the cooldown has passed.
 func (a *Allocator) ReleaseIPs(ctx context.Context, rels ...Release) (ReleaseResult, error) {
-	return a.releaseIPs(ctx, true, rels, nil)
+	return a.releaseIPs(ctx, true, nil, rels, nil)
 }
 
 // releaseIPs is ReleaseIPs; stamp records release times for the cooldown
-// (a rollback of addresses nobody used does not). own, if not nil, is the
-// handle transaction of the assignment giving addresses back: its handle's
-// counts are lowered through it, so that it knows the record as written.
-func (a *Allocator) releaseIPs(ctx context.Context, stamp bool, rels []Release, own *handleTx) (ReleaseResult, error) {
+// (a rollback of addresses nobody used does not), and prior gives an
+// address the release time it had before the assignment now rolled back
+// (one assigned while it cooled, AssignIPArgs.IgnoreCooldown), which its
+// release records again. own, if not nil, is the handle transaction of
+// the assignment giving addresses back: its handle's counts are lowered
+// through it, so that it knows the record as written.
+func (a *Allocator) releaseIPs(ctx context.Context, stamp bool, prior map[netip.Addr]time.Time, rels []Release, own *handleTx) (ReleaseResult, error) {
 	const op = "release"
 	for _, r := range rels {
 		if err := checkAddr(op, r.Addr); err != nil {
@@ -97,9 +100,9 @@ func (a *Allocator) releaseIPs(ctx context.Context, stamp bool, rels []Release, 
 		return ReleaseResult{}, err
 	}
 	refusals := make([]error, len(rels))
-	var at time.Time
+	times := releaseTimes{prior: prior}
 	if stamp && v.config.ReleaseCooldown > 0 {
-		at = a.now()
+		times.at = a.now()
 	}
 
 	// Group the addresses by block, in order of first appearance.
@@ -132,7 +135,7 @@ func (a *Allocator) releaseIPs(ctx context.Context, stamp bool, rels []Release, 
 	result := func() ReleaseResult { return releaseResult(rels, status, deleted) }
 	for _, blk := range order {
 		idx := groups[blk]
-		found, err := a.releaseFromBlock(ctx, blk, rels, idx, status, refusals, at, lowers, &deleted)
+		found, err := a.releaseFromBlock(ctx, blk, rels, idx, status, refusals, times, lowers, &deleted)
 		if err != nil {
 			return result(), a.lowerHandles(ctx, lowers, err, own)
 		}
@@ -148,7 +151,7 @@ func (a *Allocator) releaseIPs(ctx context.Context, stamp bool, rels []Release, 
 					status[i] = relNotAllocated
 					continue
 				}
-				found, err := a.releaseFromBlock(ctx, b, rels, []int{i}, status, refusals, at, lowers, &deleted)
+				found, err := a.releaseFromBlock(ctx, b, rels, []int{i}, status, refusals, times, lowers, &deleted)
 				if err != nil {
 					return result(), a.lowerHandles(ctx, lowers, err, own)
 				}
@@ -173,6 +176,20 @@ func (a *Allocator) releaseIPs(ctx context.Context, stamp bool, rels []Release, 
 		return result(), fmt.Errorf("ipam: release: %d addresses refused:\n%w", len(errs), errors.Join(errs...))
 	}
 	return result(), nil
+}
+
+// releaseTimes says what release time a release records: at (zero:
+// none), unless prior gives the address the one it had before.
+type releaseTimes struct {
+	at    time.Time
+	prior map[netip.Addr]time.Time
+}
+
+func (t releaseTimes) of(addr netip.Addr) time.Time {
+	if p, ok := t.prior[addr]; ok {
+		return p
+	}
+	return t.at
 }
 
 // markRepeats marks each entry for an address given earlier in rels as
@@ -269,7 +286,7 @@ func (a *Allocator) findBlock(ctx context.Context, addr netip.Addr) (netip.Prefi
 // one compare-and-swap write, and adds what it freed per handle to lowers
 // for the caller to write once every block is done. It reports whether the
 // block exists, and appends blk to deleted if the write deleted it.
-func (a *Allocator) releaseFromBlock(ctx context.Context, blk netip.Prefix, rels []Release, idx []int, status []releaseStatus, refusals []error, at time.Time, lowers handleLowers, deleted *[]netip.Prefix) (bool, error) {
+func (a *Allocator) releaseFromBlock(ctx context.Context, blk netip.Prefix, rels []Release, idx []int, status []releaseStatus, refusals []error, times releaseTimes, lowers handleLowers, deleted *[]netip.Prefix) (bool, error) {
 	e := a.entry(blk)
 	e.lock()
 	defer e.unlock()
@@ -300,7 +317,7 @@ func (a *Allocator) releaseFromBlock(ctx context.Context, blk netip.Prefix, rels
 			}
 			c := block.Check{Handle: r.Handle, Seq: r.Seq, CheckSeq: r.Seq != 0}
 			var err error
-			if at.IsZero() {
+			if at := times.of(addr); at.IsZero() {
 				err = next.Release(addr, c)
 			} else {
 				err = next.ReleaseAt(addr, c, at)
