@@ -15,7 +15,9 @@ import (
 // TestNewHandleAcrossClients races requests with NewHandle under one handle
 // from allocators on separate etcd clients, as separate CNI plugin
 // processes would be: in every round exactly one assigns, on a node's
-// existing block and on a node that must claim its first.
+// existing block and on a node that must claim its first, with AutoAssign
+// and, every third round, with AssignIPs of two addresses of each
+// client's own (a pod's ipAddrs), all of which the winner gets.
 func TestNewHandleAcrossClients(t *testing.T) {
 	const clients, rounds = 4, 12
 	prefix := freshPrefix()
@@ -46,7 +48,13 @@ func TestNewHandleAcrossClients(t *testing.T) {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				_, err := a.AutoAssign(ctx, ipam.AutoAssignArgs{Num4: 1, Handle: handle, Node: node, NewHandle: true})
+				var err error
+				if round%3 == 2 {
+					fixed := []netip.Addr{netip.AddrFrom4([4]byte{10, 2, byte(100 + round), byte(2 * i)}), netip.AddrFrom4([4]byte{10, 2, 200, byte(16*round + i)})}
+					_, err = a.AssignIPs(ctx, ipam.AssignIPsArgs{Addrs: fixed, Handle: handle, Node: node, NewHandle: true})
+				} else {
+					_, err = a.AutoAssign(ctx, ipam.AutoAssignArgs{Num4: 1, Handle: handle, Node: node, NewHandle: true})
+				}
 				switch {
 				case err == nil:
 					won[i] = true
@@ -65,8 +73,12 @@ func TestNewHandleAcrossClients(t *testing.T) {
 				n++
 			}
 		}
+		want := 1
+		if round%3 == 2 {
+			want = 2
+		}
 		got, err := allocs[0].AssignedByHandle(ctx, handle)
-		if n != 1 || err != nil || got.Len() != 1 {
+		if n != 1 || err != nil || got.Len() != want {
 			t.Fatalf("%s: %d requests assigned; the handle holds %v, %v; want one", handle, n, got, err)
 		}
 	}
