@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"sync"
 
 	"github.com/carve-ipam/carve/ipam"
 )
@@ -36,7 +37,9 @@ const (
 // returned as they are.
 var ErrSnapshot = errors.New("bad snapshot")
 
-var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+// castagnoli makes the CRC table when a snapshot first needs it, not when
+// a program that imports memstore starts.
+var castagnoli = sync.OnceValue(func() *crc32.Table { return crc32.MakeTable(crc32.Castagnoli) })
 
 // snapRecord is one record of a snapshot.
 type snapRecord struct {
@@ -60,7 +63,7 @@ func (s *Store) WriteTo(w io.Writer) (int64, error) {
 		return 0, err
 	}
 	counted := &countingWriter{w: w}
-	cw := &snapWriter{w: bufio.NewWriter(counted), crc: crc32.New(castagnoli)}
+	cw := &snapWriter{w: bufio.NewWriter(counted), crc: crc32.New(castagnoli())}
 	var buf []byte
 	buf = append(buf, snapshotMagic...)
 	buf = append(buf, snapshotVersion)
@@ -153,7 +156,7 @@ func Load(r io.Reader) (*Store, error) {
 
 // load is Load, with errors that do not say what was loaded.
 func load(r io.Reader) (*Store, error) {
-	d := &snapReader{r: bufio.NewReader(r), crc: crc32.New(castagnoli)}
+	d := &snapReader{r: bufio.NewReader(r), crc: crc32.New(castagnoli())}
 	s, err := d.load()
 	if err != nil {
 		return nil, err
