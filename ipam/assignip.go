@@ -122,7 +122,7 @@ func (a *Allocator) AssignIPs(ctx context.Context, args AssignIPsArgs) (AutoAssi
 func (a *Allocator) assignIPs(ctx context.Context, named bool, args AssignIPsArgs) (AutoAssignResult, error) {
 	o, targets, err := a.prepareFixed(ctx, args)
 	if err != nil && named && errors.Is(err, ErrNotInPool) {
-		err = fmt.Errorf("ipam: assign %s under %q: nothing assigned: %w", plural(len(args.Addrs), "address", "addresses"), args.Handle, err)
+		err = nothingAssigned(args, err)
 	}
 	if err == nil {
 		var res AutoAssignResult
@@ -135,7 +135,7 @@ func (a *Allocator) assignIPs(ctx context.Context, named bool, args AssignIPsArg
 			return AutoAssignResult{}, errors.Join(err, fmt.Errorf("ipam: assign under %q: giving back the %d addresses assigned failed: an address not released stays under the handle, and a count left too high is removed by Repair or a Collector: %w", args.Handle, res.Len(), rerr))
 		}
 		if named {
-			err = fmt.Errorf("ipam: assign %s under %q: nothing assigned: %w", plural(len(targets), "address", "addresses"), args.Handle, err)
+			err = nothingAssigned(args, err)
 		}
 	}
 	if args.NewHandle && (o == nil || !o.h.created) && unavailable(err) {
@@ -160,12 +160,14 @@ func unavailable(err error) bool {
 	return false
 }
 
-// plural returns n with the singular or plural noun.
-func plural(n int, one, many string) string {
-	if n == 1 {
-		return "1 " + one
+// nothingAssigned wraps the error of an AssignIPs request that assigned
+// nothing.
+func nothingAssigned(args AssignIPsArgs, err error) error {
+	what := "1 address"
+	if n := len(args.Addrs); n != 1 {
+		what = fmt.Sprintf("%d addresses", n)
 	}
-	return fmt.Sprintf("%d %s", n, many)
+	return fmt.Errorf("ipam: assign %s under %q: nothing assigned: %w", what, args.Handle, err)
 }
 
 // fixedAddr is one address of an AssignIPs request, with where it goes.
