@@ -414,7 +414,7 @@ func (a *Allocator) Repair(ctx context.Context, opts RepairOptions) ([]RepairAct
 			}
 			fix, ok := rebuilt[p.Handle]
 			if !ok {
-				fix = a.rebuildHandle(ctx, p.Handle, st.handleOf[p.Handle], st)
+				fix = a.rebuildHandle(ctx, p.Handle, st.handleOf[p.Handle], st, false)
 				rebuilt[p.Handle] = fix
 			}
 			err = fix.err
@@ -456,6 +456,10 @@ type handleFix struct {
 	err     error
 }
 
+// errHandleMoved: a rebuild found the handle's record written since the
+// check it rebuilds from.
+var errHandleMoved = errors.New("handle record written since the check")
+
 // rebuildHandle rewrites a handle record, if it is still at rev, the
 // revision the check read. Each count the record holds for a block the
 // check found or the record names becomes the number of addresses the
@@ -477,11 +481,9 @@ type handleFix struct {
 // flight looks like no change, and a count lowered for both would lose
 // the assigned address. With no record at all, no release can lower one,
 // and the fresh read alone counts.
-// errHandleMoved: a rebuild found the handle's record written since the
-// check it rebuilds from.
-var errHandleMoved = errors.New("handle record written since the check")
-
-func (a *Allocator) rebuildHandle(ctx context.Context, handle string, rev Revision, st *checkState) handleFix {
+//
+// With dry set it writes nothing, and says what it would change.
+func (a *Allocator) rebuildHandle(ctx context.Context, handle string, rev Revision, st *checkState, dry bool) handleFix {
 	cur, err := a.store.Get(ctx, KindHandle, handle)
 	switch {
 	case errors.Is(err, ErrNotFound):
@@ -525,7 +527,7 @@ func (a *Allocator) rebuildHandle(ctx context.Context, handle string, rev Revisi
 		}
 	}
 	switch {
-	case len(fix.changed) == 0 && !corrupt:
+	case len(fix.changed) == 0 && !corrupt, dry:
 		return fix
 	case len(next.entries()) == 0 && rev == 0:
 	case len(next.entries()) == 0:

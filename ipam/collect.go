@@ -56,6 +56,17 @@ type CollectorOptions struct {
 	// LoadBalancer addresses belong to VirtualLoadBalancer, which is left
 	// alone, as are its empty blocks.
 	Nodes NodeLiveness
+	// DryRun makes the collector report and never write: each pass asks
+	// the oracles as usual, the last question before a release too, and
+	// returns the result a pass would have (CollectResult.DryRun), but
+	// releases, deletes and rewrites nothing. So what is ripe stays ripe,
+	// and the next pass reports it again. Run one before letting a
+	// collector release in a cluster (Calico's
+	// "calicoctl ipam check --show-problem-ips"). What it lists in
+	// Released can be released by hand: ReleaseIPs with each
+	// Allocation.Release frees an address only if it is still the same
+	// assignment.
+	DryRun bool
 }
 
 // Collector finds leaked addresses and releases them, as Calico's
@@ -92,6 +103,11 @@ type CollectorOptions struct {
 // looks the same, but not for so long. Until then a request with
 // NewHandle finds the handle held (CollectResult.RepairedHandles).
 //
+// Each pass lists what it waits on (CollectResult.Suspects and GoneNodes,
+// with the time each was first seen), and a collector made with
+// CollectorOptions.DryRun reports what its passes would do and writes
+// nothing.
+//
 // A Collector keeps its suspects in memory: a new one starts its grace
 // periods afresh. It is safe for concurrent use; passes do not overlap.
 type Collector struct {
@@ -100,6 +116,7 @@ type Collector struct {
 	nodes NodeLiveness // nil: nodes are not asked
 	grace time.Duration
 	keep  bool
+	dry   bool
 
 	mu     sync.Mutex
 	leaks  map[netip.Addr]suspect
@@ -133,11 +150,44 @@ type suspect struct {
 	handle string
 }
 
-// CollectResult says what one pass did.
+// Suspect is an allocation whose owner the liveness oracle calls dead,
+// waiting out the grace period (see Collector).
+type Suspect struct {
+	Allocation
+	// Since is when a pass first saw the owner dead (at this sequence
+	// number); the address is released on the first pass from
+	// Since+Grace on, if its owner is still dead then and no other
+	// allocation of its handle is alive or has a later Since.
+	Since time.Time
+}
+
+// GoneNode is a node holding blocks that the node oracle calls gone,
+// waiting out the grace period (see Collector).
+type GoneNode struct {
+	Name string
+	// Since is when a pass first saw it gone; it loses its blocks on the
+	// first pass from Since+Grace on, if it is still gone then.
+	Since time.Time
+	// Blocks lists the blocks affine to it, in address order, as the pass
+	// read them.
+	Blocks []netip.Prefix
+}
+
+// CollectResult says what one pass did, or with CollectorOptions.DryRun
+// what it would have done.
 type CollectResult struct {
-	// Allocations is how many allocations the pass looked at; Suspects how
-	// many of them have a dead owner and wait out the grace period.
-	Allocations, Suspects int
+	// DryRun says that the pass wrote nothing (CollectorOptions.DryRun):
+	// the lists below are what it would have released, deleted and
+	// rewritten, as far as its reads tell. A real pass leaves alone what
+	// changed since it read it: an address assigned again, a block
+	// written.
+	DryRun bool
+	// Allocations is how many allocations the pass looked at.
+	Allocations int
+	// Suspects lists, in address order, the allocations with a dead owner
+	// that wait out the grace period after the pass: those it did not
+	// release.
+	Suspects []Suspect
 	// Released lists the allocations released by this pass. An allocation
 	// released and assigned again since the pass read it is left to its
 	// new owner, without an error.
@@ -146,10 +196,10 @@ type CollectResult struct {
 	// (and which were deleted, or kept while their addresses cool) because
 	// they stayed empty, not because their node is gone.
 	ReleasedBlocks []netip.Prefix
-	// GoneNodes is how many nodes holding blocks the node oracle
-	// (CollectorOptions.Nodes) calls gone, after the pass: nodes waiting
-	// out the grace period, or with a block whose release failed.
-	GoneNodes int
+	// GoneNodes lists, by name, the nodes holding blocks that the node
+	// oracle (CollectorOptions.Nodes) calls gone, after the pass: nodes
+	// waiting out the grace period, or with a block whose release failed.
+	GoneNodes []GoneNode
 	// GoneNodeBlocks lists the blocks whose affinity was released because
 	// their node is gone: the empty ones were deleted (or kept while their
 	// addresses cool), the others keep their addresses without affinity.
@@ -180,7 +230,7 @@ func NewCollector(a *Allocator, live Liveness, opts CollectorOptions) (*Collecto
 	case opts.Grace == 0:
 		opts.Grace = 15 * time.Minute
 	}
-	return &Collector{a: a, live: live, nodes: opts.Nodes, grace: opts.Grace, keep: opts.KeepEmptyBlocks,
+	return &Collector{a: a, live: live, nodes: opts.Nodes, grace: opts.Grace, keep: opts.KeepEmptyBlocks, dry: opts.DryRun,
 		leaks: map[netip.Addr]suspect{}, blocks: map[netip.Prefix]suspect{}, gone: map[string]time.Time{},
 		handles: map[string]staleCount{}}, nil
 }
@@ -197,7 +247,7 @@ func (c *Collector) Collect(ctx context.Context) (CollectResult, error) {
 	if err != nil {
 		return CollectResult{}, fmt.Errorf("ipam: collect: list blocks: %w", err)
 	}
-	var res CollectResult
+	res := CollectResult{DryRun: c.dry}
 	var errs []error
 	byHandle := map[string][]Allocation{}
 	alive := map[string]bool{} // handles with an allocation whose owner lives
@@ -258,10 +308,17 @@ func (c *Collector) Collect(ctx context.Context) (CollectResult, error) {
 		}
 	}
 	c.askNodes(ctx, held, now)
-	res.GoneNodes = len(c.gone)
 
 	// Release whole handles whose every allocation is a ripe suspect: a
 	// handle with one live allocation keeps them all.
+	var dry *emptier
+	if c.dry {
+		v, err := c.a.loadView(ctx)
+		if err != nil {
+			return res, fmt.Errorf("ipam: collect: %w", err)
+		}
+		dry = &emptier{v: v, read: read, left: map[netip.Prefix]int{}}
+	}
 	for _, handle := range slices.Sorted(maps.Keys(byHandle)) {
 		if err := ctx.Err(); err != nil {
 			return res, err
@@ -269,7 +326,7 @@ func (c *Collector) Collect(ctx context.Context) (CollectResult, error) {
 		if alive[handle] || !c.ripe(byHandle[handle], now) {
 			continue
 		}
-		released, deleted, err := c.release(ctx, byHandle[handle])
+		released, deleted, err := c.release(ctx, byHandle[handle], dry)
 		if len(released) > 0 {
 			delete(counts, handle) // its record changed: see staleCounts
 		}
@@ -279,7 +336,7 @@ func (c *Collector) Collect(ctx context.Context) (CollectResult, error) {
 			errs = append(errs, err)
 		}
 	}
-	res.Suspects = len(c.leaks)
+	res.Suspects = c.suspects(byHandle, res.Released)
 
 	for blk := range c.blocks {
 		if _, ok := empty[blk]; !ok {
@@ -288,6 +345,7 @@ func (c *Collector) Collect(ctx context.Context) (CollectResult, error) {
 	}
 
 	// The blocks of nodes gone for the grace period.
+	stripped := map[string]bool{} // nodes that lost all their blocks (or would have)
 	for _, node := range slices.Sorted(maps.Keys(c.gone)) {
 		if now.Sub(c.gone[node]) < c.grace {
 			continue
@@ -296,6 +354,9 @@ func (c *Collector) Collect(ctx context.Context) (CollectResult, error) {
 			return res, errors.Join(append(errs, err)...)
 		}
 		released, err := c.releaseNode(ctx, node, held[node])
+		if err == nil {
+			stripped[node] = true
+		}
 		res.GoneNodeBlocks = append(res.GoneNodeBlocks, released...)
 		for _, blk := range released {
 			delete(empty, blk)
@@ -306,7 +367,11 @@ func (c *Collector) Collect(ctx context.Context) (CollectResult, error) {
 			errs = append(errs, err)
 		}
 	}
-	res.GoneNodes = len(c.gone)
+	for _, node := range slices.Sorted(maps.Keys(c.gone)) {
+		if !stripped[node] {
+			res.GoneNodes = append(res.GoneNodes, GoneNode{Name: node, Since: c.gone[node], Blocks: slices.SortedFunc(slices.Values(held[node]), comparePrefix)})
+		}
+	}
 
 	// Empty affine blocks. Releasing one whose addresses are still cooling
 	// keeps it, without affinity, until the cooldown is over (see
@@ -321,6 +386,11 @@ func (c *Collector) Collect(ctx context.Context) (CollectResult, error) {
 			}
 			if now.Sub(s.since) < c.grace || affine[b.Affinity()] <= 1 {
 				continue // not long enough, or the node's last block
+			}
+			if c.dry {
+				res.ReleasedBlocks = append(res.ReleasedBlocks, blk)
+				affine[b.Affinity()]--
+				continue
 			}
 			_, err := c.a.releaseEmptyAffinity(ctx, b.Affinity(), blk, s.seq)
 			switch {
@@ -345,6 +415,10 @@ func (c *Collector) Collect(ctx context.Context) (CollectResult, error) {
 		}
 		for _, b := range unaffine {
 			if v.cooling(b, now) {
+				continue
+			}
+			if c.dry {
+				res.DeletedBlocks = append(res.DeletedBlocks, b.Prefix())
 				continue
 			}
 			deleted, err := c.a.releaseEmptyAffinity(ctx, block.Affinity{}, b.Prefix(), b.Seq())
@@ -401,26 +475,21 @@ func (c *Collector) staleCounts(ctx context.Context, now time.Time, counts map[s
 		if now.Sub(s.since) < c.grace {
 			continue
 		}
-		if s.settle == nil {
-			// Ripe: keep this pass's read for the next one.
-			blocks := map[netip.Prefix]*block.Block{}
-			for _, hc := range rec.entries() {
-				if b, ok := read[hc.block]; ok {
-					blocks[hc.block] = b
-				}
-			}
-			for blk := range found {
-				blocks[blk] = read[blk]
-			}
-			s.settle = &checkState{blocks: blocks, handles: map[string]map[netip.Prefix]int{r.Key: found}}
-			c.handles[r.Key] = s
+		// Ripe: keep this pass's read for the next one, which rebuilds
+		// from it. A dry run, which rebuilds nothing, keeps the latest.
+		settle := s.settle
+		s.settle = settleRead(r.Key, &rec, found, read)
+		c.handles[r.Key] = s
+		if settle == nil {
 			continue
 		}
 		if err := ctx.Err(); err != nil {
 			return repaired, errors.Join(append(errs, err)...)
 		}
-		delete(c.handles, r.Key)
-		fix := c.a.rebuildHandle(ctx, r.Key, r.Revision, s.settle)
+		if !c.dry {
+			delete(c.handles, r.Key)
+		}
+		fix := c.a.rebuildHandle(ctx, r.Key, r.Revision, settle, c.dry)
 		switch {
 		case errors.Is(fix.err, errHandleMoved):
 			// Written since the listing: an operation under the handle
@@ -437,6 +506,22 @@ func (c *Collector) staleCounts(ctx context.Context, now time.Time, counts map[s
 		}
 	}
 	return repaired, errors.Join(errs...)
+}
+
+// settleRead is what a collector keeps of its pass's read for a
+// handle whose record rec counts more than the blocks hold (found, per
+// block, in read): the blocks the record names or the handle was found in.
+func settleRead(handle string, rec *handleRecord, found map[netip.Prefix]int, read map[netip.Prefix]*block.Block) *checkState {
+	blocks := map[netip.Prefix]*block.Block{}
+	for _, hc := range rec.entries() {
+		if b, ok := read[hc.block]; ok {
+			blocks[hc.block] = b
+		}
+	}
+	for blk := range found {
+		blocks[blk] = read[blk]
+	}
+	return &checkState{blocks: blocks, handles: map[string]map[netip.Prefix]int{handle: found}}
 }
 
 // askNodes asks the node oracle, if there is one, about each node holding
@@ -464,12 +549,17 @@ func (c *Collector) askNodes(ctx context.Context, held map[string][]netip.Prefix
 // releaseNode asks the node oracle again whether node is gone and, if it
 // still is, releases node's affinity to blocks, the blocks the pass saw it
 // hold, as ReleaseHostAffinities would. It returns those released. The
-// node stays a suspect while one of them is left to a later pass (a
-// release that failed).
+// node stays a suspect, with its clock, until a pass finds it holding no
+// block (see askNodes): one it claims meanwhile (a claim that was in
+// flight), or one whose release failed, is released on the next pass.
+// In a dry run it releases nothing and returns blocks.
 func (c *Collector) releaseNode(ctx context.Context, node string, blocks []netip.Prefix) ([]netip.Prefix, error) {
 	if exists, err := c.nodes(ctx, node); err != nil || exists {
 		delete(c.gone, node)
 		return nil, nil
+	}
+	if c.dry {
+		return slices.SortedFunc(slices.Values(blocks), comparePrefix), nil
 	}
 	aff := block.Host(node)
 	var released []netip.Prefix
@@ -487,10 +577,29 @@ func (c *Collector) releaseNode(ctx context.Context, node string, blocks []netip
 			errs = append(errs, fmt.Errorf("ipam: collect: release block %s of gone node %q: %w", blk, node, err))
 		}
 	}
-	if len(errs) == 0 {
-		delete(c.gone, node)
-	}
 	return released, errors.Join(errs...)
+}
+
+// suspects lists the suspects that byHandle, the allocations with a dead
+// owner in the pass's read, holds after the pass, in address order:
+// those not in released.
+func (c *Collector) suspects(byHandle map[string][]Allocation, released []Allocation) []Suspect {
+	done := map[netip.Addr]bool{} // a real pass has forgotten them already
+	if c.dry {
+		for _, x := range released {
+			done[x.Addr] = true
+		}
+	}
+	var out []Suspect
+	for _, allocs := range byHandle {
+		for _, x := range allocs {
+			if s, ok := c.leaks[x.Addr]; ok && !done[x.Addr] {
+				out = append(out, Suspect{Allocation: x, Since: s.since})
+			}
+		}
+	}
+	slices.SortFunc(out, func(x, y Suspect) int { return x.Addr.Compare(y.Addr) })
+	return out
 }
 
 // ripe reports whether every allocation of a handle has been a suspect for
@@ -507,8 +616,9 @@ func (c *Collector) ripe(allocs []Allocation, now time.Time) bool {
 
 // release asks again whether the owners are dead and, if all are, releases
 // the handle's allocations with their sequence numbers. It returns what it
-// released and the blocks that deleted.
-func (c *Collector) release(ctx context.Context, allocs []Allocation) ([]Allocation, []netip.Prefix, error) {
+// released and the blocks that deleted. In a dry run (dry set) it
+// releases nothing and says what it would have.
+func (c *Collector) release(ctx context.Context, allocs []Allocation, dry *emptier) ([]Allocation, []netip.Prefix, error) {
 	for _, x := range allocs {
 		if live, err := c.live(ctx, x); err != nil || live {
 			for _, y := range allocs {
@@ -517,9 +627,12 @@ func (c *Collector) release(ctx context.Context, allocs []Allocation) ([]Allocat
 			return nil, nil, nil
 		}
 	}
+	if dry != nil {
+		return allocs, dry.release(allocs), nil
+	}
 	rels := make([]Release, len(allocs))
 	for i, x := range allocs {
-		rels[i] = Release{Addr: x.Addr, Handle: x.Handle, Seq: x.Seq}
+		rels[i] = x.Release()
 	}
 	res, err := c.a.ReleaseIPs(ctx, rels...)
 	if errors.Is(err, ErrHandleMismatch) || errors.Is(err, ErrSeqMismatch) {
@@ -536,6 +649,37 @@ func (c *Collector) release(ctx context.Context, allocs []Allocation) ([]Allocat
 		delete(c.leaks, x.Addr)
 	}
 	return out, res.DeletedBlocks, err
+}
+
+// emptier tells a dry run which blocks its releases would delete: those
+// without affinity whose last address goes, unless kept while their
+// addresses cool (see keepCooling; the addresses released cool from now).
+type emptier struct {
+	v    *view
+	read map[netip.Prefix]*block.Block
+	left map[netip.Prefix]int // addresses left in blocks released from
+}
+
+// release counts allocs, a handle's addresses in the pass's read, as
+// released and returns, in address order, the blocks that empties.
+func (m *emptier) release(allocs []Allocation) []netip.Prefix {
+	var out []netip.Prefix
+	for _, x := range allocs {
+		b := m.read[x.Block]
+		if b == nil || !b.Affinity().IsZero() {
+			continue // affine blocks stay their owner's
+		}
+		n, ok := m.left[x.Block]
+		if !ok {
+			n = b.Used()
+		}
+		m.left[x.Block] = n - 1
+		if _, carved := carving(m.v.pools, x.Block); n == 1 && (m.v.config.ReleaseCooldown <= 0 || !carved) {
+			out = append(out, x.Block)
+		}
+	}
+	slices.SortFunc(out, comparePrefix)
+	return out
 }
 
 // errBlockChanged: a block changed since a caller last saw it.

@@ -148,13 +148,13 @@ func TestCollectorReleasesBlockOfRemovedNode(t *testing.T) {
 	nodes := newNodeSet() // node-a is gone
 	c := newNodeCollector(t, e, o, nodes, time.Minute)
 	res := collect(t, e, c)
-	require.Equal(t, 1, res.GoneNodes)
+	require.Len(t, res.GoneNodes, 1)
 	require.Empty(t, res.GoneNodeBlocks, "not before the grace period")
 	e.clock.Advance(time.Minute)
 	res = collect(t, e, c)
 	require.Equal(t, orphan, res.GoneNodeBlocks)
 	require.Empty(t, res.ReleasedBlocks, "reported as a gone node's block only")
-	require.Zero(t, res.GoneNodes)
+	require.Empty(t, res.GoneNodes)
 	require.Empty(t, e.affine("node-a"))
 	require.Zero(t, e.blockCount(), "the empty block is deleted")
 	e.requireConsistent()
@@ -177,11 +177,11 @@ func TestCollectorGoneNodeLastBlock(t *testing.T) {
 			require.NoError(t, err)
 
 			res := collect(t, e, c)
-			require.Equal(t, 1, res.GoneNodes)
+			require.Len(t, res.GoneNodes, 1)
 			require.Empty(t, res.GoneNodeBlocks)
 			e.clock.Advance(10*time.Minute - time.Second)
 			res = collect(t, e, c)
-			require.Equal(t, 1, res.GoneNodes)
+			require.Len(t, res.GoneNodes, 1)
 			require.Empty(t, res.GoneNodeBlocks, "not before the grace period")
 			require.Equal(t, []netip.Prefix{gone}, e.affine("node-1"))
 			require.Equal(t, 2, nodes.questions("node-1"))
@@ -190,7 +190,7 @@ func TestCollectorGoneNodeLastBlock(t *testing.T) {
 			res = collect(t, e, c)
 			require.Equal(t, []netip.Prefix{gone}, res.GoneNodeBlocks)
 			require.Empty(t, res.ReleasedBlocks)
-			require.Zero(t, res.GoneNodes)
+			require.Empty(t, res.GoneNodes)
 			require.Empty(t, e.affine("node-1"))
 			require.Equal(t, 4, nodes.questions("node-1"), "once a pass, and once before the release")
 
@@ -219,7 +219,7 @@ func TestCollectorNodeUnknownMeansExists(t *testing.T) {
 	c := newNodeCollector(t, e, &owners{alive: map[string]bool{}}, nodes, time.Minute)
 	for range 3 {
 		res := collect(t, e, c)
-		require.Zero(t, res.GoneNodes)
+		require.Empty(t, res.GoneNodes)
 		require.Empty(t, res.GoneNodeBlocks)
 		e.clock.Advance(time.Hour)
 	}
@@ -229,13 +229,13 @@ func TestCollectorNodeUnknownMeansExists(t *testing.T) {
 	nodes.mu.Lock()
 	delete(nodes.fail, "node-1")
 	nodes.mu.Unlock()
-	require.Equal(t, 1, collect(t, e, c).GoneNodes)
+	require.Len(t, collect(t, e, c).GoneNodes, 1)
 	e.clock.Advance(time.Minute)
 	nodes.mu.Lock()
 	nodes.fail["node-1"] = errors.New("api server down")
 	nodes.mu.Unlock()
 	res := collect(t, e, c)
-	require.Zero(t, res.GoneNodes)
+	require.Empty(t, res.GoneNodes)
 	require.Empty(t, res.GoneNodeBlocks)
 	require.Equal(t, []netip.Prefix{blk}, e.affine("node-1"))
 }
@@ -250,14 +250,14 @@ func TestCollectorGoneNodeComesBack(t *testing.T) {
 		blk := e.emptyBlock("node-1")
 		nodes := newNodeSet()
 		c := newNodeCollector(t, e, &owners{alive: map[string]bool{}}, nodes, time.Minute)
-		require.Equal(t, 1, collect(t, e, c).GoneNodes)
+		require.Len(t, collect(t, e, c).GoneNodes, 1)
 		e.clock.Advance(30 * time.Second)
 		nodes.set("node-1", true) // it was only slow to register
-		require.Zero(t, collect(t, e, c).GoneNodes)
+		require.Empty(t, collect(t, e, c).GoneNodes)
 		e.clock.Advance(30 * time.Second)
 		nodes.set("node-1", false)
 		res := collect(t, e, c)
-		require.Equal(t, 1, res.GoneNodes)
+		require.Len(t, res.GoneNodes, 1)
 		require.Empty(t, res.GoneNodeBlocks, "the grace period starts over")
 		e.clock.Advance(59 * time.Second)
 		require.Empty(t, collect(t, e, c).GoneNodeBlocks)
@@ -279,7 +279,7 @@ func TestCollectorGoneNodeComesBack(t *testing.T) {
 		}
 		res := collect(t, e, c)
 		require.Empty(t, res.GoneNodeBlocks)
-		require.Zero(t, res.GoneNodes)
+		require.Empty(t, res.GoneNodes)
 		require.Equal(t, []netip.Prefix{blk}, e.affine("node-1"))
 
 		nodes.hook = nil
@@ -287,7 +287,7 @@ func TestCollectorGoneNodeComesBack(t *testing.T) {
 		e.clock.Advance(time.Hour)
 		res = collect(t, e, c)
 		require.Empty(t, res.GoneNodeBlocks, "the grace period starts over")
-		require.Equal(t, 1, res.GoneNodes)
+		require.Len(t, res.GoneNodes, 1)
 		e.clock.Advance(time.Minute)
 		require.Equal(t, []netip.Prefix{blk}, collect(t, e, c).GoneNodeBlocks)
 	})
@@ -311,7 +311,7 @@ func TestCollectorGoneNodeKeepsAddresses(t *testing.T) {
 	e.clock.Advance(time.Minute)
 	res := collect(t, e, c)
 	require.ElementsMatch(t, blocks, res.GoneNodeBlocks)
-	require.Zero(t, res.GoneNodes)
+	require.Empty(t, res.GoneNodes)
 	require.Empty(t, res.Released)
 	require.Equal(t, 3, nodes.questions("node-1"), "once a pass, not once a block")
 	require.Empty(t, e.affine("node-1"))
@@ -359,7 +359,7 @@ func TestCollectorGoneNodeCoolingBlock(t *testing.T) {
 	e.clock.Advance(time.Minute)
 	res := collect(t, e, c)
 	require.ElementsMatch(t, []netip.Prefix{cooling, full}, res.GoneNodeBlocks)
-	require.Zero(t, res.GoneNodes)
+	require.Empty(t, res.GoneNodes)
 	require.Empty(t, e.affine("node-1"))
 	require.Equal(t, 2, e.blockCount(), "the cooling block is kept")
 	r, err := e.a.Check(e.ctx)
@@ -396,10 +396,44 @@ func TestCollectorGoneNodeBlockTakenMeanwhile(t *testing.T) {
 	}
 	res := collect(t, e, c)
 	require.Empty(t, res.GoneNodeBlocks)
-	require.Zero(t, res.GoneNodes)
+	require.Empty(t, res.GoneNodes)
 	require.Equal(t, block.Host("node-2"), e.blockInfo(blk).Affinity)
 	own, err := e.a.Owner(e.ctx, blk.Addr())
 	require.NoError(t, err)
 	require.Equal(t, "pod-2", own.Handle)
 	e.requireConsistent()
+}
+
+// TestCollectorGoneNodeKeepsItsClock: a node that lost its blocks to the
+// collector and is still gone keeps the time it was first seen gone, so a
+// block it claims afterwards (an AutoAssign that was in flight) is
+// released on the next pass, not a grace period later; once a pass finds
+// it holding nothing it is forgotten.
+func TestCollectorGoneNodeKeepsItsClock(t *testing.T) {
+	e := newEnv(t, v4pool("p", "10.0.0.0/24", 26))
+	e.emptyBlock("node-a")
+	nodes := newNodeSet()
+	c := newNodeCollector(t, e, &owners{alive: map[string]bool{}}, nodes, time.Minute)
+	start := e.clock.Now()
+	collect(t, e, c)
+	e.clock.Advance(time.Minute)
+	res := collect(t, e, c)
+	require.Len(t, res.GoneNodeBlocks, 1)
+	require.Empty(t, res.GoneNodes)
+
+	late := e.emptyBlock("node-a")
+	e.clock.Advance(time.Second)
+	res = collect(t, e, c)
+	require.Equal(t, []netip.Prefix{late}, res.GoneNodeBlocks, "gone since %v", start)
+	require.Empty(t, e.affine("node-a"))
+
+	// Forgotten once it held nothing: a block claimed now waits out the
+	// grace period.
+	e.clock.Advance(time.Second)
+	collect(t, e, c)
+	e.emptyBlock("node-a")
+	e.clock.Advance(time.Second)
+	res = collect(t, e, c)
+	require.Empty(t, res.GoneNodeBlocks)
+	require.Equal(t, []ipam.GoneNode{{Name: "node-a", Since: e.clock.Now(), Blocks: e.affine("node-a")}}, res.GoneNodes)
 }

@@ -82,7 +82,12 @@
 // kube-controllers garbage collector does: a liveness oracle, a grace
 // period, all-or-none per handle, a re-check before release, and release
 // by sequence number; given a node oracle ([CollectorOptions].Nodes), it
-// also releases the blocks of nodes that are gone. [storetest.FaultyStore]
+// also releases the blocks of nodes that are gone. Each pass lists the
+// suspects it waits on; with [CollectorOptions].DryRun it reports what it
+// would release and writes nothing (Calico's ipam check
+// --show-problem-ips), and [Allocation.Release] then releases a listed
+// address by hand only if it is still the same assignment.
+// [storetest.FaultyStore]
 // fails or crashes a store at a chosen operation; carve's tests crash a
 // workload at every one of its operations and show that Check then finds
 // only what Repair fixes.

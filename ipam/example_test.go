@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"time"
 
 	"github.com/carve-ipam/carve/ipam"
 	"github.com/carve-ipam/carve/ipam/memstore"
@@ -174,4 +175,39 @@ func ExampleAllocator_AssignIPs() {
 	// 10.244.0.10 fd00:10:244::10 <nil>
 	// true fd00:10:244::10 true
 	// true
+}
+
+// A collector in dry-run mode says what it waits on and what it would
+// release, and writes nothing; what it lists is then released by hand,
+// each address only if it is still the same assignment.
+func ExampleCollector_dryRun() {
+	ctx := context.Background()
+	now := time.Date(2026, 11, 21, 9, 0, 0, 0, time.UTC)
+	a, _ := ipam.New(memstore.New(), ipam.Options{Now: func() time.Time { return now }})
+	_ = a.CreatePool(ctx, pool.Pool{Name: "default-ipv4-ippool", CIDR: netip.MustParsePrefix("10.244.0.0/18")})
+	_, _ = a.AutoAssign(ctx, ipam.AutoAssignArgs{Num4: 1, Handle: "web-0", Node: "node-1"})
+	_, _ = a.AutoAssign(ctx, ipam.AutoAssignArgs{Num4: 1, Handle: "report-7", Node: "node-1"})
+
+	pods := map[string]bool{"web-0": true} // report-7 was deleted; its DEL never ran
+	alive := func(_ context.Context, x ipam.Allocation) (bool, error) { return pods[x.Handle], nil }
+	const grace = 15 * time.Minute
+	c, _ := ipam.NewCollector(a, alive, ipam.CollectorOptions{Grace: grace, DryRun: true})
+
+	res, _ := c.Collect(ctx)
+	for _, s := range res.Suspects {
+		fmt.Println("suspect", s.Addr, s.Handle, "due", s.Since.Add(grace).Format("15:04"))
+	}
+	now = now.Add(grace)
+	res, _ = c.Collect(ctx)
+	var rels []ipam.Release
+	for _, x := range res.Released {
+		fmt.Println("would release", x.Addr, x.Handle)
+		rels = append(rels, x.Release())
+	}
+	done, _ := a.ReleaseIPs(ctx, rels...)
+	fmt.Println("released by hand", done.Released)
+	// Output:
+	// suspect 10.244.4.65 report-7 due 09:15
+	// would release 10.244.4.65 report-7
+	// released by hand [10.244.4.65]
 }

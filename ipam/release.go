@@ -625,6 +625,14 @@ type Allocation struct {
 	Seq uint64
 }
 
+// Release names x's address for Allocator.ReleaseIPs on the condition
+// that it is still x: held by the same handle, at the same sequence
+// number. Releasing what a report listed (Allocations, a Collector's
+// suspects or dry run) so never frees the address of a later assignment.
+func (x Allocation) Release() Release {
+	return Release{Addr: x.Addr, Handle: x.Handle, Seq: x.Seq}
+}
+
 // Owner returns who holds addr, read fresh from the store, or an error
 // matching ErrNotAllocated.
 func (a *Allocator) Owner(ctx context.Context, addr netip.Addr) (Allocation, error) {

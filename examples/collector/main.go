@@ -18,7 +18,9 @@
 // An address whose owner is gone (a pod deleted while its node was down,
 // so that CNI DEL never ran; a Service deleted while its controller was
 // not running) becomes a suspect, and is released once it has stayed one
-// for the grace period. The example drives the clock by hand.
+// for the grace period. Each pass lists its suspects and when they are
+// due; a second collector in dry-run mode reports what a pass would
+// release before it does. The example drives the clock by hand.
 //
 // Run it with
 //
@@ -217,25 +219,36 @@ func run(ctx context.Context, w io.Writer) error {
 	k8s.removePod("default/cache-0")
 	k8s.removeNode("node-3")
 
+	// Beside the collector that releases, a dry-run one, which asks the
+	// same questions and writes nothing, says what a pass would do: an
+	// operator reads that report before letting a collector release.
 	const grace = 15 * time.Minute // Calico's default
-	c, err := ipam.NewCollector(a, k8s.alive, ipam.CollectorOptions{Grace: grace, Nodes: k8s.nodeExists})
+	opts := ipam.CollectorOptions{Grace: grace, Nodes: k8s.nodeExists}
+	c, err := ipam.NewCollector(a, k8s.alive, opts)
+	if err != nil {
+		return err
+	}
+	opts.DryRun = true
+	report, err := ipam.NewCollector(a, k8s.alive, opts)
 	if err != nil {
 		return err
 	}
 	for _, after := range []time.Duration{0, 10 * time.Minute, 6 * time.Minute} {
 		clk.advance(after)
-		r, err := c.Collect(ctx)
+		r, err := report.Collect(ctx)
 		if err != nil {
 			return err
 		}
-		fmt.Fprintf(w, "\nCollect at %s: allocations %d, suspects %d, nodes gone %d\n",
-			clk.Now().Format("15:04"), r.Allocations, r.Suspects, r.GoneNodes)
-		for _, al := range r.Released {
-			fmt.Fprintf(w, "  released %-14s %-24s %s\n", al.Addr, al.Handle, owner(al))
+		if len(r.Released)+len(r.GoneNodeBlocks) > 0 {
+			fmt.Fprintf(w, "\nDry run at %s\n", clk.Now().Format("15:04"))
+			printResult(w, r, grace)
 		}
-		for _, blk := range r.GoneNodeBlocks {
-			fmt.Fprintf(w, "  released block %s of a removed node\n", blk)
+		r, err = c.Collect(ctx)
+		if err != nil {
+			return err
 		}
+		fmt.Fprintf(w, "\nCollect at %s\n", clk.Now().Format("15:04"))
+		printResult(w, r, grace)
 	}
 
 	fmt.Fprintln(w, "\nStill assigned")
@@ -249,4 +262,25 @@ func run(ctx context.Context, w io.Writer) error {
 		}
 	}
 	return nil
+}
+
+// printResult prints what a collector pass did, or would have done.
+func printResult(w io.Writer, r ipam.CollectResult, grace time.Duration) {
+	verb := "released"
+	if r.DryRun {
+		verb = "would release"
+	}
+	fmt.Fprintf(w, "  allocations %d, suspects %d, nodes gone %d\n", r.Allocations, len(r.Suspects), len(r.GoneNodes))
+	for _, s := range r.Suspects {
+		fmt.Fprintf(w, "  suspect  %-14s %-24s %-30s due %s\n", s.Addr, s.Handle, owner(s.Allocation), s.Since.Add(grace).Format("15:04"))
+	}
+	for _, n := range r.GoneNodes {
+		fmt.Fprintf(w, "  gone     %-14s %d block(s) due %s\n", n.Name, len(n.Blocks), n.Since.Add(grace).Format("15:04"))
+	}
+	for _, al := range r.Released {
+		fmt.Fprintf(w, "  %s %s %s (%s)\n", verb, al.Addr, al.Handle, owner(al))
+	}
+	for _, blk := range r.GoneNodeBlocks {
+		fmt.Fprintf(w, "  %s block %s of a removed node\n", verb, blk)
+	}
 }
