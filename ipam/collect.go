@@ -158,57 +158,58 @@ type Suspect struct {
 	// number); the address is released on the first pass from
 	// Since+Grace on, if its owner is still dead then and no other
 	// allocation of its handle is alive or has a later Since.
-	Since time.Time
+	Since time.Time `json:"since"`
 }
 
 // GoneNode is a node holding blocks that the node oracle calls gone,
 // waiting out the grace period (see Collector).
 type GoneNode struct {
-	Name string
+	Name string `json:"name"`
 	// Since is when a pass first saw it gone; it loses its blocks on the
 	// first pass from Since+Grace on, if it is still gone then.
-	Since time.Time
+	Since time.Time `json:"since"`
 	// Blocks lists the blocks affine to it, in address order, as the pass
 	// read them.
-	Blocks []netip.Prefix
+	Blocks []netip.Prefix `json:"blocks"`
 }
 
 // CollectResult says what one pass did, or with CollectorOptions.DryRun
-// what it would have done.
+// what it would have done, ready to encode as JSON (a report to read, and
+// to release by hand: see CollectorOptions.DryRun).
 type CollectResult struct {
 	// DryRun says that the pass wrote nothing (CollectorOptions.DryRun):
 	// the lists below are what it would have released, deleted and
 	// rewritten, as far as its reads tell. A real pass leaves alone what
 	// changed since it read it: an address assigned again, a block
 	// written.
-	DryRun bool
+	DryRun bool `json:"dryRun,omitempty"`
 	// Allocations is how many allocations the pass looked at.
-	Allocations int
+	Allocations int `json:"allocations"`
 	// Suspects lists, in address order, the allocations with a dead owner
 	// that wait out the grace period after the pass: those it did not
 	// release.
-	Suspects []Suspect
+	Suspects []Suspect `json:"suspects,omitempty"`
 	// Released lists the allocations released by this pass. An allocation
 	// released and assigned again since the pass read it is left to its
 	// new owner, without an error.
-	Released []Allocation
+	Released []Allocation `json:"released,omitempty"`
 	// ReleasedBlocks lists the empty blocks whose affinity was released
 	// (and which were deleted, or kept while their addresses cool) because
 	// they stayed empty, not because their node is gone.
-	ReleasedBlocks []netip.Prefix
+	ReleasedBlocks []netip.Prefix `json:"releasedBlocks,omitempty"`
 	// GoneNodes lists, by name, the nodes holding blocks that the node
 	// oracle (CollectorOptions.Nodes) calls gone, after the pass: nodes
 	// waiting out the grace period, or with a block whose release failed.
-	GoneNodes []GoneNode
+	GoneNodes []GoneNode `json:"goneNodes,omitempty"`
 	// GoneNodeBlocks lists the blocks whose affinity was released because
 	// their node is gone: the empty ones were deleted (or kept while their
 	// addresses cool), the others keep their addresses without affinity.
-	GoneNodeBlocks []netip.Prefix
+	GoneNodeBlocks []netip.Prefix `json:"goneNodeBlocks,omitempty"`
 	// DeletedBlocks lists the blocks without affinity the pass deleted:
 	// empty ones kept while their addresses cooled, once the cooldown is
 	// over, and any other (one a crash left, say), and those whose last
 	// address it released (a gone node's block that held addresses).
-	DeletedBlocks []netip.Prefix
+	DeletedBlocks []netip.Prefix `json:"deletedBlocks,omitempty"`
 	// RepairedHandles lists the handles whose records the pass rewrote to
 	// count what the blocks hold: records that counted more, at one
 	// revision, in every pass across the grace period and one pass more
@@ -216,7 +217,7 @@ type CollectResult struct {
 	// the same, but not for so long). A record
 	// that counted nothing any block holds is deleted, which makes its
 	// handle new again for a request with NewHandle.
-	RepairedHandles []string
+	RepairedHandles []string `json:"repairedHandles,omitempty"`
 }
 
 // NewCollector returns a collector releasing a's leaked addresses, asking

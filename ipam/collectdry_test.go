@@ -1,6 +1,7 @@
 package ipam_test
 
 import (
+	"encoding/json"
 	"net/netip"
 	"slices"
 	"testing"
@@ -193,9 +194,9 @@ func handlesOf(xs []ipam.Allocation) []string {
 
 // TestCollectorDryRunThenReleaseByHand: a dry-run collector goes on
 // reporting what is ripe, pass after pass, and releases nothing; an
-// operator releasing its report with Allocation.Release frees what is
-// still as reported and leaves an address reassigned since to its new
-// owner.
+// operator saving its report as JSON and releasing it with
+// Allocation.Release frees what is still as reported and leaves an
+// address reassigned since to its new owner.
 func TestCollectorDryRunThenReleaseByHand(t *testing.T) {
 	e := newEnv(t, v4pool("p", "10.0.0.0/24", 28))
 	leaked := e.mustAssign4("node-1", "dead-a", 2)
@@ -221,8 +222,17 @@ func TestCollectorDryRunThenReleaseByHand(t *testing.T) {
 	_, err = e.a.AssignIP(e.ctx, ipam.AssignIPArgs{Addr: leaked[0].Addr, Handle: "new-pod", Node: "node-1"})
 	require.NoError(t, err)
 
+	// The report goes through a file, as JSON, to be read before release.
+	saved, err := json.Marshal(report)
+	require.NoError(t, err)
+	var read ipam.CollectResult
+	require.NoError(t, json.Unmarshal(saved, &read))
+	require.Equal(t, report, read)
+	require.Contains(t, string(saved), `"dryRun":true`)
+	require.Contains(t, string(saved), `"handle":"dead-b"`)
+
 	var rels []ipam.Release
-	for _, x := range report.Released {
+	for _, x := range read.Released {
 		rels = append(rels, x.Release())
 	}
 	res, err := e.a.ReleaseIPs(e.ctx, rels...)

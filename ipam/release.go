@@ -614,15 +614,15 @@ func (a *Allocator) readBlock(ctx context.Context, blk netip.Prefix) (*block.Blo
 
 // Allocation describes who holds an address.
 type Allocation struct {
-	Addr  netip.Addr
-	Block netip.Prefix
+	Addr  netip.Addr   `json:"addr"`
+	Block netip.Prefix `json:"block"`
 	// Handle and Attrs are as given when the address was assigned, with
 	// Attrs[AttrNode] naming the node it was assigned for. Attrs must not
 	// be modified.
-	Handle string
-	Attrs  map[string]string
+	Handle string            `json:"handle"`
+	Attrs  map[string]string `json:"attrs,omitempty"`
 	// Seq is the sequence number recorded when the address was assigned.
-	Seq uint64
+	Seq uint64 `json:"seq"`
 }
 
 // Release names x's address for Allocator.ReleaseIPs on the condition
