@@ -54,13 +54,17 @@ type CollectorOptions struct {
 	// the node's blocks. nil: nodes are not asked, and a node keeps its
 	// last block for good. Only nodes are asked: the blocks of
 	// LoadBalancer addresses belong to VirtualLoadBalancer, which is left
-	// alone, as are its empty blocks.
+	// alone, as are its empty blocks. A node that has lost its blocks is
+	// forgotten: a block it holds later (a claim that was in flight, or a
+	// new node of the same name that the oracle does not know yet) waits
+	// out a grace period of its own.
 	Nodes NodeLiveness
 	// DryRun makes the collector report and never write: each pass asks
 	// the oracles as usual, the last question before a release too, and
 	// returns the result a pass would have (CollectResult.DryRun), but
-	// releases, deletes and rewrites nothing. So what is ripe stays ripe,
-	// and the next pass reports it again. Run one before letting a
+	// releases, deletes and rewrites nothing. It remembers what it saw as
+	// a real collector would, except that what it would release stays
+	// ripe, and the next pass reports it again. Run one before letting a
 	// collector release in a cluster (Calico's
 	// "calicoctl ipam check --show-problem-ips"). What it lists in
 	// Released can be released by hand: ReleaseIPs with each
@@ -121,7 +125,7 @@ type Collector struct {
 	mu     sync.Mutex
 	leaks  map[netip.Addr]suspect
 	blocks map[netip.Prefix]suspect
-	gone   map[string]time.Time // nodes holding blocks seen gone, since when
+	gone   map[string]goneNode // nodes holding blocks seen gone
 	// handles are the handle records seen counting more than the blocks
 	// hold, each with the revision seen and since when.
 	handles map[string]staleCount
@@ -141,6 +145,18 @@ type staleCount struct {
 	// and one whose block write came after it finds its address in the
 	// read, so that its lowering leaves the other addresses counted.
 	settle *checkState
+}
+
+// goneNode is what the collector remembers of a node seen gone.
+type goneNode struct {
+	since time.Time
+	// stripped, after a dry pass said the node would lose its blocks,
+	// holds those blocks' sequence numbers. A real pass forgets a node it
+	// strips, and sees it anew if it holds blocks again; the dry run
+	// keeps its clock only while the node holds just those blocks,
+	// unchanged (nothing was released), and otherwise starts it again, as
+	// the real pass would.
+	stripped map[netip.Prefix]uint64
 }
 
 // suspect is what the collector remembers of an allocation or a block.
@@ -169,7 +185,8 @@ type GoneNode struct {
 	// first pass from Since+Grace on, if it is still gone then.
 	Since time.Time `json:"since"`
 	// Blocks lists the blocks affine to it, in address order, as the pass
-	// read them.
+	// read them (before any of its own releases: after one that failed
+	// in part, GoneNodeBlocks has those that went).
 	Blocks []netip.Prefix `json:"blocks"`
 }
 
@@ -186,8 +203,9 @@ type CollectResult struct {
 	// Allocations is how many allocations the pass looked at.
 	Allocations int `json:"allocations"`
 	// Suspects lists, in address order, the allocations with a dead owner
-	// that wait out the grace period after the pass: those it did not
-	// release.
+	// that the pass did not release: those waiting out the grace period,
+	// and those whose handle holds another allocation that is alive or
+	// was seen dead later (a handle is released all at once).
 	Suspects []Suspect `json:"suspects,omitempty"`
 	// Released lists the allocations released by this pass. An allocation
 	// released and assigned again since the pass read it is left to its
@@ -232,7 +250,7 @@ func NewCollector(a *Allocator, live Liveness, opts CollectorOptions) (*Collecto
 		opts.Grace = 15 * time.Minute
 	}
 	return &Collector{a: a, live: live, nodes: opts.Nodes, grace: opts.Grace, keep: opts.KeepEmptyBlocks, dry: opts.DryRun,
-		leaks: map[netip.Addr]suspect{}, blocks: map[netip.Prefix]suspect{}, gone: map[string]time.Time{},
+		leaks: map[netip.Addr]suspect{}, blocks: map[netip.Prefix]suspect{}, gone: map[string]goneNode{},
 		handles: map[string]staleCount{}}, nil
 }
 
@@ -308,10 +326,11 @@ func (c *Collector) Collect(ctx context.Context) (CollectResult, error) {
 			delete(c.leaks, addr) // released by someone else
 		}
 	}
-	c.askNodes(ctx, held, now)
+	c.askNodes(ctx, held, read, now)
 
 	// Release whole handles whose every allocation is a ripe suspect: a
 	// handle with one live allocation keeps them all.
+	touched := map[string]bool{} // handles whose addresses the pass released
 	var dry *emptier
 	if c.dry {
 		v, err := c.a.loadView(ctx)
@@ -329,7 +348,7 @@ func (c *Collector) Collect(ctx context.Context) (CollectResult, error) {
 		}
 		released, deleted, err := c.release(ctx, byHandle[handle], dry)
 		if len(released) > 0 {
-			delete(counts, handle) // its record changed: see staleCounts
+			touched[handle] = true // its record changed: see staleCounts
 		}
 		res.Released = append(res.Released, released...)
 		res.DeletedBlocks = append(res.DeletedBlocks, deleted...)
@@ -348,13 +367,13 @@ func (c *Collector) Collect(ctx context.Context) (CollectResult, error) {
 	// The blocks of nodes gone for the grace period.
 	stripped := map[string]bool{} // nodes that lost all their blocks (or would have)
 	for _, node := range slices.Sorted(maps.Keys(c.gone)) {
-		if now.Sub(c.gone[node]) < c.grace {
+		if now.Sub(c.gone[node].since) < c.grace {
 			continue
 		}
 		if err := ctx.Err(); err != nil {
 			return res, errors.Join(append(errs, err)...)
 		}
-		released, err := c.releaseNode(ctx, node, held[node])
+		released, err := c.releaseNode(ctx, node, held[node], read)
 		if err == nil {
 			stripped[node] = true
 		}
@@ -370,7 +389,7 @@ func (c *Collector) Collect(ctx context.Context) (CollectResult, error) {
 	}
 	for _, node := range slices.Sorted(maps.Keys(c.gone)) {
 		if !stripped[node] {
-			res.GoneNodes = append(res.GoneNodes, GoneNode{Name: node, Since: c.gone[node], Blocks: slices.SortedFunc(slices.Values(held[node]), comparePrefix)})
+			res.GoneNodes = append(res.GoneNodes, GoneNode{Name: node, Since: c.gone[node].since, Blocks: slices.SortedFunc(slices.Values(held[node]), comparePrefix)})
 		}
 	}
 
@@ -432,7 +451,7 @@ func (c *Collector) Collect(ctx context.Context) (CollectResult, error) {
 		}
 	}
 
-	repaired, err := c.staleCounts(ctx, now, counts, read)
+	repaired, err := c.staleCounts(ctx, now, counts, read, touched)
 	res.RepairedHandles = repaired
 	if err != nil {
 		errs = append(errs, err)
@@ -445,12 +464,13 @@ func (c *Collector) Collect(ctx context.Context) (CollectResult, error) {
 // grace period and one pass more, as Repair does (see rebuildHandle and
 // staleCount.settle): each count becomes what the read of the pass before
 // or a fresh one gives the handle. counts holds, per handle, its
-// addresses per block in the pass's read, and read those blocks; a handle
-// missing from counts holds nothing, or had addresses released by this
-// pass, whose read then shows too many (the safe side: the record's
-// lowering changes its revision, and if that write failed, the count
-// stays too high).
-func (c *Collector) staleCounts(ctx context.Context, now time.Time, counts map[string]map[netip.Prefix]int, read map[netip.Prefix]*block.Block) ([]string, error) {
+// addresses per block in the pass's read (a handle missing from it holds
+// nothing), and read those blocks. The handles in touched, whose
+// addresses this pass released (or in a dry run would have), are left
+// to the next pass: the release lowered the record, at a revision the
+// pass did not read (or a dry run cannot know), and the next pass reads
+// the record as the release left it, a dry run's and a real one's alike.
+func (c *Collector) staleCounts(ctx context.Context, now time.Time, counts map[string]map[netip.Prefix]int, read map[netip.Prefix]*block.Block, touched map[string]bool) ([]string, error) {
 	recs, err := c.a.store.List(ctx, KindHandle, KeyRange{})
 	if err != nil {
 		return nil, fmt.Errorf("ipam: collect: list handles: %w", err)
@@ -462,6 +482,9 @@ func (c *Collector) staleCounts(ctx context.Context, now time.Time, counts map[s
 		var rec handleRecord
 		if rec.unmarshal(r.Value) != nil {
 			continue // Check reports it, Repair rebuilds it
+		}
+		if touched[r.Key] {
+			continue
 		}
 		found := counts[r.Key]
 		if !slices.ContainsFunc(rec.entries(), func(hc handleCount) bool { return hc.count > found[hc.block] }) {
@@ -487,10 +510,13 @@ func (c *Collector) staleCounts(ctx context.Context, now time.Time, counts map[s
 		if err := ctx.Err(); err != nil {
 			return repaired, errors.Join(append(errs, err)...)
 		}
-		if !c.dry {
-			delete(c.handles, r.Key)
-		}
+		delete(c.handles, r.Key)
 		fix := c.a.rebuildHandle(ctx, r.Key, r.Revision, settle, c.dry)
+		if c.dry && fix.err == nil && len(fix.changed) > 0 {
+			// A real pass's rewrite would start the clock again; the dry
+			// run, having written nothing, goes on reporting it.
+			c.handles[r.Key] = s
+		}
 		switch {
 		case errors.Is(fix.err, errHandleMoved):
 			// Written since the listing: an operation under the handle
@@ -526,10 +552,11 @@ func settleRead(handle string, rec *handleRecord, found map[netip.Prefix]int, re
 }
 
 // askNodes asks the node oracle, if there is one, about each node holding
-// blocks (held), once, and updates the node suspects: a node called gone is
-// remembered from when it was first seen gone; one that exists, or whose
-// answer is unknown, is forgotten, and so is one that holds no block now.
-func (c *Collector) askNodes(ctx context.Context, held map[string][]netip.Prefix, now time.Time) {
+// blocks (held, as read has them), once, and updates the node suspects: a
+// node called gone is remembered from when it was first seen gone; one
+// that exists, or whose answer is unknown, is forgotten, and so is one
+// that holds no block now.
+func (c *Collector) askNodes(ctx context.Context, held map[string][]netip.Prefix, read map[netip.Prefix]*block.Block, now time.Time) {
 	if c.nodes == nil {
 		return
 	}
@@ -539,10 +566,14 @@ func (c *Collector) askNodes(ctx context.Context, held map[string][]netip.Prefix
 		}
 	}
 	for _, node := range slices.Sorted(maps.Keys(held)) {
+		g, ok := c.gone[node]
 		if exists, err := c.nodes(ctx, node); err != nil || exists {
 			delete(c.gone, node)
-		} else if _, ok := c.gone[node]; !ok {
-			c.gone[node] = now
+		} else if !ok || (g.stripped != nil && slices.ContainsFunc(held[node], func(blk netip.Prefix) bool {
+			seq, ok := g.stripped[blk]
+			return !ok || seq != read[blk].Seq()
+		})) {
+			c.gone[node] = goneNode{since: now}
 		}
 	}
 }
@@ -550,16 +581,23 @@ func (c *Collector) askNodes(ctx context.Context, held map[string][]netip.Prefix
 // releaseNode asks the node oracle again whether node is gone and, if it
 // still is, releases node's affinity to blocks, the blocks the pass saw it
 // hold, as ReleaseHostAffinities would. It returns those released. The
-// node stays a suspect, with its clock, until a pass finds it holding no
-// block (see askNodes): one it claims meanwhile (a claim that was in
-// flight), or one whose release failed, is released on the next pass.
-// In a dry run it releases nothing and returns blocks.
-func (c *Collector) releaseNode(ctx context.Context, node string, blocks []netip.Prefix) ([]netip.Prefix, error) {
+// node stays a suspect while one of them is left to a later pass (a
+// release that failed); otherwise it is forgotten, and a block it holds
+// again later (a claim in flight, or a new node of the same name that
+// the oracle does not know yet) starts its grace period afresh. In a dry
+// run it releases nothing and returns blocks (see goneNode.stripped).
+func (c *Collector) releaseNode(ctx context.Context, node string, blocks []netip.Prefix, read map[netip.Prefix]*block.Block) ([]netip.Prefix, error) {
 	if exists, err := c.nodes(ctx, node); err != nil || exists {
 		delete(c.gone, node)
 		return nil, nil
 	}
 	if c.dry {
+		g := c.gone[node]
+		g.stripped = map[netip.Prefix]uint64{}
+		for _, blk := range blocks {
+			g.stripped[blk] = read[blk].Seq()
+		}
+		c.gone[node] = g
 		return slices.SortedFunc(slices.Values(blocks), comparePrefix), nil
 	}
 	aff := block.Host(node)
@@ -577,6 +615,9 @@ func (c *Collector) releaseNode(ctx context.Context, node string, blocks []netip
 		default:
 			errs = append(errs, fmt.Errorf("ipam: collect: release block %s of gone node %q: %w", blk, node, err))
 		}
+	}
+	if len(errs) == 0 {
+		delete(c.gone, node)
 	}
 	return released, errors.Join(errs...)
 }
