@@ -16,17 +16,21 @@ import (
 	"github.com/carve-ipam/carve/pool"
 )
 
-// TestCollectorDryRunMatchesWiderProperty is
-// TestCollectorDryRunMatchesProperty over a wider generator: two
-// families, a LoadBalancer pool, addresses asked for by AssignIP,
-// reservations, disabled and deleted pools (blocks outside any pool),
-// host-reserved addresses, single releases, stale counts over several
-// blocks, in the records of handles that hold addresses too, and cooldown
-// changes. Its histories need a few grace periods to reach the
-// interesting cases, which the defaults seldom get to: an adversarial
-// review ran it with -rapid.checks=1000 -rapid.steps=150, which found the
-// divergences the three tests below pin down within a few dozen checks.
-func TestCollectorDryRunMatchesWiderProperty(t *testing.T) {
+// TestCollectorDryRunMatchesProperty: over random histories, a dry-run
+// collector's every pass writes nothing and reports what a real
+// collector's pass, run right after it on the same store, does. The
+// histories hold assignments of both families, LoadBalancer addresses,
+// addresses asked for by AssignIP, releases of handles and of single
+// addresses, claims, affinity releases and removed nodes, reservations,
+// disabled, deleted and created pools (blocks outside any pool),
+// host-reserved addresses, handle records counting more than the blocks
+// hold (in the records of handles that hold addresses too), owners and
+// nodes dying and coming back, cooldown changes, and time passing; with
+// and without a node oracle. Its histories need a few grace periods to
+// reach the interesting cases: an adversarial review ran it with
+// -rapid.checks=1000 -rapid.steps=150, which found the divergences the
+// three tests below pin down within a few dozen checks.
+func TestCollectorDryRunMatchesProperty(t *testing.T) {
 	nodeNames := []string{"n0", "n1", "n2"}
 	handleNames := []string{"h0", "h1", "h2", "h3", "h4", "h5"}
 	p4 := pool.Pool{Name: "p4", CIDR: netip.MustParsePrefix("10.0.0.0/27"), BlockSize: 29}
@@ -65,22 +69,9 @@ func TestCollectorDryRunMatchesWiderProperty(t *testing.T) {
 		if rapid.Bool().Draw(rt, "noNodeOracle") {
 			opts.Nodes = nil
 		}
-		real, err := ipam.NewCollector(a, o.live, opts)
-		require.NoError(rt, err)
-		opts.DryRun = true
 		other, err := ipam.New(store, ipam.Options{Now: clk.Now})
 		require.NoError(rt, err)
-		dry, err := ipam.NewCollector(other, o.live, opts)
-		require.NoError(rt, err)
-		records := func() map[ipam.Kind][]ipam.Record {
-			out := map[ipam.Kind][]ipam.Record{}
-			for _, k := range ipam.Kinds {
-				recs, err := store.List(ctx, k, ipam.KeyRange{})
-				require.NoError(rt, err)
-				out[k] = recs
-			}
-			return out
-		}
+		dry, real := dryAndReal(rt, a, other, o.live, opts)
 
 		actions := map[string]func(*rapid.T){
 			"assign": func(rt *rapid.T) {
@@ -175,15 +166,7 @@ func TestCollectorDryRunMatchesWiderProperty(t *testing.T) {
 				clk.Advance(time.Duration(rapid.IntRange(0, 150).Draw(rt, "seconds")) * time.Second)
 			},
 			"collect": func(rt *rapid.T) {
-				before := records()
-				report, err := dry.Collect(ctx)
-				require.NoError(rt, err)
-				require.True(rt, report.DryRun)
-				require.Equal(rt, before, records(), "a dry run writes nothing")
-				res, err := real.Collect(ctx)
-				require.NoError(rt, err)
-				report.DryRun = false
-				require.Equal(rt, res, report)
+				requireDryMatches(rt, ctx, store, dry, real)
 			},
 		}
 		// Time and passes matter most: weigh them up.
@@ -209,20 +192,6 @@ func prefixesOf(cidr netip.Prefix, bits int) func(func(netip.Prefix) bool) {
 			}
 		}
 	}
-}
-
-// dryThenReal runs a pass of dry and then one of real, as
-// TestCollectorDryRunReportsWhatAPassDoes does, checks that the dry one
-// wrote nothing, and returns both results (the dry one with DryRun
-// cleared, so that the two compare).
-func dryThenReal(t *testing.T, e *env, dry, real *ipam.Collector) (report, res ipam.CollectResult) {
-	t.Helper()
-	before := e.storeRecords()
-	report = collect(t, e, dry)
-	require.True(t, report.DryRun)
-	require.Equal(t, before, e.storeRecords(), "a dry run writes nothing")
-	report.DryRun = false
-	return report, collect(t, e, real)
 }
 
 // ghostCount adds to handle's record a count of one for blk, a block that
@@ -251,20 +220,14 @@ func TestCollectorDryRunLeavesReleasedHandleCount(t *testing.T) {
 	e.mustAssign4("node-1", "h", 1)
 	e.ghostCount("h", mustPrefix("10.0.0.128/28"))
 	o := &owners{alive: map[string]bool{"h": true}}
-	opts := ipam.CollectorOptions{Grace: 2 * time.Minute}
-	real, err := ipam.NewCollector(e.a, o.live, opts)
-	require.NoError(t, err)
-	opts.DryRun = true
-	dry, err := ipam.NewCollector(e.allocator(), o.live, opts)
-	require.NoError(t, err)
+	dry, real := dryAndReal(t, e.a, e.allocator(), o.live, ipam.CollectorOptions{Grace: 2 * time.Minute})
 
 	for i, step := range []time.Duration{0, time.Minute, time.Minute, time.Minute} {
 		e.clock.Advance(step)
 		if i == 1 {
 			o.set("h", false)
 		}
-		report, res := dryThenReal(t, e, dry, real)
-		require.Equal(t, res, report, "pass %d", i+1)
+		requireDryMatches(t, e.ctx, e.store, dry, real, "pass %d", i+1)
 	}
 }
 
@@ -279,19 +242,13 @@ func TestCollectorDryRunClockOfReleasedHandle(t *testing.T) {
 	e.mustAssign4("node-1", "h", 1)
 	e.ghostCount("h", mustPrefix("10.0.0.128/28"))
 	o := &owners{alive: map[string]bool{}}
-	opts := ipam.CollectorOptions{Grace: 2 * time.Minute}
-	real, err := ipam.NewCollector(e.a, o.live, opts)
-	require.NoError(t, err)
-	opts.DryRun = true
-	dry, err := ipam.NewCollector(e.allocator(), o.live, opts)
-	require.NoError(t, err)
+	dry, real := dryAndReal(t, e.a, e.allocator(), o.live, ipam.CollectorOptions{Grace: 2 * time.Minute})
 
 	var repaired []string
 	for i, step := range []time.Duration{0, 2 * time.Minute, 150 * time.Second, 0, time.Minute, time.Minute, time.Minute} {
 		e.clock.Advance(step)
-		report, res := dryThenReal(t, e, dry, real)
+		res := requireDryMatches(t, e.ctx, e.store, dry, real, "pass %d", i+1)
 		repaired = append(repaired, res.RepairedHandles...)
-		require.Equal(t, res, report, "pass %d", i+1)
 	}
 	require.Equal(t, []string{"h"}, repaired, "the real collector rebuilt h")
 }
@@ -338,18 +295,11 @@ func TestCollectorDryRunAfterFailedRebuild(t *testing.T) {
 		return a
 	}
 	o := &owners{alive: map[string]bool{}}
-	opts := ipam.CollectorOptions{Grace: 2 * time.Minute}
-	real, err := ipam.NewCollector(newA(), o.live, opts)
-	require.NoError(t, err)
-	opts.DryRun = true
-	dry, err := ipam.NewCollector(newA(), o.live, opts)
-	require.NoError(t, err)
+	dry, real := dryAndReal(t, newA(), newA(), o.live, ipam.CollectorOptions{Grace: 2 * time.Minute})
 
-	report, res := dryThenReal(t, e, dry, real)
-	require.Equal(t, res, report)
+	requireDryMatches(t, e.ctx, e.store, dry, real)
 	e.clock.Advance(2 * time.Minute)
-	report, res = dryThenReal(t, e, dry, real) // ripe: the read is kept
-	require.Equal(t, res, report)
+	requireDryMatches(t, e.ctx, e.store, dry, real) // ripe: the read is kept
 
 	e.clock.Advance(time.Minute)
 	fs.arm(true)
@@ -360,6 +310,5 @@ func TestCollectorDryRunAfterFailedRebuild(t *testing.T) {
 	fs.arm(false)
 
 	e.clock.Advance(time.Minute)
-	report, res = dryThenReal(t, e, dry, real)
-	require.Equal(t, res, report, "after a failed rebuild")
+	requireDryMatches(t, e.ctx, e.store, dry, real, "after a failed rebuild")
 }

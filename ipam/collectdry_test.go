@@ -1,6 +1,7 @@
 package ipam_test
 
 import (
+	"context"
 	"encoding/json"
 	"net/netip"
 	"slices"
@@ -8,24 +9,48 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
-	"pgregory.net/rapid"
 
 	"github.com/carve-ipam/carve/ipam"
-	"github.com/carve-ipam/carve/ipam/memstore"
-	"github.com/carve-ipam/carve/pool"
 )
 
-// storeRecords is every record of the store, with its revision, by kind
-// and key.
-func (e *env) storeRecords() map[ipam.Kind][]ipam.Record {
-	e.t.Helper()
+// storeRecords lists every record of s, with its revision, by kind.
+func storeRecords(t require.TestingT, ctx context.Context, s ipam.Store) map[ipam.Kind][]ipam.Record {
 	out := map[ipam.Kind][]ipam.Record{}
 	for _, k := range ipam.Kinds {
-		recs, err := e.store.List(e.ctx, k, ipam.KeyRange{})
-		require.NoError(e.t, err)
+		recs, err := s.List(ctx, k, ipam.KeyRange{})
+		require.NoError(t, err)
 		out[k] = recs
 	}
 	return out
+}
+
+// dryAndReal returns a collector on a and a dry-run one with the same
+// options on other, an allocator on the same store, as a second process
+// would run it.
+func dryAndReal(t require.TestingT, a, other *ipam.Allocator, live ipam.Liveness, opts ipam.CollectorOptions) (dry, real *ipam.Collector) {
+	real, err := ipam.NewCollector(a, live, opts)
+	require.NoError(t, err)
+	opts.DryRun = true
+	dry, err = ipam.NewCollector(other, live, opts)
+	require.NoError(t, err)
+	return dry, real
+}
+
+// requireDryMatches runs a pass of dry and then one of real, both on
+// store s, and fails unless the dry one wrote nothing and reported what
+// the real one then did. It returns the real pass's result.
+func requireDryMatches(t require.TestingT, ctx context.Context, s ipam.Store, dry, real *ipam.Collector, msgAndArgs ...any) ipam.CollectResult {
+	before := storeRecords(t, ctx, s)
+	report, err := dry.Collect(ctx)
+	require.NoError(t, err)
+	require.True(t, report.DryRun)
+	require.Equal(t, before, storeRecords(t, ctx, s), "a dry run writes nothing")
+	res, err := real.Collect(ctx)
+	require.NoError(t, err)
+	require.False(t, res.DryRun)
+	report.DryRun = false
+	require.Equal(t, res, report, msgAndArgs...)
+	return res
 }
 
 // leakyCluster builds a store with something for every part of a
@@ -76,25 +101,12 @@ func TestCollectorDryRunReportsWhatAPassDoes(t *testing.T) {
 	for _, cooldown := range []time.Duration{0, 5 * time.Minute} {
 		t.Run("cooldown="+cooldown.String(), func(t *testing.T) {
 			e, o, nodes := leakyCluster(t, cooldown)
-			opts := ipam.CollectorOptions{Grace: 10 * time.Minute, Nodes: nodes.live}
-			real, err := ipam.NewCollector(e.a, o.live, opts)
-			require.NoError(t, err)
-			opts.DryRun = true
-			dry, err := ipam.NewCollector(e.allocator(), o.live, opts)
-			require.NoError(t, err)
+			dry, real := dryAndReal(t, e.a, e.allocator(), o.live, ipam.CollectorOptions{Grace: 10 * time.Minute, Nodes: nodes.live})
 
 			var did ipam.CollectResult // everything the real passes did
 			for _, step := range []time.Duration{0, 10 * time.Minute, time.Minute, 5 * time.Minute} {
 				e.clock.Advance(step)
-				before := e.storeRecords()
-				report := collect(t, e, dry)
-				require.True(t, report.DryRun)
-				require.Equal(t, before, e.storeRecords(), "a dry run writes nothing")
-
-				res := collect(t, e, real)
-				require.False(t, res.DryRun)
-				report.DryRun = false
-				require.Equal(t, res, report, "at +%v", step)
+				res := requireDryMatches(t, e.ctx, e.store, dry, real, "at +%v", step)
 				did.Released = append(did.Released, res.Released...)
 				did.ReleasedBlocks = append(did.ReleasedBlocks, res.ReleasedBlocks...)
 				did.GoneNodeBlocks = append(did.GoneNodeBlocks, res.GoneNodeBlocks...)
@@ -241,95 +253,4 @@ func TestCollectorDryRunThenReleaseByHand(t *testing.T) {
 	require.NotContains(t, res.Released, leaked[0].Addr)
 	require.Equal(t, "new-pod", mustOwner(t, e, leaked[0].Addr).Handle, "the new owner keeps it")
 	e.requireConsistent()
-}
-
-// TestCollectorDryRunMatchesProperty: over random histories of
-// assignments, releases, claims, node removals, handle records left
-// counting too much, owners and nodes dying and coming back, and time
-// passing, a dry-run collector's every pass writes nothing and reports
-// what a real collector's pass, run right after it, does.
-func TestCollectorDryRunMatchesProperty(t *testing.T) {
-	nodeNames := []string{"n0", "n1", "n2"}
-	handleNames := []string{"h0", "h1", "h2", "h3", "h4", "h5"}
-	rapid.Check(t, func(rt *rapid.T) {
-		ctx := t.Context()
-		store := memstore.New()
-		clk := newClock()
-		a, err := ipam.New(store, ipam.Options{Now: clk.Now})
-		require.NoError(rt, err)
-		cfg := ipam.DefaultConfig()
-		cfg.ReleaseCooldown = rapid.SampledFrom([]time.Duration{0, 90 * time.Second}).Draw(rt, "cooldown")
-		require.NoError(rt, a.SetConfig(ctx, cfg))
-		p := pool.Pool{Name: "p", CIDR: netip.MustParsePrefix("10.0.0.0/26"), BlockSize: 29}
-		require.NoError(rt, a.CreatePool(ctx, p))
-		blocks := []netip.Prefix{}
-		for i := range 8 {
-			blocks = append(blocks, netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 0, 0, byte(8 * i)}), 29))
-		}
-
-		o := &owners{alive: map[string]bool{}}
-		nodes := newNodeSet(nodeNames...)
-		opts := ipam.CollectorOptions{Grace: 2 * time.Minute, Nodes: nodes.live, KeepEmptyBlocks: rapid.Bool().Draw(rt, "keep")}
-		real, err := ipam.NewCollector(a, o.live, opts)
-		require.NoError(rt, err)
-		opts.DryRun = true
-		other, err := ipam.New(store, ipam.Options{Now: clk.Now})
-		require.NoError(rt, err)
-		dry, err := ipam.NewCollector(other, o.live, opts)
-		require.NoError(rt, err)
-		records := func() map[ipam.Kind][]ipam.Record {
-			out := map[ipam.Kind][]ipam.Record{}
-			for _, k := range ipam.Kinds {
-				recs, err := store.List(ctx, k, ipam.KeyRange{})
-				require.NoError(rt, err)
-				out[k] = recs
-			}
-			return out
-		}
-
-		rt.Repeat(map[string]func(*rapid.T){
-			"assign": func(rt *rapid.T) {
-				_, _ = a.AutoAssign(ctx, ipam.AutoAssignArgs{
-					Num4:   rapid.IntRange(1, 3).Draw(rt, "n"),
-					Handle: rapid.SampledFrom(handleNames).Draw(rt, "handle"),
-					Node:   rapid.SampledFrom(nodeNames).Draw(rt, "node"),
-				})
-			},
-			"release": func(rt *rapid.T) {
-				_, _ = a.ReleaseByHandle(ctx, rapid.SampledFrom(handleNames).Draw(rt, "handle"))
-			},
-			"claim": func(rt *rapid.T) {
-				_, _ = a.ClaimAffinity(ctx, rapid.SampledFrom(nodeNames).Draw(rt, "node"), rapid.SampledFrom(blocks).Draw(rt, "block"))
-			},
-			"removeNode": func(rt *rapid.T) {
-				_, _ = a.ReleaseHostAffinities(ctx, rapid.SampledFrom(nodeNames).Draw(rt, "node"), false)
-			},
-			"ghost": func(rt *rapid.T) {
-				// A record counting an address no block gives it, as a
-				// crash between the count and the block write leaves.
-				counts := map[netip.Prefix]int{rapid.SampledFrom(blocks).Draw(rt, "block"): 1}
-				_, _ = store.Create(ctx, ipam.KindHandle, rapid.SampledFrom([]string{"g0", "g1"}).Draw(rt, "ghost"), ipam.EncodeHandle(counts))
-			},
-			"owner": func(rt *rapid.T) {
-				o.set(rapid.SampledFrom(handleNames).Draw(rt, "handle"), rapid.Bool().Draw(rt, "alive"))
-			},
-			"node": func(rt *rapid.T) {
-				nodes.set(rapid.SampledFrom(nodeNames).Draw(rt, "node"), rapid.Bool().Draw(rt, "exists"))
-			},
-			"wait": func(rt *rapid.T) {
-				clk.Advance(time.Duration(rapid.IntRange(0, 150).Draw(rt, "seconds")) * time.Second)
-			},
-			"collect": func(rt *rapid.T) {
-				before := records()
-				report, err := dry.Collect(ctx)
-				require.NoError(rt, err)
-				require.True(rt, report.DryRun)
-				require.Equal(rt, before, records(), "a dry run writes nothing")
-				res, err := real.Collect(ctx)
-				require.NoError(rt, err)
-				report.DryRun = false
-				require.Equal(rt, res, report)
-			},
-		})
-	})
 }
