@@ -5,6 +5,8 @@ import (
 	"math/bits"
 	"slices"
 	"sync/atomic"
+
+	"github.com/bits-and-blooms/bitset"
 )
 
 // Clone returns a deep copy of b: changing one never changes the other.
@@ -33,11 +35,28 @@ func (b *Block) CopyTo(dst *Block) {
 // copyHead copies what every copy copies whole: the counters, identity,
 // affinity and both bitmaps.
 func (b *Block) copyHead(dst *Block) {
+	b.copyScalars(dst)
+	b.taken.CopyFull(&dst.taken)
+	b.resv.CopyFull(&dst.resv)
+}
+
+// copyScalars copies the counters, identity, affinity and claim time.
+func (b *Block) copyScalars(dst *Block) {
 	dst.prefix, dst.base, dst.is4 = b.prefix, b.base, b.is4
 	dst.size, dst.used, dst.nres, dst.cursor = b.size, b.used, b.nres, b.cursor
 	dst.seq, dst.aff, dst.claim, dst.nrel = b.seq, b.aff, b.claim, b.nrel
-	b.taken.CopyFull(&dst.taken)
-	b.resv.CopyFull(&dst.resv)
+}
+
+// copyWord copies src into dst, and reports true, when both are one word
+// long: a /26 or /122 block, Calico's default sizes. It inlines, without
+// the calls that copying a slice makes.
+func copyWord(dst, src *bitset.BitSet) bool {
+	d, s := dst.Words(), src.Words()
+	if len(d) != 1 || len(s) != 1 || dst.Len() != src.Len() {
+		return false
+	}
+	d[0] = s[0]
+	return true
 }
 
 // Mirror makes dst a deep copy of b, as CopyTo does, and remembers that the
@@ -58,8 +77,20 @@ func (b *Block) Mirror(dst *Block) {
 		!b.recs.copyChanges(&dst.recs) {
 		b.CopyTo(dst)
 	} else {
-		b.copyHead(dst)
-		if lo, hi := span(b.mir.lo, b.mir.hi, dst.mir.lo, dst.mir.hi); lo < hi {
+		b.copyScalars(dst)
+		if !copyWord(&dst.taken, &b.taken) {
+			b.taken.CopyFull(&dst.taken)
+		}
+		if !copyWord(&dst.resv, &b.resv) {
+			b.resv.CopyFull(&dst.resv)
+		}
+		switch lo, hi := span(b.mir.lo, b.mir.hi, dst.mir.lo, dst.mir.hi); {
+		case hi-lo == 1: // one address, as an allocate or a release changes
+			dst.owner[lo], dst.aseq[lo] = b.owner[lo], b.aseq[lo]
+			if len(b.rel) > 0 {
+				dst.rel[lo] = b.rel[lo]
+			}
+		case lo < hi:
 			copy(dst.owner[lo:hi], b.owner[lo:hi])
 			copy(dst.aseq[lo:hi], b.aseq[lo:hi])
 			if len(b.rel) > 0 {

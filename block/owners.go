@@ -310,7 +310,7 @@ func (t *owners) unindex(s int) {
 // on its hot path.
 func (t *owners) drop(s, n int) {
 	r := &t.recs[s]
-	t.touch(s)
+	t.touchOther(s)
 	if r.refs -= n; r.refs == 0 {
 		t.retire(s)
 	}
@@ -386,20 +386,23 @@ func (t *owners) copyChanges(dst *owners) bool {
 	if len(dst.recs) != len(t.recs) || len(dst.index) != len(t.index) {
 		return false
 	}
-	if lo, hi := span(t.dlo, t.dhi, dst.dlo, dst.dhi); lo < hi {
+	lo, hi := span(t.dlo, t.dhi, dst.dlo, dst.dhi)
+	if lo < hi {
 		copy(dst.recs[lo:hi], t.recs[lo:hi])
 	}
 	// The slot last named at the last Mirror, whose changes no range
 	// records: if either block's last has moved since, that block touched
 	// the slot, and otherwise t.last still names it.
-	if l := int(t.last) - 1; l >= 0 {
+	if l := int(t.last) - 1; l >= 0 && (l < lo || l >= hi) {
 		dst.recs[l] = t.recs[l]
 	}
 	if t.dmeta || dst.dmeta {
 		copy(dst.index, t.index)
 		dst.arena = append(dst.arena[:0], t.arena...)
 	}
-	dst.free = append(dst.free[:0], t.free...)
+	if len(dst.free) != 0 || len(t.free) != 0 {
+		dst.free = append(dst.free[:0], t.free...)
+	}
 	dst.indexed, dst.live, dst.spare, dst.last = t.indexed, t.live, t.spare, t.last
 	dst.arenaLive = t.arenaLive
 	return true
