@@ -60,10 +60,12 @@ type Allocator struct {
 
 	view atomic.Pointer[view]
 
-	// Caches (see cache): blocks as last read or written, per node name
-	// the blocks the node holds and its shared attribute map, and the
-	// encoded value of single-block handle records.
+	// Caches (see cache): blocks as last read or written (IPv4 blocks in
+	// blocks4, by v4Key), per node name the blocks the node holds and its
+	// shared attribute map, and the encoded value of single-block handle
+	// records.
 	blocks     cache[netip.Prefix, *blockEntry]
+	blocks4    cache[uint64, *blockEntry]
 	nodes      cache[string, *nodeCache]
 	handleVals cache[handleCount, *handleVal]
 	// lb is VirtualLoadBalancer's cache, as nodes hold each node's; its

@@ -2,6 +2,7 @@ package ipam
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"math"
@@ -61,9 +62,20 @@ func (e *blockEntry) confirm() error {
 
 // entry returns the cache entry of the block with prefix p.
 func (a *Allocator) entry(p netip.Prefix) *blockEntry {
-	return a.blocks.getOrMake(p, func() *blockEntry {
+	newEntry := func() *blockEntry {
 		return &blockEntry{key: blockKey(p), name: p.String(), prefix: p}
-	})
+	}
+	if p.Addr().Is4() {
+		return a.blocks4.getOrMake(v4Key(p), newEntry)
+	}
+	return a.blocks.getOrMake(p, newEntry)
+}
+
+// v4Key packs an IPv4 prefix into a word: a map with such keys hashes and
+// compares one word, where a netip.Prefix key is hashed field by field.
+func v4Key(p netip.Prefix) uint64 {
+	a := p.Addr().As16() // inlines, where As4 does not
+	return uint64(binary.BigEndian.Uint32(a[12:]))<<8 | uint64(uint8(p.Bits()))
 }
 
 // freeIn returns how many addresses blk has free when it is aff's block,
