@@ -16,12 +16,19 @@ type compiled struct {
 	nsText         string
 	node, ns       selector.Selector
 	nodeErr, nsErr error
+	// nodeAll and nsAll say that the selector is all() (or empty): it
+	// matches any labels, which SelectsNode and SelectsNamespace then
+	// answer without evaluating it.
+	nodeAll, nsAll bool
 }
 
 func compile(node, ns string) compiled {
 	c := compiled{filled: true, nodeText: node, nsText: ns}
 	c.node, c.nodeErr = selector.Parse(node)
 	c.ns, c.nsErr = selector.Parse(ns)
+	// Parse returns All() itself for "" and "all()"; == compares identity.
+	c.nodeAll = c.nodeErr == nil && c.node == selector.All()
+	c.nsAll = c.nsErr == nil && c.ns == selector.All()
 	return c
 }
 
@@ -51,7 +58,10 @@ func (p *Pool) namespaceSelector() (selector.Selector, error) {
 // none. SelectsNode uses the selector parsed by [Pool.WithDefaults] or [Set]
 // and does not allocate then.
 func (p *Pool) SelectsNode(node string, labels selector.Labels) bool {
-	s, err := p.nodeSelector()
+	if p.sel.filled && p.sel.nodeText == p.NodeSelector {
+		return p.sel.nodeAll || p.sel.nodeErr == nil && p.sel.node.Matches(labels)
+	}
+	s, err := selector.Parse(p.NodeSelector)
 	return err == nil && s.Matches(labels)
 }
 
@@ -60,7 +70,10 @@ func (p *Pool) SelectsNode(node string, labels selector.Labels) bool {
 // not "no namespace": a selector such as `team == "a"` does not match them,
 // while `!has(team)` does. An empty namespaceSelector matches everything.
 func (p *Pool) SelectsNamespace(labels selector.Labels) bool {
-	s, err := p.namespaceSelector()
+	if p.sel.filled && p.sel.nsText == p.NamespaceSelector {
+		return p.sel.nsAll || p.sel.nsErr == nil && p.sel.ns.Matches(labels)
+	}
+	s, err := selector.Parse(p.NamespaceSelector)
 	return err == nil && s.Matches(labels)
 }
 
