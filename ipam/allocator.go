@@ -161,6 +161,17 @@ func (a *Allocator) loadView(ctx context.Context) (*view, error) {
 	return a.readView(ctx)
 }
 
+// configView is loadView for a caller that reads only the configuration:
+// the view it returns has the configuration in force, and its pools and
+// reservations may be older.
+func (a *Allocator) configView(ctx context.Context) (*view, error) {
+	v := a.view.Load()
+	if v != nil && a.gens != nil && a.gens.Generation(KindConfig) == v.configGen {
+		return v, nil
+	}
+	return a.readView(ctx)
+}
+
 // readView reads pools and configuration from the store.
 func (a *Allocator) readView(ctx context.Context) (*view, error) {
 	nv := &view{config: DefaultConfig()}

@@ -436,7 +436,7 @@ func (a *Allocator) ReleaseByHandle(ctx context.Context, handle string) ([]netip
 	if err := h.open(ctx, a, "release by handle", handle); err != nil {
 		return nil, err
 	}
-	v, err := a.loadView(ctx)
+	v, err := a.configView(ctx)
 	if err != nil {
 		return nil, err
 	}
