@@ -355,16 +355,34 @@ func (a *Allocator) putSingleton(ctx context.Context, kind Kind, value []byte, r
 // compare-and-swap loss (ErrConflict, ErrExists, a record that moved under
 // it, a stale cached block), or runs out of attempts. op and subject name
 // the operation in the error; they are only formatted on failure.
+//
+// The first attempt, which nearly always succeeds, is made here, without
+// the loop; the rest in retryAgain, which callers that made the first
+// attempt themselves call directly.
 func (a *Allocator) retry(ctx context.Context, op, subject string, f func() error) error {
-	var err error
-	for attempt := 0; attempt < a.retries; attempt++ {
-		if err = f(); err == nil || !isRace(err) {
+	if err := f(); err != nil {
+		return a.retryAgain(ctx, op, subject, f, err)
+	}
+	return nil
+}
+
+// retryAgain is retry after a first attempt that failed with err.
+func (a *Allocator) retryAgain(ctx context.Context, op, subject string, f func() error, err error) error {
+	for attempt := 0; ; attempt++ {
+		if !isRace(err) {
 			return err
+		}
+		if attempt+1 >= a.retries {
+			break
 		}
 		if err := ctx.Err(); err != nil {
 			return err
 		}
 		backoff(attempt)
+		err = f()
+		if err == nil {
+			return nil
+		}
 	}
 	return fmt.Errorf("ipam: %s %s: %w after %d attempts: %w", op, subject, ErrTooManyConflicts, a.retries, err)
 }

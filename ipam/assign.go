@@ -236,13 +236,12 @@ func (a *Allocator) AutoAssign(ctx context.Context, args AutoAssignArgs) (AutoAs
 		nc:     nc,
 		owner:  block.Owner{Handle: args.Handle, Attrs: attrs},
 		labels: args.NodeLabels,
+		rsv:    hostReserved{args.ReserveFirst, args.ReserveLast},
 	}
-	o.h.init(a, args.Handle, true)
-	if args.NewHandle {
-		o.h.exclusive = true
-	}
+	// As h.init(a, args.Handle, true) would, without zeroing h again.
+	o.h.a, o.h.id, o.h.known = a, args.Handle, true
+	o.h.exclusive = args.NewHandle
 	o.h.last = &nc.lastHandleVal
-	o.rsv = hostReserved{args.ReserveFirst, args.ReserveLast}
 	var res AutoAssignResult
 	var short [2]int
 	var reasons []string

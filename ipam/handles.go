@@ -57,11 +57,12 @@ func (h *handleTx) init(a *Allocator, id string, assumeNew bool) {
 
 // open starts tracking an existing handle for op: it checks the ID and
 // reads the record, failing with ErrHandleNotFound when there is none.
+// h must be new (the zero handleTx), as after h.init(a, id, false).
 func (h *handleTx) open(ctx context.Context, a *Allocator, op, id string) error {
 	if err := checkHandle(op, id); err != nil {
 		return err
 	}
-	h.init(a, id, false)
+	h.a, h.id = a, id
 	if err := h.read(ctx); err != nil {
 		return err
 	}
@@ -121,8 +122,12 @@ func (h *handleTx) move(ctx context.Context, blk netip.Prefix, delta int) error 
 // writes it when change reports a change, retrying from a fresh read when
 // another writer changed it in between. After a failed write the record no
 // longer says what the store holds, so the next attempt reads it again.
+//
+// When the record is known (a new handle, or one just read), the first
+// attempt, which nearly always succeeds, is made here, outside the retry
+// loop and its closure.
 func (h *handleTx) rewrite(ctx context.Context, change func() bool) error {
-	return h.a.retry(ctx, "update handle", h.id, func() error {
+	attempt := func() error {
 		if !h.known {
 			if err := h.read(ctx); err != nil {
 				return err
@@ -136,7 +141,18 @@ func (h *handleTx) rewrite(ctx context.Context, change func() bool) error {
 			h.known = false
 		}
 		return err
-	})
+	}
+	if !h.known {
+		return h.a.retry(ctx, "update handle", h.id, attempt)
+	}
+	if !change() {
+		return nil
+	}
+	if err := h.write(ctx); err != nil {
+		h.known = false
+		return h.a.retryAgain(ctx, "update handle", h.id, attempt, err)
+	}
+	return nil
 }
 
 // adjust moves the handle's count for each block of deltas by the entry's

@@ -455,7 +455,10 @@ func (a *Allocator) ReleaseByHandle(ctx context.Context, handle string) ([]netip
 	// released there, lowered in one write once the blocks are done (a
 	// crash in between leaves counts too high, which is repairable).
 	var buf [4]handleCount
-	todo := append(buf[:0], h.rec.entries()...)
+	todo := buf[:0]
+	for _, hc := range h.rec.entries() {
+		todo = append(todo, hc) // for one entry, cheaper than a typed slice copy
+	}
 	for i, hc := range todo {
 		before := len(released)
 		e := a.entry(hc.block)
