@@ -55,10 +55,21 @@ var loadBalancerOwner = block.Virtual(VirtualLoadBalancer)
 // Node names may not contain "/", which separates the parts of index keys.
 // No name begins or ends with white space: "node-1 " would be another node
 // than "node-1", found by no one who means it.
+//
+// It is small enough to inline: the common case, a printable ASCII name
+// of 1 to MaxNameLen bytes that neither begins nor ends with a space,
+// costs one call (plainASCII), and every other case is decided by
+// nameError.
 func checkName(op, what, s string, slash bool) error {
-	if s != "" && len(s) <= MaxNameLen && plainASCII(s, slash) && s[0] != ' ' && s[len(s)-1] != ' ' {
-		return nil // the common case
+	if uint(len(s))-1 < MaxNameLen && s[0] != ' ' && s[len(s)-1] != ' ' && plainASCII(s, slash) {
+		return nil
 	}
+	return nameError(op, what, s, slash)
+}
+
+// nameError is checkName for a name that is not plain: the error, or nil
+// for a valid name outside printable ASCII.
+func nameError(op, what, s string, slash bool) error {
 	first, _ := utf8.DecodeRuneInString(s)
 	last, _ := utf8.DecodeLastRuneInString(s)
 	switch {
