@@ -542,7 +542,9 @@ func (a *Allocator) assignFamily(ctx context.Context, o *assignOp, fam pool.Fami
 		}
 		o.unselected = append(o.unselected, blk)
 	}
-	slices.SortStableFunc(held, func(x, y heldBlock) int { return x.pool - y.pool })
+	if len(held) > 1 { // usually one: no call
+		slices.SortStableFunc(held, func(x, y heldBlock) int { return x.pool - y.pool })
+	}
 	if n > 1 && len(held) > 1 {
 		if err := a.reserveHeld(ctx, o, held, n); err != nil {
 			return out, "", err
