@@ -828,61 +828,72 @@ func (a *Allocator) assignFrom(ctx context.Context, o *assignOp, out *[]Assigned
 	if fresh {
 		e.loaded = false
 	}
-	res := fromTook
-	err := a.retry(ctx, "assign from block", e.name, func() error {
-		res = fromTook
-		if err := a.ensure(ctx, e); err != nil {
+	// The first attempt is made here, as retry would make it, and the
+	// closure for the others only when it fails: the closure captures
+	// the whole request, which costs as much to build as to run.
+	res, err := a.assignOnce(ctx, o, e, out, poolName, want, mine)
+	if err != nil {
+		err = a.retryAgain(ctx, "assign from block", e.name, func() error {
+			var err error
+			res, err = a.assignOnce(ctx, o, e, out, poolName, want, mine)
 			return err
-		}
-		if e.blk == nil || (mine && e.blk.Affinity() != o.aff) {
-			if err := e.confirm(); err != nil {
-				return err // a cached copy: read it and look again
-			}
-			if mine {
-				res = fromNotMine
-			}
-			return nil
-		}
-		if e.blk.Free() == 0 {
-			res = fromFull
-			return nil
-		}
-		next := e.stage()
-		// Up to 8 addresses on the stack; a batch reuses one buffer for
-		// all its blocks. The two are kept apart, so that buf never flows
-		// into o and stays on the stack.
-		var buf [8]netip.Addr
-		var addrs []netip.Addr
-		var seq uint64
-		opts := o.v.allocOptions(blk, a.now)
-		if want <= len(buf) {
-			addrs, seq = next.AllocateWith(buf[:0], want, o.owner, opts)
-		} else {
-			o.addrs, seq = next.AllocateWith(o.addrs[:0], want, o.owner, opts)
-			addrs = o.addrs
-		}
-		k := len(addrs)
-		if k < want && next.Free() > 0 {
-			o.heldBack(next, opts)
-		}
-		if k == 0 {
-			res = fromFull
-			return nil
-		}
-		// The handle first: a crash between the two writes leaves a count
-		// too high, which is repairable, never an address without an owner.
-		if err := o.h.take(ctx, blk, k); err != nil {
-			return err
-		}
-		if err := a.commitAssign(ctx, &o.h, e, addrs[0], seq, k); err != nil {
-			return err
-		}
-		for _, addr := range addrs {
-			*out = append(*out, Assigned{Addr: addr, Block: blk, Pool: poolName, Seq: seq})
-		}
-		return nil
-	})
+		}, err)
+	}
 	return res, err
+}
+
+// assignOnce is one attempt of assignFrom on e, whose lock the caller
+// holds.
+func (a *Allocator) assignOnce(ctx context.Context, o *assignOp, e *blockEntry, out *[]Assigned, poolName string, want int, mine bool) (fromResult, error) {
+	if err := a.ensure(ctx, e); err != nil {
+		return fromTook, err
+	}
+	if e.blk == nil || (mine && e.blk.Affinity() != o.aff) {
+		if err := e.confirm(); err != nil {
+			return fromTook, err // a cached copy: read it and look again
+		}
+		if mine {
+			return fromNotMine, nil
+		}
+		return fromTook, nil
+	}
+	if e.blk.Free() == 0 {
+		return fromFull, nil
+	}
+	blk := e.prefix
+	next := e.stage()
+	// Up to 8 addresses on the stack; a batch reuses one buffer for all
+	// its blocks. The two are kept apart, so that buf never flows into o
+	// and stays on the stack.
+	var buf [8]netip.Addr
+	var addrs []netip.Addr
+	var seq uint64
+	opts := o.v.allocOptions(blk, a.now)
+	if want <= len(buf) {
+		addrs, seq = next.AllocateWith(buf[:0], want, o.owner, opts)
+	} else {
+		o.addrs, seq = next.AllocateWith(o.addrs[:0], want, o.owner, opts)
+		addrs = o.addrs
+	}
+	k := len(addrs)
+	if k < want && next.Free() > 0 {
+		o.heldBack(next, opts)
+	}
+	if k == 0 {
+		return fromFull, nil
+	}
+	// The handle first: a crash between the two writes leaves a count too
+	// high, which is repairable, never an address without an owner.
+	if err := o.h.take(ctx, blk, k); err != nil {
+		return fromTook, err
+	}
+	if err := a.commitAssign(ctx, &o.h, e, addrs[0], seq, k); err != nil {
+		return fromTook, err
+	}
+	for _, addr := range addrs {
+		*out = append(*out, Assigned{Addr: addr, Block: blk, Pool: poolName, Seq: seq})
+	}
+	return fromTook, nil
 }
 
 // commitAssign writes e's staged block, which assigns k addresses, the
