@@ -456,36 +456,23 @@ func (a *Allocator) ReleaseByHandle(ctx context.Context, handle string) ([]netip
 	// crash in between leaves counts too high, which is repairable).
 	var buf [4]handleCount
 	todo := buf[:0]
-	for _, hc := range h.rec.entries() {
-		todo = append(todo, hc) // for one entry, cheaper than a typed slice copy
+	if es := h.rec.entries(); len(es) == 1 {
+		todo = append(todo, es[0]) // the usual one: no typed slice copy
+	} else {
+		todo = append(todo, es...)
 	}
 	for i, hc := range todo {
 		before := len(released)
 		e := a.entry(hc.block)
 		e.lock()
-		err := a.retry(ctx, "release by handle from block", e.name, func() error {
-			if err := a.ensure(ctx, e); err != nil {
-				return err
-			}
-			if e.blk == nil {
-				return e.confirm()
-			}
-			next := e.stage()
-			n := len(released)
-			if at.IsZero() {
-				released = next.ReleaseHandle(handle, released)
-			} else if released, err = next.ReleaseHandleAt(handle, released, at); err != nil {
-				return err
-			}
-			if len(released) == n {
-				return e.confirm()
-			}
-			if err := a.commit(ctx, e); err != nil {
-				released = released[:n]
-				return err
-			}
-			return nil
-		})
+		// The first attempt as retry would make it, and the closure for
+		// the others only when it fails (see assignFrom).
+		err := a.releaseHandleOnce(ctx, e, handle, at, &released)
+		if err != nil {
+			err = a.retryAgain(ctx, "release by handle from block", e.name, func() error {
+				return a.releaseHandleOnce(ctx, e, handle, at, &released)
+			}, err)
+		}
 		e.unlock()
 		if err != nil {
 			if herr := h.lower(ctx, todo[:i]); herr != nil {
@@ -502,6 +489,36 @@ func (a *Allocator) ReleaseByHandle(ctx context.Context, handle string) ([]netip
 		return nil, noAddrs("release by handle", &h)
 	}
 	return released, nil
+}
+
+// releaseHandleOnce is one attempt of ReleaseByHandle on e's block, whose
+// lock the caller holds: it releases handle's addresses there, appending
+// them to *released, with the release time at unless it is zero.
+func (a *Allocator) releaseHandleOnce(ctx context.Context, e *blockEntry, handle string, at time.Time, released *[]netip.Addr) error {
+	if err := a.ensure(ctx, e); err != nil {
+		return err
+	}
+	if e.blk == nil {
+		return e.confirm()
+	}
+	next := e.stage()
+	n := len(*released)
+	if at.IsZero() {
+		*released = next.ReleaseHandle(handle, *released)
+	} else {
+		var err error
+		if *released, err = next.ReleaseHandleAt(handle, *released, at); err != nil {
+			return err
+		}
+	}
+	if len(*released) == n {
+		return e.confirm()
+	}
+	if err := a.commit(ctx, e); err != nil {
+		*released = (*released)[:n]
+		return err
+	}
+	return nil
 }
 
 // noAddrs is the error for a handle whose record counts addresses that no
