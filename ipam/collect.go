@@ -274,7 +274,7 @@ func (c *Collector) Collect(ctx context.Context) (CollectResult, error) {
 	empty := map[netip.Prefix]*block.Block{}
 	var unaffine []*block.Block        // empty blocks without affinity
 	affine := map[block.Affinity]int{} // blocks per node
-	var held map[string][]netip.Prefix // each node's blocks, in key order, if nodes are asked
+	var held map[string][]netip.Prefix // each node's blocks, in key (so address) order, if nodes are asked
 	if c.nodes != nil {
 		held = map[string][]netip.Prefix{}
 	}
@@ -389,7 +389,7 @@ func (c *Collector) Collect(ctx context.Context) (CollectResult, error) {
 	}
 	for _, node := range slices.Sorted(maps.Keys(c.gone)) {
 		if !stripped[node] {
-			res.GoneNodes = append(res.GoneNodes, GoneNode{Name: node, Since: c.gone[node].since, Blocks: slices.SortedFunc(slices.Values(held[node]), comparePrefix)})
+			res.GoneNodes = append(res.GoneNodes, GoneNode{Name: node, Since: c.gone[node].since, Blocks: held[node]})
 		}
 	}
 
@@ -502,8 +502,10 @@ func (c *Collector) staleCounts(ctx context.Context, now time.Time, counts map[s
 		// Ripe: keep this pass's read for the next one, which rebuilds
 		// from it. A dry run, which rebuilds nothing, keeps the latest.
 		settle := s.settle
-		s.settle = settleRead(r.Key, &rec, found, read)
-		c.handles[r.Key] = s
+		if settle == nil || c.dry {
+			s.settle = settleRead(r.Key, &rec, found, read)
+			c.handles[r.Key] = s
+		}
 		if settle == nil {
 			continue
 		}
@@ -598,7 +600,7 @@ func (c *Collector) releaseNode(ctx context.Context, node string, blocks []netip
 			g.stripped[blk] = read[blk].Seq()
 		}
 		c.gone[node] = g
-		return slices.SortedFunc(slices.Values(blocks), comparePrefix), nil
+		return blocks, nil
 	}
 	aff := block.Host(node)
 	var released []netip.Prefix
