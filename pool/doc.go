@@ -58,6 +58,10 @@
 // name is used once (ErrExists), and a cidr overlaps no other pool,
 // disabled pools included (ErrOverlap).
 //
+// [Pool.Split] divides a pool into 2, 4, 8, ... equal parts with the same
+// settings, Calico's calicoctl ipam split: each part must hold a whole
+// block, so every block of the pool lies in exactly one part (ErrSplit).
+//
 // # Manifests
 //
 // [DecodeManifest] reads IPPool manifests in JSON: IPPool documents of

@@ -22,6 +22,7 @@ var (
 	ErrOverlap        = errors.New("pools overlap")
 	ErrExists         = errors.New("pool already exists")
 	ErrNotFound       = errors.New("pool not found")
+	ErrSplit          = errors.New("invalid pool split")
 )
 
 // FieldError is one problem with one field of one pool. Its text names the
