@@ -10,6 +10,7 @@ import (
 	"github.com/carve-ipam/carve/ipam"
 	"github.com/carve-ipam/carve/ipam/memstore"
 	"github.com/carve-ipam/carve/pool"
+	"github.com/carve-ipam/carve/selector"
 )
 
 func Example() {
@@ -97,6 +98,42 @@ func ExampleAllocator_Utilization() {
 	// Output:
 	// small 10.0.0.0/28: 5 in use (2 borrowed), 11 free of 16
 	//   10.0.0.0/28 host:node-1: 5/16
+}
+
+// A pool in use is split in two; every block stays where it was, with its
+// node and addresses, and each half gets its own nodeSelector.
+func ExampleAllocator_SplitPool() {
+	ctx := context.Background()
+	a, _ := ipam.New(memstore.New(), ipam.Options{})
+	_ = a.CreatePool(ctx, pool.Pool{Name: "default-ipv4-ippool", CIDR: netip.MustParsePrefix("10.244.0.0/18")})
+	res, _ := a.AutoAssign(ctx, ipam.AutoAssignArgs{Num4: 1, Handle: "pod-a", Node: "node-1"})
+	fmt.Println("before:", res.IPv4[0].Prefix(), "from", res.IPv4[0].Pool)
+
+	parts, err := a.SplitPool(ctx, "default-ipv4-ippool", "default-ipv4-ippool", "rack-2")
+	if err != nil {
+		panic(err)
+	}
+	for _, p := range parts {
+		fmt.Println(p.Name, p.CIDR, "blockSize", p.BlockSize)
+	}
+	parts[0].NodeSelector = `rack != "2"`
+	parts[1].NodeSelector = `rack == "2"`
+	for _, p := range parts {
+		if err := a.UpdatePool(ctx, p); err != nil {
+			panic(err)
+		}
+	}
+
+	res, _ = a.AutoAssign(ctx, ipam.AutoAssignArgs{Num4: 1, Handle: "pod-b", Node: "node-1"})
+	fmt.Println("node-1:", res.IPv4[0].Prefix(), "from", res.IPv4[0].Pool)
+	res, _ = a.AutoAssign(ctx, ipam.AutoAssignArgs{Num4: 1, Handle: "pod-c", Node: "node-9", NodeLabels: selector.Set{"rack": "2"}})
+	fmt.Println("node-9:", res.IPv4[0].Prefix(), "from", res.IPv4[0].Pool)
+	// Output:
+	// before: 10.244.4.64/26 from default-ipv4-ippool
+	// default-ipv4-ippool 10.244.0.0/19 blockSize 26
+	// rack-2 10.244.32.0/19 blockSize 26
+	// node-1: 10.244.4.65/26 from default-ipv4-ippool
+	// node-9: 10.244.32.64/26 from rack-2
 }
 
 // LoadBalancer addresses come from LoadBalancer pools, into blocks of the

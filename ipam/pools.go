@@ -181,6 +181,55 @@ func (a *Allocator) setDisabled(ctx context.Context, name string, disabled bool)
 	})
 }
 
+// SplitPool replaces the pool called name by len(into) pools of equal size
+// with its settings, called into[0], into[1], ... in address order, and
+// returns them: Calico's calicoctl ipam split (see [pool.Pool.Split] for
+// the rules: 2, 4, 8, ... parts, each holding whole blocks, valid names
+// given once; one may be the pool's own).
+//
+// Nothing else changes. Every block of the pool lies in exactly one new
+// pool, which carves it the same way; its affinity, addresses, owners and
+// release times stay, and a claim in flight stands. The pool set is one
+// record, so the replacement is one write: no allocator ever sees part of
+// the range without a pool, and, unlike Calico, the datastore need not be
+// locked while it runs.
+//
+// Afterwards each part is a pool of its own: UpdatePool can give it its
+// own nodeSelector (a node keeps its non-empty blocks in a part that no
+// longer selects it, and gives up each once it is empty, as after any
+// selector change), DisablePool can stop it and DeletePool can remove
+// it, the rest staying in use. Requests that name the pool
+// (AutoAssignArgs.IPv4Pools and IPv6Pools) must name the new pools.
+//
+// It fails with ErrPoolNotFound, or with a *pool.ValidationError when the
+// parts or names are wrong (pool.ErrSplit, pool.ErrName) or a new name is
+// another pool's (ErrPoolExists); the stored pools are then unchanged.
+func (a *Allocator) SplitPool(ctx context.Context, name string, into ...string) ([]pool.Pool, error) {
+	op := fmt.Sprintf("split pool %q", name)
+	var parts []pool.Pool
+	err := a.changePools(ctx, op, func(s *pool.Set) error {
+		p, ok := s.Get(name)
+		if !ok {
+			return fmt.Errorf("ipam: %s: %w", op, ErrPoolNotFound)
+		}
+		var err error
+		if parts, err = p.Split(into...); err != nil {
+			return fmt.Errorf("ipam: split pool: %w", err) // the error names the pool
+		}
+		s.Remove(name)
+		for _, part := range parts {
+			if err := s.Add(part); err != nil {
+				return fmt.Errorf("ipam: %s: %w", op, err)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return parts, nil
+}
+
 // DeletePool deletes a pool as Calico does: it disables the pool, releases
 // every block affinity in it (empty blocks are deleted, others keep their
 // addresses without affinity), then removes the pool. Assigned addresses
@@ -243,6 +292,12 @@ func (a *Allocator) DeletePool(ctx context.Context, name string) error {
 		q, ok := s.Get(name)
 		if !ok {
 			return fmt.Errorf("ipam: %s: %w", op, ErrPoolNotFound)
+		}
+		if q.CIDR != p.CIDR {
+			// Split (or deleted and created again) while its blocks were
+			// released: the name is another pool's now.
+			return fmt.Errorf("ipam: %s: %w: the pool over %s was replaced during its deletion, and %q now names the pool over %s, which is kept",
+				op, ErrPoolNotFound, p.CIDR, name, q.CIDR)
 		}
 		if !q.Disabled {
 			// Enabled again while its blocks were released: claims may
