@@ -109,7 +109,9 @@
 //     release of a check's leaks needs the datastore locked.
 //   - The pool set is one record, so two processes creating overlapping
 //     pools at once cannot both succeed, and a pool cannot be created over
-//     leftover blocks of a different size.
+//     leftover blocks of a different size. For the same reason
+//     [Allocator.SplitPool] (calicoctl ipam split) is one write, with no
+//     datastore lock.
 //   - A failed AutoAssign leaves nothing behind: no address, no handle, no
 //     claimed block, also when it failed because its context ended: a
 //     pair of writes begun is finished, and a failed request undone, on

@@ -10,7 +10,10 @@
 //     into AutoAssignArgs.IPv4Pools and override selectors and Manual mode;
 //   - what the error says when no pool qualifies for a node (a
 //     *pool.NoPoolError, found with errors.As, explaining each pool), and the
-//     fix: a pool for the new rack.
+//     fix: a pool for the new rack;
+//   - a pool split in two for another rack (Allocator.SplitPool, Calico's
+//     calicoctl ipam split) while its first half is in use: the blocks
+//     stay where they are, and each half gets its own nodeSelector.
 //
 // Run it with
 //
@@ -49,6 +52,7 @@ var nodes = map[string]selector.Set{
 	"node-a2": {"rack": "0"},
 	"node-b1": {"rack": "1"},
 	"node-c1": {"rack": "2"}, // a new rack, without a pool yet
+	"node-d1": {"rack": "3"}, // another, which gets half of rack 2's pool
 }
 
 // namespaceAnnotations are the namespaces' annotations
@@ -118,6 +122,26 @@ func run(ctx context.Context, w io.Writer) error {
 		return err
 	}
 	if err := assign(ctx, w, a, newRack); err != nil {
+		return err
+	}
+
+	fmt.Fprintln(w, "\n5. Rack 3 arrives and rack 2 needs only half its /22: split rack-2 in two")
+	fmt.Fprintln(w, "   (one write; node-c1's block stays where it is, in the upper half)")
+	parts, err := a.SplitPool(ctx, "rack-2", "rack-3", "rack-2")
+	if err != nil {
+		return err
+	}
+	parts[0].NodeSelector = `rack == "3"`
+	if err := a.UpdatePool(ctx, parts[0]); err != nil {
+		return err
+	}
+	for _, p := range parts {
+		fmt.Fprintf(w, "  %-12s  %-15s  nodeSelector %-11s  %s\n", p.Name, p.CIDR, p.NodeSelector, p.AssignmentMode)
+	}
+	if err := assign(ctx, w, a, []pod{
+		{namespace: "default", name: "web-4", node: "node-c1"},
+		{namespace: "default", name: "web-5", node: "node-d1"},
+	}); err != nil {
 		return err
 	}
 
