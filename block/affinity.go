@@ -89,3 +89,23 @@ func ParseAffinity(s string) (Affinity, error) {
 	}
 	return Affinity{}, &blockError{op: "parse affinity " + strconv.Quote(s), detail: "want host:<node> or virtual:<name>", errs: []error{ErrInvalidAffinity}}
 }
+
+// MarshalText returns a in Calico's form, as String does, so that an
+// Affinity is a JSON string: "host:node-1", or "" for no affinity. It fails
+// for an Affinity that is not valid (see IsValid).
+func (a Affinity) MarshalText() ([]byte, error) {
+	if !a.IsValid() {
+		return nil, &blockError{op: "marshal affinity", detail: "kind " + a.Kind.String() + " with name " + strconv.Quote(a.Name) + " is not an affinity", errs: []error{ErrInvalidAffinity}}
+	}
+	return []byte(a.String()), nil
+}
+
+// UnmarshalText sets a from Calico's form, as ParseAffinity reads it.
+func (a *Affinity) UnmarshalText(text []byte) error {
+	v, err := ParseAffinity(string(text))
+	if err != nil {
+		return err
+	}
+	*a = v
+	return nil
+}

@@ -1,9 +1,11 @@
 package block_test
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/netip"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -370,7 +372,24 @@ func TestAffinity(t *testing.T) {
 		back, err := block.ParseAffinity(tt.s)
 		require.NoError(t, err)
 		assert.Equal(t, tt.a, back)
+
+		// In JSON an affinity is its string.
+		data, err := json.Marshal(struct{ A block.Affinity }{tt.a})
+		require.NoError(t, err)
+		assert.Equal(t, `{"A":`+strconv.Quote(tt.s)+`}`, string(data))
+		var got struct{ A block.Affinity }
+		require.NoError(t, json.Unmarshal(data, &got))
+		assert.Equal(t, tt.a, got.A)
 	}
+	for _, bad := range []block.Affinity{{Name: "x"}, {Kind: 3, Name: "y"}} {
+		_, err := json.Marshal(bad)
+		assert.ErrorIs(t, err, block.ErrInvalidAffinity)
+		assert.ErrorContains(t, err, `is not an affinity`)
+	}
+	var got block.Affinity
+	err := json.Unmarshal([]byte(`"node-1"`), &got)
+	assert.ErrorIs(t, err, block.ErrInvalidAffinity)
+	assert.ErrorContains(t, err, `parse affinity "node-1": want host:<node> or virtual:<name>`)
 	for _, s := range []string{"node-1", "hosts:x", "Host:x", ":x", "none:"} {
 		_, err := block.ParseAffinity(s)
 		assert.ErrorIs(t, err, block.ErrInvalidAffinity, s)
