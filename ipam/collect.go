@@ -302,7 +302,7 @@ func (c *Collector) Collect(ctx context.Context) (CollectResult, error) {
 		}
 		read[blk] = b
 		for addr, al := range b.All() {
-			x := Allocation{Addr: addr, Block: blk, Handle: al.Owner.Handle, Attrs: al.Owner.Attrs, Seq: al.Seq}
+			x := allocationOf(b, addr, al)
 			if counts[x.Handle] == nil {
 				counts[x.Handle] = map[netip.Prefix]int{}
 			}

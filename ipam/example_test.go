@@ -100,6 +100,26 @@ func ExampleAllocator_Utilization() {
 	//   10.0.0.0/28 host:node-1: 5/16
 }
 
+// Addresses assigned from another node's block, as calicoctl ipam show
+// --show-borrowed lists them.
+func ExampleAllocation_Borrowed() {
+	ctx := context.Background()
+	a, _ := ipam.New(memstore.New(), ipam.Options{})
+	_ = a.CreatePool(ctx, pool.Pool{Name: "small", CIDR: netip.MustParsePrefix("10.0.0.0/28"), BlockSize: 28})
+	_, _ = a.AutoAssign(ctx, ipam.AutoAssignArgs{Num4: 3, Handle: "a", Node: "node-1"})
+	_, _ = a.AutoAssign(ctx, ipam.AutoAssignArgs{Num4: 2, Handle: "b", Node: "node-2"}) // borrows
+
+	allocs, _ := a.Allocations(ctx, netip.MustParsePrefix("10.0.0.0/28"))
+	for _, x := range allocs {
+		if x.Borrowed() {
+			fmt.Println(x.Addr, "for", x.Attrs[ipam.AttrNode], "handle", x.Handle, "in block", x.Block, "of", x.BlockAffinity)
+		}
+	}
+	// Output:
+	// 10.0.0.3 for node-2 handle b in block 10.0.0.0/28 of host:node-1
+	// 10.0.0.4 for node-2 handle b in block 10.0.0.0/28 of host:node-1
+}
+
 // A pool in use is split in two; every block stays where it was, with its
 // node and addresses, and each half gets its own nodeSelector.
 func ExampleAllocator_SplitPool() {

@@ -643,7 +643,23 @@ type Allocation struct {
 	Attrs  map[string]string `json:"attrs,omitempty"`
 	// Seq is the sequence number recorded when the address was assigned.
 	Seq uint64 `json:"seq"`
+	// BlockAffinity is the owner of the block when it was read: a node,
+	// VirtualLoadBalancer, or none.
+	BlockAffinity block.Affinity `json:"blockAffinity,omitzero"`
 }
+
+// allocationOf describes al, the allocation of addr in b.
+func allocationOf(b *block.Block, addr netip.Addr, al block.Allocation) Allocation {
+	return Allocation{Addr: addr, Block: b.Prefix(), Handle: al.Owner.Handle, Attrs: al.Owner.Attrs, Seq: al.Seq, BlockAffinity: b.Affinity()}
+}
+
+// Borrowed reports whether x's address was assigned for an owner other
+// than its block's, as Calico's calicoctl ipam show --show-borrowed lists
+// them: for a node other than the block's (Attrs[AttrNode]), or for no
+// node (a LoadBalancer address) in a node's block. In a block without
+// affinity every address is borrowed. BlockUtilization.Borrowed counts
+// the same addresses.
+func (x Allocation) Borrowed() bool { return x.BlockAffinity != allocOwner(x.Attrs) }
 
 // Release names x's address for Allocator.ReleaseIPs on the condition
 // that it is still x: held by the same handle, at the same sequence
@@ -683,7 +699,7 @@ func (a *Allocator) Owner(ctx context.Context, addr netip.Addr) (Allocation, err
 	}
 	if b != nil {
 		if own, ok := b.Owner(addr); ok {
-			return Allocation{Addr: addr, Block: b.Prefix(), Handle: own.Owner.Handle, Attrs: own.Owner.Attrs, Seq: own.Seq}, nil
+			return allocationOf(b, addr, own), nil
 		}
 	}
 	return Allocation{}, fmt.Errorf("ipam: owner of %s: %w", addr, ErrNotAllocated)
@@ -742,7 +758,7 @@ func (a *Allocator) Allocations(ctx context.Context, within netip.Prefix) ([]All
 		}
 		for addr, al := range b.All() {
 			if within.Contains(addr) {
-				out = append(out, Allocation{Addr: addr, Block: blk, Handle: al.Owner.Handle, Attrs: al.Owner.Attrs, Seq: al.Seq})
+				out = append(out, allocationOf(b, addr, al))
 			}
 		}
 	}

@@ -61,7 +61,8 @@ type BlockUtilization struct {
 	// Borrowed counts addresses assigned for an owner other than the
 	// block's. An address's owner is the node its AttrNode names, or
 	// VirtualLoadBalancer when it names none (a LoadBalancer address). In
-	// a block without affinity every address counts.
+	// a block without affinity every address counts. Allocation.Borrowed
+	// picks out the same addresses from Allocations.
 	Borrowed int
 }
 
