@@ -1,0 +1,109 @@
+package ipam_test
+
+import (
+	"context"
+	"errors"
+	"net/netip"
+	"sync"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/carve-ipam/carve/ipam"
+)
+
+// reviewStore calls before ahead of each operation and lets it fail the
+// operation (a non-nil error), or, with after, fail it once applied (a
+// lost reply).
+type reviewStore struct {
+	ipam.Store
+	before func(op string, kind ipam.Kind, key string) error
+}
+
+func (s *reviewStore) Get(ctx context.Context, kind ipam.Kind, key string) (ipam.Record, error) {
+	if err := s.before("get", kind, key); err != nil {
+		return ipam.Record{}, err
+	}
+	return s.Store.Get(ctx, kind, key)
+}
+
+func (s *reviewStore) List(ctx context.Context, kind ipam.Kind, r ipam.KeyRange) ([]ipam.Record, error) {
+	if err := s.before("list", kind, r.Start); err != nil {
+		return nil, err
+	}
+	return s.Store.List(ctx, kind, r)
+}
+
+func (s *reviewStore) Create(ctx context.Context, kind ipam.Kind, key string, value []byte) (ipam.Revision, error) {
+	if err := s.before("create", kind, key); err != nil {
+		return 0, err
+	}
+	return s.Store.Create(ctx, kind, key, value)
+}
+
+func (s *reviewStore) Update(ctx context.Context, kind ipam.Kind, key string, value []byte, rev ipam.Revision) (ipam.Revision, error) {
+	if err := s.before("update", kind, key); err != nil {
+		return 0, err
+	}
+	return s.Store.Update(ctx, kind, key, value, rev)
+}
+
+func (s *reviewStore) Delete(ctx context.Context, kind ipam.Kind, key string, rev ipam.Revision) error {
+	if err := s.before("delete", kind, key); err != nil {
+		return err
+	}
+	return s.Store.Delete(ctx, kind, key, rev)
+}
+
+var errReviewFault = errors.New("review: injected read failure")
+
+// TestReviewDropIndexReadFailureLosesIndex: two allocators serve node-c.
+// One releases node-c's affinity to an empty block (the block is
+// deleted); before it deletes the index record, the other claims the
+// block again for node-c (its index create finds the record still there,
+// so it keeps it). The release then deletes the record and reads the
+// block to see whether it must put the record back, and that one read
+// fails. ARCHITECTURE.md: "Whichever of the two goes last sees the
+// other's write, so a block affine to a node is always in the node's
+// index once the operations are done" and a fault leaves at worst a stale
+// index entry. Here the block is node-c's and its index record is gone:
+// node-c does not find the block, and ReleaseHostAffinities does not
+// release it.
+func TestReviewDropIndexReadFailureLosesIndex(t *testing.T) {
+	e := newEnv(t, v4pool("small", "10.10.0.0/28", 29))
+	blk := mustPrefix("10.10.0.0/29")
+	_, err := e.a.ClaimAffinity(e.ctx, "node-c", blk)
+	require.NoError(t, err)
+
+	other := e.allocator() // the claimer
+	var claimOnce sync.Once
+	deleted := false
+	s := &reviewStore{Store: e.store, before: func(op string, kind ipam.Kind, key string) error {
+		switch {
+		case op == "delete" && kind == ipam.KindAffinity && key == indexC0:
+			claimOnce.Do(func() {
+				got, err := other.ClaimAffinity(e.ctx, "node-c", blk)
+				require.NoError(t, err)
+				require.Equal(t, []netip.Prefix{blk}, got)
+			})
+			deleted = true
+		case op == "get" && kind == ipam.KindBlock && key == blockKey0 && deleted:
+			deleted = false
+			return errReviewFault
+		}
+		return nil
+	}}
+	a, err := ipam.New(s, ipam.Options{})
+	require.NoError(t, err)
+	err = a.ReleaseAffinity(e.ctx, "node-c", blk, false)
+	t.Logf("release: %v", err)
+
+	b, err := e.a.Block(e.ctx, blk)
+	require.NoError(t, err)
+	require.Equal(t, "node-c", b.Affinity().Name, "the claim stood")
+	_, err = e.store.Get(e.ctx, ipam.KindAffinity, indexC0)
+	require.NoError(t, err, "node-c's block is in node-c's index")
+	rel, err := e.a.ReleaseHostAffinities(e.ctx, "node-c", false)
+	require.NoError(t, err)
+	require.Contains(t, rel, blk, "removing node-c releases its block")
+}
