@@ -401,7 +401,8 @@ func (a *Allocator) putIndex(ctx context.Context, aff block.Affinity, blk netip.
 
 // dropIndex deletes the index record that says blk is affine to aff; rev 0
 // means "whatever its revision". A record already gone is fine. If the
-// block, read after the delete, is affine to aff, the record is put back.
+// block, read after the delete, is affine to aff, or cannot be read, the
+// record is put back.
 func (a *Allocator) dropIndex(ctx context.Context, aff block.Affinity, blk netip.Prefix, rev Revision) error {
 	key := affinityKey(aff.String(), blk)
 	err := a.retry(ctx, "delete affinity", key, func() error {
@@ -427,10 +428,14 @@ func (a *Allocator) dropIndex(ctx context.Context, aff block.Affinity, blk netip
 	})
 	// Even if the delete failed: it may have happened all the same.
 	now, rerr := a.storedAffinity(ctx, blk)
-	if rerr != nil || now != aff {
-		return errors.Join(err, rerr)
+	if rerr == nil && now != aff {
+		return err
 	}
-	return errors.Join(err, a.putIndex(ctx, aff, blk))
+	// The block is aff's, or the read failed and it may be (another
+	// allocator serving the same owner may have made it so, counting on
+	// the record): the record goes back. The index is a superset, so a
+	// record put back for a block that is not aff's is only stale.
+	return errors.Join(err, rerr, a.putIndex(ctx, aff, blk))
 }
 
 // storedAffinity reads blk's affinity from the store, past the cache (the
