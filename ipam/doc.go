@@ -146,8 +146,11 @@
 // bounded number of times ([Options].MaxRetries) on a fresh copy of the
 // record. Writes are ordered so that a crash at any point leaves, at worst,
 // a handle count too high or an affinity index entry without its block;
-// never an address owned twice. docs/ARCHITECTURE.md in the repository
-// describes the order in full.
+// never an address owned twice. (One crash more: a claim that dies just
+// after creating its block, while another allocator releases the same
+// owner's blocks, can leave the block out of the owner's index until
+// Repair puts it back; Check reports it as affinity-unindexed.)
+// docs/ARCHITECTURE.md in the repository describes the order in full.
 //
 // The allocator caches pools, configuration, node affinities and blocks.
 // With a store that offers [Generations] (memstore does), pool and
