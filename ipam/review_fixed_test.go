@@ -10,6 +10,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/carve-ipam/carve/ipam"
+	"github.com/carve-ipam/carve/pool"
 )
 
 // reviewStore calls before ahead of each operation and lets it fail the
@@ -156,4 +157,66 @@ func TestClaimCrashWithSharedNodeRemover(t *testing.T) {
 	rel, err := e.a.ReleaseHostAffinities(e.ctx, "node-c", true)
 	require.NoError(t, err)
 	require.Equal(t, []netip.Prefix{blk}, rel, "once repaired, removing node-c releases its block")
+}
+
+// TestReviewReleaseAffinityOfLargePool: ReleaseAffinity takes "a block, a
+// part of a pool, or any larger prefix (such as 0.0.0.0/0)". Naming the
+// pool itself, or a part of it, failed with ErrInvalid ("covers 2^74
+// blocks, more than 4096") as soon as the pool had more than 4096 blocks,
+// which every IPv6 pool has, while a larger prefix released the node's
+// blocks in it.
+func TestReviewReleaseAffinityOfLargePool(t *testing.T) {
+	for _, c := range []struct{ pool, part string }{
+		{"fd00::/48", "fd00::/64"},
+		{"10.0.0.0/8", "10.0.0.0/12"},
+	} {
+		t.Run(c.pool, func(t *testing.T) {
+			p := pool.Pool{Name: "big", CIDR: mustPrefix(c.pool)}
+			for _, cidr := range []string{c.pool, c.part} {
+				e := newEnv(t, p)
+				args := ipam.AutoAssignArgs{Handle: "h", Node: "node-1"}
+				if p.CIDR.Addr().Is4() {
+					args.Num4 = 1
+				} else {
+					args.Num6 = 1
+				}
+				res, err := e.a.AutoAssign(e.ctx, args)
+				require.NoError(t, err)
+				blk := append(res.IPv4, res.IPv6...)[0].Block
+				if !mustPrefix(cidr).Contains(blk.Addr()) {
+					continue // the node's block lies outside the part
+				}
+				_, err = e.a.ReleaseByHandle(e.ctx, "h")
+				require.NoError(t, err)
+				require.NoError(t, e.a.ReleaseAffinity(e.ctx, "node-1", mustPrefix(cidr), true), "release %s", cidr)
+				_, err = e.a.Block(e.ctx, blk)
+				require.ErrorIs(t, err, ipam.ErrNotFound, "node-1's empty block in %s is released", cidr)
+				e.requireConsistent()
+			}
+		})
+	}
+}
+
+// TestReviewReleaseAffinityNotEmptyIsAddrError: AddrError is documented
+// as the error about "a block an affinity operation could not release",
+// as ClaimAffinity reports each block it could not claim. ReleaseAffinity
+// and ReleaseHostAffinities with requireEmpty reported a non-empty block
+// with ErrBlockNotEmpty alone: errors.As found no *AddrError saying which
+// block.
+func TestReviewReleaseAffinityNotEmptyIsAddrError(t *testing.T) {
+	e := newEnv(t, v4pool("p", "10.0.0.0/24", 28))
+	got := e.mustAssign4("node-1", "h", 1)[0]
+	for name, release := range map[string]func() error{
+		"ReleaseAffinity": func() error { return e.a.ReleaseAffinity(e.ctx, "node-1", mustPrefix("10.0.0.0/24"), true) },
+		"ReleaseHostAffinities": func() error {
+			_, err := e.a.ReleaseHostAffinities(e.ctx, "node-1", true)
+			return err
+		},
+	} {
+		err := release()
+		require.ErrorIs(t, err, ipam.ErrBlockNotEmpty, name)
+		var ae *ipam.AddrError
+		require.ErrorAs(t, err, &ae, "%s: %v", name, err)
+		require.Equal(t, got.Block.Addr(), ae.Addr, name)
+	}
 }
