@@ -215,7 +215,14 @@ func (a *Allocator) releaseAffinityIn(ctx context.Context, op string, aff block.
 	// block.
 	var more []netip.Prefix
 	if p, ok := v.pools.ByAddr(cidr.Addr()); ok && p.CIDR.Bits() <= cidr.Bits() {
-		if more, err = blocksOf(op, p, cidr); err != nil {
+		if cidr.Bits() <= p.BlockSize && p.BlockSize-cidr.Bits() > 12 {
+			// Too many blocks to read one by one (an IPv6 pool, say): the
+			// existing ones that say they are aff's.
+			more, err = a.listAffine(ctx, op, aff, cidr)
+		} else {
+			more, err = blocksOf(op, p, cidr)
+		}
+		if err != nil {
 			return err
 		}
 	} else if minBits := minBlockBits(cidr.Addr()); cidr.Bits() >= minBits {
@@ -233,7 +240,7 @@ func (a *Allocator) releaseAffinityIn(ctx context.Context, op string, aff block.
 			continue
 		}
 		if errors.Is(err, ErrBlockNotEmpty) {
-			errs = append(errs, err)
+			errs = append(errs, &AddrError{Addr: blk.Addr(), Err: err}) // names the block
 			continue
 		}
 		if err != nil {
@@ -241,6 +248,22 @@ func (a *Allocator) releaseAffinityIn(ctx context.Context, op string, aff block.
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// listAffine returns the existing blocks inside cidr whose header says
+// they are aff's.
+func (a *Allocator) listAffine(ctx context.Context, op string, aff block.Affinity, cidr netip.Prefix) ([]netip.Prefix, error) {
+	recs, err := a.store.List(ctx, KindBlock, blockRange(cidr))
+	if err != nil {
+		return nil, fmt.Errorf("ipam: %s %s for %s: list blocks: %w", op, cidr, aff, err)
+	}
+	var out []netip.Prefix
+	for _, r := range recs {
+		if sum, err := block.Peek(r.Value); err == nil && sum.Affinity == aff && cidr.Contains(sum.Prefix.Addr()) {
+			out = append(out, sum.Prefix)
+		}
+	}
+	return out, nil
 }
 
 // minBlockBits is the length of the largest block a pool of addr's family
@@ -285,7 +308,7 @@ func (a *Allocator) ReleaseHostAffinities(ctx context.Context, node string, requ
 		case errors.Is(err, ErrAffinityConflict):
 			// A stale index entry: dropped by releaseHeld.
 		case errors.Is(err, ErrBlockNotEmpty):
-			errs = append(errs, err)
+			errs = append(errs, &AddrError{Addr: blk.Addr(), Err: err}) // names the block
 		default:
 			return released, err
 		}
