@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 
@@ -219,4 +220,58 @@ func TestReviewReleaseAffinityNotEmptyIsAddrError(t *testing.T) {
 		require.ErrorAs(t, err, &ae, "%s: %v", name, err)
 		require.Equal(t, got.Block.Addr(), ae.Addr, name)
 	}
+}
+
+// TestReviewFailedAssignIPsKeepsOthersClaim: a failed AssignIPs gives up
+// "the blocks claimed for them" so that it leaves the store as it found
+// it. Allocator a last saw block X not exist (it released X itself);
+// allocator b then claimed X for node-1 (ClaimAffinity). a's AssignIPs
+// for node-1, of an address in X and one in use, tries to claim X, finds
+// it node-1's already, and counted it as its own claim: its rollback
+// released node-1's affinity to X, undoing b's ClaimAffinity.
+func TestReviewFailedAssignIPsKeepsOthersClaim(t *testing.T) {
+	e := newEnv(t, v4pool("p", "10.0.0.0/24", 28))
+	x := mustPrefix("10.0.0.16/28")
+	taken := e.mustAssign4("node-2", "other", 1)[0]
+	require.False(t, x.Contains(taken.Addr))
+	a, b := e.allocator(), e.allocator()
+	_, err := a.ClaimAffinity(e.ctx, "node-1", x)
+	require.NoError(t, err)
+	require.NoError(t, a.ReleaseAffinity(e.ctx, "node-1", x, true)) // a's cache: X does not exist
+	claimed, err := b.ClaimAffinity(e.ctx, "node-1", x)
+	require.NoError(t, err)
+	require.Equal(t, []netip.Prefix{x}, claimed)
+
+	_, err = a.AssignIPs(e.ctx, ipam.AssignIPsArgs{Addrs: []netip.Addr{mustAddr("10.0.0.20"), taken.Addr}, Handle: "h", Node: "node-1"})
+	require.ErrorIs(t, err, ipam.ErrInUse)
+	blk, err := e.a.Block(e.ctx, x)
+	require.NoError(t, err, "node-1's block, claimed by b, is still there")
+	require.Equal(t, "node-1", blk.Affinity().Name)
+}
+
+// TestReviewFailedAssignIPKeepsOthersClaimOfCoolingBlock: as above, for
+// one address: a last saw block X empty and without affinity (kept while
+// an address in it cools); b then claimed X for node-1. a's AssignIP of
+// the cooling address for node-1 fails with ErrCoolingDown, and its
+// rollback released node-1's affinity to X, which b had claimed.
+func TestReviewFailedAssignIPKeepsOthersClaimOfCoolingBlock(t *testing.T) {
+	e := newEnv(t, v4pool("p", "10.0.0.0/24", 28))
+	e.cooldown(time.Hour)
+	a, b := e.allocator(), e.allocator()
+	addr := mustAddr("10.0.0.20")
+	x := mustPrefix("10.0.0.16/28")
+	_, err := a.AssignIP(e.ctx, ipam.AssignIPArgs{Addr: addr, Handle: "old", Node: "node-1"})
+	require.NoError(t, err)
+	_, err = a.ReleaseByHandle(e.ctx, "old")
+	require.NoError(t, err)
+	require.NoError(t, a.ReleaseAffinity(e.ctx, "node-1", x, true)) // kept while addr cools
+	claimed, err := b.ClaimAffinity(e.ctx, "node-1", x)
+	require.NoError(t, err)
+	require.Equal(t, []netip.Prefix{x}, claimed)
+
+	_, err = a.AssignIP(e.ctx, ipam.AssignIPArgs{Addr: addr, Handle: "new", Node: "node-1"})
+	require.ErrorIs(t, err, ipam.ErrCoolingDown)
+	blk, err := e.a.Block(e.ctx, x)
+	require.NoError(t, err)
+	require.Equal(t, "node-1", blk.Affinity().Name, "node-1's block, claimed by b, is still node-1's")
 }
