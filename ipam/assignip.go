@@ -353,9 +353,12 @@ func (a *Allocator) assignOne(ctx context.Context, o *assignOp, t fixedAddr, ign
 			// addresses cool): claim it for the node. If another node got
 			// there first, the block now loaded is theirs: assign into it
 			// like any existing block.
-			switch err := a.claimLocked(ctx, e, o.aff, false, hostReserved{}); {
+			// Only a block this request made the owner's is its own to
+			// give up on failure: one found the owner's already (another
+			// allocator's claim, made since the cached copy) is not.
+			switch made, err := a.claimLocked(ctx, e, o.aff, false, hostReserved{}); {
 			case err == nil:
-				if !slices.Contains(o.claimed, blk) {
+				if made && !slices.Contains(o.claimed, blk) {
 					o.claimed = append(o.claimed, blk)
 				}
 			case !errors.Is(err, ErrAffinityConflict):

@@ -104,13 +104,19 @@ func (a *Allocator) claimBlock(ctx context.Context, blk netip.Prefix, aff block.
 	e := a.entry(blk)
 	e.lock()
 	defer e.unlock()
-	return a.retry(ctx, "claim block", e.name, func() error { return a.claimLocked(ctx, e, aff, look, rsv) })
+	return a.retry(ctx, "claim block", e.name, func() error {
+		_, err := a.claimLocked(ctx, e, aff, look, rsv)
+		return err
+	})
 }
 
 // claimLocked creates e's block affine to aff, or accepts it when it exists
 // with that affinity already; otherwise it fails with ErrAffinityConflict
-// and leaves no index record behind. The caller holds e.mu.
-func (a *Allocator) claimLocked(ctx context.Context, e *blockEntry, aff block.Affinity, look bool, rsv hostReserved) error {
+// and leaves no index record behind. made reports that this call made the
+// block aff's (created it, or took over an empty one nobody held), as
+// opposed to finding it aff's already: only such a claim is the caller's
+// to give up again. The caller holds e.mu.
+func (a *Allocator) claimLocked(ctx context.Context, e *blockEntry, aff block.Affinity, look bool, rsv hostReserved) (made bool, err error) {
 	// Look first, when asked: in a crowded pool most probes find the block
 	// taken, and a read settles that without writing (and undoing) an
 	// index entry. The first probe of a walk usually finds the block free
@@ -123,17 +129,18 @@ func (a *Allocator) claimLocked(ctx context.Context, e *blockEntry, aff block.Af
 	// follows, if it comes to that, sees the truth.)
 	if (look || e.blk != nil && (e.blk.Affinity() == aff || e.blk.Affinity().IsZero())) && !e.fresh {
 		if err := a.load(ctx, e); err != nil {
-			return err
+			return false, err
 		}
 	}
 	if e.blk != nil {
 		switch {
 		case e.blk.Affinity() == aff:
-			return a.claimStands(ctx, e, aff) // perhaps an earlier attempt's write whose reply was lost
+			return false, a.claimStands(ctx, e, aff) // perhaps an earlier attempt's write whose reply was lost
 		case e.blk.Affinity().IsZero() && e.blk.Empty():
-			return a.adoptLocked(ctx, e, aff, rsv)
+			err := a.adoptLocked(ctx, e, aff, rsv)
+			return err == nil, err
 		}
-		return conflictError("claim block %s for %s", e.prefix, aff, e.blk)
+		return false, conflictError("claim block %s for %s", e.prefix, aff, e.blk)
 	}
 	idx := affinityKey(aff.String(), e.prefix)
 	idxRev, err := a.store.Create(ctx, KindAffinity, idx, nil)
@@ -141,7 +148,7 @@ func (a *Allocator) claimLocked(ctx context.Context, e *blockEntry, aff block.Af
 	case errors.Is(err, ErrExists):
 		idxRev = 0 // left by an earlier attempt: the block decides
 	case err != nil:
-		return fmt.Errorf("ipam: claim block %s for %s: %w", e.prefix, aff, err)
+		return false, fmt.Errorf("ipam: claim block %s for %s: %w", e.prefix, aff, err)
 	}
 	// With the index entry made, the claim goes through to its end, or
 	// undoes it, even if the caller gives up meanwhile (see detach).
@@ -149,7 +156,7 @@ func (a *Allocator) claimLocked(ctx context.Context, e *blockEntry, aff block.Af
 	defer cancel()
 	b, err := block.New(e.prefix)
 	if err != nil {
-		return fmt.Errorf("ipam: claim block %s: %w", e.prefix, err)
+		return false, fmt.Errorf("ipam: claim block %s: %w", e.prefix, err)
 	}
 	rsv.apply(b)
 	b.SetAffinity(aff, a.now())
@@ -158,36 +165,42 @@ func (a *Allocator) claimLocked(ctx context.Context, e *blockEntry, aff block.Af
 		// Created, or perhaps (a lost reply): either way the block may be
 		// aff's, so its index record must be there.
 		if ierr := a.putIndex(ctx, aff, e.prefix); ierr != nil {
-			return errors.Join(err, ierr)
+			return false, errors.Join(err, ierr)
 		}
 		if err != nil && !a.claimLanded(ctx, e, aff) {
-			return err
+			return false, err
 		}
-		return a.claimStands(ctx, e, aff)
+		// Made by this claim (or, after a lost reply, perhaps by another
+		// allocator serving the same owner, which comes to the same).
+		err = a.claimStands(ctx, e, aff)
+		return err == nil, err
 	}
 	if !errors.Is(err, ErrExists) {
-		return err
+		return false, err
 	}
 	// Someone created the block first.
 	if err := a.load(ctx, e); err != nil {
-		return err
+		return false, err
 	}
 	switch {
 	case e.blk != nil && e.blk.Affinity() == aff:
-		return a.claimStands(ctx, e, aff) // ours after all: an earlier attempt of this node
+		// aff's already: an earlier attempt of this node, or another
+		// allocator serving it.
+		return false, a.claimStands(ctx, e, aff)
 	case e.blk != nil && e.blk.Affinity().IsZero() && e.blk.Empty():
 		// Kept while its addresses cool: take it over here, as a probe
 		// that looked first would, with the index record already made.
-		return a.adoptIndexed(ctx, e, aff, rsv, idxRev)
+		err := a.adoptIndexed(ctx, e, aff, rsv, idxRev)
+		return err == nil, err
 	}
 	if err := a.dropIndex(ctx, aff, e.prefix, idxRev); err != nil {
-		return err
+		return false, err
 	}
 	if e.blk == nil {
 		// Created and deleted again in between: try again.
-		return fmt.Errorf("ipam: claim block %s: %w", e.prefix, errRecordMoved)
+		return false, fmt.Errorf("ipam: claim block %s: %w", e.prefix, errRecordMoved)
 	}
-	return conflictError("claim block %s for %s", e.prefix, aff, e.blk)
+	return false, conflictError("claim block %s for %s", e.prefix, aff, e.blk)
 }
 
 // conflictError is ErrAffinityConflict for an operation on blk for aff
