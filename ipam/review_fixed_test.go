@@ -275,3 +275,61 @@ func TestReviewFailedAssignIPKeepsOthersClaimOfCoolingBlock(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, "node-1", blk.Affinity().Name, "node-1's block, claimed by b, is still node-1's")
 }
+
+// TestReviewAssignIPsNewHandleReleasedMeanwhile: a NewHandle AssignIPs
+// (a CNI ADD with a pod's two fixed addresses) raises its handle's counts
+// for both, assigns the first, and a ReleaseByHandle of the handle (the
+// pod's DEL) releases it just then; the second address is in use, so the
+// request fails. It then lowered the unused count through its exclusive
+// handle transaction, which refused the record the release had written
+// ("handle holds addresses already"): the failed request reported
+// ErrHandleExists, though nothing was assigned under the handle, and left
+// the count on a working store, so that the retried ADD failed with
+// ErrHandleExists too, until Repair or a Collector removed it.
+func TestReviewAssignIPsNewHandleReleasedMeanwhile(t *testing.T) {
+	e := newEnv(t, v4pool("p", "10.0.0.0/24", 28))
+	taken := e.mustAssign4("node-2", "other", 1)[0]
+	x := mustAddr("10.0.0.200")
+	require.False(t, mustPrefix("10.0.0.192/28").Contains(taken.Addr))
+	del := e.allocator()
+	done := false
+	s := &reviewAfterStore{Store: e.store, after: func(op string, kind ipam.Kind, key string) {
+		if !done && kind == ipam.KindBlock && op == "update" { // x's assignment
+			done = true
+			got, err := del.ReleaseByHandle(e.ctx, "pod")
+			require.NoError(t, err)
+			require.Equal(t, []netip.Addr{x}, got)
+		}
+	}}
+	add, err := ipam.New(s, ipam.Options{})
+	require.NoError(t, err)
+	_, err = add.AssignIPs(e.ctx, ipam.AssignIPsArgs{Addrs: []netip.Addr{x, taken.Addr}, Handle: "pod", Node: "node-1", NewHandle: true})
+	require.True(t, done)
+	require.ErrorIs(t, err, ipam.ErrInUse)
+	require.NotErrorIs(t, err, ipam.ErrHandleExists, "nothing is assigned under the handle, and no other request assigns")
+	e.requireConsistent()
+	_, err = e.a.AssignIPs(e.ctx, ipam.AssignIPsArgs{Addrs: []netip.Addr{x}, Handle: "pod", Node: "node-1", NewHandle: true})
+	require.NoError(t, err, "the retried ADD finds the handle new")
+}
+
+// reviewAfterStore calls after once a create or update has succeeded.
+type reviewAfterStore struct {
+	ipam.Store
+	after func(op string, kind ipam.Kind, key string)
+}
+
+func (s *reviewAfterStore) Create(ctx context.Context, kind ipam.Kind, key string, value []byte) (ipam.Revision, error) {
+	rev, err := s.Store.Create(ctx, kind, key, value)
+	if err == nil {
+		s.after("create", kind, key)
+	}
+	return rev, err
+}
+
+func (s *reviewAfterStore) Update(ctx context.Context, kind ipam.Kind, key string, value []byte, rev ipam.Revision) (ipam.Revision, error) {
+	nrev, err := s.Store.Update(ctx, kind, key, value, rev)
+	if err == nil {
+		s.after("update", kind, key)
+	}
+	return nrev, err
+}
