@@ -290,6 +290,15 @@ func (a *Allocator) assignFixed(ctx context.Context, o *assignOp, targets []fixe
 			return err
 		}
 		defer func() {
+			if err != nil {
+				// A request that failed assigns nothing more, so lowering
+				// what it raised (here, and as its rollback releases)
+				// needs no hold on the handle: a record written by
+				// someone else meanwhile (a release of the handle) must
+				// not stop it, which would leave the counts too high and
+				// call the handle held.
+				o.h.exclusive = false
+			}
 			// A failure to lower unused counts does not fail a request
 			// that got its addresses: it leaves counts too high, as a
 			// crash would.
