@@ -333,3 +333,39 @@ func (s *reviewAfterStore) Update(ctx context.Context, kind ipam.Kind, key strin
 	}
 	return nrev, err
 }
+
+// TestReviewFailedAutoAssignKeepsOthersClaim: the same as
+// TestReviewFailedAssignIPsKeepsOthersClaim for AutoAssign, which shares
+// the claim code: another allocator claims for node-1 the block that
+// node-1's AutoAssign is about to claim; the AutoAssign finds the block
+// node-1's, assigns from it, fails on its IPv6 address (the pool is
+// full), and its rollback gave up the block that the other allocator
+// had claimed.
+func TestReviewFailedAutoAssignKeepsOthersClaim(t *testing.T) {
+	pools := []pool.Pool{v4pool("p", "10.0.0.0/24", 28), {Name: "v6", CIDR: mustPrefix("fd00::/126"), BlockSize: 126}}
+	first := newEnv(t, pools...) // which block node-1 claims first
+	x := first.mustAssign4("node-1", "probe", 1)[0].Block
+
+	e := newEnv(t, pools...)
+	_, err := e.a.AutoAssign(e.ctx, ipam.AutoAssignArgs{Num6: 4, Handle: "fill", Node: "node-9"})
+	require.NoError(t, err)
+	other := e.allocator()
+	claimed := false
+	s := &reviewStore{Store: e.store, before: func(op string, kind ipam.Kind, key string) error {
+		if !claimed && op == "create" && kind == ipam.KindAffinity {
+			claimed = true
+			got, err := other.ClaimAffinity(e.ctx, "node-1", x)
+			require.NoError(t, err)
+			require.Equal(t, []netip.Prefix{x}, got)
+		}
+		return nil
+	}}
+	a, err := ipam.New(s, ipam.Options{})
+	require.NoError(t, err)
+	_, err = a.AutoAssign(e.ctx, ipam.AutoAssignArgs{Num4: 1, Num6: 1, Handle: "h", Node: "node-1"})
+	require.ErrorIs(t, err, ipam.ErrNoSpace)
+	require.True(t, claimed)
+	b, err := e.a.Block(e.ctx, x)
+	require.NoError(t, err, "node-1's block, claimed by the other allocator, is still there")
+	require.Equal(t, "node-1", b.Affinity().Name)
+}
