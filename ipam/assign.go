@@ -624,7 +624,7 @@ func (a *Allocator) assignFamily(ctx context.Context, o *assignOp, fam pool.Fami
 				if w == nil {
 					w = newWalker(o.v, p, mine)
 				}
-				blk, ok, listed, err := a.claim(ctx, o.v, p, w, o.aff, o.rsv)
+				blk, ok, made, listed, err := a.claim(ctx, o.v, p, w, o.aff, o.rsv)
 				if errors.Is(err, ErrNotInPool) {
 					// The pool was disabled, deleted or re-made since this
 					// request read it: nothing more from it.
@@ -647,7 +647,9 @@ func (a *Allocator) assignFamily(ctx context.Context, o *assignOp, fam pool.Fami
 				}
 				mine = append(mine, blk)
 				w.Skip(blk)
-				o.claimed = append(o.claimed, blk)
+				if made { // not one found the node's already: see claim
+					o.claimed = append(o.claimed, blk)
+				}
 				if _, err := a.assignFrom(ctx, o, &out, p.Name, blk, n-len(out), true, false); err != nil {
 					return out, "", err
 				}

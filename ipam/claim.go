@@ -26,9 +26,11 @@ const claimProbes = 4
 // false when the pool has neither.
 //
 // It also returns the pool's blocks when it had to list them, so that
-// borrowing need not list them again.
-func (a *Allocator) claim(ctx context.Context, v *view, p *pool.Pool, w *pool.Walker, aff block.Affinity, rsv hostReserved) (netip.Prefix, bool, []Record, error) {
-	var existing []Record
+// borrowing need not list them again, and whether the block it returns was
+// made aff's by this claim (made), rather than found aff's already (made
+// so by another allocator serving the same owner since the owner's blocks
+// were read): only a block made so is the caller's to give up again.
+func (a *Allocator) claim(ctx context.Context, v *view, p *pool.Pool, w *pool.Walker, aff block.Affinity, rsv hostReserved) (blk netip.Prefix, ok, made bool, existing []Record, err error) {
 	listed := false
 	probes := 0
 	var taken []netip.Prefix // other nodes' blocks met, for w once the walk is over
@@ -42,12 +44,12 @@ func (a *Allocator) claim(ctx context.Context, v *view, p *pool.Pool, w *pool.Wa
 			if v.hasReserved && v.reserved.ContainsPrefix(blk) {
 				continue // reserved whole by several smaller reservations
 			}
-			ok, err := a.tryClaim(ctx, blk, aff, probes > 0 || listed, rsv)
+			ok, made, err := a.tryClaim(ctx, blk, aff, probes > 0 || listed, rsv)
 			if err != nil {
-				return netip.Prefix{}, false, existing, err
+				return netip.Prefix{}, false, false, existing, err
 			}
 			if ok {
-				return blk, true, existing, nil
+				return blk, true, made, existing, nil
 			}
 			taken = append(taken, blk)
 			probes++
@@ -61,7 +63,7 @@ func (a *Allocator) claim(ctx context.Context, v *view, p *pool.Pool, w *pool.Wa
 		// Crowded pool: read which blocks exist and walk past them.
 		recs, err := a.store.List(ctx, KindBlock, blockRange(p.CIDR))
 		if err != nil {
-			return netip.Prefix{}, false, nil, fmt.Errorf("ipam: list blocks of pool %q: %w", p.Name, err)
+			return netip.Prefix{}, false, false, nil, fmt.Errorf("ipam: list blocks of pool %q: %w", p.Name, err)
 		}
 		existing, listed = recs, true
 		for _, r := range recs {
@@ -70,8 +72,8 @@ func (a *Allocator) claim(ctx context.Context, v *view, p *pool.Pool, w *pool.Wa
 			}
 		}
 	}
-	blk, ok, err := a.reclaim(ctx, v, p, aff, existing, rsv)
-	return blk, ok, existing, err
+	blk, ok, err = a.reclaim(ctx, v, p, aff, existing, rsv)
+	return blk, ok, ok, existing, err // a block taken over is made aff's
 }
 
 // newWalker returns a walker of p for a node's claims that passes over the
@@ -85,29 +87,32 @@ func newWalker(v *view, p *pool.Pool, held []netip.Prefix) *pool.Walker {
 }
 
 // tryClaim creates block blk affine to aff. It reports false, having
-// changed nothing, when the block exists and is not affine to aff.
+// changed nothing, when the block exists and is not affine to aff; made
+// is as for claimLocked.
 //
 // The index record goes first: a crash before the block is created leaves
 // an index entry without a block (ignored, and removed by Repair), never a
 // block its node cannot find.
-func (a *Allocator) tryClaim(ctx context.Context, blk netip.Prefix, aff block.Affinity, look bool, rsv hostReserved) (bool, error) {
-	err := a.claimBlock(ctx, blk, aff, look, rsv)
+func (a *Allocator) tryClaim(ctx context.Context, blk netip.Prefix, aff block.Affinity, look bool, rsv hostReserved) (ok, made bool, err error) {
+	made, err = a.claimBlock(ctx, blk, aff, look, rsv)
 	if errors.Is(err, ErrAffinityConflict) {
-		return false, nil
+		return false, false, nil
 	}
-	return err == nil, err
+	return err == nil, made, err
 }
 
 // claimBlock is tryClaim with the refusal an error matching
 // ErrAffinityConflict that names the block's owner.
-func (a *Allocator) claimBlock(ctx context.Context, blk netip.Prefix, aff block.Affinity, look bool, rsv hostReserved) error {
+func (a *Allocator) claimBlock(ctx context.Context, blk netip.Prefix, aff block.Affinity, look bool, rsv hostReserved) (made bool, err error) {
 	e := a.entry(blk)
 	e.lock()
 	defer e.unlock()
-	return a.retry(ctx, "claim block", e.name, func() error {
-		_, err := a.claimLocked(ctx, e, aff, look, rsv)
+	err = a.retry(ctx, "claim block", e.name, func() error {
+		m, err := a.claimLocked(ctx, e, aff, look, rsv)
+		made = made || m
 		return err
 	})
+	return made, err
 }
 
 // claimLocked creates e's block affine to aff, or accepts it when it exists
