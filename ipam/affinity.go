@@ -173,7 +173,8 @@ func (a *Allocator) claimAffinity(ctx context.Context, op string, aff block.Affi
 // Empty blocks are deleted (or, while an address in one is cooling under
 // Config.ReleaseCooldown, kept without affinity); non-empty ones keep their
 // addresses without affinity, unless requireEmpty, which leaves them and
-// reports ErrBlockNotEmpty. Blocks not affine to node are skipped.
+// reports ErrBlockNotEmpty, in an *AddrError naming each such block.
+// Blocks not affine to node are skipped.
 func (a *Allocator) ReleaseAffinity(ctx context.Context, node string, cidr netip.Prefix, requireEmpty bool) error {
 	const op = "release affinity"
 	if err := checkNode(op, node); err != nil {
@@ -280,7 +281,7 @@ func minBlockBits(addr netip.Addr) int {
 // deleted (or, while an address in one is cooling under
 // Config.ReleaseCooldown, kept without affinity); non-empty ones keep their
 // addresses without affinity, unless requireEmpty, which leaves them and
-// reports ErrBlockNotEmpty.
+// reports ErrBlockNotEmpty, in an *AddrError naming each such block.
 func (a *Allocator) ReleaseHostAffinities(ctx context.Context, node string, requireEmpty bool) ([]netip.Prefix, error) {
 	const op = "release host affinities"
 	if err := checkNode(op, node); err != nil {

@@ -14,52 +14,52 @@ import (
 	"github.com/carve-ipam/carve/pool"
 )
 
-// reviewStore calls before ahead of each operation and lets it fail the
+// opHookStore calls before ahead of each operation and lets it fail the
 // operation (a non-nil error), or, with after, fail it once applied (a
 // lost reply).
-type reviewStore struct {
+type opHookStore struct {
 	ipam.Store
 	before func(op string, kind ipam.Kind, key string) error
 }
 
-func (s *reviewStore) Get(ctx context.Context, kind ipam.Kind, key string) (ipam.Record, error) {
+func (s *opHookStore) Get(ctx context.Context, kind ipam.Kind, key string) (ipam.Record, error) {
 	if err := s.before("get", kind, key); err != nil {
 		return ipam.Record{}, err
 	}
 	return s.Store.Get(ctx, kind, key)
 }
 
-func (s *reviewStore) List(ctx context.Context, kind ipam.Kind, r ipam.KeyRange) ([]ipam.Record, error) {
+func (s *opHookStore) List(ctx context.Context, kind ipam.Kind, r ipam.KeyRange) ([]ipam.Record, error) {
 	if err := s.before("list", kind, r.Start); err != nil {
 		return nil, err
 	}
 	return s.Store.List(ctx, kind, r)
 }
 
-func (s *reviewStore) Create(ctx context.Context, kind ipam.Kind, key string, value []byte) (ipam.Revision, error) {
+func (s *opHookStore) Create(ctx context.Context, kind ipam.Kind, key string, value []byte) (ipam.Revision, error) {
 	if err := s.before("create", kind, key); err != nil {
 		return 0, err
 	}
 	return s.Store.Create(ctx, kind, key, value)
 }
 
-func (s *reviewStore) Update(ctx context.Context, kind ipam.Kind, key string, value []byte, rev ipam.Revision) (ipam.Revision, error) {
+func (s *opHookStore) Update(ctx context.Context, kind ipam.Kind, key string, value []byte, rev ipam.Revision) (ipam.Revision, error) {
 	if err := s.before("update", kind, key); err != nil {
 		return 0, err
 	}
 	return s.Store.Update(ctx, kind, key, value, rev)
 }
 
-func (s *reviewStore) Delete(ctx context.Context, kind ipam.Kind, key string, rev ipam.Revision) error {
+func (s *opHookStore) Delete(ctx context.Context, kind ipam.Kind, key string, rev ipam.Revision) error {
 	if err := s.before("delete", kind, key); err != nil {
 		return err
 	}
 	return s.Store.Delete(ctx, kind, key, rev)
 }
 
-var errReviewFault = errors.New("review: injected read failure")
+var errOpFault = errors.New("injected store fault")
 
-// TestReviewDropIndexReadFailureLosesIndex: two allocators serve node-c.
+// TestDropIndexReadFailureKeepsIndex: two allocators serve node-c.
 // One releases node-c's affinity to an empty block (the block is
 // deleted); before it deletes the index record, the other claims the
 // block again for node-c (its index create finds the record still there,
@@ -71,7 +71,7 @@ var errReviewFault = errors.New("review: injected read failure")
 // index entry. Here the block is node-c's and its index record is gone:
 // node-c does not find the block, and ReleaseHostAffinities does not
 // release it.
-func TestReviewDropIndexReadFailureLosesIndex(t *testing.T) {
+func TestDropIndexReadFailureKeepsIndex(t *testing.T) {
 	e := newEnv(t, v4pool("small", "10.10.0.0/28", 29))
 	blk := mustPrefix("10.10.0.0/29")
 	_, err := e.a.ClaimAffinity(e.ctx, "node-c", blk)
@@ -80,7 +80,7 @@ func TestReviewDropIndexReadFailureLosesIndex(t *testing.T) {
 	other := e.allocator() // the claimer
 	var claimOnce sync.Once
 	deleted := false
-	s := &reviewStore{Store: e.store, before: func(op string, kind ipam.Kind, key string) error {
+	s := &opHookStore{Store: e.store, before: func(op string, kind ipam.Kind, key string) error {
 		switch {
 		case op == "delete" && kind == ipam.KindAffinity && key == indexC0:
 			claimOnce.Do(func() {
@@ -91,7 +91,7 @@ func TestReviewDropIndexReadFailureLosesIndex(t *testing.T) {
 			deleted = true
 		case op == "get" && kind == ipam.KindBlock && key == blockKey0 && deleted:
 			deleted = false
-			return errReviewFault
+			return errOpFault
 		}
 		return nil
 	}}
@@ -127,13 +127,13 @@ func TestClaimCrashWithSharedNodeRemover(t *testing.T) {
 	blk := mustPrefix("10.10.0.0/29")
 	remover := e.allocator()
 	crashed, created := false, false
-	s := &reviewStore{Store: e.store, before: func(op string, kind ipam.Kind, key string) error {
+	s := &opHookStore{Store: e.store, before: func(op string, kind ipam.Kind, key string) error {
 		switch {
 		case crashed:
-			return errReviewFault
+			return errOpFault
 		case created:
 			crashed = true // the process dies after its block create
-			return errReviewFault
+			return errOpFault
 		case op == "create" && kind == ipam.KindBlock && key == blockKey0:
 			require.NoError(t, remover.ReleaseAffinity(e.ctx, "node-c", blk, true))
 			created = true
@@ -143,7 +143,7 @@ func TestClaimCrashWithSharedNodeRemover(t *testing.T) {
 	claimer, err := ipam.New(s, ipam.Options{})
 	require.NoError(t, err)
 	_, err = claimer.ClaimAffinity(e.ctx, "node-c", blk)
-	require.ErrorIs(t, err, errReviewFault)
+	require.ErrorIs(t, err, errOpFault)
 
 	r, err := e.a.Check(e.ctx)
 	require.NoError(t, err)
@@ -160,13 +160,13 @@ func TestClaimCrashWithSharedNodeRemover(t *testing.T) {
 	require.Equal(t, []netip.Prefix{blk}, rel, "once repaired, removing node-c releases its block")
 }
 
-// TestReviewReleaseAffinityOfLargePool: ReleaseAffinity takes "a block, a
+// TestReleaseAffinityOfLargePool: ReleaseAffinity takes "a block, a
 // part of a pool, or any larger prefix (such as 0.0.0.0/0)". Naming the
 // pool itself, or a part of it, failed with ErrInvalid ("covers 2^74
 // blocks, more than 4096") as soon as the pool had more than 4096 blocks,
 // which every IPv6 pool has, while a larger prefix released the node's
 // blocks in it.
-func TestReviewReleaseAffinityOfLargePool(t *testing.T) {
+func TestReleaseAffinityOfLargePool(t *testing.T) {
 	for _, c := range []struct{ pool, part string }{
 		{"fd00::/48", "fd00::/64"},
 		{"10.0.0.0/8", "10.0.0.0/12"},
@@ -198,13 +198,13 @@ func TestReviewReleaseAffinityOfLargePool(t *testing.T) {
 	}
 }
 
-// TestReviewReleaseAffinityNotEmptyIsAddrError: AddrError is documented
+// TestReleaseAffinityNotEmptyIsAddrError: AddrError is documented
 // as the error about "a block an affinity operation could not release",
 // as ClaimAffinity reports each block it could not claim. ReleaseAffinity
 // and ReleaseHostAffinities with requireEmpty reported a non-empty block
 // with ErrBlockNotEmpty alone: errors.As found no *AddrError saying which
 // block.
-func TestReviewReleaseAffinityNotEmptyIsAddrError(t *testing.T) {
+func TestReleaseAffinityNotEmptyIsAddrError(t *testing.T) {
 	e := newEnv(t, v4pool("p", "10.0.0.0/24", 28))
 	got := e.mustAssign4("node-1", "h", 1)[0]
 	for name, release := range map[string]func() error{
@@ -222,14 +222,14 @@ func TestReviewReleaseAffinityNotEmptyIsAddrError(t *testing.T) {
 	}
 }
 
-// TestReviewFailedAssignIPsKeepsOthersClaim: a failed AssignIPs gives up
+// TestFailedAssignIPsKeepsOthersClaim: a failed AssignIPs gives up
 // "the blocks claimed for them" so that it leaves the store as it found
 // it. Allocator a last saw block X not exist (it released X itself);
 // allocator b then claimed X for node-1 (ClaimAffinity). a's AssignIPs
 // for node-1, of an address in X and one in use, tries to claim X, finds
 // it node-1's already, and counted it as its own claim: its rollback
 // released node-1's affinity to X, undoing b's ClaimAffinity.
-func TestReviewFailedAssignIPsKeepsOthersClaim(t *testing.T) {
+func TestFailedAssignIPsKeepsOthersClaim(t *testing.T) {
 	e := newEnv(t, v4pool("p", "10.0.0.0/24", 28))
 	x := mustPrefix("10.0.0.16/28")
 	taken := e.mustAssign4("node-2", "other", 1)[0]
@@ -249,12 +249,12 @@ func TestReviewFailedAssignIPsKeepsOthersClaim(t *testing.T) {
 	require.Equal(t, "node-1", blk.Affinity().Name)
 }
 
-// TestReviewFailedAssignIPKeepsOthersClaimOfCoolingBlock: as above, for
+// TestFailedAssignIPKeepsOthersClaimOfCoolingBlock: as above, for
 // one address: a last saw block X empty and without affinity (kept while
 // an address in it cools); b then claimed X for node-1. a's AssignIP of
 // the cooling address for node-1 fails with ErrCoolingDown, and its
 // rollback released node-1's affinity to X, which b had claimed.
-func TestReviewFailedAssignIPKeepsOthersClaimOfCoolingBlock(t *testing.T) {
+func TestFailedAssignIPKeepsOthersClaimOfCoolingBlock(t *testing.T) {
 	e := newEnv(t, v4pool("p", "10.0.0.0/24", 28))
 	e.cooldown(time.Hour)
 	a, b := e.allocator(), e.allocator()
@@ -276,7 +276,7 @@ func TestReviewFailedAssignIPKeepsOthersClaimOfCoolingBlock(t *testing.T) {
 	require.Equal(t, "node-1", blk.Affinity().Name, "node-1's block, claimed by b, is still node-1's")
 }
 
-// TestReviewAssignIPsNewHandleReleasedMeanwhile: a NewHandle AssignIPs
+// TestAssignIPsNewHandleReleasedMeanwhile: a NewHandle AssignIPs
 // (a CNI ADD with a pod's two fixed addresses) raises its handle's counts
 // for both, assigns the first, and a ReleaseByHandle of the handle (the
 // pod's DEL) releases it just then; the second address is in use, so the
@@ -286,14 +286,14 @@ func TestReviewFailedAssignIPKeepsOthersClaimOfCoolingBlock(t *testing.T) {
 // ErrHandleExists, though nothing was assigned under the handle, and left
 // the count on a working store, so that the retried ADD failed with
 // ErrHandleExists too, until Repair or a Collector removed it.
-func TestReviewAssignIPsNewHandleReleasedMeanwhile(t *testing.T) {
+func TestAssignIPsNewHandleReleasedMeanwhile(t *testing.T) {
 	e := newEnv(t, v4pool("p", "10.0.0.0/24", 28))
 	taken := e.mustAssign4("node-2", "other", 1)[0]
 	x := mustAddr("10.0.0.200")
 	require.False(t, mustPrefix("10.0.0.192/28").Contains(taken.Addr))
 	del := e.allocator()
 	done := false
-	s := &reviewAfterStore{Store: e.store, after: func(op string, kind ipam.Kind, key string) {
+	s := &afterHookStore{Store: e.store, after: func(op string, kind ipam.Kind, key string) {
 		if !done && kind == ipam.KindBlock && op == "update" { // x's assignment
 			done = true
 			got, err := del.ReleaseByHandle(e.ctx, "pod")
@@ -312,13 +312,13 @@ func TestReviewAssignIPsNewHandleReleasedMeanwhile(t *testing.T) {
 	require.NoError(t, err, "the retried ADD finds the handle new")
 }
 
-// reviewAfterStore calls after once a create or update has succeeded.
-type reviewAfterStore struct {
+// afterHookStore calls after once a create or update has succeeded.
+type afterHookStore struct {
 	ipam.Store
 	after func(op string, kind ipam.Kind, key string)
 }
 
-func (s *reviewAfterStore) Create(ctx context.Context, kind ipam.Kind, key string, value []byte) (ipam.Revision, error) {
+func (s *afterHookStore) Create(ctx context.Context, kind ipam.Kind, key string, value []byte) (ipam.Revision, error) {
 	rev, err := s.Store.Create(ctx, kind, key, value)
 	if err == nil {
 		s.after("create", kind, key)
@@ -326,7 +326,7 @@ func (s *reviewAfterStore) Create(ctx context.Context, kind ipam.Kind, key strin
 	return rev, err
 }
 
-func (s *reviewAfterStore) Update(ctx context.Context, kind ipam.Kind, key string, value []byte, rev ipam.Revision) (ipam.Revision, error) {
+func (s *afterHookStore) Update(ctx context.Context, kind ipam.Kind, key string, value []byte, rev ipam.Revision) (ipam.Revision, error) {
 	nrev, err := s.Store.Update(ctx, kind, key, value, rev)
 	if err == nil {
 		s.after("update", kind, key)
@@ -334,14 +334,14 @@ func (s *reviewAfterStore) Update(ctx context.Context, kind ipam.Kind, key strin
 	return nrev, err
 }
 
-// TestReviewFailedAutoAssignKeepsOthersClaim: the same as
-// TestReviewFailedAssignIPsKeepsOthersClaim for AutoAssign, which shares
+// TestFailedAutoAssignKeepsOthersClaim: the same as
+// TestFailedAssignIPsKeepsOthersClaim for AutoAssign, which shares
 // the claim code: another allocator claims for node-1 the block that
 // node-1's AutoAssign is about to claim; the AutoAssign finds the block
 // node-1's, assigns from it, fails on its IPv6 address (the pool is
 // full), and its rollback gave up the block that the other allocator
 // had claimed.
-func TestReviewFailedAutoAssignKeepsOthersClaim(t *testing.T) {
+func TestFailedAutoAssignKeepsOthersClaim(t *testing.T) {
 	pools := []pool.Pool{v4pool("p", "10.0.0.0/24", 28), {Name: "v6", CIDR: mustPrefix("fd00::/126"), BlockSize: 126}}
 	first := newEnv(t, pools...) // which block node-1 claims first
 	x := first.mustAssign4("node-1", "probe", 1)[0].Block
@@ -351,7 +351,7 @@ func TestReviewFailedAutoAssignKeepsOthersClaim(t *testing.T) {
 	require.NoError(t, err)
 	other := e.allocator()
 	claimed := false
-	s := &reviewStore{Store: e.store, before: func(op string, kind ipam.Kind, key string) error {
+	s := &opHookStore{Store: e.store, before: func(op string, kind ipam.Kind, key string) error {
 		if !claimed && op == "create" && kind == ipam.KindAffinity {
 			claimed = true
 			got, err := other.ClaimAffinity(e.ctx, "node-1", x)
