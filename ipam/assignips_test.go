@@ -308,3 +308,25 @@ func TestAssignIPSameAsAssignIPs(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, ipam.Assigned{Addr: mustAddr("10.1.0.7"), Block: mustPrefix("10.1.0.0/28"), Pool: "lb", Seq: got.Seq}, got)
 }
+
+// TestAssignIPClaimsWhateverTheConfig: a fixed address's block is claimed
+// for the node with AutoAllocateBlocks off and past MaxBlocksPerHost, as
+// Config documents; AutoAssign is held to both.
+func TestAssignIPClaimsWhateverTheConfig(t *testing.T) {
+	e := newEnv(t, v4pool("p", "10.0.0.0/24", 28))
+	e.config(ipam.Config{StrictAffinity: true, MaxBlocksPerHost: 1})
+	_, err := e.a.ClaimAffinity(e.ctx, "node-1", mustPrefix("10.0.0.0/28"))
+	require.NoError(t, err)
+
+	x, err := e.a.AssignIP(e.ctx, ipam.AssignIPArgs{Addr: mustAddr("10.0.0.200"), Handle: "fixed", Node: "node-1"})
+	require.NoError(t, err)
+	require.Equal(t, mustPrefix("10.0.0.192/28"), x.Block)
+	require.ElementsMatch(t, []netip.Prefix{mustPrefix("10.0.0.0/28"), mustPrefix("10.0.0.192/28")}, e.affine("node-1"))
+
+	// AutoAssign fills node-1's two blocks and claims no third.
+	_, err = e.a.AutoAssign(e.ctx, ipam.AutoAssignArgs{Num4: 31, Handle: "auto", Node: "node-1"})
+	require.NoError(t, err)
+	_, err = e.a.AutoAssign(e.ctx, ipam.AutoAssignArgs{Num4: 1, Handle: "more", Node: "node-1"})
+	require.ErrorIs(t, err, ipam.ErrNoSpace)
+	require.Len(t, e.affine("node-1"), 2)
+}

@@ -20,16 +20,20 @@ type Config struct {
 	// affine to it. Calico requires it on Windows nodes.
 	StrictAffinity bool `json:"strictAffinity"`
 
-	// AutoAllocateBlocks lets a node claim new blocks when its affine blocks
-	// are full. Without it, nodes use only blocks given to them with
-	// [Allocator.ClaimAffinity].
+	// AutoAllocateBlocks lets AutoAssign claim new blocks for a node when
+	// its affine blocks are full. Without it, AutoAssign uses only the
+	// blocks a node holds already: given with [Allocator.ClaimAffinity], or
+	// claimed by [Allocator.AssignIP] and [Allocator.AssignIPs], which claim
+	// the block of an address they are asked for whatever this says, as in
+	// Calico.
 	AutoAllocateBlocks bool `json:"autoAllocateBlocks"`
 
-	// MaxBlocksPerHost caps how many blocks of one IP family a node may hold
-	// in the pools a request may use; 0 means no cap. Reaching the cap stops
-	// claims only: without StrictAffinity the node goes on to borrow free
-	// addresses from other nodes' blocks (never unclaimed blocks: those
-	// are claimed or not at all).
+	// MaxBlocksPerHost caps how many blocks of one IP family AutoAssign lets
+	// a node hold in the pools a request may use; 0 means no cap. Reaching
+	// the cap stops AutoAssign's claims only: without StrictAffinity the
+	// node goes on to borrow free addresses from other nodes' blocks (never
+	// unclaimed blocks: those are claimed or not at all). ClaimAffinity,
+	// AssignIP and AssignIPs, which name their blocks, are not held to it.
 	MaxBlocksPerHost int `json:"maxBlocksPerHost,omitempty"`
 
 	// ReleaseCooldown keeps a released address from being assigned again
@@ -78,8 +82,8 @@ var ErrInvalidConfig = errors.New("invalid IPAM configuration")
 // then never claim a block of their own and could only borrow from blocks
 // claimed with [Allocator.ClaimAffinity]; that is the zero Config, and
 // almost always a Config built without DefaultConfig by mistake. With
-// StrictAffinity on and AutoAllocateBlocks off, nodes use only the blocks
-// ClaimAffinity gives them.
+// StrictAffinity on and AutoAllocateBlocks off, AutoAssign uses only the
+// blocks ClaimAffinity (or AssignIP) gave the node.
 //
 // Calico also refuses MaxBlocksPerHost without StrictAffinity, because its
 // allocator fails, rather than borrows, at the cap. carve borrows at the cap
