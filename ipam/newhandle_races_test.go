@@ -337,3 +337,33 @@ func TestNewHandleLostDeleteReply(t *testing.T) {
 	t.Logf("A: %v %v\nB: %v %v\nheld: %v", resA, errA, resB, errB, held)
 	require.False(t, errA == nil && errB == nil, "both NewHandle requests assigned")
 }
+
+// TestAutoAssignNewHandleReleasedMeanwhile: AutoAssign's counterpart of
+// TestAssignIPsNewHandleReleasedMeanwhile. A dual-stack NewHandle request
+// assigns its IPv4 address, the pod's DEL releases the handle just then,
+// and the IPv6 pool is full: the request fails for want of space, not
+// with ErrHandleExists, leaves nothing, and the retried ADD assigns.
+func TestAutoAssignNewHandleReleasedMeanwhile(t *testing.T) {
+	e := newEnv(t, v4pool("p", "10.0.0.0/24", 28), pool.Pool{Name: "p6", CIDR: mustPrefix("fd00::/126"), BlockSize: 126})
+	_, err := e.a.AutoAssign(e.ctx, ipam.AutoAssignArgs{Num6: 4, Handle: "other", Node: "node-2"})
+	require.NoError(t, err)
+	del := e.allocator()
+	released := false
+	s := &afterHookStore{Store: e.store, after: func(op string, kind ipam.Kind, key string) {
+		if !released && kind == ipam.KindBlock && op == "update" { // the IPv4 address's assignment
+			got, err := del.ReleaseByHandle(e.ctx, "pod")
+			require.NoError(t, err)
+			require.Len(t, got, 1)
+			released = true
+		}
+	}}
+	add, err := ipam.New(s, ipam.Options{})
+	require.NoError(t, err)
+	_, err = add.AutoAssign(e.ctx, ipam.AutoAssignArgs{Num4: 1, Num6: 1, Handle: "pod", Node: "node-1", NewHandle: true})
+	require.True(t, released)
+	require.ErrorIs(t, err, ipam.ErrNoSpace)
+	require.NotErrorIs(t, err, ipam.ErrHandleExists)
+	e.requireConsistent()
+	_, err = e.a.AutoAssign(e.ctx, ipam.AutoAssignArgs{Num4: 1, Handle: "pod", Node: "node-1", NewHandle: true})
+	require.NoError(t, err, "the retried ADD finds the handle new")
+}
