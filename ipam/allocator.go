@@ -387,8 +387,14 @@ func (a *Allocator) retryAgain(ctx context.Context, op, subject string, f func()
 	return fmt.Errorf("ipam: %s %s: %w after %d attempts: %w", op, subject, ErrTooManyConflicts, a.retries, err)
 }
 
-// isRace reports whether err means another writer got there first.
+// isRace reports whether err means another writer got there first. An
+// inner retry that gave up (ErrTooManyConflicts, which wraps the last
+// conflict too) is no race to retry: an outer retry would multiply the
+// attempts.
 func isRace(err error) bool {
+	if errors.Is(err, ErrTooManyConflicts) {
+		return false
+	}
 	return errors.Is(err, ErrConflict) || errors.Is(err, ErrExists) || errors.Is(err, errRecordMoved) || errors.Is(err, errStale)
 }
 
