@@ -25,7 +25,10 @@ type Options struct {
 
 	// MaxRetries bounds the compare-and-swap attempts of one write before the
 	// operation gives up with ErrTooManyConflicts; 0 means 100, Calico's
-	// bound.
+	// bound. A write made within another's attempt (a handle's count,
+	// raised before its block is written) that gives up fails that attempt,
+	// which is made again from a fresh read: under conflicts that never
+	// clear, such a pair makes up to MaxRetries² attempts of the inner write.
 	MaxRetries int
 
 	// ReclaimAge is how long a node's block must have been claimed before
@@ -388,13 +391,10 @@ func (a *Allocator) retryAgain(ctx context.Context, op, subject string, f func()
 }
 
 // isRace reports whether err means another writer got there first. An
-// inner retry that gave up (ErrTooManyConflicts, which wraps the last
-// conflict too) is no race to retry: an outer retry would multiply the
-// attempts.
+// inner retry that gave up (ErrTooManyConflicts wraps the last conflict)
+// counts too: the write around it is attempted again from a fresh read
+// (see Options.MaxRetries).
 func isRace(err error) bool {
-	if errors.Is(err, ErrTooManyConflicts) {
-		return false
-	}
 	return errors.Is(err, ErrConflict) || errors.Is(err, ErrExists) || errors.Is(err, errRecordMoved) || errors.Is(err, errStale)
 }
 
