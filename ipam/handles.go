@@ -107,15 +107,45 @@ func (h *handleTx) add(ctx context.Context, blk netip.Prefix, delta int) error {
 }
 
 // move is add for a delta other than zero.
+//
+// The record of nearly every handle is known and counts addresses of blk
+// alone, or of no block (a new handle, or one whose last addresses go):
+// then the first attempt changes it in place, as put would, without the
+// calls and closures of rewrite, which later attempts go through.
 func (h *handleTx) move(ctx context.Context, blk netip.Prefix, delta int) error {
-	return h.rewrite(ctx, func() bool {
+	r := &h.rec
+	if !h.known || r.big != nil || r.n > 1 || r.n == 1 && r.small[0].block != blk {
+		return h.rewrite(ctx, h.mover(blk, delta))
+	}
+	n := delta
+	if r.n == 1 {
+		n += r.small[0].count
+	}
+	switch {
+	case n < 0:
+		return nil // as change reporting no change
+	case n == 0:
+		r.small[0], r.n = handleCount{}, 0
+	default:
+		r.small[0], r.n = handleCount{blk, n}, 1
+	}
+	if err := h.write(ctx); err != nil {
+		h.known = false
+		return h.rewriteAgain(ctx, h.mover(blk, delta), err)
+	}
+	return nil
+}
+
+// mover is move's change of the record, for rewrite.
+func (h *handleTx) mover(blk netip.Prefix, delta int) func() bool {
+	return func() bool {
 		n := h.rec.count(blk) + delta
 		if n < 0 {
 			return false
 		}
 		h.rec.put(blk, n)
 		return true
-	})
+	}
 }
 
 // rewrite applies change to the record, read first unless known, and
@@ -127,7 +157,28 @@ func (h *handleTx) move(ctx context.Context, blk netip.Prefix, delta int) error 
 // attempt, which nearly always succeeds, is made here, outside the retry
 // loop and its closure.
 func (h *handleTx) rewrite(ctx context.Context, change func() bool) error {
-	attempt := func() error {
+	if !h.known {
+		return h.a.retry(ctx, "update handle", h.id, h.attempt(ctx, change))
+	}
+	if !change() {
+		return nil
+	}
+	if err := h.write(ctx); err != nil {
+		h.known = false
+		return h.rewriteAgain(ctx, change, err)
+	}
+	return nil
+}
+
+// rewriteAgain is rewrite after a first attempt that failed with err.
+func (h *handleTx) rewriteAgain(ctx context.Context, change func() bool, err error) error {
+	return h.a.retryAgain(ctx, "update handle", h.id, h.attempt(ctx, change), err)
+}
+
+// attempt is one attempt of rewrite: it reads the record unless known,
+// applies change and writes the record if change reports a change.
+func (h *handleTx) attempt(ctx context.Context, change func() bool) func() error {
+	return func() error {
 		if !h.known {
 			if err := h.read(ctx); err != nil {
 				return err
@@ -142,17 +193,6 @@ func (h *handleTx) rewrite(ctx context.Context, change func() bool) error {
 		}
 		return err
 	}
-	if !h.known {
-		return h.a.retry(ctx, "update handle", h.id, attempt)
-	}
-	if !change() {
-		return nil
-	}
-	if err := h.write(ctx); err != nil {
-		h.known = false
-		return h.a.retryAgain(ctx, "update handle", h.id, attempt, err)
-	}
-	return nil
 }
 
 // adjust moves the handle's count for each block of deltas by the entry's
