@@ -74,6 +74,12 @@ type Allocator struct {
 	// lb is VirtualLoadBalancer's cache, as nodes hold each node's; its
 	// attrs are nil, since LoadBalancer addresses carry no AttrNode.
 	lb nodeCache
+
+	// For tests: noLane sends every AutoAssign the general way, and
+	// laneTrace, when set, hears of each request the lane served, and
+	// whether it went on in autoAssign after its attempt.
+	noLane    bool
+	laneTrace func(resumed bool)
 }
 
 // cleanupTimeout bounds the store operations that finish or undo what an

@@ -167,6 +167,11 @@ type assignOp struct {
 // addresses assigned by then are released on a best-effort basis and are
 // otherwise recorded under the handle, where ReleaseByHandle finds them.
 func (a *Allocator) AutoAssign(ctx context.Context, args AutoAssignArgs) (AutoAssignResult, error) {
+	if a.gens != nil && !a.noLane {
+		if res, err, ok := a.autoAssignLane(ctx, &args); ok {
+			return res, err
+		}
+	}
 	// A node the allocator has met has a name that passed the checks.
 	// LoadBalancer addresses belong to no node, but to the virtual owner.
 	lb := args.Use == pool.UseLoadBalancer
@@ -242,6 +247,16 @@ func (a *Allocator) AutoAssign(ctx context.Context, args AutoAssignArgs) (AutoAs
 	o.h.a, o.h.id, o.h.known = a, args.Handle, true
 	o.h.exclusive = args.NewHandle
 	o.h.last = &nc.lastHandleVal
+	return a.autoAssign(ctx, &args, o, &pools, &selErr, nil)
+}
+
+// autoAssign is AutoAssign once the request is checked and its pools are
+// chosen: it assigns each family, and settles what that leaves (a
+// shortfall, a reservation made meanwhile, blocks no longer selected).
+// first, when not nil, is the attempt that the lane made on the node's
+// first block (see autoAssignLane), which the family it is for takes as
+// its own first attempt.
+func (a *Allocator) autoAssign(ctx context.Context, args *AutoAssignArgs, o *assignOp, pools *[2][]*pool.Pool, selErr *[2]error, first *laneTry) (AutoAssignResult, error) {
 	var res AutoAssignResult
 	var short [2]int
 	var reasons []string
@@ -260,7 +275,14 @@ func (a *Allocator) AutoAssign(ctx context.Context, args AutoAssignArgs) (AutoAs
 				cause = errors.Join(cause, selErr[i])
 				continue
 			}
-			got, why, err := a.assignFamily(ctx, o, fam, n, pools[i])
+			var got []Assigned
+			var why string
+			var err error
+			if first != nil && round == 0 && i == first.fam {
+				got, why, err = a.assignHeld(ctx, o, fam, n, pools[i], first.held, first.out, first)
+			} else {
+				got, why, err = a.assignFamily(ctx, o, fam, n, pools[i])
+			}
 			// A failure to lower unused counts does not fail a request that
 			// got its addresses: it leaves counts too high, as a crash would.
 			if serr := o.h.settle(ctx); serr != nil && err != nil {
@@ -284,7 +306,7 @@ func (a *Allocator) AutoAssign(ctx context.Context, args AutoAssignArgs) (AutoAs
 					if err := a.rollback(ctx, o, res); err != nil {
 						return AutoAssignResult{}, err
 					}
-					return AutoAssignResult{}, a.assignError(ctx, args, o.h.created, AutoAssignResult{}, short, reasons, o.noSpace(), nil)
+					return AutoAssignResult{}, a.assignError(ctx, *args, o.h.created, AutoAssignResult{}, short, reasons, o.noSpace(), nil)
 				}
 			}
 		}
@@ -313,7 +335,7 @@ func (a *Allocator) AutoAssign(ctx context.Context, args AutoAssignArgs) (AutoAs
 		if full {
 			space = o.noSpace()
 		}
-		return res, a.assignError(ctx, args, o.h.created, res, short, reasons, space, cause)
+		return res, a.assignError(ctx, *args, o.h.created, res, short, reasons, space, cause)
 	}
 	return res, nil
 }
@@ -521,17 +543,24 @@ func (a *Allocator) rollback(ctx context.Context, o *assignOp, res AutoAssignRes
 // Calico's order. It returns what it got and, when that is less than n, why.
 func (a *Allocator) assignFamily(ctx context.Context, o *assignOp, fam pool.Family, n int, pools []*pool.Pool) ([]Assigned, string, error) {
 	out := make([]Assigned, 0, n)
-	cfg := o.v.config
 
 	// 1. Blocks affine to the node, in pool order.
 	affine, err := a.affineBlocks(ctx, o.aff, o.nc)
 	if err != nil {
 		return out, "", err
 	}
-	// held is the node's blocks of the eligible pools with each one's pool,
-	// in pool order.
 	var heldBuf [4]heldBlock
-	held := heldBuf[:0]
+	held, unselected := heldIn(heldBuf[:0], affine, fam, pools)
+	o.unselected = append(o.unselected, unselected...)
+	return a.assignHeld(ctx, o, fam, n, pools, held, out, nil)
+}
+
+// heldIn appends to held the blocks of affine (the node's, per the index)
+// of family fam that pools hold, each with the index of its pool, in pool
+// order; it returns them, and the blocks of the family that no pool of
+// pools holds. The second slice is nil when there are none.
+func heldIn(held []heldBlock, affine []netip.Prefix, fam pool.Family, pools []*pool.Pool) ([]heldBlock, []netip.Prefix) {
+	var unselected []netip.Prefix
 	for _, blk := range affine {
 		if !sameAddrFamily(blk, fam) {
 			continue
@@ -540,11 +569,22 @@ func (a *Allocator) assignFamily(ctx context.Context, o *assignOp, fam pool.Fami
 			held = append(held, heldBlock{blk, i})
 			continue
 		}
-		o.unselected = append(o.unselected, blk)
+		unselected = append(unselected, blk)
 	}
 	if len(held) > 1 { // usually one: no call
 		slices.SortStableFunc(held, func(x, y heldBlock) int { return x.pool - y.pool })
 	}
+	return held, unselected
+}
+
+// assignHeld is assignFamily once it knows held, the node's blocks of the
+// eligible pools with each one's pool, in pool order: it assigns up to n
+// addresses, appending them to out, from those blocks, then new blocks,
+// then borrowed ones. first, when not nil, is the lane's attempt on
+// held[0] (see autoAssignLane), which out holds the result of already: it
+// stands for the attempt the loop would make there.
+func (a *Allocator) assignHeld(ctx context.Context, o *assignOp, fam pool.Family, n int, pools []*pool.Pool, held []heldBlock, out []Assigned, first *laneTry) ([]Assigned, string, error) {
+	cfg := o.v.config
 	if n > 1 && len(held) > 1 {
 		if err := a.reserveHeld(ctx, o, held, n); err != nil {
 			return out, "", err
@@ -555,11 +595,18 @@ func (a *Allocator) assignFamily(ctx context.Context, o *assignOp, fam pool.Fami
 	// claims a new block.
 	var stale []heldBlock
 	var gone []netip.Prefix
-	for _, h := range held {
-		if len(out) == n {
-			return out, "", nil
+	for j, h := range held {
+		var r fromResult
+		var err error
+		if j == 0 && first != nil {
+			// The lane made this attempt, with out empty before it.
+			r, err = first.r, first.err
+		} else {
+			if len(out) == n {
+				return out, "", nil
+			}
+			r, err = a.assignFrom(ctx, o, &out, pools[h.pool].Name, h.blk, n-len(out), true, false)
 		}
-		r, err := a.assignFrom(ctx, o, &out, pools[h.pool].Name, h.blk, n-len(out), true, false)
 		if err != nil {
 			return out, "", err
 		}

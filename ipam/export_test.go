@@ -32,3 +32,11 @@ func EncodeHandle(counts map[netip.Prefix]int) []byte {
 	}
 	return h.appendBinary(nil)
 }
+
+// SetLane turns AutoAssign's lane on or off (see autoAssignLane); it is on
+// for every allocator New makes.
+func SetLane(a *Allocator, on bool) { a.noLane = !on }
+
+// SetLaneTrace has f hear of each request the lane serves, and whether it
+// went on in autoAssign after its attempt.
+func SetLaneTrace(a *Allocator, f func(resumed bool)) { a.laneTrace = f }

@@ -228,6 +228,9 @@ type nodeCache struct {
 	// (Per node, so that allocations for different nodes do not write to
 	// one shared word.)
 	lastHandleVal atomic.Pointer[handleVal]
+	// lane is, per family (IPv4, IPv6), what the node's last request of
+	// the lane's shape chose (see autoAssignLane).
+	lane [2]atomic.Pointer[laneMemo]
 }
 
 // nodeBlocks is a node's blocks per the affinity index, with the index
