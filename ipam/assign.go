@@ -551,7 +551,11 @@ func (a *Allocator) assignFamily(ctx context.Context, o *assignOp, fam pool.Fami
 	}
 	var heldBuf [4]heldBlock
 	held, unselected := heldIn(heldBuf[:0], affine, fam, pools)
-	o.unselected = append(o.unselected, unselected...)
+	if o.unselected == nil {
+		o.unselected = unselected // no copy: heldIn made it
+	} else {
+		o.unselected = append(o.unselected, unselected...)
+	}
 	return a.assignHeld(ctx, o, fam, n, pools, held, out, nil)
 }
 
