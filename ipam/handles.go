@@ -108,27 +108,18 @@ func (h *handleTx) add(ctx context.Context, blk netip.Prefix, delta int) error {
 
 // move is add for a delta other than zero.
 //
-// The record of nearly every handle is known and counts addresses of blk
-// alone, or of no block (a new handle, or one whose last addresses go):
-// then the first attempt changes it in place, as put would, without the
-// calls and closures of rewrite, which later attempts go through.
+// The record is nearly always known (a new handle, or one just read):
+// then the first attempt changes it here, without the closures of
+// rewrite, which later attempts go through.
 func (h *handleTx) move(ctx context.Context, blk netip.Prefix, delta int) error {
-	r := &h.rec
-	if !h.known || r.big != nil || r.n > 1 || r.n == 1 && r.small[0].block != blk {
+	if !h.known {
 		return h.rewrite(ctx, h.mover(blk, delta))
 	}
-	n := delta
-	if r.n == 1 {
-		n += r.small[0].count
+	n := h.rec.count(blk) + delta
+	if n < 0 {
+		return nil // as mover reporting no change
 	}
-	switch {
-	case n < 0:
-		return nil // as change reporting no change
-	case n == 0:
-		r.small[0], r.n = handleCount{}, 0
-	default:
-		r.small[0], r.n = handleCount{blk, n}, 1
-	}
+	h.rec.put(blk, n)
 	if err := h.write(ctx); err != nil {
 		h.known = false
 		return h.rewriteAgain(ctx, h.mover(blk, delta), err)
