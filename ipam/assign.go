@@ -234,20 +234,23 @@ func (a *Allocator) AutoAssign(ctx context.Context, args AutoAssignArgs) (AutoAs
 		return AutoAssignResult{}, a.assignError(ctx, args, false, AutoAssignResult{}, short, reasons, nil, errors.Join(selErr[0], selErr[1]))
 	}
 
-	o := &assignOp{
-		v:      v,
-		node:   args.Node,
-		aff:    ownerOf(args.Use, args.Node),
-		nc:     nc,
-		owner:  block.Owner{Handle: args.Handle, Attrs: attrs},
-		labels: args.NodeLabels,
-		rsv:    hostReserved{args.ReserveFirst, args.ReserveLast},
-	}
+	var o assignOp
+	a.startAssign(&o, v, nc, &args, attrs)
+	return a.autoAssign(ctx, &args, &o, &pools, &selErr, nil)
+}
+
+// startAssign sets up o, which must be new, for an AutoAssign request
+// args, checked, for the owner of nc, under v; attrs are the addresses'
+// attributes. (The caller declares o, which then stays on its stack.)
+func (a *Allocator) startAssign(o *assignOp, v *view, nc *nodeCache, args *AutoAssignArgs, attrs map[string]string) {
+	o.v, o.node, o.aff, o.nc = v, args.Node, ownerOf(args.Use, args.Node), nc
+	o.owner = block.Owner{Handle: args.Handle, Attrs: attrs}
+	o.labels = args.NodeLabels
+	o.rsv = hostReserved{args.ReserveFirst, args.ReserveLast}
 	// As h.init(a, args.Handle, true) would, without zeroing h again.
 	o.h.a, o.h.id, o.h.known = a, args.Handle, true
 	o.h.exclusive = args.NewHandle
 	o.h.last = &nc.lastHandleVal
-	return a.autoAssign(ctx, &args, o, &pools, &selErr, nil)
 }
 
 // autoAssign is AutoAssign once the request is checked and its pools are

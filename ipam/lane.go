@@ -4,7 +4,6 @@ import (
 	"context"
 	"net/netip"
 
-	"github.com/carve-ipam/carve/block"
 	"github.com/carve-ipam/carve/pool"
 	"github.com/carve-ipam/carve/selector"
 )
@@ -106,19 +105,10 @@ func (a *Allocator) autoAssignLane(ctx context.Context, args *AutoAssignArgs) (r
 	}
 
 	// What AutoAssign would make, for the attempt and for autoAssign.
-	o := &assignOp{
-		v:          v,
-		node:       args.Node,
-		aff:        block.Host(args.Node),
-		nc:         nc,
-		owner:      block.Owner{Handle: args.Handle, Attrs: attrs},
-		labels:     args.NodeLabels,
-		rsv:        hostReserved{args.ReserveFirst, args.ReserveLast},
-		unselected: m.unselected[:len(m.unselected):len(m.unselected)],
-	}
-	o.h.a, o.h.id, o.h.known = a, args.Handle, true
-	o.h.exclusive = args.NewHandle
-	o.h.last = &nc.lastHandleVal
+	var op assignOp
+	o := &op
+	a.startAssign(o, v, nc, args, attrs)
+	o.unselected = m.unselected[:len(m.unselected):len(m.unselected)]
 	out := make([]Assigned, 0, 1)
 	h := m.held[0]
 	poolName := m.pools[h.pool].Name
