@@ -1,0 +1,76 @@
+package ipam_test
+
+import (
+	"net/netip"
+	"sync"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/carve-ipam/carve/ipam"
+)
+
+// TestDeletePoolLeavesPartsSplitBeforeItsDisable: a pool is split after
+// DeletePool read it and before its disable is written. The deletion
+// keeps the part that took the name, as it does for a split later on,
+// and must not release the affinities of the other part, an enabled pool
+// nobody asked to delete: its nodes keep their blocks.
+func TestDeletePoolLeavesPartsSplitBeforeItsDisable(t *testing.T) {
+	e := newEnv(t, v4pool("old", "10.0.0.0/24", 28))
+	for _, node := range []string{"node-a", "node-b", "node-c", "node-d"} {
+		e.mustAssign4(node, node, 1)
+	}
+	var once sync.Once
+	hs := &hookStore{Store: e.store, hook: func(op string, kind ipam.Kind, key string) {
+		if op != "update" || kind != ipam.KindPool {
+			return
+		}
+		once.Do(func() {
+			_, err := e.a.SplitPool(e.ctx, "old", "old", "new")
+			require.NoError(t, err)
+		})
+	}}
+	deleter, err := ipam.New(hs, ipam.Options{Now: e.clock.Now})
+	require.NoError(t, err)
+	err = deleter.DeletePool(e.ctx, "old")
+	require.ErrorIs(t, err, ipam.ErrPoolNotFound)
+
+	upper, err := e.a.Pool(e.ctx, "new")
+	require.NoError(t, err)
+	require.False(t, upper.Disabled)
+	var lost []netip.Prefix
+	for _, pu := range e.utilization() {
+		if pu.Name != "new" {
+			continue
+		}
+		for _, b := range pu.Blocks {
+			if b.Affinity.IsZero() {
+				lost = append(lost, b.Prefix)
+			}
+		}
+	}
+	require.Empty(t, lost, "DeletePool of %q released blocks of the enabled pool %q", "old", "new")
+	e.requireConsistent()
+}
+
+// TestAllocationsInsideOneBlockListsEachAddressOnce: Allocations of a
+// prefix smaller than a block, starting where the block starts, lists each
+// address of it once (the block is both in the prefix's key range and the
+// block that holds the prefix's first address), so that counting
+// Allocation.Borrowed over it agrees with Utilization.
+func TestAllocationsInsideOneBlockListsEachAddressOnce(t *testing.T) {
+	e := newEnv(t, v4pool("p", "10.0.0.0/24", 26))
+	got := e.mustAssign4("node-a", "h", 3)
+	blk := got[0].Block
+	within := netip.PrefixFrom(blk.Addr(), 28)
+	allocs, err := e.a.Allocations(e.ctx, within)
+	require.NoError(t, err)
+	seen := map[netip.Addr]int{}
+	for _, x := range allocs {
+		seen[x.Addr]++
+	}
+	for addr, n := range seen {
+		require.Equal(t, 1, n, "%s listed %d times", addr, n)
+	}
+	require.Len(t, allocs, 3)
+}
