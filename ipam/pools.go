@@ -263,7 +263,30 @@ func (a *Allocator) DeletePool(ctx context.Context, name string) error {
 		return err
 	}
 	if !p.Disabled {
-		if err := a.setDisabled(ctx, name, true); err != nil {
+		// Disable the pool read above, not whatever the name names by now:
+		// a split (or a deletion and a create) in between gives the name
+		// to another range, and releasing p's blocks would then take
+		// those of pools that stay enabled.
+		op := fmt.Sprintf("delete pool %q", name)
+		err := a.changePools(ctx, op, func(s *pool.Set) error {
+			q, ok := s.Get(name)
+			switch {
+			case !ok:
+				return fmt.Errorf("ipam: %s: %w", op, ErrPoolNotFound)
+			case q.CIDR != p.CIDR:
+				return fmt.Errorf("ipam: %s: %w: the pool over %s was replaced before it was disabled, and %q now names the pool over %s, which is kept",
+					op, ErrPoolNotFound, p.CIDR, name, q.CIDR)
+			case q.Disabled:
+				return nil
+			}
+			d := *q
+			d.Disabled = true
+			if err := s.Update(d); err != nil {
+				return fmt.Errorf("ipam: disable pool: %w", err) // the error names the pool
+			}
+			return nil
+		})
+		if err != nil {
 			return err
 		}
 	}
