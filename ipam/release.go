@@ -735,9 +735,10 @@ func (a *Allocator) Allocations(ctx context.Context, within netip.Prefix) ([]All
 		return nil, fmt.Errorf("ipam: allocations in %s: %w", within, err)
 	}
 	// A block larger than within, starting before it, holds all of it.
+	// (One that starts where within does was listed already.)
 	if blk, ok, err := a.findBlock(ctx, within.Addr()); err != nil {
 		return nil, err
-	} else if ok && blk.Bits() < within.Bits() {
+	} else if ok && blk.Bits() < within.Bits() && blk.Addr() != within.Addr() {
 		rec, err := a.store.Get(ctx, KindBlock, blockKey(blk))
 		if err != nil && !errors.Is(err, ErrNotFound) {
 			return nil, fmt.Errorf("ipam: allocations in %s: %w", within, err)
