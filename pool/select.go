@@ -199,6 +199,9 @@ func (s *Set) appendRequested(dst []*Pool, r Request) ([]*Pool, error) {
 		if !ok {
 			p, ok = s.byCIDR(name)
 		}
+		if ok && (slices.Contains(dst[n0:], p) || slices.ContainsFunc(rej, func(r Rejection) bool { return r.Pool == p.Name })) {
+			continue // asked for twice, by name and by CIDR
+		}
 		var why Reason
 		switch {
 		case !ok:
