@@ -1,6 +1,7 @@
 package ipam_test
 
 import (
+	"errors"
 	"net/netip"
 	"sync"
 	"testing"
@@ -8,6 +9,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/carve-ipam/carve/ipam"
+	"github.com/carve-ipam/carve/pool"
 )
 
 // TestDeletePoolLeavesPartsSplitBeforeItsDisable: a pool is split after
@@ -73,4 +75,30 @@ func TestAllocationsInsideOneBlockListsEachAddressOnce(t *testing.T) {
 		require.Equal(t, 1, n, "%s listed %d times", addr, n)
 	}
 	require.Len(t, allocs, 3)
+}
+
+// TestCorruptPoolRecordIsErrCorrupt: a pool record that does not decode
+// fails every pool call with an error matching ErrCorrupt ("a stored record
+// could not be decoded"), as a corrupt configuration record does, and
+// not with one that looks like the caller's pool was invalid.
+func TestCorruptPoolRecordIsErrCorrupt(t *testing.T) {
+	for name, value := range map[string]string{
+		"not JSON":        `{"pools": [`,
+		"an invalid pool": `{"pools": [{"name": "p", "spec": {"cidr": "10.0.0.1/24"}}]}`,
+	} {
+		t.Run(name, func(t *testing.T) {
+			e := newEnv(t, v4pool("p", "10.0.0.0/24", 26))
+			rec, err := e.store.Get(e.ctx, ipam.KindPool, "default")
+			require.NoError(t, err)
+			_, err = e.store.Update(e.ctx, ipam.KindPool, "default", []byte(value), rec.Revision)
+			require.NoError(t, err)
+			a := e.allocator()
+			_, err = a.Pools(e.ctx)
+			require.ErrorIs(t, err, ipam.ErrCorrupt)
+			err = a.CreatePool(e.ctx, v4pool("q", "10.1.0.0/24", 26))
+			require.ErrorIs(t, err, ipam.ErrCorrupt)
+			var ve *pool.ValidationError
+			require.False(t, errors.As(err, &ve), "a corrupt record reads as the caller's invalid pool: %v", err)
+		})
+	}
 }
