@@ -303,14 +303,15 @@ func marshalPools(s *pool.Set) ([]byte, error) {
 func unmarshalPools(data []byte) (*pool.Set, error) {
 	var rec poolsRecord
 	if err := json.Unmarshal(data, &rec); err != nil {
-		return nil, fmt.Errorf("ipam: pool record: %w", err)
+		return nil, fmt.Errorf("ipam: pool record: %w: %w", ErrCorrupt, err)
 	}
 	s := new(pool.Set)
 	for _, r := range rec.Pools {
 		p := r.Spec
 		p.Name = r.Name
 		if err := s.Add(p); err != nil {
-			return nil, fmt.Errorf("ipam: pool record: %w", err)
+			// Not wrapped: the stored pool is at fault, not the caller's.
+			return nil, fmt.Errorf("ipam: pool record: %w: %v", ErrCorrupt, err)
 		}
 	}
 	return s, nil
