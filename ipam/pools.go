@@ -239,7 +239,10 @@ func (a *Allocator) SplitPool(ctx context.Context, name string, into ...string) 
 // blocks without affinity that held cooling addresses, Repair deletes, as
 // does a Collector once their cooldown is over.
 // If the pool is enabled again while it runs, it keeps the pool and fails
-// with ErrPoolEnabled.
+// with ErrPoolEnabled. If the name comes to name another range (a
+// SplitPool) while it runs, it fails with ErrPoolNotFound, keeps the pool
+// that has the name, and leaves the other parts' blocks alone when the
+// split came before its disable.
 //
 // Deleting a pool ends the release cooldown of its addresses
 // (Config.ReleaseCooldown): its empty blocks go, release times and all, and
