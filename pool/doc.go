@@ -127,6 +127,8 @@
 //
 //   - Unknown or misspelt spec fields are errors, and field names are
 //     case-sensitive; Calico's own decoding depends on the client.
+//   - awsSubnetID (pools backed by an AWS subnet) is not supported: a
+//     manifest that sets it is refused, with an error saying so.
 //   - IPv4-mapped IPv6 CIDRs (::ffff:a.b.c.d/n) are refused.
 //   - A LoadBalancer pool's nodeSelector must mean all() (canonical form),
 //     not be the exact text "all()".

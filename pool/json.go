@@ -94,6 +94,8 @@ func (p *Pool) setField(key string, v json.RawMessage) error {
 			return nil
 		}
 		return errors.New("is the Calico APIv1 field, not allowed in v3: use natOutgoing")
+	case "awsSubnetID":
+		return errors.New("is a field of Calico's IPPool spec (pools backed by an AWS subnet) that carve does not support: carve would not keep the pool's addresses to the subnet's hosts")
 	default:
 		return errors.New("is not a field of the IPPool spec")
 	}

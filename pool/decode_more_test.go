@@ -34,16 +34,17 @@ func TestSelectRequestedPoolOnceByNameAndCIDR(t *testing.T) {
 	require.Len(t, npe.Rejections, 1, "%v", err)
 }
 
-// TestDecodeManifestReadsAWSSubnetID: the package doc says the spec of an
-// existing IPPool decodes as it is, and refuses only fields the IPPool spec
-// does not have; Calico's IPPoolSpec has awsSubnetID (Calico 3.19 on, for
-// pools backed by an AWS subnet), so a manifest that sets it must decode.
-func TestDecodeManifestReadsAWSSubnetID(t *testing.T) {
-	ps, err := pool.DecodeManifest([]byte(`{"apiVersion": "projectcalico.org/v3", "kind": "IPPool",
+// TestDecodeManifestRefusesAWSSubnetID: Calico's IPPoolSpec has
+// awsSubnetID (Calico 3.19 on, for pools backed by an AWS subnet), which
+// carve does not support. A manifest that sets it is refused with an
+// error that says so, not that the field does not exist (found by a
+// review).
+func TestDecodeManifestRefusesAWSSubnetID(t *testing.T) {
+	_, err := pool.DecodeManifest([]byte(`{"apiVersion": "projectcalico.org/v3", "kind": "IPPool",
 		"metadata": {"name": "aws-az1"},
 		"spec": {"cidr": "10.100.0.0/20", "awsSubnetID": "subnet-0123456789abcdef0", "nodeSelector": "zone == \"az1\""}}`))
-	require.NoError(t, err)
-	require.Len(t, ps, 1)
-	require.Equal(t, "aws-az1", ps[0].Name)
-	require.Equal(t, netip.MustParsePrefix("10.100.0.0/20"), ps[0].CIDR)
+	var de *pool.DecodeError
+	require.ErrorAs(t, err, &de)
+	require.Equal(t, "aws-az1", de.Name)
+	require.ErrorContains(t, err, `spec.awsSubnetID: is a field of Calico's IPPool spec (pools backed by an AWS subnet) that carve does not support`)
 }
