@@ -154,23 +154,28 @@ func (a *Allocator) UpdatePool(ctx context.Context, p pool.Pool) error {
 // DisablePool stops new assignments from the pool. Addresses assigned from
 // it stay, and can be released.
 func (a *Allocator) DisablePool(ctx context.Context, name string) error {
-	return a.setDisabled(ctx, name, true)
+	return a.setDisabled(ctx, name, true, netip.Prefix{}, fmt.Sprintf("disable pool %q", name))
 }
 
 // EnablePool lets a disabled pool be assigned from again.
 func (a *Allocator) EnablePool(ctx context.Context, name string) error {
-	return a.setDisabled(ctx, name, false)
+	return a.setDisabled(ctx, name, false, netip.Prefix{}, fmt.Sprintf("enable pool %q", name))
 }
 
-func (a *Allocator) setDisabled(ctx context.Context, name string, disabled bool) error {
-	op := fmt.Sprintf("disable pool %q", name)
-	if !disabled {
-		op = fmt.Sprintf("enable pool %q", name)
-	}
+// setDisabled disables or enables the pool called name, as op. With want
+// valid, it fails with ErrPoolNotFound, changing nothing, when the name
+// names a pool over another range.
+func (a *Allocator) setDisabled(ctx context.Context, name string, disabled bool, want netip.Prefix, op string) error {
 	return a.changePools(ctx, op, func(s *pool.Set) error {
 		p, ok := s.Get(name)
-		if !ok {
+		switch {
+		case !ok:
 			return fmt.Errorf("ipam: %s: %w", op, ErrPoolNotFound)
+		case want.IsValid() && p.CIDR != want:
+			return fmt.Errorf("ipam: %s: %w: the pool over %s was replaced, and %q now names the pool over %s, which is kept",
+				op, ErrPoolNotFound, want, name, p.CIDR)
+		case p.Disabled == disabled:
+			return nil
 		}
 		q := *p
 		q.Disabled = disabled
@@ -270,26 +275,7 @@ func (a *Allocator) DeletePool(ctx context.Context, name string) error {
 		// a split (or a deletion and a create) in between gives the name
 		// to another range, and releasing p's blocks would then take
 		// those of pools that stay enabled.
-		op := fmt.Sprintf("delete pool %q", name)
-		err := a.changePools(ctx, op, func(s *pool.Set) error {
-			q, ok := s.Get(name)
-			switch {
-			case !ok:
-				return fmt.Errorf("ipam: %s: %w", op, ErrPoolNotFound)
-			case q.CIDR != p.CIDR:
-				return fmt.Errorf("ipam: %s: %w: the pool over %s was replaced before it was disabled, and %q now names the pool over %s, which is kept",
-					op, ErrPoolNotFound, p.CIDR, name, q.CIDR)
-			case q.Disabled:
-				return nil
-			}
-			d := *q
-			d.Disabled = true
-			if err := s.Update(d); err != nil {
-				return fmt.Errorf("ipam: disable pool: %w", err) // the error names the pool
-			}
-			return nil
-		})
-		if err != nil {
+		if err := a.setDisabled(ctx, name, true, p.CIDR, fmt.Sprintf("delete pool %q", name)); err != nil {
 			return err
 		}
 	}
