@@ -98,7 +98,8 @@ const MaxHostReserved = 64
 type Assigned struct {
 	Addr netip.Addr
 	// Block is the block the address came from, and Pool the name of the
-	// pool that carves it.
+	// pool that carved it as the request saw the pools (a SplitPool or
+	// DeletePool meanwhile may have given the block to another pool).
 	Block netip.Prefix
 	Pool  string
 	// Seq is the block's sequence number recorded with the allocation; pass

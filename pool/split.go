@@ -18,10 +18,10 @@ import (
 //
 // The number of parts must be a power of two, at least 2, and each part
 // must still hold a whole block: its prefix length is at most blockSize.
-// The names must be valid pool names, each given once. All problems come
+// The names must be valid pool names, each given once. The problems come
 // in one *[ValidationError] for p: [ErrSplit] for the number of parts and
-// for a name given twice, [ErrName] for an invalid name, and p's own
-// problems ([Pool.Validate]) if p is invalid.
+// for a name given twice, [ErrName] for an invalid name, all at once; or,
+// if p itself is invalid, p's own problems ([Pool.Validate]) alone.
 //
 // Split only computes the parts; [github.com/carve-ipam/carve/ipam.Allocator.SplitPool]
 // replaces a stored pool by them in one write.
