@@ -3,7 +3,6 @@ package ipam_test
 import (
 	"errors"
 	"net/netip"
-	"sync"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -22,19 +21,7 @@ func TestDeletePoolLeavesPartsSplitBeforeItsDisable(t *testing.T) {
 	for _, node := range []string{"node-a", "node-b", "node-c", "node-d"} {
 		e.mustAssign4(node, node, 1)
 	}
-	var once sync.Once
-	hs := &hookStore{Store: e.store, hook: func(op string, kind ipam.Kind, key string) {
-		if op != "update" || kind != ipam.KindPool {
-			return
-		}
-		once.Do(func() {
-			_, err := e.a.SplitPool(e.ctx, "old", "old", "new")
-			require.NoError(t, err)
-		})
-	}}
-	deleter, err := ipam.New(hs, ipam.Options{Now: e.clock.Now})
-	require.NoError(t, err)
-	err = deleter.DeletePool(e.ctx, "old")
+	err := e.deleteWhileSplit(ipam.KindPool, "update")
 	require.ErrorIs(t, err, ipam.ErrPoolNotFound)
 
 	upper, err := e.a.Pool(e.ctx, "new")

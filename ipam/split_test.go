@@ -219,19 +219,7 @@ func TestDeletePoolDuringSplit(t *testing.T) {
 	require.NoError(t, err)
 	before := e.splitState(mustPrefix("10.0.0.0/24"))
 
-	var once sync.Once
-	hs := &hookStore{Store: e.store, hook: func(op string, kind ipam.Kind, key string) {
-		if kind != ipam.KindBlock {
-			return
-		}
-		once.Do(func() {
-			_, err := e.a.SplitPool(e.ctx, "old", "old", "new")
-			require.NoError(t, err)
-		})
-	}}
-	deleter, err := ipam.New(hs, ipam.Options{Now: e.clock.Now})
-	require.NoError(t, err)
-	err = deleter.DeletePool(e.ctx, "old")
+	err = e.deleteWhileSplit(ipam.KindBlock, "")
 	require.ErrorIs(t, err, ipam.ErrPoolNotFound)
 	require.ErrorContains(t, err, `the pool over 10.0.0.0/24 was replaced during its deletion, and "old" now names the pool over 10.0.0.0/25, which is kept`)
 
@@ -326,4 +314,25 @@ func assert(t *testing.T, err error) bool {
 		return false
 	}
 	return true
+}
+
+// deleteWhileSplit runs DeletePool("old") on another allocator, whose
+// store splits "old" into "old" and "new" just before its first write of
+// a record of kind (of any kind when write is "", else only that write:
+// "create", "update" or "delete").
+func (e *env) deleteWhileSplit(kind ipam.Kind, write string) error {
+	e.t.Helper()
+	var once sync.Once
+	hs := &hookStore{Store: e.store, hook: func(op string, k ipam.Kind, key string) {
+		if k != kind || write != "" && op != write {
+			return
+		}
+		once.Do(func() {
+			_, err := e.a.SplitPool(e.ctx, "old", "old", "new")
+			require.NoError(e.t, err)
+		})
+	}}
+	deleter, err := ipam.New(hs, ipam.Options{Now: e.clock.Now})
+	require.NoError(e.t, err)
+	return deleter.DeletePool(e.ctx, "old")
 }
