@@ -342,6 +342,12 @@ func (m laneMachine) autoAssign(t *rapid.T) {
 		args.Node = rapid.SampledFrom([]string{args.Node, "n/x", "new"}).Draw(t, "oddNode")
 	}
 	args.NewHandle = rapid.Bool().Draw(t, "newHandle")
+	// Per-request host reservations, which the lane's memo does not
+	// depend on, and which matter once a request claims a block.
+	if rapid.IntRange(0, 5).Draw(t, "reserveHosts") == 0 {
+		args.ReserveFirst = rapid.IntRange(0, 2).Draw(t, "reserveFirstLane")
+		args.ReserveLast = rapid.IntRange(0, 2).Draw(t, "reserveLastLane")
+	}
 	switch rapid.IntRange(0, 4).Draw(t, "attrs") {
 	case 1:
 		args.Attrs = map[string]string{"pod": "p"}
@@ -350,13 +356,20 @@ func (m laneMachine) autoAssign(t *rapid.T) {
 	case 3:
 		args.Attrs = map[string]string{ipam.AttrNode: "elsewhere"}
 	}
-	switch rapid.IntRange(0, 3).Draw(t, "labels") {
+	switch rapid.IntRange(0, 6).Draw(t, "labels") {
 	case 1:
 		args.NodeLabels = selector.Set{"rack": "a"}
 	case 2:
 		args.NodeLabels = selector.Set{"rack": "b"}
 	case 3:
 		args.NamespaceLabels = selector.Set{}
+	case 4:
+		args.NamespaceLabels = selector.Set{"team": "a"}
+	case 5:
+		args.NodeLabels = selector.Set{}
+	case 6:
+		args.NodeLabels = selector.Set{"rack": "a"}
+		args.NamespaceLabels = selector.Set{"team": "b"}
 	}
 	m.assign(t, m.alloc(t), args)
 }
@@ -424,13 +437,24 @@ func laneChange(t *rapid.T) (string, func(ctx context.Context, a *ipam.Allocator
 		return "EnablePool " + name, func(ctx context.Context, a *ipam.Allocator) error { return a.EnablePool(ctx, name) }
 	case 2:
 		name := rapid.SampledFrom([]string{"a4", "b4", "c6"}).Draw(t, "pool")
-		sel := rapid.SampledFrom([]string{"", `rack == "a"`, `!has(rack)`}).Draw(t, "selector")
-		return fmt.Sprintf("UpdatePool %s nodeSelector %s", name, sel), func(ctx context.Context, a *ipam.Allocator) error {
+		sel := rapid.SampledFrom([]string{"", "all()", `rack == "a"`, `!has(rack)`}).Draw(t, "selector")
+		field := rapid.SampledFrom([]string{"nodeSelector", "namespaceSelector", "assignmentMode"}).Draw(t, "field")
+		if field == "assignmentMode" {
+			sel = string(rapid.SampledFrom([]pool.AssignmentMode{pool.Automatic, pool.Manual}).Draw(t, "mode"))
+		}
+		return fmt.Sprintf("UpdatePool %s %s %s", name, field, sel), func(ctx context.Context, a *ipam.Allocator) error {
 			p, err := a.Pool(ctx, name)
 			if err != nil {
 				return err
 			}
-			p.NodeSelector = sel
+			switch field {
+			case "nodeSelector":
+				p.NodeSelector = sel
+			case "namespaceSelector":
+				p.NamespaceSelector = strings.ReplaceAll(sel, "rack", "team")
+			default:
+				p.AssignmentMode = pool.AssignmentMode(sel)
+			}
 			return a.UpdatePool(ctx, p)
 		}
 	case 3:
