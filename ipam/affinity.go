@@ -12,9 +12,13 @@ import (
 	"github.com/carve-ipam/carve/pool"
 )
 
-// maxAffinityBlocks bounds how many blocks one ClaimAffinity or
-// ReleaseAffinity call may cover.
-const maxAffinityBlocks = 4096
+// maxAffinityBlocks (2^maxAffinityBits) bounds how many blocks one
+// ClaimAffinity call may cover, and how many blocks of a pool
+// ReleaseAffinity reads one by one (beyond, it lists those that exist).
+const (
+	maxAffinityBits   = 12
+	maxAffinityBlocks = 1 << maxAffinityBits
+)
 
 // releaseAffinity removes aff's affinity from blk: an empty block is
 // deleted (unless an address in it is cooling: see keepCooling), a
@@ -72,7 +76,7 @@ func blocksOf(op string, p *pool.Pool, cidr netip.Prefix) ([]netip.Prefix, error
 		return nil, invalid(op, "%s is smaller than a block of pool %q (/%d)", cidr, p.Name, p.BlockSize)
 	}
 	n := p.BlockSize - cidr.Bits()
-	if n > 12 {
+	if n > maxAffinityBits {
 		return nil, invalid(op, "%s covers 2^%d blocks, more than %d", cidr, n, maxAffinityBlocks)
 	}
 	out := make([]netip.Prefix, 0, 1<<n)
@@ -216,7 +220,7 @@ func (a *Allocator) releaseAffinityIn(ctx context.Context, op string, aff block.
 	// block.
 	var more []netip.Prefix
 	if p, ok := v.pools.ByAddr(cidr.Addr()); ok && p.CIDR.Bits() <= cidr.Bits() {
-		if cidr.Bits() <= p.BlockSize && p.BlockSize-cidr.Bits() > 12 {
+		if cidr.Bits() <= p.BlockSize && p.BlockSize-cidr.Bits() > maxAffinityBits {
 			// Too many blocks to read one by one (an IPv6 pool, say): the
 			// existing ones that say they are aff's.
 			more, err = a.listAffine(ctx, op, aff, cidr)
