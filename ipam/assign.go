@@ -169,7 +169,7 @@ type assignOp struct {
 // otherwise recorded under the handle, where ReleaseByHandle finds them.
 func (a *Allocator) AutoAssign(ctx context.Context, args AutoAssignArgs) (AutoAssignResult, error) {
 	if a.gens != nil && !a.noLane {
-		if res, err, ok := a.autoAssignLane(ctx, &args); ok {
+		if res, ok, err := a.autoAssignLane(ctx, &args); ok {
 			return res, err
 		}
 	}

@@ -60,28 +60,28 @@ type laneTry struct {
 // autoAssignLane serves args if it has the lane's shape and the node's
 // memo stands (see above); ok is false, with nothing written, when it
 // leaves the request to AutoAssign.
-func (a *Allocator) autoAssignLane(ctx context.Context, args *AutoAssignArgs) (res AutoAssignResult, err error, ok bool) {
+func (a *Allocator) autoAssignLane(ctx context.Context, args *AutoAssignArgs) (res AutoAssignResult, ok bool, err error) {
 	fi, fam := 0, pool.IPv4
 	switch {
 	case args.Num4 == 1 && args.Num6 == 0:
 	case args.Num4 == 0 && args.Num6 == 1:
 		fi, fam = 1, pool.IPv6
 	default:
-		return res, nil, false
+		return res, false, nil
 	}
 	if len(args.IPv4Pools)+len(args.IPv6Pools) > 0 || (args.Use != "" && args.Use != pool.UseWorkload) ||
 		uint(args.ReserveFirst) > MaxHostReserved || uint(args.ReserveLast) > MaxHostReserved {
-		return res, nil, false
+		return res, false, nil
 	}
 	nc, known := a.nodes.get(args.Node)
 	if !known || checkHandle("auto-assign", args.Handle) != nil {
-		return res, nil, false
+		return res, false, nil
 	}
 	attrs := nc.attrs
 	if len(args.Attrs) > 0 {
 		m, shared, err := ownerAttrs("auto-assign", args.Node, args.Attrs)
 		if err != nil {
-			return res, nil, false
+			return res, false, nil
 		}
 		if !shared {
 			attrs = m
@@ -91,17 +91,17 @@ func (a *Allocator) autoAssignLane(ctx context.Context, args *AutoAssignArgs) (r
 	v, nb := a.view.Load(), nc.blocks.Load()
 	if v == nil || a.gens.Generation(KindPool) != v.poolsGen || a.gens.Generation(KindConfig) != v.configGen ||
 		a.gens.Generation(KindReservation) != v.resvGen || nb == nil || nb.gen != a.gens.Generation(KindAffinity) {
-		return res, nil, false
+		return res, false, nil
 	}
 	m := nc.lane[fi].Load()
 	if m == nil || m.v != v || m.nb != nb {
 		if m = laneMemoFor(v, nb, args.Node, fam); m == nil {
-			return res, nil, false
+			return res, false, nil
 		}
 		nc.lane[fi].Store(m)
 	}
 	if len(m.held) == 0 || (args.NodeLabels != nil || args.NamespaceLabels != nil) && !m.labelFree {
-		return res, nil, false
+		return res, false, nil
 	}
 
 	// What AutoAssign would make, for the attempt and for autoAssign.
@@ -111,28 +111,16 @@ func (a *Allocator) autoAssignLane(ctx context.Context, args *AutoAssignArgs) (r
 	o.unselected = m.unselected[:len(m.unselected):len(m.unselected)]
 	out := make([]Assigned, 0, 1)
 	h := m.held[0]
-	poolName := m.pools[h.pool].Name
-	e := a.entry(h.blk)
-	e.lock()
-	// assignFrom's attempts, as it makes them.
-	r, err := a.assignOnce(ctx, o, e, &out, poolName, 1, true)
-	if err != nil {
-		err = a.retryAgain(ctx, "assign from block", e.name, func() error {
-			var err error
-			r, err = a.assignOnce(ctx, o, e, &out, poolName, 1, true)
-			return err
-		}, err)
-	}
-	e.unlock()
+	r, err := a.assignFrom(ctx, o, &out, m.pools[h.pool].Name, h.blk, 1, true, false)
 	if err == nil && r == fromTook && len(out) == 1 && a.gens.Generation(KindReservation) == v.resvGen {
 		if a.laneTrace != nil {
 			a.laneTrace(false)
 		}
 		a.dropUnselected(ctx, o)
 		if fi == 0 {
-			return AutoAssignResult{IPv4: out}, nil, true
+			return AutoAssignResult{IPv4: out}, true, nil
 		}
-		return AutoAssignResult{IPv6: out}, nil, true
+		return AutoAssignResult{IPv6: out}, true, nil
 	}
 	if a.laneTrace != nil {
 		a.laneTrace(true)
@@ -141,7 +129,7 @@ func (a *Allocator) autoAssignLane(ctx context.Context, args *AutoAssignArgs) (r
 	var selErr [2]error
 	pools[fi] = m.pools
 	res, err = a.autoAssign(ctx, args, o, &pools, &selErr, &laneTry{fam: fi, held: m.held, out: out, r: r, err: err})
-	return res, err, true
+	return res, true, err
 }
 
 // laneMemoFor chooses, as AutoAssign would, the pools of family fam for a
