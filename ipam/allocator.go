@@ -149,6 +149,7 @@ func (a *Allocator) Store() Store { return a.store }
 type view struct {
 	pools       *pool.Set
 	poolsRev    Revision // 0: no pool record yet
+	poolsVer    uint64   // the pool record's version: the last one it gave a pool
 	config      Config
 	configRev   Revision      // 0: no config record, DefaultConfig in force
 	reserved    *netipx.IPSet // every reserved address
@@ -194,7 +195,7 @@ func (a *Allocator) readView(ctx context.Context) (*view, error) {
 	rec, err := a.store.Get(ctx, KindPool, singletonKey)
 	switch {
 	case err == nil:
-		nv.pools, err = unmarshalPools(rec.Value)
+		nv.pools, nv.poolsVer, err = unmarshalPools(rec.Value)
 		if err != nil {
 			return nil, err
 		}
@@ -282,39 +283,50 @@ func (v *view) reservesIn(pools []*pool.Pool) bool {
 }
 
 // poolsRecord is the stored form of the pool set: Calico's IPPool resources
-// as JSON, so the record reads like the manifests users write.
+// as JSON, so the record reads like the manifests users write. Version is
+// the last pool.Pool.Version given to a pool: each write that changes pools
+// gives them the next one, so a version never repeats, whatever pools are
+// deleted.
 type poolsRecord struct {
-	Pools []poolResource `json:"pools"`
+	Version uint64         `json:"version,omitempty"`
+	Pools   []poolResource `json:"pools"`
 }
 
 type poolResource struct {
-	Name string    `json:"name"`
-	Spec pool.Pool `json:"spec"`
+	Name    string    `json:"name"`
+	Version uint64    `json:"version,omitempty"`
+	Spec    pool.Pool `json:"spec"`
 }
 
-func marshalPools(s *pool.Set) ([]byte, error) {
-	var rec poolsRecord
+// marshalPools encodes s, with version as the record's version.
+func marshalPools(s *pool.Set, version uint64) ([]byte, error) {
+	rec := poolsRecord{Version: version}
 	for _, p := range s.All() {
-		rec.Pools = append(rec.Pools, poolResource{Name: p.Name, Spec: *p})
+		rec.Pools = append(rec.Pools, poolResource{Name: p.Name, Version: p.Version, Spec: *p})
 	}
 	return json.Marshal(rec)
 }
 
-func unmarshalPools(data []byte) (*pool.Set, error) {
+// unmarshalPools decodes a pool record: the set and the record's version.
+func unmarshalPools(data []byte) (*pool.Set, uint64, error) {
 	var rec poolsRecord
 	if err := json.Unmarshal(data, &rec); err != nil {
-		return nil, fmt.Errorf("ipam: pool record: %w: %w", ErrCorrupt, err)
+		return nil, 0, fmt.Errorf("ipam: pool record: %w: %w", ErrCorrupt, err)
 	}
 	s := new(pool.Set)
 	for _, r := range rec.Pools {
 		p := r.Spec
 		p.Name = r.Name
+		p.Version = r.Version
+		if p.Version > rec.Version {
+			return nil, 0, fmt.Errorf("ipam: pool record: %w: pool %q has version %d, after the record's %d", ErrCorrupt, r.Name, r.Version, rec.Version)
+		}
 		if err := s.Add(p); err != nil {
 			// Not wrapped: the stored pool is at fault, not the caller's.
-			return nil, fmt.Errorf("ipam: pool record: %w: %v", ErrCorrupt, err)
+			return nil, 0, fmt.Errorf("ipam: pool record: %w: %v", ErrCorrupt, err)
 		}
 	}
-	return s, nil
+	return s, rec.Version, nil
 }
 
 // Config returns the configuration in force: the stored one, or

@@ -179,7 +179,7 @@ func (a *Allocator) check(ctx context.Context) (*Report, *checkState, error) {
 	// Pools, configuration, reservations.
 	pools := new(pool.Set)
 	if rec, err := a.store.Get(ctx, KindPool, singletonKey); err == nil {
-		if s, err := unmarshalPools(rec.Value); err != nil {
+		if s, _, err := unmarshalPools(rec.Value); err != nil {
 			add(Problem{Kind: ProblemCorrupt, Record: "pool " + singletonKey, Detail: err.Error()})
 		} else {
 			pools = s

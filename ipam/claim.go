@@ -342,7 +342,8 @@ func (a *Allocator) storedPools(ctx context.Context) (*pool.Set, error) {
 	if v := a.view.Load(); v != nil && rec.Revision == v.poolsRev {
 		return v.pools, nil
 	}
-	return unmarshalPools(rec.Value)
+	s, _, err := unmarshalPools(rec.Value)
+	return s, err
 }
 
 // carving returns the pool of pools that carves blk: holds it, with blk's

@@ -38,6 +38,11 @@ var (
 	// deletion.
 	ErrPoolEnabled = errors.New("pool was enabled again during its deletion")
 
+	// ErrPoolChanged: UpdatePool was given a pool whose Version is no
+	// longer the stored pool's: it was changed since it was read. Nothing
+	// was changed.
+	ErrPoolChanged = errors.New("pool changed since it was read")
+
 	// ErrReservationExists: a reservation with the given name exists.
 	ErrReservationExists = errors.New("reservation already exists")
 

@@ -156,6 +156,39 @@ func ExampleAllocator_SplitPool() {
 	// node-9: 10.244.32.64/26 from rack-2
 }
 
+// A change to a pool is made on a fresh read of it: an update from a read
+// that another change overtook fails with ErrPoolChanged, and is made again
+// on a new read, so neither change is lost.
+func ExampleAllocator_UpdatePool() {
+	ctx := context.Background()
+	store := memstore.New()
+	a, _ := ipam.New(store, ipam.Options{})
+	_ = a.CreatePool(ctx, pool.Pool{Name: "default-ipv4-ippool", CIDR: netip.MustParsePrefix("10.244.0.0/18")})
+
+	p, _ := a.Pool(ctx, "default-ipv4-ippool")
+	other, _ := ipam.New(store, ipam.Options{})
+	_ = other.DisablePool(ctx, "default-ipv4-ippool") // meanwhile, elsewhere
+
+	for {
+		p.NodeSelector = `zone == "a"`
+		err := a.UpdatePool(ctx, p)
+		if errors.Is(err, ipam.ErrPoolChanged) {
+			fmt.Println("changed since read: reading it again")
+			p, _ = a.Pool(ctx, "default-ipv4-ippool")
+			continue
+		}
+		if err != nil {
+			panic(err)
+		}
+		break
+	}
+	p, _ = a.Pool(ctx, "default-ipv4-ippool")
+	fmt.Printf("nodeSelector %s, disabled %t\n", p.NodeSelector, p.Disabled)
+	// Output:
+	// changed since read: reading it again
+	// nodeSelector zone == "a", disabled true
+}
+
 // LoadBalancer addresses come from LoadBalancer pools, into blocks of the
 // virtual owner "load-balancer" rather than of a node: the request names
 // no node.

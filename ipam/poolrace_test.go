@@ -200,6 +200,7 @@ func TestUpdateDuringPoolDeletion(t *testing.T) {
 	e := newEnv(t, v4pool("p", "10.0.0.0/24", 26))
 	spec, err := e.a.Pool(e.ctx, "p")
 	require.NoError(t, err)
+	spec.Version = 0 // a manifest carries none: the update is unconditional
 	var once sync.Once
 	rs := &readHookStore{hookStore{Store: e.store}}
 	rs.hook = func(op string, kind ipam.Kind, key string) {

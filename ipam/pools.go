@@ -18,7 +18,9 @@ import (
 
 // changePools applies change to a copy of the stored pool set and writes
 // it, retrying from a fresh read when another writer got there first.
-func (a *Allocator) changePools(ctx context.Context, op string, change func(s *pool.Set) error) error {
+// change gives every pool it adds or replaces the version it is passed,
+// or returns errUnchanged to leave the record as it is.
+func (a *Allocator) changePools(ctx context.Context, op string, change func(s *pool.Set, version uint64) error) error {
 	return a.retry(ctx, op, "", func() error {
 		v, err := a.readView(ctx)
 		if err != nil {
@@ -30,10 +32,14 @@ func (a *Allocator) changePools(ctx context.Context, op string, change func(s *p
 				return fmt.Errorf("ipam: %s: stored pools: %w: %w", op, ErrCorrupt, err)
 			}
 		}
-		if err := change(s); err != nil {
+		next := v.poolsVer + 1
+		switch err := change(s, next); {
+		case errors.Is(err, errUnchanged):
+			return nil
+		case err != nil:
 			return err
 		}
-		value, err := marshalPools(s)
+		value, err := marshalPools(s, next)
 		if err != nil {
 			return err
 		}
@@ -41,7 +47,11 @@ func (a *Allocator) changePools(ctx context.Context, op string, change func(s *p
 	})
 }
 
-// CreatePool validates p (after defaults) and adds it to the store. It
+// errUnchanged tells changePools that the pools need no write.
+var errUnchanged = errors.New("pools unchanged")
+
+// CreatePool validates p (after defaults) and adds it to the store, with
+// a new Version (p.Version is ignored). It
 // fails with ErrPoolExists if the name is taken and with a
 // *pool.ValidationError if p is invalid or overlaps any pool, disabled ones
 // included.
@@ -53,10 +63,11 @@ func (a *Allocator) changePools(ctx context.Context, op string, change func(s *p
 // still running makes it fail with the overlap instead).
 func (a *Allocator) CreatePool(ctx context.Context, p pool.Pool) error {
 	op := fmt.Sprintf("create pool %q", p.Name)
-	return a.changePools(ctx, op, func(s *pool.Set) error {
+	return a.changePools(ctx, op, func(s *pool.Set, version uint64) error {
 		if _, ok := s.Get(p.Name); ok {
 			return fmt.Errorf("ipam: %s: %w", op, ErrPoolExists)
 		}
+		p.Version = version
 		if err := s.Add(p); err != nil {
 			return fmt.Errorf("ipam: create pool: %w", err) // the error names the pool
 		}
@@ -128,6 +139,14 @@ func (a *Allocator) checkLeftovers(ctx context.Context, op string, p pool.Pool) 
 // UpdatePool replaces the pool named p.Name. The CIDR and block size never
 // change, and a LoadBalancer pool stays one.
 //
+// Start from the stored pool (Pool or Pools) and change what you need: p
+// replaces every field. The pool read carries its Version, and UpdatePool
+// changes the pool only while it is still that version; if anyone changed
+// it since (DisablePool, another UpdatePool, ...), it fails with an error
+// matching ErrPoolChanged and changes nothing, so an update made from an
+// old read cannot undo a newer change. Read the pool again and apply the
+// change again. A zero p.Version updates whatever is stored.
+//
 // A pool may become a LoadBalancer pool, as in Calico. What nodes hold in
 // it stays theirs: their addresses until released, and their blocks,
 // from which LoadBalancer requests may borrow (counted as Borrowed in
@@ -136,11 +155,18 @@ func (a *Allocator) checkLeftovers(ctx context.Context, op string, p pool.Pool) 
 // it.
 func (a *Allocator) UpdatePool(ctx context.Context, p pool.Pool) error {
 	op := fmt.Sprintf("update pool %q", p.Name)
-	return a.changePools(ctx, op, func(s *pool.Set) error {
-		if _, ok := s.Get(p.Name); !ok {
+	return a.changePools(ctx, op, func(s *pool.Set, version uint64) error {
+		old, ok := s.Get(p.Name)
+		if !ok {
 			return fmt.Errorf("ipam: %s: %w", op, ErrPoolNotFound)
 		}
-		if err := s.Update(p); err != nil {
+		if p.Version != 0 && p.Version != old.Version {
+			return fmt.Errorf("ipam: %s: %w: the update was made from version %d, and version %d is stored (read the pool again and apply the change again)",
+				op, ErrPoolChanged, p.Version, old.Version)
+		}
+		q := p
+		q.Version = version
+		if err := s.Update(q); err != nil {
 			if !p.CIDR.IsValid() {
 				// Most likely a pool with only the fields to change set.
 				return fmt.Errorf("ipam: update pool: %w (UpdatePool replaces the whole pool: start from Pool(ctx, %q) and change what you need)", err, p.Name)
@@ -166,7 +192,7 @@ func (a *Allocator) EnablePool(ctx context.Context, name string) error {
 // valid, it fails with ErrPoolNotFound, changing nothing, when the name
 // names a pool over another range.
 func (a *Allocator) setDisabled(ctx context.Context, name string, disabled bool, want netip.Prefix, op string) error {
-	return a.changePools(ctx, op, func(s *pool.Set) error {
+	return a.changePools(ctx, op, func(s *pool.Set, version uint64) error {
 		p, ok := s.Get(name)
 		switch {
 		case !ok:
@@ -175,10 +201,11 @@ func (a *Allocator) setDisabled(ctx context.Context, name string, disabled bool,
 			return fmt.Errorf("ipam: %s: %w: the pool over %s was replaced, and %q now names the pool over %s, which is kept",
 				op, ErrPoolNotFound, want, name, p.CIDR)
 		case p.Disabled == disabled:
-			return nil
+			return errUnchanged
 		}
 		q := *p
 		q.Disabled = disabled
+		q.Version = version
 		if err := s.Update(q); err != nil {
 			return fmt.Errorf("ipam: %s: %w", strings.Fields(op)[0]+" pool", err) // the error names the pool
 		}
@@ -212,7 +239,7 @@ func (a *Allocator) setDisabled(ctx context.Context, name string, disabled bool,
 func (a *Allocator) SplitPool(ctx context.Context, name string, into ...string) ([]pool.Pool, error) {
 	op := fmt.Sprintf("split pool %q", name)
 	var parts []pool.Pool
-	err := a.changePools(ctx, op, func(s *pool.Set) error {
+	err := a.changePools(ctx, op, func(s *pool.Set, version uint64) error {
 		p, ok := s.Get(name)
 		if !ok {
 			return fmt.Errorf("ipam: %s: %w", op, ErrPoolNotFound)
@@ -222,8 +249,9 @@ func (a *Allocator) SplitPool(ctx context.Context, name string, into ...string) 
 			return fmt.Errorf("ipam: split pool: %w", err) // the error names the pool
 		}
 		s.Remove(name)
-		for _, part := range parts {
-			if err := s.Add(part); err != nil {
+		for i := range parts {
+			parts[i].Version = version
+			if err := s.Add(parts[i]); err != nil {
 				return fmt.Errorf("ipam: %s: %w", op, err)
 			}
 		}
@@ -300,7 +328,7 @@ func (a *Allocator) DeletePool(ctx context.Context, name string) error {
 		return fmt.Errorf("ipam: delete pool %q: %w", name, err)
 	}
 	op := fmt.Sprintf("delete pool %q", name)
-	err = a.changePools(ctx, op, func(s *pool.Set) error {
+	err = a.changePools(ctx, op, func(s *pool.Set, _ uint64) error {
 		q, ok := s.Get(name)
 		if !ok {
 			return fmt.Errorf("ipam: %s: %w", op, ErrPoolNotFound)
@@ -396,7 +424,8 @@ func (a *Allocator) releaseAnyAffinity(ctx context.Context, blk netip.Prefix, af
 	return fmt.Errorf("ipam: release block %s: %w: its affinity kept changing", blk, ErrTooManyConflicts)
 }
 
-// Pools returns the pools in the store, in name order.
+// Pools returns the pools in the store, in name order, each with its
+// Version (see UpdatePool).
 func (a *Allocator) Pools(ctx context.Context) ([]pool.Pool, error) {
 	v, err := a.readView(ctx)
 	if err != nil {
@@ -410,8 +439,8 @@ func (a *Allocator) Pools(ctx context.Context) ([]pool.Pool, error) {
 	return out, nil
 }
 
-// Pool returns the pool with the given name, or an error matching
-// ErrPoolNotFound.
+// Pool returns the pool with the given name, with its Version (see
+// UpdatePool), or an error matching ErrPoolNotFound.
 func (a *Allocator) Pool(ctx context.Context, name string) (pool.Pool, error) {
 	v, err := a.readView(ctx)
 	if err != nil {

@@ -221,22 +221,32 @@ func FuzzKeys(f *testing.F) {
 func FuzzPoolAndConfigRecords(f *testing.F) {
 	f.Add([]byte(`{"pools":[{"name":"default","spec":{"cidr":"10.244.0.0/18","blockSize":26}}]}`))
 	f.Add([]byte(`{"pools":[{"name":"a","spec":{"cidr":"10.0.0.0/24"}},{"name":"b","spec":{"cidr":"10.0.0.0/25"}}]}`))
+	f.Add([]byte(`{"version":7,"pools":[{"name":"a","version":3,"spec":{"cidr":"10.0.0.0/24"}},{"name":"b","version":7,"spec":{"cidr":"10.1.0.0/24"}}]}`))
+	f.Add([]byte(`{"version":2,"pools":[{"name":"a","version":3,"spec":{"cidr":"10.0.0.0/24"}}]}`))
 	f.Add([]byte(`{"strictAffinity":true,"autoAllocateBlocks":false,"maxBlocksPerHost":3}`))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		_, _ = unmarshalConfig(data)
-		s, err := unmarshalPools(data)
+		s, ver, err := unmarshalPools(data)
 		if err != nil {
 			return
 		}
-		enc, err := marshalPools(s)
+		for _, p := range s.All() {
+			if p.Version > ver {
+				t.Fatalf("pool %q has version %d, after the record's %d", p.Name, p.Version, ver)
+			}
+		}
+		enc, err := marshalPools(s, ver)
 		if err != nil {
 			t.Fatal(err)
 		}
-		s2, err := unmarshalPools(enc)
+		s2, ver2, err := unmarshalPools(enc)
 		if err != nil {
 			t.Fatalf("re-decoding %s: %v", enc, err)
 		}
-		enc2, _ := marshalPools(s2)
+		if ver2 != ver {
+			t.Fatalf("record version %d decoded as %d", ver, ver2)
+		}
+		enc2, _ := marshalPools(s2, ver2)
 		if !bytes.Equal(enc, enc2) {
 			t.Fatalf("pool record not stable:\n%s\n%s", enc, enc2)
 		}

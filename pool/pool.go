@@ -107,6 +107,15 @@ type Pool struct {
 	// Name identifies the pool (metadata.name in a manifest). It must be a
 	// DNS subdomain: lowercase letters, digits, '-' and '.'.
 	Name string `json:"-"`
+	// Version identifies one stored version of the pool, as
+	// metadata.resourceVersion does in Calico. The ipam package sets it on
+	// every pool it returns and gives the pool a new one with every
+	// change, never the same one twice (not even after a deletion), and
+	// [github.com/carve-ipam/carve/ipam.Allocator.UpdatePool] with a
+	// non-zero Version changes the pool only if it is still that version.
+	// Zero means no check. Validation ignores it, and manifests do not
+	// carry it.
+	Version uint64 `json:"-"`
 	// CIDR is the pool's address range. It must be masked (no host bits set).
 	CIDR netip.Prefix `json:"cidr"`
 	// BlockSize is the prefix length of the blocks the pool is carved into:
@@ -147,13 +156,14 @@ type Pool struct {
 // selectors it caches, which would print as pointers: a pool prints the
 // same whether or not it has been through WithDefaults or a Set.
 func (p Pool) String() string {
-	return fmt.Sprintf("%+v", poolFields{p.Name, p.CIDR, p.BlockSize, p.NodeSelector, p.NamespaceSelector, p.Disabled,
+	return fmt.Sprintf("%+v", poolFields{p.Name, p.Version, p.CIDR, p.BlockSize, p.NodeSelector, p.NamespaceSelector, p.Disabled,
 		p.AllowedUses, p.AssignmentMode, p.IPIPMode, p.VXLANMode, p.NATOutgoing, p.DisableBGPExport})
 }
 
 // poolFields is Pool's exported fields, for String.
 type poolFields struct {
 	Name              string
+	Version           uint64
 	CIDR              netip.Prefix
 	BlockSize         int
 	NodeSelector      string

@@ -290,7 +290,7 @@ func hundredPools(t testing.TB) *pool.Set {
 // and every exported field is printed.
 func TestPoolString(t *testing.T) {
 	p := pool.Pool{Name: "a", CIDR: netip.MustParsePrefix("10.0.0.0/24")}.WithDefaults()
-	want := "{Name:a CIDR:10.0.0.0/24 BlockSize:26 NodeSelector:all() NamespaceSelector: Disabled:false " +
+	want := "{Name:a Version:0 CIDR:10.0.0.0/24 BlockSize:26 NodeSelector:all() NamespaceSelector: Disabled:false " +
 		"AllowedUses:[Workload Tunnel] AssignmentMode:Automatic IPIPMode:Never VXLANMode:Never NATOutgoing:false DisableBGPExport:false}"
 	require.Equal(t, want, fmt.Sprint(p))
 	require.Equal(t, want, fmt.Sprintf("%+v", p))

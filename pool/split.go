@@ -11,8 +11,8 @@ import (
 
 // Split divides p into len(names) pools of equal size, Calico's calicoctl
 // ipam split: part i covers the i-th part of p's CIDR, in address order,
-// and is called names[i]. Every other field is p's (with defaults
-// applied), so each part carves its range into exactly the blocks p carved
+// and is called names[i]. Every other field but Version (zero: each part
+// is a new pool) is p's (with defaults applied), so each part carves its range into exactly the blocks p carved
 // there, and every block of p lies in exactly one part. One of the names
 // may be p's own.
 //
@@ -59,6 +59,7 @@ func (p Pool) Split(names ...string) ([]Pool, error) {
 	for i := range parts {
 		part := q
 		part.Name = names[i]
+		part.Version = 0 // a new pool, not a version of p
 		part.CIDR, _ = ipmath.PrefixAt(q.CIDR, partBits, ipmath.U64(uint64(i)))
 		part.AllowedUses = slices.Clone(q.AllowedUses)
 		parts[i] = part
