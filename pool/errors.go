@@ -95,8 +95,9 @@ func (e *ValidationError) Unwrap() []error {
 
 // problems collects the FieldErrors of one pool.
 type problems struct {
-	pool string
-	list []*FieldError
+	pool   string
+	list   []*FieldError
+	update bool // checking an update of a stored pool: cidr and blockSize are fixed
 }
 
 func (ps *problems) add(kind error, field, value, reason string) {

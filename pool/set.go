@@ -88,7 +88,7 @@ func (s *Set) Add(p Pool) error {
 // [Pool.Validate]). Since the CIDR cannot change, no overlap can appear.
 func (s *Set) Update(p Pool) error {
 	q := p.WithDefaults()
-	ps := problems{pool: q.Name}
+	ps := problems{pool: q.Name, update: true}
 	i, ok := s.nameIndex(q.Name)
 	if !ok {
 		ps.add(ErrNotFound, "name", strconv.Quote(q.Name), "is not in the set")

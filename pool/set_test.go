@@ -179,6 +179,23 @@ func TestSetAddErrors(t *testing.T) {
 	require.False(t, s.Remove("ghost"))
 }
 
+// TestSetUpdateSubBlockPool: a disabled pool smaller than one block can
+// stay in a set, and enabling it is refused with an error that says what
+// can be done: not a blockSize change, which no update may make.
+func TestSetUpdateSubBlockPool(t *testing.T) {
+	var s pool.Set
+	tiny := v4("tiny", "10.0.0.0/28")
+	tiny.Disabled = true
+	require.NoError(t, s.Add(tiny))
+	tiny.Disabled = false
+	err := s.Update(tiny)
+	require.ErrorIs(t, err, pool.ErrBlockSize)
+	require.EqualError(t, err, `pool "tiny": cidr 10.0.0.0/28 is smaller than one block (blockSize 26); only a disabled pool may be, `+
+		`and blockSize cannot change: to use the range, delete the pool and create one with blockSize 28 or more`)
+	got, _ := s.Get("tiny")
+	require.True(t, got.Disabled, "the set is unchanged")
+}
+
 func TestSetStoresItsOwnCopy(t *testing.T) {
 	var s pool.Set
 	p := v4("a", "10.0.0.0/16")

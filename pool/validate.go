@@ -154,8 +154,12 @@ func validateBlockSize(ps *problems, p *Pool, fam Family) {
 		return
 	}
 	if !p.Disabled && p.CIDR.Bits() > bs {
+		fix := fmt.Sprintf("an enabled one needs blockSize %d or more", p.CIDR.Bits())
+		if ps.update {
+			fix = fmt.Sprintf("and blockSize cannot change: to use the range, delete the pool and create one with blockSize %d or more", p.CIDR.Bits())
+		}
 		ps.add(ErrBlockSize, "cidr", p.CIDR.String(),
-			fmt.Sprintf("is smaller than one block (blockSize %d); only a disabled pool may be, an enabled one needs blockSize %d or more", bs, p.CIDR.Bits()))
+			fmt.Sprintf("is smaller than one block (blockSize %d); only a disabled pool may be, %s", bs, fix))
 	}
 }
 
