@@ -72,6 +72,9 @@ func TestCorruptPoolRecordIsErrCorrupt(t *testing.T) {
 	for name, value := range map[string]string{
 		"not JSON":        `{"pools": [`,
 		"an invalid pool": `{"pools": [{"name": "p", "spec": {"cidr": "10.0.0.1/24"}}]}`,
+		// A later version than the record has given: the next change would
+		// give it again.
+		"a pool's version after the record's": `{"version": 1, "pools": [{"name": "p", "version": 2, "spec": {"cidr": "10.0.0.0/24"}}]}`,
 	} {
 		t.Run(name, func(t *testing.T) {
 			e := newEnv(t, v4pool("p", "10.0.0.0/24", 26))
