@@ -28,7 +28,9 @@
 // sets Partial; failures are an [*AssignError] saying what was short and
 // why. [Allocator.AssignIP] assigns one given address, and
 // [Allocator.AssignIPs] several under one handle, all or none (a pod's
-// fixed IPv4 and IPv6 addresses).
+// fixed IPv4 and IPv6 addresses). [Allocator.EnsureBlock] gives a node
+// its block of each family before its first address, claiming one by
+// steps 1 and 3 when it holds none (Calico's EnsureBlock).
 //
 // LoadBalancer addresses (use [pool.UseLoadBalancer], from LoadBalancer
 // pools only) belong to no node: a request for them names none, and their

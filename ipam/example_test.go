@@ -189,6 +189,33 @@ func ExampleAllocator_UpdatePool() {
 	// nodeSelector zone == "a", disabled true
 }
 
+// A node gets its blocks when it joins, before its first pod (for routes
+// set up ahead, or a Windows node's network); its pods' addresses then
+// come from them.
+func ExampleAllocator_EnsureBlock() {
+	ctx := context.Background()
+	a, _ := ipam.New(memstore.New(), ipam.Options{})
+	_ = a.CreatePool(ctx, pool.Pool{Name: "default-ipv4-ippool", CIDR: netip.MustParsePrefix("10.244.0.0/18")})
+	_ = a.CreatePool(ctx, pool.Pool{Name: "default-ipv6-ippool", CIDR: netip.MustParsePrefix("fd00:10:244::/48")})
+
+	v4, v6, err := a.EnsureBlock(ctx, ipam.EnsureBlockArgs{Node: "node-1", IPv4: true, IPv6: true})
+	if err != nil {
+		panic(err)
+	}
+	fmt.Println("node-1 blocks:", v4, v6)
+	again, _, _ := a.EnsureBlock(ctx, ipam.EnsureBlockArgs{Node: "node-1", IPv4: true})
+	fmt.Println("again:", again)
+
+	res, _ := a.AutoAssign(ctx, ipam.AutoAssignArgs{Num4: 1, Num6: 1, Handle: "pod-a", Node: "node-1"})
+	fmt.Println("pod-a:", res.IPv4[0].Addr, "in", res.IPv4[0].Block)
+	fmt.Println("pod-a:", res.IPv6[0].Addr, "in", res.IPv6[0].Block)
+	// Output:
+	// node-1 blocks: 10.244.4.64/26 fd00:10:244:8f43:560c:5020:fa3e:4440/122
+	// again: 10.244.4.64/26
+	// pod-a: 10.244.4.64 in 10.244.4.64/26
+	// pod-a: fd00:10:244:8f43:560c:5020:fa3e:4440 in fd00:10:244:8f43:560c:5020:fa3e:4440/122
+}
+
 // LoadBalancer addresses come from LoadBalancer pools, into blocks of the
 // virtual owner "load-balancer" rather than of a node: the request names
 // no node.

@@ -287,7 +287,17 @@ func fuzzCall(ctx context.Context, a *ipam.Allocator, in *bytesIn) (string, erro
 		return "utilization", err
 	case 9:
 		node, cidr := in.str(fuzzNodes...), in.prefix()
-		switch in.pick(5) {
+		switch in.pick(6) {
+		case 4:
+			args := ipam.EnsureBlockArgs{Node: node, NodeLabels: in.labels(), IPv4: in.pick(2) == 0, IPv6: in.pick(2) == 0}
+			if in.pick(3) == 0 {
+				args.IPv6Pools = []string{in.str(fuzzPoolNames...)}
+			}
+			if in.pick(4) == 0 {
+				args.ReserveFirst, args.ReserveLast = in.count(), in.pick(3)
+			}
+			_, _, err := a.EnsureBlock(ctx, args)
+			return "ensure block", err
 		case 0:
 			_, err := a.ClaimAffinity(ctx, node, cidr)
 			return "release claim affinity", err // claims what it can, reports the rest

@@ -507,6 +507,53 @@ func (m *machine) ReleaseAffinity(t *rapid.T) {
 	}
 }
 
+// EnsureBlock: a block returned is the node's, of the family asked for,
+// in an enabled workload pool; a failure leaves the node's blocks as they
+// were.
+func (m *machine) EnsureBlock(t *rapid.T) {
+	node := m.node(t)
+	is4 := rapid.Bool().Draw(t, "v4")
+	args := ipam.EnsureBlockArgs{Node: node, IPv4: is4, IPv6: !is4 || rapid.Bool().Draw(t, "both")}
+	before := m.blocksOf(t, block.Host(node))
+	v4, v6, err := m.alloc(t).EnsureBlock(t.Context(), args)
+	if err != nil {
+		require.True(t, errors.Is(err, ipam.ErrNoSpace) || errors.Is(err, pool.ErrNoPool), "%v", err)
+		require.Equal(t, before, m.blocksOf(t, block.Host(node)), "a failed EnsureBlock changed the node's blocks")
+		return
+	}
+	require.Equal(t, args.IPv4, v4.IsValid())
+	require.Equal(t, args.IPv6, v6.IsValid())
+	after := m.blocksOf(t, block.Host(node))
+	for _, blk := range []netip.Prefix{v4, v6} {
+		if !blk.IsValid() {
+			continue
+		}
+		require.Contains(t, after, blk, "the block returned is the node's")
+		live := false
+		for name, p := range m.shape {
+			if m.live[name] && m.enabled[name] && p.CIDR.Contains(blk.Addr()) {
+				live = !p.Allows(pool.UseLoadBalancer)
+			}
+		}
+		require.True(t, live, "block %s of no enabled workload pool", blk)
+	}
+}
+
+// blocksOf lists the blocks affine to aff, per the block records.
+func (m *machine) blocksOf(t *rapid.T, aff block.Affinity) []netip.Prefix {
+	recs, err := m.store.List(t.Context(), ipam.KindBlock, ipam.KeyRange{})
+	require.NoError(t, err)
+	var out []netip.Prefix
+	for _, r := range recs {
+		var b block.Block
+		require.NoError(t, b.UnmarshalBinary(r.Value), "block %s", r.Key)
+		if b.Affinity() == aff {
+			out = append(out, b.Prefix())
+		}
+	}
+	return out
+}
+
 func (m *machine) TogglePool(t *rapid.T) {
 	p := machinePools[rapid.IntRange(0, len(machinePools)-1).Draw(t, "pool")]
 	if !m.live[p.Name] {
