@@ -449,18 +449,12 @@ func checkAutoAssign(args AutoAssignArgs, knownNode bool) error {
 		return invalid(op, "count (%d IPv4, %d IPv6) above the limit of %d per family", args.Num4, args.Num6, MaxAssign)
 	case args.Num4 == 0 && args.Num6 == 0:
 		return invalid(op, "no addresses asked for")
-	case args.ReserveFirst < 0 || args.ReserveLast < 0 || args.ReserveFirst > MaxHostReserved || args.ReserveLast > MaxHostReserved:
-		return invalid(op, "reserved addresses per block (first %d, last %d) outside 0..%d", args.ReserveFirst, args.ReserveLast, MaxHostReserved)
+	}
+	if err := checkClaimArgs(op, args.ReserveFirst, args.ReserveLast, args.IPv4Pools, args.IPv6Pools); err != nil {
+		return err
 	}
 	if err := checkHandle(op, args.Handle); err != nil {
 		return err
-	}
-	if len(args.IPv4Pools)+len(args.IPv6Pools) > 0 {
-		for _, names := range [2][]string{args.IPv4Pools, args.IPv6Pools} {
-			if slices.Contains(names, "") {
-				return invalid(op, "an empty pool name in %q", names)
-			}
-		}
 	}
 	if !knownNode {
 		if err := checkRequestNode(op, args.Node); err != nil {
@@ -471,6 +465,20 @@ func checkAutoAssign(args AutoAssignArgs, knownNode bool) error {
 		return err
 	}
 	return checkNodeForUse(op, args.Use, args.Node) // the attributes are checked as they are copied: ownerAttrs
+}
+
+// checkClaimArgs checks what AutoAssign and EnsureBlock requests share:
+// the addresses to reserve in each block claimed, and the pools named.
+func checkClaimArgs(op string, reserveFirst, reserveLast int, pools4, pools6 []string) error {
+	if reserveFirst < 0 || reserveLast < 0 || reserveFirst > MaxHostReserved || reserveLast > MaxHostReserved {
+		return invalid(op, "reserved addresses per block (first %d, last %d) outside 0..%d", reserveFirst, reserveLast, MaxHostReserved)
+	}
+	for _, names := range [2][]string{pools4, pools6} {
+		if slices.Contains(names, "") {
+			return invalid(op, "an empty pool name in %q", names)
+		}
+	}
+	return nil
 }
 
 // checkRequestNode checks the node of a request for a node's addresses,

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"slices"
 
 	"github.com/carve-ipam/carve/block"
 	"github.com/carve-ipam/carve/pool"
@@ -107,16 +106,11 @@ func (a *Allocator) EnsureBlock(ctx context.Context, args EnsureBlockArgs) (v4, 
 
 // checkEnsureBlock checks EnsureBlock's args.
 func checkEnsureBlock(op string, args EnsureBlockArgs) error {
-	switch {
-	case !args.IPv4 && !args.IPv6:
+	if !args.IPv4 && !args.IPv6 {
 		return invalid(op, "no family asked for (set IPv4, IPv6 or both)")
-	case args.ReserveFirst < 0 || args.ReserveLast < 0 || args.ReserveFirst > MaxHostReserved || args.ReserveLast > MaxHostReserved:
-		return invalid(op, "reserved addresses per block (first %d, last %d) outside 0..%d", args.ReserveFirst, args.ReserveLast, MaxHostReserved)
 	}
-	for _, names := range [2][]string{args.IPv4Pools, args.IPv6Pools} {
-		if slices.Contains(names, "") {
-			return invalid(op, "an empty pool name in %q", names)
-		}
+	if err := checkClaimArgs(op, args.ReserveFirst, args.ReserveLast, args.IPv4Pools, args.IPv6Pools); err != nil {
+		return err
 	}
 	return checkRequestNode(op, args.Node)
 }
