@@ -286,7 +286,9 @@ func (v *view) reservesIn(pools []*pool.Pool) bool {
 // as JSON, so the record reads like the manifests users write. Version is
 // the last pool.Pool.Version given to a pool: each write that changes pools
 // gives them the next one, so a version never repeats, whatever pools are
-// deleted.
+// deleted. A pool without a version (a record carve wrote before pools had
+// versions, or a pool no write has changed since) reads as version 1: no
+// write gives 1 to a pool of such a record, whose next write gives 2.
 type poolsRecord struct {
 	Version uint64         `json:"version,omitempty"`
 	Pools   []poolResource `json:"pools"`
@@ -308,12 +310,15 @@ func marshalPools(s *pool.Set, version uint64) ([]byte, error) {
 }
 
 // unmarshalPools decodes a pool record: the set and the record's version.
+// Every pool it returns has a non-zero version (see poolsRecord), so that
+// an update made from it is conditional.
 func unmarshalPools(data []byte) (*pool.Set, uint64, error) {
 	var rec poolsRecord
 	if err := json.Unmarshal(data, &rec); err != nil {
 		return nil, 0, fmt.Errorf("ipam: pool record: %w: %w", ErrCorrupt, err)
 	}
 	s := new(pool.Set)
+	version := rec.Version
 	for _, r := range rec.Pools {
 		p := r.Spec
 		p.Name = r.Name
@@ -321,12 +326,16 @@ func unmarshalPools(data []byte) (*pool.Set, uint64, error) {
 		if p.Version > rec.Version {
 			return nil, 0, fmt.Errorf("ipam: pool record: %w: pool %q has version %d, after the record's %d", ErrCorrupt, r.Name, r.Version, rec.Version)
 		}
+		if p.Version == 0 {
+			p.Version = 1
+			version = max(version, 1)
+		}
 		if err := s.Add(p); err != nil {
 			// Not wrapped: the stored pool is at fault, not the caller's.
 			return nil, 0, fmt.Errorf("ipam: pool record: %w: %v", ErrCorrupt, err)
 		}
 	}
-	return s, rec.Version, nil
+	return s, version, nil
 }
 
 // Config returns the configuration in force: the stored one, or

@@ -9,6 +9,52 @@ import (
 	"github.com/carve-ipam/carve/ipam"
 )
 
+// legacyPoolRecord is a pool record as carve wrote it before pools had
+// versions: neither the record nor its pools carry one.
+const legacyPoolRecord = `{"pools":[` +
+	`{"name":"p","spec":{"cidr":"10.0.0.0/24","blockSize":26}},` +
+	`{"name":"q","spec":{"cidr":"10.1.0.0/24","blockSize":26}}]}`
+
+// TestReviewLegacyPoolRecordVersions: a store written before pools had
+// versions (an etcd store carve is upgraded on) gives its pools a version
+// too, so that an update made from a read of one is conditional: here, a
+// controller's update from a read taken before another process disabled
+// the pool must not enable it again. A pool nobody changed keeps the
+// version read, and no version is given twice.
+func TestReviewLegacyPoolRecordVersions(t *testing.T) {
+	e := newEnv(t)
+	_, err := e.store.Create(e.ctx, ipam.KindPool, "default", []byte(legacyPoolRecord))
+	require.NoError(t, err)
+
+	p, err := e.a.Pool(e.ctx, "p")
+	require.NoError(t, err)
+	require.NotZero(t, p.Version, "a pool read from a record without versions has one")
+	q, err := e.a.Pool(e.ctx, "q")
+	require.NoError(t, err)
+	require.NotZero(t, q.Version)
+
+	require.NoError(t, e.allocator().DisablePool(e.ctx, "p"), "another process disables the pool")
+	disabled, err := e.a.Pool(e.ctx, "p")
+	require.NoError(t, err)
+	require.NotEqual(t, p.Version, disabled.Version)
+
+	p.NodeSelector = `rack == "r1"`
+	require.ErrorIs(t, e.a.UpdatePool(e.ctx, p), ipam.ErrPoolChanged, "an update from a read before the disable")
+	got, err := e.a.Pool(e.ctx, "p")
+	require.NoError(t, err)
+	require.True(t, got.Disabled, "the pool stays disabled")
+
+	again, err := e.a.Pool(e.ctx, "q")
+	require.NoError(t, err)
+	require.Equal(t, q.Version, again.Version, "q was not changed: its version stands")
+	q.NodeSelector = `rack == "r2"`
+	require.NoError(t, e.a.UpdatePool(e.ctx, q), "an update of q from its read before p's change")
+	q2, err := e.a.Pool(e.ctx, "q")
+	require.NoError(t, err)
+	require.NotEqual(t, q.Version, q2.Version)
+	require.NotEqual(t, disabled.Version, q2.Version)
+}
+
 // TestReviewSplitPartsAsStored: SplitPool returns its parts exactly as Pool
 // reads them afterwards, Version included.
 func TestReviewSplitPartsAsStored(t *testing.T) {
