@@ -26,8 +26,10 @@ func (p Pool) MarshalJSON() ([]byte, error) {
 	}{cidr, plain(p)})
 }
 
-// UnmarshalJSON decodes the spec of a Calico IPPool into p, leaving Name
-// alone. Field names are matched exactly (Calico's are case-sensitive). A
+// UnmarshalJSON decodes the spec of a Calico IPPool into p, leaving what
+// is not spec alone: Name, and Version, so that a pool read from the store
+// with a new spec decoded into it still updates only the version read.
+// Field names are matched exactly (Calico's are case-sensitive). A
 // field that Calico's IPPool spec does not have is an error, not ignored: a
 // misspelt "blocksize" would otherwise silently give the default block size,
 // and a pool's block size can never be changed afterwards. So are the APIv1
@@ -42,7 +44,7 @@ func (p *Pool) UnmarshalJSON(data []byte) error {
 	if err != nil {
 		return fmt.Errorf("spec: %w", err)
 	}
-	q := Pool{Name: p.Name}
+	q := Pool{Name: p.Name, Version: p.Version}
 	for _, f := range fields {
 		if err := q.setField(f.Key, f.Value); err != nil {
 			return fmt.Errorf("spec.%s: %w", f.Key, err)
