@@ -102,7 +102,9 @@ const DefaultNodeSelector = "all()"
 // A Pool also keeps its parsed selectors (filled by WithDefaults and by
 // Set), so reflect.DeepEqual, and testify's Equal, see two pools with the
 // same fields as different when only one of them has been through
-// WithDefaults; compare both after WithDefaults, or field by field.
+// WithDefaults; compare both after WithDefaults, or field by field. A pool
+// read from the ipam package also has a Version, which a pool decoded from
+// a manifest lacks: set it aside to compare specs.
 type Pool struct {
 	// Name identifies the pool (metadata.name in a manifest). It must be a
 	// DNS subdomain: lowercase letters, digits, '-' and '.'.
