@@ -162,3 +162,29 @@ func TestReviewDisableRacingDeletePool(t *testing.T) {
 		require.ErrorIs(t, err, ipam.ErrPoolNotFound)
 	}
 }
+
+// TestReviewConditionalUpdateDuringPoolDeletion: TestUpdateDuringPoolDeletion
+// with the update made from the read, Version and all, that a controller
+// took before DeletePool began: it is refused, so it cannot enable the pool
+// again, and the deletion completes.
+func TestReviewConditionalUpdateDuringPoolDeletion(t *testing.T) {
+	e := newEnv(t, v4pool("p", "10.0.0.0/24", 26))
+	e.mustAssign4("node-a", "h-a", 1)
+	read, err := e.a.Pool(e.ctx, "p")
+	require.NoError(t, err)
+	var once sync.Once
+	var updateErr error
+	rs := &readHookStore{hookStore{Store: e.store}}
+	rs.hook = func(op string, kind ipam.Kind, key string) {
+		if op == "listed" && kind == ipam.KindBlock {
+			once.Do(func() { updateErr = e.a.UpdatePool(e.ctx, read) })
+		}
+	}
+	deleter, err := ipam.New(rs, ipam.Options{})
+	require.NoError(t, err)
+	require.NoError(t, deleter.DeletePool(e.ctx, "p"))
+	require.ErrorIs(t, updateErr, ipam.ErrPoolChanged)
+	_, err = e.a.Pool(e.ctx, "p")
+	require.ErrorIs(t, err, ipam.ErrPoolNotFound)
+	requireNoAffineBlocks(t, e)
+}
