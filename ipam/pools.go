@@ -1,7 +1,9 @@
 package ipam
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -145,7 +147,8 @@ func (a *Allocator) checkLeftovers(ctx context.Context, op string, p pool.Pool) 
 // it since (DisablePool, another UpdatePool, ...), it fails with an error
 // matching ErrPoolChanged and changes nothing, so an update made from an
 // old read cannot undo a newer change. Read the pool again and apply the
-// change again. A zero p.Version updates whatever is stored.
+// change again. A zero p.Version updates whatever is stored. An update
+// that changes nothing writes nothing and keeps the version.
 //
 // A pool may become a LoadBalancer pool, as in Calico. What nodes hold in
 // it stays theirs: their addresses until released, and their blocks,
@@ -164,6 +167,12 @@ func (a *Allocator) UpdatePool(ctx context.Context, p pool.Pool) error {
 			return fmt.Errorf("ipam: %s: %w: the update was made from version %d, and version %d is stored (read the pool again and apply the change again)",
 				op, ErrPoolChanged, p.Version, old.Version)
 		}
+		if sameSpec(p, *old) {
+			// Nothing to change: no write, and the version stays, so
+			// updates made from a read of it still apply (a manifest
+			// applied again and again, say).
+			return errUnchanged
+		}
 		q := p
 		q.Version = version
 		if err := s.Update(q); err != nil {
@@ -175,6 +184,17 @@ func (a *Allocator) UpdatePool(ctx context.Context, p pool.Pool) error {
 		}
 		return nil
 	})
+}
+
+// sameSpec reports whether p and q have the same spec, defaults applied:
+// the same encoding, which leaves out Name and Version.
+func sameSpec(p, q pool.Pool) bool {
+	a, err := json.Marshal(p.WithDefaults())
+	if err != nil {
+		return false
+	}
+	b, err := json.Marshal(q.WithDefaults())
+	return err == nil && bytes.Equal(a, b)
 }
 
 // DisablePool stops new assignments from the pool. Addresses assigned from

@@ -119,8 +119,8 @@ func TestPoolVersions(t *testing.T) {
 	require.ErrorIs(t, e.a.UpdatePool(e.ctx, old), ipam.ErrPoolChanged, "a read from before the split")
 }
 
-// TestPoolNoChangeNoWrite: disabling a disabled pool, or enabling an
-// enabled one, writes nothing, so it neither costs a write nor changes the
+// TestPoolNoChangeNoWrite: disabling a disabled pool, enabling an enabled
+// one, or updating a pool to the spec it has, writes nothing, so it neither costs a write nor changes the
 // pool's version (which would refuse updates made from a read that is
 // still right).
 func TestPoolNoChangeNoWrite(t *testing.T) {
@@ -144,6 +144,20 @@ func TestPoolNoChangeNoWrite(t *testing.T) {
 	after, err = e.store.Get(e.ctx, ipam.KindPool, "default")
 	require.NoError(t, err)
 	require.Equal(t, before.Revision, after.Revision)
+
+	// An update to the spec stored (a manifest applied again, without a
+	// version, and with its defaults left out) writes nothing either, so
+	// an update made from an earlier read still applies.
+	read, err = e.a.Pool(e.ctx, "p")
+	require.NoError(t, err)
+	same := v4pool("p", "10.0.0.0/24", 26)
+	same.NodeSelector, same.Disabled = `rack == "r1"`, true
+	require.NoError(t, e.allocator().UpdatePool(e.ctx, same))
+	after, err = e.store.Get(e.ctx, ipam.KindPool, "default")
+	require.NoError(t, err)
+	require.Equal(t, before.Revision, after.Revision, "the same spec again is not written")
+	read.NamespaceSelector = "all()"
+	require.NoError(t, e.a.UpdatePool(e.ctx, read), "the read is still the stored version")
 }
 
 // TestPoolUpdatesNotLost: allocators that each read a pool, change it and

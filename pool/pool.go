@@ -112,7 +112,8 @@ type Pool struct {
 	// Version identifies one stored version of the pool, as
 	// metadata.resourceVersion does in Calico. The ipam package sets it on
 	// every pool it returns and gives the pool a new one with every
-	// change, never the same one twice (not even after a deletion), and
+	// change, never the same one twice (not even after a deletion; unless
+	// the store itself is rolled back, to an older snapshot say), and
 	// [github.com/carve-ipam/carve/ipam.Allocator.UpdatePool] with a
 	// non-zero Version changes the pool only if it is still that version.
 	// Zero means no check. Validation ignores it, and manifests do not
