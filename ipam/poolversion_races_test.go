@@ -15,13 +15,13 @@ const legacyPoolRecord = `{"pools":[` +
 	`{"name":"p","spec":{"cidr":"10.0.0.0/24","blockSize":26}},` +
 	`{"name":"q","spec":{"cidr":"10.1.0.0/24","blockSize":26}}]}`
 
-// TestReviewLegacyPoolRecordVersions: a store written before pools had
+// TestLegacyPoolRecordVersions: a store written before pools had
 // versions (an etcd store carve is upgraded on) gives its pools a version
 // too, so that an update made from a read of one is conditional: here, a
 // controller's update from a read taken before another process disabled
 // the pool must not enable it again. A pool nobody changed keeps the
 // version read, and no version is given twice.
-func TestReviewLegacyPoolRecordVersions(t *testing.T) {
+func TestLegacyPoolRecordVersions(t *testing.T) {
 	e := newEnv(t)
 	_, err := e.store.Create(e.ctx, ipam.KindPool, "default", []byte(legacyPoolRecord))
 	require.NoError(t, err)
@@ -55,9 +55,9 @@ func TestReviewLegacyPoolRecordVersions(t *testing.T) {
 	require.NotEqual(t, disabled.Version, q2.Version)
 }
 
-// TestReviewSplitPartsAsStored: SplitPool returns its parts exactly as Pool
+// TestSplitPartsAsStored: SplitPool returns its parts exactly as Pool
 // reads them afterwards, Version included.
-func TestReviewSplitPartsAsStored(t *testing.T) {
+func TestSplitPartsAsStored(t *testing.T) {
 	e := newEnv(t, v4pool("a", "10.0.0.0/24", 26))
 	parts, err := e.a.SplitPool(e.ctx, "a", "a", "b")
 	require.NoError(t, err)
@@ -69,11 +69,11 @@ func TestReviewSplitPartsAsStored(t *testing.T) {
 	}
 }
 
-// TestReviewUpdatesFromOneRead: of allocators that each update a pool from
+// TestUpdatesFromOneRead: of allocators that each update a pool from
 // the same read, exactly one succeeds; the others fail with ErrPoolChanged.
 // The same holds with a DisablePool and a SplitPool in the mix: a conditional
 // update from the read that lost to them changes nothing.
-func TestReviewUpdatesFromOneRead(t *testing.T) {
+func TestUpdatesFromOneRead(t *testing.T) {
 	for round := range 20 {
 		e := newEnv(t, v4pool("p", "10.0.0.0/24", 26), v4pool("other", "10.1.0.0/24", 26))
 		read, err := e.a.Pool(e.ctx, "p")
@@ -140,11 +140,11 @@ func TestReviewUpdatesFromOneRead(t *testing.T) {
 	}
 }
 
-// TestReviewDisableRacingDeletePool: a DisablePool that lands between
+// TestDisableRacingDeletePool: a DisablePool that lands between
 // DeletePool's read and its own disable leaves the deletion's disable
 // nothing to write; the deletion still completes, and no error of its
 // unchanged write leaks.
-func TestReviewDisableRacingDeletePool(t *testing.T) {
+func TestDisableRacingDeletePool(t *testing.T) {
 	for range 20 {
 		e := newEnv(t, v4pool("p", "10.0.0.0/24", 26))
 		e.mustAssign4("node-1", "h1", 1)
@@ -163,11 +163,11 @@ func TestReviewDisableRacingDeletePool(t *testing.T) {
 	}
 }
 
-// TestReviewConditionalUpdateDuringPoolDeletion: TestUpdateDuringPoolDeletion
+// TestConditionalUpdateDuringPoolDeletion: TestUpdateDuringPoolDeletion
 // with the update made from the read, Version and all, that a controller
 // took before DeletePool began: it is refused, so it cannot enable the pool
 // again, and the deletion completes.
-func TestReviewConditionalUpdateDuringPoolDeletion(t *testing.T) {
+func TestConditionalUpdateDuringPoolDeletion(t *testing.T) {
 	e := newEnv(t, v4pool("p", "10.0.0.0/24", 26))
 	e.mustAssign4("node-a", "h-a", 1)
 	read, err := e.a.Pool(e.ctx, "p")
