@@ -55,8 +55,10 @@ type EnsureBlockArgs struct {
 // name no pool has). Bad arguments fail with ErrInvalid.
 //
 // It is all or nothing: when one family fails, a block it claimed for the
-// other is given up again. As for AutoAssign, the node's empty blocks in
-// enabled pools that no longer select it are given up once it succeeds.
+// other is given up again (if the store fails that, the error is the
+// store's, not ErrNoSpace, as for AutoAssign). As for AutoAssign, the
+// node's empty blocks in enabled pools that no longer select it are given
+// up once it succeeds.
 // Two calls at once for one node may each claim a block, as two
 // AutoAssigns may; the node then holds both.
 func (a *Allocator) EnsureBlock(ctx context.Context, args EnsureBlockArgs) (v4, v6 netip.Prefix, err error) {
@@ -96,7 +98,13 @@ func (a *Allocator) EnsureBlock(ctx context.Context, args EnsureBlockArgs) (v4, 
 			continue
 		}
 		if got[i], err = a.ensureBlock(ctx, &o, fam, pools[i]); err != nil {
-			_ = a.rollback(ctx, &o, AutoAssignResult{}) // gives up what it claimed; best effort
+			// Give up what it claimed. After a store error, best effort; after
+			// a clean failure (no space), a rollback that fails is the error,
+			// as for AutoAssign: a block claimed may still be the node's, and
+			// ErrNoSpace alone would say that nothing changed.
+			if rerr := a.rollback(ctx, &o, AutoAssignResult{}); rerr != nil && errors.Is(err, ErrNoSpace) {
+				err = fmt.Errorf("%v; giving up the blocks claimed: %w", err, rerr)
+			}
 			return netip.Prefix{}, netip.Prefix{}, fmt.Errorf("ipam: %s for node %q: %s: %w", op, args.Node, fam, err)
 		}
 	}
