@@ -120,7 +120,7 @@ func checkEnsureBlock(op string, args EnsureBlockArgs) error {
 	if err := checkClaimArgs(op, args.ReserveFirst, args.ReserveLast, args.IPv4Pools, args.IPv6Pools); err != nil {
 		return err
 	}
-	return checkRequestNode(op, args.Node)
+	return checkNode(op, args.Node) // not checkRequestNode: no Use to point to
 }
 
 // ensureBlock is EnsureBlock for one family and its pools, in order: the

@@ -176,3 +176,14 @@ func TestEnsureBlockCancelledLeavesNothing(t *testing.T) {
 		}
 	}
 }
+
+// TestEnsureBlockEmptyNodeMessage: EnsureBlockArgs has no Use, so the
+// error for an empty node name must not send the caller to one (the
+// message AutoAssign gives, pointing at Use LoadBalancer).
+func TestEnsureBlockEmptyNodeMessage(t *testing.T) {
+	e := newEnv(t, v4pool("p", "10.0.0.0/24", 28))
+	_, _, err := e.a.EnsureBlock(e.ctx, ipam.EnsureBlockArgs{IPv4: true})
+	require.ErrorIs(t, err, ipam.ErrInvalid)
+	require.ErrorContains(t, err, "empty node name")
+	require.NotContains(t, err.Error(), "Use", "EnsureBlockArgs has no Use field")
+}
