@@ -42,17 +42,20 @@ type EnsureBlockArgs struct {
 // address (a Windows node's network, routes set up when the node joins).
 // A family not asked for gives the zero Prefix.
 //
-// The pools are chosen as AutoAssign chooses them for a workload (pools
-// allowing Workload whose nodeSelector selects the node, or those named,
-// in that order), and the block returned is the node's first in that
-// order, full or not (but for one that reservations cover whole, which
-// has no address to give, as in Calico). Otherwise it claims the node's
-// next block in the first pool that has one, as AutoAssign would; it
-// never borrows. It claims only with Config.AutoAllocateBlocks on, and
-// fails otherwise with an error matching ErrNoSpace, as it does when no
-// pool has a block left to claim; a family with no pool that qualifies
-// fails with an error matching pool.ErrNoPool (and ErrPoolNotFound for a
-// name no pool has). Bad arguments fail with ErrInvalid.
+// The pools are chosen as AutoAssign chooses them for a workload: enabled
+// Automatic pools allowing Workload whose nodeSelector selects the node
+// and whose namespaceSelector matches a namespace without labels (there is
+// no namespace: a pool that selects namespaces by label, such as
+// `team == "a"`, qualifies only when named), or those named, in that
+// order. The block returned is the node's first in that order, full or
+// not (but for one that reservations cover whole, which has no address to
+// give, as in Calico). Otherwise it claims the node's next block in the
+// first pool that has one, as AutoAssign would; it never borrows. It
+// claims only with Config.AutoAllocateBlocks on, and fails otherwise with
+// an error matching ErrNoSpace, as it does when no pool has a block left
+// to claim; a family with no pool that qualifies fails with an error
+// matching pool.ErrNoPool (and ErrPoolNotFound for a name no pool has).
+// Bad arguments fail with ErrInvalid.
 //
 // It is all or nothing: when one family fails, a block it claimed for the
 // other is given up again (if the store fails that, the error is the

@@ -10,6 +10,7 @@ import (
 
 	"github.com/carve-ipam/carve/ipam"
 	"github.com/carve-ipam/carve/ipam/storetest"
+	"github.com/carve-ipam/carve/pool"
 )
 
 // ensureFullV6 is a store whose IPv6 pool has no block left: node-1's
@@ -186,4 +187,19 @@ func TestEnsureBlockEmptyNodeMessage(t *testing.T) {
 	require.ErrorIs(t, err, ipam.ErrInvalid)
 	require.ErrorContains(t, err, "empty node name")
 	require.NotContains(t, err.Error(), "Use", "EnsureBlockArgs has no Use field")
+}
+
+// TestEnsureBlockNamespaceSelector: as the doc says, a pool that selects
+// namespaces by label is not chosen for a node (a namespace without
+// labels), but is when named.
+func TestEnsureBlockNamespaceSelector(t *testing.T) {
+	p := v4pool("team-a", "10.0.0.0/24", 28)
+	p.NamespaceSelector = `team == "a"`
+	e := newEnv(t, p)
+	_, _, err := e.a.EnsureBlock(e.ctx, ipam.EnsureBlockArgs{Node: "node-1", IPv4: true})
+	require.ErrorIs(t, err, pool.ErrNoPool)
+	require.ErrorContains(t, err, "namespaceSelector")
+	v4, _, err := e.a.EnsureBlock(e.ctx, ipam.EnsureBlockArgs{Node: "node-1", IPv4: true, IPv4Pools: []string{"team-a"}})
+	require.NoError(t, err)
+	require.True(t, p.CIDR.Contains(v4.Addr()))
 }
