@@ -52,7 +52,7 @@ type CollectorOptions struct {
 	// addresses without affinity. That frees the block an AutoAssign in
 	// flight claims for a node just removed, after the removal released
 	// the node's blocks. nil: nodes are not asked, and a node keeps its
-	// last block for good. Only nodes are asked: the blocks of
+	// last block of each family for good. Only nodes are asked: the blocks of
 	// LoadBalancer addresses belong to VirtualLoadBalancer, which is left
 	// alone, as are its empty blocks. A node that has lost its blocks is
 	// forgotten: a block it holds later (a claim that was in flight, or a
@@ -81,8 +81,9 @@ type CollectorOptions struct {
 // the owner is still dead when asked again right before the release, and
 // with the sequence number seen, so an address reassigned meanwhile is
 // never freed. Empty affine blocks are released the same way once seen
-// empty, unchanged, across the grace period, but never a node's last block,
-// nor one of VirtualLoadBalancer (as in Calico).
+// empty, unchanged, across the grace period, but never a node's last block
+// of a family (a dual-stack node keeps one of each, as EnsureBlock gave
+// it), nor one of VirtualLoadBalancer (as in Calico).
 //
 // Releasing a block's affinity deletes it if it is empty, unless an address
 // in it is still cooling (Config.ReleaseCooldown): then it is kept, without
@@ -273,7 +274,7 @@ func (c *Collector) Collect(ctx context.Context) (CollectResult, error) {
 	seen := map[netip.Addr]bool{}
 	empty := map[netip.Prefix]*block.Block{}
 	var unaffine []*block.Block        // empty blocks without affinity
-	affine := map[block.Affinity]int{} // blocks per node
+	affine := map[ownerFamily]int{}    // blocks per node and family
 	var held map[string][]netip.Prefix // each node's blocks, in key (so address) order, if nodes are asked
 	if c.nodes != nil {
 		held = map[string][]netip.Prefix{}
@@ -290,7 +291,7 @@ func (c *Collector) Collect(ctx context.Context) (CollectResult, error) {
 			continue
 		}
 		if aff := b.Affinity(); aff.Kind == block.HostAffinity {
-			affine[aff]++
+			affine[ownerFamily{aff, blk.Addr().Is6()}]++
 			if held != nil {
 				held[aff.Name] = append(held[aff.Name], blk)
 			}
@@ -381,7 +382,7 @@ func (c *Collector) Collect(ctx context.Context) (CollectResult, error) {
 		for _, blk := range released {
 			delete(empty, blk)
 			delete(c.blocks, blk)
-			affine[block.Host(node)]--
+			affine[ownerFamily{block.Host(node), blk.Addr().Is6()}]--
 		}
 		if err != nil {
 			errs = append(errs, err)
@@ -404,19 +405,20 @@ func (c *Collector) Collect(ctx context.Context) (CollectResult, error) {
 				c.blocks[blk] = suspect{since: now, seq: b.Seq()}
 				continue
 			}
-			if now.Sub(s.since) < c.grace || affine[b.Affinity()] <= 1 {
-				continue // not long enough, or the node's last block
+			of := ownerFamily{b.Affinity(), blk.Addr().Is6()}
+			if now.Sub(s.since) < c.grace || affine[of] <= 1 {
+				continue // not long enough, or the node's last block of the family
 			}
 			if c.dry {
 				res.ReleasedBlocks = append(res.ReleasedBlocks, blk)
-				affine[b.Affinity()]--
+				affine[of]--
 				continue
 			}
 			_, err := c.a.releaseEmptyAffinity(ctx, b.Affinity(), blk, s.seq)
 			switch {
 			case err == nil:
 				res.ReleasedBlocks = append(res.ReleasedBlocks, blk)
-				affine[b.Affinity()]--
+				affine[of]--
 				delete(c.blocks, blk)
 			case errors.Is(err, errBlockChanged):
 				delete(c.blocks, blk)
@@ -755,4 +757,11 @@ func (a *Allocator) releaseEmptyAffinity(ctx context.Context, aff block.Affinity
 		return deleted, err
 	}
 	return deleted, a.dropIndex(ctx, aff, blk, 0)
+}
+
+// ownerFamily is a block owner and an address family (IPv6 or not): the
+// collector keeps each node's last block of each family.
+type ownerFamily struct {
+	aff block.Affinity
+	v6  bool
 }

@@ -1,10 +1,12 @@
 package ipam_test
 
 import (
+	"context"
 	"fmt"
 	"net/netip"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 
@@ -256,4 +258,35 @@ func TestEnsureBlockGivesUpUnselected(t *testing.T) {
 	require.True(t, mustPrefix("10.1.0.0/24").Contains(got.Addr()), "%s from pool b", got)
 	require.Equal(t, []netip.Prefix{got}, e.affine("node-1"), "the empty block in pool a is given up")
 	e.requireConsistent()
+}
+
+// TestEnsureBlockCollectorKeepsEachFamily: the collector keeps a node's
+// last block of each family, so a dual-stack node that ensured its blocks
+// and has no workload yet keeps both.
+func TestEnsureBlockCollectorKeepsEachFamily(t *testing.T) {
+	e := newEnv(t, v4pool("v4", "10.0.0.0/24", 28), v6pool("v6", "fd00::/120", 124))
+	v4, v6, err := e.a.EnsureBlock(e.ctx, ipam.EnsureBlockArgs{Node: "win-1", IPv4: true, IPv6: true})
+	require.NoError(t, err)
+	c, err := ipam.NewCollector(e.a, func(context.Context, ipam.Allocation) (bool, error) { return true, nil }, ipam.CollectorOptions{Grace: time.Minute})
+	require.NoError(t, err)
+	_, err = c.Collect(e.ctx)
+	require.NoError(t, err)
+	e.clock.Advance(2 * time.Minute)
+	res, err := c.Collect(e.ctx)
+	require.NoError(t, err)
+	require.Empty(t, res.ReleasedBlocks)
+	require.ElementsMatch(t, []netip.Prefix{v4, v6}, e.affine("win-1"))
+
+	// With a second empty IPv4 block, the first is no longer the last of
+	// its family, and goes (it has been empty for the grace period).
+	second := mustPrefix("10.0.0.0/28")
+	if second == v4 {
+		second = mustPrefix("10.0.0.16/28")
+	}
+	_, err = e.a.ClaimAffinity(e.ctx, "win-1", second)
+	require.NoError(t, err)
+	res, err = c.Collect(e.ctx)
+	require.NoError(t, err)
+	require.Equal(t, []netip.Prefix{v4}, res.ReleasedBlocks)
+	require.ElementsMatch(t, []netip.Prefix{second, v6}, e.affine("win-1"))
 }
