@@ -166,7 +166,7 @@ func (a *Allocator) ensureBlock(ctx context.Context, o *assignOp, fam pool.Famil
 	case !cfg.AutoAllocateBlocks:
 		return netip.Prefix{}, fmt.Errorf("%w: autoAllocateBlocks is off and the node holds no block of %s it can use", ErrNoSpace, poolNames(pools))
 	case cfg.MaxBlocksPerHost > 0 && len(kept) >= cfg.MaxBlocksPerHost:
-		return netip.Prefix{}, fmt.Errorf("%w: %w: node holds %d of maxBlocksPerHost %d blocks, all reserved whole", ErrNoSpace, ErrBlockLimit, len(kept), cfg.MaxBlocksPerHost)
+		return netip.Prefix{}, fmt.Errorf("%w: %w (%d), all of them reserved whole", ErrNoSpace, ErrBlockLimit, cfg.MaxBlocksPerHost)
 	}
 	var why []string
 	for _, p := range pools {
