@@ -186,6 +186,17 @@ func TestEnsureBlockSkipsReservedBlock(t *testing.T) {
 	require.NoError(t, err)
 	require.NotEqual(t, first, second)
 	require.ElementsMatch(t, []netip.Prefix{first, second}, e.affine("node-1"))
+
+	// Under MaxBlocksPerHost, a node whose blocks are all reserved whole
+	// gets no other.
+	cfg := ipam.DefaultConfig()
+	cfg.MaxBlocksPerHost = 2
+	e.config(cfg)
+	require.NoError(t, e.a.CreateReservation(e.ctx, ipam.Reservation{Name: "r2", CIDRs: []netip.Prefix{second}}))
+	_, _, err = e.a.EnsureBlock(e.ctx, ipam.EnsureBlockArgs{Node: "node-1", IPv4: true})
+	require.ErrorIs(t, err, ipam.ErrBlockLimit)
+	require.ErrorIs(t, err, ipam.ErrNoSpace)
+	require.ErrorContains(t, err, "maxBlocksPerHost blocks (2), all of them reserved whole")
 }
 
 // TestEnsureBlockInvalid: bad arguments fail with ErrInvalid, naming
