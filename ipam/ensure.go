@@ -61,17 +61,15 @@ type EnsureBlockArgs struct {
 // other is given up again (if the store fails that, the error is the
 // store's, not ErrNoSpace, as for AutoAssign). As for AutoAssign, the
 // node's empty blocks in enabled pools that no longer select it are given
-// up once it succeeds.
-// Two calls at once for one node may each claim a block, as two
-// AutoAssigns may; the node then holds both.
+// up once it succeeds. Two calls at once for one node may each claim a
+// block, as two AutoAssigns may; the node then holds both.
 //
-// A block returned is the node's as the call ends; like any block it can
-// be given up later (ReleaseAffinity, a node's removal, the Collector when
-// it is not the node's last of its family). One case needs no caller: a
-// request of the same node running at the same time that claimed the
-// block, then failed for its other family, gives it up again while it is
-// still empty, as a failed request must. A node agent that keeps using its
-// block calls EnsureBlock again when it restarts its network set-up.
+// A block returned is the node's when the call returns. Like any block it
+// can be given up later: by ReleaseAffinity, by the node's removal, by the
+// Collector when it is not the node's last of its family, and by a
+// request of the same node, running at the same time, that claimed it and
+// then failed for its other family (a failed request gives up what it
+// claimed while that is still empty).
 func (a *Allocator) EnsureBlock(ctx context.Context, args EnsureBlockArgs) (v4, v6 netip.Prefix, err error) {
 	const op = "ensure block"
 	if err := checkEnsureBlock(op, args); err != nil {
