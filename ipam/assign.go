@@ -60,7 +60,11 @@ type AutoAssignArgs struct {
 
 	// NodeLabels and NamespaceLabels are matched against pools'
 	// nodeSelector and namespaceSelector; nil means no labels. A
-	// map[string]string converts: selector.Set{"rack": "a"}.
+	// map[string]string converts: selector.Set(m), or selector.Set{"rack": "a"}.
+	// carve keeps no record of a node's labels: pass the node's labels on
+	// every request, as on EnsureBlock. A request that succeeds gives up
+	// the node's empty blocks in enabled pools whose nodeSelector these
+	// labels do not match (see AutoAssign).
 	NodeLabels      selector.Labels
 	NamespaceLabels selector.Labels
 
@@ -161,6 +165,11 @@ type assignOp struct {
 // as Calico does: first from blocks affine to the node, then from blocks it
 // claims for the node (AutoAllocateBlocks, up to MaxBlocksPerHost), then,
 // unless StrictAffinity, borrowed from other blocks of the pools.
+// Once it succeeds, the node gives up its empty blocks in enabled pools
+// that no longer select it, as Calico does: whose nodeSelector does not
+// match args.NodeLabels. So a request that leaves the labels out and is
+// served by another pool gives up the node's empty blocks in pools that
+// select by label.
 //
 // It is all-or-nothing across both families unless args.Partial: when it
 // cannot assign everything it releases what it assigned and returns an
