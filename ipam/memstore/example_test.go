@@ -2,7 +2,9 @@ package memstore_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io/fs"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -22,8 +24,12 @@ func ExampleStore_SaveFile() {
 	path := filepath.Join(dir, "ipam.snap")
 
 	s, err := memstore.LoadFile(path)
-	if err != nil { // the first start: no snapshot yet
+	switch {
+	case errors.Is(err, fs.ErrNotExist): // the first start: no snapshot yet
 		s = memstore.New()
+	case err != nil: // a damaged snapshot: stop rather than start empty
+		fmt.Println(err)
+		return
 	}
 	a, _ := ipam.New(s, ipam.Options{})
 	_ = a.CreatePool(ctx, pool.Pool{Name: "default-ipv4-ippool", CIDR: netip.MustParsePrefix("10.244.0.0/18")})
