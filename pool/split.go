@@ -35,7 +35,7 @@ func (p Pool) Split(names ...string) ([]Pool, error) {
 	n := len(names)
 	if n < 2 || n&(n-1) != 0 {
 		ps.add(ErrSplit, "cidr", q.CIDR.String(),
-			fmt.Sprintf("cannot be split into %d pools: the number of parts must be a power of two, at least 2", n))
+			fmt.Sprintf("cannot be split into %d %s: the number of parts must be a power of two, at least 2", n, plural(n, "pool", "pools")))
 		return nil, ps.err()
 	}
 	partBits := q.CIDR.Bits() + bits.TrailingZeros(uint(n))
@@ -65,4 +65,12 @@ func (p Pool) Split(names ...string) ([]Pool, error) {
 		parts[i] = part
 	}
 	return parts, nil
+}
+
+// plural returns one when n is 1, else many.
+func plural(n int, one, many string) string {
+	if n == 1 {
+		return one
+	}
+	return many
 }

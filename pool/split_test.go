@@ -25,7 +25,7 @@ func TestSplitRefuses(t *testing.T) {
 	}{
 		{"no names", base, nil, []error{pool.ErrSplit},
 			`pool "default": cidr 10.0.0.0/24 cannot be split into 0 pools: the number of parts must be a power of two, at least 2`},
-		{"one part", base, []string{"a"}, []error{pool.ErrSplit}, "cannot be split into 1 pools"},
+		{"one part", base, []string{"a"}, []error{pool.ErrSplit}, "cannot be split into 1 pool:"},
 		{"three parts", base, []string{"a", "b", "c"}, []error{pool.ErrSplit}, "cannot be split into 3 pools: the number of parts must be a power of two"},
 		{"parts smaller than a block", base, []string{"a", "b", "c", "d", "e", "f", "g", "h"}, []error{pool.ErrSplit},
 			`pool "default": cidr 10.0.0.0/24 cannot be split into 8 pools: each part would be a /27, smaller than a block (blockSize 26)`},

@@ -38,7 +38,8 @@ func run(ctx context.Context, w io.Writer) error {
 
 	// The default pools Calico creates (see the seed documents): an IPv4
 	// /18 carved into /26 blocks of 64 addresses, and an IPv6 /48 carved
-	// into /122 blocks, the defaults when BlockSize is left zero.
+	// into /122 blocks (both the defaults when BlockSize is left zero, as
+	// it is for the IPv6 pool).
 	pools := []pool.Pool{
 		{Name: "default-ipv4-ippool", CIDR: netip.MustParsePrefix("10.244.0.0/18"), BlockSize: 26, NATOutgoing: true},
 		{Name: "default-ipv6-ippool", CIDR: netip.MustParsePrefix("fd00:10:244::/48")},
