@@ -7,10 +7,14 @@ package benchmarks
 import (
 	"context"
 	"fmt"
+	"net/netip"
 	"testing"
 
 	"github.com/carve-ipam/carve/benchmarks/internal/workload"
+	"github.com/carve-ipam/carve/ipam"
 	"github.com/carve-ipam/carve/ipam/memstore"
+	"github.com/carve-ipam/carve/pool"
+	"github.com/carve-ipam/carve/selector"
 )
 
 // BenchmarkAllocRelease times the steady-state pair: AutoAssign of one
@@ -62,6 +66,52 @@ func BenchmarkAllocReleasePods(b *testing.B) {
 			}
 		})
 	}
+}
+
+// BenchmarkAllocReleaseRacks is the steady-state pair in a cluster with a
+// pool per rack, chosen by nodeSelector (rack == "r<i>"), as in
+// examples/multipool: the node's labels come with every request, as a
+// node agent passes them, so the pools are chosen by their selectors each
+// time.
+func BenchmarkAllocReleaseRacks(b *testing.B) {
+	for _, racks := range []int{4, 32} {
+		b.Run(fmt.Sprintf("racks=%d", racks), func(b *testing.B) {
+			a, args := rackCluster(b, racks)
+			ctx := context.Background()
+			b.ReportAllocs()
+			for b.Loop() {
+				if err := workload.AllocRelease(ctx, a, args); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
+// rackCluster returns an allocator with a /16 pool per rack, each with a
+// nodeSelector for its rack, and a request for one address by a node in
+// rack 1, with the labels a Kubernetes node has, whose block is half full.
+func rackCluster(tb testing.TB, racks int) (*ipam.Allocator, ipam.AutoAssignArgs) {
+	tb.Helper()
+	ctx := context.Background()
+	a, err := ipam.New(memstore.New(), ipam.Options{})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	for i := range racks {
+		p := pool.Pool{Name: fmt.Sprintf("rack-%d", i), CIDR: netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(i), 0, 0}), 16),
+			NodeSelector: fmt.Sprintf("rack == %q", fmt.Sprintf("r%d", i))}
+		if err := a.CreatePool(ctx, p); err != nil {
+			tb.Fatal(err)
+		}
+	}
+	labels := selector.Set{"rack": "r1", "topology.kubernetes.io/zone": "zone-a", "kubernetes.io/hostname": workload.Node,
+		"kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64", "node-role.kubernetes.io/worker": ""}
+	half := ipam.AutoAssignArgs{Num4: 32, Handle: "half", Node: workload.Node, NodeLabels: labels}
+	if _, err := a.AutoAssign(ctx, half); err != nil {
+		tb.Fatal(err)
+	}
+	return a, ipam.AutoAssignArgs{Num4: 1, Handle: "pod", Node: workload.Node, NodeLabels: labels}
 }
 
 // BenchmarkBatch times one AutoAssign of 10,000 addresses under one handle
@@ -137,4 +187,19 @@ func TestAllocBudget(t *testing.T) {
 			}
 		})
 	}
+	// The same with pools chosen by nodeSelector and the node's labels
+	// given with the request.
+	t.Run("racks", func(t *testing.T) {
+		a, args := rackCluster(t, 4)
+		ctx := context.Background()
+		allocs := testing.AllocsPerRun(200, func() {
+			if err := workload.AllocRelease(ctx, a, args); err != nil {
+				t.Fatal(err)
+			}
+		})
+		t.Logf("racks: %.0f allocations per AutoAssign+ReleaseByHandle (budget %d)", allocs, allocBudget)
+		if allocs > allocBudget {
+			t.Errorf("racks: %.1f allocations per AutoAssign+ReleaseByHandle, budget %d", allocs, allocBudget)
+		}
+	})
 }

@@ -2,7 +2,9 @@ package ipam
 
 import (
 	"context"
+	"maps"
 	"net/netip"
+	"slices"
 
 	"github.com/carve-ipam/carve/pool"
 	"github.com/carve-ipam/carve/selector"
@@ -35,11 +37,18 @@ import (
 type laneMemo struct {
 	v  *view
 	nb *nodeBlocks
-	// pools are the eligible pools, chosen for a request without labels;
-	// labelFree says that no selector of a pool of the family that could
-	// be eligible depends on the labels, so they serve any labels.
+	// pools are the eligible pools, as chosen for the request that made
+	// the memo; labelFree says that no selector of a pool of the family
+	// that could be eligible depends on the labels, so they serve any
+	// labels. Otherwise each request chooses its pools again (a
+	// selector match per pool) and uses the memo only if they are these.
 	pools     []*pool.Pool
 	labelFree bool
+	// nodeLabels and nsLabels are the labels pools were chosen for, when
+	// both were a selector.Set or nil (byLabels): a request with the same
+	// labels would choose the same pools, and need not match selectors.
+	nodeLabels, nsLabels selector.Set
+	byLabels             bool
 	// held and unselected are as assignFamily finds them: the node's
 	// blocks in pools, in pool order, and its blocks of the family that no
 	// pool of pools holds.
@@ -94,13 +103,16 @@ func (a *Allocator) autoAssignLane(ctx context.Context, args *AutoAssignArgs) (r
 		return res, false, nil
 	}
 	m := nc.lane[fi].Load()
-	if m == nil || m.v != v || m.nb != nb {
-		if m = laneMemoFor(v, nb, args.Node, fam); m == nil {
-			return res, false, nil
+	if m != nil && (m.v != v || m.nb != nb) {
+		m = nil
+	}
+	if m == nil || !m.labelFree && !m.sameLabels(args) {
+		if m = remakeMemo(v, nb, fam, args, m); m == nil {
+			return res, false, nil // no pool: AutoAssign says why
 		}
 		nc.lane[fi].Store(m)
 	}
-	if len(m.held) == 0 || (args.NodeLabels != nil || args.NamespaceLabels != nil) && !m.labelFree {
+	if len(m.held) == 0 {
 		return res, false, nil
 	}
 
@@ -132,17 +144,33 @@ func (a *Allocator) autoAssignLane(ctx context.Context, args *AutoAssignArgs) (r
 	return res, true, err
 }
 
-// laneMemoFor chooses, as AutoAssign would, the pools of family fam for a
-// workload request of node without labels or pools named, under v, and
-// finds the node's blocks in them from nb, the node's index entries. It
-// returns nil when no pool is eligible (AutoAssign reports why).
-func laneMemoFor(v *view, nb *nodeBlocks, node string, fam pool.Family) *laneMemo {
-	pools, err := v.pools.AppendSelect(nil, pool.Request{Family: fam, Node: node, Use: pool.UseWorkload})
+// remakeMemo chooses the pools for args, as AutoAssign does (without an
+// allocation when some qualify), and returns a memo for them: m, which
+// may be nil, if they are its pools, kept for args' labels, or a new one.
+// It returns nil when no pool qualifies.
+func remakeMemo(v *view, nb *nodeBlocks, fam pool.Family, args *AutoAssignArgs, m *laneMemo) *laneMemo {
+	var buf [4]*pool.Pool
+	pools, err := v.pools.AppendSelect(buf[:0], pool.Request{
+		Family: fam, Node: args.Node, NodeLabels: args.NodeLabels, NamespaceLabels: args.NamespaceLabels, Use: pool.UseWorkload,
+	})
 	if err != nil {
 		return nil
 	}
-	m := &laneMemo{v: v, nb: nb, pools: pools, labelFree: true}
-	m.held, m.unselected = heldIn(nil, nb.blocks, fam, pools)
+	if m == nil || !slices.Equal(pools, m.pools) {
+		m = laneMemoFor(v, nb, fam, pools)
+	} else {
+		m = m.withPools() // the same pools, for other labels
+	}
+	m.keepLabels(args)
+	return m
+}
+
+// laneMemoFor makes the memo of family fam under v for pools, the
+// eligible pools as AutoAssign chose them for a request, finding the
+// node's blocks in them from nb, the node's index entries.
+func laneMemoFor(v *view, nb *nodeBlocks, fam pool.Family, pools []*pool.Pool) *laneMemo {
+	m := &laneMemo{v: v, nb: nb, pools: slices.Clone(pools), labelFree: true}
+	m.held, m.unselected = heldIn(nil, nb.blocks, fam, m.pools)
 	for _, p := range v.pools.All() {
 		if p.Family() != fam || p.Disabled || p.Manual() {
 			continue // passed over before its selectors are asked
@@ -153,6 +181,60 @@ func laneMemoFor(v *view, nb *nodeBlocks, node string, fam pool.Family) *laneMem
 		}
 	}
 	return m
+}
+
+// withPools returns a new memo with m's pools and blocks, for other labels.
+func (m *laneMemo) withPools() *laneMemo {
+	return &laneMemo{v: m.v, nb: m.nb, pools: m.pools, labelFree: m.labelFree, held: m.held, unselected: m.unselected}
+}
+
+// keepLabels records, in m, which must be new, the labels of args if they
+// are selector.Sets or nil.
+func (m *laneMemo) keepLabels(args *AutoAssignArgs) {
+	var ok4, ok6 bool
+	m.nodeLabels, ok4 = setOf(args.NodeLabels)
+	m.nsLabels, ok6 = setOf(args.NamespaceLabels)
+	m.byLabels = ok4 && ok6
+}
+
+// sameLabels reports whether args has the labels m's pools were chosen
+// for.
+func (m *laneMemo) sameLabels(args *AutoAssignArgs) bool {
+	return m.byLabels && sameSet(args.NodeLabels, m.nodeLabels) && sameSet(args.NamespaceLabels, m.nsLabels)
+}
+
+// setOf returns a copy of l if it is a selector.Set or nil, and false for
+// other Labels, which cannot be compared.
+func setOf(l selector.Labels) (selector.Set, bool) {
+	switch l := l.(type) {
+	case nil:
+		return nil, true
+	case selector.Set:
+		return maps.Clone(l), true
+	}
+	return nil, false
+}
+
+// sameSet reports whether l is a selector.Set (or nil) with exactly the
+// labels of s.
+func sameSet(l selector.Labels, s selector.Set) bool {
+	var ls selector.Set
+	switch l := l.(type) {
+	case nil:
+	case selector.Set:
+		ls = l
+	default:
+		return false
+	}
+	if len(ls) != len(s) {
+		return false
+	}
+	for k, v := range ls {
+		if w, ok := s[k]; !ok || w != v {
+			return false
+		}
+	}
+	return true
 }
 
 // labelFree reports whether a selector's answer does not depend on the

@@ -717,7 +717,50 @@ func TestLaneScenarios(t *testing.T) {
 				d.assign(t, 0, req("h3"))
 			}
 		},
-		served: 2,
+		served: 5,
+	}, {
+		// Every pool chosen by nodeSelector, the node's labels with every
+		// request (as a node agent passes them): the lane serves them, the
+		// same labels again without matching selectors, labels no
+		// selector asks about with the same pools, and other labels that
+		// choose other pools.
+		name: "racks",
+		run: func(t *testing.T, d *laneDiff) {
+			for _, name := range []string{"a4", "b4"} {
+				d.change(t, 0, name+" selects its rack", func(ctx context.Context, a *ipam.Allocator) error {
+					p, err := a.Pool(ctx, name)
+					if err != nil {
+						return err
+					}
+					p.NodeSelector = fmt.Sprintf("rack == %q", name)
+					return a.UpdatePool(ctx, p)
+				})
+			}
+			labeled := func(handle string, labels selector.Labels) ipam.AutoAssignArgs {
+				args := req(handle)
+				args.NodeLabels = labels
+				return args
+			}
+			rackA := selector.Set{"rack": "a4", "zone": "z1"}
+			d.assign(t, 0, labeled("h0", rackA))
+			for range 3 {
+				d.assign(t, 0, labeled("h1", selector.Set{"rack": "a4", "zone": "z1"}))
+				d.release(t, 0, "h1")
+			}
+			d.assign(t, 0, labeled("h2", selector.Set{"rack": "a4", "zone": "z2"}))
+			d.assign(t, 0, labeled("h3", selector.Set{"rack": "b4"}))
+			d.assign(t, 0, labeled("h4", rackA)) // the claim changed the index: AutoAssign
+			d.assign(t, 0, labeled("h5", rackA))
+			d.assign(t, 0, labeled("h6", selector.Set{"rack": "b4"}))
+			d.assign(t, 0, labeled("h7", nil)) // no pool: AutoAssign says why
+			// Labels of another type, which the memo cannot compare: the
+			// pools are chosen every time.
+			for range 2 {
+				d.assign(t, 0, labeled("h8", otherLabels{"rack": "a4"}))
+				d.release(t, 0, "h8")
+			}
+		},
+		served: 6,
 	}} {
 		t.Run(tc.name, func(t *testing.T) {
 			d := newLaneDiff(t, cfg, small)
@@ -726,4 +769,12 @@ func TestLaneScenarios(t *testing.T) {
 			require.GreaterOrEqual(t, d.trace.resumed, tc.resumed, "requests the lane went on with in autoAssign")
 		})
 	}
+}
+
+// otherLabels is selector.Labels of a type other than selector.Set.
+type otherLabels map[string]string
+
+func (l otherLabels) Get(key string) (string, bool) {
+	v, ok := l[key]
+	return v, ok
 }
