@@ -40,8 +40,9 @@ type laneMemo struct {
 	// pools are the eligible pools, as chosen for the request that made
 	// the memo; labelFree says that no selector of a pool of the family
 	// that could be eligible depends on the labels, so they serve any
-	// labels. Otherwise each request chooses its pools again (a
-	// selector match per pool) and uses the memo only if they are these.
+	// labels. Otherwise a request with the labels the memo was made for
+	// uses it at once, and any other chooses its pools again (a selector
+	// match per pool) and uses the memo if they are these.
 	pools     []*pool.Pool
 	labelFree bool
 	// nodeLabels and nsLabels are the labels pools were chosen for, when
@@ -107,10 +108,13 @@ func (a *Allocator) autoAssignLane(ctx context.Context, args *AutoAssignArgs) (r
 		m = nil
 	}
 	if m == nil || !m.labelFree && !m.sameLabels(args) {
+		m0 := m
 		if m = remakeMemo(v, nb, fam, args, m); m == nil {
 			return res, false, nil // no pool: AutoAssign says why
 		}
-		nc.lane[fi].Store(m)
+		if m != m0 {
+			nc.lane[fi].Store(m)
+		}
 	}
 	if len(m.held) == 0 {
 		return res, false, nil
@@ -145,9 +149,12 @@ func (a *Allocator) autoAssignLane(ctx context.Context, args *AutoAssignArgs) (r
 }
 
 // remakeMemo chooses the pools for args, as AutoAssign does (without an
-// allocation when some qualify), and returns a memo for them: m, which
-// may be nil, if they are its pools, kept for args' labels, or a new one.
-// It returns nil when no pool qualifies.
+// allocation when some qualify and there are at most four), and returns a
+// memo for them: m itself, which may be nil, if they are its pools (it
+// keeps the labels it was made for: a node whose requests alternate
+// between labels, pods of different namespaces say, makes no memo per
+// request), or a new one, made for args' labels. It returns nil when no
+// pool qualifies.
 func remakeMemo(v *view, nb *nodeBlocks, fam pool.Family, args *AutoAssignArgs, m *laneMemo) *laneMemo {
 	var buf [4]*pool.Pool
 	pools, err := v.pools.AppendSelect(buf[:0], pool.Request{
@@ -156,11 +163,10 @@ func remakeMemo(v *view, nb *nodeBlocks, fam pool.Family, args *AutoAssignArgs, 
 	if err != nil {
 		return nil
 	}
-	if m == nil || !slices.Equal(pools, m.pools) {
-		m = laneMemoFor(v, nb, fam, pools)
-	} else {
-		m = m.withPools() // the same pools, for other labels
+	if m != nil && slices.Equal(pools, m.pools) {
+		return m
 	}
+	m = laneMemoFor(v, nb, fam, pools)
 	m.keepLabels(args)
 	return m
 }
@@ -181,11 +187,6 @@ func laneMemoFor(v *view, nb *nodeBlocks, fam pool.Family, pools []*pool.Pool) *
 		}
 	}
 	return m
-}
-
-// withPools returns a new memo with m's pools and blocks, for other labels.
-func (m *laneMemo) withPools() *laneMemo {
-	return &laneMemo{v: m.v, nb: m.nb, pools: m.pools, labelFree: m.labelFree, held: m.held, unselected: m.unselected}
 }
 
 // keepLabels records, in m, which must be new, the labels of args if they

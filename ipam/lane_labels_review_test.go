@@ -145,3 +145,72 @@ func TestLaneLabelsConcurrent(t *testing.T) {
 	require.NoError(t, err)
 	require.True(t, rep.Clean(), "%+v", rep.Problems)
 }
+
+// TestLaneOtherLabelsCostNoMore measures the steady-state pair on one
+// node whose consecutive requests carry different labels that choose the
+// same pools: pods of different namespaces (NamespaceLabels) in a cluster
+// with a pool chosen by namespace, node labels that differ in a key no
+// selector reads, and Labels of a type the memo cannot compare. The lane
+// must not cost more allocations than AutoAssign without it: choosing the
+// pools again needs none, and the memo stands for the same pools.
+func TestLaneOtherLabelsCostNoMore(t *testing.T) {
+	ctx := context.Background()
+	node := selector.Set{"kubernetes.io/hostname": "n0", "rack": "a", "zone": "z1"}
+	other := selector.Set{"kubernetes.io/hostname": "n0", "rack": "a", "zone": "z2"}
+	nsA := selector.Set{"kubernetes.io/metadata.name": "a"}
+	nsB := selector.Set{"kubernetes.io/metadata.name": "b"}
+	for _, tc := range []struct {
+		name   string
+		labels func(i int) (node, ns selector.Labels)
+	}{
+		{"namespaces", func(i int) (selector.Labels, selector.Labels) {
+			if i%2 == 0 {
+				return node, nsA
+			}
+			return node, nsB
+		}},
+		{"node labels no selector reads", func(i int) (selector.Labels, selector.Labels) {
+			if i%2 == 0 {
+				return node, nil
+			}
+			return other, nil
+		}},
+		{"other Labels type", func(int) (selector.Labels, selector.Labels) {
+			return otherLabels(node), otherLabels(nsA)
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var allocs [2]float64
+			for k, lane := range []bool{true, false} {
+				a, err := ipam.New(memstore.New(), ipam.Options{})
+				require.NoError(t, err)
+				ipam.SetLane(a, lane)
+				require.NoError(t, a.SetConfig(ctx, ipam.Config{AutoAllocateBlocks: true}))
+				for _, p := range []pool.Pool{
+					{Name: "rack-a", CIDR: netip.MustParsePrefix("10.0.0.0/16"), NodeSelector: `rack == "a"`},
+					{Name: "rack-b", CIDR: netip.MustParsePrefix("10.1.0.0/16"), NodeSelector: `rack == "b"`},
+					{Name: "team-x", CIDR: netip.MustParsePrefix("10.2.0.0/16"), NamespaceSelector: `team == "x"`},
+				} {
+					require.NoError(t, a.CreatePool(ctx, p))
+				}
+				_, err = a.AutoAssign(ctx, ipam.AutoAssignArgs{Num4: 3, Handle: "half", Node: "n0", NodeLabels: node})
+				require.NoError(t, err)
+				i := 0
+				allocs[k] = testing.AllocsPerRun(200, func() {
+					i++
+					args := ipam.AutoAssignArgs{Num4: 1, Handle: "pod", Node: "n0"}
+					args.NodeLabels, args.NamespaceLabels = tc.labels(i)
+					res, err := a.AutoAssign(ctx, args)
+					if err != nil || res.IPv4[0].Pool != "rack-a" {
+						t.Fatal(res, err)
+					}
+					if _, err := a.ReleaseByHandle(ctx, "pod"); err != nil {
+						t.Fatal(err)
+					}
+				})
+			}
+			t.Logf("allocations per pair: %.1f with the lane, %.1f without", allocs[0], allocs[1])
+			require.LessOrEqual(t, allocs[0], allocs[1], "the lane allocates more than AutoAssign without it")
+		})
+	}
+}
