@@ -269,7 +269,12 @@ var (
 )
 
 // laneMachine draws the operations of TestLaneMatchesAutoAssign.
-type laneMachine struct{ *laneDiff }
+type laneMachine struct {
+	*laneDiff
+	// shared is a label map that requests pass and that is changed after
+	// some of them, as a caller reusing its map does.
+	shared selector.Set
+}
 
 func newLaneMachine(t *rapid.T) laneMachine {
 	cfg := ipam.Config{AutoAllocateBlocks: true, MaxBlocksPerHost: rapid.IntRange(0, 3).Draw(t, "maxBlocks")}
@@ -287,7 +292,7 @@ func newLaneMachine(t *rapid.T) laneMachine {
 		}
 		pools = append(pools, p)
 	}
-	m := laneMachine{newLaneDiff(t, cfg, pools)}
+	m := laneMachine{newLaneDiff(t, cfg, pools), selector.Set{"rack": "a"}}
 	// Each node claims its blocks, as nodes in service have.
 	for _, node := range laneNodes {
 		m.assign(t, 0, ipam.AutoAssignArgs{Num4: 1, Num6: 1, Handle: "warm", Node: node})
@@ -356,7 +361,29 @@ func (m laneMachine) autoAssign(t *rapid.T) {
 	case 3:
 		args.Attrs = map[string]string{ipam.AttrNode: "elsewhere"}
 	}
-	switch rapid.IntRange(0, 6).Draw(t, "labels") {
+	switch rapid.IntRange(0, 12).Draw(t, "labels") {
+	case 7:
+		// Shapes the lane's memo tells apart, or takes as the same labels.
+		args.NodeLabels = rapid.SampledFrom([]selector.Labels{
+			selector.Set(nil), otherLabels(nil), otherLabels{"rack": "a"},
+			selector.Set{"rack": "a", "zone": "z"}, selector.Set{"rack": ""},
+		}).Draw(t, "nodeShape")
+	case 8:
+		args.NamespaceLabels = rapid.SampledFrom([]selector.Labels{
+			selector.Set(nil), otherLabels{"team": "a"}, selector.Set{"team": "a", "x": "y"}, selector.Set{"rack": "a"},
+		}).Draw(t, "nsShape")
+	case 9:
+		// The same map, changed by the caller after some requests.
+		args.NodeLabels = m.shared
+		args.NamespaceLabels = m.shared
+		defer func() {
+			switch rapid.IntRange(0, 2).Draw(t, "changeShared") {
+			case 1:
+				m.shared["rack"] = rapid.SampledFrom([]string{"a", "b"}).Draw(t, "sharedRack")
+			case 2:
+				m.shared["team"] = rapid.SampledFrom([]string{"a", "b"}).Draw(t, "sharedTeam")
+			}
+		}()
 	case 1:
 		args.NodeLabels = selector.Set{"rack": "a"}
 	case 2:
@@ -437,7 +464,7 @@ func laneChange(t *rapid.T) (string, func(ctx context.Context, a *ipam.Allocator
 		return "EnablePool " + name, func(ctx context.Context, a *ipam.Allocator) error { return a.EnablePool(ctx, name) }
 	case 2:
 		name := rapid.SampledFrom([]string{"a4", "b4", "c6"}).Draw(t, "pool")
-		sel := rapid.SampledFrom([]string{"", "all()", `rack == "a"`, `!has(rack)`}).Draw(t, "selector")
+		sel := rapid.SampledFrom([]string{"", "all()", `rack == "a"`, `!has(rack)`, `has(zone)`}).Draw(t, "selector")
 		field := rapid.SampledFrom([]string{"nodeSelector", "namespaceSelector", "assignmentMode"}).Draw(t, "field")
 		if field == "assignmentMode" {
 			sel = string(rapid.SampledFrom([]pool.AssignmentMode{pool.Automatic, pool.Manual}).Draw(t, "mode"))
