@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -113,6 +114,14 @@ func TestLaneLabelsConcurrent(t *testing.T) {
 	} {
 		require.NoError(t, a.CreatePool(ctx, p))
 	}
+	// The node holds an address in a block of each pool, so that neither
+	// block is given up as unselected and the lane serves the requests.
+	for _, rack := range []string{"a", "b"} {
+		_, err := a.AutoAssign(ctx, ipam.AutoAssignArgs{Num4: 1, Handle: "pin-" + rack, Node: "n0", NodeLabels: selector.Set{"rack": rack}})
+		require.NoError(t, err)
+	}
+	var served atomic.Int64
+	ipam.SetLaneTrace(a, func(bool) { served.Add(1) })
 	var wg sync.WaitGroup
 	for w, rack := range []string{"a", "b"} {
 		wg.Add(1)
@@ -141,6 +150,8 @@ func TestLaneLabelsConcurrent(t *testing.T) {
 		}()
 	}
 	wg.Wait()
+	t.Logf("the lane served %d of 600 requests", served.Load())
+	require.Greater(t, served.Load(), int64(300), "requests the lane served")
 	rep, err := a.Check(ctx)
 	require.NoError(t, err)
 	require.True(t, rep.Clean(), "%+v", rep.Problems)
