@@ -84,14 +84,7 @@ func TestLaneLabelShapes(t *testing.T) {
 		req(shared, nil)
 		if round == 1 {
 			// Selectors changed: the view check must catch it.
-			d.change(t, 0, "a4 selects rack b", func(ctx context.Context, a *ipam.Allocator) error {
-				p, err := a.Pool(ctx, "a4")
-				if err != nil {
-					return err
-				}
-				p.NodeSelector = `rack == "b"`
-				return a.UpdatePool(ctx, p)
-			})
+			d.change(t, 0, "a4 selects rack b", nodeSelector("a4", `rack == "b"`))
 		}
 	}
 	require.Positive(t, d.trace.served)

@@ -709,14 +709,7 @@ func TestLaneScenarios(t *testing.T) {
 		run: func(t *testing.T, d *laneDiff) {
 			warm(t, d)
 			d.assign(t, 0, ipam.AutoAssignArgs{Num4: 1, Handle: "b", Node: "n0", IPv4Pools: []string{"b4"}})
-			d.change(t, 0, "b4 selects rack a", func(ctx context.Context, a *ipam.Allocator) error {
-				p, err := a.Pool(ctx, "b4")
-				if err != nil {
-					return err
-				}
-				p.NodeSelector = `rack == "a"`
-				return a.UpdatePool(ctx, p)
-			})
+			d.change(t, 0, "b4 selects rack a", nodeSelector("b4", `rack == "a"`))
 			d.assign(t, 0, req("h2"))
 			d.release(t, 0, "h1")
 			d.assign(t, 0, req("h3"))
@@ -728,14 +721,7 @@ func TestLaneScenarios(t *testing.T) {
 		// Labels that a pool's selector asks for.
 		name: "labels",
 		run: func(t *testing.T, d *laneDiff) {
-			d.change(t, 0, "b4 selects rack a", func(ctx context.Context, a *ipam.Allocator) error {
-				p, err := a.Pool(ctx, "b4")
-				if err != nil {
-					return err
-				}
-				p.NodeSelector = `rack == "a"`
-				return a.UpdatePool(ctx, p)
-			})
+			d.change(t, 0, "b4 selects rack a", nodeSelector("b4", `rack == "a"`))
 			warm(t, d)
 			args := req("h2")
 			args.NodeLabels = selector.Set{"rack": "a"}
@@ -754,14 +740,7 @@ func TestLaneScenarios(t *testing.T) {
 		name: "racks",
 		run: func(t *testing.T, d *laneDiff) {
 			for _, name := range []string{"a4", "b4"} {
-				d.change(t, 0, name+" selects its rack", func(ctx context.Context, a *ipam.Allocator) error {
-					p, err := a.Pool(ctx, name)
-					if err != nil {
-						return err
-					}
-					p.NodeSelector = fmt.Sprintf("rack == %q", name)
-					return a.UpdatePool(ctx, p)
-				})
+				d.change(t, 0, name+" selects its rack", nodeSelector(name, fmt.Sprintf("rack == %q", name)))
 			}
 			labeled := func(handle string, labels selector.Labels) ipam.AutoAssignArgs {
 				args := req(handle)
@@ -804,4 +783,17 @@ type otherLabels map[string]string
 func (l otherLabels) Get(key string) (string, bool) {
 	v, ok := l[key]
 	return v, ok
+}
+
+// nodeSelector returns a change that gives the pool called name the
+// nodeSelector sel.
+func nodeSelector(name, sel string) func(context.Context, *ipam.Allocator) error {
+	return func(ctx context.Context, a *ipam.Allocator) error {
+		p, err := a.Pool(ctx, name)
+		if err != nil {
+			return err
+		}
+		p.NodeSelector = sel
+		return a.UpdatePool(ctx, p)
+	}
 }
