@@ -12,9 +12,9 @@ import (
 // Split divides p into len(names) pools of equal size, Calico's calicoctl
 // ipam split: part i covers the i-th part of p's CIDR, in address order,
 // and is called names[i]. Every other field but Version (zero: each part
-// is a new pool) is p's (with defaults applied), so each part carves its range into exactly the blocks p carved
-// there, and every block of p lies in exactly one part. One of the names
-// may be p's own.
+// is a new pool) is p's (with defaults applied), so each part carves its
+// range into exactly the blocks p carved there, and every block of p lies
+// in exactly one part. One of the names may be p's own.
 //
 // The number of parts must be a power of two, at least 2, and each part
 // must still hold a whole block: its prefix length is at most blockSize.
