@@ -73,18 +73,35 @@ func BenchmarkAllocReleasePods(b *testing.B) {
 // examples/multipool: the node's labels come with every request, as a
 // node agent passes them, so the pools are chosen by their selectors each
 // time.
+//
+// With namespaces=8 the requests also carry their namespace's labels,
+// from 8 namespaces in turn, as pods of several namespaces on one node
+// do; no pool's namespaceSelector reads them.
 func BenchmarkAllocReleaseRacks(b *testing.B) {
 	for _, racks := range []int{4, 32} {
-		b.Run(fmt.Sprintf("racks=%d", racks), func(b *testing.B) {
-			a, args := rackCluster(b, racks)
-			ctx := context.Background()
-			b.ReportAllocs()
-			for b.Loop() {
-				if err := workload.AllocRelease(ctx, a, args); err != nil {
-					b.Fatal(err)
+		for _, namespaces := range []int{0, 8} {
+			b.Run(fmt.Sprintf("racks=%d/namespaces=%d", racks, namespaces), func(b *testing.B) {
+				a, args := rackCluster(b, racks)
+				ctx := context.Background()
+				reqs := []ipam.AutoAssignArgs{args}
+				if namespaces > 0 {
+					reqs = reqs[:0]
+					for i := range namespaces {
+						r := args
+						r.NamespaceLabels = selector.Set{"kubernetes.io/metadata.name": fmt.Sprintf("ns-%d", i)}
+						reqs = append(reqs, r)
+					}
 				}
-			}
-		})
+				b.ReportAllocs()
+				i := 0
+				for b.Loop() {
+					if err := workload.AllocRelease(ctx, a, reqs[i%len(reqs)]); err != nil {
+						b.Fatal(err)
+					}
+					i++
+				}
+			})
+		}
 	}
 }
 

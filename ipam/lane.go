@@ -38,18 +38,20 @@ type laneMemo struct {
 	v  *view
 	nb *nodeBlocks
 	// pools are the eligible pools, as chosen for the request that made
-	// the memo; labelFree says that no selector of a pool of the family
-	// that could be eligible depends on the labels, so they serve any
-	// labels. Otherwise a request with the labels the memo was made for
+	// the memo. nodeFree (nsFree) says that no nodeSelector
+	// (namespaceSelector) of a pool of the family that could be eligible
+	// depends on the labels, so the node's (namespace's) labels do not
+	// matter. Otherwise a request with the labels the memo was made for
 	// uses it at once, and any other chooses its pools again (a selector
 	// match per pool) and uses the memo if they are these.
-	pools     []*pool.Pool
-	labelFree bool
-	// nodeLabels and nsLabels are the labels pools were chosen for, when
-	// both were a selector.Set or nil (byLabels): a request with the same
-	// labels would choose the same pools, and need not match selectors.
+	pools            []*pool.Pool
+	nodeFree, nsFree bool
+	// nodeLabels and nsLabels are the labels pools were chosen for, each
+	// kept when it was a selector.Set or nil (nodeKept, nsKept): a request
+	// with the same labels would choose the same pools, and need not
+	// match selectors.
 	nodeLabels, nsLabels selector.Set
-	byLabels             bool
+	nodeKept, nsKept     bool
 	// held and unselected are as assignFamily finds them: the node's
 	// blocks in pools, in pool order, and its blocks of the family that no
 	// pool of pools holds.
@@ -107,7 +109,7 @@ func (a *Allocator) autoAssignLane(ctx context.Context, args *AutoAssignArgs) (r
 	if m != nil && (m.v != v || m.nb != nb) {
 		m = nil
 	}
-	if m == nil || !m.labelFree && !m.sameLabels(args) {
+	if m == nil || !m.fits(args) {
 		m0 := m
 		if m = remakeMemo(v, nb, fam, args, m); m == nil {
 			return res, false, nil // no pool: AutoAssign says why
@@ -175,33 +177,31 @@ func remakeMemo(v *view, nb *nodeBlocks, fam pool.Family, args *AutoAssignArgs, 
 // eligible pools as AutoAssign chose them for a request, finding the
 // node's blocks in them from nb, the node's index entries.
 func laneMemoFor(v *view, nb *nodeBlocks, fam pool.Family, pools []*pool.Pool) *laneMemo {
-	m := &laneMemo{v: v, nb: nb, pools: slices.Clone(pools), labelFree: true}
+	m := &laneMemo{v: v, nb: nb, pools: slices.Clone(pools), nodeFree: true, nsFree: true}
 	m.held, m.unselected = heldIn(nil, nb.blocks, fam, m.pools)
 	for _, p := range v.pools.All() {
 		if p.Family() != fam || p.Disabled || p.Manual() {
 			continue // passed over before its selectors are asked
 		}
-		if !labelFree(p.NodeSelector) || !labelFree(p.NamespaceSelector) {
-			m.labelFree = false
-			break
-		}
+		m.nodeFree = m.nodeFree && labelFree(p.NodeSelector)
+		m.nsFree = m.nsFree && labelFree(p.NamespaceSelector)
 	}
 	return m
 }
 
-// keepLabels records, in m, which must be new, the labels of args if they
+// keepLabels records, in m, which must be new, the labels of args that
 // are selector.Sets or nil.
 func (m *laneMemo) keepLabels(args *AutoAssignArgs) {
-	var ok4, ok6 bool
-	m.nodeLabels, ok4 = setOf(args.NodeLabels)
-	m.nsLabels, ok6 = setOf(args.NamespaceLabels)
-	m.byLabels = ok4 && ok6
+	m.nodeLabels, m.nodeKept = setOf(args.NodeLabels)
+	m.nsLabels, m.nsKept = setOf(args.NamespaceLabels)
 }
 
-// sameLabels reports whether args has the labels m's pools were chosen
-// for.
-func (m *laneMemo) sameLabels(args *AutoAssignArgs) bool {
-	return m.byLabels && sameSet(args.NodeLabels, m.nodeLabels) && sameSet(args.NamespaceLabels, m.nsLabels)
+// fits reports whether args would choose m's pools without matching
+// selectors: each side's labels do not matter, or are those m's pools
+// were chosen for.
+func (m *laneMemo) fits(args *AutoAssignArgs) bool {
+	return (m.nodeFree || m.nodeKept && sameSet(args.NodeLabels, m.nodeLabels)) &&
+		(m.nsFree || m.nsKept && sameSet(args.NamespaceLabels, m.nsLabels))
 }
 
 // setOf returns a copy of l if it is a selector.Set or nil, and false for
