@@ -17,7 +17,7 @@ import (
 )
 
 // A review of the lane's memo for labeled requests (lane.go: remakeMemo,
-// sameLabels): label shapes the memo must tell apart or take as equal,
+// fits): label shapes the memo must tell apart or take as equal,
 // labels changed by the caller after a request, requests of one node with
 // different labels at once, and what other labels cost.
 
