@@ -284,11 +284,12 @@ func (v *view) reservesIn(pools []*pool.Pool) bool {
 
 // poolsRecord is the stored form of the pool set: Calico's IPPool resources
 // as JSON, so the record reads like the manifests users write. Version is
-// the last pool.Pool.Version given to a pool: each write that changes pools
-// gives them the next one, so a version never repeats, whatever pools are
-// deleted. A pool without a version (a record carve wrote before pools had
-// versions, or a pool no write has changed since) reads as version 1: no
-// write gives 1 to a pool of such a record, whose next write gives 2.
+// the record's last version: each write of the record takes the next one
+// and gives it to the pools it adds or changes (a deletion gives it to
+// none), so a pool version never repeats, whatever pools are deleted. A
+// pool without a version (only in a record carve wrote before pools had
+// versions) reads as version 1, and is written back with it: no write
+// gives 1 to a pool of such a record, whose next write takes 2.
 type poolsRecord struct {
 	Version uint64         `json:"version,omitempty"`
 	Pools   []poolResource `json:"pools"`

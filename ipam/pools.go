@@ -53,10 +53,9 @@ func (a *Allocator) changePools(ctx context.Context, op string, change func(s *p
 var errUnchanged = errors.New("pools unchanged")
 
 // CreatePool validates p (after defaults) and adds it to the store, with
-// a new Version (p.Version is ignored). It
-// fails with ErrPoolExists if the name is taken and with a
-// *pool.ValidationError if p is invalid or overlaps any pool, disabled ones
-// included.
+// a new Version (p.Version is ignored). It fails with ErrPoolExists if the
+// name is taken and with a *pool.ValidationError if p is invalid or
+// overlaps any pool, disabled ones included.
 //
 // Blocks of a deleted pool stay while they hold addresses. A new pool over
 // the same addresses must carve them the same way, or its blocks would
@@ -198,12 +197,16 @@ func sameSpec(p, q pool.Pool) bool {
 }
 
 // DisablePool stops new assignments from the pool. Addresses assigned from
-// it stay, and can be released.
+// it stay, and can be released. It applies to the pool as stored, whatever
+// its Version, and gives it a new one; disabling a disabled pool writes
+// nothing and keeps its Version.
 func (a *Allocator) DisablePool(ctx context.Context, name string) error {
 	return a.setDisabled(ctx, name, true, netip.Prefix{}, fmt.Sprintf("disable pool %q", name))
 }
 
-// EnablePool lets a disabled pool be assigned from again.
+// EnablePool lets a disabled pool be assigned from again. As DisablePool,
+// it gives the pool a new Version, and enabling an enabled pool writes
+// nothing.
 func (a *Allocator) EnablePool(ctx context.Context, name string) error {
 	return a.setDisabled(ctx, name, false, netip.Prefix{}, fmt.Sprintf("enable pool %q", name))
 }
@@ -235,9 +238,10 @@ func (a *Allocator) setDisabled(ctx context.Context, name string, disabled bool,
 
 // SplitPool replaces the pool called name by len(into) pools of equal size
 // with its settings, called into[0], into[1], ... in address order, and
-// returns them: Calico's calicoctl ipam split (see [pool.Pool.Split] for
-// the rules: 2, 4, 8, ... parts, each holding whole blocks, valid names
-// given once; one may be the pool's own).
+// returns them as stored, each with its new Version: Calico's calicoctl
+// ipam split (see [pool.Pool.Split] for the rules: 2, 4, 8, ... parts,
+// each holding whole blocks, valid names given once; one may be the
+// pool's own).
 //
 // Nothing else changes. Every block of the pool lies in exactly one new
 // pool, which carves it the same way; its affinity, addresses, owners and

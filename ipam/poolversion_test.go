@@ -212,3 +212,26 @@ func TestPoolUpdatesNotLost(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, fmt.Sprintf("count == %q", strconv.Itoa(writers*each)), p.NodeSelector)
 }
+
+// TestCreatePoolIgnoresVersion: CreatePool gives the pool a version of its
+// own whatever p.Version says, so a pool copied from another (a Version
+// and all) cannot take that pool's version; and a deletion takes a
+// version too, so the pool created next has one above every earlier one.
+func TestCreatePoolIgnoresVersion(t *testing.T) {
+	e := newEnv(t, v4pool("a", "10.0.0.0/24", 26))
+	a, err := e.a.Pool(e.ctx, "a")
+	require.NoError(t, err)
+
+	b := v4pool("b", "10.1.0.0/24", 26)
+	b.Version = a.Version
+	require.NoError(t, e.a.CreatePool(e.ctx, b))
+	got, err := e.a.Pool(e.ctx, "b")
+	require.NoError(t, err)
+	require.Greater(t, got.Version, a.Version, "the version given is not taken")
+
+	require.NoError(t, e.a.DeletePool(e.ctx, "b"))
+	require.NoError(t, e.a.CreatePool(e.ctx, v4pool("c", "10.2.0.0/24", 26)))
+	c, err := e.a.Pool(e.ctx, "c")
+	require.NoError(t, err)
+	require.Greater(t, c.Version, got.Version+1, "the disable and the removal of b each took a version")
+}

@@ -118,8 +118,8 @@ type Pool struct {
 	// non-zero Version changes the pool only if it is still that version.
 	// Versions are numbered across the pools (a write that changes any
 	// pool takes the next number), so the difference between two says
-	// nothing of how often one pool changed. Zero means no check. Validation ignores it, and manifests do not
-	// carry it.
+	// nothing of how often one pool changed. Zero means no check.
+	// Validation ignores it, and manifests do not carry it.
 	Version uint64 `json:"-"`
 	// CIDR is the pool's address range. It must be masked (no host bits set).
 	CIDR netip.Prefix `json:"cidr"`
