@@ -21,19 +21,21 @@ type Config struct {
 	StrictAffinity bool `json:"strictAffinity"`
 
 	// AutoAllocateBlocks lets AutoAssign claim new blocks for a node when
-	// its affine blocks are full. Without it, AutoAssign uses only the
+	// its affine blocks are full, and [Allocator.EnsureBlock] claim one for
+	// a node that holds none it can use. Without it, both use only the
 	// blocks a node holds already: given with [Allocator.ClaimAffinity], or
 	// claimed by [Allocator.AssignIP] and [Allocator.AssignIPs], which claim
 	// the block of an address they are asked for whatever this says, as in
 	// Calico.
 	AutoAllocateBlocks bool `json:"autoAllocateBlocks"`
 
-	// MaxBlocksPerHost caps how many blocks of one IP family AutoAssign lets
-	// a node hold in the pools a request may use; 0 means no cap. Reaching
-	// the cap stops AutoAssign's claims only: without StrictAffinity the
-	// node goes on to borrow free addresses from other nodes' blocks (never
-	// unclaimed blocks: those are claimed or not at all). ClaimAffinity,
-	// AssignIP and AssignIPs, which name their blocks, are not held to it.
+	// MaxBlocksPerHost caps how many blocks of one IP family AutoAssign
+	// and EnsureBlock let a node hold in the pools a request may use; 0
+	// means no cap. Reaching the cap stops AutoAssign's claims only:
+	// without StrictAffinity the node goes on to borrow free addresses
+	// from other nodes' blocks (never unclaimed blocks: those are claimed
+	// or not at all). ClaimAffinity, AssignIP and AssignIPs, which name
+	// their blocks, are not held to it.
 	MaxBlocksPerHost int `json:"maxBlocksPerHost,omitempty"`
 
 	// ReleaseCooldown keeps a released address from being assigned again

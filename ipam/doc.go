@@ -29,8 +29,9 @@
 // why. [Allocator.AssignIP] assigns one given address, and
 // [Allocator.AssignIPs] several under one handle, all or none (a pod's
 // fixed IPv4 and IPv6 addresses). [Allocator.EnsureBlock] gives a node
-// its block of each family before its first address, claiming one by
-// steps 1 and 3 when it holds none (Calico's EnsureBlock).
+// its block of each family asked for before its first address: its first
+// block in the pools of step 1, as in step 2, or else one claimed as in
+// step 3 (Calico's EnsureBlock).
 //
 // LoadBalancer addresses (use [pool.UseLoadBalancer], from LoadBalancer
 // pools only) belong to no node: a request for them names none, and their

@@ -55,7 +55,9 @@ type EnsureBlockArgs struct {
 // an error matching ErrNoSpace, as it does when no pool has a block left
 // to claim; a family with no pool that qualifies fails with an error
 // matching pool.ErrNoPool (and ErrPoolNotFound for a name no pool has).
-// Bad arguments fail with ErrInvalid.
+// A node holding Config.MaxBlocksPerHost blocks there, all of them
+// reserved whole, gets no other: an error matching ErrNoSpace and
+// ErrBlockLimit. Bad arguments fail with ErrInvalid.
 //
 // It is all or nothing: when one family fails, a block it claimed for the
 // other is given up again (if the store fails that, the error is the

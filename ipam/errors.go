@@ -83,7 +83,9 @@ var (
 
 	// ErrBlockLimit: Config.MaxBlocksPerHost kept the node from claiming a
 	// block it needed, while its pools had one unclaimed (Calico's
-	// ErrBlockLimit). An *AssignError matches it along with ErrNoSpace.
+	// ErrBlockLimit). An *AssignError matches it along with ErrNoSpace, and
+	// so does EnsureBlock's error for a node whose blocks are all reserved
+	// whole (checked before looking for one unclaimed).
 	ErrBlockLimit = errors.New("the node holds maxBlocksPerHost blocks")
 
 	// ErrAffinityConflict: the block is not the caller's: it is another
