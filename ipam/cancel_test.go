@@ -164,7 +164,7 @@ func mustUtil(t *testing.T, a *ipam.Allocator) []ipam.PoolUtilization {
 // midway, between two store operations, the store is left consistent
 // (Check finds nothing), and what the call did not do can be done by
 // calling it again. (A write cut off in flight has an unknown outcome,
-// like a lost reply: see TestCrashesAreRepairable.)
+// like a lost reply: see TestLostReplyEachOperation.)
 func TestCancelledCallsLeaveNoHalfWrites(t *testing.T) {
 	calls := []struct {
 		name string
