@@ -114,8 +114,11 @@
 //     pools at once cannot both succeed, and a pool cannot be created over
 //     leftover blocks of a different size. For the same reason
 //     [Allocator.SplitPool] (calicoctl ipam split) is one write, with no
-//     datastore lock. [Allocator.UpdatePool] is conditional on the
-//     version of the pool read, as Calico's resourceVersion is.
+//     datastore lock. Each pool still has a version of its own
+//     ([pool.Pool].Version, as Calico's resourceVersion):
+//     [Allocator.UpdatePool] is conditional on the version read, and a
+//     change to one pool does not refuse updates made from a read of
+//     another.
 //   - A failed AutoAssign leaves nothing behind: no address, no handle, no
 //     claimed block, also when it failed because its context ended: a
 //     pair of writes begun is finished, and a failed request undone, on
