@@ -167,7 +167,8 @@ type assignOp struct {
 // unless StrictAffinity, borrowed from other blocks of the pools.
 // Once it succeeds, the node gives up its empty blocks in enabled pools
 // that no longer select it, as Calico does: whose nodeSelector does not
-// match args.NodeLabels. So a request that leaves the labels out and is
+// match args.NodeLabels, or that became LoadBalancer pools (see
+// UpdatePool). So a request that leaves the labels out and is
 // served by another pool gives up the node's empty blocks in pools that
 // select by label.
 //
