@@ -18,7 +18,8 @@ var (
 	// bad node name, invalid address...). Nothing was changed.
 	ErrInvalid = errors.New("invalid argument")
 
-	// ErrNoSpace: the eligible pools cannot supply the addresses asked for.
+	// ErrNoSpace: the eligible pools cannot supply the addresses asked for
+	// (for EnsureBlock: the block; its message still says addresses).
 	ErrNoSpace = errors.New("not enough free addresses")
 
 	// ErrPoolNotFound: no pool has the given name. It is pool.ErrNotFound,
