@@ -228,8 +228,8 @@ type nodeCache struct {
 	// (Per node, so that allocations for different nodes do not write to
 	// one shared word.)
 	lastHandleVal atomic.Pointer[handleVal]
-	// lane is, per family (IPv4, IPv6), what the node's last request of
-	// the lane's shape chose (see autoAssignLane).
+	// lane is, per family (IPv4, IPv6), what a recent request of the
+	// node, of the lane's shape, chose (see autoAssignLane).
 	lane [2]atomic.Pointer[laneMemo]
 }
 
