@@ -683,48 +683,85 @@ func (a *Allocator) assignHeld(ctx context.Context, o *assignOp, fam pool.Family
 	claims:
 		for _, p := range pools {
 			var w *pool.Walker // made at the pool's first claim
+			size := 1 << (p.CIDR.Addr().BitLen() - p.BlockSize)
+			per := size - o.rsv.first - o.rsv.last // the most a new block gives
 			for len(out) < n {
-				// The cap is per node: the virtual owner has none.
-				if cfg.MaxBlocksPerHost > 0 && len(mine) >= cfg.MaxBlocksPerHost && o.aff.Kind == block.HostAffinity {
-					why = append(why, fmt.Sprintf("node holds %d of maxBlocksPerHost %d blocks", len(mine), cfg.MaxBlocksPerHost))
-					capped = true
+				// Claim the blocks the rest needs at the least, then raise
+				// the handle's counts for all of them in one write: a
+				// write per block would encode every entry the record has
+				// by then, quadratic in a node's first large batch.
+				var run []netip.Prefix
+				var stop int // after the run: 1 the next pool, 2 no more claims
+				for len(run)*per < n-len(out) {
+					// The cap is per node: the virtual owner has none.
+					if cfg.MaxBlocksPerHost > 0 && len(mine) >= cfg.MaxBlocksPerHost && o.aff.Kind == block.HostAffinity {
+						why = append(why, fmt.Sprintf("node holds %d of maxBlocksPerHost %d blocks", len(mine), cfg.MaxBlocksPerHost))
+						capped, stop = true, 2
+						break
+					}
+					if !o.rsv.fits(size) {
+						why = append(why, fmt.Sprintf("pool %q's blocks are too small to reserve %d+%d addresses", p.Name, o.rsv.first, o.rsv.last))
+						stop = 1
+						break
+					}
+					if w == nil {
+						w = newWalker(o.v, p, mine)
+					}
+					blk, ok, made, listed, err := a.claim(ctx, o.v, p, w, o.aff, o.rsv)
+					if errors.Is(err, ErrNotInPool) {
+						// The pool was disabled, deleted or re-made since
+						// this request read it: nothing more from it.
+						why = append(why, fmt.Sprintf("pool %q changed during the request", p.Name))
+						gonePools = append(gonePools, p)
+						stop = 1
+						break
+					}
+					if err != nil {
+						return out, "", err
+					}
+					if listed != nil {
+						if o.listed == nil {
+							o.listed = map[string][]Record{}
+						}
+						o.listed[p.Name] = listed
+					}
+					if !ok {
+						full = append(full, p)
+						stop = 1
+						break
+					}
+					mine = append(mine, blk)
+					w.Skip(blk)
+					if made { // not one found the node's already: see claim
+						o.claimed = append(o.claimed, blk)
+					}
+					run = append(run, blk)
+				}
+				if len(run) > 1 {
+					plan := make([]handleCount, 0, len(run))
+					left := n - len(out)
+					for _, blk := range run {
+						k := min(per, left)
+						plan = append(plan, handleCount{blk, k})
+						left -= k
+					}
+					if err := o.h.reserve(ctx, plan); err != nil {
+						return out, "", err
+					}
+				}
+				for _, blk := range run {
+					if len(out) == n {
+						break
+					}
+					if _, err := a.assignFrom(ctx, o, &out, p.Name, blk, n-len(out), true, false); err != nil {
+						return out, "", err
+					}
+				}
+				if stop == 2 {
 					break claims
 				}
-				if !o.rsv.fits(1 << (p.CIDR.Addr().BitLen() - p.BlockSize)) {
-					why = append(why, fmt.Sprintf("pool %q's blocks are too small to reserve %d+%d addresses", p.Name, o.rsv.first, o.rsv.last))
+				if stop == 1 {
 					break
-				}
-				if w == nil {
-					w = newWalker(o.v, p, mine)
-				}
-				blk, ok, made, listed, err := a.claim(ctx, o.v, p, w, o.aff, o.rsv)
-				if errors.Is(err, ErrNotInPool) {
-					// The pool was disabled, deleted or re-made since this
-					// request read it: nothing more from it.
-					why = append(why, fmt.Sprintf("pool %q changed during the request", p.Name))
-					gonePools = append(gonePools, p)
-					break
-				}
-				if err != nil {
-					return out, "", err
-				}
-				if listed != nil {
-					if o.listed == nil {
-						o.listed = map[string][]Record{}
-					}
-					o.listed[p.Name] = listed
-				}
-				if !ok {
-					full = append(full, p)
-					break
-				}
-				mine = append(mine, blk)
-				w.Skip(blk)
-				if made { // not one found the node's already: see claim
-					o.claimed = append(o.claimed, blk)
-				}
-				if _, err := a.assignFrom(ctx, o, &out, p.Name, blk, n-len(out), true, false); err != nil {
-					return out, "", err
 				}
 			}
 		}

@@ -220,12 +220,17 @@ func (h *handleTx) adjust(ctx context.Context, deltas []handleCount) error {
 // leaves, are as for one block.
 
 // reserve raises the handle's counts by plan (a count per block) and keeps
-// the raise as spare for take.
+// the raise as spare for take, beside what an earlier reserve of the same
+// operation left (a request reserves for the node's blocks, then for the
+// blocks it claims).
 func (h *handleTx) reserve(ctx context.Context, plan []handleCount) error {
 	if err := h.adjust(ctx, plan); err != nil {
 		return err
 	}
-	h.spare, h.hint = append(h.spare[:0], plan...), 0
+	if h.spare == nil {
+		h.hint = 0
+	}
+	h.spare = append(h.spare, plan...)
 	return nil
 }
 

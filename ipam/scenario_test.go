@@ -851,6 +851,87 @@ func TestBatchWritesHandleOnce(t *testing.T) {
 	}
 }
 
+// TestFirstBatchWritesHandleOnce: a node's first batch, which claims the
+// blocks it fills, raises its handle's counts for the blocks it claims in
+// one write too, not one per claimed block; the counts come out exact, and
+// a batch that also fills the node's own blocks first adds the claimed
+// blocks to what it raised for those.
+func TestFirstBatchWritesHandleOnce(t *testing.T) {
+	handleWrites := func(c storetest.Counts) int64 {
+		return c.Of(storetest.OpCreate, ipam.KindHandle) + c.Of(storetest.OpUpdate, ipam.KindHandle) + c.Of(storetest.OpDelete, ipam.KindHandle)
+	}
+	e := newEnv(t, v4pool("p", "10.0.0.0/24", 28)) // blocks of 16
+	store := storetest.NewCountingStore(e.store)
+	a, err := ipam.New(store, ipam.Options{})
+	require.NoError(t, err)
+
+	before, _ := storetest.CountsOf(store)
+	got, err := a.AutoAssign(e.ctx, ipam.AutoAssignArgs{Num4: 100, Handle: "first", Node: "node-1"})
+	require.NoError(t, err)
+	require.Len(t, got.IPv4, 100)
+	require.Len(t, blocksOf(got.IPv4), 7, "100 addresses claim seven blocks of 16")
+	after, _ := storetest.CountsOf(store)
+	require.EqualValues(t, 1, handleWrites(after.Sub(before)), "%v", after.Sub(before))
+	counts, err := a.IPsByHandle(e.ctx, "first")
+	require.NoError(t, err)
+	require.Len(t, counts, 100)
+
+	// The node's seventh block has 12 free; 40 more take them and claim
+	// two more blocks (the second half full).
+	before = after
+	got, err = a.AutoAssign(e.ctx, ipam.AutoAssignArgs{Num4: 40, Handle: "second", Node: "node-1"})
+	require.NoError(t, err)
+	require.Len(t, blocksOf(got.IPv4), 3)
+	after, _ = storetest.CountsOf(store)
+	require.LessOrEqual(t, handleWrites(after.Sub(before)), int64(2), "%v", after.Sub(before))
+	e.requireConsistent()
+
+	for _, h := range []string{"first", "second"} {
+		_, err := a.ReleaseByHandle(e.ctx, h)
+		require.NoError(t, err)
+	}
+	e.requireConsistent()
+}
+
+// TestBatchPlanGoesStaleThenClaims: a batch raises its handle's counts
+// for the node's blocks by what its cached copies say is free, one of them
+// gives fewer (another allocator took some), and the batch then claims
+// blocks and raises their counts too: what the first raise did not use is
+// still lowered at the end, so the counts come out exact.
+func TestBatchPlanGoesStaleThenClaims(t *testing.T) {
+	e := newEnv(t, v4pool("p", "10.0.0.0/24", 28)) // blocks of 16
+	got := e.mustAssign4("node-1", "fill", 32)     // blocks A and B, full
+	blocks := blocksOf(got)
+	require.Len(t, blocks, 2)
+	// Four addresses free in each, as e.a knows.
+	var rels []ipam.Release
+	freed := map[netip.Prefix]int{}
+	for _, x := range got {
+		if freed[x.Block] < 4 {
+			freed[x.Block]++
+			rels = append(rels, ipam.Release{Addr: x.Addr})
+		}
+	}
+	_, err := e.a.ReleaseIPs(e.ctx, rels...)
+	require.NoError(t, err)
+	// Another allocator takes two of A's behind e.a's back.
+	other := e.allocator()
+	for _, r := range rels[:2] {
+		_, err := other.AssignIP(e.ctx, ipam.AssignIPArgs{Addr: r.Addr, Handle: "other", Node: "node-1"})
+		require.NoError(t, err)
+	}
+
+	// 30: 6 from A and B (8 planned), 24 from two claimed blocks.
+	res, err := e.a.AutoAssign(e.ctx, ipam.AutoAssignArgs{Num4: 30, Handle: "batch", Node: "node-1"})
+	require.NoError(t, err)
+	require.Len(t, res.IPv4, 30)
+	require.Len(t, blocksOf(res.IPv4), 4)
+	e.requireConsistent()
+	held, err := e.a.IPsByHandle(e.ctx, "batch")
+	require.NoError(t, err)
+	require.Len(t, held, 30)
+}
+
 // TestBatchPlanGoesStale: a request spanning several blocks raises the
 // handle's counts ahead, by what its cached copies say is free. When
 // another allocator has taken some of those addresses since, the request
