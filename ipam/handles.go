@@ -295,12 +295,22 @@ func (h *handleTx) settle(ctx context.Context) error {
 // settleSpare is settle once there is a reservation; settle, small enough
 // to inline, keeps the check for one off the single-address path.
 func (h *handleTx) settleSpare(ctx context.Context) error {
-	for i := range h.spare {
-		h.spare[i].count = -h.spare[i].count
+	// adjust wants one entry per block, and a block may have two: a
+	// request that reserved for the node's blocks can claim one of them
+	// again in a run (it was gone from the store, see assignHeld) and
+	// reserve for it once more. Their counts add up.
+	slices.SortFunc(h.spare, func(x, y handleCount) int { return comparePrefix(x.block, y.block) })
+	deltas := h.spare[:0]
+	for _, hc := range h.spare {
+		if n := len(deltas); n > 0 && deltas[n-1].block == hc.block {
+			deltas[n-1].count -= hc.count
+			continue
+		}
+		deltas = append(deltas, handleCount{hc.block, -hc.count})
 	}
 	ctx, cancel := detach(ctx) // the blocks are written: see detach
 	defer cancel()
-	err := h.adjust(ctx, h.spare)
+	err := h.adjust(ctx, deltas)
 	h.spare = nil
 	return err
 }
