@@ -736,6 +736,13 @@ func (a *Allocator) assignHeld(ctx context.Context, o *assignOp, fam pool.Family
 						o.claimed = append(o.claimed, blk)
 					}
 					run = append(run, blk)
+					if !made {
+						// Found the node's already, perhaps with more room
+						// than per (claimed with other reservations) or
+						// less: the run ends here, and what the block
+						// gives decides what more to claim.
+						break
+					}
 				}
 				if len(run) > 1 {
 					plan := make([]handleCount, 0, len(run))
