@@ -1,11 +1,17 @@
 package ipam_test
 
 import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
 	"testing"
 
 	"github.com/stretchr/testify/require"
 
 	"github.com/carve-ipam/carve/ipam"
+	"github.com/carve-ipam/carve/ipam/memstore"
+	"github.com/carve-ipam/carve/ipam/storetest"
 )
 
 // TestClaimRunReclaimsPlannedBlock: a batch plans on the node's two
@@ -66,4 +72,94 @@ func TestClaimRunFindsNodesBlock(t *testing.T) {
 	require.Len(t, blocksOf(got.IPv4), 1, "the node's block has room for all 14")
 	require.Len(t, e.affine("node-1"), 1, "no second block claimed")
 	e.requireHolds("h", got.IPv4)
+}
+
+// TestClaimRunFaultAtEveryOperation: requests whose claims come in runs of
+// several blocks (a node's first batch, dual-stack; after the node's own
+// blocks; with addresses reserved at the blocks' ends; short of space;
+// capped by MaxBlocksPerHost) meet a fault at each store operation in
+// turn, in each mode. What is left must be only what the write order
+// promises (a handle counting too much, an index entry too many), which
+// Repair clears; a request that succeeded, wholly or in part, holds just
+// what it returned.
+func TestClaimRunFaultAtEveryOperation(t *testing.T) {
+	type tc struct {
+		name  string
+		setup func(ctx context.Context, a *ipam.Allocator) error
+		args  ipam.AutoAssignArgs
+	}
+	cases := []tc{
+		{"first batch", nil, ipam.AutoAssignArgs{Num4: 20, Num6: 10, Handle: "h", Node: "n1"}},
+		{"after held blocks", func(ctx context.Context, a *ipam.Allocator) error {
+			// n1 holds two blocks, 4 free in all, behind this allocator's back.
+			_, err := a.AutoAssign(ctx, ipam.AutoAssignArgs{Num4: 12, Handle: "setup", Node: "n1"})
+			return err
+		}, ipam.AutoAssignArgs{Num4: 20, Handle: "h", Node: "n1"}},
+		{"reserved ends", nil, ipam.AutoAssignArgs{Num4: 14, Num6: 3, Handle: "h", Node: "n1", ReserveFirst: 1, ReserveLast: 1}},
+		{"partial", func(ctx context.Context, a *ipam.Allocator) error {
+			_, err := a.AutoAssign(ctx, ipam.AutoAssignArgs{Num4: 3, Handle: "setup", Node: "n2"})
+			return err
+		}, ipam.AutoAssignArgs{Num4: 32, Handle: "h", Node: "n1", Partial: true}},
+		{"capped", func(ctx context.Context, a *ipam.Allocator) error {
+			cfg := ipam.DefaultConfig()
+			cfg.MaxBlocksPerHost = 2
+			cfg.StrictAffinity = true
+			return a.SetConfig(ctx, cfg)
+		}, ipam.AutoAssignArgs{Num4: 20, Handle: "h", Node: "n1", Partial: true}},
+	}
+	modes := []storetest.FaultMode{storetest.FailOnce, storetest.Crash, storetest.CrashAfter, storetest.LostReply}
+	for _, c := range cases {
+		newStore := func(t *testing.T) *memstore.Store {
+			s := memstore.New()
+			a, err := ipam.New(s, ipam.Options{})
+			require.NoError(t, err)
+			for _, p := range crashPools {
+				require.NoError(t, a.CreatePool(t.Context(), p))
+			}
+			if c.setup != nil {
+				require.NoError(t, c.setup(t.Context(), a))
+			}
+			return s
+		}
+		t.Run(c.name, func(t *testing.T) {
+			clean := storetest.NewFaultyStore(newStore(t), storetest.Fault{})
+			a, err := ipam.New(clean.WithGenerations(), ipam.Options{})
+			require.NoError(t, err)
+			res, err := a.AutoAssign(t.Context(), c.args)
+			if !c.args.Partial {
+				require.NoError(t, err)
+			}
+			require.Positive(t, res.Len())
+			total := clean.Ops()
+			t.Logf("clean run: %d IPv4, %d IPv6, %v; %d operations", len(res.IPv4), len(res.IPv6), err, total)
+			for _, mode := range modes {
+				for k := int64(1); k <= total; k++ {
+					s := newStore(t)
+					f := storetest.NewFaultyStore(s, storetest.Fault{At: k, Mode: mode})
+					a, err := ipam.New(f.WithGenerations(), ipam.Options{})
+					require.NoError(t, err)
+					res, err := a.AutoAssign(t.Context(), c.args)
+					var ae *ipam.AssignError
+					kept := err == nil || errors.As(err, &ae) && c.args.Partial
+					where := fmt.Sprintf("%s at %d (%v)", mode, k, err)
+
+					checker, err := ipam.New(s, ipam.Options{})
+					require.NoError(t, err)
+					r, err := checker.Check(t.Context())
+					require.NoError(t, err)
+					for _, p := range r.Problems {
+						require.Contains(t, []ipam.ProblemKind{ipam.ProblemHandleExcess, ipam.ProblemAffinityStale}, p.Kind, "%s: %v", where, p)
+					}
+					_, after, err := checker.Repair(t.Context(), ipam.RepairOptions{})
+					require.NoError(t, err)
+					require.True(t, after.Clean(), "%s; after repair: %v", where, after.Problems)
+					if kept && res.Len() > 0 {
+						held, err := checker.IPsByHandle(t.Context(), "h")
+						require.NoError(t, err, where)
+						require.ElementsMatch(t, addrs(slices.Concat(res.IPv4, res.IPv6)), held, where)
+					}
+				}
+			}
+		})
+	}
 }
