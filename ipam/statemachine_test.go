@@ -148,8 +148,17 @@ func (m *machine) record(t *rapid.T, node, handle string, got []ipam.Assigned) {
 }
 
 func (m *machine) AutoAssign(t *rapid.T) {
-	n4 := rapid.IntRange(0, 5).Draw(t, "n4")
-	n6 := rapid.IntRange(0, 3).Draw(t, "n6")
+	m.autoAssign(t, rapid.IntRange(0, 5).Draw(t, "n4"), rapid.IntRange(0, 3).Draw(t, "n6"))
+}
+
+// AutoAssignBatch asks for more addresses than a block holds, so that the
+// request claims several blocks at once (a run, see assignHeld), besides
+// the node's own.
+func (m *machine) AutoAssignBatch(t *rapid.T) {
+	m.autoAssign(t, rapid.IntRange(0, 24).Draw(t, "n4"), rapid.IntRange(0, 12).Draw(t, "n6"))
+}
+
+func (m *machine) autoAssign(t *rapid.T, n4, n6 int) {
 	if n4+n6 == 0 {
 		t.Skip("nothing asked")
 	}
