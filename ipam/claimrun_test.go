@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 
@@ -161,5 +162,50 @@ func TestClaimRunFaultAtEveryOperation(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestClaimRunAdoptsCoolingBlocks: a batch's run takes over empty blocks
+// another node gave up while some of their addresses cool: they give fewer
+// than planned (cooling addresses are held back, reserved ends are reset
+// to the request's), the batch claims more, and the counts come out exact.
+func TestClaimRunAdoptsCoolingBlocks(t *testing.T) {
+	for _, c := range []struct{ rsv, fresh int }{{0, 0}, {1, 0}, {0, 1}, {1, 1}} {
+		rsv := c.rsv
+		e := newEnv(t, v4pool("p", "10.0.0.0/26", 29)) // 8 blocks of 8
+		e.cooldown(time.Hour)
+		// node-2 fills three blocks, then releases them in two steps an
+		// hour apart: five addresses of each are still cooling when it
+		// gives the blocks up.
+		var got []ipam.Assigned
+		for i := range 3 {
+			got = append(got, e.mustAssign4("node-2", fmt.Sprintf("x%d", i), 8)...)
+		}
+		var early, late []ipam.Release
+		for i, x := range got {
+			if i%8 < 3 {
+				early = append(early, ipam.Release{Addr: x.Addr})
+			} else {
+				late = append(late, ipam.Release{Addr: x.Addr})
+			}
+		}
+		_, err := e.a.ReleaseIPs(e.ctx, early...)
+		require.NoError(t, err)
+		e.clock.Advance(2 * time.Hour)
+		_, err = e.a.ReleaseIPs(e.ctx, late...)
+		require.NoError(t, err)
+		_, err = e.a.ReleaseHostAffinities(e.ctx, "node-2", true)
+		require.NoError(t, err)
+
+		a := e.a // whose cache holds the blocks as node-2 left them
+		if c.fresh == 1 {
+			a = e.allocator()
+		}
+		res, err := a.AutoAssign(e.ctx, ipam.AutoAssignArgs{Num4: 64, Handle: "h", Node: "node-1", ReserveFirst: rsv, ReserveLast: rsv, Partial: true})
+		var ae *ipam.AssignError
+		require.ErrorAs(t, err, &ae)
+		require.Greater(t, len(res.IPv4), 5*(8-2*rsv), "%+v", c)
+		require.Len(t, blocksOf(res.IPv4), 8, "%+v: every block gave some", c)
+		e.requireHolds("h", res.IPv4)
 	}
 }
