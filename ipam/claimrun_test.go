@@ -110,18 +110,7 @@ func TestClaimRunFaultAtEveryOperation(t *testing.T) {
 	}
 	modes := []storetest.FaultMode{storetest.FailOnce, storetest.Crash, storetest.CrashAfter, storetest.LostReply}
 	for _, c := range cases {
-		newStore := func(t *testing.T) *memstore.Store {
-			s := memstore.New()
-			a, err := ipam.New(s, ipam.Options{})
-			require.NoError(t, err)
-			for _, p := range crashPools {
-				require.NoError(t, a.CreatePool(t.Context(), p))
-			}
-			if c.setup != nil {
-				require.NoError(t, c.setup(t.Context(), a))
-			}
-			return s
-		}
+		newStore := func(t *testing.T) *memstore.Store { return crashStore(t, c.setup) }
 		t.Run(c.name, func(t *testing.T) {
 			clean := storetest.NewFaultyStore(newStore(t), storetest.Fault{})
 			a, err := ipam.New(clean.WithGenerations(), ipam.Options{})

@@ -267,20 +267,7 @@ func TestLostReplyEachOperation(t *testing.T) {
 		}},
 	}
 	for _, c := range cases {
-		// newStore returns a store set up for the case and the number of
-		// store operations the call makes on it without faults.
-		newStore := func(t *testing.T) *memstore.Store {
-			s := memstore.New()
-			a, err := ipam.New(s, ipam.Options{})
-			require.NoError(t, err)
-			for _, p := range crashPools {
-				require.NoError(t, a.CreatePool(t.Context(), p))
-			}
-			if c.setup != nil {
-				require.NoError(t, c.setup(t.Context(), a))
-			}
-			return s
-		}
+		newStore := func(t *testing.T) *memstore.Store { return crashStore(t, c.setup) }
 		t.Run(c.name, func(t *testing.T) {
 			clean := storetest.NewFaultyStore(newStore(t), storetest.Fault{})
 			a, err := ipam.New(clean.WithGenerations(), ipam.Options{})
@@ -422,4 +409,19 @@ func TestLostReplyOfAssignmentStands(t *testing.T) {
 			require.Equal(t, []netip.Addr{res.IPv4[0].Addr}, got)
 		})
 	}
+}
+
+// crashStore returns a store with crashPools, set up further by setup
+// (nil: nothing more), for a case of a fault-at-every-operation test.
+func crashStore(t *testing.T, setup func(context.Context, *ipam.Allocator) error) *memstore.Store {
+	s := memstore.New()
+	a, err := ipam.New(s, ipam.Options{})
+	require.NoError(t, err)
+	for _, p := range crashPools {
+		require.NoError(t, a.CreatePool(t.Context(), p))
+	}
+	if setup != nil {
+		require.NoError(t, setup(t.Context(), a))
+	}
+	return s
 }
