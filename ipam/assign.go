@@ -700,41 +700,31 @@ func (a *Allocator) assignHeld(ctx context.Context, o *assignOp, fam pool.Family
 						break
 					}
 					if !o.rsv.fits(size) {
-						why = append(why, fmt.Sprintf("pool %q's blocks are too small to reserve %d+%d addresses", p.Name, o.rsv.first, o.rsv.last))
+						why = append(why, o.rsv.tooSmall(p))
 						stop = 1
 						break
 					}
 					if w == nil {
 						w = newWalker(o.v, p, mine)
 					}
-					blk, ok, made, listed, err := a.claim(ctx, o.v, p, w, o.aff, o.rsv)
-					if errors.Is(err, ErrNotInPool) {
-						// The pool was disabled, deleted or re-made since
-						// this request read it: nothing more from it.
-						why = append(why, fmt.Sprintf("pool %q changed during the request", p.Name))
-						gonePools = append(gonePools, p)
-						stop = 1
-						break
-					}
+					blk, made, got, err := a.claimFor(ctx, o, p, w)
 					if err != nil {
 						return out, "", err
 					}
-					if listed != nil {
-						if o.listed == nil {
-							o.listed = map[string][]Record{}
-						}
-						o.listed[p.Name] = listed
-					}
-					if !ok {
+					switch got {
+					case poolChanged:
+						why = append(why, changedReason(p))
+						gonePools = append(gonePools, p)
+						stop = 1
+					case poolFull:
 						full = append(full, p)
 						stop = 1
+					}
+					if stop != 0 {
 						break
 					}
 					mine = append(mine, blk)
 					w.Skip(blk)
-					if made { // not one found the node's already: see claim
-						o.claimed = append(o.claimed, blk)
-					}
 					run = append(run, blk)
 					if !made {
 						// Found the node's already, perhaps with more room
@@ -813,6 +803,46 @@ func (a *Allocator) assignHeld(ctx context.Context, o *assignOp, fam pool.Family
 		why = append(why, "addresses in reservations are never assigned automatically")
 	}
 	return out, fmt.Sprintf("%s: %s", fam, joinReasons(why)), nil
+}
+
+// claimOutcome says what claimFor did.
+type claimOutcome int
+
+const (
+	claimed     claimOutcome = iota // it claimed a block
+	poolChanged                     // the pool was disabled, deleted or re-made since the request read it
+	poolFull                        // the pool's walk found no block to claim
+)
+
+// claimFor claims the next block of p's walk w for o's owner (see claim).
+// It records in o a block this claim made the owner's, for rollback, and
+// the pool's blocks if the claim listed them, for borrowing.
+func (a *Allocator) claimFor(ctx context.Context, o *assignOp, p *pool.Pool, w *pool.Walker) (blk netip.Prefix, made bool, got claimOutcome, err error) {
+	blk, ok, made, listed, err := a.claim(ctx, o.v, p, w, o.aff, o.rsv)
+	switch {
+	case errors.Is(err, ErrNotInPool):
+		return blk, false, poolChanged, nil
+	case err != nil:
+		return blk, false, claimed, err
+	}
+	if listed != nil {
+		if o.listed == nil {
+			o.listed = map[string][]Record{}
+		}
+		o.listed[p.Name] = listed
+	}
+	if !ok {
+		return blk, false, poolFull, nil
+	}
+	if made { // not one found the owner's already: see claim
+		o.claimed = append(o.claimed, blk)
+	}
+	return blk, made, claimed, nil
+}
+
+// changedReason says, for a request's reasons, that p changed under it.
+func changedReason(p *pool.Pool) string {
+	return fmt.Sprintf("pool %q changed during the request", p.Name)
 }
 
 // roomOutOfReach tells, for a family that came out short, whether its

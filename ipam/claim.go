@@ -364,6 +364,12 @@ type hostReserved struct{ first, last int }
 // fits reports whether a block of size addresses keeps one to assign.
 func (r hostReserved) fits(size int) bool { return size > r.first+r.last }
 
+// tooSmall says, for a request's reasons, that p's blocks keep no address
+// to assign once r is reserved.
+func (r hostReserved) tooSmall(p *pool.Pool) string {
+	return fmt.Sprintf("pool %q's blocks are too small to reserve %d+%d addresses", p.Name, r.first, r.last)
+}
+
 // reset makes the reserved addresses of b, an empty block changing hands,
 // those a new block claimed with r would have. An address it frees gets at
 // as its release time: the address may have been cooling when it was

@@ -173,25 +173,20 @@ func (a *Allocator) ensureBlock(ctx context.Context, o *assignOp, fam pool.Famil
 	var why []string
 	for _, p := range pools {
 		if !o.rsv.fits(1 << (p.CIDR.Addr().BitLen() - p.BlockSize)) {
-			why = append(why, fmt.Sprintf("pool %q's blocks are too small to reserve %d+%d addresses", p.Name, o.rsv.first, o.rsv.last))
+			why = append(why, o.rsv.tooSmall(p))
 			continue
 		}
-		blk, ok, made, _, err := a.claim(ctx, o.v, p, newWalker(o.v, p, kept), o.aff, o.rsv)
+		blk, _, got, err := a.claimFor(ctx, o, p, newWalker(o.v, p, kept))
 		switch {
-		case errors.Is(err, ErrNotInPool):
-			// Disabled, deleted or re-made since the pools were read.
-			why = append(why, fmt.Sprintf("pool %q changed during the request", p.Name))
-			continue
 		case err != nil:
 			return netip.Prefix{}, err
-		case !ok:
+		case got == poolChanged:
+			why = append(why, changedReason(p))
+		case got == poolFull:
 			why = append(why, fmt.Sprintf("no unclaimed block left in pool %q", p.Name))
-			continue
+		default:
+			return blk, nil
 		}
-		if made { // not one found the node's already: see claim
-			o.claimed = append(o.claimed, blk)
-		}
-		return blk, nil
 	}
 	return netip.Prefix{}, fmt.Errorf("%w: %s", ErrNoSpace, joinReasons(why))
 }
