@@ -157,6 +157,10 @@ type view struct {
 	poolsGen    uint64
 	configGen   uint64
 	resvGen     uint64
+	// labelsMatter says that some pool's nodeSelector depends on the
+	// node's labels, so that a request without labels is served with the
+	// stored ones (see requestLabels).
+	labelsMatter bool
 }
 
 // loadView returns the current pools and configuration, from the cache when
@@ -205,6 +209,7 @@ func (a *Allocator) readView(ctx context.Context) (*view, error) {
 	default:
 		return nil, fmt.Errorf("ipam: read pools: %w", err)
 	}
+	nv.labelsMatter = labelsMatter(nv.pools)
 	rec, err = a.store.Get(ctx, KindConfig, singletonKey)
 	switch {
 	case err == nil:

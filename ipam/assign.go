@@ -59,12 +59,16 @@ type AutoAssignArgs struct {
 	Node string
 
 	// NodeLabels and NamespaceLabels are matched against pools'
-	// nodeSelector and namespaceSelector; nil means no labels. A
-	// map[string]string converts: selector.Set(m), or selector.Set{"rack": "a"}.
-	// carve keeps no record of a node's labels: pass the node's labels on
-	// every request, as on EnsureBlock. A request that succeeds gives up
-	// the node's empty blocks in enabled pools whose nodeSelector these
-	// labels do not match (see AutoAssign).
+	// nodeSelector and namespaceSelector. A map[string]string converts:
+	// selector.Set(m), or selector.Set{"rack": "a"}.
+	//
+	// NodeLabels nil means the node's labels as SetNodeLabels stored them
+	// (none, if it stored none), which is how a node agent that does not
+	// know the labels leaves them to whoever keeps them. Labels given
+	// (selector.Set{} for none) serve this request instead, and are not
+	// stored. A request that succeeds gives up the node's empty blocks in
+	// enabled pools whose nodeSelector the labels it was served with do
+	// not match (see AutoAssign). NamespaceLabels nil means none.
 	NodeLabels      selector.Labels
 	NamespaceLabels selector.Labels
 
@@ -167,10 +171,8 @@ type assignOp struct {
 // unless StrictAffinity, borrowed from other blocks of the pools.
 // Once it succeeds, the node gives up its empty blocks in enabled pools
 // that no longer select it, as Calico does: whose nodeSelector does not
-// match args.NodeLabels, or that became LoadBalancer pools (see
-// UpdatePool). So a request that leaves the labels out and is
-// served by another pool gives up the node's empty blocks in pools that
-// select by label.
+// match the node's labels (args.NodeLabels, or those SetNodeLabels
+// stored), or that became LoadBalancer pools (see UpdatePool).
 //
 // It is all-or-nothing across both families unless args.Partial: when it
 // cannot assign everything it releases what it assigned and returns an
@@ -209,6 +211,11 @@ func (a *Allocator) AutoAssign(ctx context.Context, args AutoAssignArgs) (AutoAs
 	v, err := a.loadView(ctx)
 	if err != nil {
 		return AutoAssignResult{}, err
+	}
+	if !lb {
+		if args.NodeLabels, err = a.requestLabels(ctx, v, args.Node, nc, args.NodeLabels); err != nil {
+			return AutoAssignResult{}, err
+		}
 	}
 	use := args.Use
 	if use == "" {

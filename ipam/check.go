@@ -23,7 +23,7 @@ type ProblemKind string
 const (
 	// ProblemCorrupt: a record does not decode, or has a key carve never
 	// writes. Repairable for derived records (handles, affinity index),
-	// not for pools, configuration, reservations or blocks.
+	// not for pools, configuration, reservations, node labels or blocks.
 	ProblemCorrupt ProblemKind = "corrupt-record"
 	// ProblemHandleMissing: a block holds addresses of a handle whose record
 	// is missing or counts fewer there. Repairable.
@@ -94,6 +94,7 @@ type Report struct {
 	Handles      int `json:"handles"`
 	Affinities   int `json:"affinities"`
 	Reservations int `json:"reservations"`
+	LabeledNodes int `json:"labeledNodes"` // nodes with labels stored (SetNodeLabels)
 	// Problems lists every inconsistency found, in a stable order.
 	Problems []Problem `json:"problems"`
 	// Leftovers lists, in address order, the blocks of deleted pools that
@@ -176,7 +177,7 @@ func (a *Allocator) check(ctx context.Context) (*Report, *checkState, error) {
 	st := &checkState{blocks: map[netip.Prefix]*block.Block{}, handles: map[string]map[netip.Prefix]int{}, handleOf: map[string]Revision{}}
 	add := func(p Problem) { r.Problems = append(r.Problems, p) }
 
-	// Pools, configuration, reservations.
+	// Pools, configuration, reservations, node labels.
 	pools := new(pool.Set)
 	if rec, err := a.store.Get(ctx, KindPool, singletonKey); err == nil {
 		if s, _, err := unmarshalPools(rec.Value); err != nil {
@@ -210,6 +211,17 @@ func (a *Allocator) check(ctx context.Context) (*Report, *checkState, error) {
 	for _, rec := range resv {
 		if _, err := unmarshalReservation(rec.Key, rec.Value); err != nil {
 			add(Problem{Kind: ProblemCorrupt, Record: "reservation " + rec.Key, Detail: err.Error()})
+		}
+	}
+
+	nodes, err := a.store.List(ctx, KindNode, KeyRange{})
+	if err != nil {
+		return nil, nil, fmt.Errorf("ipam: check: %w", err)
+	}
+	r.LabeledNodes = len(nodes)
+	for _, rec := range nodes {
+		if _, err := unmarshalNode(rec.Key, rec.Value); err != nil {
+			add(Problem{Kind: ProblemCorrupt, Record: "node " + rec.Key, Detail: err.Error() + " (SetNodeLabels replaces it)"})
 		}
 	}
 

@@ -17,7 +17,7 @@ type EnsureBlockArgs struct {
 	Node string
 
 	// NodeLabels are matched against pools' nodeSelector, as for
-	// AutoAssign.
+	// AutoAssign: nil means the labels stored by SetNodeLabels.
 	NodeLabels selector.Labels
 
 	// IPv4 and IPv6 say which families to ensure a block of; at least one
@@ -83,6 +83,10 @@ func (a *Allocator) EnsureBlock(ctx context.Context, args EnsureBlockArgs) (v4, 
 	if err != nil {
 		return netip.Prefix{}, netip.Prefix{}, err
 	}
+	nc := a.node(args.Node)
+	if args.NodeLabels, err = a.requestLabels(ctx, v, args.Node, nc, args.NodeLabels); err != nil {
+		return netip.Prefix{}, netip.Prefix{}, err
+	}
 	// Choose the pools of both families before claiming anything.
 	var pools [2][]*pool.Pool
 	for i, fam := range []pool.Family{pool.IPv4, pool.IPv6} {
@@ -102,7 +106,7 @@ func (a *Allocator) EnsureBlock(ctx context.Context, args EnsureBlockArgs) (v4, 
 	}
 
 	o := assignOp{
-		v: v, node: args.Node, nc: a.node(args.Node), aff: block.Host(args.Node),
+		v: v, node: args.Node, nc: nc, aff: block.Host(args.Node),
 		labels: args.NodeLabels, rsv: hostReserved{args.ReserveFirst, args.ReserveLast},
 	}
 	var got [2]netip.Prefix

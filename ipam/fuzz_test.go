@@ -312,6 +312,16 @@ func fuzzCall(ctx context.Context, a *ipam.Allocator, in *bytesIn) (string, erro
 		_, err := a.ReleaseHostAffinities(ctx, node, in.pick(2) == 0)
 		return "release host affinities", err
 	case 10:
+		if in.pick(3) == 0 {
+			var labels map[string]string
+			for range in.pick(3) {
+				if labels == nil {
+					labels = map[string]string{}
+				}
+				labels[in.str("rack", "zone", "", "\xff")] = in.str("0", "1", "a", strings.Repeat("v", ipam.MaxAttrLen+1))
+			}
+			return "set node labels", a.SetNodeLabels(ctx, in.str(fuzzNodes...), labels)
+		}
 		var cidrs []netip.Prefix
 		for range in.pick(3) {
 			cidrs = append(cidrs, in.prefix())

@@ -105,6 +105,14 @@ func (a *Allocator) autoAssignLane(ctx context.Context, args *AutoAssignArgs) (r
 		a.gens.Generation(KindReservation) != v.resvGen || nb == nil || nb.gen != a.gens.Generation(KindAffinity) {
 		return res, false, nil
 	}
+	if args.NodeLabels == nil && v.labelsMatter {
+		// The node's stored labels, if the allocator has them.
+		set, ok := a.cachedLabels(nc)
+		if !ok {
+			return res, false, nil
+		}
+		args.NodeLabels = set
+	}
 	m := nc.lane[fi].Load()
 	if m != nil && (m.v != v || m.nb != nb) {
 		m = nil

@@ -445,7 +445,7 @@ func (m laneMachine) AssignIP(t *rapid.T) {
 // affinities, or another node's request, as text and as the function that
 // makes it.
 func laneChange(t *rapid.T) (string, func(ctx context.Context, a *ipam.Allocator) error) {
-	switch rapid.IntRange(0, 6).Draw(t, "change") {
+	switch rapid.IntRange(0, 7).Draw(t, "change") {
 	case 0:
 		c := ipam.Config{
 			AutoAllocateBlocks: rapid.IntRange(0, 4).Draw(t, "auto") > 0,
@@ -506,6 +506,13 @@ func laneChange(t *rapid.T) (string, func(ctx context.Context, a *ipam.Allocator
 		return "ReleaseHostAffinities " + node, func(ctx context.Context, a *ipam.Allocator) error {
 			_, err := a.ReleaseHostAffinities(ctx, node, false)
 			return err
+		}
+	case 6:
+		// The labels a request without NodeLabels is served with.
+		node := rapid.SampledFrom(laneNodes).Draw(t, "node")
+		labels := rapid.SampledFrom([]map[string]string{nil, {"rack": "a"}, {"rack": "b"}, {"rack": "a", "zone": "z"}}).Draw(t, "labels")
+		return fmt.Sprintf("SetNodeLabels(%s, %v)", node, labels), func(ctx context.Context, a *ipam.Allocator) error {
+			return a.SetNodeLabels(ctx, node, labels)
 		}
 	default:
 		handle := rapid.SampledFrom(laneHandles).Draw(t, "handle")

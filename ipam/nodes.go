@@ -231,6 +231,8 @@ type nodeCache struct {
 	// lane is, per family (IPv4, IPv6), what a recent request of the
 	// node, of the lane's shape, chose (see autoAssignLane).
 	lane [2]atomic.Pointer[laneMemo]
+	// labels is the node's stored labels as last read (see nodeLabels).
+	labels atomic.Pointer[storedLabels]
 }
 
 // nodeBlocks is a node's blocks per the affinity index, with the index

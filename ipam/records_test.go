@@ -2,6 +2,7 @@ package ipam
 
 import (
 	"bytes"
+	"maps"
 	"net/netip"
 	"slices"
 	"testing"
@@ -249,6 +250,30 @@ func FuzzPoolAndConfigRecords(f *testing.F) {
 		enc2, _ := marshalPools(s2, ver2)
 		if !bytes.Equal(enc, enc2) {
 			t.Fatalf("pool record not stable:\n%s\n%s", enc, enc2)
+		}
+	})
+}
+
+func FuzzNodeAndReservationRecords(f *testing.F) {
+	f.Add("n1", []byte(`{"labels":{"rack":"a","zone":"z1"}}`))
+	f.Add("n1", []byte(`{"labels":{"k":""},"other":1}`))
+	f.Add("n/1", []byte(`{"labels":{"rack":"a"}}`))
+	f.Add("r1", []byte(`{"reservedCIDRs":["10.0.0.0/24","fd00::/120"]}`))
+	f.Add("r1", []byte(`{"reservedCIDRs":["10.0.0.1/24"]}`))
+	f.Fuzz(func(t *testing.T, key string, data []byte) {
+		if labels, err := unmarshalNode(key, data); err == nil {
+			if len(labels) == 0 || checkLabels("fuzz", key, labels) != nil || checkNode("fuzz", key) != nil {
+				t.Fatalf("node %q decoded to labels it would not store: %v", key, labels)
+			}
+			again, err := unmarshalNode(key, marshalNode(labels))
+			if err != nil || !maps.Equal(again, labels) {
+				t.Fatalf("node %q: labels %v re-decode as %v, %v", key, labels, again, err)
+			}
+		}
+		if r, err := unmarshalReservation(key, data); err == nil {
+			if r.check("fuzz") != nil {
+				t.Fatalf("reservation %q decoded to one it would not store: %v", key, r)
+			}
 		}
 	})
 }

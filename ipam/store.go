@@ -48,18 +48,22 @@ const (
 	// assignment, keyed by reservation name (JSON, Calico's IPReservation
 	// spec).
 	KindReservation
+	// KindNode records hold one node's labels each, keyed by node name
+	// (JSON: {"labels": {...}}), as SetNodeLabels writes them.
+	KindNode
 )
 
 // numKinds is one more than the largest Kind.
-const numKinds = KindReservation + 1
+const numKinds = KindNode + 1
 
 // Kinds lists every valid Kind, in order.
-var Kinds = []Kind{KindPool, KindBlock, KindAffinity, KindHandle, KindConfig, KindReservation}
+var Kinds = []Kind{KindPool, KindBlock, KindAffinity, KindHandle, KindConfig, KindReservation, KindNode}
 
-var kindNames = [...]string{"", "pool", "block", "affinity", "handle", "config", "reservation"}
+var kindNames = [...]string{"", "pool", "block", "affinity", "handle", "config", "reservation", "node"}
 
 // String returns the kind's name, as used in store keys and error messages:
-// "pool", "block", "affinity", "handle", "config" or "reservation".
+// "pool", "block", "affinity", "handle", "config", "reservation" or
+// "node".
 func (k Kind) String() string {
 	if k.Valid() {
 		return kindNames[k]

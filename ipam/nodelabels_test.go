@@ -1,0 +1,256 @@
+package ipam_test
+
+import (
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/carve-ipam/carve/ipam"
+	"github.com/carve-ipam/carve/ipam/storetest"
+	"github.com/carve-ipam/carve/pool"
+	"github.com/carve-ipam/carve/selector"
+)
+
+// rackPools are a pool per rack, chosen by the node's label rack.
+func rackPools() []pool.Pool {
+	a, b := v4pool("rack-a", "10.0.0.0/24", 28), v4pool("rack-b", "10.0.1.0/24", 28)
+	a.NodeSelector, b.NodeSelector = `rack == "a"`, `rack == "b"`
+	return []pool.Pool{a, b}
+}
+
+func TestNodeLabelsStored(t *testing.T) {
+	e := newEnv(t)
+	got, err := e.a.NodeLabels(e.ctx, "n1")
+	require.NoError(t, err)
+	require.Nil(t, got, "a node without labels")
+
+	in := map[string]string{"rack": "a", "zone": "z1"}
+	require.NoError(t, e.a.SetNodeLabels(e.ctx, "n1", in))
+	in["rack"] = "changed by the caller afterwards"
+	got, err = e.a.NodeLabels(e.ctx, "n1")
+	require.NoError(t, err)
+	require.Equal(t, map[string]string{"rack": "a", "zone": "z1"}, got)
+	got["zone"] = "changed by the caller"
+	again, err := e.a.NodeLabels(e.ctx, "n1")
+	require.NoError(t, err)
+	require.Equal(t, "z1", again["zone"], "NodeLabels returns the caller's own map")
+
+	other, err := e.a.NodeLabels(e.ctx, "n2")
+	require.NoError(t, err)
+	require.Nil(t, other, "labels are per node")
+
+	for _, none := range []map[string]string{nil, {}} {
+		require.NoError(t, e.a.SetNodeLabels(e.ctx, "n1", map[string]string{"rack": "b"}))
+		require.NoError(t, e.a.SetNodeLabels(e.ctx, "n1", none))
+		got, err = e.a.NodeLabels(e.ctx, "n1")
+		require.NoError(t, err)
+		require.Nil(t, got)
+		require.Zero(t, e.store.Len(ipam.KindNode), "no labels, no record")
+	}
+	require.NoError(t, e.a.SetNodeLabels(e.ctx, "n1", nil), "removing labels a node does not have")
+	e.requireConsistent()
+}
+
+func TestSetNodeLabelsWritesOnlyChanges(t *testing.T) {
+	e := newEnv(t)
+	counting := storetest.NewCountingStore(e.store)
+	a, err := ipam.New(counting, ipam.Options{})
+	require.NoError(t, err)
+	writes := func() int64 {
+		c, _ := storetest.CountsOf(counting)
+		return c.Of(storetest.OpCreate, ipam.KindNode) + c.Of(storetest.OpUpdate, ipam.KindNode) + c.Of(storetest.OpDelete, ipam.KindNode)
+	}
+	for i, step := range []struct {
+		labels map[string]string
+		writes int64
+	}{
+		{map[string]string{"rack": "a"}, 1},
+		{map[string]string{"rack": "a"}, 1},
+		{map[string]string{"rack": "a", "zone": "z"}, 2},
+		{map[string]string{"zone": "z", "rack": "a"}, 2},
+		{map[string]string{"rack": "a", "zone": ""}, 3},
+		{nil, 4},
+		{nil, 4},
+	} {
+		require.NoError(t, a.SetNodeLabels(e.ctx, "n1", step.labels))
+		require.Equal(t, step.writes, writes(), "after step %d (%v)", i, step.labels)
+	}
+}
+
+func TestSetNodeLabelsRejects(t *testing.T) {
+	e := newEnv(t)
+	many := map[string]string{}
+	for i := range ipam.MaxNodeLabels + 1 {
+		many[strings.Repeat("k", i+1)] = ""
+	}
+	for _, tc := range []struct {
+		name, node string
+		labels     map[string]string
+		says       string
+	}{
+		{"empty node", "", map[string]string{"rack": "a"}, "empty node name"},
+		{"slash in node", "a/b", map[string]string{"rack": "a"}, `"a/b" contains "/"`},
+		{"empty key", "n1", map[string]string{"": "a"}, `node "n1": label ""="a"`},
+		{"long key", "n1", map[string]string{strings.Repeat("k", ipam.MaxAttrLen+1): "a"}, "keys must have 1 to 512 bytes"},
+		{"long value", "n1", map[string]string{"rack": strings.Repeat("v", ipam.MaxAttrLen+1)}, "values at most 512"},
+		{"bad UTF-8", "n1", map[string]string{"rack": "\xff"}, "not valid UTF-8"},
+		{"too many", "n1", many, "257 labels, more than 256"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := e.a.SetNodeLabels(e.ctx, tc.node, tc.labels)
+			require.ErrorIs(t, err, ipam.ErrInvalid)
+			require.ErrorContains(t, err, tc.says)
+			require.Zero(t, e.store.Len(ipam.KindNode), "nothing written")
+		})
+	}
+	_, err := e.a.NodeLabels(e.ctx, " n1")
+	require.ErrorIs(t, err, ipam.ErrInvalid)
+}
+
+// A request without NodeLabels is served with the node's stored labels,
+// by AutoAssign's lane and its general path alike: a changed label moves
+// the node's next address to the other rack's pool and gives up its empty
+// block in the first.
+func TestAutoAssignUsesStoredLabels(t *testing.T) {
+	e := newEnv(t, rackPools()...)
+	ctx := e.ctx
+	assign := func(handle string, labels selector.Labels) (ipam.AutoAssignResult, error) {
+		return e.a.AutoAssign(ctx, ipam.AutoAssignArgs{Num4: 1, Handle: handle, Node: "n1", NodeLabels: labels})
+	}
+
+	_, err := assign("h0", nil)
+	require.ErrorIs(t, err, pool.ErrNoPool, "no labels stored: no pool selects the node")
+	require.ErrorContains(t, err, "no labels")
+
+	require.NoError(t, e.a.SetNodeLabels(ctx, "n1", map[string]string{"rack": "a"}))
+	for _, h := range []string{"h1", "h2", "h3"} { // the general path, then the lane
+		res, err := assign(h, nil)
+		require.NoError(t, err)
+		require.Equal(t, "rack-a", res.IPv4[0].Pool)
+	}
+	blockA := e.affine("n1")
+	require.Len(t, blockA, 1)
+
+	res, err := assign("given", selector.Set{"rack": "b"})
+	require.NoError(t, err)
+	require.Equal(t, "rack-b", res.IPv4[0].Pool, "labels given serve the request instead")
+	labels, err := e.a.NodeLabels(ctx, "n1")
+	require.NoError(t, err)
+	require.Equal(t, map[string]string{"rack": "a"}, labels, "and are not stored")
+	_, err = assign("none-given", selector.Set{})
+	require.ErrorIs(t, err, pool.ErrNoPool, "an empty Set is no labels, not the stored ones")
+
+	for _, h := range []string{"h1", "h2", "h3", "given"} {
+		_, err := e.a.ReleaseByHandle(ctx, h)
+		require.NoError(t, err)
+	}
+	require.NoError(t, e.a.SetNodeLabels(ctx, "n1", map[string]string{"rack": "b"}))
+	for _, h := range []string{"h4", "h5"} {
+		res, err := assign(h, nil)
+		require.NoError(t, err)
+		require.Equal(t, "rack-b", res.IPv4[0].Pool)
+	}
+	require.NotContains(t, e.affine("n1"), blockA[0], "the empty block in rack-a, which no longer selects the node, is given up")
+	e.requireConsistent()
+}
+
+// Other allocators, the general path and EnsureBlock see labels another
+// allocator stores.
+func TestStoredLabelsSharedByAllocators(t *testing.T) {
+	e := newEnv(t, rackPools()...)
+	ctx := e.ctx
+	other := e.allocator()
+	require.NoError(t, other.SetNodeLabels(ctx, "n1", map[string]string{"rack": "a"}))
+	v4, _, err := e.a.EnsureBlock(ctx, ipam.EnsureBlockArgs{Node: "n1", IPv4: true})
+	require.NoError(t, err)
+	require.True(t, mustPrefix("10.0.0.0/24").Overlaps(v4), "EnsureBlock in rack-a, got %v", v4)
+
+	require.NoError(t, other.SetNodeLabels(ctx, "n1", map[string]string{"rack": "b"}))
+	v4b, _, err := e.a.EnsureBlock(ctx, ipam.EnsureBlockArgs{Node: "n1", IPv4: true})
+	require.NoError(t, err)
+	require.True(t, mustPrefix("10.0.1.0/24").Overlaps(v4b), "EnsureBlock in rack-b after the change, got %v", v4b)
+	require.NotContains(t, e.affine("n1"), v4, "the empty rack-a block is given up")
+
+	res, err := e.a.AutoAssign(ctx, ipam.AutoAssignArgs{Num4: 2, Handle: "h", Node: "n1"})
+	require.NoError(t, err)
+	require.Equal(t, v4b, res.IPv4[0].Block)
+}
+
+// Without labels that matter (no pool selects nodes by label), a request
+// without NodeLabels does not read the node's record; with them, on a
+// store without Generations, it reads it every time, as it reads pools.
+func TestStoredLabelsReads(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		pools    []pool.Pool
+		gens     bool
+		perReq   int64
+		firstReq int64
+	}{
+		{"no selector, generations", []pool.Pool{v4pool("p", "10.0.0.0/24", 28)}, true, 0, 0},
+		{"no selector, no generations", []pool.Pool{v4pool("p", "10.0.0.0/24", 28)}, false, 0, 0},
+		{"selectors, generations", rackPools(), true, 0, 1},
+		{"selectors, no generations", rackPools(), false, 1, 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnv(t, tc.pools...)
+			require.NoError(t, e.a.SetNodeLabels(e.ctx, "n1", map[string]string{"rack": "a"}))
+			var s ipam.Store = e.store
+			if !tc.gens {
+				s = struct{ ipam.Store }{e.store}
+			}
+			counting := storetest.NewCountingStore(s)
+			a, err := ipam.New(counting, ipam.Options{})
+			require.NoError(t, err)
+			reads := func() int64 {
+				c, _ := storetest.CountsOf(counting)
+				return c.Of(storetest.OpGet, ipam.KindNode)
+			}
+			for i := range 4 {
+				_, err := a.AutoAssign(e.ctx, ipam.AutoAssignArgs{Num4: 1, Handle: "h", Node: "n1"})
+				require.NoError(t, err)
+				require.Equal(t, tc.firstReq+int64(i)*tc.perReq, reads(), "node record reads after %d requests", i+1)
+			}
+		})
+	}
+}
+
+func TestNodeLabelsCorrupt(t *testing.T) {
+	e := newEnv(t, rackPools()...)
+	_, err := e.store.Create(e.ctx, ipam.KindNode, "n1", []byte(`{"labels":`))
+	require.NoError(t, err)
+
+	_, err = e.a.NodeLabels(e.ctx, "n1")
+	require.ErrorIs(t, err, ipam.ErrCorrupt)
+	_, err = e.a.AutoAssign(e.ctx, ipam.AutoAssignArgs{Num4: 1, Handle: "h", Node: "n1"})
+	require.ErrorIs(t, err, ipam.ErrCorrupt, "a request served with the stored labels cannot read them")
+	_, err = e.a.AutoAssign(e.ctx, ipam.AutoAssignArgs{Num4: 1, Handle: "h", Node: "n1", NodeLabels: selector.Set{"rack": "a"}})
+	require.NoError(t, err, "a request with its own labels does not need them")
+
+	r, err := e.a.Check(e.ctx)
+	require.NoError(t, err)
+	require.Equal(t, 1, r.LabeledNodes)
+	require.Len(t, r.Problems, 1)
+	require.Equal(t, ipam.ProblemCorrupt, r.Problems[0].Kind)
+	require.Equal(t, "node n1", r.Problems[0].Record)
+	require.Contains(t, r.Problems[0].Detail, "SetNodeLabels replaces it")
+
+	require.NoError(t, e.a.SetNodeLabels(e.ctx, "n1", map[string]string{"rack": "b"}), "a corrupt record is replaced")
+	got, err := e.a.NodeLabels(e.ctx, "n1")
+	require.NoError(t, err)
+	require.Equal(t, map[string]string{"rack": "b"}, got)
+	r, err = e.a.Check(e.ctx)
+	require.NoError(t, err)
+	require.Empty(t, r.Problems)
+
+	for _, bad := range []string{`{"labels":{}}`, `{"labels":{"":"x"}}`, `{}`, `[]`} {
+		_, err := e.store.Create(e.ctx, ipam.KindNode, "bad", []byte(bad))
+		require.NoError(t, err)
+		_, err = e.a.NodeLabels(e.ctx, "bad")
+		require.ErrorIs(t, err, ipam.ErrCorrupt, "value %s", bad)
+		require.False(t, errors.Is(err, ipam.ErrInvalid), "a corrupt record is not the caller's invalid argument")
+		require.NoError(t, e.a.SetNodeLabels(e.ctx, "bad", nil), "deleting a corrupt record")
+	}
+}
