@@ -45,11 +45,12 @@ type CollectorOptions struct {
 	// nodes that exist. It does not keep the blocks of a node that Nodes
 	// calls gone.
 	KeepEmptyBlocks bool
-	// Nodes, if set, is asked once a pass about each node holding blocks.
-	// A node seen gone across the grace period, and still gone when asked
-	// again, loses its blocks as if ReleaseHostAffinities had been called:
-	// empty ones are deleted, its last one too, and the others keep their
-	// addresses without affinity. That frees the block an AutoAssign in
+	// Nodes, if set, is asked once a pass about each node holding blocks
+	// or with labels stored (SetNodeLabels). A node seen gone across the
+	// grace period, and still gone when asked again, loses its blocks as
+	// if ReleaseHostAffinities had been called: empty ones are deleted,
+	// its last one too, and the others keep their addresses without
+	// affinity. Its stored labels are deleted with them. That frees the block an AutoAssign in
 	// flight claims for a node just removed, after the removal released
 	// the node's blocks. nil: nodes are not asked, and a node keeps its
 	// last block of each family for good. Only nodes are asked: the blocks of
@@ -178,12 +179,13 @@ type Suspect struct {
 	Since time.Time `json:"since"`
 }
 
-// GoneNode is a node holding blocks that the node oracle calls gone,
-// waiting out the grace period (see Collector).
+// GoneNode is a node holding blocks, or with labels stored, that the node
+// oracle calls gone, waiting out the grace period (see Collector).
 type GoneNode struct {
 	Name string `json:"name"`
-	// Since is when a pass first saw it gone; it loses its blocks on the
-	// first pass from Since+Grace on, if it is still gone then.
+	// Since is when a pass first saw it gone; it loses its blocks and
+	// labels on the first pass from Since+Grace on, if it is still gone
+	// then.
 	Since time.Time `json:"since"`
 	// Blocks lists the blocks affine to it, in address order, as the pass
 	// read them (before any of its own releases: after one that failed
@@ -216,14 +218,19 @@ type CollectResult struct {
 	// (and which were deleted, or kept while their addresses cool) because
 	// they stayed empty, not because their node is gone.
 	ReleasedBlocks []netip.Prefix `json:"releasedBlocks,omitempty"`
-	// GoneNodes lists, by name, the nodes holding blocks that the node
-	// oracle (CollectorOptions.Nodes) calls gone, after the pass: nodes
-	// waiting out the grace period, or with a block whose release failed.
+	// GoneNodes lists, by name, the nodes holding blocks or labels that
+	// the node oracle (CollectorOptions.Nodes) calls gone, after the pass:
+	// nodes waiting out the grace period, or with a block whose release
+	// failed.
 	GoneNodes []GoneNode `json:"goneNodes,omitempty"`
 	// GoneNodeBlocks lists the blocks whose affinity was released because
 	// their node is gone: the empty ones were deleted (or kept while their
 	// addresses cool), the others keep their addresses without affinity.
 	GoneNodeBlocks []netip.Prefix `json:"goneNodeBlocks,omitempty"`
+	// GoneNodeLabels lists, by name, the nodes gone whose stored labels
+	// (SetNodeLabels) the pass deleted with their blocks; labels set again
+	// since the pass read them stay.
+	GoneNodeLabels []string `json:"goneNodeLabels,omitempty"`
 	// DeletedBlocks lists the blocks without affinity the pass deleted:
 	// empty ones kept while their addresses cooled, once the cooldown is
 	// over, and any other (one a crash left, say), and those whose last
@@ -263,6 +270,19 @@ func (c *Collector) Collect(ctx context.Context) (CollectResult, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	now := c.a.now()
+	// Nodes with stored labels, if nodes are asked: the labels of one
+	// that is gone go with its blocks.
+	var labeled map[string]Revision
+	if c.nodes != nil {
+		nodes, err := c.a.store.List(ctx, KindNode, KeyRange{})
+		if err != nil {
+			return CollectResult{}, fmt.Errorf("ipam: collect: list nodes: %w", err)
+		}
+		labeled = make(map[string]Revision, len(nodes))
+		for _, r := range nodes {
+			labeled[r.Key] = r.Revision
+		}
+	}
 	recs, err := c.a.store.List(ctx, KindBlock, KeyRange{})
 	if err != nil {
 		return CollectResult{}, fmt.Errorf("ipam: collect: list blocks: %w", err)
@@ -327,6 +347,11 @@ func (c *Collector) Collect(ctx context.Context) (CollectResult, error) {
 			delete(c.leaks, addr) // released by someone else
 		}
 	}
+	for node := range labeled {
+		if _, ok := held[node]; !ok {
+			held[node] = []netip.Prefix{} // labels, but no block
+		}
+	}
 	c.askNodes(ctx, held, read, now)
 
 	// Release whole handles whose every allocation is a ripe suspect: a
@@ -374,9 +399,18 @@ func (c *Collector) Collect(ctx context.Context) (CollectResult, error) {
 		if err := ctx.Err(); err != nil {
 			return res, errors.Join(append(errs, err)...)
 		}
-		released, err := c.releaseNode(ctx, node, held[node], read)
+		released, gone, err := c.releaseNode(ctx, node, held[node], read)
 		if err == nil {
 			stripped[node] = true
+		}
+		if rev, ok := labeled[node]; ok && gone && err == nil {
+			dropped, lerr := c.dropLabels(ctx, node, rev)
+			if dropped {
+				res.GoneNodeLabels = append(res.GoneNodeLabels, node)
+			}
+			if lerr != nil {
+				errs = append(errs, lerr)
+			}
 		}
 		res.GoneNodeBlocks = append(res.GoneNodeBlocks, released...)
 		for _, blk := range released {
@@ -555,11 +589,11 @@ func settleRead(handle string, rec *handleRecord, found map[netip.Prefix]int, re
 	return &checkState{blocks: blocks, handles: map[string]map[netip.Prefix]int{handle: found}}
 }
 
-// askNodes asks the node oracle, if there is one, about each node holding
-// blocks (held, as read has them), once, and updates the node suspects: a
-// node called gone is remembered from when it was first seen gone; one
-// that exists, or whose answer is unknown, is forgotten, and so is one
-// that holds no block now.
+// askNodes asks the node oracle, if there is one, about each node of held
+// (those holding blocks, as read has them, and those with labels stored,
+// holding none), once, and updates the node suspects: a node called gone
+// is remembered from when it was first seen gone; one that exists, or
+// whose answer is unknown, is forgotten, and so is one not in held now.
 func (c *Collector) askNodes(ctx context.Context, held map[string][]netip.Prefix, read map[netip.Prefix]*block.Block, now time.Time) {
 	if c.nodes == nil {
 		return
@@ -584,16 +618,17 @@ func (c *Collector) askNodes(ctx context.Context, held map[string][]netip.Prefix
 
 // releaseNode asks the node oracle again whether node is gone and, if it
 // still is, releases node's affinity to blocks, the blocks the pass saw it
-// hold, as ReleaseHostAffinities would. It returns those released. The
-// node stays a suspect while one of them is left to a later pass (a
+// hold, as ReleaseHostAffinities would. It returns those released, and
+// whether the node was still gone (false: it exists, or the oracle could
+// not say, and nothing was released). The node stays a suspect while one of them is left to a later pass (a
 // release that failed); otherwise it is forgotten, and a block it holds
 // again later (a claim in flight, or a new node of the same name that
 // the oracle does not know yet) starts its grace period afresh. In a dry
 // run it releases nothing and returns blocks (see goneNode.stripped).
-func (c *Collector) releaseNode(ctx context.Context, node string, blocks []netip.Prefix, read map[netip.Prefix]*block.Block) ([]netip.Prefix, error) {
+func (c *Collector) releaseNode(ctx context.Context, node string, blocks []netip.Prefix, read map[netip.Prefix]*block.Block) (released []netip.Prefix, gone bool, err error) {
 	if exists, err := c.nodes(ctx, node); err != nil || exists {
 		delete(c.gone, node)
-		return nil, nil
+		return nil, false, nil
 	}
 	if c.dry {
 		g := c.gone[node]
@@ -602,10 +637,9 @@ func (c *Collector) releaseNode(ctx context.Context, node string, blocks []netip
 			g.stripped[blk] = read[blk].Seq()
 		}
 		c.gone[node] = g
-		return blocks, nil
+		return blocks, true, nil
 	}
 	aff := block.Host(node)
-	var released []netip.Prefix
 	var errs []error
 	for _, blk := range blocks {
 		held, err := c.a.releaseHeld(ctx, aff, blk, false)
@@ -623,7 +657,24 @@ func (c *Collector) releaseNode(ctx context.Context, node string, blocks []netip
 	if len(errs) == 0 {
 		delete(c.gone, node)
 	}
-	return released, errors.Join(errs...)
+	return released, true, errors.Join(errs...)
+}
+
+// dropLabels deletes the stored labels of node, a node gone, at rev, the
+// revision the pass listed, and reports whether it did (in a dry run,
+// whether it would): labels set again since (the node is back) stay.
+func (c *Collector) dropLabels(ctx context.Context, node string, rev Revision) (bool, error) {
+	if c.dry {
+		return true, nil
+	}
+	err := c.a.store.Delete(ctx, KindNode, node, rev)
+	switch {
+	case err == nil:
+		return true, nil
+	case errors.Is(err, ErrConflict) || errors.Is(err, ErrNotFound):
+		return false, nil
+	}
+	return false, fmt.Errorf("ipam: collect: delete labels of gone node %q: %w", node, err)
 }
 
 // suspects lists the suspects that byHandle, the allocations with a dead

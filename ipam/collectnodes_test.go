@@ -428,3 +428,65 @@ func TestCollectorGoneNodeStartsAgain(t *testing.T) {
 	e.clock.Advance(time.Minute)
 	require.Len(t, collect(t, e, c).GoneNodeBlocks, 1)
 }
+
+// TestCollectorDeletesGoneNodesLabels: the stored labels of a node that
+// the node oracle calls gone are deleted with its blocks once the grace
+// period has run, whether or not it holds blocks; a node that exists, or
+// whose answer is unknown, keeps them; a dry run only reports them; and
+// labels set again while the pass runs (the node is back) stay.
+func TestCollectorDeletesGoneNodesLabels(t *testing.T) {
+	e := newEnv(t, v4pool("p", "10.0.0.0/24", 28))
+	blk := e.emptyBlock("with-block")
+	for _, node := range []string{"with-block", "labels-only", "alive", "unknown", "back"} {
+		require.NoError(t, e.a.SetNodeLabels(e.ctx, node, map[string]string{"rack": "a"}))
+	}
+	nodes := newNodeSet("alive")
+	nodes.fail["unknown"] = errors.New("oracle down")
+	o := &owners{alive: map[string]bool{}}
+
+	dry, err := ipam.NewCollector(e.a, o.live, ipam.CollectorOptions{Grace: time.Minute, Nodes: nodes.live, DryRun: true})
+	require.NoError(t, err)
+	c := newNodeCollector(t, e, o, nodes, time.Minute)
+	res := collect(t, e, c)
+	collect(t, e, dry)
+	names := func(gs []ipam.GoneNode) []string {
+		var out []string
+		for _, g := range gs {
+			out = append(out, g.Name)
+		}
+		return out
+	}
+	require.Equal(t, []string{"back", "labels-only", "with-block"}, names(res.GoneNodes), "nodes with labels but no block are asked too")
+	require.Empty(t, res.GoneNodeLabels, "not before the grace period")
+
+	e.clock.Advance(time.Minute)
+	dres := collect(t, e, dry)
+	require.Equal(t, []string{"back", "labels-only", "with-block"}, dres.GoneNodeLabels, "a dry run reports them")
+	for _, node := range []string{"with-block", "labels-only", "back"} {
+		got, err := e.a.NodeLabels(e.ctx, node)
+		require.NoError(t, err)
+		require.NotNil(t, got, "a dry run deletes nothing (%s)", node)
+	}
+
+	// "back" returns between the pass's read and its last question: its
+	// labels, set again, stay.
+	last := nodes.questions("back") + 2 // the pass's question, then the last one
+	nodes.hook = func(node string, asked int) {
+		if node == "back" && asked == last {
+			require.NoError(t, e.a.SetNodeLabels(e.ctx, "back", map[string]string{"rack": "b"}))
+		}
+	}
+	res = collect(t, e, c)
+	require.Equal(t, []string{"labels-only", "with-block"}, res.GoneNodeLabels)
+	require.Equal(t, []netip.Prefix{blk}, res.GoneNodeBlocks)
+	for node, want := range map[string]map[string]string{
+		"with-block": nil, "labels-only": nil,
+		"alive": {"rack": "a"}, "unknown": {"rack": "a"}, "back": {"rack": "b"},
+	} {
+		got, err := e.a.NodeLabels(e.ctx, node)
+		require.NoError(t, err)
+		require.Equal(t, want, got, "labels of %s", node)
+	}
+	require.Empty(t, collect(t, e, c).GoneNodeLabels, "a node stripped is forgotten")
+	e.requireConsistent()
+}
