@@ -2,7 +2,10 @@
 // seed documents configure Calico:
 //
 //   - one pool per rack, chosen by nodeSelector (rack == "0"), so that each
-//     rack's pod addresses aggregate into the rack's own range;
+//     rack's pod addresses aggregate into the rack's own range; the nodes'
+//     labels are stored once (Allocator.SetNodeLabels, as a controller
+//     that follows Kubernetes node labels would), and requests leave
+//     NodeLabels out;
 //   - a Manual pool (extra-ippool) that matches every node but is used only
 //     when a request names it;
 //   - pools asked for by name, as Calico's cni.projectcalico.org/ipv4pools
@@ -26,13 +29,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net/netip"
 	"os"
+	"slices"
 
 	"github.com/carve-ipam/carve/ipam"
 	"github.com/carve-ipam/carve/ipam/memstore"
 	"github.com/carve-ipam/carve/pool"
-	"github.com/carve-ipam/carve/selector"
 )
 
 func main() {
@@ -47,7 +51,7 @@ func main() {
 const ipv4PoolsAnnotation = "cni.projectcalico.org/ipv4pools"
 
 // nodes and their labels (kubectl label nodes node-a1 rack=0).
-var nodes = map[string]selector.Set{
+var nodes = map[string]map[string]string{
 	"node-a1": {"rack": "0"},
 	"node-a2": {"rack": "0"},
 	"node-b1": {"rack": "1"},
@@ -73,7 +77,15 @@ func run(ctx context.Context, w io.Writer) error {
 		return err
 	}
 
-	fmt.Fprintln(w, "Pools")
+	fmt.Fprintln(w, "Nodes (their labels stored with SetNodeLabels)")
+	for _, node := range slices.Sorted(maps.Keys(nodes)) {
+		if err := a.SetNodeLabels(ctx, node, nodes[node]); err != nil {
+			return err
+		}
+		fmt.Fprintf(w, "  %s  rack=%s\n", node, nodes[node]["rack"])
+	}
+
+	fmt.Fprintln(w, "\nPools")
 	for _, p := range []pool.Pool{
 		{Name: "rack-0", CIDR: netip.MustParsePrefix("10.10.0.0/22"), NodeSelector: `rack == "0"`},
 		{Name: "rack-1", CIDR: netip.MustParsePrefix("10.10.4.0/22"), NodeSelector: `rack == "1"`},
@@ -178,13 +190,13 @@ func assign(ctx context.Context, w io.Writer, a *ipam.Allocator, pods []pod) err
 		if err != nil {
 			return err
 		}
+		// No NodeLabels: the request is served with the node's stored ones.
 		res, err := a.AutoAssign(ctx, ipam.AutoAssignArgs{
-			Num4:       1,
-			Handle:     p.namespace + "/" + p.name,
-			Node:       p.node,
-			NodeLabels: nodes[p.node],
-			IPv4Pools:  named,
-			Attrs:      map[string]string{"namespace": p.namespace, "pod": p.name},
+			Num4:      1,
+			Handle:    p.namespace + "/" + p.name,
+			Node:      p.node,
+			IPv4Pools: named,
+			Attrs:     map[string]string{"namespace": p.namespace, "pod": p.name},
 		})
 		if err != nil {
 			return err
