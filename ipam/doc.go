@@ -14,7 +14,9 @@
 //
 //  1. Pools: those named in the request, or else every enabled Automatic
 //     pool whose nodeSelector and namespaceSelector match and which allows
-//     the use, in name order (see [pool.Set.Select]).
+//     the use, in name order (see [pool.Set.Select]). The node's labels
+//     come with the request, or else from [Allocator.SetNodeLabels], which
+//     stores them as Calico's node resource holds them.
 //  2. Blocks affine to the node, in pool order.
 //  3. New blocks claimed for the node (when [Config].AutoAllocateBlocks),
 //     along a walk of the pool that starts at a place derived from the node
