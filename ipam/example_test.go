@@ -216,6 +216,39 @@ func ExampleAllocator_EnsureBlock() {
 	// pod-a: fd00:10:244:8f43:560c:5020:fa3e:4440 in fd00:10:244:8f43:560c:5020:fa3e:4440/122
 }
 
+// A node's labels, stored once, choose its pools for every request that
+// gives none; when they change, its next request follows them and gives
+// up its empty block in the pool that no longer selects it.
+func ExampleAllocator_SetNodeLabels() {
+	ctx := context.Background()
+	a, _ := ipam.New(memstore.New(), ipam.Options{})
+	_ = a.CreatePool(ctx, pool.Pool{Name: "rack-0", CIDR: netip.MustParsePrefix("10.10.0.0/22"), NodeSelector: `rack == "0"`})
+	_ = a.CreatePool(ctx, pool.Pool{Name: "rack-1", CIDR: netip.MustParsePrefix("10.10.4.0/22"), NodeSelector: `rack == "1"`})
+
+	if err := a.SetNodeLabels(ctx, "node-1", map[string]string{"rack": "0"}); err != nil {
+		panic(err)
+	}
+	res, _ := a.AutoAssign(ctx, ipam.AutoAssignArgs{Num4: 1, Handle: "pod-a", Node: "node-1"})
+	fmt.Println("pod-a:", res.IPv4[0].Addr, "from", res.IPv4[0].Pool)
+	_, _ = a.ReleaseByHandle(ctx, "pod-a")
+
+	_ = a.SetNodeLabels(ctx, "node-1", map[string]string{"rack": "1"}) // moved to rack 1
+	res, _ = a.AutoAssign(ctx, ipam.AutoAssignArgs{Num4: 1, Handle: "pod-b", Node: "node-1"})
+	fmt.Println("pod-b:", res.IPv4[0].Addr, "from", res.IPv4[0].Pool)
+	labels, _ := a.NodeLabels(ctx, "node-1")
+	fmt.Println("node-1 labels:", labels)
+	u, _ := a.Utilization(ctx)
+	for _, p := range u {
+		fmt.Println(p.Name, "blocks:", len(p.Blocks))
+	}
+	// Output:
+	// pod-a: 10.10.0.64 from rack-0
+	// pod-b: 10.10.4.64 from rack-1
+	// node-1 labels: map[rack:1]
+	// rack-0 blocks: 0
+	// rack-1 blocks: 1
+}
+
 // LoadBalancer addresses come from LoadBalancer pools, into blocks of the
 // virtual owner "load-balancer" rather than of a node: the request names
 // no node.
