@@ -19,7 +19,7 @@
 //	<prefix><k>/<x>          for example /carve/block/v4:0af40040/26
 //
 // with kinds spelled as [ipam.Kind.String] gives them ("pool", "block",
-// "affinity", "handle", "config", "reservation") and the value stored as
+// "affinity", "handle", "config", "reservation", "node") and the value stored as
 // is. The prefix (Options.Prefix, default "/carve/") ends with "/"; stores
 // with the same prefix share their records, and two installations need
 // prefixes of which neither starts with the other. A List is one etcd range
