@@ -91,6 +91,19 @@ func (n *node) eval(l Labels) bool {
 	panic("selector: unknown node op")
 }
 
+// appendKeys appends to keys the label of each comparison and has() in n.
+func (n *node) appendKeys(keys *[]string) {
+	switch n.op {
+	case opAll, opGlobal:
+	case opNot, opAnd, opOr:
+		for i := range n.kids {
+			n.kids[i].appendKeys(keys)
+		}
+	default:
+		*keys = append(*keys, n.label)
+	}
+}
+
 var comparisonText = [...]string{
 	opEq:         " == ",
 	opNe:         " != ",

@@ -1,6 +1,7 @@
 package selector_test
 
 import (
+	"slices"
 	"strings"
 	"testing"
 
@@ -257,10 +258,28 @@ func checkGenerated(t interface{ Fatalf(string, ...any) }, c chooser) {
 	if sel.UsesGlobal() != e.global {
 		t.Fatalf("Parse(%q).UsesGlobal() = %v", e.text, sel.UsesGlobal())
 	}
+	keys := sel.Keys()
 	for range 4 {
 		l := genLabels(c)
-		if got, want := sel.Matches(l), e.eval(l); got != want {
+		got := sel.Matches(l)
+		if want := e.eval(l); got != want {
 			t.Fatalf("Parse(%q).Matches(%v) = %v, want %v", e.text, l, got, want)
+		}
+		// Labels that agree with l on the keys the selector reads, whatever
+		// they hold otherwise, get the same answer.
+		other := genLabels(c)
+		for k := range other {
+			if slices.Contains(keys, k) {
+				delete(other, k)
+			}
+		}
+		for _, k := range keys {
+			if v, ok := l[k]; ok {
+				other[k] = v
+			}
+		}
+		if sel.Matches(other) != got {
+			t.Fatalf("Parse(%q) reads keys %q, but Matches(%v) = %v and Matches(%v) = %v", e.text, keys, l, got, other, !got)
 		}
 	}
 }

@@ -1,5 +1,7 @@
 package selector
 
+import "slices"
+
 // Labels is what a selector is evaluated against.
 type Labels interface {
 	// Get returns the value of the label key and whether the label is
@@ -78,6 +80,21 @@ func (s Selector) String() string {
 		return allTree.text
 	}
 	return s.t.text
+}
+
+// Keys returns the label keys s reads, sorted by bytes and without
+// duplicates: two sets of labels that agree on each of them (absent from
+// both, or present in both with the same value) get the same answer from
+// Matches, whatever their other labels. all(), global() and the empty
+// selector read none. The slice is the caller's.
+func (s Selector) Keys() []string {
+	if s.t == nil {
+		return nil
+	}
+	var keys []string
+	s.t.root.appendKeys(&keys)
+	slices.Sort(keys)
+	return slices.Compact(keys)
 }
 
 // UsesGlobal reports whether global() appears anywhere in s.

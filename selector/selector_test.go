@@ -355,6 +355,29 @@ func TestUsesGlobal(t *testing.T) {
 	}
 }
 
+func TestKeys(t *testing.T) {
+	for in, want := range map[string][]string{
+		"":                             nil,
+		"all()":                        nil,
+		"!all()":                       nil,
+		"global() && all()":            nil,
+		`rack == "a"`:                  {"rack"},
+		`zone != "z" && rack in {"a"}`: {"rack", "zone"},
+		`!(has(ssd) || ssd == "yes")`:  {"ssd"},
+		`a contains "x" || b starts with "y" || c ends with "z" || d not in {}`: {"a", "b", "c", "d"},
+		`has(rack) && global()`:       {"rack"},
+		`kubernetes.io/os == "linux"`: {"kubernetes.io/os"},
+		`rack == "has(zone)"`:         {"rack"},
+	} {
+		assert.Equal(t, want, selector.MustParse(in).Keys(), in)
+	}
+	assert.Nil(t, selector.Selector{}.Keys(), "the zero Selector")
+	sel := selector.MustParse(`b == "1" && a == "2"`)
+	keys := sel.Keys()
+	keys[0] = "changed"
+	assert.Equal(t, []string{"a", "b"}, sel.Keys(), "the slice is the caller's")
+}
+
 func TestMustParsePanics(t *testing.T) {
 	defer func() {
 		r := recover()
