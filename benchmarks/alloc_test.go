@@ -70,9 +70,10 @@ func BenchmarkAllocReleasePods(b *testing.B) {
 
 // BenchmarkAllocReleaseRacks is the steady-state pair in a cluster with a
 // pool per rack, chosen by nodeSelector (rack == "r<i>"), as in
-// examples/multipool: the node's labels come with every request, as a
-// node agent passes them, so the pools are chosen by their selectors each
-// time.
+// examples/multipool, so the pools are chosen by their selectors each
+// time. With labels=given the node's labels come with every request, as a
+// node agent that knows them passes them; with labels=stored they were
+// stored once (SetNodeLabels) and requests give none.
 //
 // With namespaces=8 the requests also carry their namespace's labels,
 // from 8 namespaces in turn, as pods of several namespaces on one node
@@ -80,35 +81,43 @@ func BenchmarkAllocReleasePods(b *testing.B) {
 func BenchmarkAllocReleaseRacks(b *testing.B) {
 	for _, racks := range []int{4, 32} {
 		for _, namespaces := range []int{0, 8} {
-			b.Run(fmt.Sprintf("racks=%d/namespaces=%d", racks, namespaces), func(b *testing.B) {
-				a, args := rackCluster(b, racks)
-				ctx := context.Background()
-				reqs := []ipam.AutoAssignArgs{args}
-				if namespaces > 0 {
-					reqs = reqs[:0]
-					for i := range namespaces {
-						r := args
-						r.NamespaceLabels = selector.Set{"kubernetes.io/metadata.name": fmt.Sprintf("ns-%d", i)}
-						reqs = append(reqs, r)
-					}
-				}
-				b.ReportAllocs()
-				i := 0
-				for b.Loop() {
-					if err := workload.AllocRelease(ctx, a, reqs[i%len(reqs)]); err != nil {
-						b.Fatal(err)
-					}
-					i++
-				}
-			})
+			for _, labels := range []string{"given", "stored"} {
+				b.Run(fmt.Sprintf("racks=%d/namespaces=%d/labels=%s", racks, namespaces, labels), func(b *testing.B) {
+					benchRacks(b, racks, namespaces, labels == "stored")
+				})
+			}
 		}
+	}
+}
+
+func benchRacks(b *testing.B, racks, namespaces int, stored bool) {
+	a, args := rackCluster(b, racks, stored)
+	ctx := context.Background()
+	reqs := []ipam.AutoAssignArgs{args}
+	if namespaces > 0 {
+		reqs = reqs[:0]
+		for i := range namespaces {
+			r := args
+			r.NamespaceLabels = selector.Set{"kubernetes.io/metadata.name": fmt.Sprintf("ns-%d", i)}
+			reqs = append(reqs, r)
+		}
+	}
+	b.ReportAllocs()
+	i := 0
+	for b.Loop() {
+		if err := workload.AllocRelease(ctx, a, reqs[i%len(reqs)]); err != nil {
+			b.Fatal(err)
+		}
+		i++
 	}
 }
 
 // rackCluster returns an allocator with a /16 pool per rack, each with a
 // nodeSelector for its rack, and a request for one address by a node in
 // rack 1, with the labels a Kubernetes node has, whose block is half full.
-func rackCluster(tb testing.TB, racks int) (*ipam.Allocator, ipam.AutoAssignArgs) {
+// With stored, the node's labels are stored (SetNodeLabels) and the
+// request gives none.
+func rackCluster(tb testing.TB, racks int, stored bool) (*ipam.Allocator, ipam.AutoAssignArgs) {
 	tb.Helper()
 	ctx := context.Background()
 	a, err := ipam.New(memstore.New(), ipam.Options{})
@@ -124,11 +133,19 @@ func rackCluster(tb testing.TB, racks int) (*ipam.Allocator, ipam.AutoAssignArgs
 	}
 	labels := selector.Set{"rack": "r1", "topology.kubernetes.io/zone": "zone-a", "kubernetes.io/hostname": workload.Node,
 		"kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64", "node-role.kubernetes.io/worker": ""}
-	half := ipam.AutoAssignArgs{Num4: 32, Handle: "half", Node: workload.Node, NodeLabels: labels}
+	req := ipam.AutoAssignArgs{Num4: 1, Handle: "pod", Node: workload.Node, NodeLabels: labels}
+	if stored {
+		if err := a.SetNodeLabels(ctx, workload.Node, labels); err != nil {
+			tb.Fatal(err)
+		}
+		req.NodeLabels = nil
+	}
+	half := req
+	half.Num4, half.Handle = 32, "half"
 	if _, err := a.AutoAssign(ctx, half); err != nil {
 		tb.Fatal(err)
 	}
-	return a, ipam.AutoAssignArgs{Num4: 1, Handle: "pod", Node: workload.Node, NodeLabels: labels}
+	return a, req
 }
 
 // BenchmarkBatch times one AutoAssign of 10,000 addresses under one handle
@@ -205,18 +222,20 @@ func TestAllocBudget(t *testing.T) {
 		})
 	}
 	// The same with pools chosen by nodeSelector and the node's labels
-	// given with the request.
-	t.Run("racks", func(t *testing.T) {
-		a, args := rackCluster(t, 4)
-		ctx := context.Background()
-		allocs := testing.AllocsPerRun(200, func() {
-			if err := workload.AllocRelease(ctx, a, args); err != nil {
-				t.Fatal(err)
+	// given with the request, or stored.
+	for _, stored := range []bool{false, true} {
+		t.Run(fmt.Sprintf("racks/stored=%v", stored), func(t *testing.T) {
+			a, args := rackCluster(t, 4, stored)
+			ctx := context.Background()
+			allocs := testing.AllocsPerRun(200, func() {
+				if err := workload.AllocRelease(ctx, a, args); err != nil {
+					t.Fatal(err)
+				}
+			})
+			t.Logf("racks: %.0f allocations per AutoAssign+ReleaseByHandle (budget %d)", allocs, allocBudget)
+			if allocs > allocBudget {
+				t.Errorf("racks: %.1f allocations per AutoAssign+ReleaseByHandle, budget %d", allocs, allocBudget)
 			}
 		})
-		t.Logf("racks: %.0f allocations per AutoAssign+ReleaseByHandle (budget %d)", allocs, allocBudget)
-		if allocs > allocBudget {
-			t.Errorf("racks: %.1f allocations per AutoAssign+ReleaseByHandle, budget %d", allocs, allocBudget)
-		}
-	})
+	}
 }
