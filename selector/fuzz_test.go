@@ -159,3 +159,25 @@ func TestReferenceConformance(t *testing.T) {
 		}
 	}
 }
+
+// FuzzValidLabelName checks that every key ValidLabelName accepts can be
+// named in a selector, which then reads exactly that key.
+func FuzzValidLabelName(f *testing.F) {
+	for _, k := range []string{"rack", "kubernetes.io/os", "a b", "", "ü", "in", "x)", strings.Repeat("k", 513)} {
+		f.Add(k)
+	}
+	f.Fuzz(func(t *testing.T, key string) {
+		if !selector.ValidLabelName(key) {
+			return
+		}
+		for _, text := range []string{"has(" + key + ")", key + ` == "v"`, key + ` not in {"a"}`} {
+			s, err := selector.Parse(text)
+			if err != nil {
+				t.Fatalf("valid label name %q: Parse(%q): %v", key, text, err)
+			}
+			if got := s.Keys(); len(got) != 1 || got[0] != key {
+				t.Fatalf("Parse(%q).Keys() = %q, want [%q]", text, got, key)
+			}
+		}
+	})
+}

@@ -82,6 +82,21 @@ func (s Selector) String() string {
 	return s.t.text
 }
 
+// ValidLabelName reports whether a selector can name the label key: 1 to
+// MaxLabelLength bytes of [A-Za-z0-9_./-]. A label under any other key is
+// one no selector can test.
+func ValidLabelName(key string) bool {
+	if key == "" || len(key) > MaxLabelLength {
+		return false
+	}
+	for i := 0; i < len(key); i++ {
+		if !isLabelByte(key[i]) {
+			return false
+		}
+	}
+	return true
+}
+
 // Keys returns the label keys s reads, sorted by bytes and without
 // duplicates: two sets of labels that agree on each of them (absent from
 // both, or present in both with the same value) get the same answer from

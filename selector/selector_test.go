@@ -378,6 +378,21 @@ func TestKeys(t *testing.T) {
 	assert.Equal(t, []string{"a", "b"}, sel.Keys(), "the slice is the caller's")
 }
 
+func TestValidLabelName(t *testing.T) {
+	for in, want := range map[string]bool{
+		"rack": true, "kubernetes.io/os": true, "node-role.kubernetes.io/worker": true, "x_1.2": true, "in": true,
+		strings.Repeat("k", selector.MaxLabelLength): true,
+		"": false, "a b": false, "a=b": false, "ü": false, "a\n": false, "a:b": false,
+		strings.Repeat("k", selector.MaxLabelLength+1): false,
+	} {
+		assert.Equal(t, want, selector.ValidLabelName(in), "%q", in)
+		if want {
+			_, err := selector.Parse("has(" + in + ")")
+			assert.NoError(t, err, "a valid name parses: %q", in)
+		}
+	}
+}
+
 func TestMustParsePanics(t *testing.T) {
 	defer func() {
 		r := recover()
