@@ -21,7 +21,7 @@ type AutoAssignArgs struct {
 
 	// Handle names the owner of the addresses (for example a pod, a VM
 	// interface or a Service); ReleaseByHandle releases them all.
-	// Required. Without NewHandle every call assigns new addresses, under
+	// Required (see MaxNameLen for what a handle ID may hold). Without NewHandle every call assigns new addresses, under
 	// a handle that holds some already too, as in Calico.
 	Handle string
 
@@ -53,7 +53,8 @@ type AutoAssignArgs struct {
 	Attrs map[string]string
 
 	// Node is the node the addresses are for: its blocks are used first and
-	// new blocks are claimed for it. Required, except for use LoadBalancer,
+	// new blocks are claimed for it (see MaxNameLen for what a node name
+	// may hold). Required, except for use LoadBalancer,
 	// where it must be empty: LoadBalancer addresses belong to no node,
 	// and come from blocks of the virtual owner VirtualLoadBalancer.
 	Node string
@@ -62,11 +63,12 @@ type AutoAssignArgs struct {
 	// nodeSelector and namespaceSelector. A map[string]string converts:
 	// selector.Set(m), or selector.Set{"rack": "a"}.
 	//
-	// NodeLabels nil means the node's labels as SetNodeLabels stored them
-	// (none, if it stored none), which is how a node agent that does not
-	// know the labels leaves them to whoever keeps them. Labels given
-	// (selector.Set{} for none) serve this request instead, and are not
-	// stored. A request that succeeds gives up the node's empty blocks in
+	// NodeLabels nil, or a nil selector.Set (selector.Set(m) of a nil map),
+	// means the node's labels as SetNodeLabels stored them (none, if it
+	// stored none), which is how a node agent that does not know the
+	// labels leaves them to whoever keeps them. Labels given
+	// (selector.Set{} for none) serve this request instead; they are
+	// neither checked nor stored. A request that succeeds gives up the node's empty blocks in
 	// enabled pools whose nodeSelector the labels it was served with do
 	// not match (see AutoAssign). NamespaceLabels nil means none.
 	NodeLabels      selector.Labels

@@ -50,9 +50,9 @@ type CollectorOptions struct {
 	// grace period, and still gone when asked again, loses its blocks as
 	// if ReleaseHostAffinities had been called: empty ones are deleted,
 	// its last one too, and the others keep their addresses without
-	// affinity. Its stored labels are deleted with them. That frees the block an AutoAssign in
-	// flight claims for a node just removed, after the removal released
-	// the node's blocks. nil: nodes are not asked, and a node keeps its
+	// affinity. That frees the block an AutoAssign in flight claims for a
+	// node just removed, after the removal released the node's blocks. Its
+	// stored labels are deleted too. nil: nodes are not asked, and a node keeps its
 	// last block of each family for good. Only nodes are asked: the blocks of
 	// LoadBalancer addresses belong to VirtualLoadBalancer, which is left
 	// alone, as are its empty blocks. A node that has lost its blocks is
@@ -93,12 +93,15 @@ type CollectorOptions struct {
 //
 // A node's last block is kept because the collector cannot tell a quiet
 // node from a removed one. Given a node oracle (CollectorOptions.Nodes), it
-// can: a node holding blocks that the oracle calls gone becomes a suspect
-// too, and once it has been gone for the grace period, and is still gone
-// when asked again, every block it holds loses its affinity. Each block is
+// can: a node holding blocks, or with labels stored (SetNodeLabels), that
+// the oracle calls gone becomes a suspect too, and once it has been gone
+// for the grace period, and is still gone when asked again, every block
+// it holds loses its affinity and its labels are deleted. Each block is
 // released with compare-and-swap on a fresh read: a block another node
 // holds by then is left alone. A block that still holds addresses keeps
 // them, without affinity; the allocation oracle collects them as usual.
+// Without a node oracle, stored labels stay until SetNodeLabels removes
+// them.
 //
 // A handle record that counts more addresses than the blocks hold (a
 // crash, or a failed write, between the count and its block) is rewritten
@@ -127,7 +130,7 @@ type Collector struct {
 	mu     sync.Mutex
 	leaks  map[netip.Addr]suspect
 	blocks map[netip.Prefix]suspect
-	gone   map[string]goneNode // nodes holding blocks seen gone
+	gone   map[string]goneNode // nodes holding blocks or labels seen gone
 	// handles are the handle records seen counting more than the blocks
 	// hold, each with the revision seen and since when.
 	handles map[string]staleCount
@@ -191,6 +194,9 @@ type GoneNode struct {
 	// read them (before any of its own releases: after one that failed
 	// in part, GoneNodeBlocks has those that went).
 	Blocks []netip.Prefix `json:"blocks"`
+	// Labels says that it has labels stored (SetNodeLabels), which go
+	// with its blocks.
+	Labels bool `json:"labels,omitempty"`
 }
 
 // CollectResult says what one pass did, or with CollectorOptions.DryRun
@@ -250,8 +256,10 @@ type CollectResult struct {
 // live whether owners exist.
 func NewCollector(a *Allocator, live Liveness, opts CollectorOptions) (*Collector, error) {
 	switch {
-	case a == nil || live == nil:
-		return nil, fmt.Errorf("ipam: new collector: %w: nil allocator or liveness", ErrInvalid)
+	case a == nil:
+		return nil, fmt.Errorf("ipam: new collector: %w: nil allocator", ErrInvalid)
+	case live == nil:
+		return nil, fmt.Errorf("ipam: new collector: %w: nil liveness oracle", ErrInvalid)
 	case opts.Grace < 0:
 		return nil, fmt.Errorf("ipam: new collector: %w: negative grace period %v", ErrInvalid, opts.Grace)
 	case opts.Grace == 0:
@@ -424,7 +432,8 @@ func (c *Collector) Collect(ctx context.Context) (CollectResult, error) {
 	}
 	for _, node := range slices.Sorted(maps.Keys(c.gone)) {
 		if !stripped[node] {
-			res.GoneNodes = append(res.GoneNodes, GoneNode{Name: node, Since: c.gone[node].since, Blocks: held[node]})
+			_, hasLabels := labeled[node]
+			res.GoneNodes = append(res.GoneNodes, GoneNode{Name: node, Since: c.gone[node].since, Blocks: held[node], Labels: hasLabels})
 		}
 	}
 

@@ -457,6 +457,11 @@ func TestCollectorDeletesGoneNodesLabels(t *testing.T) {
 		return out
 	}
 	require.Equal(t, []string{"back", "labels-only", "with-block"}, names(res.GoneNodes), "nodes with labels but no block are asked too")
+	for _, g := range res.GoneNodes {
+		require.True(t, g.Labels, "%s has labels", g.Name)
+	}
+	require.Empty(t, res.GoneNodes[1].Blocks)
+	require.Equal(t, []netip.Prefix{blk}, res.GoneNodes[2].Blocks)
 	require.Empty(t, res.GoneNodeLabels, "not before the grace period")
 
 	e.clock.Advance(time.Minute)

@@ -17,7 +17,8 @@ type EnsureBlockArgs struct {
 	Node string
 
 	// NodeLabels are matched against pools' nodeSelector, as for
-	// AutoAssign: nil means the labels stored by SetNodeLabels.
+	// AutoAssign: nil (or a nil selector.Set) means the labels stored by
+	// SetNodeLabels.
 	NodeLabels selector.Labels
 
 	// IPv4 and IPv6 say which families to ensure a block of; at least one

@@ -105,7 +105,7 @@ func (a *Allocator) autoAssignLane(ctx context.Context, args *AutoAssignArgs) (r
 		a.gens.Generation(KindReservation) != v.resvGen || nb == nil || nb.gen != a.gens.Generation(KindAffinity) {
 		return res, false, nil
 	}
-	if args.NodeLabels == nil && v.labelsMatter {
+	if v.labelsMatter && !labelsGiven(args.NodeLabels) {
 		// The node's stored labels, if the allocator has them.
 		set, ok := a.cachedLabels(nc)
 		if !ok {

@@ -18,8 +18,9 @@ import (
 // depend on every caller passing the same labels.
 
 // MaxNodeLabels is the most labels SetNodeLabels stores for one node. Each
-// key has 1 to MaxAttrLen bytes and each value at most MaxAttrLen, of valid
-// UTF-8.
+// key is a label name a selector can test (selector.ValidLabelName: 1 to
+// 512 bytes of [A-Za-z0-9_./-]) and each value at most MaxAttrLen bytes of
+// valid UTF-8.
 const MaxNodeLabels = 256
 
 // nodeJSON is a KindNode record's value.
@@ -34,10 +35,16 @@ func checkLabels(op, node string, labels map[string]string) error {
 	}
 	for k, v := range labels {
 		switch {
-		case k == "" || len(k) > MaxAttrLen || len(v) > MaxAttrLen:
-			return invalid(op, "node %q: label %.40q=%.40q: keys must have 1 to %d bytes and values at most %d", node, k, v, MaxAttrLen, MaxAttrLen)
-		case !validUTF8(k) || !validUTF8(v):
-			return invalid(op, "node %q: label %q=%q is not valid UTF-8", node, k, v)
+		case k == "":
+			return invalid(op, "node %q: label with an empty key", node)
+		case len(k) > selector.MaxLabelLength:
+			return invalid(op, "node %q: label key %.40q... of %d bytes is longer than %d", node, k, len(k), selector.MaxLabelLength)
+		case !selector.ValidLabelName(k):
+			return invalid(op, "node %q: label key %q is not one a selector can name (letters, digits and _./- only)", node, k)
+		case len(v) > MaxAttrLen:
+			return invalid(op, "node %q: label %s: value of %d bytes is longer than %d", node, k, len(v), MaxAttrLen)
+		case !validUTF8(v):
+			return invalid(op, "node %q: label %s: value %q is not valid UTF-8", node, k, v)
 		}
 	}
 	return nil
@@ -78,7 +85,10 @@ func unmarshalNode(node string, data []byte) (selector.Set, error) {
 // SetNodeLabels stores the labels of node, replacing those stored before;
 // nil or empty labels remove them. AutoAssign and EnsureBlock match pools'
 // nodeSelectors against these labels when a request gives no NodeLabels.
-// Labels equal to the stored ones write nothing.
+// Labels equal to the stored ones write nothing. Whoever follows the
+// nodes' labels (a controller watching Kubernetes nodes) calls it, and
+// removes them when a node is deleted; a Collector with a node oracle
+// removes those of nodes gone, too.
 //
 // The node's blocks are not touched here: its next AutoAssign that
 // succeeds gives up its empty blocks in pools that no longer select it,
@@ -197,14 +207,22 @@ func (a *Allocator) nodeLabels(ctx context.Context, node string, nc *nodeCache) 
 }
 
 // requestLabels returns the node labels a request for node (nc) is served
-// with: given, when not nil; otherwise the stored ones when some pool's
-// nodeSelector reads labels, and given (nil) when none does, as no choice
-// then depends on them.
+// with: given, when given (see labelsGiven); otherwise the stored ones
+// when some pool's nodeSelector reads labels, and given (none) when none
+// does, as no choice then depends on them.
 func (a *Allocator) requestLabels(ctx context.Context, v *view, node string, nc *nodeCache, given selector.Labels) (selector.Labels, error) {
-	if given != nil || !v.labelsMatter {
+	if !v.labelsMatter || labelsGiven(given) {
 		return given, nil
 	}
 	return a.nodeLabels(ctx, node, nc)
+}
+
+// labelsGiven reports whether a request gives the node's labels: l is
+// neither nil nor a nil selector.Set (what selector.Set(m) makes of a nil
+// map), which leave them to the store.
+func labelsGiven(l selector.Labels) bool {
+	s, isSet := l.(selector.Set)
+	return l != nil && (!isSet || s != nil)
 }
 
 // labelsMatter reports whether the nodeSelector of some pool of s

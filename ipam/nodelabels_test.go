@@ -92,10 +92,13 @@ func TestSetNodeLabelsRejects(t *testing.T) {
 	}{
 		{"empty node", "", map[string]string{"rack": "a"}, "empty node name"},
 		{"slash in node", "a/b", map[string]string{"rack": "a"}, `"a/b" contains "/"`},
-		{"empty key", "n1", map[string]string{"": "a"}, `node "n1": label ""="a"`},
-		{"long key", "n1", map[string]string{strings.Repeat("k", ipam.MaxAttrLen+1): "a"}, "keys must have 1 to 512 bytes"},
-		{"long value", "n1", map[string]string{"rack": strings.Repeat("v", ipam.MaxAttrLen+1)}, "values at most 512"},
-		{"bad UTF-8", "n1", map[string]string{"rack": "\xff"}, "not valid UTF-8"},
+		{"empty key", "n1", map[string]string{"": "a"}, `node "n1": label with an empty key`},
+		{"long key", "n1", map[string]string{strings.Repeat("k", ipam.MaxAttrLen+1): "a"}, "of 513 bytes is longer than 512"},
+		{"key with a space", "n1", map[string]string{"a b": "a"}, `label key "a b" is not one a selector can name`},
+		{"key with =", "n1", map[string]string{"a=b": "a"}, `label key "a=b" is not one a selector can name`},
+		{"key not ASCII", "n1", map[string]string{"ü": "a"}, `label key "ü" is not one a selector can name`},
+		{"long value", "n1", map[string]string{"rack": strings.Repeat("v", ipam.MaxAttrLen+1)}, "label rack: value of 513 bytes is longer than 512"},
+		{"bad UTF-8", "n1", map[string]string{"rack": "\xff"}, `label rack: value "\xff" is not valid UTF-8`},
 		{"too many", "n1", many, "257 labels, more than 256"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -141,8 +144,13 @@ func TestAutoAssignUsesStoredLabels(t *testing.T) {
 	require.Equal(t, map[string]string{"rack": "a"}, labels, "and are not stored")
 	_, err = assign("none-given", selector.Set{})
 	require.ErrorIs(t, err, pool.ErrNoPool, "an empty Set is no labels, not the stored ones")
+	var fromCache map[string]string // a node agent's labels, not known yet
+	res, err = assign("nil-map", selector.Set(fromCache))
+	require.NoError(t, err, "a nil Set leaves the labels to the store")
+	require.Equal(t, "rack-a", res.IPv4[0].Pool)
+	require.Contains(t, e.affine("n1"), blockA[0])
 
-	for _, h := range []string{"h1", "h2", "h3", "given"} {
+	for _, h := range []string{"h1", "h2", "h3", "given", "nil-map"} {
 		_, err := e.a.ReleaseByHandle(ctx, h)
 		require.NoError(t, err)
 	}

@@ -18,7 +18,10 @@ import (
 // and a block's encoding stays small.
 const (
 	// MaxNameLen is the longest node name or handle ID carve accepts (in
-	// bytes): room for two DNS names, such as a namespace and a pod.
+	// bytes): room for two DNS names, such as a namespace and a pod. Node
+	// names and handle IDs are 1 to MaxNameLen bytes of UTF-8, without
+	// control characters, and neither begin nor end with white space; node
+	// names (and reservation names) may not contain "/" either.
 	MaxNameLen = 253 * 2
 	// MaxAttrs is the most attributes a request may give one allocation;
 	// the allocation also carries AttrNode, which the allocator adds
