@@ -2,7 +2,6 @@ package ipam
 
 import (
 	"context"
-	"maps"
 	"net/netip"
 	"slices"
 
@@ -38,20 +37,15 @@ type laneMemo struct {
 	v  *view
 	nb *nodeBlocks
 	// pools are the eligible pools, as chosen for the request that made
-	// the memo. nodeFree (nsFree) says that no nodeSelector
-	// (namespaceSelector) of a pool of the family that could be eligible
-	// depends on the labels, so the node's (namespace's) labels do not
-	// matter. Otherwise a request with the labels the memo was made for
-	// uses it at once, and any other chooses its pools again (a selector
-	// match per pool) and uses the memo if they are these.
-	pools            []*pool.Pool
-	nodeFree, nsFree bool
-	// nodeLabels and nsLabels are the labels pools were chosen for, each
-	// kept when it was a selector.Set or nil (nodeKept, nsKept): a request
-	// with the same labels would choose the same pools, and need not
-	// match selectors.
-	nodeLabels, nsLabels selector.Set
-	nodeKept, nsKept     bool
+	// the memo. node and ns are the label keys that the nodeSelectors and
+	// namespaceSelectors of the pools of the family that could be
+	// eligible read, with the labels the pools were chosen for there: a
+	// request whose labels agree on those keys would choose the same
+	// pools, and uses the memo at once (with no key, whatever its labels).
+	// Any other chooses its pools again (a selector match per pool) and
+	// uses the memo if they are these.
+	pools    []*pool.Pool
+	node, ns keyedLabels
 	// held and unselected are as assignFamily finds them: the node's
 	// blocks in pools, in pool order, and its blocks of the family that no
 	// pool of pools holds.
@@ -185,70 +179,83 @@ func remakeMemo(v *view, nb *nodeBlocks, fam pool.Family, args *AutoAssignArgs, 
 // eligible pools as AutoAssign chose them for a request, finding the
 // node's blocks in them from nb, the node's index entries.
 func laneMemoFor(v *view, nb *nodeBlocks, fam pool.Family, pools []*pool.Pool) *laneMemo {
-	m := &laneMemo{v: v, nb: nb, pools: slices.Clone(pools), nodeFree: true, nsFree: true}
+	m := &laneMemo{v: v, nb: nb, pools: slices.Clone(pools)}
 	m.held, m.unselected = heldIn(nil, nb.blocks, fam, m.pools)
+	var node, ns []string
 	for _, p := range v.pools.All() {
 		if p.Family() != fam || p.Disabled || p.Manual() {
 			continue // passed over before its selectors are asked
 		}
-		m.nodeFree = m.nodeFree && labelFree(p.NodeSelector)
-		m.nsFree = m.nsFree && labelFree(p.NamespaceSelector)
+		node = append(node, selectorKeys(p.NodeSelector)...)
+		ns = append(ns, selectorKeys(p.NamespaceSelector)...)
 	}
+	slices.Sort(node)
+	slices.Sort(ns)
+	m.node.keys, m.ns.keys = slices.Compact(node), slices.Compact(ns)
 	return m
 }
 
-// keepLabels records, in m, which must be new, the labels of args that
-// are selector.Sets or nil.
+// keepLabels records, in m, which must be new, the labels of args on the
+// keys the selectors read.
 func (m *laneMemo) keepLabels(args *AutoAssignArgs) {
-	m.nodeLabels, m.nodeKept = setOf(args.NodeLabels)
-	m.nsLabels, m.nsKept = setOf(args.NamespaceLabels)
+	m.node.keep(args.NodeLabels)
+	m.ns.keep(args.NamespaceLabels)
 }
 
 // fits reports whether args would choose m's pools without matching
-// selectors: each side's labels do not matter, or are those m's pools
-// were chosen for.
+// selectors: its labels agree, on each side, with those m's pools were
+// chosen for on the keys the selectors read.
 func (m *laneMemo) fits(args *AutoAssignArgs) bool {
-	return (m.nodeFree || m.nodeKept && sameSet(args.NodeLabels, m.nodeLabels)) &&
-		(m.nsFree || m.nsKept && sameSet(args.NamespaceLabels, m.nsLabels))
+	return m.node.same(args.NodeLabels) && m.ns.same(args.NamespaceLabels)
 }
 
-// setOf returns a copy of l if it is a selector.Set or nil, and false for
-// other Labels, which cannot be compared.
-func setOf(l selector.Labels) (selector.Set, bool) {
-	switch l := l.(type) {
-	case nil:
-		return nil, true
-	case selector.Set:
-		return maps.Clone(l), true
-	}
-	return nil, false
+// keyedLabels are some labels on some keys: for each key, its value and
+// whether it is present.
+type keyedLabels struct {
+	keys []string
+	vals []labelValue
 }
 
-// sameSet reports whether l is a selector.Set (or nil) with exactly the
-// labels of s.
-func sameSet(l selector.Labels, s selector.Set) bool {
-	var ls selector.Set
-	switch l := l.(type) {
-	case nil:
-	case selector.Set:
-		ls = l
-	default:
-		return false
+type labelValue struct {
+	v  string
+	ok bool
+}
+
+// keep records l's values on k's keys; k must be new.
+func (k *keyedLabels) keep(l selector.Labels) {
+	if len(k.keys) == 0 {
+		return
 	}
-	if len(ls) != len(s) {
-		return false
+	k.vals = make([]labelValue, len(k.keys))
+	for i, key := range k.keys {
+		k.vals[i].v, k.vals[i].ok = getLabel(l, key)
 	}
-	for k, v := range ls {
-		if w, ok := s[k]; !ok || w != v {
+}
+
+// same reports whether l has the values k keeps on k's keys.
+func (k *keyedLabels) same(l selector.Labels) bool {
+	for i, key := range k.keys {
+		if v, ok := getLabel(l, key); v != k.vals[i].v || ok != k.vals[i].ok {
 			return false
 		}
 	}
 	return true
 }
 
-// labelFree reports whether a selector's answer does not depend on the
-// labels: all() (or empty) matches any, and one that does not parse none.
-func labelFree(text string) bool {
+// getLabel is l.Get(key), with nil l holding no labels, as for selectors.
+func getLabel(l selector.Labels, key string) (string, bool) {
+	if l == nil {
+		return "", false
+	}
+	return l.Get(key)
+}
+
+// selectorKeys returns the label keys the selector text reads: none if it
+// does not parse, as it then matches nothing.
+func selectorKeys(text string) []string {
 	s, err := selector.Parse(text)
-	return err != nil || s == selector.All()
+	if err != nil {
+		return nil
+	}
+	return s.Keys()
 }

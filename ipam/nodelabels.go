@@ -229,7 +229,7 @@ func labelsGiven(l selector.Labels) bool {
 // depends on the node's labels.
 func labelsMatter(s *pool.Set) bool {
 	for _, p := range s.All() {
-		if !labelFree(p.NodeSelector) {
+		if len(selectorKeys(p.NodeSelector)) > 0 {
 			return true
 		}
 	}
