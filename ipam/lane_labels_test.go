@@ -154,7 +154,7 @@ func TestLaneLabelsConcurrent(t *testing.T) {
 // node whose consecutive requests carry different labels that choose the
 // same pools: pods of different namespaces (NamespaceLabels) in a cluster
 // with a pool chosen by namespace, node labels that differ in a key no
-// selector reads, and Labels of a type the memo cannot compare. The lane
+// selector reads, and Labels of a type other than selector.Set. The lane
 // must not cost more allocations than AutoAssign without it: choosing the
 // pools again needs none, and the memo stands for the same pools.
 func TestLaneOtherLabelsCostNoMore(t *testing.T) {
