@@ -214,8 +214,9 @@ func (a *Allocator) AutoAssign(ctx context.Context, args AutoAssignArgs) (AutoAs
 	if err != nil {
 		return AutoAssignResult{}, err
 	}
+	unstored := false
 	if !lb {
-		if args.NodeLabels, err = a.requestLabels(ctx, v, args.Node, nc, args.NodeLabels); err != nil {
+		if args.NodeLabels, unstored, err = a.requestLabels(ctx, v, args.Node, nc, args.NodeLabels); err != nil {
 			return AutoAssignResult{}, err
 		}
 	}
@@ -239,6 +240,9 @@ func (a *Allocator) AutoAssign(ctx context.Context, args AutoAssignArgs) (AutoAs
 			Family: fam, Node: args.Node, NodeLabels: args.NodeLabels,
 			NamespaceLabels: args.NamespaceLabels, Use: use, Pools: names,
 		})
+		if selErr[i] != nil && unstored {
+			selErr[i] = noStoredLabels(selErr[i], args.Node)
+		}
 	}
 	if !args.Partial && (selErr[0] != nil || selErr[1] != nil) {
 		// All-or-nothing and a family has no pool: fail before writing,

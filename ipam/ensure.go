@@ -85,7 +85,8 @@ func (a *Allocator) EnsureBlock(ctx context.Context, args EnsureBlockArgs) (v4, 
 		return netip.Prefix{}, netip.Prefix{}, err
 	}
 	nc := a.node(args.Node)
-	if args.NodeLabels, err = a.requestLabels(ctx, v, args.Node, nc, args.NodeLabels); err != nil {
+	var unstored bool
+	if args.NodeLabels, unstored, err = a.requestLabels(ctx, v, args.Node, nc, args.NodeLabels); err != nil {
 		return netip.Prefix{}, netip.Prefix{}, err
 	}
 	// Choose the pools of both families before claiming anything.
@@ -102,6 +103,9 @@ func (a *Allocator) EnsureBlock(ctx context.Context, args EnsureBlockArgs) (v4, 
 			Family: fam, Node: args.Node, NodeLabels: args.NodeLabels, Use: pool.UseWorkload, Pools: names,
 		})
 		if err != nil {
+			if unstored {
+				err = noStoredLabels(err, args.Node)
+			}
 			return netip.Prefix{}, netip.Prefix{}, fmt.Errorf("ipam: %s for node %q: %s: %w", op, args.Node, fam, err)
 		}
 	}

@@ -99,7 +99,8 @@ func (a *Allocator) autoAssignLane(ctx context.Context, args *AutoAssignArgs) (r
 		a.gens.Generation(KindReservation) != v.resvGen || nb == nil || nb.gen != a.gens.Generation(KindAffinity) {
 		return res, false, nil
 	}
-	if v.labelsMatter && !labelsGiven(args.NodeLabels) {
+	given := args.NodeLabels
+	if v.labelsMatter && !labelsGiven(given) {
 		// The node's stored labels, if the allocator has them.
 		set, ok := a.cachedLabels(nc)
 		if !ok {
@@ -114,13 +115,15 @@ func (a *Allocator) autoAssignLane(ctx context.Context, args *AutoAssignArgs) (r
 	if m == nil || !m.fits(args) {
 		m0 := m
 		if m = remakeMemo(v, nb, fam, args, m); m == nil {
-			return res, false, nil // no pool: AutoAssign says why
+			args.NodeLabels = given // AutoAssign says why, and where the labels came from
+			return res, false, nil
 		}
 		if m != m0 {
 			nc.lane[fi].Store(m)
 		}
 	}
 	if len(m.held) == 0 {
+		args.NodeLabels = given
 		return res, false, nil
 	}
 

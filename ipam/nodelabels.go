@@ -210,11 +210,22 @@ func (a *Allocator) nodeLabels(ctx context.Context, node string, nc *nodeCache) 
 // with: given, when given (see labelsGiven); otherwise the stored ones
 // when some pool's nodeSelector reads labels, and given (none) when none
 // does, as no choice then depends on them.
-func (a *Allocator) requestLabels(ctx context.Context, v *view, node string, nc *nodeCache, given selector.Labels) (selector.Labels, error) {
+// unstored reports that the labels were left to the store, which has
+// none for the node: what a pool selection error then says (see
+// noStoredLabels).
+func (a *Allocator) requestLabels(ctx context.Context, v *view, node string, nc *nodeCache, given selector.Labels) (labels selector.Labels, unstored bool, err error) {
 	if !v.labelsMatter || labelsGiven(given) {
-		return given, nil
+		return given, false, nil
 	}
-	return a.nodeLabels(ctx, node, nc)
+	set, err := a.nodeLabels(ctx, node, nc)
+	return set, err == nil && len(set) == 0, err
+}
+
+// noStoredLabels adds to err, a pool selection error for a request served
+// with node's stored labels, that it has none stored: a node agent that
+// leaves the labels to the store learns why no pool selects its node.
+func noStoredLabels(err error, node string) error {
+	return fmt.Errorf("%w; no labels are stored for node %q (SetNodeLabels)", err, node)
 }
 
 // labelsGiven reports whether a request gives the node's labels: l is

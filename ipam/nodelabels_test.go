@@ -125,7 +125,15 @@ func TestAutoAssignUsesStoredLabels(t *testing.T) {
 
 	_, err := assign("h0", nil)
 	require.ErrorIs(t, err, pool.ErrNoPool, "no labels stored: no pool selects the node")
-	require.ErrorContains(t, err, "no labels")
+	require.ErrorContains(t, err, `no labels are stored for node "n1" (SetNodeLabels)`)
+	var noPool *pool.NoPoolError
+	require.ErrorAs(t, err, &noPool)
+	_, _, err = e.a.EnsureBlock(ctx, ipam.EnsureBlockArgs{Node: "n1", IPv4: true})
+	require.ErrorIs(t, err, pool.ErrNoPool)
+	require.ErrorContains(t, err, `no labels are stored for node "n1" (SetNodeLabels)`)
+	_, err = assign("h0", selector.Set{})
+	require.ErrorIs(t, err, pool.ErrNoPool)
+	require.NotContains(t, err.Error(), "stored", "labels given: nothing is said of stored ones")
 
 	require.NoError(t, e.a.SetNodeLabels(ctx, "n1", map[string]string{"rack": "a"}))
 	for _, h := range []string{"h1", "h2", "h3"} { // the general path, then the lane
