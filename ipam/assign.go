@@ -240,8 +240,11 @@ func (a *Allocator) AutoAssign(ctx context.Context, args AutoAssignArgs) (AutoAs
 			Family: fam, Node: args.Node, NodeLabels: args.NodeLabels,
 			NamespaceLabels: args.NamespaceLabels, Use: use, Pools: names,
 		})
-		if selErr[i] != nil && unstored {
-			selErr[i] = noStoredLabels(selErr[i], args.Node)
+		if selErr[i] != nil {
+			selErr[i] = ownLabels(selErr[i])
+			if unstored {
+				selErr[i] = noStoredLabels(selErr[i], args.Node)
+			}
 		}
 	}
 	if !args.Partial && (selErr[0] != nil || selErr[1] != nil) {

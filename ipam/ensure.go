@@ -103,6 +103,7 @@ func (a *Allocator) EnsureBlock(ctx context.Context, args EnsureBlockArgs) (v4, 
 			Family: fam, Node: args.Node, NodeLabels: args.NodeLabels, Use: pool.UseWorkload, Pools: names,
 		})
 		if err != nil {
+			err = ownLabels(err)
 			if unstored {
 				err = noStoredLabels(err, args.Node)
 			}

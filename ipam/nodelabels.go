@@ -236,6 +236,23 @@ func labelsGiven(l selector.Labels) bool {
 	return l != nil && (!isSet || s != nil)
 }
 
+// ownLabels gives the *pool.NoPoolError in err, a failed selection of
+// pools, a copy of the node labels it shows (Request.NodeLabels) when they
+// are a selector.Set, and returns err. Labels served from the store are
+// shared (see storedLabels; every node without labels has noLabels): a
+// caller changing the labels it finds in the error must not change what
+// later requests are served with. (Labels the request gave are copied
+// too, which changes nothing for the caller.)
+func ownLabels(err error) error {
+	var npe *pool.NoPoolError
+	if errors.As(err, &npe) {
+		if set, ok := npe.Request.NodeLabels.(selector.Set); ok {
+			npe.Request.NodeLabels = maps.Clone(set)
+		}
+	}
+	return err
+}
+
 // labelsMatter reports whether the nodeSelector of some pool of s
 // depends on the node's labels.
 func labelsMatter(s *pool.Set) bool {

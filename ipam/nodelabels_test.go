@@ -270,3 +270,41 @@ func TestNodeLabelsCorrupt(t *testing.T) {
 		require.NoError(t, e.a.SetNodeLabels(e.ctx, "bad", nil), "deleting a corrupt record")
 	}
 }
+
+// A request served with the stored labels may fail for want of a pool:
+// the *pool.NoPoolError then shows the labels it was matched against. They
+// are the error's own. The allocator shares the stored labels between the
+// requests of a node, and the labels of a node without any between all
+// nodes: a caller that changes the labels it finds in an error (to retry
+// with one more, say) must not change what other requests are served with.
+func TestNoPoolErrorOwnsStoredLabels(t *testing.T) {
+	e := newEnv(t, rackPools()...)
+	ctx := e.ctx
+	require.NoError(t, e.a.SetNodeLabels(ctx, "n1", map[string]string{"rack": "c"}))
+	scribble := func(err error) {
+		t.Helper()
+		var npe *pool.NoPoolError
+		require.True(t, errors.As(err, &npe), "%v", err)
+		set, ok := npe.Request.NodeLabels.(selector.Set)
+		require.True(t, ok, "the labels matched, as a selector.Set: %#v", npe.Request.NodeLabels)
+		set["rack"] = "a"
+	}
+	for _, node := range []string{"n1", "n2"} { // stored labels, and none
+		for range 2 { // the labels as read, then from the cache
+			_, err := e.a.AutoAssign(ctx, ipam.AutoAssignArgs{Num4: 1, Handle: "h", Node: node})
+			require.ErrorIs(t, err, pool.ErrNoPool)
+			scribble(err)
+			_, _, err = e.a.EnsureBlock(ctx, ipam.EnsureBlockArgs{Node: node, IPv4: true})
+			require.ErrorIs(t, err, pool.ErrNoPool)
+			scribble(err)
+		}
+	}
+	for _, node := range []string{"n1", "n2", "n3"} {
+		_, err := e.a.AutoAssign(ctx, ipam.AutoAssignArgs{Num4: 1, Handle: "h", Node: node})
+		require.ErrorIs(t, err, pool.ErrNoPool, "node %s is served with labels a caller changed in an error", node)
+		_, _, err = e.a.EnsureBlock(ctx, ipam.EnsureBlockArgs{Node: node, IPv4: true})
+		require.ErrorIs(t, err, pool.ErrNoPool, "node %s is served with labels a caller changed in an error", node)
+	}
+	require.Empty(t, e.affine("n1"))
+	require.Empty(t, e.affine("n2"))
+}
