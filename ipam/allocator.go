@@ -157,8 +157,8 @@ type view struct {
 	poolsGen    uint64
 	configGen   uint64
 	resvGen     uint64
-	// labelsMatter says that some pool's nodeSelector depends on the
-	// node's labels, so that a request without labels is served with the
+	// labelsMatter says that some enabled pool's nodeSelector depends on
+	// the node's labels, so that a request without labels is served with the
 	// stored ones (see requestLabels).
 	labelsMatter bool
 }

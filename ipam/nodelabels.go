@@ -253,11 +253,13 @@ func ownLabels(err error) error {
 	return err
 }
 
-// labelsMatter reports whether the nodeSelector of some pool of s
-// depends on the node's labels.
+// labelsMatter reports whether the nodeSelector of some enabled pool of s
+// depends on the node's labels. A disabled pool's decides nothing: no
+// request chooses the pool, not even by name, and dropUnselected leaves
+// the node's blocks there.
 func labelsMatter(s *pool.Set) bool {
 	for _, p := range s.All() {
-		if len(selectorKeys(p.NodeSelector)) > 0 {
+		if !p.Disabled && len(selectorKeys(p.NodeSelector)) > 0 {
 			return true
 		}
 	}

@@ -308,3 +308,34 @@ func TestNoPoolErrorOwnsStoredLabels(t *testing.T) {
 	require.Empty(t, e.affine("n1"))
 	require.Empty(t, e.affine("n2"))
 }
+
+// A disabled pool's nodeSelector decides nothing: no request chooses the
+// pool, and a node's blocks there are kept whatever its labels (see
+// AutoAssign). Requests without NodeLabels then neither read the node's
+// record nor fail when it does not decode, as when no pool has a
+// nodeSelector; they do once the pool is enabled again.
+func TestDisabledPoolSelectorNeedsNoLabels(t *testing.T) {
+	rack := v4pool("rack-a", "10.0.1.0/24", 28)
+	rack.NodeSelector = `rack == "a"`
+	e := newEnv(t, v4pool("p", "10.0.0.0/24", 28), rack)
+	require.NoError(t, e.a.DisablePool(e.ctx, "rack-a"))
+	_, err := e.store.Create(e.ctx, ipam.KindNode, "n1", []byte(`{"labels":`))
+	require.NoError(t, err)
+
+	counting := storetest.NewCountingStore(struct{ ipam.Store }{e.store}) // without Generations: every request reads
+	a, err := ipam.New(counting, ipam.Options{})
+	require.NoError(t, err)
+	for _, h := range []string{"h1", "h2"} {
+		res, err := a.AutoAssign(e.ctx, ipam.AutoAssignArgs{Num4: 1, Handle: h, Node: "n1"})
+		require.NoError(t, err)
+		require.Equal(t, "p", res.IPv4[0].Pool)
+	}
+	_, _, err = a.EnsureBlock(e.ctx, ipam.EnsureBlockArgs{Node: "n1", IPv4: true})
+	require.NoError(t, err)
+	c, _ := storetest.CountsOf(counting)
+	require.Zero(t, c.Of(storetest.OpGet, ipam.KindNode), "node record reads")
+
+	require.NoError(t, a.EnablePool(e.ctx, "rack-a"))
+	_, err = a.AutoAssign(e.ctx, ipam.AutoAssignArgs{Num4: 1, Handle: "h3", Node: "n1"})
+	require.ErrorIs(t, err, ipam.ErrCorrupt, "the labels matter again")
+}
