@@ -46,10 +46,10 @@ type Options struct {
 // An Allocator is safe for concurrent use. Any number of allocators, in one
 // process or many, may share one store: every write is a compare-and-swap,
 // so they never hand out an address twice. An allocator caches what it
-// read (pools, configuration, which blocks a node holds, the blocks it
-// wrote) and checks the cache with the store's [Generations] when the store
-// offers them, or by compare-and-swap on every write; a stale cache costs a
-// retry, never a wrong answer.
+// read (pools, configuration, which blocks a node holds, a node's stored
+// labels, the blocks it wrote) and checks the cache with the store's
+// [Generations] when the store offers them, or by compare-and-swap on
+// every write; a stale cache costs a retry, never a wrong answer.
 type Allocator struct {
 	store      Store
 	gens       Generations // nil when the store does not offer them

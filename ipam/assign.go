@@ -68,9 +68,10 @@ type AutoAssignArgs struct {
 	// stored none), which is how a node agent that does not know the
 	// labels leaves them to whoever keeps them. Labels given
 	// (selector.Set{} for none) serve this request instead; they are
-	// neither checked nor stored. A request that succeeds gives up the node's empty blocks in
-	// enabled pools whose nodeSelector the labels it was served with do
-	// not match (see AutoAssign). NamespaceLabels nil means none.
+	// neither checked nor stored. A request that succeeds gives up the
+	// node's empty blocks in enabled pools whose nodeSelector the labels
+	// it was served with do not match (see AutoAssign). NamespaceLabels
+	// nil means none.
 	NodeLabels      selector.Labels
 	NamespaceLabels selector.Labels
 

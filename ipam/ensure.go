@@ -71,10 +71,11 @@ type EnsureBlockArgs struct {
 // can be given up later: by ReleaseAffinity, by the node's removal, by the
 // Collector when it is not the node's last of its family, by a later
 // request of the node that succeeds while the block is empty and its pool
-// no longer selects the node (a changed nodeSelector, or NodeLabels that
-// do not match it), and by a request of the same node, running at the
-// same time, that claimed it and then failed for its other family (a
-// failed request gives up what it claimed while that is still empty).
+// no longer selects the node (a changed nodeSelector, or labels, given or
+// stored, that do not match it), and by a request of the same node,
+// running at the same time, that claimed it and then failed for its other
+// family (a failed request gives up what it claimed while that is still
+// empty).
 func (a *Allocator) EnsureBlock(ctx context.Context, args EnsureBlockArgs) (v4, v6 netip.Prefix, err error) {
 	const op = "ensure block"
 	if err := checkEnsureBlock(op, args); err != nil {

@@ -86,13 +86,20 @@ func unmarshalNode(node string, data []byte) (selector.Set, error) {
 // nil or empty labels remove them. AutoAssign and EnsureBlock match pools'
 // nodeSelectors against these labels when a request gives no NodeLabels.
 // Labels equal to the stored ones write nothing. Whoever follows the
-// nodes' labels (a controller watching Kubernetes nodes) calls it, and
-// removes them when a node is deleted; a Collector with a node oracle
-// removes those of nodes gone, too.
+// nodes' labels (a controller watching Kubernetes nodes) calls it.
 //
-// The node's blocks are not touched here: its next AutoAssign that
-// succeeds gives up its empty blocks in pools that no longer select it,
-// as it does when a pool's nodeSelector changes.
+// The node's blocks are not touched here: its next AutoAssign or
+// EnsureBlock served with these labels that succeeds gives up its empty
+// blocks in enabled pools that no longer select it, as it does when a
+// pool's nodeSelector changes.
+//
+// Allocators on the same store see the change at their next request;
+// those of other processes see it once their store's Generations move
+// (with etcdstore, after its watch delivers the change). The labels stay
+// stored until removed: ReleaseHostAffinities leaves them, and a new node
+// of the same name is served with them, so remove them (nil) when the
+// node leaves the cluster, or let a Collector with a node oracle remove
+// those of nodes gone.
 //
 // A stored record that does not decode (see Check) is replaced.
 func (a *Allocator) SetNodeLabels(ctx context.Context, node string, labels map[string]string) error {

@@ -19,13 +19,13 @@
 //	<prefix><k>/<x>          for example /carve/block/v4:0af40040/26
 //
 // with kinds spelled as [ipam.Kind.String] gives them ("pool", "block",
-// "affinity", "handle", "config", "reservation", "node") and the value stored as
-// is. The prefix (Options.Prefix, default "/carve/") ends with "/"; stores
-// with the same prefix share their records, and two installations need
-// prefixes of which neither starts with the other. A List is one etcd range
-// request, from <prefix><k>/<start> to <prefix><k>/<end>, or to the end of
-// the kind's keys when the range has no end, so its records come from one
-// consistent snapshot.
+// "affinity", "handle", "config", "reservation", "node") and the value
+// stored as is. The prefix (Options.Prefix, default "/carve/") ends with
+// "/"; stores with the same prefix share their records, and two
+// installations need prefixes of which neither starts with the other. A
+// List is one etcd range request, from <prefix><k>/<start> to
+// <prefix><k>/<end>, or to the end of the kind's keys when the range has
+// no end, so its records come from one consistent snapshot.
 //
 // # Revisions and writes
 //
@@ -48,11 +48,12 @@
 // starts just after etcd's current revision, so that no later change is
 // missed. A kind's generation moves when a write through the same Store
 // returns (whatever its outcome) and when the watch delivers a change of
-// the kind, by anyone. Allocators therefore see their own process's pool
-// and configuration changes at once, and those of other processes after
-// the watch delivers them: a few milliseconds on a healthy cluster, more
-// under load, and as long as the client is cut off from etcd. This is the
-// lag Calico's own watch-based components have. It is safe: an allocator
+// the kind, by anyone. Allocators therefore see their own process's pool,
+// configuration and node label changes at once, and those of other
+// processes after the watch delivers them: a few milliseconds on a
+// healthy cluster, more under load, and as long as the client is cut off
+// from etcd. This is the lag Calico's own watch-based components have. It
+// is safe: an allocator
 // with an old pool set may assign from a pool another process has just
 // disabled or is deleting (as Calico may), but block writes are
 // compare-and-swap on the record's revision, so no address is ever handed
