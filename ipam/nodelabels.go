@@ -98,8 +98,8 @@ func unmarshalNode(node string, data []byte) (selector.Set, error) {
 // (with etcdstore, after its watch delivers the change). The labels stay
 // stored until removed: ReleaseHostAffinities leaves them, and a new node
 // of the same name is served with them, so remove them (nil) when the
-// node leaves the cluster, or let a Collector with a node oracle remove
-// those of nodes gone.
+// node leaves the cluster (AllNodeLabels lists them all), or let a
+// Collector with a node oracle remove those of nodes gone.
 //
 // A stored record that does not decode (see Check) is replaced.
 func (a *Allocator) SetNodeLabels(ctx context.Context, node string, labels map[string]string) error {
@@ -158,6 +158,27 @@ func (a *Allocator) NodeLabels(ctx context.Context, node string) (map[string]str
 		return nil, nil
 	}
 	return maps.Clone(set), nil
+}
+
+// AllNodeLabels returns the labels SetNodeLabels stored, by node name: what
+// a controller that follows the nodes' labels compares with the nodes
+// that exist, to remove the labels of those gone. The maps are the
+// caller's. A record that does not decode fails the call with an error
+// matching ErrCorrupt that names the node (SetNodeLabels replaces it).
+func (a *Allocator) AllNodeLabels(ctx context.Context) (map[string]map[string]string, error) {
+	recs, err := a.store.List(ctx, KindNode, KeyRange{})
+	if err != nil {
+		return nil, fmt.Errorf("ipam: list node labels: %w", err)
+	}
+	out := make(map[string]map[string]string, len(recs))
+	for _, rec := range recs {
+		set, err := unmarshalNode(rec.Key, rec.Value)
+		if err != nil {
+			return nil, err
+		}
+		out[rec.Key] = set
+	}
+	return out, nil
 }
 
 // readLabels reads node's stored labels; none gives an empty set.

@@ -53,6 +53,30 @@ func TestNodeLabelsStored(t *testing.T) {
 	e.requireConsistent()
 }
 
+func TestAllNodeLabels(t *testing.T) {
+	e := newEnv(t)
+	all, err := e.a.AllNodeLabels(e.ctx)
+	require.NoError(t, err)
+	require.Empty(t, all)
+	require.NoError(t, e.a.SetNodeLabels(e.ctx, "n1", map[string]string{"rack": "a"}))
+	require.NoError(t, e.a.SetNodeLabels(e.ctx, "n2", map[string]string{"rack": "b", "zone": "z"}))
+	require.NoError(t, e.a.SetNodeLabels(e.ctx, "n3", map[string]string{"rack": "c"}))
+	require.NoError(t, e.a.SetNodeLabels(e.ctx, "n3", nil))
+	all, err = e.a.AllNodeLabels(e.ctx)
+	require.NoError(t, err)
+	require.Equal(t, map[string]map[string]string{"n1": {"rack": "a"}, "n2": {"rack": "b", "zone": "z"}}, all)
+	all["n1"]["rack"] = "changed by the caller"
+	got, err := e.a.NodeLabels(e.ctx, "n1")
+	require.NoError(t, err)
+	require.Equal(t, map[string]string{"rack": "a"}, got, "the maps are the caller's")
+
+	_, err = e.store.Create(e.ctx, ipam.KindNode, "bad", []byte(`{`))
+	require.NoError(t, err)
+	_, err = e.a.AllNodeLabels(e.ctx)
+	require.ErrorIs(t, err, ipam.ErrCorrupt)
+	require.ErrorContains(t, err, `node "bad"`)
+}
+
 func TestSetNodeLabelsWritesOnlyChanges(t *testing.T) {
 	e := newEnv(t)
 	counting := storetest.NewCountingStore(e.store)
