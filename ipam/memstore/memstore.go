@@ -62,6 +62,28 @@ type records struct {
 	keys  []string
 	lazy  bool
 	dirty bool
+	// lastKey and last are the record last created or written, whose key
+	// the next operation on the kind usually names again (a block written
+	// again and again, a handle created, read and deleted): a comparison
+	// of keys instead of a map lookup. Set and cleared under the write
+	// lock; last is nil when no such record exists.
+	lastKey string
+	last    *entry
+}
+
+// lookup returns the entry of key, as byKey[key]. The caller holds s.mu.
+func (r *records) lookup(key string) (*entry, bool) {
+	if r.last != nil && r.lastKey == key {
+		return r.last, true
+	}
+	p, ok := r.byKey[key]
+	return p, ok
+}
+
+// remember makes p, the entry of key, the one lookup tries first. The
+// caller holds the write lock.
+func (r *records) remember(key string, p *entry) {
+	r.lastKey, r.last = key, p
 }
 
 // added records the creation of key in the order of keys.
@@ -127,7 +149,7 @@ func (s *Store) Get(ctx context.Context, kind ipam.Kind, key string) (ipam.Recor
 	}
 	s.mu.RLock()
 	var e entry
-	p, ok := s.kinds[kind].byKey[key]
+	p, ok := s.kinds[kind].lookup(key)
 	if ok {
 		e = *p
 	}
@@ -277,7 +299,7 @@ func (s *Store) create(ctx context.Context, kind ipam.Kind, key string, e entry)
 	if err != nil {
 		return 0, err
 	}
-	if _, ok := recs.byKey[key]; ok {
+	if _, ok := recs.lookup(key); ok {
 		s.mu.Unlock()
 		return 0, fmt.Errorf("memstore: create %s %q: %w", kind, key, ipam.ErrExists)
 	}
@@ -296,6 +318,7 @@ func (s *Store) create(ctx context.Context, kind ipam.Kind, key string, e entry)
 	}
 	*p = e
 	recs.byKey[key] = p
+	recs.remember(key, p)
 	recs.added(key)
 	s.gens[kind].Add(1)
 	s.mu.Unlock()
@@ -315,6 +338,7 @@ func (s *Store) update(ctx context.Context, kind ipam.Kind, key string, e entry,
 	s.rev++
 	e.rev = ipam.Revision(s.rev)
 	*p = e
+	recs.remember(key, p)
 	s.gens[kind].Add(1)
 	s.mu.Unlock()
 	return e.rev, nil
@@ -332,6 +356,9 @@ func (s *Store) Delete(ctx context.Context, kind ipam.Kind, key string, rev ipam
 		return err
 	}
 	delete(recs.byKey, key)
+	if recs.last == p {
+		recs.remember("", nil)
+	}
 	recs.removed(key)
 	s.gens[kind].Add(1)
 	// Readers copy an entry under the lock and never keep the pointer, so
@@ -350,7 +377,7 @@ const maxFree = 1 << 10
 // check returns the entry of key if it is at revision rev, for a
 // compare-and-swap write. The caller holds the store's lock.
 func (r *records) check(op string, kind ipam.Kind, key string, rev ipam.Revision) (*entry, error) {
-	p, ok := r.byKey[key]
+	p, ok := r.lookup(key)
 	switch {
 	case !ok:
 		return nil, fmt.Errorf("memstore: %s %s %q: %w", op, kind, key, ipam.ErrNotFound)
