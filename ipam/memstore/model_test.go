@@ -194,4 +194,3 @@ func TestStoreMatchesModel(t *testing.T) {
 		t.Repeat(rapid.StateMachineActions(sm))
 	})
 }
-
