@@ -203,26 +203,32 @@ func (a *Allocator) check(ctx context.Context) (*Report, *checkState, error) {
 	} else if !errors.Is(err, ErrNotFound) {
 		return nil, nil, fmt.Errorf("ipam: check: %w", err)
 	}
-	resv, err := a.store.List(ctx, KindReservation, KeyRange{})
-	if err != nil {
-		return nil, nil, fmt.Errorf("ipam: check: %w", err)
-	}
-	r.Reservations = len(resv)
-	for _, rec := range resv {
-		if _, err := unmarshalReservation(rec.Key, rec.Value); err != nil {
-			add(Problem{Kind: ProblemCorrupt, Record: "reservation " + rec.Key, Detail: err.Error()})
+	// Records of a kind keyed by name, each decoded on its own: how many
+	// there are, and a problem for each that does not decode.
+	named := func(kind Kind, hint string, decode func(key string, value []byte) error) (int, error) {
+		recs, err := a.store.List(ctx, kind, KeyRange{})
+		if err != nil {
+			return 0, fmt.Errorf("ipam: check: %w", err)
 		}
-	}
-
-	nodes, err := a.store.List(ctx, KindNode, KeyRange{})
-	if err != nil {
-		return nil, nil, fmt.Errorf("ipam: check: %w", err)
-	}
-	r.LabeledNodes = len(nodes)
-	for _, rec := range nodes {
-		if _, err := unmarshalNode(rec.Key, rec.Value); err != nil {
-			add(Problem{Kind: ProblemCorrupt, Record: "node " + rec.Key, Detail: err.Error() + " (SetNodeLabels replaces it)"})
+		for _, rec := range recs {
+			if err := decode(rec.Key, rec.Value); err != nil {
+				add(Problem{Kind: ProblemCorrupt, Record: kind.String() + " " + rec.Key, Detail: err.Error() + hint})
+			}
 		}
+		return len(recs), nil
+	}
+	var err error
+	if r.Reservations, err = named(KindReservation, "", func(key string, value []byte) error {
+		_, err := unmarshalReservation(key, value)
+		return err
+	}); err != nil {
+		return nil, nil, err
+	}
+	if r.LabeledNodes, err = named(KindNode, " (SetNodeLabels replaces it)", func(key string, value []byte) error {
+		_, err := unmarshalNode(key, value)
+		return err
+	}); err != nil {
+		return nil, nil, err
 	}
 
 	// Blocks: the truth.
