@@ -162,6 +162,11 @@ type goneNode struct {
 	// unchanged (nothing was released), and otherwise starts it again, as
 	// the real pass would.
 	stripped map[netip.Prefix]uint64
+	// labels, with stripped, is the revision of the node's stored labels
+	// that the dry pass would have deleted (0: none). Labels set since
+	// (or removed) start the node again, as they would after a real pass,
+	// which forgets the node and deletes only the labels it listed.
+	labels Revision
 }
 
 // suspect is what the collector remembers of an allocation or a block.
@@ -360,7 +365,7 @@ func (c *Collector) Collect(ctx context.Context) (CollectResult, error) {
 			held[node] = []netip.Prefix{} // labels, but no block
 		}
 	}
-	c.askNodes(ctx, held, read, now)
+	c.askNodes(ctx, held, read, labeled, now)
 
 	// Release whole handles whose every allocation is a ripe suspect: a
 	// handle with one live allocation keeps them all.
@@ -407,7 +412,7 @@ func (c *Collector) Collect(ctx context.Context) (CollectResult, error) {
 		if err := ctx.Err(); err != nil {
 			return res, errors.Join(append(errs, err)...)
 		}
-		released, gone, err := c.releaseNode(ctx, node, held[node], read)
+		released, gone, err := c.releaseNode(ctx, node, held[node], read, labeled[node])
 		if err == nil {
 			stripped[node] = true
 		}
@@ -603,7 +608,8 @@ func settleRead(handle string, rec *handleRecord, found map[netip.Prefix]int, re
 // holding none), once, and updates the node suspects: a node called gone
 // is remembered from when it was first seen gone; one that exists, or
 // whose answer is unknown, is forgotten, and so is one not in held now.
-func (c *Collector) askNodes(ctx context.Context, held map[string][]netip.Prefix, read map[netip.Prefix]*block.Block, now time.Time) {
+// labeled holds the revisions of the nodes' stored labels.
+func (c *Collector) askNodes(ctx context.Context, held map[string][]netip.Prefix, read map[netip.Prefix]*block.Block, labeled map[string]Revision, now time.Time) {
 	if c.nodes == nil {
 		return
 	}
@@ -616,10 +622,10 @@ func (c *Collector) askNodes(ctx context.Context, held map[string][]netip.Prefix
 		g, ok := c.gone[node]
 		if exists, err := c.nodes(ctx, node); err != nil || exists {
 			delete(c.gone, node)
-		} else if !ok || (g.stripped != nil && slices.ContainsFunc(held[node], func(blk netip.Prefix) bool {
+		} else if !ok || (g.stripped != nil && (g.labels != labeled[node] || slices.ContainsFunc(held[node], func(blk netip.Prefix) bool {
 			seq, ok := g.stripped[blk]
 			return !ok || seq != read[blk].Seq()
-		})) {
+		}))) {
 			c.gone[node] = goneNode{since: now}
 		}
 	}
@@ -633,15 +639,17 @@ func (c *Collector) askNodes(ctx context.Context, held map[string][]netip.Prefix
 // release that failed); otherwise it is forgotten, and a block it holds
 // again later (a claim in flight, or a new node of the same name that
 // the oracle does not know yet) starts its grace period afresh. In a dry
-// run it releases nothing and returns blocks (see goneNode.stripped).
-func (c *Collector) releaseNode(ctx context.Context, node string, blocks []netip.Prefix, read map[netip.Prefix]*block.Block) (released []netip.Prefix, gone bool, err error) {
+// run it releases nothing and returns blocks (see goneNode.stripped);
+// labels is the revision of the node's stored labels the pass listed (0:
+// none), which the dry run remembers.
+func (c *Collector) releaseNode(ctx context.Context, node string, blocks []netip.Prefix, read map[netip.Prefix]*block.Block, labels Revision) (released []netip.Prefix, gone bool, err error) {
 	if exists, err := c.nodes(ctx, node); err != nil || exists {
 		delete(c.gone, node)
 		return nil, false, nil
 	}
 	if c.dry {
 		g := c.gone[node]
-		g.stripped = map[netip.Prefix]uint64{}
+		g.stripped, g.labels = map[netip.Prefix]uint64{}, labels
 		for _, blk := range blocks {
 			g.stripped[blk] = read[blk].Seq()
 		}

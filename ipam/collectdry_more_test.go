@@ -162,6 +162,10 @@ func TestCollectorDryRunMatchesProperty(t *testing.T) {
 			"node": func(rt *rapid.T) {
 				nodes.set(rapid.SampledFrom(nodeNames).Draw(rt, "node"), rapid.Bool().Draw(rt, "exists"))
 			},
+			"labels": func(rt *rapid.T) {
+				labels := rapid.SampledFrom([]map[string]string{nil, {"rack": "a"}, {"rack": "b"}}).Draw(rt, "labels")
+				require.NoError(rt, a.SetNodeLabels(ctx, rapid.SampledFrom(append([]string{"n3"}, nodeNames...)).Draw(rt, "node"), labels))
+			},
 			"wait": func(rt *rapid.T) {
 				clk.Advance(time.Duration(rapid.IntRange(0, 150).Draw(rt, "seconds")) * time.Second)
 			},

@@ -495,3 +495,32 @@ func TestCollectorDeletesGoneNodesLabels(t *testing.T) {
 	require.Empty(t, collect(t, e, c).GoneNodeLabels, "a node stripped is forgotten")
 	e.requireConsistent()
 }
+
+// TestCollectorDryRunGoneNodeLabelsSetAgain: a node gone for the grace
+// period loses its blocks; then labels are stored for it (a node of the
+// same name the oracle does not know yet). A real collector forgot the
+// node when it stripped it, and gives the labels a grace period of their
+// own; a dry run, run on the same store before each real pass, must
+// report the same, not the labels as ripe at once.
+func TestCollectorDryRunGoneNodeLabelsSetAgain(t *testing.T) {
+	e := newEnv(t, v4pool("p", "10.0.0.0/24", 28))
+	e.mustAssign4("n", "pod", 1)
+	nodes := newNodeSet()
+	o := &owners{alive: map[string]bool{"pod": true}}
+	other, err := ipam.New(e.store, ipam.Options{Now: e.clock.Now})
+	require.NoError(t, err)
+	dry, real := dryAndReal(t, e.a, other, o.live, ipam.CollectorOptions{Grace: time.Minute, Nodes: nodes.live})
+
+	requireDryMatches(t, e.ctx, e.store, dry, real)
+	e.clock.Advance(time.Minute)
+	res := requireDryMatches(t, e.ctx, e.store, dry, real)
+	require.Len(t, res.GoneNodeBlocks, 1, "the node is stripped")
+
+	require.NoError(t, e.a.SetNodeLabels(e.ctx, "n", map[string]string{"rack": "a"}))
+	res = requireDryMatches(t, e.ctx, e.store, dry, real)
+	require.Empty(t, res.GoneNodeLabels, "labels stored after the node was stripped wait out a grace period")
+	require.Equal(t, []ipam.GoneNode{{Name: "n", Since: e.clock.Now(), Blocks: []netip.Prefix{}, Labels: true}}, res.GoneNodes)
+	e.clock.Advance(time.Minute)
+	res = requireDryMatches(t, e.ctx, e.store, dry, real)
+	require.Equal(t, []string{"n"}, res.GoneNodeLabels)
+}
