@@ -367,11 +367,19 @@ func (m laneMachine) autoAssign(t *rapid.T) {
 		args.NodeLabels = rapid.SampledFrom([]selector.Labels{
 			selector.Set(nil), otherLabels(nil), otherLabels{"rack": "a"},
 			selector.Set{"rack": "a", "zone": "z"}, selector.Set{"rack": ""},
+			selector.Set{"rack": "a", "zone": "y"}, selector.Set{"zone": "z"}, otherLabels{"rack": "b", "zone": "z"},
+			selector.Set{"rack": "ab", "team": "a"},
 		}).Draw(t, "nodeShape")
 	case 8:
 		args.NamespaceLabels = rapid.SampledFrom([]selector.Labels{
 			selector.Set(nil), otherLabels{"team": "a"}, selector.Set{"team": "a", "x": "y"}, selector.Set{"rack": "a"},
+			selector.Set{"team": "a", "tier": "x"}, otherLabels{"tier": "x"}, selector.Set{"team": "b", "tier": "y"},
 		}).Draw(t, "nsShape")
+		if rapid.Bool().Draw(t, "bothShapes") {
+			args.NodeLabels = rapid.SampledFrom([]selector.Labels{
+				nil, selector.Set{"rack": "a"}, selector.Set{"rack": "b", "zone": "z"}, otherLabels{"zone": "y"},
+			}).Draw(t, "nodeShape2")
+		}
 	case 9:
 		// The same map, changed by the caller after some requests.
 		args.NodeLabels = m.shared
@@ -464,9 +472,24 @@ func laneChange(t *rapid.T) (string, func(ctx context.Context, a *ipam.Allocator
 		return "EnablePool " + name, func(ctx context.Context, a *ipam.Allocator) error { return a.EnablePool(ctx, name) }
 	case 2:
 		name := rapid.SampledFrom([]string{"a4", "b4", "c6"}).Draw(t, "pool")
-		sel := rapid.SampledFrom([]string{"", "all()", `rack == "a"`, `!has(rack)`, `has(zone)`}).Draw(t, "selector")
 		field := rapid.SampledFrom([]string{"nodeSelector", "namespaceSelector", "assignmentMode"}).Draw(t, "field")
-		if field == "assignmentMode" {
+		var sel string
+		switch field {
+		case "nodeSelector":
+			// Selectors reading one key or several, testing presence and
+			// absence, sets and prefixes.
+			sel = rapid.SampledFrom([]string{
+				"", "all()", `rack == "a"`, `!has(rack)`, `has(zone)`, `rack in {"a", "b"}`,
+				`!has(zone) && rack != "b"`, `zone == "z" || rack not in {"a"}`, `rack starts with "a" && !(zone in {"y"})`,
+			}).Draw(t, "selector")
+		case "namespaceSelector":
+			// Namespace selectors reading keys of their own, and one the
+			// node's labels have too.
+			sel = rapid.SampledFrom([]string{
+				"", "all()", `team == "a"`, `!has(team)`, `has(tier)`, `team in {"a"} || tier == "x"`,
+				`!has(tier) && team != "b"`, `rack == "a"`,
+			}).Draw(t, "selector")
+		default:
 			sel = string(rapid.SampledFrom([]pool.AssignmentMode{pool.Automatic, pool.Manual}).Draw(t, "mode"))
 		}
 		return fmt.Sprintf("UpdatePool %s %s %s", name, field, sel), func(ctx context.Context, a *ipam.Allocator) error {
@@ -478,7 +501,7 @@ func laneChange(t *rapid.T) (string, func(ctx context.Context, a *ipam.Allocator
 			case "nodeSelector":
 				p.NodeSelector = sel
 			case "namespaceSelector":
-				p.NamespaceSelector = strings.ReplaceAll(sel, "rack", "team")
+				p.NamespaceSelector = sel
 			default:
 				p.AssignmentMode = pool.AssignmentMode(sel)
 			}
@@ -510,7 +533,9 @@ func laneChange(t *rapid.T) (string, func(ctx context.Context, a *ipam.Allocator
 	case 6:
 		// The labels a request without NodeLabels is served with.
 		node := rapid.SampledFrom(laneNodes).Draw(t, "node")
-		labels := rapid.SampledFrom([]map[string]string{nil, {"rack": "a"}, {"rack": "b"}, {"rack": "a", "zone": "z"}}).Draw(t, "labels")
+		labels := rapid.SampledFrom([]map[string]string{
+			nil, {"rack": "a"}, {"rack": "b"}, {"rack": "a", "zone": "z"}, {"zone": "z"}, {"rack": "b", "zone": "y"}, {"team": "a"},
+		}).Draw(t, "labels")
 		return fmt.Sprintf("SetNodeLabels(%s, %v)", node, labels), func(ctx context.Context, a *ipam.Allocator) error {
 			return a.SetNodeLabels(ctx, node, labels)
 		}
