@@ -239,8 +239,9 @@ type CollectResult struct {
 	// addresses cool), the others keep their addresses without affinity.
 	GoneNodeBlocks []netip.Prefix `json:"goneNodeBlocks,omitempty"`
 	// GoneNodeLabels lists, by name, the nodes gone whose stored labels
-	// (SetNodeLabels) the pass deleted with their blocks; labels set again
-	// since the pass read them stay.
+	// (SetNodeLabels) the pass deleted with their blocks; labels changed
+	// since the pass read them stay. (Labels set again unchanged are not
+	// written, so they go; a later SetNodeLabels stores them anew.)
 	GoneNodeLabels []string `json:"goneNodeLabels,omitempty"`
 	// DeletedBlocks lists the blocks without affinity the pass deleted:
 	// empty ones kept while their addresses cooled, once the cooldown is
@@ -679,7 +680,8 @@ func (c *Collector) releaseNode(ctx context.Context, node string, blocks []netip
 
 // dropLabels deletes the stored labels of node, a node gone, at rev, the
 // revision the pass listed, and reports whether it did (in a dry run,
-// whether it would): labels set again since (the node is back) stay.
+// whether it would): labels changed since (the node is back) stay. Labels
+// set again unchanged are not written (see SetNodeLabels), so they go.
 func (c *Collector) dropLabels(ctx context.Context, node string, rev Revision) (bool, error) {
 	if c.dry {
 		return true, nil

@@ -433,7 +433,7 @@ func TestCollectorGoneNodeStartsAgain(t *testing.T) {
 // the node oracle calls gone are deleted with its blocks once the grace
 // period has run, whether or not it holds blocks; a node that exists, or
 // whose answer is unknown, keeps them; a dry run only reports them; and
-// labels set again while the pass runs (the node is back) stay.
+// labels changed while the pass runs (the node is back) stay.
 func TestCollectorDeletesGoneNodesLabels(t *testing.T) {
 	e := newEnv(t, v4pool("p", "10.0.0.0/24", 28))
 	blk := e.emptyBlock("with-block")
