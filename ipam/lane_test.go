@@ -791,8 +791,8 @@ func TestLaneScenarios(t *testing.T) {
 			d.assign(t, 0, labeled("h5", rackA))
 			d.assign(t, 0, labeled("h6", selector.Set{"rack": "b4"}))
 			d.assign(t, 0, labeled("h7", nil)) // no pool: AutoAssign says why
-			// Labels of another type, which the memo cannot compare: the
-			// pools are chosen every time.
+			// Labels of another type: the memo compares them, as a
+			// selector.Set, on the keys the selectors read.
 			for range 2 {
 				d.assign(t, 0, labeled("h8", otherLabels{"rack": "a4"}))
 				d.release(t, 0, "h8")
