@@ -52,7 +52,8 @@ type CollectorOptions struct {
 	// its last one too, and the others keep their addresses without
 	// affinity. That frees the block an AutoAssign in flight claims for a
 	// node just removed, after the removal released the node's blocks. Its
-	// stored labels are deleted too. nil: nodes are not asked, and a node keeps its
+	// stored labels are deleted too; so are labels stored ahead of a node
+	// that the oracle does not know yet, once the grace period has run. nil: nodes are not asked, and a node keeps its
 	// last block of each family for good. Only nodes are asked: the blocks of
 	// LoadBalancer addresses belong to VirtualLoadBalancer, which is left
 	// alone, as are its empty blocks. A node that has lost its blocks is

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"slices"
 
 	"github.com/carve-ipam/carve/pool"
 	"github.com/carve-ipam/carve/selector"
@@ -250,9 +251,16 @@ func (a *Allocator) requestLabels(ctx context.Context, v *view, node string, nc 
 }
 
 // noStoredLabels adds to err, a pool selection error for a request served
-// with node's stored labels, that it has none stored: a node agent that
-// leaves the labels to the store learns why no pool selects its node.
+// with node's stored labels, that it has none stored, when a pool was
+// passed over for its nodeSelector: a node agent that leaves the labels
+// to the store learns why no pool selects its node.
 func noStoredLabels(err error, node string) error {
+	var npe *pool.NoPoolError
+	if !errors.As(err, &npe) || !slices.ContainsFunc(npe.Rejections, func(r pool.Rejection) bool {
+		return r.Reason == pool.ReasonNodeSelector
+	}) {
+		return err
+	}
 	return fmt.Errorf("%w; no labels are stored for node %q (SetNodeLabels)", err, node)
 }
 

@@ -158,6 +158,9 @@ func TestAutoAssignUsesStoredLabels(t *testing.T) {
 	_, err = assign("h0", selector.Set{})
 	require.ErrorIs(t, err, pool.ErrNoPool)
 	require.NotContains(t, err.Error(), "stored", "labels given: nothing is said of stored ones")
+	_, err = e.a.AutoAssign(ctx, ipam.AutoAssignArgs{Num4: 1, Handle: "h0", Node: "n1", IPv4Pools: []string{"no-such-pool"}})
+	require.ErrorIs(t, err, ipam.ErrPoolNotFound)
+	require.NotContains(t, err.Error(), "stored", "no nodeSelector passed a pool over: labels are not the reason")
 
 	require.NoError(t, e.a.SetNodeLabels(ctx, "n1", map[string]string{"rack": "a"}))
 	for _, h := range []string{"h1", "h2", "h3"} { // the general path, then the lane
