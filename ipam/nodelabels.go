@@ -86,8 +86,10 @@ func unmarshalNode(node string, data []byte) (selector.Set, error) {
 // SetNodeLabels stores the labels of node, replacing those stored before;
 // nil or empty labels remove them. AutoAssign and EnsureBlock match pools'
 // nodeSelectors against these labels when a request gives no NodeLabels.
-// Labels equal to the stored ones write nothing. Whoever follows the
-// nodes' labels (a controller watching Kubernetes nodes) calls it.
+// Labels equal to the stored ones write nothing. Labels outside the
+// limits of MaxNodeLabels fail with an error matching ErrInvalid that
+// names the label, and write nothing. Whoever follows the nodes' labels
+// (a controller watching Kubernetes nodes) calls it.
 //
 // The node's blocks are not touched here: its next AutoAssign or
 // EnsureBlock served with these labels that succeeds gives up its empty
