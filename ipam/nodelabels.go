@@ -239,11 +239,10 @@ func (a *Allocator) nodeLabels(ctx context.Context, node string, nc *nodeCache) 
 
 // requestLabels returns the node labels a request for node (nc) is served
 // with: given, when given (see labelsGiven); otherwise the stored ones
-// when some pool's nodeSelector reads labels, and given (none) when none
-// does, as no choice then depends on them.
-// unstored reports that the labels were left to the store, which has
-// none for the node: what a pool selection error then says (see
-// noStoredLabels).
+// when some enabled pool's nodeSelector reads labels, and given (none)
+// when none does, as no choice then depends on them. unstored reports
+// that the labels were left to the store, which has none for the node:
+// what a pool selection error then says (see noStoredLabels).
 func (a *Allocator) requestLabels(ctx context.Context, v *view, node string, nc *nodeCache, given selector.Labels) (labels selector.Labels, unstored bool, err error) {
 	if !v.labelsMatter || labelsGiven(given) {
 		return given, false, nil
