@@ -53,10 +53,11 @@ type CollectorOptions struct {
 	// affinity. That frees the block an AutoAssign in flight claims for a
 	// node just removed, after the removal released the node's blocks. Its
 	// stored labels are deleted too; so are labels stored ahead of a node
-	// that the oracle does not know yet, once the grace period has run. nil: nodes are not asked, and a node keeps its
-	// last block of each family for good. Only nodes are asked: the blocks of
-	// LoadBalancer addresses belong to VirtualLoadBalancer, which is left
-	// alone, as are its empty blocks. A node that has lost its blocks is
+	// that the oracle does not know yet, once the grace period has run.
+	// nil: nodes are not asked, and a node keeps its last block of each
+	// family for good. Only nodes are asked: the blocks of LoadBalancer
+	// addresses belong to VirtualLoadBalancer, which is left alone, as are
+	// its empty blocks. A node that has lost its blocks is
 	// forgotten: a block it holds later (a claim that was in flight, or a
 	// new node of the same name that the oracle does not know yet) waits
 	// out a grace period of its own.
@@ -637,10 +638,11 @@ func (c *Collector) askNodes(ctx context.Context, held map[string][]netip.Prefix
 // still is, releases node's affinity to blocks, the blocks the pass saw it
 // hold, as ReleaseHostAffinities would. It returns those released, and
 // whether the node was still gone (false: it exists, or the oracle could
-// not say, and nothing was released). The node stays a suspect while one of them is left to a later pass (a
-// release that failed); otherwise it is forgotten, and a block it holds
-// again later (a claim in flight, or a new node of the same name that
-// the oracle does not know yet) starts its grace period afresh. In a dry
+// not say, and nothing was released). The node stays a suspect while one
+// of them is left to a later pass (a release that failed); otherwise it
+// is forgotten, and a block it holds again later (a claim in flight, or a
+// new node of the same name that the oracle does not know yet) starts its
+// grace period afresh. In a dry
 // run it releases nothing and returns blocks (see goneNode.stripped);
 // labels is the revision of the node's stored labels the pass listed (0:
 // none), which the dry run remembers.
