@@ -50,6 +50,16 @@ func (g geom) runOf(q netip.Prefix) (run, bool) {
 	if !q.IsValid() || q.Addr().Is4() != g.cidr.Addr().Is4() {
 		return run{}, false
 	}
+	if q.Bits() >= g.bs {
+		// Inside one block, the one holding its address, which masking
+		// would not move: the common case (a block), without Masked and
+		// Overlaps.
+		if !g.cidr.Contains(q.Addr()) {
+			return run{}, false
+		}
+		lo, _ := ipmath.PrefixIndex(g.cidr, g.bs, q.Addr())
+		return run{lo, lo}, true
+	}
 	q = q.Masked()
 	if !q.Overlaps(g.cidr) {
 		return run{}, false
@@ -72,11 +82,33 @@ func skipRuns(g geom, skip []netip.Prefix) []run {
 	if len(skip) == 0 {
 		return nil
 	}
-	runs := make([]run, 0, len(skip))
-	for _, q := range skip {
-		if r, ok := g.runOf(q); ok {
-			runs = append(runs, r)
+	return runsOf(g, slices.Values(skip))
+}
+
+// runsOf is skipRuns for a sequence. Prefixes in address order, as a
+// listing of a pool's blocks gives them, are merged as they come, so the
+// runs take room for the gaps between them, not for every prefix; others
+// are sorted once at the end.
+func runsOf(g geom, skip iter.Seq[netip.Prefix]) []run {
+	var runs []run
+	sorted := true
+	for q := range skip {
+		r, ok := g.runOf(q)
+		if !ok {
+			continue
 		}
+		if n := len(runs); n > 0 {
+			if r.lo.Cmp(runs[n-1].lo) < 0 {
+				sorted = false
+			} else if sorted && touches(runs[n-1], r) {
+				runs[n-1].hi = maxIndex(runs[n-1].hi, r.hi)
+				continue
+			}
+		}
+		runs = append(runs, r)
+	}
+	if sorted {
+		return runs
 	}
 	slices.SortFunc(runs, func(a, b run) int { return a.lo.Cmp(b.lo) })
 	merged := runs[:0]
@@ -157,6 +189,42 @@ func (w *Walker) Skip(q netip.Prefix) {
 		j++
 	}
 	w.runs = slices.Replace(w.runs, i, j, r)
+}
+
+// SkipAll adds every prefix of qs to those the walker passes over, as
+// Skip does each, but at once: the new prefixes are merged (in address
+// order as they come, else sorted first), and then merged with the
+// walker's in one pass. For many prefixes, such as every block a pool
+// listing returns, it is much cheaper than a Skip per prefix. It must not
+// be called while a sequence from Walk is being iterated.
+func (w *Walker) SkipAll(qs iter.Seq[netip.Prefix]) {
+	if !w.ok {
+		return
+	}
+	add := runsOf(w.g, qs)
+	if len(add) == 0 {
+		return
+	}
+	if len(w.runs) == 0 {
+		w.runs = add
+		return
+	}
+	out := make([]run, 0, len(w.runs)+len(add))
+	i, j := 0, 0
+	for i < len(w.runs) || j < len(add) {
+		var r run
+		if j == len(add) || i < len(w.runs) && w.runs[i].lo.Cmp(add[j].lo) <= 0 {
+			r, i = w.runs[i], i+1
+		} else {
+			r, j = add[j], j+1
+		}
+		if n := len(out); n > 0 && touches(out[n-1], r) {
+			out[n-1].hi = maxIndex(out[n-1].hi, r.hi)
+			continue
+		}
+		out = append(out, r)
+	}
+	w.runs = out
 }
 
 // Walk returns every block of the pool once, in node's order (see

@@ -107,8 +107,9 @@ func TestWalkVisitsEveryBlockOnce(t *testing.T) {
 }
 
 // TestWalkerGrowsLikeWalk: a Walker built from some skip prefixes and then
-// given the rest one at a time, in any order, walks exactly as Walk does
-// with all of them, after every addition.
+// given the rest one at a time (Skip) or several at once (SkipAll), in any
+// order, walks exactly as Walk does with all of them, after every
+// addition.
 func TestWalkerGrowsLikeWalk(t *testing.T) {
 	rapid.Check(t, func(t *rapid.T) {
 		p := drawSmallPool(t)
@@ -126,10 +127,19 @@ func TestWalkerGrowsLikeWalk(t *testing.T) {
 		w := p.NewWalker(skip[:k])
 		have := slices.Clone(skip[:k])
 		require.Equal(t, walkAll(p, node, have), slices.Collect(w.Walk(node)))
-		for _, q := range order {
-			w.Skip(q)
-			have = append(have, q)
-			require.Equal(t, walkAll(p, node, have), slices.Collect(w.Walk(node)), "after adding %s", q)
+		for len(order) > 0 {
+			// One prefix with Skip, or several at once with SkipAll.
+			n := 1
+			if rapid.Bool().Draw(t, "batch") {
+				n = rapid.IntRange(1, len(order)).Draw(t, "batchSize")
+				w.SkipAll(slices.Values(order[:n]))
+				w.SkipAll(slices.Values([]netip.Prefix(nil)))
+			} else {
+				w.Skip(order[0])
+			}
+			have = append(have, order[:n]...)
+			require.Equal(t, walkAll(p, node, have), slices.Collect(w.Walk(node)), "after adding %s", order[:n])
+			order = order[n:]
 		}
 	})
 }
