@@ -66,11 +66,13 @@ func (a *Allocator) claim(ctx context.Context, v *view, p *pool.Pool, w *pool.Wa
 			return netip.Prefix{}, false, false, nil, fmt.Errorf("ipam: list blocks of pool %q: %w", p.Name, err)
 		}
 		existing, listed = recs, true
-		for _, r := range recs {
-			if blk, err := parseBlockKey(r.Key); err == nil {
-				w.Skip(blk)
+		w.SkipAll(func(yield func(netip.Prefix) bool) {
+			for _, r := range recs {
+				if blk, err := parseBlockKey(r.Key); err == nil && !yield(blk) {
+					return
+				}
 			}
-		}
+		})
 	}
 	blk, ok, err = a.reclaim(ctx, v, p, aff, existing, rsv)
 	return blk, ok, ok, existing, err // a block taken over is made aff's

@@ -277,3 +277,18 @@ func FuzzNodeAndReservationRecords(f *testing.F) {
 		}
 	})
 }
+
+// BenchmarkParseBlockKey times the parse of a block key, which a claim in
+// a crowded pool makes for every block of the pool it lists.
+func BenchmarkParseBlockKey(b *testing.B) {
+	for _, key := range []string{"v4:0af40040/26", "v6:fd000010024400000000000000000040/122"} {
+		b.Run("family="+key[:2], func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, err := parseBlockKey(key); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
