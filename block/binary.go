@@ -331,9 +331,24 @@ func (d *decoder) string(what string) (string, error) {
 	return str, nil
 }
 
+// ownString reads a string as string does, into a string of its own.
+func (d *decoder) ownString(what string) (string, error) {
+	n, err := d.uvarint(what)
+	if err != nil {
+		return "", err
+	}
+	if n > uint64(len(d.data)-d.off) {
+		return "", d.fail("%s: length %d, %d bytes left", what, n, len(d.data)-d.off)
+	}
+	str := string(d.data[d.off : d.off+int(n)])
+	d.off += int(n)
+	return str, nil
+}
+
 // header reads the encoding up to the reserved addresses (version, prefix,
 // counter, cursor, affinity) into b and returns the version. With peek set
-// it fills only the fields Peek reports, allocating nothing.
+// it fills only the fields Peek reports, allocating only the affinity's
+// name.
 func (d *decoder) header(b *Block, peek bool) (byte, error) {
 	v, err := d.byte("version")
 	if err != nil {
@@ -391,7 +406,7 @@ func (d *decoder) header(b *Block, peek bool) (byte, error) {
 		return 0, d.fail("cursor %d outside the block's %d addresses", cur, b.size)
 	}
 	b.cursor = int(cur)
-	if err := d.affinity(b); err != nil {
+	if err := d.affinity(b, peek); err != nil {
 		return 0, err
 	}
 	return v, nil
@@ -514,7 +529,7 @@ func (d *decoder) ordinal(b *Block, prev int, what string) (int, error) {
 	return prev + 1 + int(gap), nil
 }
 
-func (d *decoder) affinity(b *Block) error {
+func (d *decoder) affinity(b *Block, peek bool) error {
 	kind, err := d.byte("affinity kind")
 	if err != nil {
 		return err
@@ -524,7 +539,15 @@ func (d *decoder) affinity(b *Block) error {
 		return d.fail("affinity kind %d unknown", kind)
 	}
 	if kind != byte(NoAffinity) {
-		name, err := d.string("affinity name")
+		var name string
+		var err error
+		if peek {
+			// A string of its own, not a piece of a copy of the whole
+			// input (see string): a Summary kept does not keep that.
+			name, err = d.ownString("affinity name")
+		} else {
+			name, err = d.string("affinity name")
+		}
 		if err != nil {
 			return err
 		}
@@ -558,7 +581,7 @@ func (d *decoder) affinity(b *Block) error {
 		return d.fail("claim time %d.%09d s out of range", sec, nsec)
 	}
 	t := time.Unix(sec, int64(nsec)).UTC()
-	if t.IsZero() || t.Year() < minYear || t.Year() > maxYear {
+	if y := t.Year(); t.IsZero() || y < minYear || y > maxYear {
 		return d.fail("claim time %v zero or outside years %d to %d", t, minYear, maxYear)
 	}
 	b.claim = t
