@@ -883,7 +883,7 @@ func (a *Allocator) roomOutOfReach(ctx context.Context, o *assignOp, pools, gone
 		}
 		existing := make([]netip.Prefix, 0, len(recs))
 		for _, r := range recs {
-			sum, err := block.Peek(r.Value)
+			sum, err := a.peek(r)
 			if err != nil {
 				continue
 			}

@@ -8,6 +8,7 @@ import (
 	"math"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/carve-ipam/carve/block"
@@ -334,4 +335,27 @@ func (a *Allocator) writeFailed(e *blockEntry, err error) error {
 		err = fmt.Errorf("%w: %w", errRecordMoved, err)
 	}
 	return fmt.Errorf("ipam: write block %s: %w", e.prefix, err)
+}
+
+// peeked is a block record's summary (block.Peek), with the revision of
+// the record it summarizes.
+type peeked struct {
+	rev Revision
+	sum block.Summary
+	err error
+}
+
+// peek returns block.Peek of a listed block record, from the allocator's
+// cache when it peeked the record at this revision before: a claim or a
+// borrow in a crowded pool peeks every block of the pool it lists, and
+// most have not changed since the last such request. A record's revision
+// names its value (revisions never repeat), so the cache is never stale.
+func (a *Allocator) peek(r Record) (block.Summary, error) {
+	slot := a.peeks.getOrMake(r.Key, func() *atomic.Pointer[peeked] { return new(atomic.Pointer[peeked]) })
+	if p := slot.Load(); p != nil && p.rev == r.Revision {
+		return p.sum, p.err
+	}
+	sum, err := block.Peek(r.Value)
+	slot.Store(&peeked{rev: r.Revision, sum: sum, err: err})
+	return sum, err
 }

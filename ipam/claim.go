@@ -491,7 +491,7 @@ func (a *Allocator) reclaim(ctx context.Context, v *view, p *pool.Pool, aff bloc
 	now := a.now()
 	for _, r := range existing {
 		// Only empty blocks of no node or of other nodes are worth decoding.
-		sum, err := block.Peek(r.Value)
+		sum, err := a.peek(r)
 		if err != nil || sum.Used != 0 || sum.Affinity == aff ||
 			!sum.Affinity.IsZero() && (sum.Affinity.Kind != block.HostAffinity || a.reclaimAge < 0) {
 			continue
@@ -584,7 +584,7 @@ func (a *Allocator) borrow(ctx context.Context, o *assignOp, out *[]Assigned, p 
 	goal := len(*out) + want
 	for i := range recs {
 		r := recs[(start+i)%len(recs)]
-		sum, err := block.Peek(r.Value)
+		sum, err := a.peek(r)
 		if err != nil || sum.Prefix.Bits() != p.BlockSize || sum.Free() == 0 || sum.Affinity == o.aff {
 			continue
 		}

@@ -6,6 +6,8 @@ import (
 	"net/netip"
 	"slices"
 	"time"
+
+	"github.com/carve-ipam/carve/block"
 )
 
 // SetSleep replaces the wait of Repair's settle time.
@@ -40,3 +42,6 @@ func SetLane(a *Allocator, on bool) { a.noLane = !on }
 // SetLaneTrace has f hear of each request the lane serves, and whether it
 // went on in autoAssign after its attempt.
 func SetLaneTrace(a *Allocator, f func(resumed bool)) { a.laneTrace = f }
+
+// PeekRecord is the allocator's cached block.Peek of a listed block record.
+func PeekRecord(a *Allocator, r Record) (block.Summary, error) { return a.peek(r) }
