@@ -26,7 +26,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
-	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 
@@ -53,13 +53,14 @@ type records struct {
 	// the write lock, so an update looks its key up once; deleted entries
 	// go to the store's free list for the next create.
 	byKey map[string]*entry
-	// keys is byKey's keys in order. Handles are created and deleted on
-	// every assignment but listed only by Check and the collector, so their
+	// order is byKey's keys in order, each with its entry, so that a List
+	// needs no map lookups. Handles are created and deleted on every
+	// assignment but listed only by Check and the collector, so their
 	// order is rebuilt lazily on the next List (dirty); every other kind is
 	// listed on the allocation path (a node's blocks, a pool's blocks) and
 	// changes rarely, so its order is kept up to date on each create and
 	// delete.
-	keys  []string
+	order []keyed
 	lazy  bool
 	dirty bool
 	// lastKey and last are the record last created or written, whose key
@@ -86,24 +87,41 @@ func (r *records) remember(key string, p *entry) {
 	r.lastKey, r.last = key, p
 }
 
-// added records the creation of key in the order of keys.
-func (r *records) added(key string) {
+// keyed is a key with its entry, in records.order.
+type keyed struct {
+	key string
+	e   *entry
+}
+
+// search returns the index in order of the first key at or after key, and
+// whether it is key.
+func search(order []keyed, key string) (int, bool) {
+	return slices.BinarySearchFunc(order, key, func(o keyed, k string) int { return strings.Compare(o.key, k) })
+}
+
+// sortOrder sorts order by key.
+func sortOrder(order []keyed) {
+	slices.SortFunc(order, func(a, b keyed) int { return strings.Compare(a.key, b.key) })
+}
+
+// added records the creation of key, whose entry is p, in order.
+func (r *records) added(key string, p *entry) {
 	if r.lazy {
 		r.dirty = true
 		return
 	}
-	i, _ := slices.BinarySearch(r.keys, key)
-	r.keys = slices.Insert(r.keys, i, key)
+	i, _ := search(r.order, key)
+	r.order = slices.Insert(r.order, i, keyed{key, p})
 }
 
-// removed records the deletion of key in the order of keys.
+// removed records the deletion of key in order.
 func (r *records) removed(key string) {
 	if r.lazy {
 		r.dirty = true
 		return
 	}
-	if i, ok := slices.BinarySearch(r.keys, key); ok {
-		r.keys = slices.Delete(r.keys, i, i+1)
+	if i, ok := search(r.order, key); ok {
+		r.order = slices.Delete(r.order, i, i+1)
 	}
 }
 
@@ -195,18 +213,20 @@ func (s *Store) List(ctx context.Context, kind ipam.Kind, r ipam.KeyRange) ([]ip
 	defer s.mu.Unlock()
 	recs := &s.kinds[kind]
 	if recs.dirty {
-		recs.keys = recs.keys[:0]
-		for k := range recs.byKey {
-			recs.keys = append(recs.keys, k)
+		clear(recs.order) // no stale entries kept alive
+		recs.order = recs.order[:0]
+		for k, p := range recs.byKey {
+			recs.order = append(recs.order, keyed{k, p})
 		}
-		slices.Sort(recs.keys)
+		sortOrder(recs.order)
 		recs.dirty = false
 	}
-	for _, k := range recs.keys[sort.SearchStrings(recs.keys, r.Start):] {
-		if !r.Contains(k) {
+	start, _ := search(recs.order, r.Start)
+	for _, o := range recs.order[start:] {
+		if !r.Contains(o.key) {
 			break
 		}
-		if err := s.encode(kind, k, recs.byKey[k]); err != nil {
+		if err := s.encode(kind, o.key, o.e); err != nil {
 			return nil, err
 		}
 	}
@@ -223,15 +243,15 @@ func (s *Store) list(kind ipam.Kind, r ipam.KeyRange) ([]ipam.Record, bool) {
 		return nil, false
 	}
 	var out []ipam.Record
-	for _, k := range recs.keys[sort.SearchStrings(recs.keys, r.Start):] {
-		if !r.Contains(k) {
+	start, _ := search(recs.order, r.Start)
+	for _, o := range recs.order[start:] {
+		if !r.Contains(o.key) {
 			break
 		}
-		e := recs.byKey[k]
-		if e.pending() {
+		if o.e.pending() {
 			return nil, false
 		}
-		out = append(out, ipam.Record{Key: k, Value: e.value, Revision: e.rev})
+		out = append(out, ipam.Record{Key: o.key, Value: o.e.value, Revision: o.e.rev})
 	}
 	return out, true
 }
@@ -319,7 +339,7 @@ func (s *Store) create(ctx context.Context, kind ipam.Kind, key string, e entry)
 	*p = e
 	recs.byKey[key] = p
 	recs.remember(key, p)
-	recs.added(key)
+	recs.added(key, p)
 	s.gens[kind].Add(1)
 	s.mu.Unlock()
 	return e.rev, nil

@@ -313,8 +313,9 @@ func (d *snapReader) load() (*Store, error) {
 		if _, dup := recs.byKey[skey]; dup {
 			return nil, d.bad("%s: given twice", what)
 		}
-		recs.byKey[skey] = &entry{value: value, rev: ipam.Revision(rev)}
-		recs.keys = append(recs.keys, skey)
+		p := &entry{value: value, rev: ipam.Revision(rev)}
+		recs.byKey[skey] = p
+		recs.order = append(recs.order, keyed{skey, p})
 	}
 	want := d.crc.Sum32()
 	var sum [4]byte
@@ -325,7 +326,7 @@ func (d *snapReader) load() (*Store, error) {
 		return nil, d.bad("checksum %08x, the content sums to %08x: the snapshot is damaged", got, want)
 	}
 	for k := range s.kinds {
-		slices.Sort(s.kinds[k].keys)
+		sortOrder(s.kinds[k].order)
 	}
 	return s, nil
 }
