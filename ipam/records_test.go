@@ -292,3 +292,40 @@ func BenchmarkParseBlockKey(b *testing.B) {
 		})
 	}
 }
+
+// TestParseBlockKeyRefusesUnmasked: parseBlockKey accepts a key exactly
+// when its prefix is masked, as Prefix.Masked says, for every prefix
+// length of both families and an address with any one bit set, none, all,
+// or random ones. (FuzzKeys only round-trips the keys it accepts.)
+func TestParseBlockKeyRefusesUnmasked(t *testing.T) {
+	check := func(t require.TestingT, raw []byte, bits int) {
+		addr, _ := netip.AddrFromSlice(raw)
+		p := netip.PrefixFrom(addr, bits)
+		key := blockKey(p)
+		got, err := parseBlockKey(key)
+		if p.Masked() != p {
+			require.Error(t, err, "%s (%s) is not masked", key, p)
+			require.False(t, hostZero(raw, bits), "%s", p)
+			return
+		}
+		require.NoError(t, err, key)
+		require.Equal(t, p, got)
+		require.True(t, hostZero(raw, bits), "%s", p)
+	}
+	for _, width := range []int{4, 16} {
+		for bits := 0; bits <= 8*width; bits++ {
+			check(t, make([]byte, width), bits)
+			check(t, bytes.Repeat([]byte{0xff}, width), bits)
+			for bit := range 8 * width {
+				raw := make([]byte, width)
+				raw[bit/8] = 0x80 >> (bit % 8)
+				check(t, raw, bits)
+			}
+		}
+	}
+	rapid.Check(t, func(t *rapid.T) {
+		width := rapid.SampledFrom([]int{4, 16}).Draw(t, "width")
+		raw := rapid.SliceOfN(rapid.Byte(), width, width).Draw(t, "raw")
+		check(t, raw, rapid.IntRange(0, 8*width).Draw(t, "bits"))
+	})
+}
