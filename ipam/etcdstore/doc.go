@@ -65,6 +65,19 @@
 // is back every call to Generation returns a new number, so that allocators
 // re-read rather than trust their caches. The same holds after Close.
 //
+// # Restoring etcd from a backup
+//
+// A plain restore of an etcd snapshot starts the revision counter again
+// from the snapshot's revision, so a key can be given a revision it had
+// before with other contents. That breaks the Store contract (a key's
+// revisions never repeat) for allocators that kept running: they cache
+// blocks, block summaries and node labels by revision. Stop the
+// allocators before a restore and start them afresh after it, or restore
+// with a revision bump larger than the writes since the snapshot (etcd's
+// etcdutl snapshot restore --bump-revision with --mark-compacted), which
+// keeps revisions increasing. Then run ipam's Repair: what was assigned
+// after the snapshot is gone from the store.
+//
 // # Contexts and timeouts
 //
 // Every method honours its context: one already done when the call starts
