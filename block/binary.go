@@ -314,35 +314,41 @@ func (d *decoder) count(what string, limit, per int) (int, error) {
 }
 
 func (d *decoder) string(what string) (string, error) {
-	n, err := d.uvarint(what)
+	n, err := d.strLen(what)
 	if err != nil {
 		return "", err
-	}
-	if n > uint64(len(d.data)-d.off) {
-		return "", d.fail("%s: length %d, %d bytes left", what, n, len(d.data)-d.off)
 	}
 	if d.str == "" {
 		// One copy of the input backs every string decoded: one allocation
 		// instead of one per handle, key and value.
 		d.str = string(d.data)
 	}
-	str := d.str[d.off : d.off+int(n)]
-	d.off += int(n)
+	str := d.str[d.off : d.off+n]
+	d.off += n
 	return str, nil
 }
 
 // ownString reads a string as string does, into a string of its own.
 func (d *decoder) ownString(what string) (string, error) {
-	n, err := d.uvarint(what)
+	n, err := d.strLen(what)
 	if err != nil {
 		return "", err
 	}
-	if n > uint64(len(d.data)-d.off) {
-		return "", d.fail("%s: length %d, %d bytes left", what, n, len(d.data)-d.off)
-	}
-	str := string(d.data[d.off : d.off+int(n)])
-	d.off += int(n)
+	str := string(d.data[d.off : d.off+n])
+	d.off += n
 	return str, nil
+}
+
+// strLen reads a string's length, which the data must hold.
+func (d *decoder) strLen(what string) (int, error) {
+	n, err := d.uvarint(what)
+	if err != nil {
+		return 0, err
+	}
+	if n > uint64(len(d.data)-d.off) {
+		return 0, d.fail("%s: length %d, %d bytes left", what, n, len(d.data)-d.off)
+	}
+	return int(n), nil
 }
 
 // header reads the encoding up to the reserved addresses (version, prefix,
