@@ -34,6 +34,14 @@ func runOfMasked(g geom, q netip.Prefix) (run, bool) {
 	return run{lo, hi}, true
 }
 
+// drawGeom draws a pool as drawAnyPool does, with its geometry.
+func drawGeom(t *rapid.T) (*Pool, geom) {
+	p := drawAnyPool(t)
+	g, ok := p.geometry()
+	require.True(t, ok)
+	return p, g
+}
+
 // drawAnyPool draws a pool of either family of any size and block size,
 // its CIDR masked or not, down to ::/0 in /128 blocks.
 func drawAnyPool(t *rapid.T) *Pool {
@@ -119,9 +127,7 @@ func drawNear(t *rapid.T, g geom, label string) netip.Prefix {
 // IPv4-mapped, zoned, of the other family).
 func TestRunOfMatchesMasked(t *testing.T) {
 	rapid.Check(t, func(t *rapid.T) {
-		p := drawAnyPool(t)
-		g, ok := p.geometry()
-		require.True(t, ok)
+		_, g := drawGeom(t)
 		for i := range 8 {
 			q := drawNear(t, g, fmt.Sprint(i))
 			got, gok := g.runOf(q)
@@ -222,9 +228,7 @@ func drawSkipList(t *rapid.T, g geom) []netip.Prefix {
 // ::/0 in /128 blocks, whose last index is the largest 128-bit number.
 func TestRunsOfCoversEachPrefix(t *testing.T) {
 	rapid.Check(t, func(t *rapid.T) {
-		p := drawAnyPool(t)
-		g, ok := p.geometry()
-		require.True(t, ok)
+		_, g := drawGeom(t)
 		qs := drawSkipList(t, g)
 		runs := runsOf(g, slices.Values(qs))
 		requireCanonical(t, runs, g)
@@ -237,9 +241,7 @@ func TestRunsOfCoversEachPrefix(t *testing.T) {
 // of one made with them all.
 func TestSkipAllIsSkipEach(t *testing.T) {
 	rapid.Check(t, func(t *rapid.T) {
-		p := drawAnyPool(t)
-		g, ok := p.geometry()
-		require.True(t, ok)
+		p, g := drawGeom(t)
 		qs := drawSkipList(t, g)
 		k := rapid.IntRange(0, len(qs)).Draw(t, "initial")
 		batched, single := p.NewWalker(qs[:k]), p.NewWalker(qs[:k])
