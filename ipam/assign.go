@@ -21,8 +21,9 @@ type AutoAssignArgs struct {
 
 	// Handle names the owner of the addresses (for example a pod, a VM
 	// interface or a Service); ReleaseByHandle releases them all.
-	// Required (see MaxNameLen for what a handle ID may hold). Without NewHandle every call assigns new addresses, under
-	// a handle that holds some already too, as in Calico.
+	// Required (see MaxNameLen for what a handle ID may hold). Without
+	// NewHandle every call assigns new addresses, under a handle that
+	// holds some already too, as in Calico.
 	Handle string
 
 	// NewHandle makes the request safe to repeat: it assigns only if
@@ -54,9 +55,9 @@ type AutoAssignArgs struct {
 
 	// Node is the node the addresses are for: its blocks are used first and
 	// new blocks are claimed for it (see MaxNameLen for what a node name
-	// may hold). Required, except for use LoadBalancer,
-	// where it must be empty: LoadBalancer addresses belong to no node,
-	// and come from blocks of the virtual owner VirtualLoadBalancer.
+	// may hold). Required, except for use LoadBalancer, where it must be
+	// empty: LoadBalancer addresses belong to no node, and come from
+	// blocks of the virtual owner VirtualLoadBalancer.
 	Node string
 
 	// NodeLabels and NamespaceLabels are matched against pools'
