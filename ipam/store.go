@@ -155,6 +155,7 @@ func PrefixRange(prefix string) KeyRange {
 //
 // No operation spans several records; carve orders its writes so that the
 // store stays consistent without transactions (see docs/ARCHITECTURE.md).
+// A store that can write several records at once offers [Committer] too.
 type Store interface {
 	// Get returns the record of the given kind and key, or ErrNotFound.
 	Get(ctx context.Context, kind Kind, key string) (Record, error)
@@ -239,3 +240,74 @@ type BlockKeeper interface {
 	CreateBlock(ctx context.Context, key string, b *block.Block) (Revision, error)
 	UpdateBlock(ctx context.Context, key string, b *block.Block, rev Revision) (Revision, error)
 }
+
+// Committer is an optional Store capability: several writes, to different
+// records, made at once, all or none, in one round trip. An allocator
+// finds it by type assertion, as it does [Generations], and uses it where
+// an operation writes two records that belong together: an assignment
+// writes its handle record and its block in one Commit, and a release by
+// handle its block and the handle record it lowers or deletes. That takes
+// a steady-state AutoAssign from two round trips to one and the release
+// after it from three to two, and no crash can come between the two
+// writes, so none leaves a handle count too high for Repair to remove.
+// Without the capability carve writes the records one by one, in an order
+// that keeps the store consistent.
+//
+// Commit makes the writes as Create (Rev zero), Update (Rev set) and
+// Delete (Delete set, at Rev) would make them, with the same checks,
+// revisions and BlockKeeper rules, but all or none, and no reader sees
+// some of them without the others: once a read returns one of a commit's
+// writes, every later read of another of its records returns that one's
+// write too (or something written after it). On success revs[i] is the
+// new revision of writes[i], 0 for a delete; writes of one commit may
+// share a revision. If a check fails (a record exists for a create, is
+// missing or at another revision for an update or a delete) Commit
+// changes nothing and returns a [*CommitError] naming the write, whose
+// error matches ErrExists, ErrNotFound or ErrConflict as the single
+// operation's would. A cancelled or expired ctx gives an error that
+// matches ctx.Err(); after any other error all of the writes, or none of
+// them, may have happened.
+//
+// carve passes 1 to [MaxCommitWrites] writes, each to a different record,
+// of any kinds, with a revs slice at least as long; a Write whose Block is
+// set goes only to a store that is also a [BlockKeeper]. Each written
+// kind's [Generations] counter moves, as for single writes.
+type Committer interface {
+	Commit(ctx context.Context, writes []Write, revs []Revision) error
+}
+
+// MaxCommitWrites is the most writes carve passes to one Commit.
+const MaxCommitWrites = 8
+
+// Write is one write of a [Committer]'s Commit: a create when Rev is zero,
+// otherwise an update, or with Delete set a delete, of the record whose
+// current revision is Rev.
+type Write struct {
+	Kind Kind
+	Key  string
+	// Value is the record's new value; nil for a delete, and when Block
+	// is set.
+	Value []byte
+	// Block, set only for a KindBlock create or update to a store that
+	// is also a BlockKeeper, is the value as CreateBlock and UpdateBlock
+	// take it: the store keeps it and encodes it when the record is read,
+	// under the same rules.
+	Block  *block.Block
+	Rev    Revision
+	Delete bool
+}
+
+// CommitError is the error of a Commit that changed nothing because the
+// check of writes[Index] failed (the first that did, if several failed).
+// Err matches ErrExists, ErrNotFound or ErrConflict.
+type CommitError struct {
+	Index int
+	Err   error
+}
+
+func (e *CommitError) Error() string {
+	return fmt.Sprintf("commit refused at write %d: %v", e.Index, e.Err)
+}
+
+// Unwrap returns Err, so that errors.Is matches the refusal.
+func (e *CommitError) Unwrap() error { return e.Err }

@@ -142,6 +142,7 @@ func New() *Store { return new(Store) }
 var _ ipam.Store = (*Store)(nil)
 var _ ipam.Generations = (*Store)(nil)
 var _ ipam.BlockKeeper = (*Store)(nil)
+var _ ipam.Committer = (*Store)(nil)
 
 // checkKind is small enough to inline into every operation; the error is
 // made out of line.
@@ -321,8 +322,21 @@ func (s *Store) create(ctx context.Context, kind ipam.Kind, key string, e entry)
 	}
 	if _, ok := recs.lookup(key); ok {
 		s.mu.Unlock()
-		return 0, fmt.Errorf("memstore: create %s %q: %w", kind, key, ipam.ErrExists)
+		return 0, existsError(kind, key)
 	}
+	rev := s.created(kind, recs, key, e)
+	s.mu.Unlock()
+	return rev, nil
+}
+
+//go:noinline
+func existsError(kind ipam.Kind, key string) error {
+	return fmt.Errorf("memstore: create %s %q: %w", kind, key, ipam.ErrExists)
+}
+
+// created adds the record key, which does not exist, with e's value and
+// returns its revision. The caller holds the write lock.
+func (s *Store) created(kind ipam.Kind, recs *records, key string, e entry) ipam.Revision {
 	if recs.byKey == nil {
 		recs.byKey = make(map[string]*entry)
 		recs.lazy = kind == ipam.KindHandle
@@ -341,8 +355,7 @@ func (s *Store) create(ctx context.Context, kind ipam.Kind, key string, e entry)
 	recs.remember(key, p)
 	recs.added(key, p)
 	s.gens[kind].Add(1)
-	s.mu.Unlock()
-	return e.rev, nil
+	return e.rev
 }
 
 func (s *Store) update(ctx context.Context, kind ipam.Kind, key string, e entry, rev ipam.Revision) (ipam.Revision, error) {
@@ -355,13 +368,20 @@ func (s *Store) update(ctx context.Context, kind ipam.Kind, key string, e entry,
 		s.mu.Unlock()
 		return 0, err
 	}
+	rev = s.updated(kind, recs, key, p, e)
+	s.mu.Unlock()
+	return rev, nil
+}
+
+// updated gives p, the entry of key, e's value and a new revision, which
+// it returns. The caller holds the write lock.
+func (s *Store) updated(kind ipam.Kind, recs *records, key string, p *entry, e entry) ipam.Revision {
 	s.rev++
 	e.rev = ipam.Revision(s.rev)
 	*p = e
 	recs.remember(key, p)
 	s.gens[kind].Add(1)
-	s.mu.Unlock()
-	return e.rev, nil
+	return e.rev
 }
 
 // Delete implements [ipam.Store].
@@ -375,6 +395,14 @@ func (s *Store) Delete(ctx context.Context, kind ipam.Kind, key string, rev ipam
 		s.mu.Unlock()
 		return err
 	}
+	s.deleted(kind, recs, key, p)
+	s.mu.Unlock()
+	return nil
+}
+
+// deleted removes the record key, whose entry is p. The caller holds the
+// write lock.
+func (s *Store) deleted(kind ipam.Kind, recs *records, key string, p *entry) {
 	delete(recs.byKey, key)
 	if recs.last == p {
 		recs.remember("", nil)
@@ -387,8 +415,6 @@ func (s *Store) Delete(ctx context.Context, kind ipam.Kind, key string, rev ipam
 	if len(s.free) < maxFree {
 		s.free = append(s.free, p)
 	}
-	s.mu.Unlock()
-	return nil
 }
 
 // maxFree bounds the free list: enough to absorb a burst of releases.
@@ -425,4 +451,81 @@ func (s *Store) Len(kind ipam.Kind) int {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	return len(s.kinds[kind].byKey)
+}
+
+// Commit implements [ipam.Committer]: it checks every write and then makes
+// them all, under one hold of the write lock, so no reader sees some of
+// them without the others. Each write gets a revision of its own.
+func (s *Store) Commit(ctx context.Context, writes []ipam.Write, revs []ipam.Revision) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if err := checkCommit(writes, revs); err != nil {
+		return err
+	}
+	// The entries the checks found, for the writes that change one.
+	var found [ipam.MaxCommitWrites]*entry
+	s.mu.Lock()
+	for i := range writes {
+		w := &writes[i]
+		recs := &s.kinds[w.Kind]
+		var err error
+		switch {
+		case w.Delete:
+			found[i], err = recs.check("delete", w.Kind, w.Key, w.Rev)
+		case w.Rev == 0:
+			if _, ok := recs.lookup(w.Key); ok {
+				err = existsError(w.Kind, w.Key)
+			}
+		default:
+			found[i], err = recs.check("update", w.Kind, w.Key, w.Rev)
+		}
+		if err != nil {
+			s.mu.Unlock()
+			return &ipam.CommitError{Index: i, Err: err}
+		}
+	}
+	for i := range writes {
+		w := &writes[i]
+		recs := &s.kinds[w.Kind]
+		e := entry{value: w.Value, blk: w.Block}
+		switch {
+		case w.Delete:
+			s.deleted(w.Kind, recs, w.Key, found[i])
+			revs[i] = 0
+		case w.Rev == 0:
+			revs[i] = s.created(w.Kind, recs, w.Key, e)
+		default:
+			revs[i] = s.updated(w.Kind, recs, w.Key, found[i], e)
+		}
+	}
+	s.mu.Unlock()
+	return nil
+}
+
+// checkCommit checks what Commit is given: 1 to MaxCommitWrites writes to
+// different records of valid kinds, a block only for a create or update
+// of a block record, and room for the revisions.
+func checkCommit(writes []ipam.Write, revs []ipam.Revision) error {
+	if len(writes) == 0 || len(writes) > ipam.MaxCommitWrites {
+		return fmt.Errorf("memstore: commit of %d writes: want 1 to %d", len(writes), ipam.MaxCommitWrites)
+	}
+	if len(revs) < len(writes) {
+		return fmt.Errorf("memstore: commit of %d writes with room for %d revisions", len(writes), len(revs))
+	}
+	for i := range writes {
+		w := &writes[i]
+		if err := checkKind(w.Kind); err != nil {
+			return err
+		}
+		if w.Block != nil && (w.Kind != ipam.KindBlock || w.Delete) {
+			return fmt.Errorf("memstore: commit: write %d (%s %q) carries a block", i, w.Kind, w.Key)
+		}
+		for j := range i {
+			if writes[j].Kind == w.Kind && writes[j].Key == w.Key {
+				return fmt.Errorf("memstore: commit: writes %d and %d both write %s %q", j, i, w.Kind, w.Key)
+			}
+		}
+	}
+	return nil
 }
