@@ -54,6 +54,7 @@ type Allocator struct {
 	store      Store
 	gens       Generations // nil when the store does not offer them
 	keeper     BlockKeeper // nil when the store does not offer it
+	committer  Committer   // nil when the store does not offer it
 	now        func() time.Time
 	retries    int
 	reclaimAge time.Duration
@@ -131,6 +132,7 @@ func New(store Store, opts Options) (*Allocator, error) {
 	}
 	a.gens, _ = store.(Generations)
 	a.keeper, _ = store.(BlockKeeper)
+	a.committer, _ = store.(Committer)
 	if a.now == nil {
 		a.now = time.Now
 	}

@@ -1049,12 +1049,7 @@ func (a *Allocator) assignOnce(ctx context.Context, o *assignOp, e *blockEntry, 
 	if k == 0 {
 		return fromFull, nil
 	}
-	// The handle first: a crash between the two writes leaves a count too
-	// high, which is repairable, never an address without an owner.
-	if err := o.h.take(ctx, blk, k); err != nil {
-		return fromTook, err
-	}
-	if err := a.commitAssign(ctx, &o.h, e, addrs[0], seq, k); err != nil {
+	if err := a.writeAssign(ctx, &o.h, e, addrs[0], seq, k); err != nil {
 		return fromTook, err
 	}
 	for _, addr := range addrs {

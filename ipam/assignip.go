@@ -400,10 +400,7 @@ func (a *Allocator) assignOne(ctx context.Context, o *assignOp, t fixedAddr, ign
 			}
 			return fmt.Errorf("ipam: %w", err) // the block's error names the address
 		}
-		if err := o.h.take(ctx, blk, 1); err != nil {
-			return err
-		}
-		return a.commitAssign(ctx, &o.h, e, addr, seq, 1)
+		return a.writeAssign(ctx, &o.h, e, addr, seq, 1)
 	})
 	if err != nil {
 		return Assigned{}, err

@@ -177,16 +177,9 @@ func (a *Allocator) commit(ctx context.Context, e *blockEntry) error {
 	}
 	rev, err := a.put(ctx, e, b, e.rev)
 	if err != nil {
-		if a.keeper != nil && !refused(err) {
-			e.next = nil // the write may have happened: b may be the store's now
-		}
-		return a.writeFailed(e, err)
+		return a.blockWriteFailed(e, err)
 	}
-	// The store may keep b (BlockKeeper): from now on only e.blk, which is
-	// never modified, refers to it. The previous version is no longer the
-	// record's value and becomes the scratch copy.
-	e.blk, e.next = b, e.blk
-	e.rev, e.fresh = rev, true
+	e.wrote(rev)
 	if keep {
 		return a.keptStands(ctx, e)
 	}
@@ -198,7 +191,7 @@ func (a *Allocator) deleteBlock(ctx context.Context, e *blockEntry) error {
 	if err := a.store.Delete(ctx, KindBlock, e.key, e.rev); err != nil {
 		return a.writeFailed(e, err)
 	}
-	e.blk, e.rev, e.next, e.fresh = nil, 0, nil, true
+	e.deleted()
 	return nil
 }
 

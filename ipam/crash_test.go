@@ -57,12 +57,14 @@ type crashRun struct {
 	next    int
 }
 
-func newCrashRun(t *testing.T, f storetest.Fault) *crashRun {
-	return newCoolCrashRun(t, f, 0)
+// With commits set, node 0's store offers Committer, so the fault may
+// strike a commit of two records; otherwise it writes them one by one.
+func newCrashRun(t *testing.T, f storetest.Fault, commits bool) *crashRun {
+	return newCoolCrashRun(t, f, 0, commits)
 }
 
 // newCoolCrashRun is newCrashRun with a release cooldown.
-func newCoolCrashRun(t *testing.T, f storetest.Fault, cooldown time.Duration) *crashRun {
+func newCoolCrashRun(t *testing.T, f storetest.Fault, cooldown time.Duration, commits bool) *crashRun {
 	t.Helper()
 	r := &crashRun{t: t, ctx: t.Context(), store: memstore.New(), clock: newClock(), cool: cooldown > 0}
 	setup := r.allocator(r.store)
@@ -75,11 +77,20 @@ func newCoolCrashRun(t *testing.T, f storetest.Fault, cooldown time.Duration) *c
 		require.NoError(t, setup.SetConfig(r.ctx, cfg))
 	}
 	r.faulty = storetest.NewFaultyStore(r.store, f)
-	r.allocs[0] = r.allocator(r.faulty.WithGenerations())
+	r.allocs[0] = r.allocator(faultyStore(r.faulty, commits))
 	for i := 1; i < 3; i++ {
 		r.allocs[i] = r.allocator(r.store)
 	}
 	return r
+}
+
+// faultyStore returns f as an allocator's store: with Generations, and
+// with Committer too when commits is set.
+func faultyStore(f *storetest.FaultyStore, commits bool) ipam.Store {
+	if commits {
+		return f.WithCommits()
+	}
+	return f.WithGenerations()
 }
 
 func (r *crashRun) allocator(s ipam.Store) *ipam.Allocator {
@@ -183,9 +194,15 @@ func (r *crashRun) run(w []step) {
 }
 
 func TestCrashAtEveryOperation(t *testing.T) {
+	for _, commits := range []bool{false, true} {
+		t.Run(fmt.Sprintf("commits=%t", commits), func(t *testing.T) { crashAtEveryOperation(t, commits) })
+	}
+}
+
+func crashAtEveryOperation(t *testing.T, commits bool) {
 	w := crashWorkload(1, 60)
 	// Count node 0's store operations in a run without faults.
-	clean := newCrashRun(t, storetest.Fault{})
+	clean := newCrashRun(t, storetest.Fault{}, commits)
 	clean.run(w)
 	total := clean.faulty.Ops()
 	require.Greater(t, total, int64(50))
@@ -200,7 +217,7 @@ func TestCrashAtEveryOperation(t *testing.T) {
 	for _, mode := range []storetest.FaultMode{storetest.FailOnce, storetest.Crash, storetest.CrashAfter, storetest.LostReply} {
 		for k := int64(1); k <= total; k += step {
 			t.Run(fmt.Sprintf("mode=%s/at=%d", mode, k), func(t *testing.T) {
-				run := newCrashRun(t, storetest.Fault{At: k, Mode: mode})
+				run := newCrashRun(t, storetest.Fault{At: k, Mode: mode}, commits)
 				run.run(w)
 				run.requireRepairable(fmt.Sprintf("fault %s at %d", mode, k), crashWorkload(2, 30))
 			})
@@ -228,11 +245,14 @@ func TestLostReplyEachOperation(t *testing.T) {
 		name  string
 		setup call // on a store with crashPools, without faults
 		run   call
+		// joined: with a Committer the call's writes are one commit, so a
+		// lost reply leaves nothing for Repair.
+		joined bool
 	}{
-		{"AutoAssign claiming", nil, assign(ipam.AutoAssignArgs{Num4: 2, Num6: 1, Handle: "h", Node: "n1"})},
+		{"AutoAssign claiming", nil, assign(ipam.AutoAssignArgs{Num4: 2, Num6: 1, Handle: "h", Node: "n1"}), false},
 		{"AutoAssign steady",
 			assign(ipam.AutoAssignArgs{Num4: 1, Handle: "first", Node: "n1"}),
-			assign(ipam.AutoAssignArgs{Num4: 1, Handle: "h", Node: "n1"})},
+			assign(ipam.AutoAssignArgs{Num4: 1, Handle: "h", Node: "n1"}), true},
 		{"AutoAssign across held blocks", func(ctx context.Context, a *ipam.Allocator) error {
 			// n1 holds three blocks, empty.
 			_, err := a.AutoAssign(ctx, ipam.AutoAssignArgs{Num4: 20, Handle: "setup", Node: "n1"})
@@ -240,13 +260,14 @@ func TestLostReplyEachOperation(t *testing.T) {
 				_, err = a.ReleaseByHandle(ctx, "setup")
 			}
 			return err
-		}, assign(ipam.AutoAssignArgs{Num4: 20, Handle: "h", Node: "n1"})},
+		}, assign(ipam.AutoAssignArgs{Num4: 20, Handle: "h", Node: "n1"}), false},
 		{"AssignIP", nil, func(ctx context.Context, a *ipam.Allocator) error {
 			_, err := a.AssignIP(ctx, ipam.AssignIPArgs{Addr: netip.MustParseAddr("10.0.0.3"), Handle: "h", Node: "n1"})
 			return err
-		}},
-		{"ReleaseByHandle", assign(ipam.AutoAssignArgs{Num4: 2, Num6: 1, Handle: "h", Node: "n1"}), releaseH},
-		{"ReleaseByHandle across blocks", assign(ipam.AutoAssignArgs{Num4: 20, Handle: "h", Node: "n1"}), releaseH},
+		}, false},
+		{"ReleaseByHandle", assign(ipam.AutoAssignArgs{Num4: 2, Num6: 1, Handle: "h", Node: "n1"}), releaseH, false},
+		{"ReleaseByHandle one block", assign(ipam.AutoAssignArgs{Num4: 2, Handle: "h", Node: "n1"}), releaseH, true},
+		{"ReleaseByHandle across blocks", assign(ipam.AutoAssignArgs{Num4: 20, Handle: "h", Node: "n1"}), releaseH, false},
 		{"ReleaseIPs across blocks", assign(ipam.AutoAssignArgs{Num4: 20, Handle: "h", Node: "n1"}), func(ctx context.Context, a *ipam.Allocator) error {
 			var rels []ipam.Release
 			for i := range 32 { // the whole v4 pool
@@ -254,7 +275,7 @@ func TestLostReplyEachOperation(t *testing.T) {
 			}
 			_, err := a.ReleaseIPs(ctx, rels...)
 			return err
-		}},
+		}, false},
 		{"ReleaseHostAffinities", func(ctx context.Context, a *ipam.Allocator) error {
 			_, err := a.AutoAssign(ctx, ipam.AutoAssignArgs{Num4: 1, Handle: "h", Node: "n1"})
 			if err == nil {
@@ -264,37 +285,48 @@ func TestLostReplyEachOperation(t *testing.T) {
 		}, func(ctx context.Context, a *ipam.Allocator) error {
 			_, err := a.ReleaseHostAffinities(ctx, "n1", false)
 			return err
-		}},
+		}, false},
 	}
 	for _, c := range cases {
-		newStore := func(t *testing.T) *memstore.Store { return crashStore(t, c.setup) }
-		t.Run(c.name, func(t *testing.T) {
-			clean := storetest.NewFaultyStore(newStore(t), storetest.Fault{})
-			a, err := ipam.New(clean.WithGenerations(), ipam.Options{})
-			require.NoError(t, err)
-			require.NoError(t, c.run(t.Context(), a))
-			total := clean.Ops()
-			require.Positive(t, total)
-			for k := int64(1); k <= total; k++ {
-				s := newStore(t)
-				f := storetest.NewFaultyStore(s, storetest.Fault{At: k, Mode: storetest.LostReply})
-				a, err := ipam.New(f.WithGenerations(), ipam.Options{})
-				require.NoError(t, err)
-				_ = c.run(t.Context(), a) // fails or not, depending on k
+		for _, commits := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%s/commits=%t", c.name, commits), func(t *testing.T) {
+				lostReplyEachOperation(t, c.setup, c.run, commits, commits && c.joined)
+			})
+		}
+	}
+}
 
-				checker, err := ipam.New(s, ipam.Options{})
-				require.NoError(t, err)
-				r, err := checker.Check(t.Context())
-				require.NoError(t, err)
-				for _, p := range r.Problems {
-					require.Contains(t, []ipam.ProblemKind{ipam.ProblemHandleExcess, ipam.ProblemAffinityStale}, p.Kind,
-						"reply of operation %d lost: %v", k, p)
-				}
-				_, after, err := checker.Repair(t.Context(), ipam.RepairOptions{})
-				require.NoError(t, err)
-				require.True(t, after.Clean(), "reply of operation %d lost; after repair: %v", k, after.Problems)
-			}
-		})
+// lostReplyEachOperation is a case of TestLostReplyEachOperation: with
+// clean set, every lost reply must leave a store that checks clean.
+func lostReplyEachOperation(t *testing.T, setup, run func(context.Context, *ipam.Allocator) error, commits, clean bool) {
+	newStore := func(t *testing.T) *memstore.Store { return crashStore(t, setup) }
+	fault0 := storetest.NewFaultyStore(newStore(t), storetest.Fault{})
+	a, err := ipam.New(faultyStore(fault0, commits), ipam.Options{})
+	require.NoError(t, err)
+	require.NoError(t, run(t.Context(), a))
+	total := fault0.Ops()
+	require.Positive(t, total)
+	for k := int64(1); k <= total; k++ {
+		s := newStore(t)
+		f := storetest.NewFaultyStore(s, storetest.Fault{At: k, Mode: storetest.LostReply})
+		a, err := ipam.New(faultyStore(f, commits), ipam.Options{})
+		require.NoError(t, err)
+		_ = run(t.Context(), a) // fails or not, depending on k
+
+		checker, err := ipam.New(s, ipam.Options{})
+		require.NoError(t, err)
+		r, err := checker.Check(t.Context())
+		require.NoError(t, err)
+		if clean {
+			require.True(t, r.Clean(), "reply of operation %d lost: %v", k, r.Problems)
+		}
+		for _, p := range r.Problems {
+			require.Contains(t, []ipam.ProblemKind{ipam.ProblemHandleExcess, ipam.ProblemAffinityStale}, p.Kind,
+				"reply of operation %d lost: %v", k, p)
+		}
+		_, after, err := checker.Repair(t.Context(), ipam.RepairOptions{})
+		require.NoError(t, err)
+		require.True(t, after.Clean(), "reply of operation %d lost; after repair: %v", k, after.Problems)
 	}
 }
 
@@ -306,39 +338,47 @@ func TestReleaseReportsOnlyCertainReleases(t *testing.T) {
 	modes := []storetest.FaultMode{storetest.FailOnce, storetest.Crash, storetest.CrashAfter, storetest.LostReply}
 	for _, mode := range modes {
 		for at := int64(1); at <= 10; at++ {
-			t.Run(fmt.Sprintf("%s/at=%d", mode, at), func(t *testing.T) {
-				e := newEnv(t, v4pool("p", "10.0.0.0/24", 26))
-				got := e.mustAssign4("node-1", "h1", 2)
-				fs := storetest.NewFaultyStore(e.store, storetest.Fault{At: at, Mode: mode})
-				a, err := ipam.New(fs.WithGenerations(), ipam.Options{MaxRetries: 1})
-				require.NoError(t, err)
-				// The first address twice: its second copy finds it released
-				// in the block being staged.
-				res, err := a.ReleaseIPs(e.ctx, ipam.Release{Addr: got[0].Addr}, ipam.Release{Addr: got[1].Addr}, ipam.Release{Addr: got[0].Addr})
-				if err == nil {
-					require.ElementsMatch(t, addrs(got), res.Released)
-				}
-				for _, addr := range append(res.Released, res.NotAllocated...) {
-					_, err := e.a.Owner(e.ctx, addr)
-					require.ErrorIs(t, err, ipam.ErrNotAllocated, "%s reported released or free, but is assigned", addr)
-				}
-			})
-			t.Run(fmt.Sprintf("by-handle/%s/at=%d", mode, at), func(t *testing.T) {
-				e := newEnv(t, v4pool("p", "10.0.0.0/24", 26))
-				got := e.mustAssign4("node-1", "h1", 70) // two blocks
-				fs := storetest.NewFaultyStore(e.store, storetest.Fault{At: at, Mode: mode})
-				a, err := ipam.New(fs.WithGenerations(), ipam.Options{MaxRetries: 1})
-				require.NoError(t, err)
-				released, err := a.ReleaseByHandle(e.ctx, "h1")
-				if err == nil {
-					require.ElementsMatch(t, addrs(got), released)
-				}
-				for _, addr := range released {
-					_, err := e.a.Owner(e.ctx, addr)
-					require.ErrorIs(t, err, ipam.ErrNotAllocated, "%s reported released, but is assigned", addr)
-				}
-			})
+			for _, commits := range []bool{false, true} {
+				releaseReportsOnlyCertainReleases(t, mode, at, commits)
+			}
 		}
+	}
+}
+
+func releaseReportsOnlyCertainReleases(t *testing.T, mode storetest.FaultMode, at int64, commits bool) {
+	t.Run(fmt.Sprintf("%s/at=%d/commits=%t", mode, at, commits), func(t *testing.T) {
+		e := newEnv(t, v4pool("p", "10.0.0.0/24", 26))
+		got := e.mustAssign4("node-1", "h1", 2)
+		fs := storetest.NewFaultyStore(e.store, storetest.Fault{At: at, Mode: mode})
+		a, err := ipam.New(faultyStore(fs, commits), ipam.Options{MaxRetries: 1})
+		require.NoError(t, err)
+		// The first address twice: its second copy finds it released
+		// in the block being staged.
+		res, err := a.ReleaseIPs(e.ctx, ipam.Release{Addr: got[0].Addr}, ipam.Release{Addr: got[1].Addr}, ipam.Release{Addr: got[0].Addr})
+		if err == nil {
+			require.ElementsMatch(t, addrs(got), res.Released)
+		}
+		for _, addr := range append(res.Released, res.NotAllocated...) {
+			_, err := e.a.Owner(e.ctx, addr)
+			require.ErrorIs(t, err, ipam.ErrNotAllocated, "%s reported released or free, but is assigned", addr)
+		}
+	})
+	for _, n := range []int{2, 70} { // one block, two blocks
+		t.Run(fmt.Sprintf("by-handle/%s/at=%d/commits=%t/n=%d", mode, at, commits, n), func(t *testing.T) {
+			e := newEnv(t, v4pool("p", "10.0.0.0/24", 26))
+			got := e.mustAssign4("node-1", "h1", n)
+			fs := storetest.NewFaultyStore(e.store, storetest.Fault{At: at, Mode: mode})
+			a, err := ipam.New(faultyStore(fs, commits), ipam.Options{MaxRetries: 1})
+			require.NoError(t, err)
+			released, err := a.ReleaseByHandle(e.ctx, "h1")
+			if err == nil {
+				require.ElementsMatch(t, addrs(got), released)
+			}
+			for _, addr := range released {
+				_, err := e.a.Owner(e.ctx, addr)
+				require.ErrorIs(t, err, ipam.ErrNotAllocated, "%s reported released, but is assigned", addr)
+			}
+		})
 	}
 }
 

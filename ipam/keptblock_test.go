@@ -52,9 +52,15 @@ func TestDeletePoolDeletesKeptBlock(t *testing.T) {
 // with a fault at every operation of node 0 in each mode: only the states
 // the write order allows, Repair clears them, and the workload goes on.
 func TestCrashWithCooldown(t *testing.T) {
+	for _, commits := range []bool{false, true} {
+		t.Run(fmt.Sprintf("commits=%t", commits), func(t *testing.T) { crashWithCooldown(t, commits) })
+	}
+}
+
+func crashWithCooldown(t *testing.T, commits bool) {
 	for _, seed := range []uint64{1, 3, 5, 7} {
 		w := crashWorkload(seed, 80)
-		clean := newCoolCrashRun(t, storetest.Fault{}, 24*time.Hour)
+		clean := newCoolCrashRun(t, storetest.Fault{}, 24*time.Hour, commits)
 		clean.run(w)
 		total := clean.faulty.Ops()
 		rep, err := clean.allocs[1].Check(clean.ctx)
@@ -63,7 +69,7 @@ func TestCrashWithCooldown(t *testing.T) {
 		for _, mode := range []storetest.FaultMode{storetest.FailOnce, storetest.Crash, storetest.CrashAfter, storetest.LostReply} {
 			for k := int64(1); k <= total; k++ {
 				ok := t.Run(fmt.Sprintf("seed=%d/mode=%s/at=%d", seed, mode, k), func(t *testing.T) {
-					run := newCoolCrashRun(t, storetest.Fault{At: k, Mode: mode}, 24*time.Hour)
+					run := newCoolCrashRun(t, storetest.Fault{At: k, Mode: mode}, 24*time.Hour, commits)
 					run.run(w)
 					run.requireRepairable(fmt.Sprintf("fault %s at %d", mode, k), crashWorkload(seed+100, 40))
 				})

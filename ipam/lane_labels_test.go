@@ -36,7 +36,7 @@ var labelPools = []pool.Pool{
 // changed between requests), and requires the same answers and records.
 func TestLaneLabelShapes(t *testing.T) {
 	cfg := ipam.Config{AutoAllocateBlocks: true, MaxBlocksPerHost: 4}
-	d := newLaneDiff(t, cfg, labelPools)
+	d := newLaneDiff(t, cfg, labelPools, true)
 	n := 0
 	req := func(node, ns selector.Labels) {
 		n++

@@ -466,10 +466,24 @@ func (a *Allocator) ReleaseByHandle(ctx context.Context, handle string) ([]netip
 		e := a.entry(hc.block)
 		e.lock()
 		// The first attempt as retry would make it, and the closure for
-		// the others only when it fails (see assignFrom).
-		err := a.releaseHandleOnce(ctx, e, handle, at, &released)
+		// the others only when it fails (see assignFrom). With a
+		// Committer, a handle in one block has its count lowered in the
+		// commit that releases its addresses (joined).
+		var err error
+		joined := false
+		joinable := a.committer != nil && len(todo) == 1
+		if joinable {
+			joined, err = a.releaseJoined(ctx, e, &h, at, &released)
+		} else {
+			err = a.releaseHandleOnce(ctx, e, handle, at, &released)
+		}
 		if err != nil {
 			err = a.retryAgain(ctx, "release by handle from block", e.name, func() error {
+				if joinable {
+					var err error
+					joined, err = a.releaseJoined(ctx, e, &h, at, &released)
+					return err
+				}
 				return a.releaseHandleOnce(ctx, e, handle, at, &released)
 			}, err)
 		}
@@ -481,6 +495,9 @@ func (a *Allocator) ReleaseByHandle(ctx context.Context, handle string) ([]netip
 			return orNil(released), err
 		}
 		todo[i].count = before - len(released)
+		if joined {
+			todo[i].count = 0 // lowered in the commit
+		}
 	}
 	if err := h.lower(ctx, todo); err != nil {
 		return orNil(released), err

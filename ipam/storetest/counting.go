@@ -32,14 +32,20 @@ func (o Op) String() string {
 	return fmt.Sprintf("op(%d)", int(o))
 }
 
-// Counts is how many times each Store method was called, by record kind.
-// The zero value counts no calls.
+// Counts is how many times each Store method was called, by record kind,
+// and how many commits ([ipam.Committer]) were made. A write made in a
+// commit counts as a call of its method (a create, an update or a delete)
+// too, so Of answers the same whether the records were written one by one
+// or together. The zero value counts no calls.
 type Counts struct {
 	n [numOps][8]int64
+	// commits counts the calls of Commit, and inCommits the writes they
+	// made, which n counts as well.
+	commits, inCommits int64
 }
 
-// Total returns the number of calls of every method and kind: the store
-// round trips.
+// Total returns the store round trips: every call of a Store method other
+// than in a commit, and every commit.
 func (c Counts) Total() int64 {
 	var n int64
 	for _, byKind := range c.n {
@@ -47,10 +53,13 @@ func (c Counts) Total() int64 {
 			n += v
 		}
 	}
-	return n
+	return n - c.inCommits + c.commits
 }
 
-// Of returns the calls of one method on one kind.
+// Commits returns the number of commits.
+func (c Counts) Commits() int64 { return c.commits }
+
+// Of returns the calls of one method on one kind, alone or in a commit.
 // It returns 0 for an op or kind out of range.
 func (c Counts) Of(op Op, kind ipam.Kind) int64 {
 	if op < 0 || op >= numOps || kind >= 8 {
@@ -66,6 +75,8 @@ func (c Counts) Add(d Counts) Counts {
 			c.n[i][k] += d.n[i][k]
 		}
 	}
+	c.commits += d.commits
+	c.inCommits += d.inCommits
 	return c
 }
 
@@ -76,6 +87,8 @@ func (c Counts) Sub(d Counts) Counts {
 			c.n[i][k] -= d.n[i][k]
 		}
 	}
+	c.commits -= d.commits
+	c.inCommits -= d.inCommits
 	return c
 }
 
@@ -89,6 +102,9 @@ func (c Counts) String() string {
 			}
 		}
 	}
+	if c.commits != 0 {
+		parts = append(parts, fmt.Sprintf("(%d in %d commits)", c.inCommits, c.commits))
+	}
 	if len(parts) == 0 {
 		return "none"
 	}
@@ -97,19 +113,27 @@ func (c Counts) String() string {
 
 // CountingStore wraps a Store and counts its calls, to measure how many
 // round trips an operation costs. It passes the optional
-// [ipam.Generations] capability through when the wrapped store has it,
-// always offers [ipam.BlockKeeper] (writing encodings to a store without
-// it), and is safe for concurrent use.
+// [ipam.Generations] and [ipam.Committer] capabilities through when the
+// wrapped store has them, always offers [ipam.BlockKeeper] (writing
+// encodings to a store without it), and is safe for concurrent use.
 type CountingStore struct {
 	ipam.Store
-	counts [numOps][8]atomic.Int64
+	counts             [numOps][8]atomic.Int64
+	commits, inCommits atomic.Int64
 }
 
 // NewCountingStore returns a CountingStore around s.
 func NewCountingStore(s ipam.Store) ipam.Store {
 	c := &CountingStore{Store: s}
-	if g, ok := s.(ipam.Generations); ok {
+	g, gens := s.(ipam.Generations)
+	cm, commits := s.(ipam.Committer)
+	switch {
+	case gens && commits:
+		return &countingGensCommit{countingGens{c, g}, cm}
+	case gens:
 		return &countingGens{CountingStore: c, gens: g}
+	case commits:
+		return &countingCommit{c, cm}
 	}
 	return c
 }
@@ -122,6 +146,46 @@ type countingGens struct {
 
 func (c *countingGens) Generation(kind ipam.Kind) uint64 { return c.gens.Generation(kind) }
 
+// countingCommit is a CountingStore whose store offers Committer.
+type countingCommit struct {
+	*CountingStore
+	cm ipam.Committer
+}
+
+// Commit implements [ipam.Committer], counted as one commit and as a call
+// of each write's method.
+func (c *countingCommit) Commit(ctx context.Context, writes []ipam.Write, revs []ipam.Revision) error {
+	return c.commit(ctx, c.cm, writes, revs)
+}
+
+// countingGensCommit is a CountingStore whose store offers Generations and
+// Committer.
+type countingGensCommit struct {
+	countingGens
+	cm ipam.Committer
+}
+
+// Commit implements [ipam.Committer], as countingCommit's does.
+func (c *countingGensCommit) Commit(ctx context.Context, writes []ipam.Write, revs []ipam.Revision) error {
+	return c.commit(ctx, c.cm, writes, revs)
+}
+
+func (c *CountingStore) commit(ctx context.Context, cm ipam.Committer, writes []ipam.Write, revs []ipam.Revision) error {
+	c.commits.Add(1)
+	c.inCommits.Add(int64(len(writes)))
+	for _, w := range writes {
+		switch {
+		case w.Delete:
+			c.count(OpDelete, w.Kind)
+		case w.Rev == 0:
+			c.count(OpCreate, w.Kind)
+		default:
+			c.count(OpUpdate, w.Kind)
+		}
+	}
+	return commitTo(ctx, c.Store, cm, writes, revs)
+}
+
 // CountsOf returns the counts of a store made by NewCountingStore, or
 // false if s is not one.
 func CountsOf(s ipam.Store) (Counts, bool) {
@@ -130,6 +194,10 @@ func CountsOf(s ipam.Store) (Counts, bool) {
 	case *CountingStore:
 		c = s
 	case *countingGens:
+		c = s.CountingStore
+	case *countingCommit:
+		c = s.CountingStore
+	case *countingGensCommit:
 		c = s.CountingStore
 	default:
 		return Counts{}, false
@@ -140,6 +208,7 @@ func CountsOf(s ipam.Store) (Counts, bool) {
 			out.n[op][k] = c.counts[op][k].Load()
 		}
 	}
+	out.commits, out.inCommits = c.commits.Load(), c.inCommits.Load()
 	return out, true
 }
 

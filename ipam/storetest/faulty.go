@@ -57,7 +57,8 @@ type Fault struct {
 // FaultyStore wraps a Store and fails one operation, or every operation
 // from one on, to test what a failure or a crash at that point leaves
 // behind. It is safe for concurrent use. Use WithGenerations to hand it to
-// an allocator with the wrapped store's [ipam.Generations] passed through.
+// an allocator with the wrapped store's [ipam.Generations] passed through,
+// and WithCommits for its [ipam.Committer] too.
 // It always offers [ipam.BlockKeeper], writing encodings to a store
 // without it, so faults strike the allocator's block writes the same way
 // over either kind of store.
@@ -88,6 +89,59 @@ type faultyGens struct {
 }
 
 func (f *faultyGens) Generation(kind ipam.Kind) uint64 { return f.gens.Generation(kind) }
+
+// WithCommits returns the store as an ipam.Store that also offers the
+// wrapped store's Generations and [ipam.Committer], where it has them. A
+// commit is one operation: a fault there strikes all of its writes, or
+// (after the fact) none.
+func (f *FaultyStore) WithCommits() ipam.Store {
+	cm, ok := f.Store.(ipam.Committer)
+	if !ok {
+		return f.WithGenerations()
+	}
+	if g, ok := f.Store.(ipam.Generations); ok {
+		return &faultyGensCommit{faultyGens{f, g}, cm}
+	}
+	return &faultyCommit{f, cm}
+}
+
+type faultyCommit struct {
+	*FaultyStore
+	cm ipam.Committer
+}
+
+// Commit implements [ipam.Committer] as one operation.
+func (f *faultyCommit) Commit(ctx context.Context, writes []ipam.Write, revs []ipam.Revision) error {
+	return f.commit(ctx, f.cm, writes, revs)
+}
+
+type faultyGensCommit struct {
+	faultyGens
+	cm ipam.Committer
+}
+
+// Commit implements [ipam.Committer] as one operation.
+func (f *faultyGensCommit) Commit(ctx context.Context, writes []ipam.Write, revs []ipam.Revision) error {
+	return f.commit(ctx, f.cm, writes, revs)
+}
+
+func (f *FaultyStore) commit(ctx context.Context, cm ipam.Committer, writes []ipam.Write, revs []ipam.Revision) error {
+	var kind ipam.Kind
+	var key string
+	if len(writes) > 0 {
+		kind, key = writes[0].Kind, writes[0].Key
+	}
+	op := fmt.Sprintf("commit of %d writes from", len(writes))
+	after, err := f.before(op, kind, key)
+	if err != nil {
+		return err
+	}
+	err = commitTo(ctx, f.Store, cm, writes, revs)
+	if after {
+		return f.afterErr(op, kind, key)
+	}
+	return err
+}
 
 // Ops returns how many operations the store has been asked to perform.
 func (f *FaultyStore) Ops() int64 { return f.n.Load() }

@@ -1,0 +1,275 @@
+package ipam
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"time"
+)
+
+// With a store that offers Committer, the pairs of writes that otherwise
+// follow each other in a crash-safe order are made in one Commit instead:
+// an assignment's raise of its handle's count and its block write, and a
+// release by handle's block write and the lowering of its handle's count.
+// Only the common shapes join: an assignment to one block outside a
+// reservation of counts (a batch or AssignIPs), a release by handle of a
+// handle in one block. Everything else takes the two writes as before. A
+// refused commit is retried as a whole, after a fresh read of the record
+// it was refused at.
+
+// writeAssign makes the writes of an assignment of k addresses, the first
+// addr at seq, staged in e.next for h's handle: the handle's count for the
+// block raised, then the block. With a Committer (and no reservation of
+// counts under way) both go in one commit, after a read of the handle's
+// record unless h knows it; otherwise the count is raised first and the
+// block written after, so that a crash in between leaves a count too high
+// (repairable), never an address without an owner.
+func (a *Allocator) writeAssign(ctx context.Context, h *handleTx, e *blockEntry, addr netip.Addr, seq uint64, k int) error {
+	if a.committer != nil && h.spare == nil {
+		if !h.known {
+			if err := h.read(ctx); err != nil {
+				return err
+			}
+		}
+		return a.assignJoined(ctx, h, e, addr, seq, k)
+	}
+	if err := h.take(ctx, e.prefix, k); err != nil {
+		return err
+	}
+	return a.commitAssign(ctx, h, e, addr, seq, k)
+}
+
+// Positions in a joined commit: the handle record's write first.
+const (
+	joinedHandle = 0
+	joinedBlock  = 1
+)
+
+// assignJoined is writeAssign's one commit of the handle record and the
+// block.
+func (a *Allocator) assignJoined(ctx context.Context, h *handleTx, e *blockEntry, addr netip.Addr, seq uint64, k int) error {
+	blk := e.prefix
+	had := h.rec.count(blk)
+	h.rec.put(blk, had+k)
+	var ws [2]Write
+	ws[joinedHandle] = h.writeOp()
+	a.pruneReleased(e.next)
+	var err error
+	if ws[joinedBlock], err = a.blockWrite(e); err != nil {
+		h.rec.put(blk, had)
+		return err
+	}
+	r0 := e.rev
+	var revs [2]Revision
+	if err = a.committer.Commit(ctx, ws[:], revs[:]); err == nil {
+		h.committed(ws[joinedHandle], revs[joinedHandle])
+		e.wrote(revs[joinedBlock])
+		return nil
+	}
+	switch refusedAt(err) {
+	case joinedBlock:
+		// The handle record is as it was: only the block needs reading
+		// again, and the next attempt joins the two once more.
+		h.rec.put(blk, had)
+		return a.blockWriteFailed(e, err)
+	case joinedHandle:
+		// The block is as it was; the record is read again.
+		h.commitFailed(err)
+		return handleRefused(e, h, err)
+	}
+	h.commitFailed(err)
+	err = a.blockWriteFailed(e, fmt.Errorf("with handle %q: %w", h.id, err))
+	// The commit may have landed, all of it, or not at all: the block
+	// tells which, as for a block write alone. Nothing was raised before,
+	// so nothing needs lowering when it did not.
+	ctx, stop := carryOn(ctx)
+	defer stop()
+	if landed, _ := a.settleWrite(ctx, e, r0, err, addr, h.id, seq); landed {
+		return nil
+	}
+	return err
+}
+
+// releaseJoined is one attempt at releasing h's addresses in e's block,
+// appending them to *released, in one commit with the lowering of h's
+// count there, for a handle whose record, as the caller read it, counts
+// one block. joined reports that the commit was made, and the count with
+// it; otherwise nothing was released there. The caller holds e's lock.
+func (a *Allocator) releaseJoined(ctx context.Context, e *blockEntry, h *handleTx, at time.Time, released *[]netip.Addr) (joined bool, err error) {
+	if !h.known {
+		if err := h.read(ctx); err != nil {
+			return false, err
+		}
+	}
+	if err := a.ensure(ctx, e); err != nil {
+		return false, err
+	}
+	if e.blk == nil {
+		return false, e.confirm()
+	}
+	next := e.stage()
+	n := len(*released)
+	if at.IsZero() {
+		*released = next.ReleaseHandle(h.id, *released)
+	} else if *released, err = next.ReleaseHandleAt(h.id, *released, at); err != nil {
+		return false, err
+	}
+	k := len(*released) - n
+	if k == 0 {
+		return false, e.confirm()
+	}
+	var ws [2]Write
+	var revs [2]Revision
+	writes := ws[:0]
+	// The count goes down by what was released, never below zero (see
+	// handleTx.adjust): a record that counts fewer is left as it is.
+	blk := e.prefix
+	had := h.rec.count(blk)
+	lower := had >= k
+	if lower {
+		h.rec.put(blk, had-k)
+		writes = append(writes, h.writeOp())
+	}
+	bw, del, keep, err := a.blockChange(ctx, e)
+	if err != nil {
+		h.rec.put(blk, had)
+		*released = (*released)[:n]
+		return false, err
+	}
+	writes = append(writes, bw)
+	if err = a.committer.Commit(ctx, writes, revs[:len(writes)]); err != nil {
+		*released = (*released)[:n]
+		if i := refusedAt(err); lower && i == joinedHandle {
+			h.commitFailed(err)
+			return false, handleRefused(e, h, err)
+		}
+		if lower {
+			h.rec.put(blk, had)
+		}
+		if !refused(err) {
+			h.commitFailed(err)
+		}
+		return false, a.blockWriteFailed(e, fmt.Errorf("with handle %q: %w", h.id, err))
+	}
+	if lower {
+		h.committed(writes[joinedHandle], revs[joinedHandle])
+	}
+	switch {
+	case del:
+		e.deleted()
+	default:
+		e.wrote(revs[len(writes)-1])
+	}
+	if keep {
+		return true, a.keptStands(ctx, e)
+	}
+	return true, nil
+}
+
+// handleRefused is the error of a joined commit refused at h's record,
+// which another writer changed or deleted meanwhile: a race, which the
+// caller's retry settles with a fresh read.
+func handleRefused(e *blockEntry, h *handleTx, err error) error {
+	if errors.Is(err, ErrNotFound) {
+		err = fmt.Errorf("%w: %w", errRecordMoved, err)
+	}
+	return fmt.Errorf("ipam: write handle %q with block %s: %w", h.id, e.prefix, err)
+}
+
+// refusedAt returns the index of the write whose check refused a commit,
+// or -1 when err is no such refusal.
+func refusedAt(err error) int {
+	var ce *CommitError
+	if errors.As(err, &ce) {
+		return ce.Index
+	}
+	return -1
+}
+
+// writeOp returns the write that stores h.rec: a create, an update, or a
+// delete once the handle holds nothing. The caller has changed h.rec from
+// the record as read or written, so there is something to write.
+func (h *handleTx) writeOp() Write {
+	w := Write{Kind: KindHandle, Key: h.id, Rev: h.rev}
+	if len(h.rec.entries()) == 0 {
+		w.Delete = true
+		return w
+	}
+	w.Value = h.a.handleValue(&h.rec, h.last)
+	return w
+}
+
+// committed records that w, from writeOp, was made at rev.
+func (h *handleTx) committed(w Write, rev Revision) {
+	h.created = h.created || (w.Rev == 0 && !w.Delete)
+	h.rev, h.mine = rev, rev
+}
+
+// commitFailed records that a commit with a write of the record failed
+// with err: the record may not be what h holds (it was changed for the
+// write), so it is read again before the next change; and unless the
+// commit was refused, it may have been made.
+func (h *handleTx) commitFailed(err error) {
+	h.known = false
+	h.unsure = h.unsure || !refused(err)
+}
+
+// blockWrite returns the write of e's staged block (e.next) over the
+// current version, for a commit: the block itself to a BlockKeeper, its
+// encoding otherwise. The caller has pruned its release times, and the
+// block is not empty without affinity (see blockChange).
+func (a *Allocator) blockWrite(e *blockEntry) (Write, error) {
+	b := e.next
+	w := Write{Kind: KindBlock, Key: e.key, Rev: e.rev}
+	if a.keeper != nil {
+		w.Block = b
+		return w, nil
+	}
+	v, err := e.encode(b)
+	w.Value = v
+	return w, err
+}
+
+// blockChange returns the write that commit would make of e's staged
+// block: a delete when it is empty without affinity and not kept for its
+// cooling addresses, otherwise an update (blockWrite), to be followed by
+// keptStands when keep is set.
+func (a *Allocator) blockChange(ctx context.Context, e *blockEntry) (w Write, del, keep bool, err error) {
+	b := e.next
+	a.pruneReleased(b)
+	if b.Empty() && b.Affinity().IsZero() {
+		if keep, err = a.keepCooling(ctx, b); err != nil {
+			return Write{}, false, false, err
+		}
+		if !keep {
+			return Write{Kind: KindBlock, Key: e.key, Rev: e.rev, Delete: true}, true, false, nil
+		}
+	}
+	w, err = a.blockWrite(e)
+	return w, false, keep, err
+}
+
+// wrote makes e.next, just written at rev, the cached block: the store may
+// keep it (BlockKeeper), so from now on only e.blk, which is never
+// modified, refers to it; the previous version is no longer the record's
+// value and becomes the scratch copy.
+func (e *blockEntry) wrote(rev Revision) {
+	e.blk, e.next = e.next, e.blk
+	e.rev, e.fresh = rev, true
+}
+
+// deleted records that e's block was just deleted.
+func (e *blockEntry) deleted() {
+	e.blk, e.rev, e.next, e.fresh = nil, 0, nil, true
+}
+
+// blockWriteFailed is writeFailed for a write of e.next: unless the store
+// refused it, the write may have happened, and a BlockKeeper store may
+// then keep e.next, so the entry lets go of it.
+func (a *Allocator) blockWriteFailed(e *blockEntry, err error) error {
+	if a.keeper != nil && !refused(err) {
+		e.next = nil
+	}
+	return a.writeFailed(e, err)
+}
