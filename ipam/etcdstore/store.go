@@ -38,8 +38,9 @@ type Options struct {
 }
 
 // Store is an [ipam.Store] on etcd. It also implements [ipam.Generations],
-// fed by a watch on the prefix. It is safe for concurrent use; Close stops
-// the watch.
+// fed by a watch on the prefix, and [ipam.Committer], with one etcd
+// transaction per Commit. It is safe for concurrent use; Close stops the
+// watch.
 type Store struct {
 	kv      clientv3.KV
 	prefix  string
