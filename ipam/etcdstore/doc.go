@@ -31,12 +31,23 @@
 //
 // A record's revision is its etcd mod revision. etcd numbers every change
 // of the whole keyspace, so a key's revisions never repeat, even across a
-// delete and a re-create, as the Store contract demands. Every write is a
-// transaction on one key: Create puts only if the key's create revision is
-// 0 (it does not exist), Update and Delete only if its mod revision is the
-// one given; when the comparison fails, a key-only read in the same
-// transaction tells ErrNotFound from ErrConflict. Reads are linearizable
-// (etcd's default), so a fresh read always sees the last write.
+// delete and a re-create, as the Store contract demands. Create, Update and
+// Delete are each a transaction on one key: Create puts only if the key's
+// create revision is 0 (it does not exist), Update and Delete only if its
+// mod revision is the one given; when the comparison fails, a key-only
+// read in the same transaction tells ErrNotFound from ErrConflict. Reads
+// are linearizable (etcd's default), so a fresh read always sees the last
+// write.
+//
+// Store is an [ipam.Committer] too: a Commit is one transaction, so one
+// round trip, that makes all of its writes, with the comparisons of the
+// single writes, or none. Its puts share the transaction's revision. When
+// a comparison fails, key-only reads of every record in the same
+// transaction tell which write was refused, and why. A commit of
+// [ipam.MaxCommitWrites] writes stays far below etcd's limit on a
+// transaction's comparisons and operations (--max-txn-ops, 128 by
+// default). Store is not an [ipam.BlockKeeper], so it refuses a Write
+// that carries a block.
 //
 // etcd refuses requests larger than its --max-request-bytes (1.5 MiB by
 // default). A carve record is far smaller unless a block holds thousands of

@@ -38,8 +38,9 @@ type Options struct {
 }
 
 // Store is an [ipam.Store] on etcd. It also implements [ipam.Generations],
-// fed by a watch on the prefix. It is safe for concurrent use; Close stops
-// the watch.
+// fed by a watch on the prefix, and [ipam.Committer], with one etcd
+// transaction per Commit. It is safe for concurrent use; Close stops the
+// watch.
 type Store struct {
 	kv      clientv3.KV
 	prefix  string
@@ -235,7 +236,7 @@ func (s *Store) Create(ctx context.Context, kind ipam.Kind, key string, value []
 		return 0, err
 	}
 	if !resp.Succeeded {
-		return 0, fmt.Errorf("etcdstore: create %s %q: %w", kind, key, ipam.ErrExists)
+		return 0, existsError(kind, key)
 	}
 	// The put is the transaction's only write, so it happened at the
 	// revision the transaction moved the store to.
@@ -316,8 +317,25 @@ func revisionIs(key string, rev ipam.Revision) []clientv3.Cmp {
 func (s *Store) refused(op string, kind ipam.Kind, key string, rev ipam.Revision, resp *clientv3.TxnResponse) error {
 	if len(resp.Responses) == 1 {
 		if kvs := resp.Responses[0].GetResponseRange().GetKvs(); len(kvs) == 1 {
-			return fmt.Errorf("etcdstore: %s %s %q at revision %d (now %d): %w", op, kind, key, rev, kvs[0].ModRevision, ipam.ErrConflict)
+			return conflictError(op, kind, key, rev, kvs[0].ModRevision)
 		}
 	}
+	return notFoundError(op, kind, key)
+}
+
+// conflictError is the error of an Update or Delete (op) of a record at
+// revision rev that is now at revision now.
+func conflictError(op string, kind ipam.Kind, key string, rev ipam.Revision, now int64) error {
+	return fmt.Errorf("etcdstore: %s %s %q at revision %d (now %d): %w", op, kind, key, rev, now, ipam.ErrConflict)
+}
+
+// notFoundError is the error of an Update or Delete (op) of a missing
+// record.
+func notFoundError(op string, kind ipam.Kind, key string) error {
 	return fmt.Errorf("etcdstore: %s %s %q: %w", op, kind, key, ipam.ErrNotFound)
+}
+
+// existsError is the error of a Create of a record that exists.
+func existsError(kind ipam.Kind, key string) error {
+	return fmt.Errorf("etcdstore: create %s %q: %w", kind, key, ipam.ErrExists)
 }
