@@ -35,6 +35,13 @@ type blockEntry struct {
 	next *block.Block
 	// encSize is the length of the block's last encoding, to size the next.
 	encSize int
+	// writes and revs are a commit's arguments (see assignJoined): they
+	// go to the store through an interface, so on the stack they would
+	// escape, costing an allocation per commit. The holder of mu uses
+	// them. They keep what the last commit wrote until the next, as the
+	// entry keeps the block.
+	writes [2]Write
+	revs   [2]Revision
 }
 
 // lock takes the entry for one operation.

@@ -52,19 +52,18 @@ func (a *Allocator) assignJoined(ctx context.Context, h *handleTx, e *blockEntry
 	blk := e.prefix
 	had := h.rec.count(blk)
 	h.rec.put(blk, had+k)
-	var ws [2]Write
-	ws[joinedHandle] = h.writeOp()
+	ws := &e.writes
+	h.writeOp(&ws[joinedHandle])
 	a.pruneReleased(e.next)
-	var err error
-	if ws[joinedBlock], err = a.blockWrite(e); err != nil {
+	if err := a.blockWrite(e, &ws[joinedBlock]); err != nil {
 		h.rec.put(blk, had)
 		return err
 	}
 	r0 := e.rev
-	var revs [2]Revision
-	if err = a.committer.Commit(ctx, ws[:], revs[:]); err == nil {
-		h.committed(ws[joinedHandle], revs[joinedHandle])
-		e.wrote(revs[joinedBlock])
+	err := a.committer.Commit(ctx, ws[:], e.revs[:])
+	if err == nil {
+		h.committed(ws[joinedHandle].Rev == 0, e.revs[joinedHandle])
+		e.wrote(e.revs[joinedBlock])
 		return nil
 	}
 	switch refusedAt(err) {
@@ -119,9 +118,7 @@ func (a *Allocator) releaseJoined(ctx context.Context, e *blockEntry, h *handleT
 	if k == 0 {
 		return false, e.confirm()
 	}
-	var ws [2]Write
-	var revs [2]Revision
-	writes := ws[:0]
+	writes := e.writes[:0]
 	// The count goes down by what was released, never below zero (see
 	// handleTx.adjust): a record that counts fewer is left as it is.
 	blk := e.prefix
@@ -129,16 +126,18 @@ func (a *Allocator) releaseJoined(ctx context.Context, e *blockEntry, h *handleT
 	lower := had >= k
 	if lower {
 		h.rec.put(blk, had-k)
-		writes = append(writes, h.writeOp())
+		writes = writes[:1]
+		h.writeOp(&writes[0])
 	}
-	bw, del, keep, err := a.blockChange(ctx, e)
+	writes = writes[:len(writes)+1]
+	del, keep, err := a.blockChange(ctx, e, &writes[len(writes)-1])
 	if err != nil {
 		h.rec.put(blk, had)
 		*released = (*released)[:n]
 		return false, err
 	}
-	writes = append(writes, bw)
-	if err = a.committer.Commit(ctx, writes, revs[:len(writes)]); err != nil {
+	revs := e.revs[:len(writes)]
+	if err = a.committer.Commit(ctx, writes, revs); err != nil {
 		*released = (*released)[:n]
 		if i := refusedAt(err); lower && i == joinedHandle {
 			h.commitFailed(err)
@@ -153,7 +152,7 @@ func (a *Allocator) releaseJoined(ctx context.Context, e *blockEntry, h *handleT
 		return false, a.blockWriteFailed(e, fmt.Errorf("with handle %q: %w", h.id, err))
 	}
 	if lower {
-		h.committed(writes[joinedHandle], revs[joinedHandle])
+		h.committed(false, revs[joinedHandle])
 	}
 	switch {
 	case del:
@@ -187,22 +186,22 @@ func refusedAt(err error) int {
 	return -1
 }
 
-// writeOp returns the write that stores h.rec: a create, an update, or a
-// delete once the handle holds nothing. The caller has changed h.rec from
-// the record as read or written, so there is something to write.
-func (h *handleTx) writeOp() Write {
-	w := Write{Kind: KindHandle, Key: h.id, Rev: h.rev}
+// writeOp sets w to the write that stores h.rec: a create, an update, or
+// a delete once the handle holds nothing. The caller has changed h.rec
+// from the record as read or written, so there is something to write.
+func (h *handleTx) writeOp(w *Write) {
+	*w = Write{Kind: KindHandle, Key: h.id, Rev: h.rev}
 	if len(h.rec.entries()) == 0 {
 		w.Delete = true
-		return w
+		return
 	}
 	w.Value = h.a.handleValue(&h.rec, h.last)
-	return w
 }
 
-// committed records that w, from writeOp, was made at rev.
-func (h *handleTx) committed(w Write, rev Revision) {
-	h.created = h.created || (w.Rev == 0 && !w.Delete)
+// committed records that the write from writeOp was made at rev; created
+// says it created the record.
+func (h *handleTx) committed(created bool, rev Revision) {
+	h.created = h.created || created
 	h.rev, h.mine = rev, rev
 }
 
@@ -215,39 +214,38 @@ func (h *handleTx) commitFailed(err error) {
 	h.unsure = h.unsure || !refused(err)
 }
 
-// blockWrite returns the write of e's staged block (e.next) over the
+// blockWrite sets w to the write of e's staged block (e.next) over the
 // current version, for a commit: the block itself to a BlockKeeper, its
 // encoding otherwise. The caller has pruned its release times, and the
 // block is not empty without affinity (see blockChange).
-func (a *Allocator) blockWrite(e *blockEntry) (Write, error) {
-	b := e.next
-	w := Write{Kind: KindBlock, Key: e.key, Rev: e.rev}
+func (a *Allocator) blockWrite(e *blockEntry, w *Write) error {
+	*w = Write{Kind: KindBlock, Key: e.key, Rev: e.rev}
 	if a.keeper != nil {
-		w.Block = b
-		return w, nil
+		w.Block = e.next
+		return nil
 	}
-	v, err := e.encode(b)
-	w.Value = v
-	return w, err
+	var err error
+	w.Value, err = e.encode(e.next)
+	return err
 }
 
-// blockChange returns the write that commit would make of e's staged
-// block: a delete when it is empty without affinity and not kept for its
-// cooling addresses, otherwise an update (blockWrite), to be followed by
-// keptStands when keep is set.
-func (a *Allocator) blockChange(ctx context.Context, e *blockEntry) (w Write, del, keep bool, err error) {
+// blockChange sets w to the write that commit would make of e's staged
+// block: a delete (del) when it is empty without affinity and not kept
+// for its cooling addresses, otherwise an update (blockWrite), to be
+// followed by keptStands when keep is set.
+func (a *Allocator) blockChange(ctx context.Context, e *blockEntry, w *Write) (del, keep bool, err error) {
 	b := e.next
 	a.pruneReleased(b)
 	if b.Empty() && b.Affinity().IsZero() {
 		if keep, err = a.keepCooling(ctx, b); err != nil {
-			return Write{}, false, false, err
+			return false, false, err
 		}
 		if !keep {
-			return Write{Kind: KindBlock, Key: e.key, Rev: e.rev, Delete: true}, true, false, nil
+			*w = Write{Kind: KindBlock, Key: e.key, Rev: e.rev, Delete: true}
+			return true, false, nil
 		}
 	}
-	w, err = a.blockWrite(e)
-	return w, false, keep, err
+	return false, keep, a.blockWrite(e, w)
 }
 
 // wrote makes e.next, just written at rev, the cached block: the store may

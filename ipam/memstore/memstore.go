@@ -460,15 +460,19 @@ func (s *Store) Commit(ctx context.Context, writes []ipam.Write, revs []ipam.Rev
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	if err := checkCommit(writes, revs); err != nil {
-		return err
+	if len(writes) == 0 || len(writes) > ipam.MaxCommitWrites || len(revs) < len(writes) {
+		return commitSizeError(len(writes), len(revs))
 	}
 	// The entries the checks found, for the writes that change one.
 	var found [ipam.MaxCommitWrites]*entry
 	s.mu.Lock()
 	for i := range writes {
 		w := &writes[i]
-		recs := &s.kinds[w.Kind]
+		if err := checkWrite(writes, i); err != nil {
+			s.mu.Unlock()
+			return err
+		}
+		recs := &s.kinds[w.Kind&(maxKinds-1)]
 		var err error
 		switch {
 		case w.Delete:
@@ -487,44 +491,42 @@ func (s *Store) Commit(ctx context.Context, writes []ipam.Write, revs []ipam.Rev
 	}
 	for i := range writes {
 		w := &writes[i]
-		recs := &s.kinds[w.Kind]
-		e := entry{value: w.Value, blk: w.Block}
+		recs := &s.kinds[w.Kind&(maxKinds-1)]
 		switch {
 		case w.Delete:
 			s.deleted(w.Kind, recs, w.Key, found[i])
 			revs[i] = 0
 		case w.Rev == 0:
-			revs[i] = s.created(w.Kind, recs, w.Key, e)
+			revs[i] = s.created(w.Kind, recs, w.Key, entry{value: w.Value, blk: w.Block})
 		default:
-			revs[i] = s.updated(w.Kind, recs, w.Key, found[i], e)
+			revs[i] = s.updated(w.Kind, recs, w.Key, found[i], entry{value: w.Value, blk: w.Block})
 		}
 	}
 	s.mu.Unlock()
 	return nil
 }
 
-// checkCommit checks what Commit is given: 1 to MaxCommitWrites writes to
-// different records of valid kinds, a block only for a create or update
-// of a block record, and room for the revisions.
-func checkCommit(writes []ipam.Write, revs []ipam.Revision) error {
-	if len(writes) == 0 || len(writes) > ipam.MaxCommitWrites {
-		return fmt.Errorf("memstore: commit of %d writes: want 1 to %d", len(writes), ipam.MaxCommitWrites)
+//go:noinline
+func commitSizeError(writes, revs int) error {
+	if revs < writes {
+		return fmt.Errorf("memstore: commit of %d writes with room for %d revisions", writes, revs)
 	}
-	if len(revs) < len(writes) {
-		return fmt.Errorf("memstore: commit of %d writes with room for %d revisions", len(writes), len(revs))
+	return fmt.Errorf("memstore: commit of %d writes: want 1 to %d", writes, ipam.MaxCommitWrites)
+}
+
+// checkWrite checks writes[i] of a commit: a valid kind, a block only for a
+// create or update of a block record, and a record no earlier write names.
+func checkWrite(writes []ipam.Write, i int) error {
+	w := &writes[i]
+	if err := checkKind(w.Kind); err != nil {
+		return err
 	}
-	for i := range writes {
-		w := &writes[i]
-		if err := checkKind(w.Kind); err != nil {
-			return err
-		}
-		if w.Block != nil && (w.Kind != ipam.KindBlock || w.Delete) {
-			return fmt.Errorf("memstore: commit: write %d (%s %q) carries a block", i, w.Kind, w.Key)
-		}
-		for j := range i {
-			if writes[j].Kind == w.Kind && writes[j].Key == w.Key {
-				return fmt.Errorf("memstore: commit: writes %d and %d both write %s %q", j, i, w.Kind, w.Key)
-			}
+	if w.Block != nil && (w.Kind != ipam.KindBlock || w.Delete) {
+		return fmt.Errorf("memstore: commit: write %d (%s %q) carries a block", i, w.Kind, w.Key)
+	}
+	for j := range i {
+		if writes[j].Kind == w.Kind && writes[j].Key == w.Key {
+			return fmt.Errorf("memstore: commit: writes %d and %d both write %s %q", j, i, w.Kind, w.Key)
 		}
 	}
 	return nil
