@@ -2,9 +2,12 @@ package memstore_test
 
 import (
 	"bytes"
+	"context"
 	"errors"
+	"fmt"
 	"net/netip"
 	"slices"
+	"strings"
 	"testing"
 
 	"pgregory.net/rapid"
@@ -24,7 +27,8 @@ type modelRecord struct {
 // map, the store's meaning: the results, the errors, every record's value
 // and revision, the key order of List, and revisions that never repeat.
 // Operations name the same key again and again, as the allocator does,
-// and mix blocks kept decoded (CreateBlock, UpdateBlock) with bytes.
+// mix blocks kept decoded (CreateBlock, UpdateBlock) with bytes, and
+// write several records at once (Commit).
 type storeModel struct {
 	s     *memstore.Store
 	m     map[ipam.Kind]map[string]modelRecord
@@ -213,6 +217,173 @@ func (sm *storeModel) ListRange(t *rapid.T) {
 	if !slices.Equal(keys, want) {
 		t.Fatalf("list %s %v: keys %q, model %q", kind, r, keys, want)
 	}
+}
+
+// Commit commits 1 to 4 writes to different records: creates, updates at
+// the current revision or a stale one, and deletes, of bytes and of
+// blocks kept decoded. The model makes the writes only when every check
+// passes; otherwise the store must name the first write whose check
+// fails, with the error the single write would give, and change nothing.
+// Generations count the writes of each kind exactly, as memstore
+// documents, and each write gets a revision of its own.
+func (sm *storeModel) Commit(t *rapid.T) {
+	type record struct {
+		kind ipam.Kind
+		key  string
+	}
+	var all []record
+	for _, k := range modelKinds {
+		for _, key := range modelKeys {
+			all = append(all, record{k, key})
+		}
+	}
+	targets := rapid.SliceOfNDistinct(rapid.SampledFrom(all), 1, 4, func(r record) record { return r }).Draw(t, "records")
+	writes := make([]ipam.Write, len(targets))
+	values := make([][]byte, len(targets)) // what a read of each record must return after
+	for i, r := range targets {
+		w := ipam.Write{Kind: r.kind, Key: r.key}
+		cur, ok := sm.m[r.kind][r.key]
+		switch op := rapid.SampledFrom([]string{"create", "update", "delete"}).Draw(t, "op"); {
+		case rapid.IntRange(0, 3).Draw(t, "checked") > 0:
+			// Mostly a write whose check passes, so that commits of
+			// several writes succeed often enough.
+			if ok {
+				w.Rev, w.Delete = cur.rev, op == "delete"
+			}
+		case op == "update":
+			w.Rev = sm.revOf(t, r.kind, r.key) // zero now and then: a create
+		case op == "delete":
+			w.Delete = true
+			w.Rev = sm.revOf(t, r.kind, r.key)
+		}
+		if !w.Delete {
+			values[i], w.Block = sm.value(t, r.kind)
+			if w.Block == nil {
+				w.Value = values[i]
+			}
+		}
+		writes[i] = w
+	}
+
+	// Now and then a done context, which refuses the commit before any
+	// check. Else the first write whose check fails, and its error.
+	ctx := t.Context()
+	cancelled := rapid.IntRange(0, 9).Draw(t, "cancelled") == 0
+	if cancelled {
+		c, cancel := context.WithCancel(ctx)
+		cancel()
+		ctx = c
+	}
+	failAt, wantErr := -1, error(nil)
+	for i, w := range writes {
+		cur, ok := sm.m[w.Kind][w.Key]
+		switch {
+		case !w.Delete && w.Rev == 0:
+			if ok {
+				wantErr = ipam.ErrExists
+			}
+		case !ok:
+			wantErr = ipam.ErrNotFound
+		case cur.rev != w.Rev:
+			wantErr = ipam.ErrConflict
+		}
+		if wantErr != nil {
+			failAt = i
+			break
+		}
+	}
+
+	gens := map[ipam.Kind]uint64{}
+	for _, k := range ipam.Kinds {
+		gens[k] = sm.s.Generation(k)
+	}
+	const unset = ipam.Revision(1 << 62)
+	revs := slices.Repeat([]ipam.Revision{unset}, len(writes)+rapid.IntRange(0, 2).Draw(t, "room"))
+	err := sm.s.Commit(ctx, writes, revs)
+	desc := describe(writes)
+
+	moves := map[ipam.Kind]uint64{}
+	switch {
+	case cancelled:
+		if !errors.Is(err, context.Canceled) {
+			t.Fatalf("commit %s with a cancelled context: %v", desc, err)
+		}
+	case failAt >= 0:
+		var ce *ipam.CommitError
+		if !errors.As(err, &ce) || ce.Index != failAt || !errors.Is(err, wantErr) {
+			t.Fatalf("commit %s: %v; want a CommitError at write %d matching %v", desc, err, failAt, wantErr)
+		}
+	default:
+		if err != nil {
+			t.Fatalf("commit %s: %v", desc, err)
+		}
+		for i, w := range writes {
+			moves[w.Kind]++
+			if w.Delete {
+				if revs[i] != 0 {
+					t.Fatalf("commit %s: revision %d for write %d, a delete", desc, revs[i], i)
+				}
+				sm.stale = w.Rev
+				delete(sm.m[w.Kind], w.Key)
+				continue
+			}
+			sm.wrote(t, w.Kind, w.Key, values[i], revs[i])
+		}
+		for i := len(writes); i < len(revs); i++ {
+			if revs[i] != unset {
+				t.Fatalf("commit of %d writes wrote revs[%d]", len(writes), i)
+			}
+		}
+	}
+	for _, k := range ipam.Kinds {
+		if got := sm.s.Generation(k); got != gens[k]+moves[k] {
+			t.Fatalf("commit %s (error %v): generation of %s went from %d to %d, want %d more", desc, err, k, gens[k], got, moves[k])
+		}
+	}
+
+	// Read the records back, one by one and by List, in either order: a
+	// block the commit kept is encoded by whichever read comes first.
+	getFirst := rapid.Bool().Draw(t, "get first")
+	if !getFirst {
+		sm.Check(t)
+	}
+	for _, r := range targets {
+		rec, err := sm.s.Get(t.Context(), r.kind, r.key)
+		want, ok := sm.m[r.kind][r.key]
+		switch {
+		case !ok:
+			if !errors.Is(err, ipam.ErrNotFound) {
+				t.Fatalf("after commit %s: get of missing %s %q: %q at %d, %v", desc, r.kind, r.key, rec.Value, rec.Revision, err)
+			}
+		case err != nil || rec.Revision != want.rev || !bytes.Equal(rec.Value, want.value):
+			t.Fatalf("after commit %s: get %s %q = %q at %d, %v; want %q at %d", desc, r.kind, r.key, rec.Value, rec.Revision, err, want.value, want.rev)
+		}
+	}
+	if getFirst {
+		sm.Check(t)
+	}
+}
+
+// describe names the writes of a commit, for failure messages.
+func describe(writes []ipam.Write) string {
+	var b strings.Builder
+	for i, w := range writes {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		switch {
+		case w.Delete:
+			fmt.Fprintf(&b, "delete %s %q at %d", w.Kind, w.Key, w.Rev)
+		case w.Rev == 0:
+			fmt.Fprintf(&b, "create %s %q", w.Kind, w.Key)
+		default:
+			fmt.Fprintf(&b, "update %s %q at %d", w.Kind, w.Key, w.Rev)
+		}
+		if w.Block != nil {
+			b.WriteString(" (block)")
+		}
+	}
+	return b.String()
 }
 
 // Snapshot replaces the store with one loaded from its snapshot, which

@@ -9,7 +9,8 @@
 // Each check runs as its own subtest on a fresh store from newStore, checks
 // errors only with errors.Is, and includes concurrent writers, so run it
 // under the race detector. Optional capabilities ([ipam.Generations],
-// [ipam.BlockKeeper]) are checked when the store implements them.
+// [ipam.BlockKeeper], [ipam.Committer]) are checked when the store
+// implements them.
 package storetest
 
 import (
@@ -82,6 +83,14 @@ var checks = []check{
 	{name: "Generations", run: testGenerations, applies: hasGenerations},
 	{name: "BlockKeeper", run: testBlockKeeper, applies: hasBlockKeeper},
 	{name: "RaceBlockKeeper", run: testRaceBlockKeeper, applies: hasBlockKeeper},
+	{name: "CommitApplies", run: testCommitApplies, applies: hasCommitter},
+	{name: "CommitRefused", run: testCommitRefused, applies: hasCommitter},
+	{name: "CommitRevisionsNeverRepeat", run: testCommitRevisionsNeverRepeat, applies: hasCommitter},
+	{name: "CommitCancelledContext", run: testCommitCancelledContext, applies: hasCommitter},
+	{name: "RaceCommit", run: testRaceCommit, applies: hasCommitter},
+	{name: "RaceCommitReaders", run: testRaceCommitReaders, applies: hasCommitter},
+	{name: "CommitGenerations", run: testCommitGenerations, applies: hasCommitterAndGenerations},
+	{name: "CommitBlockKeeper", run: testCommitBlockKeeper, applies: hasCommitterAndBlockKeeper},
 }
 
 // ctx returns a context for one check.
