@@ -23,6 +23,83 @@ func TestWrappersConform(t *testing.T) {
 			return storetest.NewFaultyStore(memstore.New(), storetest.Fault{}).WithGenerations()
 		})
 	})
+	t.Run("faulty-never-commits", func(t *testing.T) {
+		storetest.RunConformanceTests(t, func(t *testing.T) ipam.Store {
+			s := storetest.NewFaultyStore(memstore.New(), storetest.Fault{}).WithCommits()
+			_, ok := s.(ipam.Committer)
+			require.True(t, ok)
+			return s
+		})
+	})
+	// Over a store that keeps no blocks, the wrappers encode the blocks of
+	// a commit as they do those of CreateBlock and UpdateBlock.
+	t.Run("counting-bytes-only", func(t *testing.T) {
+		storetest.RunConformanceTests(t, func(*testing.T) ipam.Store { return storetest.NewCountingStore(bytesOnly{Store: memstore.New()}) })
+	})
+	t.Run("faulty-bytes-only", func(t *testing.T) {
+		storetest.RunConformanceTests(t, func(*testing.T) ipam.Store {
+			return storetest.NewFaultyStore(bytesOnly{Store: memstore.New()}, storetest.Fault{}).WithCommits()
+		})
+	})
+}
+
+// bytesOnly is a memstore without BlockKeeper: the fields, shallower than
+// the methods the embedded store promotes, hide them.
+type bytesOnly struct {
+	*memstore.Store
+	CreateBlock, UpdateBlock struct{}
+}
+
+// A commit is one round trip; each of its writes counts under its method.
+func TestCountsCommits(t *testing.T) {
+	ctx := context.Background()
+	s := storetest.NewCountingStore(memstore.New())
+	c, ok := s.(ipam.Committer)
+	require.True(t, ok, "memstore's Committer must pass through")
+	rev, err := s.Create(ctx, ipam.KindHandle, "h", []byte("v"))
+	require.NoError(t, err)
+	revs := make([]ipam.Revision, 3)
+	require.NoError(t, c.Commit(ctx, []ipam.Write{
+		{Kind: ipam.KindHandle, Key: "h", Rev: rev, Delete: true},
+		{Kind: ipam.KindHandle, Key: "g", Value: []byte("v")},
+		{Kind: ipam.KindBlock, Key: "b", Value: []byte("v")},
+	}, revs))
+	got, _ := storetest.CountsOf(s)
+	require.Equal(t, int64(2), got.Total(), "a create and a commit")
+	require.Equal(t, int64(1), got.Commits())
+	require.Equal(t, int64(2), got.Of(storetest.OpCreate, ipam.KindHandle))
+	require.Equal(t, int64(1), got.Of(storetest.OpDelete, ipam.KindHandle))
+	require.Equal(t, int64(1), got.Of(storetest.OpCreate, ipam.KindBlock))
+	require.Equal(t, "create block=1 create handle=2 delete handle=1 (3 in 1 commits)", got.String())
+	require.Equal(t, int64(0), got.Sub(got).Total())
+	require.Equal(t, int64(4), got.Add(got).Total())
+}
+
+// A fault strikes a commit whole: none of its writes, or (after the fact)
+// all of them.
+func TestFaultModesCommit(t *testing.T) {
+	ctx := context.Background()
+	for _, mode := range []storetest.FaultMode{storetest.FailOnce, storetest.Crash, storetest.CrashAfter, storetest.LostReply} {
+		t.Run(mode.String(), func(t *testing.T) {
+			inner := memstore.New()
+			s := storetest.NewFaultyStore(inner, storetest.Fault{At: 1, Mode: mode}).WithCommits()
+			err := s.(ipam.Committer).Commit(ctx, []ipam.Write{
+				{Kind: ipam.KindHandle, Key: "a", Value: []byte("v")},
+				{Kind: ipam.KindHandle, Key: "b", Value: []byte("v")},
+			}, make([]ipam.Revision, 2))
+			require.ErrorIs(t, err, storetest.ErrInjected)
+			applied := mode == storetest.CrashAfter || mode == storetest.LostReply
+			require.Equal(t, map[bool]int{true: 2, false: 0}[applied], inner.Len(ipam.KindHandle))
+		})
+	}
+	// Without a Committer below, WithCommits offers none.
+	s := storetest.NewFaultyStore(bytesOnly{Store: memstore.New()}, storetest.Fault{}).WithCommits()
+	_, ok := s.(ipam.Committer)
+	require.True(t, ok, "bytesOnly keeps memstore's Committer")
+	type plain struct{ ipam.Store }
+	s = storetest.NewFaultyStore(plain{memstore.New()}, storetest.Fault{}).WithCommits()
+	_, ok = s.(ipam.Committer)
+	require.False(t, ok)
 }
 
 func TestCounts(t *testing.T) {
