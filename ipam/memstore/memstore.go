@@ -468,9 +468,9 @@ func (s *Store) Commit(ctx context.Context, writes []ipam.Write, revs []ipam.Rev
 	s.mu.Lock()
 	for i := range writes {
 		w := &writes[i]
-		if err := checkWrite(writes, i); err != nil {
+		if !w.Kind.Valid() || int(w.Kind) >= maxKinds || (w.Block != nil && (w.Kind != ipam.KindBlock || w.Delete)) || writesBefore(writes, i) {
 			s.mu.Unlock()
-			return err
+			return badWrite(writes, i)
 		}
 		recs := &s.kinds[w.Kind&(maxKinds-1)]
 		var err error
@@ -514,20 +514,31 @@ func commitSizeError(writes, revs int) error {
 	return fmt.Errorf("memstore: commit of %d writes: want 1 to %d", writes, ipam.MaxCommitWrites)
 }
 
-// checkWrite checks writes[i] of a commit: a valid kind, a block only for a
-// create or update of a block record, and a record no earlier write names.
-func checkWrite(writes []ipam.Write, i int) error {
+// writesBefore reports whether a write before writes[i] names its record.
+func writesBefore(writes []ipam.Write, i int) bool {
+	w := &writes[i]
+	for j := range i {
+		if writes[j].Kind == w.Kind && writes[j].Key == w.Key {
+			return true
+		}
+	}
+	return false
+}
+
+// badWrite is the error of a commit whose writes[i] is not one a store
+// can make: an invalid kind, a block on a write that cannot carry one, or
+// a record an earlier write names.
+//
+//go:noinline
+func badWrite(writes []ipam.Write, i int) error {
 	w := &writes[i]
 	if err := checkKind(w.Kind); err != nil {
 		return err
-	}
-	if w.Block != nil && (w.Kind != ipam.KindBlock || w.Delete) {
-		return fmt.Errorf("memstore: commit: write %d (%s %q) carries a block", i, w.Kind, w.Key)
 	}
 	for j := range i {
 		if writes[j].Kind == w.Kind && writes[j].Key == w.Key {
 			return fmt.Errorf("memstore: commit: writes %d and %d both write %s %q", j, i, w.Kind, w.Key)
 		}
 	}
-	return nil
+	return fmt.Errorf("memstore: commit: write %d (%s %q) carries a block", i, w.Kind, w.Key)
 }
