@@ -143,16 +143,36 @@ func TestConcurrentReleaseAndAssign(t *testing.T) {
 // Committer (the handle and the block in one commit; the release reads the
 // handle first), two and three without.
 func TestStoreOpsPerAssign(t *testing.T) {
-	for _, commits := range []bool{true, false} {
-		t.Run(fmt.Sprintf("commits=%t", commits), func(t *testing.T) {
+	for _, c := range []struct {
+		commits, gens bool
+		trips         [2]int // per AutoAssign, per ReleaseByHandle
+	}{
+		{true, true, [2]int{1, 2}},
+		{false, true, [2]int{2, 3}},
+		// Without Generations nothing is cached: an assignment reads the
+		// pools, configuration, reservations and the node's blocks, and
+		// the reservations again after its write; a release reads the
+		// pools, configuration and reservations.
+		{true, false, [2]int{6, 5}},
+		{false, false, [2]int{7, 6}},
+	} {
+		commits := c.commits
+		t.Run(fmt.Sprintf("commits=%t/generations=%t", commits, c.gens), func(t *testing.T) {
 			e := newEnv(t, v4pool("p", "10.0.0.0/16", 26))
 			var s ipam.Store = e.store
-			if !commits {
+			switch {
+			case !commits && !c.gens:
+				s = plainStore{e.store}
+			case !commits:
 				s = withoutCommits{Store: e.store}
+			case !c.gens:
+				s = withoutGenerations{Store: e.store}
 			}
 			counting := storetest.NewCountingStore(s)
 			_, ok := counting.(ipam.Committer)
 			require.Equal(t, commits, ok, "the counting store offers Committer")
+			_, ok = counting.(ipam.Generations)
+			require.Equal(t, c.gens, ok, "the counting store offers Generations")
 			a, err := ipam.New(counting, ipam.Options{})
 			require.NoError(t, err)
 			for i := range 2 { // warm up: claim the block, fill the caches
@@ -173,7 +193,7 @@ func TestStoreOpsPerAssign(t *testing.T) {
 			after, _ := storetest.CountsOf(counting)
 			assigns, releases := mid.Sub(before), after.Sub(mid)
 			t.Logf("store operations for %d steady-state AutoAssigns: %s; for their releases: %s", n, assigns, releases)
-			trips := map[bool][2]int{true: {1, 2}, false: {2, 3}}[commits]
+			trips := c.trips
 			require.EqualValues(t, trips[0]*n, assigns.Total(), "round trips per AutoAssign: %s", assigns)
 			require.EqualValues(t, n, assigns.Of(storetest.OpCreate, ipam.KindHandle))
 			require.EqualValues(t, n, assigns.Of(storetest.OpUpdate, ipam.KindBlock))
@@ -196,6 +216,16 @@ type withoutCommits struct {
 	*memstore.Store
 	Commit struct{}
 }
+
+// withoutGenerations is a memstore without Generations, as withoutCommits
+// is one without Committer.
+type withoutGenerations struct {
+	*memstore.Store
+	Generation struct{}
+}
+
+// plainStore is a memstore with neither (nor BlockKeeper).
+type plainStore struct{ ipam.Store }
 
 func TestAllocatorErrorsAreClear(t *testing.T) {
 	e := newEnv(t, v4pool("p", "10.0.0.0/24", 26))

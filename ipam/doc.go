@@ -107,7 +107,9 @@
 //     pool has room: a /48 IPv6 pool (2^74 blocks) claims as fast as a /24.
 //     Borrowing lists the blocks of one pool, not every block.
 //   - A steady-state AutoAssign costs two store round trips (the handle and
-//     the block); Calico needs about nine.
+//     the block), and one with a store that writes several records at
+//     once ([Committer]: memstore and the etcd backend do); Calico needs
+//     about nine. Its ReleaseByHandle costs three, or two.
 //   - Releases are checked per address: one stale release is refused
 //     without holding back the others.
 //   - Repair can run on a store in use (with a settle time); Calico's

@@ -191,7 +191,8 @@ const MaxKeyLen = 1024
 // configuration, reservations and the node's blocks, writes its handle and
 // block, and reads the reservations again to see whether one was made
 // meanwhile), and eight when a pool selects nodes by label and the request
-// gives no NodeLabels (it reads the node's stored labels too).
+// gives no NodeLabels (it reads the node's stored labels too); with
+// [Committer], one fewer each.
 //
 // An allocator finds the capability by type assertion, so a wrapper around
 // a store (for logging or metrics) must implement Generation itself,
