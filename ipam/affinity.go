@@ -151,7 +151,7 @@ func (a *Allocator) claimAffinity(ctx context.Context, op string, aff block.Affi
 	var claimed []netip.Prefix
 	var errs []error
 	for _, blk := range blocks {
-		_, err := a.claimBlock(ctx, blk, aff, true, hostReserved{})
+		_, _, err := a.claimBlock(ctx, blk, aff, true, hostReserved{})
 		switch {
 		case err == nil:
 			claimed = append(claimed, blk)

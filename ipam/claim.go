@@ -44,14 +44,19 @@ func (a *Allocator) claim(ctx context.Context, v *view, p *pool.Pool, w *pool.Wa
 			if v.hasReserved && v.reserved.ContainsPrefix(blk) {
 				continue // reserved whole by several smaller reservations
 			}
-			ok, made, err := a.tryClaim(ctx, blk, aff, probes > 0 || listed, rsv)
+			ok, made, fresh, err := a.tryClaim(ctx, blk, aff, probes > 0 || listed, rsv)
 			if err != nil {
 				return netip.Prefix{}, false, false, existing, err
 			}
 			if ok {
 				return blk, true, made, existing, nil
 			}
-			taken = append(taken, blk)
+			if fresh {
+				// Only a refusal that rests on a read may keep the
+				// request's later walks off the block: a cached copy may
+				// show a block another allocator has deleted since.
+				taken = append(taken, blk)
+			}
 			probes++
 			if probes >= claimProbes && !listed || probes >= a.retries {
 				break
@@ -89,23 +94,24 @@ func newWalker(v *view, p *pool.Pool, held []netip.Prefix) *pool.Walker {
 }
 
 // tryClaim creates block blk affine to aff. It reports false, having
-// changed nothing, when the block exists and is not affine to aff; made
-// is as for claimLocked.
+// changed nothing, when the block exists and is not affine to aff, with
+// fresh set when that rests on a read made here rather than on a cached
+// copy; made is as for claimLocked.
 //
 // The index record goes first: a crash before the block is created leaves
 // an index entry without a block (ignored, and removed by Repair), never a
 // block its node cannot find.
-func (a *Allocator) tryClaim(ctx context.Context, blk netip.Prefix, aff block.Affinity, look bool, rsv hostReserved) (ok, made bool, err error) {
-	made, err = a.claimBlock(ctx, blk, aff, look, rsv)
+func (a *Allocator) tryClaim(ctx context.Context, blk netip.Prefix, aff block.Affinity, look bool, rsv hostReserved) (ok, made, fresh bool, err error) {
+	made, fresh, err = a.claimBlock(ctx, blk, aff, look, rsv)
 	if errors.Is(err, ErrAffinityConflict) {
-		return false, false, nil
+		return false, false, fresh, nil
 	}
-	return err == nil, made, err
+	return err == nil, made, fresh, err
 }
 
 // claimBlock is tryClaim with the refusal an error matching
 // ErrAffinityConflict that names the block's owner.
-func (a *Allocator) claimBlock(ctx context.Context, blk netip.Prefix, aff block.Affinity, look bool, rsv hostReserved) (made bool, err error) {
+func (a *Allocator) claimBlock(ctx context.Context, blk netip.Prefix, aff block.Affinity, look bool, rsv hostReserved) (made, fresh bool, err error) {
 	e := a.entry(blk)
 	e.lock()
 	defer e.unlock()
@@ -114,7 +120,7 @@ func (a *Allocator) claimBlock(ctx context.Context, blk netip.Prefix, aff block.
 		made = made || m
 		return err
 	})
-	return made, err
+	return made, e.fresh, err
 }
 
 // claimLocked creates e's block affine to aff, or accepts it when it exists

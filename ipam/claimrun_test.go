@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/netip"
 	"slices"
 	"testing"
 	"time"
@@ -13,6 +14,7 @@ import (
 	"github.com/carve-ipam/carve/ipam"
 	"github.com/carve-ipam/carve/ipam/memstore"
 	"github.com/carve-ipam/carve/ipam/storetest"
+	"github.com/carve-ipam/carve/pool"
 )
 
 // TestClaimRunReclaimsPlannedBlock: a batch plans on the node's two
@@ -197,4 +199,38 @@ func TestClaimRunAdoptsCoolingBlocks(t *testing.T) {
 		require.Len(t, blocksOf(res.IPv4), 8, "%+v: every block gave some", c)
 		e.requireHolds("h", res.IPv4)
 	}
+}
+
+// TestClaimRunPastStaleCachedBlock: an allocator's cache still holds a
+// block that another allocator deleted (it released the node's
+// affinities). A request that claims several blocks in a run must not
+// pass that block over for good on the strength of the cached copy: the
+// cached refusal moves one walk on, but the block is free, and a request
+// that needs every free block must get it. (The state machine found it:
+// the request came up short with three blocks unclaimed.)
+func TestClaimRunPastStaleCachedBlock(t *testing.T) {
+	ctx := t.Context()
+	s := memstore.New()
+	a, err := ipam.New(s, ipam.Options{})
+	require.NoError(t, err)
+	other, err := ipam.New(s, ipam.Options{})
+	require.NoError(t, err)
+	// Four blocks of four.
+	require.NoError(t, a.CreatePool(ctx, pool.Pool{Name: "c6", CIDR: netip.MustParsePrefix("fd00::/124"), BlockSize: 126}))
+	stale := netip.MustParsePrefix("fd00::4/126")
+	_, err = a.ClaimAffinity(ctx, "n0", stale)
+	require.NoError(t, err)
+	_, err = other.ReleaseHostAffinities(ctx, "n0", false) // deletes it: a's copy is stale
+	require.NoError(t, err)
+	n0, err := a.AutoAssign(ctx, ipam.AutoAssignArgs{Num6: 2, Handle: "h0", Node: "n0"})
+	require.NoError(t, err)
+	require.NotEqual(t, stale, n0.IPv6[0].Block)
+	// n1 needs the three other blocks and one address of n0's.
+	got, err := a.AutoAssign(ctx, ipam.AutoAssignArgs{Num6: 13, Handle: "h1", Node: "n1"})
+	require.NoError(t, err)
+	require.Len(t, got.IPv6, 13)
+	require.Contains(t, blocksOf(got.IPv6), stale)
+	b, err := a.Block(ctx, stale)
+	require.NoError(t, err)
+	require.Equal(t, "host:n1", b.Affinity().String())
 }
