@@ -71,11 +71,19 @@ func newMachine(t *rapid.T) *machine {
 	}
 	for i := range 3 {
 		// Some allocators write blocks as bytes, as over a remote store,
-		// and some hand them to memstore to keep (ipam.BlockKeeper): the
-		// two must mix on one store.
+		// and some hand them to memstore to keep (ipam.BlockKeeper); some
+		// write an assignment's records in one commit (ipam.Committer),
+		// some one by one: all must mix on one store.
 		var s ipam.Store = m.store
-		if rapid.Bool().Draw(t, fmt.Sprintf("bytes%d", i)) {
+		bytes := rapid.Bool().Draw(t, fmt.Sprintf("bytes%d", i))
+		commits := rapid.Bool().Draw(t, fmt.Sprintf("commits%d", i))
+		switch {
+		case bytes && commits:
+			s = bytesCommits{m.store, m.store, m.store}
+		case bytes:
 			s = bytesOnly{m.store, m.store}
+		case !commits:
+			s = withoutCommits{Store: m.store}
 		}
 		a, err := ipam.New(s, ipam.Options{Now: m.clock.Now})
 		require.NoError(t, err)
@@ -692,6 +700,13 @@ func (m *machine) Check(t *rapid.T) {
 type bytesOnly struct {
 	ipam.Store
 	ipam.Generations
+}
+
+// bytesCommits is bytesOnly with Committer.
+type bytesCommits struct {
+	ipam.Store
+	ipam.Generations
+	ipam.Committer
 }
 
 func TestStateMachine(t *testing.T) {
