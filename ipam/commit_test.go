@@ -8,6 +8,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/carve-ipam/carve/block"
 	"github.com/carve-ipam/carve/ipam"
 	"github.com/carve-ipam/carve/ipam/memstore"
 	"github.com/carve-ipam/carve/ipam/storetest"
@@ -70,12 +71,7 @@ func TestLostReplyOfCommitStands(t *testing.T) {
 			s, _, got, err := run(at)
 			require.NoError(t, err, "the commit happened: the request stands")
 			require.Len(t, got, 1)
-			checker, err := ipam.New(s, ipam.Options{})
-			require.NoError(t, err)
-			r, err := checker.Check(t.Context())
-			require.NoError(t, err)
-			require.True(t, r.Clean(), "%v", r.Problems)
-			held, err := checker.IPsByHandle(t.Context(), "h")
+			held, err := checkedClean(t, s).IPsByHandle(t.Context(), "h")
 			require.NoError(t, err)
 			require.Equal(t, got, held)
 		})
@@ -145,12 +141,7 @@ func TestRefusedCommits(t *testing.T) {
 					require.NotEmpty(t, got)
 				}
 				require.Greater(t, commits, 1, "the first commit was refused, and the request committed again")
-				checker, err := ipam.New(s, ipam.Options{})
-				require.NoError(t, err)
-				r, err := checker.Check(t.Context())
-				require.NoError(t, err)
-				require.True(t, r.Clean(), "%v", r.Problems)
-				held, err := checker.IPsByHandle(t.Context(), "h")
+				held, err := checkedClean(t, s).IPsByHandle(t.Context(), "h")
 				switch {
 				case op == "assign" && in.name == "the handle's record":
 					require.NoError(t, err)
@@ -167,4 +158,35 @@ func TestRefusedCommits(t *testing.T) {
 			})
 		}
 	}
+}
+
+// checkedClean returns an allocator on s, having required that s checks
+// clean.
+func checkedClean(t *testing.T, s ipam.Store) *ipam.Allocator {
+	t.Helper()
+	checker, err := ipam.New(s, ipam.Options{})
+	require.NoError(t, err)
+	r, err := checker.Check(t.Context())
+	require.NoError(t, err)
+	require.True(t, r.Clean(), "%v", r.Problems)
+	return checker
+}
+
+func TestWriteStringAndCommitError(t *testing.T) {
+	for _, c := range []struct {
+		w    ipam.Write
+		want string
+	}{
+		{ipam.Write{Kind: ipam.KindHandle, Key: "h", Value: []byte("v")}, `create handle "h"`},
+		{ipam.Write{Kind: ipam.KindBlock, Key: "v4:0a000000/26", Rev: 7, Block: new(block.Block)}, `update block "v4:0a000000/26" at 7 (block)`},
+		{ipam.Write{Kind: ipam.KindHandle, Key: "h", Rev: 9, Delete: true}, `delete handle "h" at 9`},
+	} {
+		require.Equal(t, c.want, c.w.String())
+	}
+	err := fmt.Errorf("store: %w", &ipam.CommitError{Index: 1, Err: fmt.Errorf("update block: %w", ipam.ErrConflict)})
+	require.ErrorIs(t, err, ipam.ErrConflict)
+	var ce *ipam.CommitError
+	require.ErrorAs(t, err, &ce)
+	require.Equal(t, 1, ce.Index)
+	require.Equal(t, "store: commit refused at write 1: update block: revision conflict", err.Error())
 }

@@ -298,6 +298,25 @@ type Write struct {
 	Delete bool
 }
 
+// String describes the write, as "create handle \"h\"", "update block
+// \"v4:0a000000/26\" at 7" or "delete handle \"h\" at 9", with " (block)"
+// after a write that carries a block.
+func (w Write) String() string {
+	var s string
+	switch {
+	case w.Delete:
+		s = fmt.Sprintf("delete %s %q at %d", w.Kind, w.Key, w.Rev)
+	case w.Rev == 0:
+		s = fmt.Sprintf("create %s %q", w.Kind, w.Key)
+	default:
+		s = fmt.Sprintf("update %s %q at %d", w.Kind, w.Key, w.Rev)
+	}
+	if w.Block != nil {
+		s += " (block)"
+	}
+	return s
+}
+
 // CommitError is the error of a Commit that changed nothing because the
 // check of writes[Index] failed (the first that did, if several failed).
 // Err matches ErrExists, ErrNotFound or ErrConflict.

@@ -94,17 +94,7 @@ func describe(writes []ipam.Write) string {
 		if i > 0 {
 			b.WriteString(", ")
 		}
-		switch {
-		case w.Delete:
-			fmt.Fprintf(&b, "delete %s %q at %d", w.Kind, w.Key, w.Rev)
-		case w.Rev == 0:
-			fmt.Fprintf(&b, "create %s %q", w.Kind, w.Key)
-		default:
-			fmt.Fprintf(&b, "update %s %q at %d", w.Kind, w.Key, w.Rev)
-		}
-		if w.Block != nil {
-			b.WriteString(" (block)")
-		}
+		b.WriteString(w.String())
 	}
 	return b.String()
 }
