@@ -11,6 +11,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"pgregory.net/rapid"
 
+	"github.com/carve-ipam/carve/block"
 	"github.com/carve-ipam/carve/ipam"
 	"github.com/carve-ipam/carve/ipam/memstore"
 )
@@ -30,12 +31,17 @@ func TestReviewCommitsMatchTwoStep(t *testing.T) {
 		if rapid.Bool().Draw(t, "cooldown") {
 			cfg.ReleaseCooldown = 5 * time.Second
 		}
+		bytesCommit := rapid.Bool().Draw(t, "bytesCommit")
 		var w [2]*laneWorld
 		for i := range w {
 			lw := &laneWorld{store: &laneStore{Store: memstore.New(), base: map[netip.Prefix]uint64{}}, clock: newClock()}
 			var s ipam.Store = lw.store
-			if i == 1 {
+			switch {
+			case i == 1:
 				s = withoutCommit{laneStore: lw.store}
+			case bytesCommit:
+				// A Committer without BlockKeeper, as etcdstore is.
+				s = bytesCommitter{lw.store, lw.store, lw.store, lw.store}
 			}
 			for j := range lw.allocs {
 				a, err := ipam.New(s, ipam.Options{Now: lw.clock.Now})
@@ -130,4 +136,25 @@ func TestReviewCommitsMatchTwoStep(t *testing.T) {
 			}
 		}
 	})
+}
+
+// bytesCommitter hides a store's BlockKeeper capability, keeping
+// Generations and Committer.
+type bytesCommitter struct {
+	ipam.Store
+	ipam.Generations
+	ipam.Committer
+	ls *laneStore
+}
+
+// Create records a created block's counter, as laneStore.CreateBlock does.
+func (s bytesCommitter) Create(ctx context.Context, kind ipam.Kind, key string, value []byte) (ipam.Revision, error) {
+	rev, err := s.Store.Create(ctx, kind, key, value)
+	if err == nil && kind == ipam.KindBlock {
+		var b block.Block
+		if b.UnmarshalBinary(value) == nil {
+			s.ls.base[b.Prefix()] = b.Seq()
+		}
+	}
+	return rev, err
 }
