@@ -1,6 +1,7 @@
 package ipam
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -77,6 +78,7 @@ func (a *Allocator) assignJoined(ctx context.Context, h *handleTx, e *blockEntry
 		h.commitFailed(err)
 		return handleRefused(e, h, err)
 	}
+	unsure := h.unsure
 	h.commitFailed(err)
 	err = a.blockWriteFailed(e, fmt.Errorf("with handle %q: %w", h.id, err))
 	// The commit may have landed, all of it, or not at all: the block
@@ -84,10 +86,33 @@ func (a *Allocator) assignJoined(ctx context.Context, h *handleTx, e *blockEntry
 	// so nothing needs lowering when it did not.
 	ctx, stop := carryOn(ctx)
 	defer stop()
-	if landed, _ := a.settleWrite(ctx, e, r0, err, addr, h.id, seq); landed {
+	landed, never := a.settleWrite(ctx, e, r0, err, addr, h.id, seq)
+	switch {
+	case landed:
+		// All of the commit landed, the handle's write with it: the
+		// record is this request's own, at a revision learnt from a read
+		// that finds the value written (unless it changed since).
+		h.landed(ctx, &ws[joinedHandle], unsure)
 		return nil
+	case never:
+		h.unsure = unsure // none of it did, nor ever will
 	}
 	return err
+}
+
+// landed records that w, the write of h's record in a commit whose reply
+// was lost, happened: a read that finds the record holding w's value
+// makes it h's own again, as written; otherwise h stays unsure.
+func (h *handleTx) landed(ctx context.Context, w *Write, unsure bool) {
+	rec, err := h.a.store.Get(ctx, KindHandle, h.id)
+	if err != nil || !bytes.Equal(rec.Value, w.Value) {
+		return
+	}
+	if h.rec.unmarshal(rec.Value) != nil {
+		return
+	}
+	h.created = h.created || w.Rev == 0
+	h.rev, h.mine, h.known, h.unsure = rec.Revision, rec.Revision, true, unsure
 }
 
 // releaseJoined is one attempt at releasing h's addresses in e's block,
