@@ -11,7 +11,7 @@ import (
 	"github.com/carve-ipam/carve/ipam/storetest"
 )
 
-// TestReviewNewHandleLostReplyOfFirstWrite: a dual-stack request with
+// TestNewHandleLostReplyOfFirstCommit: a dual-stack request with
 // NewHandle in the steady state (the node holds a v4 and a v6 block). The
 // reply of the write that puts its IPv4 address in the block is lost, but
 // the write happened. Without a Committer that write is the block update
@@ -20,7 +20,7 @@ import (
 // the handle's create and the block: the allocator finds its allocation
 // in the block, so it knows the whole commit landed (all or none), and
 // the request should succeed the same way. The two paths must agree.
-func TestReviewNewHandleLostReplyOfFirstWrite(t *testing.T) {
+func TestNewHandleLostReplyOfFirstCommit(t *testing.T) {
 	for _, commits := range []bool{false, true} {
 		t.Run(fmt.Sprintf("commits=%t", commits), func(t *testing.T) {
 			run := func(k int64) (*memstore.Store, int64, ipam.AutoAssignResult, error) {
@@ -71,7 +71,7 @@ func TestReviewNewHandleLostReplyOfFirstWrite(t *testing.T) {
 	}
 }
 
-// TestReviewNewHandleLostReplyThenNoSpace: a dual-stack request with
+// TestNewHandleLostReplyThenNoSpace: a dual-stack request with
 // NewHandle whose IPv4 write's reply is lost (the write happened) and for
 // which the IPv6 pool has no room. All or nothing: the request gives its
 // IPv4 address back and fails with ErrNoSpace. Without a Committer it does
@@ -79,7 +79,7 @@ func TestReviewNewHandleLostReplyOfFirstWrite(t *testing.T) {
 // Committer the same must hold: the handle record the request's own commit
 // created must not survive to make a repeated request fail with
 // ErrHandleExists.
-func TestReviewNewHandleLostReplyThenNoSpace(t *testing.T) {
+func TestNewHandleLostReplyThenNoSpace(t *testing.T) {
 	for _, commits := range []bool{false, true} {
 		t.Run(fmt.Sprintf("commits=%t", commits), func(t *testing.T) {
 			run := func(k int64) (*memstore.Store, int64, error) {

@@ -16,12 +16,12 @@ import (
 	"github.com/carve-ipam/carve/ipam/memstore"
 )
 
-// TestReviewCommitsMatchTwoStep: two stores, one used through allocators
+// TestCommitsMatchTwoStep: two stores, one used through allocators
 // that see a Committer and one through allocators that do not, are given
 // the same operations (sequentially: no interference), and must give the
 // same answers and hold the same records (values, not revisions) after
 // each.
-func TestReviewCommitsMatchTwoStep(t *testing.T) {
+func TestCommitsMatchTwoStep(t *testing.T) {
 	rapid.Check(t, func(t *rapid.T) {
 		cfg := ipam.Config{
 			AutoAllocateBlocks: true,
