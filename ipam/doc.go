@@ -153,11 +153,14 @@
 // # Concurrency and crash safety
 //
 // An Allocator is safe for concurrent use, and any number of allocators may
-// share a store. Every write is a single-record compare-and-swap, retried a
-// bounded number of times ([Options].MaxRetries) on a fresh copy of the
-// record. Writes are ordered so that a crash at any point leaves, at worst,
-// a handle count too high or an affinity index entry without its block;
-// never an address owned twice. (One crash more: a claim that dies just
+// share a store. Every write is a compare-and-swap, retried a bounded
+// number of times ([Options].MaxRetries) on a fresh copy of the record.
+// Writes are ordered so that a crash at any point leaves, at worst, a
+// handle count too high or an affinity index entry without its block;
+// never an address owned twice. With a store that offers [Committer]
+// (memstore and the etcd backend do), an assignment's handle count and
+// block, and a release by handle's block and handle count, are written in
+// one commit, so no crash leaves a count too high there. (One crash more: a claim that dies just
 // after creating its block, while another allocator releases the same
 // owner's blocks, can leave the block out of the owner's index until
 // Repair puts it back; Check reports it as affinity-unindexed.)
