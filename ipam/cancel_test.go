@@ -64,6 +64,11 @@ func (s *cancelStore) CreateBlock(ctx context.Context, key string, b *block.Bloc
 	return op(s, func() (ipam.Revision, error) { return s.Store.CreateBlock(ctx, key, b) })
 }
 
+func (s *cancelStore) Commit(ctx context.Context, writes []ipam.Write, revs []ipam.Revision) error {
+	_, err := op(s, func() (struct{}, error) { return struct{}{}, s.Store.Commit(ctx, writes, revs) })
+	return err
+}
+
 func (s *cancelStore) UpdateBlock(ctx context.Context, key string, b *block.Block, rev ipam.Revision) (ipam.Revision, error) {
 	return op(s, func() (ipam.Revision, error) { return s.Store.UpdateBlock(ctx, key, b, rev) })
 }

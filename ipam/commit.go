@@ -115,80 +115,141 @@ func (h *handleTx) landed(ctx context.Context, w *Write, unsure bool) {
 	h.rev, h.mine, h.known, h.unsure = rec.Revision, rec.Revision, true, unsure
 }
 
-// releaseJoined is one attempt at releasing h's addresses in e's block,
+// releaseJoined is one attempt at releasing h's addresses in the blocks
+// of es (sorted, fewer than MaxCommitWrites, all locked by the caller),
 // appending them to *released, in one commit with the lowering of h's
-// count there, for a handle whose record, as the caller read it, counts
-// one block. joined reports that the commit was made, and the count with
-// it; otherwise nothing was released there. The caller holds e's lock.
-func (a *Allocator) releaseJoined(ctx context.Context, e *blockEntry, h *handleTx, at time.Time, released *[]netip.Addr) (joined bool, err error) {
+// counts there, for a handle whose record, as the caller read it, counts
+// those blocks. ws and revs are the commit's arguments, with room for a
+// write per block and one for the record. joined reports that the commit
+// was made, and the counts with it; otherwise nothing was released, and
+// the error, if any, is the first attempt's for the caller's retry: a
+// negative answer drawn from a cached block (errStale), a refusal, or a
+// failure.
+func (a *Allocator) releaseJoined(ctx context.Context, es []*blockEntry, h *handleTx, at time.Time, released *[]netip.Addr, ws []Write, revs []Revision) (joined bool, err error) {
 	if !h.known {
 		if err := h.read(ctx); err != nil {
 			return false, err
 		}
 	}
-	if err := a.ensure(ctx, e); err != nil {
-		return false, err
-	}
-	if e.blk == nil {
-		return false, e.confirm()
-	}
-	next := e.stage()
 	n := len(*released)
-	if at.IsZero() {
-		*released = next.ReleaseHandle(h.id, *released)
-	} else if *released, err = next.ReleaseHandleAt(h.id, *released, at); err != nil {
-		return false, err
+	undo := func() { *released = (*released)[:n] }
+	// What each block releases, and the count each had.
+	var k, had [MaxCommitWrites]int
+	for i, e := range es {
+		if err := a.ensure(ctx, e); err != nil {
+			undo()
+			return false, err
+		}
+		if e.blk == nil {
+			undo()
+			return false, e.confirm()
+		}
+		next := e.stage()
+		m := len(*released)
+		if at.IsZero() {
+			*released = next.ReleaseHandle(h.id, *released)
+		} else if *released, err = next.ReleaseHandleAt(h.id, *released, at); err != nil {
+			undo()
+			return false, err
+		}
+		if k[i] = len(*released) - m; k[i] == 0 {
+			undo()
+			return false, e.confirm()
+		}
 	}
-	k := len(*released) - n
-	if k == 0 {
-		return false, e.confirm()
-	}
-	writes := e.writes[:0]
-	// The count goes down by what was released, never below zero (see
+	// Each count goes down by what was released, never below zero (see
 	// handleTx.adjust): a record that counts fewer is left as it is.
-	blk := e.prefix
-	had := h.rec.count(blk)
-	lower := had >= k
+	writes := ws[:0]
+	lower := false
+	for i, e := range es {
+		had[i] = h.rec.count(e.prefix)
+		if had[i] >= k[i] {
+			h.rec.put(e.prefix, had[i]-k[i])
+			lower = true
+		}
+	}
+	restore := func() {
+		for i, e := range es {
+			if had[i] >= k[i] {
+				h.rec.put(e.prefix, had[i])
+			}
+		}
+	}
 	if lower {
-		h.rec.put(blk, had-k)
 		writes = writes[:1]
 		h.writeOp(&writes[0])
 	}
-	writes = writes[:len(writes)+1]
-	del, keep, err := a.blockChange(ctx, e, &writes[len(writes)-1])
-	if err != nil {
-		h.rec.put(blk, had)
-		*released = (*released)[:n]
-		return false, err
+	first := len(writes) // the first block's write
+	var del, keep [MaxCommitWrites]bool
+	for i, e := range es {
+		writes = writes[:len(writes)+1]
+		if del[i], keep[i], err = a.blockChange(ctx, e, &writes[len(writes)-1]); err != nil {
+			restore()
+			undo()
+			return false, err
+		}
 	}
-	revs := e.revs[:len(writes)]
+	revs = revs[:len(writes)]
 	if err = a.committer.Commit(ctx, writes, revs); err != nil {
-		*released = (*released)[:n]
-		if i := refusedAt(err); lower && i == joinedHandle {
+		undo()
+		i := refusedAt(err)
+		if lower && i == joinedHandle {
 			h.commitFailed(err)
-			return false, handleRefused(e, h, err)
+			return false, handleRefused(es[0], h, err)
 		}
 		if lower {
-			h.rec.put(blk, had)
+			restore()
 		}
-		if !refused(err) {
-			h.commitFailed(err)
+		if i >= first {
+			// Refused at a block: only that block needs reading again.
+			return false, a.blockWriteFailed(es[i-first], fmt.Errorf("with handle %q: %w", h.id, err))
 		}
-		return false, a.blockWriteFailed(e, fmt.Errorf("with handle %q: %w", h.id, err))
+		h.commitFailed(err)
+		for _, e := range es[1:] {
+			_ = a.blockWriteFailed(e, err)
+		}
+		return false, a.blockWriteFailed(es[0], fmt.Errorf("with handle %q: %w", h.id, err))
 	}
 	if lower {
 		h.committed(false, revs[joinedHandle])
 	}
-	switch {
-	case del:
-		e.deleted()
-	default:
-		e.wrote(revs[len(writes)-1])
+	for i, e := range es {
+		if del[i] {
+			e.deleted()
+		} else {
+			e.wrote(revs[first+i])
+		}
 	}
-	if keep {
-		return true, a.keptStands(ctx, e)
+	for i, e := range es {
+		if keep[i] {
+			if kerr := a.keptStands(ctx, e); kerr != nil && err == nil {
+				err = kerr
+			}
+		}
 	}
-	return true, nil
+	return true, err
+}
+
+// releaseJoinedMany is releaseJoined for a handle whose record counts
+// several blocks, es (sorted, fewer than MaxCommitWrites): it locks their
+// entries, in that order, for the commit. Entries are otherwise locked one
+// at a time, so the order is enough to rule out a deadlock between two
+// such releases.
+func (a *Allocator) releaseJoinedMany(ctx context.Context, h *handleTx, es []handleCount, at time.Time, released *[]netip.Addr) (bool, error) {
+	var buf [MaxCommitWrites]*blockEntry
+	entries := buf[:len(es)]
+	for i, hc := range es {
+		entries[i] = a.entry(hc.block)
+		entries[i].lock()
+	}
+	defer func() {
+		for _, e := range entries {
+			e.unlock()
+		}
+	}()
+	ws := make([]Write, len(es)+1)
+	revs := make([]Revision, len(es)+1)
+	return a.releaseJoined(ctx, entries, h, at, released, ws, revs)
 }
 
 // handleRefused is the error of a joined commit refused at h's record,

@@ -12,6 +12,7 @@ import (
 	"github.com/carve-ipam/carve/ipam"
 	"github.com/carve-ipam/carve/ipam/memstore"
 	"github.com/carve-ipam/carve/ipam/storetest"
+	"github.com/carve-ipam/carve/pool"
 )
 
 // commitHookStore is a memstore that runs hook before each commit, with
@@ -189,4 +190,49 @@ func TestWriteStringAndCommitError(t *testing.T) {
 	require.ErrorAs(t, err, &ce)
 	require.Equal(t, 1, ce.Index)
 	require.Equal(t, "store: commit refused at write 1: update block: revision conflict", err.Error())
+}
+
+// TestDualStackRoundTrips: a dual-stack pod's handle holds an address in
+// a block of each family. With a Committer its assignment is a commit per
+// family, and its release one read and one commit of both blocks and the
+// handle record; without it each block and each change of the record is
+// a write of its own.
+func TestDualStackRoundTrips(t *testing.T) {
+	for _, c := range []struct {
+		commits bool
+		trips   [2]int // per AutoAssign, per ReleaseByHandle
+	}{{true, [2]int{2, 2}}, {false, [2]int{4, 4}}} {
+		t.Run(fmt.Sprintf("commits=%t", c.commits), func(t *testing.T) {
+			e := newEnv(t, v4pool("p4", "10.0.0.0/16", 26), pool.Pool{Name: "p6", CIDR: netip.MustParsePrefix("fd00::/112"), BlockSize: 122})
+			var s ipam.Store = e.store
+			if !c.commits {
+				s = withoutCommits{Store: e.store}
+			}
+			counting := storetest.NewCountingStore(s)
+			a, err := ipam.New(counting, ipam.Options{})
+			require.NoError(t, err)
+			for i := range 2 { // claim the blocks, fill the caches
+				_, err = a.AutoAssign(e.ctx, ipam.AutoAssignArgs{Num4: 1, Num6: 1, Handle: fmt.Sprint("warm", i), Node: "n1"})
+				require.NoError(t, err)
+			}
+			const n = 10
+			before, _ := storetest.CountsOf(counting)
+			for i := range n {
+				_, err := a.AutoAssign(e.ctx, ipam.AutoAssignArgs{Num4: 1, Num6: 1, Handle: fmt.Sprint("pod", i), Node: "n1"})
+				require.NoError(t, err)
+			}
+			mid, _ := storetest.CountsOf(counting)
+			for i := range n {
+				got, err := a.ReleaseByHandle(e.ctx, fmt.Sprint("pod", i))
+				require.NoError(t, err)
+				require.Len(t, got, 2)
+			}
+			after, _ := storetest.CountsOf(counting)
+			assigns, releases := mid.Sub(before), after.Sub(mid)
+			t.Logf("%d dual-stack AutoAssigns: %s; their releases: %s", n, assigns, releases)
+			require.EqualValues(t, c.trips[0]*n, assigns.Total(), "%s", assigns)
+			require.EqualValues(t, c.trips[1]*n, releases.Total(), "%s", releases)
+			e.requireConsistent()
+		})
+	}
 }

@@ -106,6 +106,17 @@ func (h *blockHookStore) Update(ctx context.Context, kind ipam.Kind, key string,
 	return h.Store.Update(ctx, kind, key, value, rev)
 }
 
+// Commit fires before a commit that updates a block.
+func (h *blockHookStore) Commit(ctx context.Context, writes []ipam.Write, revs []ipam.Revision) error {
+	for _, w := range writes {
+		if w.Kind == ipam.KindBlock && w.Rev != 0 && !w.Delete {
+			h.fire()
+			break
+		}
+	}
+	return h.Store.Commit(ctx, writes, revs)
+}
+
 // keepCooling decides on a view read before the block write, with no read
 // after it: a pool deleted in between leaves the kept block behind.
 func TestKeepCoolingRacesDeletePool(t *testing.T) {
@@ -124,6 +135,7 @@ func TestKeepCoolingRacesDeletePool(t *testing.T) {
 	hs.before = func() { require.NoError(t, e.a.DeletePool(e.ctx, "p")) }
 	_, err = b.ReleaseByHandle(e.ctx, "b") // its last address: kept, on a view with p enabled
 	require.NoError(t, err)
+	require.Nil(t, hs.before, "the pool was deleted during the release")
 
 	r, err := e.a.Check(e.ctx)
 	require.NoError(t, err)

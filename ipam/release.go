@@ -461,6 +461,20 @@ func (a *Allocator) ReleaseByHandle(ctx context.Context, handle string) ([]netip
 	} else {
 		todo = append(todo, es...)
 	}
+	if a.committer != nil && len(todo) > 1 && len(todo) < MaxCommitWrites {
+		// A handle in a few blocks (a dual-stack pod): every block and the
+		// record in one commit, when it goes through at once; otherwise
+		// block by block, as below.
+		joined, err := a.releaseJoinedMany(ctx, &h, todo, at, &released)
+		switch {
+		case joined && err != nil:
+			return released, err
+		case joined:
+			return released, nil
+		case err != nil && !isRace(err):
+			return nil, err
+		}
+	}
 	for i, hc := range todo {
 		before := len(released)
 		e := a.entry(hc.block)
@@ -472,8 +486,9 @@ func (a *Allocator) ReleaseByHandle(ctx context.Context, handle string) ([]netip
 		var err error
 		joined := false
 		joinable := a.committer != nil && len(todo) == 1
+		one := [1]*blockEntry{e}
 		if joinable {
-			joined, err = a.releaseJoined(ctx, e, &h, at, &released)
+			joined, err = a.releaseJoined(ctx, one[:], &h, at, &released, e.writes[:], e.revs[:])
 		} else {
 			err = a.releaseHandleOnce(ctx, e, handle, at, &released)
 		}
@@ -481,7 +496,7 @@ func (a *Allocator) ReleaseByHandle(ctx context.Context, handle string) ([]netip
 			err = a.retryAgain(ctx, "release by handle from block", e.name, func() error {
 				if joinable {
 					var err error
-					joined, err = a.releaseJoined(ctx, e, &h, at, &released)
+					joined, err = a.releaseJoined(ctx, one[:], &h, at, &released, e.writes[:], e.revs[:])
 					return err
 				}
 				return a.releaseHandleOnce(ctx, e, handle, at, &released)
