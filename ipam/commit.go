@@ -15,7 +15,9 @@ import (
 // release by handle's block write and the lowering of its handle's count.
 // Only the common shapes join: an assignment to one block outside a
 // reservation of counts (a batch or AssignIPs), a release by handle of a
-// handle in one block. Everything else takes the two writes as before. A
+// handle in fewer than MaxCommitWrites blocks (several only when the
+// commit goes through at once). Everything else takes the writes one by
+// one, as before. A
 // refused commit is retried as a whole, after a fresh read of the record
 // it was refused at.
 

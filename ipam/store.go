@@ -247,10 +247,11 @@ type BlockKeeper interface {
 // finds it by type assertion, as it does [Generations], and uses it where
 // an operation writes two records that belong together: an assignment
 // writes its handle record and its block in one Commit, and a release by
-// handle its block and the handle record it lowers or deletes. That takes
-// a steady-state AutoAssign from two round trips to one and the release
-// after it from three to two, and no crash can come between the two
-// writes, so none leaves a handle count too high for Repair to remove.
+// handle its blocks (up to seven) and the handle record it lowers or
+// deletes. That takes a steady-state AutoAssign from two round trips to
+// one and the release after it from three to two (a dual-stack pod's from
+// four to two), and no crash can come between the writes, so none leaves
+// a handle count too high for Repair to remove.
 // Without the capability carve writes the records one by one, in an order
 // that keeps the store consistent.
 //
