@@ -272,8 +272,11 @@ type BlockKeeper interface {
 //
 // carve passes 1 to [MaxCommitWrites] writes, each to a different record,
 // of any kinds, with a revs slice at least as long; a Write whose Block is
-// set goes only to a store that is also a [BlockKeeper]. Each written
-// kind's [Generations] counter moves, as for single writes.
+// set goes only to a store that is also a [BlockKeeper]. The store may
+// keep the writes' values and blocks, as the single operations may, but
+// not the writes and revs slices themselves: carve reuses them once
+// Commit returns. Each written kind's [Generations] counter moves, as for
+// single writes.
 type Committer interface {
 	Commit(ctx context.Context, writes []Write, revs []Revision) error
 }
