@@ -109,7 +109,11 @@
 //   - A steady-state AutoAssign costs two store round trips (the handle and
 //     the block), and one with a store that writes several records at
 //     once ([Committer]: memstore and the etcd backend do); Calico needs
-//     about nine. Its ReleaseByHandle costs three, or two.
+//     about nine. Its ReleaseByHandle costs three, or two. (These are
+//     with [Generations], which memstore and the etcd backend offer too;
+//     without it every call first reads what it would have cached: see
+//     Generations. A dual-stack request makes a commit per family, and
+//     its release one commit for both.)
 //   - Releases are checked per address: one stale release is refused
 //     without holding back the others.
 //   - Repair can run on a store in use (with a settle time); Calico's

@@ -205,7 +205,10 @@ const MaxKeyLen = 1024
 //
 // Generation returns a number that changes whenever a record of the kind is
 // created, updated or deleted, by anyone, without a round trip to the
-// backend. It may also change when nothing did (that only costs a re-read).
+// backend. It must change once the write is visible to readers, not
+// before (memstore moves it under the lock that makes the write): an
+// allocator that reads the number and then the records caches what it
+// read under that number. It may also change when nothing did (that only costs a re-read).
 // A backend whose view lags the datastore (for example one fed by a watch)
 // must say so in its documentation: an allocator then sees other processes'
 // pool and configuration changes after that lag, as Calico's own watch-based
@@ -323,7 +326,8 @@ func (w Write) String() string {
 
 // CommitError is the error of a Commit that changed nothing because the
 // check of writes[Index] failed (the first that did, if several failed).
-// Err matches ErrExists, ErrNotFound or ErrConflict.
+// Err matches ErrExists, ErrNotFound or ErrConflict, and should name the
+// record, as the single operation's error would.
 type CommitError struct {
 	Index int
 	Err   error

@@ -5,6 +5,9 @@
 // repeat, key ranges listed in order, context checks, errors matching
 // ipam.ErrNotFound, ipam.ErrExists and ipam.ErrConflict, safe for concurrent
 // use, plus the optional ipam.Generations so that allocators can cache pools.
+// (A datastore with multi-key transactions can offer ipam.Committer too,
+// which makes an assignment one round trip instead of two: memstore's
+// Commit, one lock over checks then writes, is the pattern.)
 // main_test.go proves it with the conformance suite in three lines:
 //
 //	storetest.RunConformanceTests(t, func(t *testing.T) ipam.Store { return New() })

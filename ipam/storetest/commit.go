@@ -32,15 +32,24 @@ func hasCommitterAndBlockKeeper(s ipam.Store) bool { return hasCommitter(s) && h
 // out in a test.
 const unsetRev = ipam.Revision(1<<63 + 0xdead)
 
-// commit calls s's Commit with a revs slice of its own, filled with
-// unsetRev, and returns it.
+// commit calls s's Commit with a copy of writes and a revs slice of its
+// own, filled with unsetRev, and returns a copy of the revisions. Once
+// Commit has returned it writes over both slices, as carve reuses them: a
+// store that kept them would then hold other keys, values and revisions,
+// which the checks' later reads find.
 func commit(ctx context.Context, s ipam.Store, writes ...ipam.Write) ([]ipam.Revision, error) {
+	ws := slices.Clone(writes)
 	revs := make([]ipam.Revision, len(writes))
 	for i := range revs {
 		revs[i] = unsetRev
 	}
-	err := s.(ipam.Committer).Commit(ctx, writes, revs)
-	return revs, err
+	err := s.(ipam.Committer).Commit(ctx, ws, revs)
+	out := slices.Clone(revs)
+	for i := range ws {
+		ws[i] = ipam.Write{Kind: ws[i].Kind, Key: "reused-by-the-caller", Value: []byte("reused by the caller"), Rev: unsetRev - 1}
+		revs[i] = unsetRev - 1
+	}
+	return out, err
 }
 
 // mustCommit commits writes, which must succeed, and checks the
@@ -477,7 +486,7 @@ func testCommitCancelledContext(t *testing.T, s ipam.Store) {
 // wins. The losers' commits come after the winner's, which changed every
 // record they write, so they are refused at their first write.
 func testRaceCommit(t *testing.T, s ipam.Store) {
-	const rounds = 10
+	const rounds = 25
 	want := expected{ipam.KindAffinity: {}}
 	for round := range rounds {
 		a, b := fmt.Sprintf("a%d", round), fmt.Sprintf("b%d", round)
@@ -540,7 +549,11 @@ func testRaceCommit(t *testing.T, s ipam.Store) {
 			default:
 				target = ipam.ErrConflict // the winner updated it
 			}
-			wantRefused(t, fmt.Sprintf("racer %d's Commit(%s), after racer %d's", i, describe(writes[i]), w), err, 0, target)
+			// The winner changed every record a loser writes, so a
+			// loser's first write is the first to fail; another index
+			// means the loser's checks ran while the winner's writes were
+			// being made: the two commits overlapped.
+			wantRefused(t, fmt.Sprintf("racer %d's Commit(%s), after racer %d's (if the index is not 0, the two commits overlapped)", i, describe(writes[i]), w), err, 0, target)
 		}
 		want.committed(writes[w], revs[w], values[w])
 		want.verify(t, s, fmt.Sprintf("after racing commits, round %d", round), keysOfWrites(writes[w])...)
@@ -555,7 +568,7 @@ func testRaceCommit(t *testing.T, s ipam.Store) {
 // returns both of the same commit. Run it with the race detector.
 func testRaceCommitReaders(t *testing.T, s ipam.Store) {
 	const (
-		commits  = 200
+		commits  = 400
 		writers  = 2
 		maxReads = 2 * commits // per reader, to bound the round trips
 	)

@@ -115,7 +115,8 @@ func (c Counts) String() string {
 // round trips an operation costs. It passes the optional
 // [ipam.Generations] and [ipam.Committer] capabilities through when the
 // wrapped store has them, always offers [ipam.BlockKeeper] (writing
-// encodings to a store without it), and is safe for concurrent use.
+// encodings to a store without it, so that such a store gets a commit's
+// writes in a slice of their own), and is safe for concurrent use.
 type CountingStore struct {
 	ipam.Store
 	counts             [numOps][8]atomic.Int64

@@ -10,7 +10,16 @@
 // errors only with errors.Is, and includes concurrent writers, so run it
 // under the race detector. Optional capabilities ([ipam.Generations],
 // [ipam.BlockKeeper], [ipam.Committer]) are checked when the store
-// implements them.
+// implements them, and their checks pass with a log line when it does
+// not. So a store that means to offer one should say so where the compiler
+// checks it, as in
+//
+//	var _ ipam.Committer = (*Store)(nil)
+//
+// since a method with the wrong signature only makes the suite pass over
+// the capability. The checks of concurrent commits catch a store whose
+// commits can overlap in most runs, not in every one: run them a few
+// times (go test -count=10 -run 'Conformance/RaceCommit').
 package storetest
 
 import (
