@@ -1,6 +1,7 @@
 package ipam_test
 
 import (
+	"context"
 	"fmt"
 	"testing"
 
@@ -24,35 +25,15 @@ func TestNewHandleLostReplyOfFirstCommit(t *testing.T) {
 	for _, commits := range []bool{false, true} {
 		t.Run(fmt.Sprintf("commits=%t", commits), func(t *testing.T) {
 			run := func(k int64) (*memstore.Store, int64, ipam.AutoAssignResult, error) {
-				s := memstore.New()
-				setup, err := ipam.New(s, ipam.Options{})
-				require.NoError(t, err)
-				for _, p := range crashPools {
-					require.NoError(t, setup.CreatePool(t.Context(), p))
-				}
-				_, err = setup.AutoAssign(t.Context(), ipam.AutoAssignArgs{Num4: 1, Num6: 1, Handle: "first", Node: "n1"})
-				require.NoError(t, err)
-				var f *storetest.FaultyStore
-				var at int64
-				var inner ipam.Store
-				if commits {
-					inner = &commitHookStore{Store: s, hook: func(writes []ipam.Write) {
-						if at == 0 {
-							at = f.Ops()
-						}
-					}}
-				} else {
-					inner = &hookStore{Store: s, hook: func(op string, kind ipam.Kind, key string) {
-						if kind == ipam.KindBlock && op == "update" && at == 0 {
-							at = f.Ops()
-						}
-					}}
-				}
-				f = storetest.NewFaultyStore(inner, storetest.Fault{At: k, Mode: storetest.LostReply})
-				a, err := ipam.New(f.WithCommits(), ipam.Options{})
+				s := crashStore(t, func(ctx context.Context, a *ipam.Allocator) error {
+					_, err := a.AutoAssign(ctx, ipam.AutoAssignArgs{Num4: 1, Num6: 1, Handle: "first", Node: "n1"})
+					return err
+				})
+				fs, at := lostFirstBlockWrite(s, commits, k)
+				a, err := ipam.New(fs, ipam.Options{})
 				require.NoError(t, err)
 				res, err := a.AutoAssign(t.Context(), ipam.AutoAssignArgs{Num4: 1, Num6: 1, Handle: "h", Node: "n1", NewHandle: true})
-				return s, at, res, err
+				return s, at(), res, err
 			}
 			_, at, _, err := run(0)
 			require.NoError(t, err)
@@ -62,11 +43,7 @@ func TestNewHandleLostReplyOfFirstCommit(t *testing.T) {
 			require.NoError(t, err, "the write happened: the request stands")
 			require.Len(t, res.IPv4, 1)
 			require.Len(t, res.IPv6, 1)
-			checker, err := ipam.New(s, ipam.Options{})
-			require.NoError(t, err)
-			r, err := checker.Check(t.Context())
-			require.NoError(t, err)
-			require.True(t, r.Clean(), "%v", r.Problems)
+			checkedClean(t, s)
 		})
 	}
 }
@@ -83,38 +60,18 @@ func TestNewHandleLostReplyThenNoSpace(t *testing.T) {
 	for _, commits := range []bool{false, true} {
 		t.Run(fmt.Sprintf("commits=%t", commits), func(t *testing.T) {
 			run := func(k int64) (*memstore.Store, int64, error) {
-				s := memstore.New()
-				setup, err := ipam.New(s, ipam.Options{})
-				require.NoError(t, err)
-				for _, p := range crashPools {
-					require.NoError(t, setup.CreatePool(t.Context(), p))
-				}
-				_, err = setup.AutoAssign(t.Context(), ipam.AutoAssignArgs{Num4: 1, Handle: "first", Node: "n1"})
-				require.NoError(t, err)
-				// Another node takes every IPv6 address.
-				_, err = setup.AutoAssign(t.Context(), ipam.AutoAssignArgs{Num6: 16, Handle: "all6", Node: "n2"})
-				require.NoError(t, err)
-				var f *storetest.FaultyStore
-				var at int64
-				var inner ipam.Store
-				if commits {
-					inner = &commitHookStore{Store: s, hook: func(writes []ipam.Write) {
-						if at == 0 {
-							at = f.Ops()
-						}
-					}}
-				} else {
-					inner = &hookStore{Store: s, hook: func(op string, kind ipam.Kind, key string) {
-						if kind == ipam.KindBlock && op == "update" && at == 0 {
-							at = f.Ops()
-						}
-					}}
-				}
-				f = storetest.NewFaultyStore(inner, storetest.Fault{At: k, Mode: storetest.LostReply})
-				a, err := ipam.New(f.WithCommits(), ipam.Options{})
+				s := crashStore(t, func(ctx context.Context, a *ipam.Allocator) error {
+					_, err := a.AutoAssign(ctx, ipam.AutoAssignArgs{Num4: 1, Handle: "first", Node: "n1"})
+					if err == nil { // another node takes every IPv6 address
+						_, err = a.AutoAssign(ctx, ipam.AutoAssignArgs{Num6: 16, Handle: "all6", Node: "n2"})
+					}
+					return err
+				})
+				fs, at := lostFirstBlockWrite(s, commits, k)
+				a, err := ipam.New(fs, ipam.Options{})
 				require.NoError(t, err)
 				_, err = a.AutoAssign(t.Context(), ipam.AutoAssignArgs{Num4: 1, Num6: 1, Handle: "h", Node: "n1", NewHandle: true})
-				return s, at, err
+				return s, at(), err
 			}
 			_, at, err := run(0)
 			require.ErrorIs(t, err, ipam.ErrNoSpace)
@@ -132,4 +89,29 @@ func TestNewHandleLostReplyThenNoSpace(t *testing.T) {
 			require.NoError(t, err, "the repeated request finds no record of the first")
 		})
 	}
+}
+
+// lostFirstBlockWrite returns s behind a FaultyStore that loses the reply
+// of operation k (0: none), offering Committer when commits is set, and a
+// function that gives the number of the operation that first wrote a
+// block: a commit, or with commits unset a block update.
+func lostFirstBlockWrite(s *memstore.Store, commits bool, k int64) (ipam.Store, func() int64) {
+	var f *storetest.FaultyStore
+	var at int64
+	var inner ipam.Store
+	if commits {
+		inner = &commitHookStore{Store: s, hook: func([]ipam.Write) {
+			if at == 0 {
+				at = f.Ops()
+			}
+		}}
+	} else {
+		inner = &hookStore{Store: s, hook: func(op string, kind ipam.Kind, key string) {
+			if kind == ipam.KindBlock && op == "update" && at == 0 {
+				at = f.Ops()
+			}
+		}}
+	}
+	f = storetest.NewFaultyStore(inner, storetest.Fault{At: k, Mode: storetest.LostReply})
+	return f.WithCommits(), func() int64 { return at }
 }

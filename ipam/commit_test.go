@@ -40,14 +40,10 @@ func TestLostReplyOfCommitStands(t *testing.T) {
 			// operation k (0: none), and returns the store, the number of
 			// the commit, and the request's result.
 			run := func(k int64) (*memstore.Store, int64, []netip.Addr, error) {
-				s := memstore.New()
-				setup, err := ipam.New(s, ipam.Options{})
-				require.NoError(t, err)
-				for _, p := range crashPools {
-					require.NoError(t, setup.CreatePool(t.Context(), p))
-				}
-				_, err = setup.AutoAssign(t.Context(), ipam.AutoAssignArgs{Num4: 1, Handle: "first", Node: "n1"})
-				require.NoError(t, err)
+				s := crashStore(t, func(ctx context.Context, a *ipam.Allocator) error {
+					_, err := a.AutoAssign(ctx, ipam.AutoAssignArgs{Num4: 1, Handle: "first", Node: "n1"})
+					return err
+				})
 				var f *storetest.FaultyStore
 				var at int64
 				hs := &commitHookStore{Store: s, hook: func(writes []ipam.Write) {
