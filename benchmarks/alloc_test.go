@@ -38,6 +38,36 @@ func BenchmarkAllocRelease(b *testing.B) {
 	}
 }
 
+// BenchmarkAllocReleaseDual is the steady-state pair of a dual-stack pod:
+// AutoAssign of an address of each family (the node holds a block of each)
+// and ReleaseByHandle of both. AutoAssign's lane serves one family only,
+// so this is the general path: a commit per family, and one commit for the
+// release of both.
+func BenchmarkAllocReleaseDual(b *testing.B) {
+	ctx := context.Background()
+	a, err := ipam.New(memstore.New(), ipam.Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, p := range workload.Pools {
+		if err := a.CreatePool(ctx, pool.Pool{Name: p.Name, CIDR: p.CIDR, BlockSize: p.BlockSize}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	args := ipam.AutoAssignArgs{Num4: 1, Num6: 1, Handle: "pod", Node: workload.Node}
+	for range 2 { // claim the blocks, fill the caches
+		if err := workload.AllocRelease(ctx, a, args); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		if err := workload.AllocRelease(ctx, a, args); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
 // BenchmarkAllocReleasePods is the steady-state pair as a CNI plugin makes
 // it: every pod has its own handle and attributes (namespace, pod name), and
 // the node's block is half full of such pods, each an owner record of its
