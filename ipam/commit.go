@@ -134,49 +134,44 @@ func (a *Allocator) releaseJoined(ctx context.Context, es []*blockEntry, h *hand
 		}
 	}
 	n := len(*released)
-	undo := func() { *released = (*released)[:n] }
-	// What each block releases, and the count each had.
+	// What each block releases, and the count each had. Each count goes
+	// down by what was released, never below zero (see handleTx.adjust):
+	// a record that counts fewer is left as it is.
 	var k, had [MaxCommitWrites]int
-	for i, e := range es {
-		if err := a.ensure(ctx, e); err != nil {
-			undo()
-			return false, err
-		}
-		if e.blk == nil {
-			undo()
-			return false, e.confirm()
-		}
-		next := e.stage()
-		m := len(*released)
-		if at.IsZero() {
-			*released = next.ReleaseHandle(h.id, *released)
-		} else if *released, err = next.ReleaseHandleAt(h.id, *released, at); err != nil {
-			undo()
-			return false, err
-		}
-		if k[i] = len(*released) - m; k[i] == 0 {
-			undo()
-			return false, e.confirm()
-		}
-	}
-	// Each count goes down by what was released, never below zero (see
-	// handleTx.adjust): a record that counts fewer is left as it is.
-	writes := ws[:0]
 	lower := false
 	for i, e := range es {
-		had[i] = h.rec.count(e.prefix)
-		if had[i] >= k[i] {
+		if err = a.ensure(ctx, e); err == nil && e.blk == nil {
+			err = e.confirm()
+		}
+		if err == nil {
+			next := e.stage()
+			m := len(*released)
+			if at.IsZero() {
+				*released = next.ReleaseHandle(h.id, *released)
+			} else {
+				*released, err = next.ReleaseHandleAt(h.id, *released, at)
+			}
+			if k[i] = len(*released) - m; err == nil && k[i] == 0 {
+				err = e.confirm()
+				if err == nil {
+					err = errNothingHere
+				}
+			}
+		}
+		if err != nil {
+			restoreCounts(h, es[:i], k[:i], had[:i])
+			*released = (*released)[:n]
+			if err == errNothingHere {
+				err = nil
+			}
+			return false, err
+		}
+		if had[i] = h.rec.count(e.prefix); had[i] >= k[i] {
 			h.rec.put(e.prefix, had[i]-k[i])
 			lower = true
 		}
 	}
-	restore := func() {
-		for i, e := range es {
-			if had[i] >= k[i] {
-				h.rec.put(e.prefix, had[i])
-			}
-		}
-	}
+	writes := ws[:0]
 	if lower {
 		writes = writes[:1]
 		h.writeOp(&writes[0])
@@ -186,22 +181,20 @@ func (a *Allocator) releaseJoined(ctx context.Context, es []*blockEntry, h *hand
 	for i, e := range es {
 		writes = writes[:len(writes)+1]
 		if del[i], keep[i], err = a.blockChange(ctx, e, &writes[len(writes)-1]); err != nil {
-			restore()
-			undo()
+			restoreCounts(h, es, k[:], had[:])
+			*released = (*released)[:n]
 			return false, err
 		}
 	}
 	revs = revs[:len(writes)]
 	if err = a.committer.Commit(ctx, writes, revs); err != nil {
-		undo()
+		*released = (*released)[:n]
 		i := refusedAt(err)
 		if lower && i == joinedHandle {
 			h.commitFailed(err)
 			return false, handleRefused(es[0], h, err)
 		}
-		if lower {
-			restore()
-		}
+		restoreCounts(h, es, k[:], had[:])
 		if i >= first {
 			// Refused at a block: only that block needs reading again.
 			return false, a.blockWriteFailed(es[i-first], fmt.Errorf("with handle %q: %w", h.id, err))
@@ -218,11 +211,9 @@ func (a *Allocator) releaseJoined(ctx context.Context, es []*blockEntry, h *hand
 	for i, e := range es {
 		if del[i] {
 			e.deleted()
-		} else {
-			e.wrote(revs[first+i])
+			continue
 		}
-	}
-	for i, e := range es {
+		e.wrote(revs[first+i])
 		if keep[i] {
 			if kerr := a.keptStands(ctx, e); kerr != nil && err == nil {
 				err = kerr
@@ -230,6 +221,20 @@ func (a *Allocator) releaseJoined(ctx context.Context, es []*blockEntry, h *hand
 		}
 	}
 	return true, err
+}
+
+// errNothingHere tells releaseJoined's error path that a block, read
+// fresh, holds nothing of the handle: no error, and nothing joined.
+var errNothingHere = errors.New("nothing of the handle in the block")
+
+// restoreCounts puts back the counts of es's blocks that releaseJoined
+// lowered in h's record (those whose count had was at least k).
+func restoreCounts(h *handleTx, es []*blockEntry, k, had []int) {
+	for i, e := range es {
+		if had[i] >= k[i] {
+			h.rec.put(e.prefix, had[i])
+		}
+	}
 }
 
 // releaseJoinedMany is releaseJoined for a handle whose record counts
