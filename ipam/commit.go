@@ -141,7 +141,9 @@ func (a *Allocator) releaseJoined(ctx context.Context, es []*blockEntry, h *hand
 	lower := false
 	for i, e := range es {
 		if err = a.ensure(ctx, e); err == nil && e.blk == nil {
-			err = e.confirm()
+			if err = e.confirm(); err == nil {
+				err = errNothingHere // the block is gone, on a fresh read
+			}
 		}
 		if err == nil {
 			next := e.stage()
@@ -224,7 +226,8 @@ func (a *Allocator) releaseJoined(ctx context.Context, es []*blockEntry, h *hand
 }
 
 // errNothingHere tells releaseJoined's error path that a block, read
-// fresh, holds nothing of the handle: no error, and nothing joined.
+// fresh, is gone or holds nothing of the handle: no error, and nothing
+// joined.
 var errNothingHere = errors.New("nothing of the handle in the block")
 
 // restoreCounts puts back the counts of es's blocks that releaseJoined

@@ -282,3 +282,38 @@ func TestConcurrentDualStackReleases(t *testing.T) {
 		})
 	}
 }
+
+// TestReleaseByHandleOfMissingBlock: a handle's record counts addresses
+// in a block that does not exist (what a crash between a count's raise
+// and its block's creation leaves, before Repair), alone or beside a
+// block that does. ReleaseByHandle releases what there is, says
+// ErrHandleNotFound when there is nothing, and leaves the count for
+// Repair; with or without commits.
+func TestReleaseByHandleOfMissingBlock(t *testing.T) {
+	for _, commits := range []bool{false, true} {
+		t.Run(fmt.Sprintf("commits=%t", commits), func(t *testing.T) {
+			e := newEnv(t, v4pool("p", "10.0.0.0/24", 28))
+			var s ipam.Store = e.store
+			if !commits {
+				s = withoutCommits{Store: e.store}
+			}
+			a, err := ipam.New(s, ipam.Options{})
+			require.NoError(t, err)
+			ghost := mustPrefix("10.0.0.128/28")
+
+			e.mustAssign4("n1", "both", 1)
+			e.ghostCount("both", ghost)
+			got, err := a.ReleaseByHandle(e.ctx, "both")
+			require.NoError(t, err)
+			require.Len(t, got, 1, "the address of the block that exists")
+
+			// The record counts the missing block alone.
+			e.mustAssign4("n1", "ghost", 1)
+			e.ghostCount("ghost", ghost)
+			_, err = a.ReleaseByHandle(e.ctx, "ghost")
+			require.NoError(t, err)
+			_, err = a.ReleaseByHandle(e.ctx, "ghost")
+			require.ErrorIs(t, err, ipam.ErrHandleNotFound)
+		})
+	}
+}
