@@ -285,10 +285,10 @@ func (a *Allocator) startAssign(o *assignOp, v *view, nc *nodeCache, args *AutoA
 // autoAssign is AutoAssign once the request is checked and its pools are
 // chosen: it assigns each family, and settles what that leaves (a
 // shortfall, a reservation made meanwhile, blocks no longer selected).
-// first, when not nil, is the attempt that the lane made on the node's
-// first block (see autoAssignLane), which the family it is for takes as
-// its own first attempt.
-func (a *Allocator) autoAssign(ctx context.Context, args *AutoAssignArgs, o *assignOp, pools *[2][]*pool.Pool, selErr *[2]error, first *laneTry) (AutoAssignResult, error) {
+// first, when not nil, holds per family the attempt that the lane made on
+// the node's first block (see autoAssignLane), if it made one, which the
+// family takes as its own first attempt.
+func (a *Allocator) autoAssign(ctx context.Context, args *AutoAssignArgs, o *assignOp, pools *[2][]*pool.Pool, selErr *[2]error, first *[2]*laneTry) (AutoAssignResult, error) {
 	var res AutoAssignResult
 	var short [2]int
 	var reasons []string
@@ -310,8 +310,8 @@ func (a *Allocator) autoAssign(ctx context.Context, args *AutoAssignArgs, o *ass
 			var got []Assigned
 			var why string
 			var err error
-			if first != nil && round == 0 && i == first.fam {
-				got, why, err = a.assignHeld(ctx, o, fam, n, pools[i], first.held, first.out, first)
+			if first != nil && round == 0 && first[i] != nil {
+				got, why, err = a.assignHeld(ctx, o, fam, n, pools[i], first[i].held, first[i].out, first[i])
 			} else {
 				got, why, err = a.assignFamily(ctx, o, fam, n, pools[i])
 			}

@@ -10,8 +10,9 @@ import (
 )
 
 // The lane is AutoAssign for the request a node makes nearly every time:
-// one address of one family, for a workload, with no pools named, from
-// the node's own block, while nothing it depends on has changed. Such a
+// one address of one family (or one of each, for a dual-stack pod), for a
+// workload, with no pools named, from the node's own block, while nothing
+// it depends on has changed. Such a
 // request would choose the same pools and find the same blocks as the
 // last one, so the lane keeps what the last one chose (a laneMemo per
 // node and family), checks with the store's generations that it still
@@ -53,10 +54,9 @@ type laneMemo struct {
 	unselected []netip.Prefix
 }
 
-// laneTry is the lane's attempt on the node's first block, for autoAssign
-// to go on from.
+// laneTry is the lane's attempt on the node's first block of a family,
+// for autoAssign to go on from.
 type laneTry struct {
-	fam  int // the family's index: 0 for IPv4, 1 for IPv6
 	held []heldBlock
 	out  []Assigned
 	r    fromResult
@@ -65,13 +65,17 @@ type laneTry struct {
 
 // autoAssignLane serves args if it has the lane's shape and the node's
 // memo stands (see above); ok is false, with nothing written, when it
-// leaves the request to AutoAssign.
+// leaves the request to AutoAssign. A dual-stack request (an address of
+// each family) is two such attempts, IPv4 first, as AutoAssign makes them.
 func (a *Allocator) autoAssignLane(ctx context.Context, args *AutoAssignArgs) (res AutoAssignResult, ok bool, err error) {
-	fi, fam := 0, pool.IPv4
+	var fams [2]bool // which families the request asks one address of
 	switch {
 	case args.Num4 == 1 && args.Num6 == 0:
+		fams[0] = true
 	case args.Num4 == 0 && args.Num6 == 1:
-		fi, fam = 1, pool.IPv6
+		fams[1] = true
+	case args.Num4 == 1 && args.Num6 == 1:
+		fams = [2]bool{true, true}
 	default:
 		return res, false, nil
 	}
@@ -108,51 +112,95 @@ func (a *Allocator) autoAssignLane(ctx context.Context, args *AutoAssignArgs) (r
 		}
 		args.NodeLabels = set
 	}
-	m := nc.lane[fi].Load()
-	if m != nil && (m.v != v || m.nb != nb) {
-		m = nil
-	}
-	if m == nil || !m.fits(args) {
-		m0 := m
-		if m = remakeMemo(v, nb, fam, args, m); m == nil {
+	var ms [2]*laneMemo
+	for fi, fam := range [2]pool.Family{pool.IPv4, pool.IPv6} {
+		if !fams[fi] {
+			continue
+		}
+		m := nc.lane[fi].Load()
+		if m == nil || m.v != v || m.nb != nb || !m.fits(args) {
+			m = laneMemoAgain(nc, fi, fam, v, nb, args)
+		}
+		if ms[fi] = m; m == nil || len(m.held) == 0 {
 			args.NodeLabels = given // AutoAssign says why, and where the labels came from
 			return res, false, nil
 		}
-		if m != m0 {
-			nc.lane[fi].Store(m)
-		}
-	}
-	if len(m.held) == 0 {
-		args.NodeLabels = given
-		return res, false, nil
 	}
 
-	// What AutoAssign would make, for the attempt and for autoAssign.
+	// What AutoAssign would make, for the attempts and for autoAssign.
 	var op assignOp
 	o := &op
 	a.startAssign(o, v, nc, args, attrs)
-	o.unselected = m.unselected[:len(m.unselected):len(m.unselected)]
-	out := make([]Assigned, 0, 1)
-	h := m.held[0]
-	r, err := a.assignFrom(ctx, o, &out, m.pools[h.pool].Name, h.blk, 1, true, false)
-	if err == nil && r == fromTook && len(out) == 1 && a.gens.Generation(KindReservation) == v.resvGen {
+	var outs [2][]Assigned
+	var rs [2]fromResult
+	var errs [2]error
+	var tried [2]bool
+	done := true
+	for fi, m := range ms {
+		if m == nil {
+			continue
+		}
+		if tried[0] && nb.gen != a.gens.Generation(KindAffinity) {
+			// AutoAssign looks at the node's blocks again for each
+			// family: after a change, the IPv6 memo's are not the ones it
+			// would find, so that family goes the way AutoAssign goes.
+			done = false
+			break
+		}
+		// As assignFamily gathers them, family by family.
+		if o.unselected == nil {
+			o.unselected = m.unselected[:len(m.unselected):len(m.unselected)]
+		} else {
+			o.unselected = append(o.unselected, m.unselected...)
+		}
+		out := make([]Assigned, 0, 1)
+		h := m.held[0]
+		rs[fi], errs[fi] = a.assignFrom(ctx, o, &out, m.pools[h.pool].Name, h.blk, 1, true, false)
+		outs[fi], tried[fi] = out, true
+		if errs[fi] != nil || rs[fi] != fromTook || len(out) != 1 {
+			done = false
+			break
+		}
+	}
+	if done && a.gens.Generation(KindReservation) == v.resvGen {
 		if a.laneTrace != nil {
 			a.laneTrace(false)
 		}
 		a.dropUnselected(ctx, o)
-		if fi == 0 {
-			return AutoAssignResult{IPv4: out}, true, nil
-		}
-		return AutoAssignResult{IPv6: out}, true, nil
+		return AutoAssignResult{IPv4: outs[0], IPv6: outs[1]}, true, nil
 	}
 	if a.laneTrace != nil {
 		a.laneTrace(true)
 	}
 	var pools [2][]*pool.Pool
 	var selErr [2]error
-	pools[fi] = m.pools
-	res, err = a.autoAssign(ctx, args, o, &pools, &selErr, &laneTry{fam: fi, held: m.held, out: out, r: r, err: err})
+	var first [2]*laneTry
+	for fi, m := range ms {
+		if m == nil {
+			continue
+		}
+		pools[fi] = m.pools
+		if tried[fi] {
+			first[fi] = &laneTry{held: m.held, out: outs[fi], r: rs[fi], err: errs[fi]}
+		}
+	}
+	res, err = a.autoAssign(ctx, args, o, &pools, &selErr, &first)
 	return res, true, err
+}
+
+// laneMemoAgain returns the node's memo of family fam (index fi) for args
+// under v and nb when the one it has does not fit them (see remakeMemo),
+// and nil when no pool qualifies.
+func laneMemoAgain(nc *nodeCache, fi int, fam pool.Family, v *view, nb *nodeBlocks, args *AutoAssignArgs) *laneMemo {
+	m := nc.lane[fi].Load()
+	if m != nil && (m.v != v || m.nb != nb) {
+		m = nil
+	}
+	m0 := m
+	if m = remakeMemo(v, nb, fam, args, m); m != nil && m != m0 {
+		nc.lane[fi].Store(m)
+	}
+	return m
 }
 
 // remakeMemo chooses the pools for args, as AutoAssign does (without an

@@ -355,10 +355,14 @@ func (m laneMachine) autoAssign(t *rapid.T) {
 		Handle: rapid.SampledFrom(laneHandles).Draw(t, "handle"),
 		Node:   rapid.SampledFrom(laneNodes).Draw(t, "node"),
 	}
-	// The lane's shape most of the time, and now and then anything.
-	if rapid.IntRange(0, 3).Draw(t, "v6") == 0 {
+	// The lane's shapes most of the time (an address of one family, or
+	// of each), and now and then anything.
+	switch rapid.IntRange(0, 5).Draw(t, "family") {
+	case 0:
 		args.Num6 = 1
-	} else {
+	case 1:
+		args.Num4, args.Num6 = 1, 1
+	default:
 		args.Num4 = 1
 	}
 	if rapid.IntRange(0, 4).Draw(t, "other") == 0 {
@@ -858,5 +862,112 @@ func nodeSelector(name, sel string) func(context.Context, *ipam.Allocator) error
 		}
 		p.NodeSelector = sel
 		return a.UpdatePool(ctx, p)
+	}
+}
+
+// TestLaneDualStack runs, with the lane and without, dual-stack requests
+// (an address of each family), which the lane serves as two attempts, and
+// the cases where one of them does not simply succeed.
+func TestLaneDualStack(t *testing.T) {
+	pools := []pool.Pool{
+		{Name: "a4", CIDR: netip.MustParsePrefix("10.0.0.0/28"), BlockSize: 30},
+		{Name: "c6", CIDR: netip.MustParsePrefix("fd00::/124"), BlockSize: 126},
+	}
+	cfg := ipam.Config{AutoAllocateBlocks: true, MaxBlocksPerHost: 3}
+	req := func(handle string) ipam.AutoAssignArgs {
+		return ipam.AutoAssignArgs{Num4: 1, Num6: 1, Handle: handle, Node: "n0"}
+	}
+	warm := func(t *testing.T, d *laneDiff) {
+		d.assign(t, 0, req("h0"))
+		d.assign(t, 0, req("h1"))
+	}
+	for _, tc := range []struct {
+		name            string
+		run             func(t *testing.T, d *laneDiff)
+		served, resumed int // at least
+	}{{
+		name: "steady",
+		run: func(t *testing.T, d *laneDiff) {
+			warm(t, d)
+			for range 3 {
+				d.assign(t, 0, req("h2"))
+				d.release(t, 0, "h2")
+			}
+		},
+		served: 3,
+	}, {
+		// The IPv6 block fills up: its attempt finds it full, and the
+		// request goes on in autoAssign, which claims another.
+		name: "second family full",
+		run: func(t *testing.T, d *laneDiff) {
+			warm(t, d)
+			d.assign(t, 0, req("h2"))
+			d.assign(t, 0, req("h3"))
+			d.assign(t, 0, req("h4"))
+		},
+		served: 3, resumed: 1,
+	}, {
+		// Another allocator writes the IPv6 block between the request's
+		// two writes: the second attempt's conflict is retried.
+		name: "conflict between the families",
+		run: func(t *testing.T, d *laneDiff) {
+			warm(t, d)
+			d.interfere(2, "AutoAssign n0 v6", func(ctx context.Context, a *ipam.Allocator) error {
+				_, err := a.AutoAssign(ctx, ipam.AutoAssignArgs{Num6: 1, Handle: "other", Node: "n0"})
+				return err
+			})
+			d.assign(t, 0, req("h2"))
+		},
+		served: 1,
+	}, {
+		// The node's blocks lose their affinity before the first write:
+		// both families claim again.
+		name: "taken away",
+		run: func(t *testing.T, d *laneDiff) {
+			warm(t, d)
+			d.interfere(1, "ReleaseHostAffinities n0", func(ctx context.Context, a *ipam.Allocator) error {
+				_, err := a.ReleaseHostAffinities(ctx, "n0", false)
+				return err
+			})
+			d.assign(t, 0, req("h2"))
+		},
+		served: 1, resumed: 1,
+	}, {
+		// The IPv6 pool is deleted just before the request's first write:
+		// the IPv4 address is written, the IPv6 block is no longer the
+		// node's, and no pool is left to claim in, so the IPv4 address is
+		// given back.
+		name: "second family's pool deleted",
+		run: func(t *testing.T, d *laneDiff) {
+			warm(t, d)
+			d.assign(t, 0, ipam.AutoAssignArgs{Num6: 1, Handle: "h0", Node: "n0"})
+			d.interfere(1, "DeletePool c6", func(ctx context.Context, a *ipam.Allocator) error {
+				return a.DeletePool(ctx, "c6")
+			})
+			d.assign(t, 0, req("h0"))
+		},
+		served: 1, resumed: 1,
+	}, {
+		// No room for IPv6 anywhere: all or nothing gives the IPv4
+		// address back.
+		name: "no room for the second family",
+		run: func(t *testing.T, d *laneDiff) {
+			warm(t, d)
+			d.assign(t, 1, ipam.AutoAssignArgs{Num6: 14, Handle: "all6", Node: "n1"})
+			// n0's allocator learns of n1's claims, as the next request
+			// of the node would.
+			d.assign(t, 0, ipam.AutoAssignArgs{Num4: 1, Handle: "v4", Node: "n0"})
+			d.assign(t, 0, req("h2"))
+		},
+		served: 1, resumed: 1,
+	}} {
+		for _, commits := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%s/commits=%t", tc.name, commits), func(t *testing.T) {
+				d := newLaneDiff(t, cfg, pools, commits)
+				tc.run(t, d)
+				require.GreaterOrEqual(t, d.trace.served, tc.served, "requests the lane served")
+				require.GreaterOrEqual(t, d.trace.resumed, tc.resumed, "requests the lane went on with in autoAssign")
+			})
+		}
 	}
 }
