@@ -6,7 +6,6 @@ import (
 	"net/netip"
 	"testing"
 
-
 	"github.com/carve-ipam/carve/ipam"
 	"github.com/carve-ipam/carve/pool"
 )
