@@ -17,9 +17,8 @@ import (
 // reservation of counts (a batch or AssignIPs), a release by handle of a
 // handle in fewer than MaxCommitWrites blocks (several only when the
 // commit goes through at once). Everything else takes the writes one by
-// one, as before. A
-// refused commit is retried as a whole, after a fresh read of the record
-// it was refused at.
+// one, as before. A refused commit is retried as a whole, after a fresh
+// read of the record it was refused at.
 
 // writeAssign makes the writes of an assignment of k addresses, the first
 // addr at seq, staged in e.next for h's handle: the handle's count for the
