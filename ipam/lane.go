@@ -12,23 +12,24 @@ import (
 // The lane is AutoAssign for the request a node makes nearly every time:
 // one address of one family (or one of each, for a dual-stack pod), for a
 // workload, with no pools named, from the node's own block, while nothing
-// it depends on has changed. Such a
-// request would choose the same pools and find the same blocks as the
-// last one, so the lane keeps what the last one chose (a laneMemo per
-// node and family), checks with the store's generations that it still
-// stands, and goes to the node's first block at once, with the
-// request's attempt there (assignOnce, retried as assignFrom retries it).
+// it depends on has changed. Such a request would choose the same pools
+// and find the same blocks as the last one, so the lane keeps what the
+// last one chose (a laneMemo per node and family), checks with the
+// store's generations that it still stands, and goes to the node's first
+// block at once, with the request's attempt there (assignOnce, retried as
+// assignFrom retries it); for a dual-stack pod, IPv4 first, then IPv6.
 //
-// It changes no decision. Before that attempt it writes nothing, and
+// It changes no decision. Before the first attempt it writes nothing, and
 // leaves to AutoAssign, which starts over, any request it cannot serve
 // (another shape, an argument AutoAssign refuses, a view or an index
 // entry out of date, a family without a pool or a block). After it, a
-// request that got its address, with the reservations unchanged, returns
-// what AutoAssign would; any other outcome (an error, a full block, one
-// no longer the node's, a reservation made meanwhile) goes on in
-// autoAssign from that attempt (laneTry), exactly as if AutoAssign had
-// made it. TestLaneMatchesAutoAssign checks that the two write the same
-// records and return the same results and errors.
+// request that got its addresses, with the reservations unchanged,
+// returns what AutoAssign would; any other outcome (an error, a full
+// block, one no longer the node's, a reservation made meanwhile, the
+// node's index entries changed before the second family's attempt) goes
+// on in autoAssign from the attempts made (laneTry, per family), exactly
+// as if AutoAssign had made them. TestLaneMatchesAutoAssign checks that
+// the two write the same records and return the same results and errors.
 
 // laneMemo is what AutoAssign chose for a node and a family under one
 // view and one listing of the node's index entries: the eligible pools
