@@ -45,27 +45,37 @@ func BenchmarkAllocRelease(b *testing.B) {
 // release of both.
 func BenchmarkAllocReleaseDual(b *testing.B) {
 	ctx := context.Background()
-	a, err := ipam.New(memstore.New(), ipam.Options{})
-	if err != nil {
-		b.Fatal(err)
-	}
-	for _, p := range workload.Pools {
-		if err := a.CreatePool(ctx, pool.Pool{Name: p.Name, CIDR: p.CIDR, BlockSize: p.BlockSize}); err != nil {
-			b.Fatal(err)
-		}
-	}
-	args := ipam.AutoAssignArgs{Num4: 1, Num6: 1, Handle: "pod", Node: workload.Node}
-	for range 2 { // claim the blocks, fill the caches
-		if err := workload.AllocRelease(ctx, a, args); err != nil {
-			b.Fatal(err)
-		}
-	}
+	a, args := dualCluster(b)
 	b.ReportAllocs()
 	for b.Loop() {
 		if err := workload.AllocRelease(ctx, a, args); err != nil {
 			b.Fatal(err)
 		}
 	}
+}
+
+// dualCluster returns an allocator on a memstore with the workload's
+// IPv4 and IPv6 pools, where the node under test holds a block of each,
+// and a dual-stack request of that node.
+func dualCluster(tb testing.TB) (*ipam.Allocator, ipam.AutoAssignArgs) {
+	tb.Helper()
+	ctx := context.Background()
+	a, err := ipam.New(memstore.New(), ipam.Options{})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	for _, p := range workload.Pools {
+		if err := a.CreatePool(ctx, pool.Pool{Name: p.Name, CIDR: p.CIDR, BlockSize: p.BlockSize}); err != nil {
+			tb.Fatal(err)
+		}
+	}
+	args := ipam.AutoAssignArgs{Num4: 1, Num6: 1, Handle: "pod", Node: workload.Node}
+	for range 2 { // claim the blocks, fill the caches
+		if err := workload.AllocRelease(ctx, a, args); err != nil {
+			tb.Fatal(err)
+		}
+	}
+	return a, args
 }
 
 // BenchmarkAllocReleasePods is the steady-state pair as a CNI plugin makes
@@ -268,4 +278,21 @@ func TestAllocBudget(t *testing.T) {
 			}
 		})
 	}
+	// A dual-stack pod's pair: a result slice per family and the
+	// released addresses; the handle record of two blocks is shared, as
+	// one of a single block is.
+	t.Run("dual-stack", func(t *testing.T) {
+		a, args := dualCluster(t)
+		ctx := context.Background()
+		allocs := testing.AllocsPerRun(200, func() {
+			if err := workload.AllocRelease(ctx, a, args); err != nil {
+				t.Fatal(err)
+			}
+		})
+		const budget = 3
+		t.Logf("dual-stack: %.0f allocations per AutoAssign+ReleaseByHandle (budget %d)", allocs, budget)
+		if allocs > budget {
+			t.Errorf("dual-stack: %.1f allocations per AutoAssign+ReleaseByHandle, budget %d", allocs, budget)
+		}
+	})
 }

@@ -66,14 +66,17 @@ type Allocator struct {
 
 	// Caches (see cache): blocks as last read or written (IPv4 blocks in
 	// blocks4, by v4Key), per node name the blocks the node holds and its
-	// shared attribute map, the encoded value of single-block handle
-	// records, and per block record key the summary of the record last
-	// peeked (see peek).
+	// shared attribute map, the encoded value of handle records that count
+	// one block or two, and per block record key the summary of the record
+	// last peeked (see peek).
 	blocks     cache[netip.Prefix, *blockEntry]
 	blocks4    cache[uint64, *blockEntry]
 	nodes      cache[string, *nodeCache]
 	handleVals cache[handleCount, *handleVal]
-	peeks      cache[string, *atomic.Pointer[peeked]]
+	// handlePairs holds the encoded values of handle records that count
+	// addresses in two blocks: a dual-stack pod's, most often.
+	handlePairs cache[[2]handleCount, []byte]
+	peeks       cache[string, *atomic.Pointer[peeked]]
 	// lb is VirtualLoadBalancer's cache, as nodes hold each node's; its
 	// attrs are nil, since LoadBalancer addresses carry no AttrNode.
 	lb nodeCache

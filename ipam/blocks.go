@@ -39,9 +39,11 @@ type blockEntry struct {
 	// go to the store through an interface, so on the stack they would
 	// escape, costing an allocation per commit. The holder of mu uses
 	// them. They keep what the last commit wrote until the next, as the
-	// entry keeps the block.
-	writes [2]Write
-	revs   [2]Revision
+	// entry keeps the block. Three: a handle record and a block, or a
+	// dual-stack pod's handle record and two blocks (releaseJoinedMany
+	// uses the first entry's).
+	writes [3]Write
+	revs   [3]Revision
 }
 
 // lock takes the entry for one operation.

@@ -54,7 +54,7 @@ func (a *Allocator) assignJoined(ctx context.Context, h *handleTx, e *blockEntry
 	blk := e.prefix
 	had := h.rec.count(blk)
 	h.rec.put(blk, had+k)
-	ws := &e.writes
+	ws := e.writes[:2]
 	h.writeOp(&ws[joinedHandle])
 	a.pruneReleased(e.next)
 	if err := a.blockWrite(e, &ws[joinedBlock]); err != nil {
@@ -62,7 +62,7 @@ func (a *Allocator) assignJoined(ctx context.Context, h *handleTx, e *blockEntry
 		return err
 	}
 	r0 := e.rev
-	err := a.committer.Commit(ctx, ws[:], e.revs[:])
+	err := a.committer.Commit(ctx, ws, e.revs[:2])
 	if err == nil {
 		h.committed(ws[joinedHandle].Rev == 0, e.revs[joinedHandle])
 		e.wrote(e.revs[joinedBlock])
@@ -256,8 +256,11 @@ func (a *Allocator) releaseJoinedMany(ctx context.Context, h *handleTx, es []han
 			e.unlock()
 		}
 	}()
-	ws := make([]Write, len(es)+1)
-	revs := make([]Revision, len(es)+1)
+	// The first entry's commit arguments serve a handle in two blocks.
+	ws, revs := entries[0].writes[:], entries[0].revs[:]
+	if len(es)+1 > len(ws) {
+		ws, revs = make([]Write, len(es)+1), make([]Revision, len(es)+1)
+	}
 	return a.releaseJoined(ctx, entries, h, at, released, ws, revs)
 }
 

@@ -377,10 +377,16 @@ func (h *handleTx) unknown() error {
 // handleValue encodes a handle record. The value of a handle holding some
 // addresses of a single block, by far the most common, is shared by every
 // such handle: values are immutable once written, so one copy serves all.
+// So is the value of one holding addresses of two blocks.
 // last, if not nil, is tried first and then holds the value returned.
 func (a *Allocator) handleValue(r *handleRecord, last *atomic.Pointer[handleVal]) []byte {
 	es := r.entries()
-	if len(es) != 1 {
+	switch len(es) {
+	case 1:
+	case 2:
+		// A dual-stack pod's: shared too, as immutable.
+		return a.handlePairs.getOrMake([2]handleCount{es[0], es[1]}, func() []byte { return r.appendBinary(nil) })
+	default:
 		return r.appendBinary(nil)
 	}
 	if last != nil {
