@@ -16,38 +16,23 @@ import (
 // TestLaneDualStackMore: more dual-stack cases where an attempt of the
 // lane does not simply succeed, with the lane and without.
 func TestLaneDualStackMore(t *testing.T) {
-	pools := []pool.Pool{
-		{Name: "a4", CIDR: netip.MustParsePrefix("10.0.0.0/28"), BlockSize: 30},
-		{Name: "c6", CIDR: netip.MustParsePrefix("fd00::/124"), BlockSize: 126},
-	}
-	cfg := ipam.Config{AutoAllocateBlocks: true, MaxBlocksPerHost: 3}
-	req := func(handle string) ipam.AutoAssignArgs {
-		return ipam.AutoAssignArgs{Num4: 1, Num6: 1, Handle: handle, Node: "n0"}
-	}
-	warm := func(t *testing.T, d *laneDiff) {
-		d.assign(t, 0, req("h0"))
-		d.assign(t, 0, req("h1"))
-	}
-	type tcase struct {
-		name string
-		run  func(t *testing.T, d *laneDiff)
-	}
-	var cases []tcase
+	req, warm := dualReq, dualWarm
+	var cases []laneScenario
 	for at := 1; at <= 4; at++ {
 		cases = append(cases,
-			tcase{fmt.Sprintf("reserved v4 meanwhile at %d", at), func(t *testing.T, d *laneDiff) {
+			laneScenario{name: fmt.Sprintf("reserved v4 meanwhile at %d", at), run: func(t *testing.T, d *laneDiff) {
 				warm(t, d)
 				// The node's IPv4 block, as the first request found it.
 				d.interfere(at, "reserve", reserve(ipam.Reservation{Name: "r", CIDRs: []netip.Prefix{d.addrs[0][0].Block}}))
 				d.assign(t, 0, req("h2"))
 			}},
-			tcase{fmt.Sprintf("reserved v6 meanwhile at %d", at), func(t *testing.T, d *laneDiff) {
+			laneScenario{name: fmt.Sprintf("reserved v6 meanwhile at %d", at), run: func(t *testing.T, d *laneDiff) {
 				warm(t, d)
 				// The node's IPv6 block.
 				d.interfere(at, "reserve", reserve(ipam.Reservation{Name: "r", CIDRs: []netip.Prefix{d.addrs[0][1].Block}}))
 				d.assign(t, 0, req("h2"))
 			}},
-			tcase{fmt.Sprintf("v6 block released at %d", at), func(t *testing.T, d *laneDiff) {
+			laneScenario{name: fmt.Sprintf("v6 block released at %d", at), run: func(t *testing.T, d *laneDiff) {
 				warm(t, d)
 				d.release(t, 0, "h0")
 				d.release(t, 0, "h1")
@@ -58,7 +43,7 @@ func TestLaneDualStackMore(t *testing.T) {
 				})
 				d.assign(t, 0, req("h2"))
 			}},
-			tcase{fmt.Sprintf("same handle meanwhile at %d", at), func(t *testing.T, d *laneDiff) {
+			laneScenario{name: fmt.Sprintf("same handle meanwhile at %d", at), run: func(t *testing.T, d *laneDiff) {
 				warm(t, d)
 				d.interfere(at, "AutoAssign h2", func(ctx context.Context, a *ipam.Allocator) error {
 					_, err := a.AutoAssign(ctx, req("h2"))
@@ -68,7 +53,7 @@ func TestLaneDualStackMore(t *testing.T) {
 				args.NewHandle = true
 				d.assign(t, 0, args)
 			}},
-			tcase{fmt.Sprintf("other node claims at %d", at), func(t *testing.T, d *laneDiff) {
+			laneScenario{name: fmt.Sprintf("other node claims at %d", at), run: func(t *testing.T, d *laneDiff) {
 				warm(t, d)
 				d.interfere(at, "AutoAssign n1", func(ctx context.Context, a *ipam.Allocator) error {
 					_, err := a.AutoAssign(ctx, ipam.AutoAssignArgs{Num4: 1, Num6: 1, Handle: "x", Node: "n1"})
@@ -79,13 +64,13 @@ func TestLaneDualStackMore(t *testing.T) {
 		)
 	}
 	cases = append(cases,
-		tcase{"new handle exists", func(t *testing.T, d *laneDiff) {
+		laneScenario{name: "new handle exists", run: func(t *testing.T, d *laneDiff) {
 			warm(t, d)
 			args := req("h1")
 			args.NewHandle = true
 			d.assign(t, 0, args)
 		}},
-		tcase{"partial, no room for v6", func(t *testing.T, d *laneDiff) {
+		laneScenario{name: "partial, no room for v6", run: func(t *testing.T, d *laneDiff) {
 			warm(t, d)
 			d.assign(t, 1, ipam.AutoAssignArgs{Num6: 14, Handle: "all6", Node: "n1"})
 			d.assign(t, 0, ipam.AutoAssignArgs{Num4: 1, Handle: "v4", Node: "n0"})
@@ -96,15 +81,7 @@ func TestLaneDualStackMore(t *testing.T) {
 			d.release(t, 0, "h0")
 		}},
 	)
-	for _, tc := range cases {
-		for _, commits := range []bool{false, true} {
-			t.Run(fmt.Sprintf("%s/commits=%t", tc.name, commits), func(t *testing.T) {
-				d := newLaneDiff(t, cfg, pools, commits)
-				tc.run(t, d)
-				t.Logf("served %d resumed %d", d.trace.served, d.trace.resumed)
-			})
-		}
-	}
+	runLaneScenarios(t, dualConfig, dualPools, cases)
 }
 
 // TestLaneDualStackGivesUpUnselected: the node holds an empty block of

@@ -852,23 +852,32 @@ func nodeSelector(name, sel string) func(context.Context, *ipam.Allocator) error
 	}
 }
 
+// The dual-stack lane tests' pools (blocks of four addresses, four of
+// each family), configuration, request of node n0, and warm-up: n0 holds
+// a block of each family with room, known to allocator 0.
+var (
+	dualPools = []pool.Pool{
+		{Name: "a4", CIDR: netip.MustParsePrefix("10.0.0.0/28"), BlockSize: 30},
+		{Name: "c6", CIDR: netip.MustParsePrefix("fd00::/124"), BlockSize: 126},
+	}
+	dualConfig = ipam.Config{AutoAllocateBlocks: true, MaxBlocksPerHost: 3}
+)
+
+func dualReq(handle string) ipam.AutoAssignArgs {
+	return ipam.AutoAssignArgs{Num4: 1, Num6: 1, Handle: handle, Node: "n0"}
+}
+
+func dualWarm(t *testing.T, d *laneDiff) {
+	d.assign(t, 0, dualReq("h0"))
+	d.assign(t, 0, dualReq("h1"))
+}
+
 // TestLaneDualStack runs, with the lane and without, dual-stack requests
 // (an address of each family), which the lane serves as two attempts, and
 // the cases where one of them does not simply succeed.
 func TestLaneDualStack(t *testing.T) {
-	pools := []pool.Pool{
-		{Name: "a4", CIDR: netip.MustParsePrefix("10.0.0.0/28"), BlockSize: 30},
-		{Name: "c6", CIDR: netip.MustParsePrefix("fd00::/124"), BlockSize: 126},
-	}
-	cfg := ipam.Config{AutoAllocateBlocks: true, MaxBlocksPerHost: 3}
-	req := func(handle string) ipam.AutoAssignArgs {
-		return ipam.AutoAssignArgs{Num4: 1, Num6: 1, Handle: handle, Node: "n0"}
-	}
-	warm := func(t *testing.T, d *laneDiff) {
-		d.assign(t, 0, req("h0"))
-		d.assign(t, 0, req("h1"))
-	}
-	runLaneScenarios(t, cfg, pools, []laneScenario{{
+	req, warm := dualReq, dualWarm
+	runLaneScenarios(t, dualConfig, dualPools, []laneScenario{{
 		name: "steady",
 		run: func(t *testing.T, d *laneDiff) {
 			warm(t, d)
