@@ -173,16 +173,12 @@ func (e *blockEntry) stage() *block.Block {
 // error matches ErrConflict. The caller holds e.mu.
 func (a *Allocator) commit(ctx context.Context, e *blockEntry) error {
 	b := e.next
-	a.pruneReleased(b)
-	keep := false
-	if b.Empty() && b.Affinity().IsZero() {
-		var err error
-		if keep, err = a.keepCooling(ctx, b); err != nil {
-			return err
-		}
-		if !keep {
-			return a.deleteBlock(ctx, e)
-		}
+	del, keep, err := a.blockFate(ctx, b)
+	switch {
+	case err != nil:
+		return err
+	case del:
+		return a.deleteBlock(ctx, e)
 	}
 	rev, err := a.put(ctx, e, b, e.rev)
 	if err != nil {
@@ -193,6 +189,20 @@ func (a *Allocator) commit(ctx context.Context, e *blockEntry) error {
 		return a.keptStands(ctx, e)
 	}
 	return nil
+}
+
+// blockFate prunes b's release times and decides what writing b, a
+// block's new version, means: a delete when it is empty without affinity
+// and nothing in it is cooling (del), otherwise a write, to be followed by
+// keptStands when it is such a block kept for its cooling addresses
+// (keep).
+func (a *Allocator) blockFate(ctx context.Context, b *block.Block) (del, keep bool, err error) {
+	a.pruneReleased(b)
+	if !b.Empty() || !b.Affinity().IsZero() {
+		return false, false, nil
+	}
+	keep, err = a.keepCooling(ctx, b)
+	return !keep && err == nil, keep, err
 }
 
 // deleteBlock deletes e's block with compare-and-swap on e.rev.

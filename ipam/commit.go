@@ -328,20 +328,14 @@ func (a *Allocator) blockWrite(e *blockEntry, w *Write) error {
 }
 
 // blockChange sets w to the write that commit would make of e's staged
-// block: a delete (del) when it is empty without affinity and not kept
-// for its cooling addresses, otherwise an update (blockWrite), to be
-// followed by keptStands when keep is set.
+// block: a delete (del), or an update (blockWrite), to be followed by
+// keptStands when keep is set (see blockFate).
 func (a *Allocator) blockChange(ctx context.Context, e *blockEntry, w *Write) (del, keep bool, err error) {
-	b := e.next
-	a.pruneReleased(b)
-	if b.Empty() && b.Affinity().IsZero() {
-		if keep, err = a.keepCooling(ctx, b); err != nil {
-			return false, false, err
-		}
-		if !keep {
+	if del, keep, err = a.blockFate(ctx, e.next); err != nil || del {
+		if del {
 			*w = Write{Kind: KindBlock, Key: e.key, Rev: e.rev, Delete: true}
-			return true, false, nil
 		}
+		return del, keep, err
 	}
 	return false, keep, a.blockWrite(e, w)
 }
