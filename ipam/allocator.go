@@ -77,6 +77,10 @@ type Allocator struct {
 	// addresses in two blocks: a dual-stack pod's, most often.
 	handlePairs cache[[2]handleCount, []byte]
 	peeks       cache[string, *atomic.Pointer[peeked]]
+	// memos holds the handle records the allocator wrote, when memo is
+	// set (see handleMemos).
+	memo  bool
+	memos handleMemos
 	// lb is VirtualLoadBalancer's cache, as nodes hold each node's; its
 	// attrs are nil, since LoadBalancer addresses carry no AttrNode.
 	lb nodeCache
@@ -136,6 +140,7 @@ func New(store Store, opts Options) (*Allocator, error) {
 	a.gens, _ = store.(Generations)
 	a.keeper, _ = store.(BlockKeeper)
 	a.committer, _ = store.(Committer)
+	a.memo = a.committer != nil && a.keeper == nil
 	if a.now == nil {
 		a.now = time.Now
 	}

@@ -114,6 +114,7 @@ func (h *handleTx) landed(ctx context.Context, w *Write, unsure bool) {
 	}
 	h.created = h.created || w.Rev == 0
 	h.rev, h.mine, h.known, h.unsure = rec.Revision, rec.Revision, true, unsure
+	h.remember()
 }
 
 // releaseJoined is one attempt at releasing h's addresses in the blocks
@@ -172,6 +173,9 @@ func (a *Allocator) releaseJoined(ctx context.Context, es []*blockEntry, h *hand
 			lower = true
 		}
 	}
+	// A record from the memo is written even when no count goes down, so
+	// that the commit checks it.
+	lower = lower || h.remembered
 	writes := ws[:0]
 	if lower {
 		writes = writes[:1]
@@ -301,6 +305,7 @@ func (h *handleTx) writeOp(w *Write) {
 func (h *handleTx) committed(created bool, rev Revision) {
 	h.created = h.created || created
 	h.rev, h.mine = rev, rev
+	h.remember()
 }
 
 // commitFailed records that a commit with a write of the record failed

@@ -42,6 +42,10 @@ type handleTx struct {
 	exclusive bool
 	mine      Revision // the record's revision as this operation last wrote it; 0: none
 	created   bool     // this operation created the record (at some point)
+	// remembered says that rec and rev come from the allocator's memo
+	// (handleMemos), not from a read: a commit made on them must check
+	// the record.
+	remembered bool
 	// unsure says that a write of the record failed in a way that may
 	// have applied it (a lost reply): a record at a revision this
 	// operation does not know may then be its own, and an exclusive
@@ -337,6 +341,7 @@ func (h *handleTx) write(ctx context.Context) error {
 		return fmt.Errorf("ipam: write handle %q: %w", h.id, err)
 	}
 	h.rev, h.mine = rev, rev
+	h.remember()
 	return nil
 }
 

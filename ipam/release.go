@@ -432,25 +432,22 @@ func sortedKeys[V any](m map[string]V) []string {
 // releasable; Check reports what a crash left (ProblemHandleExcess) and
 // Repair removes it.
 func (a *Allocator) ReleaseByHandle(ctx context.Context, handle string) ([]netip.Addr, error) {
+	if a.memo {
+		if m, ok := a.memos.get(handle); ok {
+			if released, done, err := a.releaseRemembered(ctx, handle, &m); done {
+				return released, err
+			}
+		}
+	}
 	var h handleTx
 	if err := h.open(ctx, a, "release by handle", handle); err != nil {
 		return nil, err
 	}
-	v, err := a.configView(ctx)
+	at, err := a.releaseTime(ctx)
 	if err != nil {
 		return nil, err
 	}
-	var at time.Time
-	if v.config.ReleaseCooldown > 0 {
-		at = a.now()
-	}
-	// Room for what the record counts (at most a block's worth per block),
-	// made once rather than grown by the blocks' appends.
-	size := 0
-	for _, hc := range h.rec.entries() {
-		size += min(hc.count, block.MaxSize)
-	}
-	released := make([]netip.Addr, 0, size)
+	released := releaseRoom(&h.rec)
 	// The blocks, and then how far each block's count goes down: what was
 	// released there, lowered in one write once the blocks are done (a
 	// crash in between leaves counts too high, which is repairable).
@@ -521,6 +518,63 @@ func (a *Allocator) ReleaseByHandle(ctx context.Context, handle string) ([]netip
 		return nil, noAddrs("release by handle", &h)
 	}
 	return released, nil
+}
+
+// releaseRemembered is ReleaseByHandle for a handle whose record the
+// allocator wrote last, as m holds it (see handleMemos): one commit of its
+// blocks and the record, without a read of the record. done is false, with
+// nothing released, when the commit finds the record or a block not as
+// the memo and the cached blocks say, or a block holds nothing of the
+// handle: the caller then starts over from a read of the record, which
+// may count blocks the memo does not.
+func (a *Allocator) releaseRemembered(ctx context.Context, handle string, m *handleMemo) (released []netip.Addr, done bool, err error) {
+	at, err := a.releaseTime(ctx)
+	if err != nil {
+		return nil, true, err
+	}
+	h := handleTx{a: a, id: handle}
+	m.load(&h)
+	released = releaseRoom(&h.rec)
+	var blocks [len(m.es)]handleCount
+	es := blocks[:copy(blocks[:], h.rec.entries())]
+	var joined bool
+	if len(es) == 1 {
+		e := a.entry(es[0].block)
+		e.lock()
+		one := [1]*blockEntry{e}
+		joined, err = a.releaseJoined(ctx, one[:], &h, at, &released, e.writes[:], e.revs[:])
+		e.unlock()
+	} else {
+		joined, err = a.releaseJoinedMany(ctx, &h, es, at, &released)
+	}
+	switch {
+	case joined:
+		return released, true, err
+	case err == nil || isRace(err):
+		return nil, false, nil
+	}
+	return nil, true, err
+}
+
+// releaseTime returns the release time to record in blocks: now, or zero
+// when no release cooldown is configured.
+func (a *Allocator) releaseTime(ctx context.Context) (time.Time, error) {
+	v, err := a.configView(ctx)
+	if err != nil || v.config.ReleaseCooldown <= 0 {
+		return time.Time{}, err
+	}
+	return a.now(), nil
+}
+
+// releaseRoom returns an empty slice with room for the addresses that r
+// counts (at most a block's worth per block), made once rather than grown
+// by the blocks' appends.
+func releaseRoom(r *handleRecord) []netip.Addr {
+	size := 0
+	for _, hc := range r.entries() {
+		size += min(hc.count, block.MaxSize)
+	}
+	return make([]netip.Addr, 0, size)
 }
 
 // releaseHandleOnce is one attempt of ReleaseByHandle on e's block, whose
