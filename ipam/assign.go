@@ -183,6 +183,11 @@ type assignOp struct {
 // *AssignError. Errors from the store are returned as they are; the
 // addresses assigned by then are released on a best-effort basis and are
 // otherwise recorded under the handle, where ReleaseByHandle finds them.
+// A request during which a pool it assigned from was replaced by a pool
+// over the same range with another block size (DeletePool, then
+// CreatePool) may have assigned from a block the new pool does not carve:
+// it releases what it assigned and fails with an *AddrError matching
+// ErrNotInPool, and may be made again.
 func (a *Allocator) AutoAssign(ctx context.Context, args AutoAssignArgs) (AutoAssignResult, error) {
 	if a.gens != nil && !a.noLane {
 		if res, ok, err := a.autoAssignLane(ctx, &args); ok {
@@ -360,6 +365,12 @@ func (a *Allocator) autoAssign(ctx context.Context, args *AutoAssignArgs, o *ass
 			break
 		}
 		want = again
+	}
+	if err := a.stillCarved(ctx, o.v, res.IPv4, res.IPv6); err != nil {
+		if rerr := a.rollback(ctx, o, res); rerr != nil {
+			err = errors.Join(err, rerr)
+		}
+		return AutoAssignResult{}, err
 	}
 	a.dropUnselected(ctx, o)
 	if short[0]+short[1] > 0 {
@@ -966,10 +977,15 @@ func poolNames(pools []*pool.Pool) string {
 	return fmt.Sprintf("pools %q", names)
 }
 
-// poolOf returns the index of the pool holding blk, or -1.
+// poolOf returns the index of the pool that carves blk (holds it, with
+// blk's size as its block size), or -1. A block of another size inside a
+// pool is one that a claim which read the pools before the pool was
+// replaced (DeletePool, then CreatePool with another block size) made,
+// and is about to give up: no request may use it, or the new pool's own
+// block over the same addresses could assign them again.
 func poolOf(pools []*pool.Pool, blk netip.Prefix) int {
 	for i, p := range pools {
-		if p.CIDR.Contains(blk.Addr()) && p.CIDR.Bits() <= blk.Bits() {
+		if p.BlockSize == blk.Bits() && p.CIDR.Contains(blk.Addr()) && p.CIDR.Bits() <= blk.Bits() {
 			return i
 		}
 	}

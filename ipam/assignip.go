@@ -110,6 +110,10 @@ type AssignIPsArgs struct {
 // stay recorded under the handle, where ReleaseByHandle finds them, and
 // the error says so, as for AutoAssign.
 //
+// A pool replaced during the request, as for AutoAssign, fails it with
+// ErrNotInPool when the block of an address it assigned is not one the
+// new pool carves.
+//
 // The result lists the addresses by family, each family in the order
 // given.
 func (a *Allocator) AssignIPs(ctx context.Context, args AssignIPsArgs) (AutoAssignResult, error) {
@@ -127,6 +131,9 @@ func (a *Allocator) assignIPs(ctx context.Context, named bool, args AssignIPsArg
 	if err == nil {
 		var res AutoAssignResult
 		if err = a.assignFixed(ctx, o, targets, named, args.IgnoreCooldown, &res); err == nil {
+			err = a.stillCarved(ctx, o.v, res.IPv4, res.IPv6)
+		}
+		if err == nil {
 			return res, nil
 		}
 		// Give back what was assigned, and the blocks claimed for it. With

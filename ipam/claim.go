@@ -337,6 +337,55 @@ func (a *Allocator) claimStands(ctx context.Context, e *blockEntry, aff block.Af
 	return gone
 }
 
+// stillCarved checks, after a request assigned got under the view v, that
+// the pools as stored now still carve each address's block, when they
+// changed since v was read. A block that no pool carves can only be one a
+// claim made for the pools as they were before a pool over its range was
+// replaced by one with another block size (DeletePool, then CreatePool):
+// the claim gives it up once it sees the change, unless a request that,
+// like this one, read the pools before it assigned there first. Such an
+// address must not stand, since the new pool's own block over it may
+// assign it again: the request fails with ErrNotInPool, for its caller to
+// roll back. (poolOf keeps a request that read the new pools out of such
+// a block.)
+func (a *Allocator) stillCarved(ctx context.Context, v *view, got ...[]Assigned) error {
+	if a.gens != nil && a.gens.Generation(KindPool) == v.poolsGen {
+		return nil
+	}
+	n := 0
+	for _, xs := range got {
+		n += len(xs)
+	}
+	if n == 0 {
+		return nil
+	}
+	rec, err := a.store.Get(ctx, KindPool, singletonKey)
+	var pools *pool.Set
+	switch {
+	case errors.Is(err, ErrNotFound):
+		return nil // no pool left: nothing can overlap the blocks
+	case err != nil:
+		return fmt.Errorf("ipam: assign: read pools after the writes: %w", err)
+	case rec.Revision == v.poolsRev:
+		return nil
+	}
+	if pools, _, err = unmarshalPools(rec.Value); err != nil {
+		return fmt.Errorf("ipam: assign: read pools after the writes: %w", err)
+	}
+	for _, xs := range got {
+		for _, x := range xs {
+			p, held := pools.ByAddr(x.Addr)
+			if !held {
+				continue // a deleted pool's: its blocks stay, without affinity
+			}
+			if _, ok := carving(pools, x.Block); !ok {
+				return &AddrError{Addr: x.Addr, Err: fmt.Errorf("ipam: assign %s: %w: pool %q, which holds it, was replaced during the request by one of /%d blocks, and its block %s is not one of them", x.Addr, ErrNotInPool, p.Name, p.BlockSize, x.Block)}
+			}
+		}
+	}
+	return nil
+}
+
 // storedPools reads the pool set from the store, past the view's cache
 // (the view's set when its revision is the stored one).
 func (a *Allocator) storedPools(ctx context.Context) (*pool.Set, error) {

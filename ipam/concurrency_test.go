@@ -151,10 +151,11 @@ func TestStoreOpsPerAssign(t *testing.T) {
 		{false, true, [2]int{2, 3}},
 		// Without Generations nothing is cached: an assignment reads the
 		// pools, configuration, reservations and the node's blocks, and
-		// the reservations again after its write; a release reads the
-		// pools, configuration and reservations.
-		{true, false, [2]int{6, 5}},
-		{false, false, [2]int{7, 6}},
+		// the reservations and pools again after its write (see
+		// stillCarved); a release reads the pools, configuration and
+		// reservations.
+		{true, false, [2]int{7, 5}},
+		{false, false, [2]int{8, 6}},
 	} {
 		commits := c.commits
 		t.Run(fmt.Sprintf("commits=%t/generations=%t", commits, c.gens), func(t *testing.T) {

@@ -289,3 +289,200 @@ func TestDeletePoolFollowsAffinityChanges(t *testing.T) {
 		})
 	}
 }
+
+// TestStaleViewAssignsIntoUncarvedBlock: a request read the pools (pool
+// "old", /28 blocks) before the pool was replaced by "new" (/26 blocks,
+// over the same range), and a claim that also read the old pools made a
+// /28 block for the node after the replacement, which it is about to give
+// up. The request finds that /28 among the node's blocks and assigns there
+// before the claim gives it up: it must not keep that address, which the
+// new pool's /26 block over it may assign again. It fails with
+// ErrNotInPool, having assigned nothing, and the claim gives its block up.
+func TestStaleViewAssignsIntoUncarvedBlock(t *testing.T) {
+	for _, c := range []struct {
+		name string
+		do   func(e *env, a *ipam.Allocator) (ipam.AutoAssignResult, error)
+	}{
+		{"AutoAssign", func(e *env, a *ipam.Allocator) (ipam.AutoAssignResult, error) {
+			return a.AutoAssign(e.ctx, ipam.AutoAssignArgs{Num4: 1, Handle: "pod-y", Node: "node-a"})
+		}},
+		{"AssignIPs", func(e *env, a *ipam.Allocator) (ipam.AutoAssignResult, error) {
+			return a.AssignIPs(e.ctx, ipam.AssignIPsArgs{Addrs: []netip.Addr{mustAddr("10.0.0.1")}, Handle: "pod-y", Node: "node-a"})
+		}},
+	} {
+		t.Run(c.name, func(t *testing.T) { staleViewAssignsIntoUncarvedBlock(t, c.do) })
+	}
+}
+
+func staleViewAssignsIntoUncarvedBlock(t *testing.T, do func(e *env, a *ipam.Allocator) (ipam.AutoAssignResult, error)) {
+	e := newEnv(t, v4pool("old", "10.0.0.0/24", 28))
+	atWindow, requestDone := make(chan struct{}), make(chan struct{})
+	var claimErr error
+	claimed := make(chan struct{})
+
+	// The claimer: its block create comes after the replacement, and it
+	// waits, before it reads the pools again (claimStands), for the
+	// request to finish.
+	var replace, window sync.Once
+	claimerStore := &opHookStore{Store: e.store, before: func(op string, kind ipam.Kind, key string) error {
+		switch {
+		case op == "create" && kind == ipam.KindBlock:
+			replace.Do(func() {
+				require.NoError(t, e.a.DeletePool(e.ctx, "old"))
+				require.NoError(t, e.a.CreatePool(e.ctx, v4pool("new", "10.0.0.0/24", 26)))
+			})
+		case op == "get" && kind == ipam.KindPool:
+			if _, err := e.store.Get(e.ctx, ipam.KindBlock, "v4:0a000000/28"); err == nil {
+				window.Do(func() {
+					close(atWindow)
+					<-requestDone
+				})
+			}
+		}
+		return nil
+	}}
+	claimer, err := ipam.New(claimerStore, ipam.Options{})
+	require.NoError(t, err)
+
+	// The request: it has read the pools (the old ones) when it lists the
+	// node's blocks (AutoAssign) or reads the address's block (AssignIPs);
+	// the claim runs up to its window then.
+	var start sync.Once
+	requestStore := &opHookStore{Store: e.store, before: func(op string, kind ipam.Kind, key string) error {
+		if op == "list" && kind == ipam.KindAffinity || op == "get" && kind == ipam.KindBlock {
+			start.Do(func() {
+				go func() {
+					defer close(claimed)
+					_, claimErr = claimer.AssignIP(e.ctx, ipam.AssignIPArgs{Addr: mustAddr("10.0.0.5"), Handle: "pod-x", Node: "node-a"})
+				}()
+				<-atWindow
+			})
+		}
+		return nil
+	}}
+	request, err := ipam.New(requestStore, ipam.Options{})
+	require.NoError(t, err)
+	res, err := do(e, request)
+	close(requestDone)
+	<-claimed
+	require.ErrorIs(t, err, ipam.ErrNotInPool, "the request assigned %v", res)
+	var ae *ipam.AddrError
+	require.ErrorAs(t, err, &ae)
+	require.Contains(t, err.Error(), `pool "new"`)
+	require.ErrorIs(t, claimErr, ipam.ErrNotInPool)
+
+	_, err = e.a.IPsByHandle(e.ctx, "pod-y")
+	require.ErrorIs(t, err, ipam.ErrHandleNotFound)
+	_, err = e.store.Get(e.ctx, ipam.KindBlock, "v4:0a000000/28")
+	require.ErrorIs(t, err, ipam.ErrNotFound, "the claim gave its /28 up")
+	e.requireConsistent()
+
+	// The new pool assigns the address the request had.
+	got, err := e.a.AutoAssign(e.ctx, ipam.AutoAssignArgs{Num4: 1, Handle: "pod-z", Node: "node-a"})
+	require.NoError(t, err)
+	require.Equal(t, 26, got.IPv4[0].Block.Bits())
+	e.requireConsistent()
+}
+
+// TestOtherAllocatorInClaimWindow: AssignIP read the pool set (pool
+// "old", /28 blocks); before it claims the address's missing block, the
+// pool is deleted and re-created as "new" with /26 blocks. The claim
+// creates the /28 block, and then (claimStands) reads the pool set, sees
+// that no pool carves a /28 there and gives the block up. Between the
+// block's create and that give-up the block is in the node's index, and
+// another allocator serving the same node (another process), which has
+// read the new pools, assigns for the node: it must not take an address
+// from the /28 (poolOf counts only the blocks a pool carves), or the
+// give-up would find the block not empty and leave it, and the new pool's
+// own /26 block over the same addresses could assign that address again:
+// two owners, and a block overlap that Repair cannot fix. (The claimer's
+// first index entry is removed by DeletePool's index sweep and written
+// again by putIndex, so the window opens at the claim's read of the pool
+// set.)
+func TestOtherAllocatorInClaimWindow(t *testing.T) {
+	e := newEnv(t)
+	require.NoError(t, e.a.CreatePool(e.ctx, v4pool("old", "10.0.0.0/24", 28)))
+	other := e.allocator() // a second process serving node-a, on the store directly
+	var replace, window sync.Once
+	var got ipam.AutoAssignResult
+	var otherErr error
+	windowHit := false
+	hs := &opHookStore{Store: e.store, before: func(op string, kind ipam.Kind, key string) error {
+		switch {
+		case op == "create" && kind == ipam.KindBlock:
+			// The claim's block write is next: the pool is replaced just before.
+			replace.Do(func() {
+				require.NoError(t, e.a.DeletePool(e.ctx, "old"))
+				require.NoError(t, e.a.CreatePool(e.ctx, v4pool("new", "10.0.0.0/24", 26)))
+			})
+		case op == "get" && kind == ipam.KindPool:
+			// The claim's read of the pool set (claimStands), after its
+			// block create and its index write.
+			if _, err := e.store.Get(e.ctx, ipam.KindBlock, "v4:0a000000/28"); err == nil {
+				window.Do(func() {
+					windowHit = true
+					got, otherErr = other.AutoAssign(e.ctx, ipam.AutoAssignArgs{Num4: 1, Handle: "pod-y", Node: "node-a"})
+				})
+			}
+		}
+		return nil
+	}}
+	claimer, err := ipam.New(hs, ipam.Options{})
+	require.NoError(t, err)
+	_, err = claimer.AssignIP(e.ctx, ipam.AssignIPArgs{Addr: mustAddr("10.0.0.5"), Handle: "pod-x", Node: "node-a"})
+	require.True(t, windowHit, "the other allocator ran between the claim's block create and its pool read")
+	require.ErrorIs(t, err, ipam.ErrNotInPool, "the claim saw the pool replaced")
+	require.NoError(t, otherErr)
+	require.Len(t, got.IPv4, 1)
+	y := got.IPv4[0]
+	t.Logf("node-a's other allocator got %s in block %s", y.Addr, y.Block)
+
+	// Someone else asks for that address in the new pool.
+	z, err := e.a.AssignIP(e.ctx, ipam.AssignIPArgs{Addr: y.Addr, Handle: "pod-z", Node: "node-b"})
+	if err == nil {
+		t.Errorf("%s assigned twice: to pod-y in %s and to pod-z in %s", y.Addr, y.Block, z.Block)
+	}
+	r, err := e.a.Check(e.ctx)
+	require.NoError(t, err)
+	require.Empty(t, r.Problems, "a block of the old size is left in the new pool")
+}
+
+// TestEnsureBlockInClaimWindow: as
+// TestOtherAllocatorInClaimWindow, but the other allocator
+// serving node-a calls EnsureBlock in the window. It returns the /28 that
+// the claim is about to give up: a block of a size no pool carves, which
+// is gone when the claim returns. EnsureBlock documents "A block returned
+// is the node's when the call returns" and that it is a block of the
+// pools AutoAssign would choose.
+func TestEnsureBlockInClaimWindow(t *testing.T) {
+	e := newEnv(t)
+	require.NoError(t, e.a.CreatePool(e.ctx, v4pool("old", "10.0.0.0/24", 28)))
+	other := e.allocator()
+	var replace, window sync.Once
+	var got netip.Prefix
+	var otherErr error
+	hs := &opHookStore{Store: e.store, before: func(op string, kind ipam.Kind, key string) error {
+		switch {
+		case op == "create" && kind == ipam.KindBlock:
+			replace.Do(func() {
+				require.NoError(t, e.a.DeletePool(e.ctx, "old"))
+				require.NoError(t, e.a.CreatePool(e.ctx, v4pool("new", "10.0.0.0/24", 26)))
+			})
+		case op == "get" && kind == ipam.KindPool:
+			if _, err := e.store.Get(e.ctx, ipam.KindBlock, "v4:0a000000/28"); err == nil {
+				window.Do(func() {
+					got, _, otherErr = other.EnsureBlock(e.ctx, ipam.EnsureBlockArgs{Node: "node-a", IPv4: true})
+				})
+			}
+		}
+		return nil
+	}}
+	claimer, err := ipam.New(hs, ipam.Options{})
+	require.NoError(t, err)
+	_, err = claimer.AssignIP(e.ctx, ipam.AssignIPArgs{Addr: mustAddr("10.0.0.5"), Handle: "pod-x", Node: "node-a"})
+	require.ErrorIs(t, err, ipam.ErrNotInPool)
+	require.NoError(t, otherErr)
+	require.Equal(t, 26, got.Bits(), "EnsureBlock returned %s, a block of the old pool's size", got)
+	_, err = e.a.Block(e.ctx, got)
+	require.NoError(t, err, "the block EnsureBlock returned is gone")
+}
