@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/carve-ipam/carve/block"
@@ -581,6 +582,20 @@ func (a *Allocator) rollback(ctx context.Context, o *assignOp, res AutoAssignRes
 			errs = append(errs, err)
 		}
 	}
+	if u := o.h.unsettled; len(u) > 0 {
+		// Writes whose outcome stayed unknown: each address is released
+		// if its write happened after all. One its block does not hold at
+		// that Seq was never assigned.
+		o.h.unsettled = nil
+		if _, err := a.releaseIPs(ctx, false, o.cooled, u, &o.h); err != nil && !errors.Is(err, ErrSeqMismatch) && !errors.Is(err, ErrHandleMismatch) {
+			addrs := make([]string, len(u))
+			for i, r := range u {
+				addrs[i] = r.Addr.String()
+			}
+			errs = append(errs, fmt.Errorf("ipam: the outcome of the write that assigned %s under %q is unknown, and releasing it failed: it may stay assigned, counted under the handle, where ReleaseByHandle finds it: %w",
+				strings.Join(addrs, ", "), o.h.id, err))
+		}
+	}
 	for _, blk := range o.claimed {
 		err := a.releaseAffinity(ctx, o.aff, blk, true)
 		if err != nil && !errors.Is(err, ErrBlockNotEmpty) && !errors.Is(err, ErrAffinityConflict) {
@@ -1101,6 +1116,9 @@ func (a *Allocator) failedAssign(ctx context.Context, h *handleTx, e *blockEntry
 	landed, never := a.settleWrite(ctx, e, r0, err, addr, h.id, seq)
 	if landed {
 		return nil
+	}
+	if !never {
+		h.unknownWrite(addr, seq, k)
 	}
 	return h.undo(ctx, e.prefix, k, err, never)
 }

@@ -105,10 +105,13 @@ type AssignIPsArgs struct {
 // The handle's record is written once for all the addresses, before their
 // blocks; each address then costs one write of its block. With NewHandle
 // that first write is the one that creates the record, so that of
-// requests racing under one handle at most one assigns. If the store
-// fails while the addresses are given back, those it could not release
-// stay recorded under the handle, where ReleaseByHandle finds them, and
-// the error says so, as for AutoAssign.
+// requests racing under one handle at most one assigns. A block write
+// whose outcome the request could not learn (its reply lost, and the read
+// that would tell failed too) is given back as well if it happened. If
+// the store fails while the addresses are given back, those it could not
+// release stay recorded under the handle, where ReleaseByHandle finds
+// them, and the error says so and does not say that nothing was assigned,
+// as for AutoAssign.
 //
 // A pool replaced during the request, as for AutoAssign, fails it with
 // ErrNotInPool when the block of an address it assigned is not one the
@@ -138,8 +141,11 @@ func (a *Allocator) assignIPs(ctx context.Context, named bool, args AssignIPsArg
 		}
 		// Give back what was assigned, and the blocks claimed for it. With
 		// nothing assigned, giving up a claimed block is best effort.
+		unsettled := len(o.h.unsettled) > 0
 		if rerr := a.rollback(ctx, o, res); rerr != nil && res.Len() > 0 {
 			return AutoAssignResult{}, errors.Join(err, fmt.Errorf("ipam: assign under %q: giving back the %d addresses assigned failed: an address not released stays under the handle, and a count left too high is removed by Repair or a Collector: %w", args.Handle, res.Len(), rerr))
+		} else if rerr != nil && unsettled {
+			return AutoAssignResult{}, errors.Join(err, rerr) // rerr says what may stay
 		}
 		if named {
 			err = nothingAssigned(args, err)

@@ -50,7 +50,6 @@ func TestAssignIPsNewHandleLostSettleReply(t *testing.T) {
 	taken := e.mustAssign4("node-2", "other", 1)[0]
 	var handleWrites atomic.Int32
 	s := &scriptStore{Store: e.store,
-		before: func(op string, kind ipam.Kind, key string) {},
 		after: func(op string, kind ipam.Kind, key string, err error) error {
 			if kind == ipam.KindHandle && key == "h" && err == nil && handleWrites.Add(1) == 2 {
 				return errors.New("update handle: reply lost (timeout)")

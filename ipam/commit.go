@@ -97,6 +97,8 @@ func (a *Allocator) assignJoined(ctx context.Context, h *handleTx, e *blockEntry
 		return nil
 	case never:
 		h.unsure = unsure // none of it did, nor ever will
+	default:
+		h.unknownWrite(addr, seq, k)
 	}
 	return err
 }

@@ -42,6 +42,10 @@ type handleTx struct {
 	exclusive bool
 	mine      Revision // the record's revision as this operation last wrote it; 0: none
 	created   bool     // this operation created the record (at some point)
+	// unsettled lists the addresses of this operation's block writes
+	// whose outcome stayed unknown (see settleWrite): each may be
+	// assigned, at its Seq, or not. A rollback releases them if so.
+	unsettled []Release
 	// remembered says that rec and rev come from the allocator's memo
 	// (handleMemos), not from a read: a commit made on them must check
 	// the record.
@@ -443,6 +447,16 @@ func (h *handleTx) undo(ctx context.Context, blk netip.Prefix, k int, err error,
 		return errors.Join(err, herr)
 	}
 	return err
+}
+
+// unknownWrite notes that the block write that assigned addr at seq (and
+// k-1 more with it) may or may not have happened (see settleWrite). A
+// write of one address is noted for a rollback to release; one of several
+// stays counted under the handle, where ReleaseByHandle finds it.
+func (h *handleTx) unknownWrite(addr netip.Addr, seq uint64, k int) {
+	if k == 1 {
+		h.unsettled = append(h.unsettled, Release{Addr: addr, Handle: h.id, Seq: seq})
+	}
 }
 
 // giveBack returns k to blk's spare.

@@ -267,30 +267,54 @@ func TestNewHandleAtMostOne(t *testing.T) {
 	e.requireConsistent()
 }
 
-// scriptStore runs before/after hooks around writes; after may replace
+// scriptStore runs before/after hooks around reads and writes, either
+// of which may be nil: before may fail the operation, after may replace
 // the error returned.
 type scriptStore struct {
 	ipam.Store
-	before func(op string, kind ipam.Kind, key string)
+	before func(op string, kind ipam.Kind, key string) error
 	after  func(op string, kind ipam.Kind, key string, err error) error
 }
 
-func (s *scriptStore) Create(ctx context.Context, kind ipam.Kind, key string, value []byte) (ipam.Revision, error) {
-	s.before("create", kind, key)
-	rev, err := s.Store.Create(ctx, kind, key, value)
-	return rev, s.after("create", kind, key, err)
+func (s *scriptStore) hooks(op string, kind ipam.Kind, key string, do func() error) error {
+	if s.before != nil {
+		if err := s.before(op, kind, key); err != nil {
+			return err
+		}
+	}
+	err := do()
+	if s.after != nil {
+		err = s.after(op, kind, key, err)
+	}
+	return err
 }
 
-func (s *scriptStore) Update(ctx context.Context, kind ipam.Kind, key string, value []byte, rev ipam.Revision) (ipam.Revision, error) {
-	s.before("update", kind, key)
-	rev, err := s.Store.Update(ctx, kind, key, value, rev)
-	return rev, s.after("update", kind, key, err)
+func (s *scriptStore) Get(ctx context.Context, kind ipam.Kind, key string) (rec ipam.Record, err error) {
+	err = s.hooks("get", kind, key, func() (err error) {
+		rec, err = s.Store.Get(ctx, kind, key)
+		return err
+	})
+	return rec, err
+}
+
+func (s *scriptStore) Create(ctx context.Context, kind ipam.Kind, key string, value []byte) (rev ipam.Revision, err error) {
+	err = s.hooks("create", kind, key, func() (err error) {
+		rev, err = s.Store.Create(ctx, kind, key, value)
+		return err
+	})
+	return rev, err
+}
+
+func (s *scriptStore) Update(ctx context.Context, kind ipam.Kind, key string, value []byte, rev ipam.Revision) (next ipam.Revision, err error) {
+	err = s.hooks("update", kind, key, func() (err error) {
+		next, err = s.Store.Update(ctx, kind, key, value, rev)
+		return err
+	})
+	return next, err
 }
 
 func (s *scriptStore) Delete(ctx context.Context, kind ipam.Kind, key string, rev ipam.Revision) error {
-	s.before("delete", kind, key)
-	err := s.Store.Delete(ctx, kind, key, rev)
-	return s.after("delete", kind, key, err)
+	return s.hooks("delete", kind, key, func() error { return s.Store.Delete(ctx, kind, key, rev) })
 }
 
 // TestNewHandleLostDeleteReply: A (NewHandle) raises its count
@@ -308,13 +332,14 @@ func TestNewHandleLostDeleteReply(t *testing.T) {
 	var resB ipam.AutoAssignResult
 	errB := errors.New("B never ran")
 	s := &scriptStore{Store: e.store,
-		before: func(op string, kind ipam.Kind, key string) {
+		before: func(op string, kind ipam.Kind, key string) error {
 			if kind == ipam.KindBlock && op == "update" {
 				blockOnce.Do(func() { // someone else writes A's block first
 					_, err := other.AssignIP(e.ctx, ipam.AssignIPArgs{Addr: warm.Block.Addr().Next().Next().Next().Next().Next(), Handle: "x", Node: "node-1"})
 					require.NoError(t, err)
 				})
 			}
+			return nil
 		},
 		after: func(op string, kind ipam.Kind, key string, err error) error {
 			if kind == ipam.KindHandle && key == "h" && op == "delete" && err == nil {
