@@ -155,13 +155,9 @@ func (a *Allocator) claimLocked(ctx context.Context, e *blockEntry, aff block.Af
 		}
 		return false, conflictError("claim block %s for %s", e.prefix, aff, e.blk)
 	}
-	idx := affinityKey(aff.String(), e.prefix)
-	idxRev, err := a.store.Create(ctx, KindAffinity, idx, nil)
-	switch {
-	case errors.Is(err, ErrExists):
-		idxRev = 0 // left by an earlier attempt: the block decides
-	case err != nil:
-		return false, fmt.Errorf("ipam: claim block %s for %s: %w", e.prefix, aff, err)
+	idxRev, err := a.createIndex(ctx, aff, e.prefix)
+	if err != nil {
+		return false, err
 	}
 	// With the index entry made, the claim goes through to its end, or
 	// undoes it, even if the caller gives up meanwhile (see detach).
@@ -237,14 +233,37 @@ func conflictError(what string, blk netip.Prefix, aff block.Affinity, b *block.B
 // its ends reserved as rsv says), the index record again, the pool set. The
 // caller holds e.mu.
 func (a *Allocator) adoptLocked(ctx context.Context, e *blockEntry, aff block.Affinity, rsv hostReserved) error {
-	idxRev, err := a.store.Create(ctx, KindAffinity, affinityKey(aff.String(), e.prefix), nil)
-	switch {
-	case errors.Is(err, ErrExists):
-		idxRev = 0 // left by an earlier attempt: the block decides
-	case err != nil:
-		return fmt.Errorf("ipam: claim block %s for %s: %w", e.prefix, aff, err)
+	idxRev, err := a.createIndex(ctx, aff, e.prefix)
+	if err != nil {
+		return err
 	}
 	return a.adoptIndexed(ctx, e, aff, rsv, idxRev)
+}
+
+// createIndex makes a claim's index record of blk for aff, the claim's
+// first write, and returns its revision: 0 when it exists already, left
+// by an earlier attempt (the block then decides). When the create fails
+// in a way that may have made the record all the same (a lost reply, a
+// context that ended), the claim ends there, so the record is deleted
+// again unless the block is aff's (see dropIndex): a claim that fails
+// leaves no index record behind.
+func (a *Allocator) createIndex(ctx context.Context, aff block.Affinity, blk netip.Prefix) (Revision, error) {
+	rev, err := a.store.Create(ctx, KindAffinity, affinityKey(aff.String(), blk), nil)
+	switch {
+	case err == nil:
+		return rev, nil
+	case errors.Is(err, ErrExists):
+		return 0, nil
+	}
+	err = fmt.Errorf("ipam: claim block %s for %s: %w", blk, aff, err)
+	if !refused(err) {
+		ctx, cancel := detach(ctx)
+		defer cancel()
+		if derr := a.dropIndex(ctx, aff, blk, 0); derr != nil {
+			err = errors.Join(err, fmt.Errorf("ipam: claim block %s for %s: deleting its index record again: %w", blk, aff, derr))
+		}
+	}
+	return 0, err
 }
 
 // adoptIndexed is adoptLocked once the index record is there, at revision
@@ -282,7 +301,9 @@ func (a *Allocator) claimLanded(ctx context.Context, e *blockEntry, aff block.Af
 // set: with e's block just made aff's, it reads the pool set and checks
 // that an enabled pool still carves the block. If none does, it gives the
 // block up when empty (a claim's new block is) and fails with an error
-// matching ErrNotInPool. The caller holds e.mu.
+// matching ErrNotInPool; if the pools cannot be read, it gives the block
+// up likewise and fails with the store's error, so that a failed claim
+// leaves no block behind. The caller holds e.mu.
 //
 // A claim writes its block and then reads the pools; a pool change writes
 // the pools and then reads the blocks (DeletePool disables the pool, then
@@ -293,28 +314,33 @@ func (a *Allocator) claimLanded(ctx context.Context, e *blockEntry, aff block.Af
 // one a pool's deletion would miss, or one carved the old way inside a new
 // pool of another block size, overlapping its blocks.
 func (a *Allocator) claimStands(ctx context.Context, e *blockEntry, aff block.Affinity) error {
-	pools, err := a.storedPools(ctx)
-	if err != nil {
-		return fmt.Errorf("ipam: claim block %s: %w", e.prefix, err)
-	}
-	p, ok := carving(pools, e.prefix)
-	if ok && !p.Disabled {
-		return nil
-	}
-	why := "no pool holds it now"
-	if p, held := pools.ByAddr(e.prefix.Addr()); held {
-		why = fmt.Sprintf("pool %q changed during the claim", p.Name)
-		if p.Disabled {
-			why = fmt.Sprintf("pool %q was disabled during the claim", p.Name)
+	var why string
+	var gone error
+	if pools, err := a.storedPools(ctx); err != nil {
+		// Unchecked, the claim cannot stand: it fails, and gives the
+		// block up as below (the store may well work again at once).
+		why = "the pools could not be read"
+		gone = fmt.Errorf("ipam: claim block %s: %w", e.prefix, err)
+	} else {
+		p, ok := carving(pools, e.prefix)
+		if ok && !p.Disabled {
+			return nil
 		}
+		why = "no pool holds it now"
+		if p, held := pools.ByAddr(e.prefix.Addr()); held {
+			why = fmt.Sprintf("pool %q changed during the claim", p.Name)
+			if p.Disabled {
+				why = fmt.Sprintf("pool %q was disabled during the claim", p.Name)
+			}
+		}
+		gone = fmt.Errorf("ipam: claim block %s for %s: %w: %s", e.prefix, aff, ErrNotInPool, why)
 	}
-	gone := fmt.Errorf("ipam: claim block %s for %s: %w: %s", e.prefix, aff, ErrNotInPool, why)
 	if e.blk == nil || !e.blk.Empty() {
 		return gone
 	}
 	// Give the block up. If that fails, the store's error is what the
 	// caller must see: the block may still be aff's.
-	err = a.retry(ctx, "give up block", e.name, func() error {
+	err := a.retry(ctx, "give up block", e.name, func() error {
 		if !e.fresh {
 			if err := a.load(ctx, e); err != nil {
 				return err
