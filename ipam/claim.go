@@ -173,10 +173,7 @@ func (a *Allocator) claimLocked(ctx context.Context, e *blockEntry, aff block.Af
 	if err == nil || !refused(err) {
 		// Created, or perhaps (a lost reply): either way the block may be
 		// aff's, so its index record must be there.
-		if ierr := a.putIndex(ctx, aff, e.prefix); ierr != nil {
-			return false, errors.Join(err, ierr)
-		}
-		if err != nil && !a.claimLanded(ctx, e, aff) {
+		if err := a.confirmIndex(ctx, e, aff, err); err != nil {
 			return false, err
 		}
 		// Made by this claim (or, after a lost reply, perhaps by another
@@ -280,13 +277,40 @@ func (a *Allocator) adoptIndexed(ctx context.Context, e *blockEntry, aff block.A
 		// Changed since read: the retry reads it again.
 		return errors.Join(err, a.dropIndex(ctx, aff, e.prefix, idxRev))
 	}
-	if ierr := a.putIndex(ctx, aff, e.prefix); ierr != nil {
-		return errors.Join(err, ierr)
-	}
-	if err != nil && !a.claimLanded(ctx, e, aff) {
+	if err := a.confirmIndex(ctx, e, aff, err); err != nil {
 		return err
 	}
 	return a.claimStands(ctx, e, aff)
+}
+
+// confirmIndex makes sure of a claim's index record after its block write,
+// which failed with werr when not nil (an outcome not known), and reports
+// whether the claim goes on (nil). The record was made before the block
+// write; when it is gone by now, a release of the block (ReleaseAffinity,
+// ReleaseHostAffinities, a pool's deletion, another allocator's claim
+// giving the block up) ran between the two writes and deleted it after
+// its own write of the block. Then, as after an unknown outcome, the
+// block, read fresh, decides: still aff's, the claim goes on; otherwise
+// the record made again here goes too (it would be stale), and the claim
+// fails with a race for its caller to retry. After an unknown outcome the
+// record stays (the write may land yet), and the claim fails with werr.
+func (a *Allocator) confirmIndex(ctx context.Context, e *blockEntry, aff block.Affinity, werr error) error {
+	rev, err := a.store.Create(ctx, KindAffinity, affinityKey(aff.String(), e.prefix), nil)
+	created := err == nil
+	if err != nil && !errors.Is(err, ErrExists) {
+		return errors.Join(werr, fmt.Errorf("ipam: index block %s for %s: %w", e.prefix, aff, err))
+	}
+	if werr == nil && !created {
+		return nil
+	}
+	if a.claimLanded(ctx, e, aff) {
+		return nil
+	}
+	if werr != nil {
+		return werr
+	}
+	return errors.Join(fmt.Errorf("ipam: claim block %s for %s: %w: its affinity was released during the claim", e.prefix, aff, errRecordMoved),
+		a.dropIndex(ctx, aff, e.prefix, rev))
 }
 
 // claimLanded reports whether a claim's block create that failed with an

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/netip"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -70,4 +71,47 @@ func TestFailedClaimLeavesNothing(t *testing.T) {
 			})
 		}
 	}
+}
+
+// TestClaimMeetsAffinityRelease: between a claim's block write and its
+// second write of the node's index record, another allocator assigns an
+// address in the new block and ReleaseAffinity releases it, keeping the
+// address (requireEmpty false): the block is nobody's now, and the
+// release deleted the index record. The claim must not write the record
+// again and leave it standing for a block that is not the node's; it
+// claims another block, and the store checks clean.
+func TestClaimMeetsAffinityRelease(t *testing.T) {
+	e := newEnv(t, v4pool("p", "10.0.0.0/24", 28))
+	other := e.allocator()
+	var released netip.Prefix
+	s := &scriptStore{Store: e.store,
+		after: func(op string, kind ipam.Kind, key string, err error) error {
+			if op == "create" && kind == ipam.KindBlock && err == nil && !released.IsValid() {
+				blk := v4BlockOfKey(t, key)
+				released = blk
+				_, aerr := other.AssignIP(e.ctx, ipam.AssignIPArgs{Addr: blk.Addr().Next().Next(), Handle: "x", Node: "n1"})
+				require.NoError(t, aerr)
+				require.NoError(t, other.ReleaseAffinity(e.ctx, "n1", blk, false))
+			}
+			return err
+		},
+	}
+	a, err := ipam.New(s, ipam.Options{})
+	require.NoError(t, err)
+	res, err := a.AutoAssign(e.ctx, ipam.AutoAssignArgs{Num4: 1, Handle: "h", Node: "n1"})
+	require.NoError(t, err)
+	require.True(t, released.IsValid(), "the release ran")
+	require.NotEqual(t, released, res.IPv4[0].Block, "the released block is nobody's")
+	e.requireConsistent()
+}
+
+// v4BlockOfKey returns the IPv4 block a block record's key ("v4:" and the
+// address in hex, "/" and the prefix length) names.
+func v4BlockOfKey(t *testing.T, key string) netip.Prefix {
+	t.Helper()
+	var x uint32
+	var bits int
+	_, err := fmt.Sscanf(key, "v4:%08x/%d", &x, &bits)
+	require.NoError(t, err, "block key %q", key)
+	return netip.PrefixFrom(netip.AddrFrom4([4]byte{byte(x >> 24), byte(x >> 16), byte(x >> 8), byte(x)}), bits)
 }
