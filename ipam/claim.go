@@ -567,7 +567,26 @@ func (a *Allocator) dropIndex(ctx context.Context, aff block.Affinity, blk netip
 	// allocator serving the same owner may have made it so, counting on
 	// the record): the record goes back. The index is a superset, so a
 	// record put back for a block that is not aff's is only stale.
-	return errors.Join(err, rerr, a.putIndex(ctx, aff, blk))
+	//
+	// A release of the block (a claim giving it up, another release)
+	// may have run since the read: its block write, then its delete of
+	// the record, which would find none. So a record made again here is
+	// checked against the block once more, as a claim checks its own
+	// (confirmIndex), and goes if the block is no longer aff's.
+	rev, perr := a.store.Create(ctx, KindAffinity, affinityKey(aff.String(), blk), nil)
+	switch {
+	case errors.Is(perr, ErrExists):
+		perr = nil
+	case perr != nil:
+		perr = fmt.Errorf("ipam: index block %s for %s: %w", blk, aff, perr)
+	default:
+		if now, rerr2 := a.storedAffinity(ctx, blk); rerr2 == nil && now != aff {
+			if derr := a.store.Delete(ctx, KindAffinity, affinityKey(aff.String(), blk), rev); derr != nil && !refused(derr) {
+				perr = fmt.Errorf("ipam: delete affinity %s: %w", affinityKey(aff.String(), blk), derr)
+			}
+		}
+	}
+	return errors.Join(err, rerr, perr)
 }
 
 // storedAffinity reads blk's affinity from the store, past the cache (the

@@ -115,3 +115,37 @@ func v4BlockOfKey(t *testing.T, key string) netip.Prefix {
 	require.NoError(t, err, "block key %q", key)
 	return netip.PrefixFrom(netip.AddrFrom4([4]byte{byte(x >> 24), byte(x >> 16), byte(x >> 8), byte(x)}), bits)
 }
+
+// TestIndexPutBackMeetsRelease: ReleaseAffinity of a block that does not
+// exist deletes the node's index record for it anyway, then reads the
+// block to see whether to put the record back. Here the node claims the
+// block just before that read, so the record goes back, and releases it
+// again just before the put-back: the put-back must not leave a record
+// for a block that is gone.
+func TestIndexPutBackMeetsRelease(t *testing.T) {
+	e := newEnv(t, v4pool("p", "10.0.0.0/24", 28))
+	blk := mustPrefix("10.0.0.16/28")
+	blockReads := 0
+	var claimed, released bool
+	s := &scriptStore{Store: e.store,
+		before: func(op string, kind ipam.Kind, key string) error {
+			switch {
+			case op == "get" && kind == ipam.KindBlock:
+				if blockReads++; blockReads == 2 { // dropIndex's read of the block
+					_, err := e.a.ClaimAffinity(e.ctx, "n1", blk)
+					require.NoError(t, err)
+					claimed = true
+				}
+			case op == "create" && kind == ipam.KindAffinity && claimed && !released:
+				require.NoError(t, e.a.ReleaseAffinity(e.ctx, "n1", blk, true))
+				released = true
+			}
+			return nil
+		},
+	}
+	r, err := ipam.New(s, ipam.Options{})
+	require.NoError(t, err)
+	require.NoError(t, r.ReleaseAffinity(e.ctx, "n1", blk, false))
+	require.True(t, released, "the node claimed and released the block during the release")
+	e.requireConsistent()
+}
