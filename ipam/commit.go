@@ -65,6 +65,7 @@ func (a *Allocator) assignJoined(ctx context.Context, h *handleTx, e *blockEntry
 	err := a.committer.Commit(ctx, ws, e.revs[:2])
 	if err == nil {
 		h.committed(ws[joinedHandle].Rev == 0, e.revs[joinedHandle])
+		h.remember()
 		e.wrote(e.revs[joinedBlock])
 		return nil
 	}
@@ -214,6 +215,7 @@ func (a *Allocator) releaseJoined(ctx context.Context, es []*blockEntry, h *hand
 	}
 	if lower {
 		h.committed(false, revs[joinedHandle])
+		h.remember()
 	}
 	for i, e := range es {
 		if del[i] {
@@ -307,7 +309,6 @@ func (h *handleTx) writeOp(w *Write) {
 func (h *handleTx) committed(created bool, rev Revision) {
 	h.created = h.created || created
 	h.rev, h.mine = rev, rev
-	h.remember()
 }
 
 // commitFailed records that a commit with a write of the record failed

@@ -431,6 +431,14 @@ func sortedKeys[V any](m map[string]V) []string {
 // count stays, so that the record keeps an address assigned a moment later
 // releasable; Check reports what a crash left (ProblemHandleExcess) and
 // Repair removes it.
+//
+// On a store that offers Committer and not BlockKeeper (a store in another
+// process, such as etcd), the allocator remembers the handle records it
+// wrote, and releases a handle it assigned under in one round trip: one
+// commit of its blocks and its record, checked against the record as
+// written. If anyone changed the record since, the commit is refused and
+// the release reads the record and starts over. Elsewhere it reads the
+// record first.
 func (a *Allocator) ReleaseByHandle(ctx context.Context, handle string) ([]netip.Addr, error) {
 	if a.memo {
 		if m, ok := a.memos.get(handle); ok {
@@ -443,10 +451,11 @@ func (a *Allocator) ReleaseByHandle(ctx context.Context, handle string) ([]netip
 	if err := h.open(ctx, a, "release by handle", handle); err != nil {
 		return nil, err
 	}
-	at, err := a.releaseTime(ctx)
+	v, err := a.configView(ctx)
 	if err != nil {
 		return nil, err
 	}
+	at := a.releaseTime(v)
 	released := releaseRoom(&h.rec)
 	// The blocks, and then how far each block's count goes down: what was
 	// released there, lowered in one write once the blocks are done (a
@@ -528,10 +537,11 @@ func (a *Allocator) ReleaseByHandle(ctx context.Context, handle string) ([]netip
 // handle: the caller then starts over from a read of the record, which
 // may count blocks the memo does not.
 func (a *Allocator) releaseRemembered(ctx context.Context, handle string, m *handleMemo) (released []netip.Addr, done bool, err error) {
-	at, err := a.releaseTime(ctx)
+	v, err := a.configView(ctx)
 	if err != nil {
 		return nil, true, err
 	}
+	at := a.releaseTime(v)
 	h := handleTx{a: a, id: handle}
 	m.load(&h)
 	released = releaseRoom(&h.rec)
@@ -556,14 +566,13 @@ func (a *Allocator) releaseRemembered(ctx context.Context, handle string, m *han
 	return nil, true, err
 }
 
-// releaseTime returns the release time to record in blocks: now, or zero
-// when no release cooldown is configured.
-func (a *Allocator) releaseTime(ctx context.Context) (time.Time, error) {
-	v, err := a.configView(ctx)
-	if err != nil || v.config.ReleaseCooldown <= 0 {
-		return time.Time{}, err
+// releaseTime returns the release time to record in blocks under v: now,
+// or zero when no release cooldown is configured.
+func (a *Allocator) releaseTime(v *view) time.Time {
+	if v.config.ReleaseCooldown > 0 {
+		return a.now()
 	}
-	return a.now(), nil
+	return time.Time{}
 }
 
 // releaseRoom returns an empty slice with room for the addresses that r
