@@ -31,11 +31,22 @@ type benchNode struct {
 func newBenchNode(b *testing.B, prefix, name string) *benchNode {
 	b.Helper()
 	s := storetest.NewCountingStore(newStore(b, newClient(b), etcdstore.Options{Prefix: prefix}))
-	a, err := ipam.New(s, ipam.Options{})
+	// The counting store offers BlockKeeper, which etcdstore does not: the
+	// allocator sees the store as etcdstore is (see asEtcd).
+	a, err := ipam.New(asEtcd{s, s.(ipam.Generations), s.(ipam.Committer)}, ipam.Options{})
 	if err != nil {
 		b.Fatal(err)
 	}
 	return &benchNode{name: name, a: a, store: s}
+}
+
+// asEtcd shows a counting store's capabilities as etcdstore has them:
+// Generations and Committer, not BlockKeeper (a store that keeps blocks is
+// in the allocator's process, and gets no memo of handle records).
+type asEtcd struct {
+	ipam.Store
+	ipam.Generations
+	ipam.Committer
 }
 
 // cycle assigns one IPv4 address to a new handle and releases it.

@@ -116,7 +116,12 @@ func (c Counts) String() string {
 // [ipam.Generations] and [ipam.Committer] capabilities through when the
 // wrapped store has them, always offers [ipam.BlockKeeper] (writing
 // encodings to a store without it, so that such a store gets a commit's
-// writes in a slice of their own), and is safe for concurrent use.
+// writes in a slice of their own), and is safe for concurrent use. An
+// allocator takes a store with BlockKeeper for one in its own process and
+// keeps no memo of the handle records it writes there (see
+// [ipam.Allocator.ReleaseByHandle]); to count a remote store's calls as
+// allocators make them, hide BlockKeeper behind a struct that embeds only
+// the interfaces the remote store offers, as etcdstore's benchmarks do.
 type CountingStore struct {
 	ipam.Store
 	counts             [numOps][8]atomic.Int64
