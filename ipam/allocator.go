@@ -47,9 +47,11 @@ type Options struct {
 // process or many, may share one store: every write is a compare-and-swap,
 // so they never hand out an address twice. An allocator caches what it
 // read (pools, configuration, which blocks a node holds, a node's stored
-// labels, the blocks it wrote) and checks the cache with the store's
-// [Generations] when the store offers them, or by compare-and-swap on
-// every write; a stale cache costs a retry, never a wrong answer.
+// labels, the blocks it wrote, and on a store that offers Committer but
+// not BlockKeeper the handle records it wrote) and checks the cache with
+// the store's [Generations] when the store offers them, or by
+// compare-and-swap on every write; a stale cache costs a retry, never a
+// wrong answer.
 type Allocator struct {
 	store      Store
 	gens       Generations // nil when the store does not offer them

@@ -109,7 +109,10 @@
 //   - A steady-state AutoAssign costs two store round trips (the handle and
 //     the block), and one with a store that writes several records at
 //     once ([Committer]: memstore and the etcd backend do); Calico needs
-//     about nine. Its ReleaseByHandle costs three, or two. (These are
+//     about nine. Its ReleaseByHandle costs three, or two; on the etcd
+//     backend (Committer, and records in another process), made by the
+//     allocator that assigned, one: the allocator remembers the handle
+//     records it wrote, and the release's commit checks them. (These are
 //     with [Generations], which memstore and the etcd backend offer too;
 //     without it every call first reads what it would have cached: see
 //     Generations. A dual-stack request makes a commit per family, and
