@@ -117,7 +117,10 @@ type Assigned struct {
 	Pool  string
 	// Seq is the block's sequence number recorded with the allocation; pass
 	// it in a Release to release this allocation and never a later one of
-	// the same address.
+	// the same address. It is large and says nothing by itself: a block's
+	// counter starts at its creation time in nanoseconds and goes up by
+	// one per change, so that a block deleted and made again does not
+	// repeat the numbers of its earlier life.
 	Seq uint64
 }
 

@@ -265,11 +265,11 @@ type CollectResult struct {
 func NewCollector(a *Allocator, live Liveness, opts CollectorOptions) (*Collector, error) {
 	switch {
 	case a == nil:
-		return nil, fmt.Errorf("ipam: new collector: %w: nil allocator", ErrInvalid)
+		return nil, fmt.Errorf("ipam: NewCollector: %w: nil allocator", ErrInvalid)
 	case live == nil:
-		return nil, fmt.Errorf("ipam: new collector: %w: nil liveness oracle", ErrInvalid)
+		return nil, fmt.Errorf("ipam: NewCollector: %w: nil liveness oracle", ErrInvalid)
 	case opts.Grace < 0:
-		return nil, fmt.Errorf("ipam: new collector: %w: negative grace period %v", ErrInvalid, opts.Grace)
+		return nil, fmt.Errorf("ipam: NewCollector: %w: negative grace period %v", ErrInvalid, opts.Grace)
 	case opts.Grace == 0:
 		opts.Grace = 15 * time.Minute
 	}

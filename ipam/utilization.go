@@ -38,7 +38,9 @@ type PoolUtilization struct {
 	// Reservation (in existing blocks or not).
 	Reserved *big.Int
 	// Cooling counts free addresses released less than
-	// Config.ReleaseCooldown ago.
+	// Config.ReleaseCooldown ago, outside reservations: a cooling address
+	// that is also reserved counts as Reserved, so that each address
+	// counts once.
 	Cooling uint64
 	// Free counts the addresses neither in use, reserved nor cooling: what
 	// AutoAssign could still hand out from the pool while it is enabled,
