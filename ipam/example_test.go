@@ -361,3 +361,25 @@ func ExampleCollector_dryRun() {
 	// would release 10.244.4.65 report-7
 	// released by hand [10.244.4.65]
 }
+
+// ModifyPool changes some fields of a pool as stored, whatever changed
+// meanwhile: no Version to carry, no retry loop.
+func ExampleAllocator_ModifyPool() {
+	ctx := context.Background()
+	store := memstore.New()
+	a, _ := ipam.New(store, ipam.Options{})
+	_ = a.CreatePool(ctx, pool.Pool{Name: "default-ipv4-ippool", CIDR: netip.MustParsePrefix("10.244.0.0/18")})
+	other, _ := ipam.New(store, ipam.Options{})
+	_ = other.DisablePool(ctx, "default-ipv4-ippool") // meanwhile, elsewhere
+
+	p, err := a.ModifyPool(ctx, "default-ipv4-ippool", func(p *pool.Pool) error {
+		p.NodeSelector = `zone == "a"`
+		return nil
+	})
+	if err != nil {
+		panic(err)
+	}
+	fmt.Printf("nodeSelector %s, disabled %t\n", p.NodeSelector, p.Disabled)
+	// Output:
+	// nodeSelector zone == "a", disabled true
+}

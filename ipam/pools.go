@@ -146,8 +146,9 @@ func (a *Allocator) checkLeftovers(ctx context.Context, op string, p pool.Pool) 
 // it since (DisablePool, another UpdatePool, ...), it fails with an error
 // matching ErrPoolChanged and changes nothing, so an update made from an
 // old read cannot undo a newer change. Read the pool again and apply the
-// change again. A zero p.Version updates whatever is stored. An update
-// that changes nothing writes nothing and keeps the version.
+// change again, or let ModifyPool do both. A zero p.Version updates
+// whatever is stored. An update that changes nothing writes nothing and
+// keeps the version.
 //
 // A pool may become a LoadBalancer pool, as in Calico. What nodes hold in
 // it stays theirs: their addresses until released, and their blocks,
@@ -166,23 +167,84 @@ func (a *Allocator) UpdatePool(ctx context.Context, p pool.Pool) error {
 			return fmt.Errorf("ipam: %s: %w: the update was made from version %d, and version %d is stored (read the pool again and apply the change again)",
 				op, ErrPoolChanged, p.Version, old.Version)
 		}
-		if sameSpec(p, *old) {
-			// Nothing to change: no write, and the version stays, so
-			// updates made from a read of it still apply (a manifest
-			// applied again and again, say).
-			return errUnchanged
-		}
-		q := p
-		q.Version = version
-		if err := s.Update(q); err != nil {
-			if !p.CIDR.IsValid() {
-				// Most likely a pool with only the fields to change set.
-				return fmt.Errorf("ipam: update pool: %w (UpdatePool replaces the whole pool: start from Pool(ctx, %q) and change what you need)", err, p.Name)
-			}
-			return fmt.Errorf("ipam: update pool: %w", err) // the error names the pool
-		}
-		return nil
+		_, err := updateIn(s, p, old, version)
+		return err
 	})
+}
+
+// updateIn replaces old, the pool of s called p.Name, by p with the
+// version given, and returns p as it is now in s; or it returns
+// errUnchanged, and old, when p has old's spec.
+func updateIn(s *pool.Set, p pool.Pool, old *pool.Pool, version uint64) (pool.Pool, error) {
+	if sameSpec(p, *old) {
+		// Nothing to change: no write, and the version stays, so
+		// updates made from a read of it still apply (a manifest
+		// applied again and again, say).
+		return *old, errUnchanged
+	}
+	p.Version = version
+	if err := s.Update(p); err != nil {
+		if !p.CIDR.IsValid() {
+			// Most likely a pool with only the fields to change set.
+			return pool.Pool{}, fmt.Errorf("ipam: update pool: %w (UpdatePool replaces the whole pool: start from Pool(ctx, %q) and change what you need, or use ModifyPool)", err, p.Name)
+		}
+		return pool.Pool{}, fmt.Errorf("ipam: update pool: %w", err) // the error names the pool
+	}
+	return p, nil
+}
+
+// ModifyPool changes the pool called name as change says, in one step: it
+// applies change to a copy of the pool as stored and stores the result,
+// as UpdatePool would with the pool just read, and when another writer
+// changed the pools in between it reads them again and applies change
+// again (so change may run more than once, and must change only the pool
+// it is given). It is the way to change a few fields of a pool without
+// losing a concurrent change to others, where UpdatePool replaces every
+// field and, with a Version read earlier, fails with ErrPoolChanged.
+//
+// It returns the pool as stored, with its Version. The rules are
+// UpdatePool's: the name, CIDR and block size never change, and a
+// LoadBalancer pool stays one; a change that breaks them or makes the
+// pool invalid fails with a *pool.ValidationError and changes nothing. A
+// change that changes nothing writes nothing and keeps the Version. An
+// error from change stops ModifyPool, which changes nothing and returns
+// it, wrapped. It fails with ErrPoolNotFound when there is no such pool.
+func (a *Allocator) ModifyPool(ctx context.Context, name string, change func(p *pool.Pool) error) (pool.Pool, error) {
+	op := fmt.Sprintf("modify pool %q", name)
+	if change == nil {
+		return pool.Pool{}, invalid(op, "nil change")
+	}
+	var out pool.Pool
+	err := a.changePools(ctx, op, func(s *pool.Set, version uint64) error {
+		old, ok := s.Get(name)
+		if !ok {
+			return fmt.Errorf("ipam: %s: %w", op, ErrPoolNotFound)
+		}
+		p := clonePool(*old)
+		if err := change(&p); err != nil {
+			return fmt.Errorf("ipam: %s: %w", op, err)
+		}
+		if p.Name != name {
+			return invalid(op, "the change renamed the pool to %q (create a pool of that name, and delete this one, instead)", p.Name)
+		}
+		var err error
+		out, err = updateIn(s, p, old, version)
+		if errors.Is(err, errUnchanged) {
+			out = clonePool(*old)
+		}
+		return err
+	})
+	if err != nil {
+		return pool.Pool{}, err
+	}
+	return out, nil
+}
+
+// clonePool returns a copy of p that shares nothing a caller could change
+// with it: pools handed out are copies of the allocator's own.
+func clonePool(p pool.Pool) pool.Pool {
+	p.AllowedUses = slices.Clone(p.AllowedUses)
+	return p
 }
 
 // sameSpec reports whether p and q have the same spec, defaults applied:
@@ -283,6 +345,9 @@ func (a *Allocator) SplitPool(ctx context.Context, name string, into ...string) 
 	})
 	if err != nil {
 		return nil, err
+	}
+	for i := range parts {
+		parts[i] = clonePool(parts[i])
 	}
 	return parts, nil
 }
@@ -458,7 +523,7 @@ func (a *Allocator) Pools(ctx context.Context) ([]pool.Pool, error) {
 	ps := v.pools.All()
 	out := make([]pool.Pool, len(ps))
 	for i, p := range ps {
-		out[i] = *p
+		out[i] = clonePool(*p)
 	}
 	return out, nil
 }
@@ -474,5 +539,5 @@ func (a *Allocator) Pool(ctx context.Context, name string) (pool.Pool, error) {
 	if !ok {
 		return pool.Pool{}, fmt.Errorf("ipam: pool %q: %w", name, ErrPoolNotFound)
 	}
-	return *p, nil
+	return clonePool(*p), nil
 }
