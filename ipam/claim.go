@@ -394,9 +394,10 @@ func (a *Allocator) claimStands(ctx context.Context, e *blockEntry, aff block.Af
 // replaced by one with another block size (DeletePool, then CreatePool):
 // the claim gives it up once it sees the change, unless a request that,
 // like this one, read the pools before it assigned there first. Such an
-// address must not stand, since the new pool's own block over it may
-// assign it again: the request fails with ErrNotInPool, for its caller to
-// roll back. (poolOf keeps a request that read the new pools out of such
+// address must not stand when a pool overlaps its block (the new pool,
+// larger or smaller than the block), since that pool's own blocks may
+// assign the same addresses again: the request fails with ErrNotInPool,
+// for its caller to roll back. (poolOf keeps a request that read the new pools out of such
 // a block.)
 func (a *Allocator) stillCarved(ctx context.Context, v *view, got ...[]Assigned) error {
 	if a.gens != nil && a.gens.Generation(KindPool) == v.poolsGen {
@@ -424,12 +425,17 @@ func (a *Allocator) stillCarved(ctx context.Context, v *view, got ...[]Assigned)
 	}
 	for _, xs := range got {
 		for _, x := range xs {
-			p, held := pools.ByAddr(x.Addr)
-			if !held {
-				continue // a deleted pool's: its blocks stay, without affinity
+			if _, ok := carving(pools, x.Block); ok {
+				continue
 			}
-			if _, ok := carving(pools, x.Block); !ok {
-				return &AddrError{Addr: x.Addr, Err: fmt.Errorf("ipam: assign %s: %w: pool %q, which holds it, was replaced during the request by one of /%d blocks, and its block %s is not one of them", x.Addr, ErrNotInPool, p.Name, p.BlockSize, x.Block)}
+			// A block no pool carves may stay if no pool overlaps it (a
+			// deleted pool's: its blocks stay, without affinity); one
+			// that a pool overlaps would share addresses with that pool's
+			// own blocks.
+			for _, p := range pools.All() {
+				if p.CIDR.Overlaps(x.Block) {
+					return &AddrError{Addr: x.Addr, Err: fmt.Errorf("ipam: assign %s: %w: pool %q (%s, /%d blocks) was made during the request over its block %s, which it does not carve", x.Addr, ErrNotInPool, p.Name, p.CIDR, p.BlockSize, x.Block)}
+				}
 			}
 		}
 	}

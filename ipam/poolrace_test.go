@@ -486,3 +486,71 @@ func TestEnsureBlockInClaimWindow(t *testing.T) {
 	_, err = e.a.Block(e.ctx, got)
 	require.NoError(t, err, "the block EnsureBlock returned is gone")
 }
+
+// TestStaleViewNewPoolInsideBlock: as
+// TestStaleViewAssignsIntoUncarvedBlock, but the pool that replaces "old"
+// (10.0.0.0/24, /26 blocks) is smaller than one of old's blocks:
+// "new" is 10.0.0.32/27 with /29 blocks, inside the /26 10.0.0.0/26. A
+// claim that read the old pools makes 10.0.0.0/26 for node-a after the
+// replacement; a request that also read the old pools assigns 10.0.0.6
+// there before the claim gives the block up. 10.0.0.6 is in no pool now;
+// were it to stand, the claim would find its block not empty and keep it:
+// a /26 overlapping the new
+// pool, whose own /29 blocks then cover the same addresses. stillCarved
+// must refuse the address: a pool overlaps its block without carving it.
+// (Found by a review.)
+func TestStaleViewNewPoolInsideBlock(t *testing.T) {
+	e := newEnv(t, v4pool("old", "10.0.0.0/24", 26))
+	atWindow, requestDone := make(chan struct{}), make(chan struct{})
+	var claimErr error
+	claimed := make(chan struct{})
+
+	var replace, window sync.Once
+	claimerStore := &opHookStore{Store: e.store, before: func(op string, kind ipam.Kind, key string) error {
+		switch {
+		case op == "create" && kind == ipam.KindBlock:
+			replace.Do(func() {
+				require.NoError(t, e.a.DeletePool(e.ctx, "old"))
+				require.NoError(t, e.a.CreatePool(e.ctx, v4pool("new", "10.0.0.32/27", 29)))
+			})
+		case op == "get" && kind == ipam.KindPool:
+			if _, err := e.store.Get(e.ctx, ipam.KindBlock, "v4:0a000000/26"); err == nil {
+				window.Do(func() {
+					close(atWindow)
+					<-requestDone
+				})
+			}
+		}
+		return nil
+	}}
+	claimer, err := ipam.New(claimerStore, ipam.Options{})
+	require.NoError(t, err)
+
+	var start sync.Once
+	requestStore := &opHookStore{Store: e.store, before: func(op string, kind ipam.Kind, key string) error {
+		if op == "list" && kind == ipam.KindAffinity || op == "get" && kind == ipam.KindBlock {
+			start.Do(func() {
+				go func() {
+					defer close(claimed)
+					_, claimErr = claimer.AssignIP(e.ctx, ipam.AssignIPArgs{Addr: mustAddr("10.0.0.5"), Handle: "pod-x", Node: "node-a"})
+				}()
+				<-atWindow
+			})
+		}
+		return nil
+	}}
+	request, err := ipam.New(requestStore, ipam.Options{})
+	require.NoError(t, err)
+	res, err := request.AssignIPs(e.ctx, ipam.AssignIPsArgs{Addrs: []netip.Addr{mustAddr("10.0.0.6")}, Handle: "pod-y", Node: "node-a"})
+	close(requestDone)
+	<-claimed
+	t.Logf("request: %v, %v; claim: %v", res, err, claimErr)
+
+	// The new pool assigns an address that the /26 covers too.
+	z, zerr := e.a.AssignIP(e.ctx, ipam.AssignIPArgs{Addr: mustAddr("10.0.0.40"), Handle: "pod-z", Node: "node-b"})
+	t.Logf("new pool: %v, %v", z, zerr)
+
+	r, err := e.a.Check(e.ctx)
+	require.NoError(t, err)
+	require.Empty(t, r.Problems, "a block of the old pool overlaps the new pool: request got %v", res)
+}
