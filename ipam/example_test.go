@@ -383,3 +383,27 @@ func ExampleAllocator_ModifyPool() {
 	// Output:
 	// nodeSelector zone == "a", disabled true
 }
+
+// A VM moves to another fixed address without the risk of ending up with
+// none: the new address is assigned first, under the same handle, and the
+// old one released only once that succeeded, by its Seq, so that a late
+// retry of the move never frees a later owner of the old address.
+func ExampleAllocator_AssignIP_move() {
+	ctx := context.Background()
+	a, _ := ipam.New(memstore.New(), ipam.Options{})
+	_ = a.CreatePool(ctx, pool.Pool{Name: "vms", CIDR: netip.MustParsePrefix("192.168.10.0/24"), BlockSize: 28})
+
+	old, _ := a.AssignIP(ctx, ipam.AssignIPArgs{Addr: netip.MustParseAddr("192.168.10.5"), Handle: "vm-7", Node: "host-a"})
+
+	moved, err := a.AssignIP(ctx, ipam.AssignIPArgs{Addr: netip.MustParseAddr("192.168.10.40"), Handle: "vm-7", Node: "host-a"})
+	if err != nil {
+		panic(err) // vm-7 keeps its old address
+	}
+	res, _ := a.ReleaseIPs(ctx, ipam.Release{Addr: old.Addr, Handle: "vm-7", Seq: old.Seq})
+	fmt.Println(moved.Addr, res.Released)
+	held, _ := a.IPsByHandle(ctx, "vm-7")
+	fmt.Println(held)
+	// Output:
+	// 192.168.10.40 [192.168.10.5]
+	// [192.168.10.40]
+}
