@@ -316,55 +316,7 @@ func TestStaleViewAssignsIntoUncarvedBlock(t *testing.T) {
 
 func staleViewAssignsIntoUncarvedBlock(t *testing.T, do func(e *env, a *ipam.Allocator) (ipam.AutoAssignResult, error)) {
 	e := newEnv(t, v4pool("old", "10.0.0.0/24", 28))
-	atWindow, requestDone := make(chan struct{}), make(chan struct{})
-	var claimErr error
-	claimed := make(chan struct{})
-
-	// The claimer: its block create comes after the replacement, and it
-	// waits, before it reads the pools again (claimStands), for the
-	// request to finish.
-	var replace, window sync.Once
-	claimerStore := &opHookStore{Store: e.store, before: func(op string, kind ipam.Kind, key string) error {
-		switch {
-		case op == "create" && kind == ipam.KindBlock:
-			replace.Do(func() {
-				require.NoError(t, e.a.DeletePool(e.ctx, "old"))
-				require.NoError(t, e.a.CreatePool(e.ctx, v4pool("new", "10.0.0.0/24", 26)))
-			})
-		case op == "get" && kind == ipam.KindPool:
-			if _, err := e.store.Get(e.ctx, ipam.KindBlock, "v4:0a000000/28"); err == nil {
-				window.Do(func() {
-					close(atWindow)
-					<-requestDone
-				})
-			}
-		}
-		return nil
-	}}
-	claimer, err := ipam.New(claimerStore, ipam.Options{})
-	require.NoError(t, err)
-
-	// The request: it has read the pools (the old ones) when it lists the
-	// node's blocks (AutoAssign) or reads the address's block (AssignIPs);
-	// the claim runs up to its window then.
-	var start sync.Once
-	requestStore := &opHookStore{Store: e.store, before: func(op string, kind ipam.Kind, key string) error {
-		if op == "list" && kind == ipam.KindAffinity || op == "get" && kind == ipam.KindBlock {
-			start.Do(func() {
-				go func() {
-					defer close(claimed)
-					_, claimErr = claimer.AssignIP(e.ctx, ipam.AssignIPArgs{Addr: mustAddr("10.0.0.5"), Handle: "pod-x", Node: "node-a"})
-				}()
-				<-atWindow
-			})
-		}
-		return nil
-	}}
-	request, err := ipam.New(requestStore, ipam.Options{})
-	require.NoError(t, err)
-	res, err := do(e, request)
-	close(requestDone)
-	<-claimed
+	res, err, claimErr := staleViewRace(t, e, v4pool("new", "10.0.0.0/24", 26), "v4:0a000000/28", do)
 	require.ErrorIs(t, err, ipam.ErrNotInPool, "the request assigned %v", res)
 	var ae *ipam.AddrError
 	require.ErrorAs(t, err, &ae)
@@ -501,6 +453,32 @@ func TestEnsureBlockInClaimWindow(t *testing.T) {
 // (Found by a review.)
 func TestStaleViewNewPoolInsideBlock(t *testing.T) {
 	e := newEnv(t, v4pool("old", "10.0.0.0/24", 26))
+	res, err, claimErr := staleViewRace(t, e, v4pool("new", "10.0.0.32/27", 29), "v4:0a000000/26",
+		func(e *env, a *ipam.Allocator) (ipam.AutoAssignResult, error) {
+			return a.AssignIPs(e.ctx, ipam.AssignIPsArgs{Addrs: []netip.Addr{mustAddr("10.0.0.6")}, Handle: "pod-y", Node: "node-a"})
+		})
+	require.ErrorIs(t, err, ipam.ErrNotInPool)
+	t.Logf("request: %v, %v; claim: %v", res, err, claimErr)
+
+	// The new pool assigns an address that the /26 covers too.
+	z, zerr := e.a.AssignIP(e.ctx, ipam.AssignIPArgs{Addr: mustAddr("10.0.0.40"), Handle: "pod-z", Node: "node-b"})
+	t.Logf("new pool: %v, %v", z, zerr)
+
+	r, err := e.a.Check(e.ctx)
+	require.NoError(t, err)
+	require.Empty(t, r.Problems, "a block of the old pool overlaps the new pool: request got %v", res)
+}
+
+// staleViewRace replaces pool "old" of e by replacement while a request
+// (do, on an allocator of its own) and a claim of node-a's block at
+// blockKey (an AssignIP of 10.0.0.5) have both read the old pools: the
+// claim makes its block, of the old size, after the replacement, and
+// waits before it reads the pools again (claimStands) until the request,
+// which reaches the node's blocks (AutoAssign) or the address's block
+// (AssignIPs) once the claim made its block, is done. It returns the
+// request's result and error, and the claim's error.
+func staleViewRace(t *testing.T, e *env, replacement pool.Pool, blockKey string, do func(e *env, a *ipam.Allocator) (ipam.AutoAssignResult, error)) (ipam.AutoAssignResult, error, error) {
+	t.Helper()
 	atWindow, requestDone := make(chan struct{}), make(chan struct{})
 	var claimErr error
 	claimed := make(chan struct{})
@@ -511,10 +489,10 @@ func TestStaleViewNewPoolInsideBlock(t *testing.T) {
 		case op == "create" && kind == ipam.KindBlock:
 			replace.Do(func() {
 				require.NoError(t, e.a.DeletePool(e.ctx, "old"))
-				require.NoError(t, e.a.CreatePool(e.ctx, v4pool("new", "10.0.0.32/27", 29)))
+				require.NoError(t, e.a.CreatePool(e.ctx, replacement))
 			})
 		case op == "get" && kind == ipam.KindPool:
-			if _, err := e.store.Get(e.ctx, ipam.KindBlock, "v4:0a000000/26"); err == nil {
+			if _, err := e.store.Get(e.ctx, ipam.KindBlock, blockKey); err == nil {
 				window.Do(func() {
 					close(atWindow)
 					<-requestDone
@@ -541,16 +519,8 @@ func TestStaleViewNewPoolInsideBlock(t *testing.T) {
 	}}
 	request, err := ipam.New(requestStore, ipam.Options{})
 	require.NoError(t, err)
-	res, err := request.AssignIPs(e.ctx, ipam.AssignIPsArgs{Addrs: []netip.Addr{mustAddr("10.0.0.6")}, Handle: "pod-y", Node: "node-a"})
+	res, err := do(e, request)
 	close(requestDone)
 	<-claimed
-	t.Logf("request: %v, %v; claim: %v", res, err, claimErr)
-
-	// The new pool assigns an address that the /26 covers too.
-	z, zerr := e.a.AssignIP(e.ctx, ipam.AssignIPArgs{Addr: mustAddr("10.0.0.40"), Handle: "pod-z", Node: "node-b"})
-	t.Logf("new pool: %v, %v", z, zerr)
-
-	r, err := e.a.Check(e.ctx)
-	require.NoError(t, err)
-	require.Empty(t, r.Problems, "a block of the old pool overlaps the new pool: request got %v", res)
+	return res, err, claimErr
 }
