@@ -1,6 +1,7 @@
 package ipam
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -585,18 +586,9 @@ func (a *Allocator) rollback(ctx context.Context, o *assignOp, res AutoAssignRes
 			errs = append(errs, err)
 		}
 	}
-	if u := o.h.unsettled; len(u) > 0 {
-		// Writes whose outcome stayed unknown: each address is released
-		// if its write happened after all. One its block does not hold at
-		// that Seq was never assigned.
-		o.h.unsettled = nil
-		if _, err := a.releaseIPs(ctx, false, o.cooled, u, &o.h); err != nil && !errors.Is(err, ErrSeqMismatch) && !errors.Is(err, ErrHandleMismatch) {
-			addrs := make([]string, len(u))
-			for i, r := range u {
-				addrs[i] = r.Addr.String()
-			}
-			errs = append(errs, fmt.Errorf("ipam: the outcome of the write that assigned %s under %q is unknown, and releasing it failed: it may stay assigned, counted under the handle, where ReleaseByHandle finds it: %w",
-				strings.Join(addrs, ", "), o.h.id, err))
+	if len(o.h.unsettled) > 0 {
+		if err := a.settleUnsettled(ctx, o); err != nil {
+			errs = append(errs, err)
 		}
 	}
 	for _, blk := range o.claimed {
@@ -607,6 +599,53 @@ func (a *Allocator) rollback(ctx context.Context, o *assignOp, res AutoAssignRes
 	}
 	return errors.Join(errs...)
 }
+
+// settleUnsettled settles, for a rollback, o's block writes whose outcome
+// stayed unknown: each is settled again as settleWrite settles a write (a
+// fresh read, and a fence when the block is still at the revision the
+// write expected, after which it can never land), and its address is
+// released if it landed. It fails, naming the addresses, when some write
+// stays unknown or a release fails: those addresses may stay assigned,
+// counted under the handle.
+func (a *Allocator) settleUnsettled(ctx context.Context, o *assignOp) error {
+	var rels []Release
+	var unknown []string
+	var err error
+	for _, u := range o.h.unsettled {
+		e := a.entry(u.blk)
+		e.lock()
+		landed, never := a.settleWrite(ctx, e, u.r0, errUnsettled, u.addr, o.h.id, u.seq)
+		e.unlock()
+		switch {
+		case landed:
+			rels = append(rels, Release{Addr: u.addr, Handle: o.h.id, Seq: u.seq})
+		case never && u.raised:
+			// The count raised for it goes back down; if that fails it
+			// stays too high, as after a crash.
+			_ = o.h.add(ctx, u.blk, -1)
+		case !never:
+			unknown = append(unknown, u.addr.String())
+		}
+	}
+	o.h.unsettled = nil
+	if len(rels) > 0 {
+		if _, rerr := a.releaseIPs(ctx, false, o.cooled, rels, &o.h); rerr != nil && !errors.Is(rerr, ErrSeqMismatch) && !errors.Is(rerr, ErrHandleMismatch) {
+			for _, r := range rels {
+				unknown = append(unknown, r.Addr.String())
+			}
+			err = rerr
+		}
+	}
+	if len(unknown) == 0 {
+		return nil
+	}
+	return fmt.Errorf("ipam: the outcome of the write that assigned %s under %q could not be settled: it may stay assigned, counted under the handle, where ReleaseByHandle finds it: %w",
+		strings.Join(unknown, ", "), o.h.id, cmp.Or(err, errUnsettled))
+}
+
+// errUnsettled stands for the unknown outcome of a write that settleWrite
+// is asked to settle again.
+var errUnsettled = errors.New("outcome of a write not known")
 
 // assignFamily assigns up to n addresses of one family from pools, in
 // Calico's order. It returns what it got and, when that is less than n, why.
@@ -1121,7 +1160,7 @@ func (a *Allocator) failedAssign(ctx context.Context, h *handleTx, e *blockEntry
 		return nil
 	}
 	if !never {
-		h.unknownWrite(addr, seq, k)
+		h.unknownWrite(e.prefix, r0, addr, seq, k, true)
 	}
 	return h.undo(ctx, e.prefix, k, err, never)
 }

@@ -99,7 +99,7 @@ func (a *Allocator) assignJoined(ctx context.Context, h *handleTx, e *blockEntry
 	case never:
 		h.unsure = unsure // none of it did, nor ever will
 	default:
-		h.unknownWrite(addr, seq, k)
+		h.unknownWrite(e.prefix, r0, addr, seq, k, false)
 	}
 	return err
 }

@@ -42,10 +42,10 @@ type handleTx struct {
 	exclusive bool
 	mine      Revision // the record's revision as this operation last wrote it; 0: none
 	created   bool     // this operation created the record (at some point)
-	// unsettled lists the addresses of this operation's block writes
-	// whose outcome stayed unknown (see settleWrite): each may be
-	// assigned, at its Seq, or not. A rollback releases them if so.
-	unsettled []Release
+	// unsettled lists this operation's block writes of one address whose
+	// outcome stayed unknown (see settleWrite): each may have assigned
+	// its address, at its Seq, or may yet. A rollback settles them.
+	unsettled []unsettledWrite
 	// remembered says that rec and rev come from the allocator's memo
 	// (handleMemos), not from a read: a commit made on them must check
 	// the record.
@@ -449,13 +449,26 @@ func (h *handleTx) undo(ctx context.Context, blk netip.Prefix, k int, err error,
 	return err
 }
 
-// unknownWrite notes that the block write that assigned addr at seq (and
-// k-1 more with it) may or may not have happened (see settleWrite). A
-// write of one address is noted for a rollback to release; one of several
-// stays counted under the handle, where ReleaseByHandle finds it.
-func (h *handleTx) unknownWrite(addr netip.Addr, seq uint64, k int) {
+// unsettledWrite is a block write of one address whose outcome stayed
+// unknown: a compare-and-swap of blk at r0 that assigned addr at seq.
+// raised says that the handle's count for it was raised by a write of its
+// own before (otherwise the count went in the same commit).
+type unsettledWrite struct {
+	blk    netip.Prefix
+	r0     Revision
+	addr   netip.Addr
+	seq    uint64
+	raised bool
+}
+
+// unknownWrite notes that the write of blk at r0 that assigned addr at seq
+// (and k-1 more with it) may or may not have happened (see settleWrite);
+// raised is as for unsettledWrite. A write of one address is noted for a
+// rollback to settle; one of several stays counted under the handle,
+// where ReleaseByHandle finds it.
+func (h *handleTx) unknownWrite(blk netip.Prefix, r0 Revision, addr netip.Addr, seq uint64, k int, raised bool) {
 	if k == 1 {
-		h.unsettled = append(h.unsettled, Release{Addr: addr, Handle: h.id, Seq: seq})
+		h.unsettled = append(h.unsettled, unsettledWrite{blk, r0, addr, seq, raised})
 	}
 }
 
