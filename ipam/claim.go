@@ -397,8 +397,8 @@ func (a *Allocator) claimStands(ctx context.Context, e *blockEntry, aff block.Af
 // address must not stand when a pool overlaps its block (the new pool,
 // larger or smaller than the block), since that pool's own blocks may
 // assign the same addresses again: the request fails with ErrNotInPool,
-// for its caller to roll back. (poolOf keeps a request that read the new pools out of such
-// a block.)
+// for its caller to roll back. (poolOf keeps a request that read the new
+// pools out of such a block.)
 func (a *Allocator) stillCarved(ctx context.Context, v *view, got ...[]Assigned) error {
 	if a.gens != nil && a.gens.Generation(KindPool) == v.poolsGen {
 		return nil

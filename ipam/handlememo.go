@@ -11,12 +11,14 @@ import (
 // that ReleaseByHandle can make its one commit at once instead of reading
 // the record first: a release by handle is then one round trip, not two.
 // A store that keeps blocks (memstore) is in this process, where a read
-// costs about what the memo would, so no memo is kept there. The commit checks the record's revision as it checks the
-// blocks', so a record that anyone changed since (another allocator, a
-// Repair) refuses it, and the release starts over from a read: a memo
-// saves a read, it never stands in for one. Only records of one or two
-// blocks (a pod's, a dual-stack pod's) are remembered, at about 100 bytes
-// each with the map's share, and no more than maxCached of them.
+// costs about what the memo would, so no memo is kept there.
+//
+// The commit checks the record's revision as it checks the blocks', so a
+// record that anyone changed since (another allocator, a Repair) refuses
+// it, and the release starts over from a read: a memo saves a read, it
+// never stands in for one. Only records of one or two blocks (a pod's, a
+// dual-stack pod's) are remembered, at about 100 bytes each with the
+// map's share, and no more than maxCached of them.
 
 // handleMemo is a handle record of one or two blocks as the allocator
 // last wrote it, at rev. It holds no pointers, which keeps the map's
