@@ -465,11 +465,17 @@ func (c *Collector) Collect(ctx context.Context) (CollectResult, error) {
 				affine[of]--
 				continue
 			}
+			// The node's count goes down whatever comes of it: a release
+			// that failed may have landed (a lost reply, or a failure after
+			// the block's write), and a block that changed meanwhile may
+			// be gone or another owner's now. Counting it as gone keeps
+			// the node's last block of the family, at the cost of a block
+			// kept until the next pass.
+			affine[of]--
 			_, err := c.a.releaseEmptyAffinity(ctx, b.Affinity(), blk, s.seq)
 			switch {
 			case err == nil:
 				res.ReleasedBlocks = append(res.ReleasedBlocks, blk)
-				affine[of]--
 				delete(c.blocks, blk)
 			case errors.Is(err, errBlockChanged):
 				delete(c.blocks, blk)
