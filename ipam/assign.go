@@ -172,6 +172,9 @@ type assignOp struct {
 	// capped and strict say that MaxBlocksPerHost stopped a claim, and
 	// StrictAffinity borrowing, for a family that came out short.
 	capped, strict bool
+	// uncarved says that the operation assigned in a block whose cache
+	// entry is not known to be carved by the pools (see stillCarved).
+	uncarved bool
 }
 
 // AutoAssign assigns addresses from the pools that qualify for the request,
@@ -371,7 +374,7 @@ func (a *Allocator) autoAssign(ctx context.Context, args *AutoAssignArgs, o *ass
 		}
 		want = again
 	}
-	if err := a.stillCarved(ctx, o.v, res.IPv4, res.IPv6); err != nil {
+	if err := a.stillCarved(ctx, o, res.IPv4, res.IPv6); err != nil {
 		if rerr := a.rollback(ctx, o, res); rerr != nil {
 			err = errors.Join(err, rerr)
 		}
@@ -1124,6 +1127,9 @@ func (a *Allocator) assignOnce(ctx context.Context, o *assignOp, e *blockEntry, 
 	}
 	if err := a.writeAssign(ctx, &o.h, e, addrs[0], seq, k); err != nil {
 		return fromTook, err
+	}
+	if !e.carved.Load() {
+		o.uncarved = true // stillCarved reads the pools
 	}
 	for _, addr := range addrs {
 		*out = append(*out, Assigned{Addr: addr, Block: blk, Pool: poolName, Seq: seq})

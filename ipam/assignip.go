@@ -134,7 +134,7 @@ func (a *Allocator) assignIPs(ctx context.Context, named bool, args AssignIPsArg
 	if err == nil {
 		var res AutoAssignResult
 		if err = a.assignFixed(ctx, o, targets, named, args.IgnoreCooldown, &res); err == nil {
-			err = a.stillCarved(ctx, o.v, res.IPv4, res.IPv6)
+			err = a.stillCarved(ctx, o, res.IPv4, res.IPv6)
 		}
 		if err == nil {
 			return res, nil
@@ -413,7 +413,13 @@ func (a *Allocator) assignOne(ctx context.Context, o *assignOp, t fixedAddr, ign
 			}
 			return fmt.Errorf("ipam: %w", err) // the block's error names the address
 		}
-		return a.writeAssign(ctx, &o.h, e, addr, seq, 1)
+		if err := a.writeAssign(ctx, &o.h, e, addr, seq, 1); err != nil {
+			return err
+		}
+		if !e.carved.Load() {
+			o.uncarved = true // stillCarved reads the pools
+		}
+		return nil
 	})
 	if err != nil {
 		return Assigned{}, err

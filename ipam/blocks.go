@@ -44,6 +44,12 @@ type blockEntry struct {
 	// uses the first entry's).
 	writes [3]Write
 	revs   [3]Revision
+	// carved says that the pools, read fresh after the cached block was
+	// read or created, carved its prefix (see stillCarved): a request
+	// that assigns there need not read them again, whatever the store's
+	// generations say. Any read of the block from the store clears it.
+	// Atomic, since stillCarved sets it without the lock.
+	carved atomic.Bool
 }
 
 // lock takes the entry for one operation.
@@ -109,6 +115,7 @@ func (a *Allocator) load(ctx context.Context, e *blockEntry) error {
 		return err
 	}
 	e.blk, e.rev, e.loaded, e.fresh = b, rev, true, true
+	e.carved.Store(false)
 	return nil
 }
 
@@ -299,6 +306,7 @@ func (a *Allocator) create(ctx context.Context, e *blockEntry, b *block.Block) e
 		return a.writeFailed(e, err)
 	}
 	e.blk, e.rev, e.loaded, e.fresh = b, rev, true, true
+	e.carved.Store(false) // until the claim stands (claimStands)
 	return nil
 }
 

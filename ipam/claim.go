@@ -348,6 +348,7 @@ func (a *Allocator) claimStands(ctx context.Context, e *blockEntry, aff block.Af
 	} else {
 		p, ok := carving(pools, e.prefix)
 		if ok && !p.Disabled {
+			e.carved.Store(true)
 			return nil
 		}
 		why = "no pool holds it now"
@@ -399,8 +400,9 @@ func (a *Allocator) claimStands(ctx context.Context, e *blockEntry, aff block.Af
 // assign the same addresses again: the request fails with ErrNotInPool,
 // for its caller to roll back. (poolOf keeps a request that read the new
 // pools out of such a block.)
-func (a *Allocator) stillCarved(ctx context.Context, v *view, got ...[]Assigned) error {
-	if a.gens != nil && a.gens.Generation(KindPool) == v.poolsGen {
+func (a *Allocator) stillCarved(ctx context.Context, o *assignOp, got ...[]Assigned) error {
+	v := o.v
+	if a.gens != nil && a.gens.Generation(KindPool) == v.poolsGen && !o.uncarved {
 		return nil
 	}
 	n := 0
@@ -417,7 +419,7 @@ func (a *Allocator) stillCarved(ctx context.Context, v *view, got ...[]Assigned)
 		return nil // no pool left: nothing can overlap the blocks
 	case err != nil:
 		return fmt.Errorf("ipam: assign: read pools after the writes: %w", err)
-	case rec.Revision == v.poolsRev:
+	case rec.Revision == v.poolsRev && !o.uncarved:
 		return nil
 	}
 	if pools, _, err = unmarshalPools(rec.Value); err != nil {
@@ -426,6 +428,7 @@ func (a *Allocator) stillCarved(ctx context.Context, v *view, got ...[]Assigned)
 	for _, xs := range got {
 		for _, x := range xs {
 			if _, ok := carving(pools, x.Block); ok {
+				a.entry(x.Block).carved.Store(true)
 				continue
 			}
 			// A block no pool carves may stay if no pool overlaps it (a
@@ -748,6 +751,7 @@ func (a *Allocator) seed(blk netip.Prefix, b *block.Block, rev Revision) {
 	defer e.unlock()
 	if !e.loaded {
 		e.blk, e.rev, e.loaded = b, rev, true
+		e.carved.Store(false)
 	}
 }
 

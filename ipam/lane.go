@@ -163,7 +163,7 @@ func (a *Allocator) autoAssignLane(ctx context.Context, args *AutoAssignArgs) (r
 			break
 		}
 	}
-	if done && a.gens.Generation(KindReservation) == v.resvGen && a.gens.Generation(KindPool) == v.poolsGen {
+	if done && a.gens.Generation(KindReservation) == v.resvGen && a.gens.Generation(KindPool) == v.poolsGen && !o.uncarved {
 		if a.laneTrace != nil {
 			a.laneTrace(false)
 		}

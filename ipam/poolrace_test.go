@@ -316,7 +316,7 @@ func TestStaleViewAssignsIntoUncarvedBlock(t *testing.T) {
 
 func staleViewAssignsIntoUncarvedBlock(t *testing.T, do func(e *env, a *ipam.Allocator) (ipam.AutoAssignResult, error)) {
 	e := newEnv(t, v4pool("old", "10.0.0.0/24", 28))
-	res, err, claimErr := staleViewRace(t, e, v4pool("new", "10.0.0.0/24", 26), "v4:0a000000/28", do)
+	res, err, claimErr := staleViewRace(t, e, v4pool("new", "10.0.0.0/24", 26), "v4:0a000000/28", 0, do)
 	require.ErrorIs(t, err, ipam.ErrNotInPool, "the request assigned %v", res)
 	var ae *ipam.AddrError
 	require.ErrorAs(t, err, &ae)
@@ -452,8 +452,22 @@ func TestEnsureBlockInClaimWindow(t *testing.T) {
 // must refuse the address: a pool overlaps its block without carving it.
 // (Found by a review.)
 func TestStaleViewNewPoolInsideBlock(t *testing.T) {
+	for _, lag := range []bool{false, true} {
+		t.Run(fmt.Sprintf("generationsLag=%t", lag), func(t *testing.T) { staleViewNewPoolInsideBlock(t, lag) })
+	}
+}
+
+// staleViewNewPoolInsideBlock is TestStaleViewNewPoolInsideBlock; with lag
+// set, the request's allocator sees the store's generations as a store fed
+// by a watch that has not delivered the pool change yet does: the pool
+// generation has not moved, and the check must not trust it.
+func staleViewNewPoolInsideBlock(t *testing.T, lag bool) {
 	e := newEnv(t, v4pool("old", "10.0.0.0/24", 26))
-	res, err, claimErr := staleViewRace(t, e, v4pool("new", "10.0.0.32/27", 29), "v4:0a000000/26",
+	var frozen uint64
+	if lag {
+		frozen = e.store.Generation(ipam.KindPool)
+	}
+	res, err, claimErr := staleViewRace(t, e, v4pool("new", "10.0.0.32/27", 29), "v4:0a000000/26", frozen,
 		func(e *env, a *ipam.Allocator) (ipam.AutoAssignResult, error) {
 			return a.AssignIPs(e.ctx, ipam.AssignIPsArgs{Addrs: []netip.Addr{mustAddr("10.0.0.6")}, Handle: "pod-y", Node: "node-a"})
 		})
@@ -475,9 +489,11 @@ func TestStaleViewNewPoolInsideBlock(t *testing.T) {
 // claim makes its block, of the old size, after the replacement, and
 // waits before it reads the pools again (claimStands) until the request,
 // which reaches the node's blocks (AutoAssign) or the address's block
-// (AssignIPs) once the claim made its block, is done. It returns the
-// request's result and error, and the claim's error.
-func staleViewRace(t *testing.T, e *env, replacement pool.Pool, blockKey string, do func(e *env, a *ipam.Allocator) (ipam.AutoAssignResult, error)) (ipam.AutoAssignResult, error, error) {
+// (AssignIPs) once the claim made its block, is done. With frozen not
+// zero, the request's store offers generations with the pool generation
+// stuck at it (laggingGens). It returns the request's result and error,
+// and the claim's error.
+func staleViewRace(t *testing.T, e *env, replacement pool.Pool, blockKey string, frozen uint64, do func(e *env, a *ipam.Allocator) (ipam.AutoAssignResult, error)) (ipam.AutoAssignResult, error, error) {
 	t.Helper()
 	atWindow, requestDone := make(chan struct{}), make(chan struct{})
 	var claimErr error
@@ -517,10 +533,29 @@ func staleViewRace(t *testing.T, e *env, replacement pool.Pool, blockKey string,
 		}
 		return nil
 	}}
-	request, err := ipam.New(requestStore, ipam.Options{})
+	var rs ipam.Store = requestStore
+	if frozen != 0 {
+		rs = laggingGens{requestStore, e.store, frozen}
+	}
+	request, err := ipam.New(rs, ipam.Options{})
 	require.NoError(t, err)
 	res, err := do(e, request)
 	close(requestDone)
 	<-claimed
 	return res, err, claimErr
+}
+
+// laggingGens offers the generations of gens, but the pool generation
+// stays at pool: a store fed by a watch that lags.
+type laggingGens struct {
+	ipam.Store
+	gens ipam.Generations
+	pool uint64
+}
+
+func (s laggingGens) Generation(k ipam.Kind) uint64 {
+	if k == ipam.KindPool {
+		return s.pool
+	}
+	return s.gens.Generation(k)
 }

@@ -68,7 +68,10 @@
 // with an old pool set may assign from a pool another process has just
 // disabled or is deleting (as Calico may), but block writes are
 // compare-and-swap on the record's revision, so no address is ever handed
-// out twice.
+// out twice. The allocator's checks that pools changed under a request
+// do not trust a generation: a request that assigned in a block it read
+// from etcd reads the pools after its writes unless that block was
+// checked against them since it was read.
 //
 // When the watch is cancelled (a compaction past the revisions it still
 // has to deliver, the member losing its leader, a closed client) every
