@@ -27,8 +27,8 @@ type AssignIPArgs struct {
 	// NewHandle assigns only if Handle holds no address yet, as in
 	// AutoAssignArgs: otherwise AssignIP fails with ErrHandleExists.
 	NewHandle bool
-	// IgnoreCooldown assigns the address even if it was released less
-	// than Config.ReleaseCooldown ago, which otherwise fails with
+	// IgnoreCooldown assigns the address even if it was released
+	// Config.ReleaseCooldown ago or less, which otherwise fails with
 	// ErrCoolingDown. It is for a caller that knows who had the address
 	// last: a workload that gets its fixed address back when it restarts
 	// (a StatefulSet pod, a VM), for which the cooldown would only delay
@@ -43,8 +43,8 @@ type AssignIPArgs struct {
 // args.NewHandle and the handle holds addresses (this one or others),
 // ErrInUse if the address is taken (also when args.Handle holds it),
 // ErrReserved if its block reserves it (AutoAssignArgs.ReserveFirst and
-// ReserveLast), ErrCoolingDown if it was released less than
-// Config.ReleaseCooldown ago (unless args.IgnoreCooldown), and
+// ReserveLast), ErrCoolingDown if it was released Config.ReleaseCooldown
+// ago or less (unless args.IgnoreCooldown), and
 // ErrNotInPool if no usable pool holds it (none, or one that is disabled
 // or does not allow Use). As in Calico, naming the address is an explicit
 // choice: the pool's nodeSelector and namespaceSelector, its assignment
@@ -399,7 +399,9 @@ func (a *Allocator) assignOne(ctx context.Context, o *assignOp, t fixedAddr, ign
 				o.cooled = map[netip.Addr]time.Time{}
 			}
 			o.cooled[addr] = at
-		} else if c := cfg.ReleaseCooldown; c > 0 && ok && at.After(a.now().Add(-c)) {
+		} else if c := cfg.ReleaseCooldown; c > 0 && ok && !at.Before(a.now().Add(-c)) {
+			// Cooling up to and including the cooldown's last instant, as
+			// AutoAssign and Utilization count it (block.CoolingSince).
 			if err := e.confirm(); err != nil {
 				return err
 			}

@@ -39,7 +39,8 @@ type Config struct {
 	MaxBlocksPerHost int `json:"maxBlocksPerHost,omitempty"`
 
 	// ReleaseCooldown keeps a released address from being assigned again
-	// for this long, so that a new owner never gets an address its previous
+	// for this long (an address released exactly ReleaseCooldown ago still
+	// cools), so that a new owner never gets an address its previous
 	// owner may still be using (a slow pod teardown, a stale ARP entry).
 	// 0 turns the cooldown off. At most MaxReleaseCooldown. In JSON it is a
 	// duration string, "releaseCooldown":"30s".

@@ -51,7 +51,7 @@ var (
 	ErrReservationNotFound = errors.New("reservation not found")
 
 	// ErrCoolingDown: AssignIP or AssignIPs asked for an address released
-	// less than Config.ReleaseCooldown ago (see AssignIPArgs.IgnoreCooldown).
+	// Config.ReleaseCooldown ago or less (see AssignIPArgs.IgnoreCooldown).
 	ErrCoolingDown = errors.New("address released too recently")
 
 	// ErrNotInPool: an address lies in no pool, or in a pool that cannot be

@@ -548,8 +548,12 @@ func TestTakeOverWithReservedEndsKeepsCooldown(t *testing.T) {
 	}
 	e.requireConsistent()
 
-	// Once the cooldown has passed, it is an address like any other.
-	e.clock.Advance(time.Hour)
+	// Once the cooldown has passed, it is an address like any other. (At
+	// its last instant it still cools, as AutoAssign counts it.)
+	e.clock.Advance(time.Hour) // released an hour ago, to the nanosecond
+	_, err = e.a.AssignIP(e.ctx, ipam.AssignIPArgs{Addr: cooling, Handle: "new-owner", Node: "node-3"})
+	require.ErrorIs(t, err, ipam.ErrCoolingDown)
+	e.clock.Advance(time.Nanosecond)
 	_, err = e.a.AssignIP(e.ctx, ipam.AssignIPArgs{Addr: cooling, Handle: "new-owner", Node: "node-3"})
 	require.NoError(t, err)
 }

@@ -37,8 +37,8 @@ type PoolUtilization struct {
 	// assigned automatically: reserved in their block, or inside a
 	// Reservation (in existing blocks or not).
 	Reserved *big.Int
-	// Cooling counts free addresses released less than
-	// Config.ReleaseCooldown ago, outside reservations: a cooling address
+	// Cooling counts free addresses released Config.ReleaseCooldown ago
+	// or less, outside reservations: a cooling address
 	// that is also reserved counts as Reserved, so that each address
 	// counts once.
 	Cooling uint64
