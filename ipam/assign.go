@@ -437,6 +437,24 @@ func (a *Allocator) unreserve(ctx context.Context, o *assignOp, res *AutoAssignR
 	reserved := func(x Assigned) bool { return v.reserved.Contains(x.Addr) }
 	res.IPv4 = slices.DeleteFunc(res.IPv4, reserved)
 	res.IPv6 = slices.DeleteFunc(res.IPv6, reserved)
+	// A block this request claimed that the new reservations cover whole
+	// has nothing left to give: had they come first, the claim would have
+	// passed it over. It goes, so that the request assigns again as one
+	// made after them would (not stopped by MaxBlocksPerHost, say).
+	kept := o.claimed[:0]
+	for _, blk := range o.claimed {
+		if v.reserved.ContainsPrefix(blk) {
+			err := a.releaseAffinity(ctx, o.aff, blk, true)
+			if err == nil || errors.Is(err, ErrAffinityConflict) {
+				continue
+			}
+			if !errors.Is(err, ErrBlockNotEmpty) {
+				return took, err
+			}
+		}
+		kept = append(kept, blk)
+	}
+	o.claimed = kept
 	return took, nil
 }
 
@@ -796,7 +814,7 @@ func (a *Allocator) assignHeld(ctx context.Context, o *assignOp, fam pool.Family
 					if w == nil {
 						w = newWalker(o.v, p, mine)
 					}
-					blk, made, got, err := a.claimFor(ctx, o, p, w)
+					blk, made, got, err := a.claimFor(ctx, o, p, w, mine)
 					if err != nil {
 						return out, "", err
 					}
@@ -906,8 +924,8 @@ const (
 // claimFor claims the next block of p's walk w for o's owner (see claim).
 // It records in o a block this claim made the owner's, for rollback, and
 // the pool's blocks if the claim listed them, for borrowing.
-func (a *Allocator) claimFor(ctx context.Context, o *assignOp, p *pool.Pool, w *pool.Walker) (blk netip.Prefix, made bool, got claimOutcome, err error) {
-	blk, ok, made, listed, err := a.claim(ctx, o.v, p, w, o.aff, o.rsv)
+func (a *Allocator) claimFor(ctx context.Context, o *assignOp, p *pool.Pool, w *pool.Walker, mine []netip.Prefix) (blk netip.Prefix, made bool, got claimOutcome, err error) {
+	blk, ok, made, listed, err := a.claim(ctx, o.v, p, w, o.aff, o.rsv, mine)
 	switch {
 	case errors.Is(err, ErrNotInPool):
 		return blk, false, poolChanged, nil
