@@ -30,7 +30,7 @@ const claimProbes = 4
 // made aff's by this claim (made), rather than found aff's already (made
 // so by another allocator serving the same owner since the owner's blocks
 // were read): only a block made so is the caller's to give up again.
-func (a *Allocator) claim(ctx context.Context, v *view, p *pool.Pool, w *pool.Walker, aff block.Affinity, rsv hostReserved) (blk netip.Prefix, ok, made bool, existing []Record, err error) {
+func (a *Allocator) claim(ctx context.Context, v *view, p *pool.Pool, w *pool.Walker, aff block.Affinity, rsv hostReserved, mine []netip.Prefix) (blk netip.Prefix, ok, made bool, existing []Record, err error) {
 	listed := false
 	probes := 0
 	var taken []netip.Prefix // other nodes' blocks met, for w once the walk is over
@@ -79,8 +79,8 @@ func (a *Allocator) claim(ctx context.Context, v *view, p *pool.Pool, w *pool.Wa
 			}
 		})
 	}
-	blk, ok, err = a.reclaim(ctx, v, p, aff, existing, rsv)
-	return blk, ok, ok, existing, err // a block taken over is made aff's
+	blk, ok, made, err = a.reclaim(ctx, v, p, aff, existing, rsv, mine)
+	return blk, ok, made, existing, err
 }
 
 // newWalker returns a walker of p for a node's claims that passes over the
@@ -619,12 +619,20 @@ func (a *Allocator) storedAffinity(ctx context.Context, blk netip.Prefix) (block
 // reclaim takes over, from the pool's existing blocks, an empty block
 // without affinity (one kept while its addresses cool, see keepCooling) or
 // an empty block affine to another node and claimed at least ReclaimAge
-// ago.
-func (a *Allocator) reclaim(ctx context.Context, v *view, p *pool.Pool, aff block.Affinity, existing []Record, rsv hostReserved) (netip.Prefix, bool, error) {
+// ago; made says it did. A block with room found aff's already and not
+// among mine (the owner's blocks the request knows: another request of the
+// same owner took it over meanwhile) is returned as found, not made, as a
+// claim finds one: two requests of one node taking over blocks at once
+// end on one, and MaxBlocksPerHost holds.
+func (a *Allocator) reclaim(ctx context.Context, v *view, p *pool.Pool, aff block.Affinity, existing []Record, rsv hostReserved, mine []netip.Prefix) (blk netip.Prefix, ok, made bool, err error) {
 	now := a.now()
 	for _, r := range existing {
 		// Only empty blocks of no node or of other nodes are worth decoding.
 		sum, err := a.peek(r)
+		if err == nil && sum.Affinity == aff && sum.Free() > 0 && sum.Prefix.Bits() == p.BlockSize &&
+			!slices.Contains(mine, sum.Prefix) && !(v.hasReserved && v.reserved.ContainsPrefix(sum.Prefix)) {
+			return sum.Prefix, true, false, nil
+		}
 		if err != nil || sum.Used != 0 || sum.Affinity == aff ||
 			!sum.Affinity.IsZero() && (sum.Affinity.Kind != block.HostAffinity || a.reclaimAge < 0) {
 			continue
@@ -637,15 +645,15 @@ func (a *Allocator) reclaim(ctx context.Context, v *view, p *pool.Pool, aff bloc
 		if err != nil || !a.reclaimable(b, aff, now) {
 			continue
 		}
-		ok, err := a.takeOver(ctx, blk, aff, rsv)
+		ok, made, err := a.takeOver(ctx, blk, aff, rsv)
 		if err != nil {
-			return netip.Prefix{}, false, err
+			return netip.Prefix{}, false, false, err
 		}
 		if ok {
-			return blk, true, nil
+			return blk, true, made, nil
 		}
 	}
-	return netip.Prefix{}, false, nil
+	return netip.Prefix{}, false, false, nil
 }
 
 // reclaimable reports whether aff may take b over: b is empty and either
@@ -665,16 +673,21 @@ func (a *Allocator) reclaimable(b *block.Block, aff block.Affinity, now time.Tim
 // (adoptLocked: the new index record, the block by compare-and-swap on a
 // fresh read that shows it still reclaimable, the pool set), then drops the
 // old owner's index record, if it had one. The block keeps its release
-// times: the cooldown of its addresses goes on.
-func (a *Allocator) takeOver(ctx context.Context, blk netip.Prefix, aff block.Affinity, rsv hostReserved) (bool, error) {
+// times: the cooldown of its addresses goes on. ok reports that the block
+// is aff's: made by this call, or found so, empty, on the fresh read.
+func (a *Allocator) takeOver(ctx context.Context, blk netip.Prefix, aff block.Affinity, rsv hostReserved) (ok, made bool, err error) {
 	e := a.entry(blk)
 	e.lock()
 	defer e.unlock()
 	var old block.Affinity
-	taken := false
-	err := a.retry(ctx, "reclaim block", e.name, func() error {
+	taken, found := false, false
+	err = a.retry(ctx, "reclaim block", e.name, func() error {
 		if err := a.load(ctx, e); err != nil {
 			return err
+		}
+		if e.blk != nil && e.blk.Affinity() == aff && e.blk.Empty() {
+			found = true // another request of aff's took it over just now
+			return nil
 		}
 		if e.blk == nil || !a.reclaimable(e.blk, aff, a.now()) {
 			return nil
@@ -694,7 +707,10 @@ func (a *Allocator) takeOver(ctx context.Context, blk netip.Prefix, aff block.Af
 			err = errors.Join(err, derr)
 		}
 	}
-	return taken && err == nil, err
+	if err != nil {
+		return false, false, err
+	}
+	return taken || found, taken, nil
 }
 
 // borrow assigns up to want addresses from existing blocks of pool p that

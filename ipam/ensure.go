@@ -187,7 +187,7 @@ func (a *Allocator) ensureBlock(ctx context.Context, o *assignOp, fam pool.Famil
 			why = append(why, o.rsv.tooSmall(p))
 			continue
 		}
-		blk, _, got, err := a.claimFor(ctx, o, p, newWalker(o.v, p, kept))
+		blk, _, got, err := a.claimFor(ctx, o, p, newWalker(o.v, p, kept), kept)
 		switch {
 		case err != nil:
 			return netip.Prefix{}, err
