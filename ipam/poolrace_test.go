@@ -355,33 +355,13 @@ func TestOtherAllocatorInClaimWindow(t *testing.T) {
 	e := newEnv(t)
 	require.NoError(t, e.a.CreatePool(e.ctx, v4pool("old", "10.0.0.0/24", 28)))
 	other := e.allocator() // a second process serving node-a, on the store directly
-	var replace, window sync.Once
 	var got ipam.AutoAssignResult
 	var otherErr error
 	windowHit := false
-	hs := &opHookStore{Store: e.store, before: func(op string, kind ipam.Kind, key string) error {
-		switch {
-		case op == "create" && kind == ipam.KindBlock:
-			// The claim's block write is next: the pool is replaced just before.
-			replace.Do(func() {
-				require.NoError(t, e.a.DeletePool(e.ctx, "old"))
-				require.NoError(t, e.a.CreatePool(e.ctx, v4pool("new", "10.0.0.0/24", 26)))
-			})
-		case op == "get" && kind == ipam.KindPool:
-			// The claim's read of the pool set (claimStands), after its
-			// block create and its index write.
-			if _, err := e.store.Get(e.ctx, ipam.KindBlock, "v4:0a000000/28"); err == nil {
-				window.Do(func() {
-					windowHit = true
-					got, otherErr = other.AutoAssign(e.ctx, ipam.AutoAssignArgs{Num4: 1, Handle: "pod-y", Node: "node-a"})
-				})
-			}
-		}
-		return nil
-	}}
-	claimer, err := ipam.New(hs, ipam.Options{})
-	require.NoError(t, err)
-	_, err = claimer.AssignIP(e.ctx, ipam.AssignIPArgs{Addr: mustAddr("10.0.0.5"), Handle: "pod-x", Node: "node-a"})
+	err := claimInWindow(t, e, v4pool("new", "10.0.0.0/24", 26), "v4:0a000000/28", func() {
+		windowHit = true
+		got, otherErr = other.AutoAssign(e.ctx, ipam.AutoAssignArgs{Num4: 1, Handle: "pod-y", Node: "node-a"})
+	})
 	require.True(t, windowHit, "the other allocator ran between the claim's block create and its pool read")
 	require.ErrorIs(t, err, ipam.ErrNotInPool, "the claim saw the pool replaced")
 	require.NoError(t, otherErr)
@@ -410,28 +390,11 @@ func TestEnsureBlockInClaimWindow(t *testing.T) {
 	e := newEnv(t)
 	require.NoError(t, e.a.CreatePool(e.ctx, v4pool("old", "10.0.0.0/24", 28)))
 	other := e.allocator()
-	var replace, window sync.Once
 	var got netip.Prefix
 	var otherErr error
-	hs := &opHookStore{Store: e.store, before: func(op string, kind ipam.Kind, key string) error {
-		switch {
-		case op == "create" && kind == ipam.KindBlock:
-			replace.Do(func() {
-				require.NoError(t, e.a.DeletePool(e.ctx, "old"))
-				require.NoError(t, e.a.CreatePool(e.ctx, v4pool("new", "10.0.0.0/24", 26)))
-			})
-		case op == "get" && kind == ipam.KindPool:
-			if _, err := e.store.Get(e.ctx, ipam.KindBlock, "v4:0a000000/28"); err == nil {
-				window.Do(func() {
-					got, _, otherErr = other.EnsureBlock(e.ctx, ipam.EnsureBlockArgs{Node: "node-a", IPv4: true})
-				})
-			}
-		}
-		return nil
-	}}
-	claimer, err := ipam.New(hs, ipam.Options{})
-	require.NoError(t, err)
-	_, err = claimer.AssignIP(e.ctx, ipam.AssignIPArgs{Addr: mustAddr("10.0.0.5"), Handle: "pod-x", Node: "node-a"})
+	err := claimInWindow(t, e, v4pool("new", "10.0.0.0/24", 26), "v4:0a000000/28", func() {
+		got, _, otherErr = other.EnsureBlock(e.ctx, ipam.EnsureBlockArgs{Node: "node-a", IPv4: true})
+	})
 	require.ErrorIs(t, err, ipam.ErrNotInPool)
 	require.NoError(t, otherErr)
 	require.Equal(t, 26, got.Bits(), "EnsureBlock returned %s, a block of the old pool's size", got)
@@ -499,34 +462,16 @@ func staleViewRace(t *testing.T, e *env, replacement pool.Pool, blockKey string,
 	var claimErr error
 	claimed := make(chan struct{})
 
-	var replace, window sync.Once
-	claimerStore := &opHookStore{Store: e.store, before: func(op string, kind ipam.Kind, key string) error {
-		switch {
-		case op == "create" && kind == ipam.KindBlock:
-			replace.Do(func() {
-				require.NoError(t, e.a.DeletePool(e.ctx, "old"))
-				require.NoError(t, e.a.CreatePool(e.ctx, replacement))
-			})
-		case op == "get" && kind == ipam.KindPool:
-			if _, err := e.store.Get(e.ctx, ipam.KindBlock, blockKey); err == nil {
-				window.Do(func() {
-					close(atWindow)
-					<-requestDone
-				})
-			}
-		}
-		return nil
-	}}
-	claimer, err := ipam.New(claimerStore, ipam.Options{})
-	require.NoError(t, err)
-
 	var start sync.Once
 	requestStore := &opHookStore{Store: e.store, before: func(op string, kind ipam.Kind, key string) error {
 		if op == "list" && kind == ipam.KindAffinity || op == "get" && kind == ipam.KindBlock {
 			start.Do(func() {
 				go func() {
 					defer close(claimed)
-					_, claimErr = claimer.AssignIP(e.ctx, ipam.AssignIPArgs{Addr: mustAddr("10.0.0.5"), Handle: "pod-x", Node: "node-a"})
+					claimErr = claimInWindow(t, e, replacement, blockKey, func() {
+						close(atWindow)
+						<-requestDone
+					})
 				}()
 				<-atWindow
 			})
@@ -558,4 +503,33 @@ func (s laggingGens) Generation(k ipam.Kind) uint64 {
 		return s.pool
 	}
 	return s.gens.Generation(k)
+}
+
+// claimInWindow makes, on an allocator of its own, node-a's claim of the
+// missing block blockKey of pool "old" (an AssignIP of 10.0.0.5) and
+// returns its error. Just before the claim's block write, "old" is
+// deleted and replacement made; inWindow runs once, at the claim's read
+// of the pools that confirms it (claimStands), after its block write and
+// its index write.
+func claimInWindow(t *testing.T, e *env, replacement pool.Pool, blockKey string, inWindow func()) error {
+	t.Helper()
+	var replace, window sync.Once
+	hs := &opHookStore{Store: e.store, before: func(op string, kind ipam.Kind, key string) error {
+		switch {
+		case op == "create" && kind == ipam.KindBlock:
+			replace.Do(func() {
+				require.NoError(t, e.a.DeletePool(e.ctx, "old"))
+				require.NoError(t, e.a.CreatePool(e.ctx, replacement))
+			})
+		case op == "get" && kind == ipam.KindPool:
+			if _, err := e.store.Get(e.ctx, ipam.KindBlock, blockKey); err == nil {
+				window.Do(inWindow)
+			}
+		}
+		return nil
+	}}
+	claimer, err := ipam.New(hs, ipam.Options{})
+	require.NoError(t, err)
+	_, err = claimer.AssignIP(e.ctx, ipam.AssignIPArgs{Addr: mustAddr("10.0.0.5"), Handle: "pod-x", Node: "node-a"})
+	return err
 }
