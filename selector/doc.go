@@ -49,8 +49,11 @@
 // and canonical text, except that it adds two limits so that hostile input
 // gets an error, never a stack overflow or unbounded work: a selector is at
 // most [MaxLength] (64 KiB) bytes long, and parentheses nest at most
-// [MaxDepth] (100) deep. Runs of ! and long chains of && and || are not
-// limited by depth; they are parsed without recursion.
+// [MaxDepth] (100) deep. Both limits apply to the canonical form as well as
+// to the text given, so that Parse accepts whatever [Selector.String] prints;
+// the canonical form adds spaces, and parentheses around every && and ||
+// group. Runs of ! and long chains of && and || are not limited by depth;
+// they are parsed without recursion.
 //
 // Parse errors are [*SyntaxError] values that give the byte offset of the
 // problem and a message meant for the person who wrote the selector.

@@ -28,6 +28,7 @@ const (
 // Parse returns, so a tree may be shared by any number of goroutines.
 type node struct {
 	op    op
+	nest  uint8    // how deeply the canonical form nests && and || groups in parentheses
 	label string   // opHas and the comparisons
 	value string   // opEq, opNe, opContains, opStartsWith, opEndsWith
 	set   []string // opIn, opNotIn: sorted by bytes, no duplicates

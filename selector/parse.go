@@ -8,9 +8,13 @@ import (
 // Limits that Calico does not have; they make sure hostile input gets an
 // error rather than a stack overflow or unbounded work.
 const (
-	// MaxLength is the longest selector, in bytes, that Parse accepts.
+	// MaxLength is the longest selector, in bytes, that Parse accepts. The
+	// canonical form of the selector must fit too, so that Parse accepts
+	// whatever [Selector.String] prints.
 	MaxLength = 64 << 10
-	// MaxDepth is how deeply Parse lets parentheses nest.
+	// MaxDepth is how deeply Parse lets parentheses nest, both in the
+	// selector as written and in its canonical form, which puts every &&
+	// and || group in parentheses.
 	MaxDepth = 100
 	// MaxLabelLength is the longest label name, in bytes (a Calico limit).
 	MaxLabelLength = 512
@@ -43,7 +47,8 @@ const (
 // The word operators are lower case and are recognised only right after a
 // label, so that every word, "in" and "has" included, is also a valid label.
 // Strings have no escapes. Parentheses nest at most [MaxDepth] deep and the
-// input is at most [MaxLength] bytes long.
+// input is at most [MaxLength] bytes long; both limits apply to the canonical
+// form as well, so that Parse accepts whatever [Selector.String] prints.
 func Parse(s string) (Selector, error) {
 	p := parser{lx: lexer{in: s}}
 	if len(s) > MaxLength {
@@ -69,7 +74,11 @@ func Parse(s string) (Selector, error) {
 		return None(), nil
 	}
 	var buf [256]byte // most selectors print without a heap buffer
-	return Selector{&tree{root: root, text: string(root.appendText(buf[:0])), global: p.global}}, nil
+	text := root.appendText(buf[:0])
+	if len(text) > MaxLength {
+		return None(), p.errorf(len(s), "selector is %d bytes long in canonical form; the limit is %d", len(text), MaxLength)
+	}
+	return Selector{&tree{root: root, text: string(text), global: p.global}}, nil
 }
 
 // MustParse is like Parse but panics with the *SyntaxError if s is not a
@@ -114,11 +123,13 @@ func (p *parser) list(o op) (node, error) {
 	if o == opOr {
 		sep = tOr
 	}
+	start := p.tok.off
 	first, err := p.operand(o)
 	if err != nil || p.tok.kind != sep {
 		return first, err
 	}
 	kids := []node{first}
+	nest := first.nest
 	for p.tok.kind == sep {
 		if err := p.advance(); err != nil {
 			return node{}, err
@@ -128,8 +139,13 @@ func (p *parser) list(o op) (node, error) {
 			return node{}, err
 		}
 		kids = append(kids, n)
+		nest = max(nest, n.nest)
 	}
-	return node{op: o, kids: kids}, nil
+	// The canonical form puts the group in parentheses; it must parse too.
+	if nest >= MaxDepth {
+		return node{}, p.errorf(start, "&& and || groups nest more than %d deep in canonical form, which puts each group in parentheses", MaxDepth)
+	}
+	return node{op: o, kids: kids, nest: nest + 1}, nil
 }
 
 // operand parses one operand of an || or && list.
@@ -153,7 +169,7 @@ func (p *parser) unary() (node, error) {
 	if err != nil || !negate {
 		return n, err
 	}
-	return node{op: opNot, kids: []node{n}}, nil
+	return node{op: opNot, kids: []node{n}, nest: n.nest}, nil
 }
 
 // primary parses a function, a parenthesised expression or a comparison.

@@ -122,8 +122,22 @@ func (p *refParser) take() refToken {
 	return t
 }
 
-// refParse parses s, or reports false if s is not a valid selector.
+// refParse parses s, or reports false if s is not a valid selector. The
+// limits on length and depth apply to the canonical form too: a selector is
+// refused if its canonical form would be.
 func refParse(s string) (refExpr, bool) {
+	e, ok := refParseText(s)
+	if !ok {
+		return refExpr{}, false
+	}
+	if _, ok := refParseText(e.text); !ok {
+		return refExpr{}, false
+	}
+	return e, true
+}
+
+// refParseText parses s, checking the limits on s alone.
+func refParseText(s string) (refExpr, bool) {
 	if len(s) > selector.MaxLength {
 		return refExpr{}, false
 	}

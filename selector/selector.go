@@ -29,8 +29,10 @@ func (noLabels) Get(string) (string, bool) { return "", false }
 //
 // The zero Selector matches everything and prints as "all()", like [All].
 // Selectors are comparable, but == compares identity, not meaning: two
-// selectors parsed from the same text are different values. Compare
-// [Selector.String] results to learn whether two selectors are the same.
+// selectors parsed from the same text are different values, except that
+// Parse returns the shared [All] and [None] values for every selector that
+// prints as "all()" or "!all()". Compare [Selector.String] results to learn
+// whether two selectors are the same.
 type Selector struct {
 	t *tree
 }
