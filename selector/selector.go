@@ -127,7 +127,11 @@ func (s Selector) AppendText(b []byte) ([]byte, error) {
 
 // MarshalText returns the canonical form of s (see [Selector.String]). It
 // never fails. With UnmarshalText it lets a Selector sit in JSON or YAML
-// configuration as a string.
+// configuration as a string. A string literal that is not valid UTF-8
+// (Parse accepts one, as Calico does) does not survive encoding/json,
+// which writes each invalid byte as U+FFFD: such a selector loads back as
+// another one. (Kubernetes label values are ASCII, so a selector over
+// Kubernetes labels has no such literal.)
 func (s Selector) MarshalText() ([]byte, error) {
 	return []byte(s.String()), nil
 }
