@@ -35,7 +35,8 @@
 //     lowercase letters, digits and '-' that start and end with a letter or
 //     digit (ErrName).
 //  2. cidr is set, is not an IPv4-mapped IPv6 prefix, and is masked: no
-//     host bits (ErrCIDR).
+//     host bits; an IPv6 cidr does not hold any of the IPv4-mapped range
+//     ::ffff:0:0/96 (ErrCIDR).
 //  3. cidr does not overlap the link-local ranges 169.254.0.0/16 and
 //     fe80::/10 (ErrLinkLocal).
 //  4. blockSize is 20..32 for IPv4, 116..128 for IPv6 (ErrBlockSize).
@@ -129,7 +130,9 @@
 //     case-sensitive; Calico's own decoding depends on the client.
 //   - awsSubnetID (pools backed by an AWS subnet) is not supported: a
 //     manifest that sets it is refused, with an error saying so.
-//   - IPv4-mapped IPv6 CIDRs (::ffff:a.b.c.d/n) are refused.
+//   - IPv4-mapped IPv6 CIDRs (::ffff:a.b.c.d/n) are refused, and so are
+//     IPv6 CIDRs that hold the IPv4-mapped range (::/64, ::/1, ...): carve
+//     treats an IPv4-mapped address as the IPv4 address it maps.
 //   - A LoadBalancer pool's nodeSelector must mean all() (canonical form),
 //     not be the exact text "all()".
 //   - Requests name pools by name or by CIDR; Calico's IPAM takes only

@@ -157,7 +157,8 @@ func (s *Set) IPSet() *netipx.IPSet {
 }
 
 // Free returns the addresses of within that no pool of s covers, less the
-// link-local ranges no pool may use. An invalid within gives an empty set.
+// ranges no pool may use: the link-local ones and the IPv4-mapped IPv6
+// range ::ffff:0:0/96. An invalid within gives an empty set.
 func (s *Set) Free(within netip.Prefix) *netipx.IPSet {
 	if !within.IsValid() {
 		return new(netipx.IPSet)
@@ -167,12 +168,13 @@ func (s *Set) Free(within netip.Prefix) *netipx.IPSet {
 	b.RemoveSet(s.IPSet())
 	b.RemovePrefix(linkLocal4)
 	b.RemovePrefix(linkLocal6)
+	b.RemovePrefix(mapped6)
 	set, _ := b.IPSet() // cannot fail: every prefix added is valid
 	return set
 }
 
 // FindFree returns the first (lowest) prefix of length bits inside within
-// that overlaps no pool of s and no link-local range: a CIDR a new pool can
+// that overlaps no pool of s and no range Free leaves out: a CIDR a new pool can
 // take, for example when migrating away from a pool or adding one when
 // addresses run out. It reports false when there is none.
 func (s *Set) FindFree(within netip.Prefix, bits int) (netip.Prefix, bool) {

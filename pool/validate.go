@@ -13,6 +13,12 @@ var (
 	linkLocal6 = netip.MustParsePrefix("fe80::/10")
 )
 
+// mapped6 is the IPv4-mapped IPv6 range. Its addresses are IPv4 addresses
+// written in IPv6 form, and the ipam package unmaps every address it is
+// given, so no IPv6 pool may hold them: an address handed out from such a
+// pool could never be found, released or told from an IPv4 pool's.
+var mapped6 = netip.MustParsePrefix("::ffff:0:0/96")
+
 // Validate reports every problem with p at once, as a *ValidationError, or
 // nil. Zero fields count as their defaults (see [Pool.WithDefaults]). The
 // rules are listed in the package documentation; overlap with other pools
@@ -29,7 +35,7 @@ func (p Pool) Validate() error {
 // updated must pass [Pool.Validate]. All problems come in one
 // *ValidationError.
 func ValidateUpdate(old, updated Pool) error {
-	ps := problems{pool: updated.Name}
+	ps := problems{pool: updated.Name, update: true}
 	validateUpdate(&ps, &old, &updated)
 	validate(&ps, &updated)
 	return ps.err()
@@ -128,6 +134,9 @@ func validateCIDR(ps *problems, p *Pool) Family {
 		ps.add(ErrCIDR, "cidr", c.String(), "is not masked")
 	}
 	fam := p.Family()
+	if fam == IPv6 && c.Overlaps(mapped6) {
+		ps.add(ErrCIDR, "cidr", c.String(), "holds the IPv4-mapped range "+mapped6.String()+", whose addresses are IPv4 addresses")
+	}
 	ll := linkLocal4
 	if fam == IPv6 {
 		ll = linkLocal6
