@@ -33,13 +33,11 @@ func (p Pool) Split(names ...string) ([]Pool, error) {
 		return nil, err
 	}
 	n := len(names)
+	partBits := q.CIDR.Bits() + bits.TrailingZeros(uint(n))
 	if n < 2 || n&(n-1) != 0 {
 		ps.add(ErrSplit, "cidr", q.CIDR.String(),
 			fmt.Sprintf("cannot be split into %d %s: the number of parts must be a power of two, at least 2", n, plural(n, "pool", "pools")))
-		return nil, ps.err()
-	}
-	partBits := q.CIDR.Bits() + bits.TrailingZeros(uint(n))
-	if partBits > q.BlockSize {
+	} else if partBits > q.BlockSize {
 		ps.add(ErrSplit, "cidr", q.CIDR.String(),
 			fmt.Sprintf("cannot be split into %d pools: each part would be a /%d, smaller than a block (blockSize %d)", n, partBits, q.BlockSize))
 	}
