@@ -32,6 +32,7 @@ func Fields(data []byte) ([]Field, error) {
 		return nil, fmt.Errorf("want an object, got %s", Abbrev(data))
 	}
 	var fields []Field
+	var seen map[string]struct{} // the keys, once there are more than scanMembers
 	for dec.More() {
 		tok, err := dec.Token()
 		if err != nil {
@@ -42,10 +43,17 @@ func Fields(data []byte) ([]Field, error) {
 		if err := dec.Decode(&v); err != nil {
 			return nil, syntaxErr(err)
 		}
-		for _, f := range fields {
-			if f.Key == key {
-				return nil, fmt.Errorf("%s: appears twice", strconv.Quote(key))
+		if seen == nil && len(fields) == scanMembers {
+			seen = make(map[string]struct{}, 2*scanMembers)
+			for _, f := range fields {
+				seen[f.Key] = struct{}{}
 			}
+		}
+		if twice(fields, seen, key) {
+			return nil, fmt.Errorf("%s: appears twice", strconv.Quote(key))
+		}
+		if seen != nil {
+			seen[key] = struct{}{}
 		}
 		fields = append(fields, Field{key, v})
 	}
@@ -56,6 +64,26 @@ func Fields(data []byte) ([]Field, error) {
 		return nil, errors.New("invalid JSON: data after the object")
 	}
 	return fields, nil
+}
+
+// scanMembers is how many members an object's keys are compared with one
+// by one; past it they go in a map, so that an object of many members (a
+// hostile manifest) costs time linear in its size.
+const scanMembers = 16
+
+// twice reports whether key is one of fields' keys, which seen holds if
+// it is not nil.
+func twice(fields []Field, seen map[string]struct{}, key string) bool {
+	if seen != nil {
+		_, ok := seen[key]
+		return ok
+	}
+	for _, f := range fields {
+		if f.Key == key {
+			return true
+		}
+	}
+	return false
 }
 
 // DecodeAs decodes v into dst; on failure the error says what was wanted

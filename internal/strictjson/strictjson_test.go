@@ -2,6 +2,8 @@ package strictjson
 
 import (
 	"encoding/json"
+	"fmt"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -29,6 +31,49 @@ func TestFields(t *testing.T) {
 	} {
 		_, err := Fields([]byte(tt.in))
 		require.ErrorContains(t, err, tt.msg, tt.in)
+	}
+}
+
+// TestFieldsManyMembers: an object of many members keeps them in order and
+// refuses a duplicate wherever it is, as a small one does.
+func TestFieldsManyMembers(t *testing.T) {
+	for _, n := range []int{scanMembers - 1, scanMembers, scanMembers + 1, 1000} {
+		members := make([]string, n)
+		for i := range members {
+			members[i] = fmt.Sprintf(`"k%d":%d`, i, i)
+		}
+		fields, err := Fields([]byte("{" + strings.Join(members, ",") + "}"))
+		require.NoError(t, err, "%d members", n)
+		require.Len(t, fields, n)
+		for i, f := range fields {
+			require.Equal(t, fmt.Sprintf("k%d", i), f.Key)
+		}
+		for _, dup := range []int{0, n / 2, n - 1} {
+			in := "{" + strings.Join(members, ",") + fmt.Sprintf(`,"k%d":null}`, dup)
+			_, err := Fields([]byte(in))
+			require.EqualError(t, err, fmt.Sprintf(`"k%d": appears twice`, dup), "%d members, k%d again", n, dup)
+		}
+	}
+}
+
+// BenchmarkFields: the cost per member must not grow with the number of
+// members (it did, quadratically, before keys went in a map).
+func BenchmarkFields(b *testing.B) {
+	for _, n := range []int{10, 1000, 60000} {
+		members := make([]string, n)
+		for i := range members {
+			members[i] = fmt.Sprintf(`"x%d":0`, i)
+		}
+		data := []byte("{" + strings.Join(members, ",") + "}")
+		b.Run(fmt.Sprintf("members=%d", n), func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, err := Fields(data); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*n), "ns/member")
+		})
 	}
 }
 
