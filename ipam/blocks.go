@@ -38,8 +38,10 @@ type blockEntry struct {
 	// writes and revs are a commit's arguments (see assignJoined): they
 	// go to the store through an interface, so on the stack they would
 	// escape, costing an allocation per commit. The holder of mu uses
-	// them. They keep what the last commit wrote until the next, as the
-	// entry keeps the block. Three: a handle record and a block, or a
+	// them, and drops the values written once the commit is done (see
+	// dropValues): an entry that kept them would keep every block's last
+	// copy of a handle record alive, which for a handle in many blocks is
+	// most of the heap (TestHeapBudget). Three: a handle record and a block, or a
 	// dual-stack pod's handle record and two blocks (releaseJoinedMany
 	// uses the first entry's).
 	writes [3]Write

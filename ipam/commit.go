@@ -63,8 +63,10 @@ func (a *Allocator) assignJoined(ctx context.Context, h *handleTx, e *blockEntry
 	}
 	r0 := e.rev
 	err := a.committer.Commit(ctx, ws, e.revs[:2])
+	created, value := ws[joinedHandle].Rev == 0, ws[joinedHandle].Value
+	dropValues(ws)
 	if err == nil {
-		h.committed(ws[joinedHandle].Rev == 0, e.revs[joinedHandle])
+		h.committed(created, e.revs[joinedHandle])
 		h.remember()
 		e.wrote(e.revs[joinedBlock])
 		return nil
@@ -94,7 +96,7 @@ func (a *Allocator) assignJoined(ctx context.Context, h *handleTx, e *blockEntry
 		// All of the commit landed, the handle's write with it: the
 		// record is this request's own, at a revision learnt from a read
 		// that finds the value written (unless it changed since).
-		h.landed(ctx, &ws[joinedHandle], unsure)
+		h.landed(ctx, value, created, unsure)
 		return nil
 	case never:
 		h.unsure = unsure // none of it did, nor ever will
@@ -104,18 +106,19 @@ func (a *Allocator) assignJoined(ctx context.Context, h *handleTx, e *blockEntry
 	return err
 }
 
-// landed records that w, the write of h's record in a commit whose reply
-// was lost, happened: a read that finds the record holding w's value
-// makes it h's own again, as written; otherwise h stays unsure.
-func (h *handleTx) landed(ctx context.Context, w *Write, unsure bool) {
+// landed records that the write of h's record in a commit whose reply was
+// lost, of value (a create if created), happened: a read that finds the
+// record holding value makes it h's own again, as written; otherwise h
+// stays unsure.
+func (h *handleTx) landed(ctx context.Context, value []byte, created, unsure bool) {
 	rec, err := h.a.store.Get(ctx, KindHandle, h.id)
-	if err != nil || !bytes.Equal(rec.Value, w.Value) {
+	if err != nil || !bytes.Equal(rec.Value, value) {
 		return
 	}
 	if h.rec.unmarshal(rec.Value) != nil {
 		return
 	}
-	h.created = h.created || w.Rev == 0
+	h.created = h.created || created
 	h.rev, h.mine, h.known, h.unsure = rec.Revision, rec.Revision, true, unsure
 	h.remember()
 }
@@ -195,7 +198,9 @@ func (a *Allocator) releaseJoined(ctx context.Context, es []*blockEntry, h *hand
 		}
 	}
 	revs = revs[:len(writes)]
-	if err = a.committer.Commit(ctx, writes, revs); err != nil {
+	err = a.committer.Commit(ctx, writes, revs)
+	dropValues(writes)
+	if err != nil {
 		*released = (*released)[:n]
 		i := refusedAt(err)
 		if lower && i == joinedHandle {
@@ -230,6 +235,14 @@ func (a *Allocator) releaseJoined(ctx context.Context, es []*blockEntry, h *hand
 		}
 	}
 	return true, err
+}
+
+// dropValues forgets the values of writes a commit has made: an entry's
+// commit arguments (blockEntry.writes) must not keep them alive.
+func dropValues(ws []Write) {
+	for i := range ws {
+		ws[i].Value = nil
+	}
 }
 
 // errNothingHere tells releaseJoined's error path that a block, read
