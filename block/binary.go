@@ -489,7 +489,7 @@ func (d *decoder) block(b *Block) error {
 }
 
 // released reads the release times of version 2: at least one, each on a
-// free address, positive.
+// free address, after 1970 and before 2262.
 func (d *decoder) released(b *Block) error {
 	n, err := d.count("release time count", b.size-b.used-b.nres, 2)
 	if err != nil {
@@ -513,8 +513,11 @@ func (d *decoder) released(b *Block) error {
 			return err
 		}
 		ns := last + (int64(zz>>1) ^ -int64(zz&1))
-		if ns <= 0 {
+		switch {
+		case ns <= 0:
 			return d.fail("release time %d not after 1970", ns)
+		case !validReleaseNanos(ns):
+			return d.fail("release time %d not before 2262", ns)
 		}
 		b.rel[i] = ns
 		prev, last = i, ns
@@ -608,7 +611,10 @@ func (d *decoder) owner(b *Block) error {
 	}
 	var attrs map[string]string
 	if nattrs > 0 {
-		attrs = make(map[string]string, nattrs)
+		// The count is only as good as the input: size the map for the
+		// usual few attributes and let it grow as they are read, rather
+		// than allocate for a count the data may not back.
+		attrs = make(map[string]string, min(nattrs, 16))
 		prev := ""
 		for j := range nattrs {
 			k, err := d.string("attribute key")

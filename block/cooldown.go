@@ -1,6 +1,7 @@
 package block
 
 import (
+	"math"
 	"net/netip"
 	"time"
 )
@@ -32,11 +33,12 @@ type AllocOptions struct {
 // It returns dst and the sequence number recorded, and changes nothing when
 // no address qualifies. With the zero AllocOptions it is Allocate.
 func (b *Block) AllocateWith(dst []netip.Addr, n int, o Owner, opts AllocOptions) ([]netip.Addr, uint64) {
+	cool := !opts.ReleasedBefore.IsZero() && b.nrel > 0
 	var cutoff int64
-	if !opts.ReleasedBefore.IsZero() && b.nrel > 0 {
-		cutoff = opts.ReleasedBefore.UnixNano()
+	if cool {
+		cutoff = cutoffNanos(opts.ReleasedBefore)
 	}
-	if cutoff == 0 && opts.Skip == nil {
+	if !cool && opts.Skip == nil {
 		return b.Allocate(dst, n, o)
 	}
 	n = min(n, b.Free())
@@ -44,7 +46,7 @@ func (b *Block) AllocateWith(dst []netip.Addr, n int, o Owner, opts AllocOptions
 		return dst, b.seq
 	}
 	eligible := func(i int) bool {
-		if cutoff != 0 && b.rel[i] != 0 && b.rel[i] >= cutoff {
+		if cool && b.rel[i] != 0 && b.rel[i] >= cutoff {
 			return false
 		}
 		return opts.Skip == nil || !opts.Skip(b.addr(i))
@@ -90,7 +92,7 @@ func (b *Block) AllocateWith(dst []netip.Addr, n int, o Owner, opts AllocOptions
 
 // ReleaseAt is Release that also records at as the address's release time,
 // for AllocateWith's ReleasedBefore. at must be after 1970 and before 2262
-// (a time in nanoseconds since 1970 fits an int64); otherwise, or when the
+// in UTC (a time in nanoseconds since 1970 fits an int64); otherwise, or when the
 // release is refused, nothing changes and the error is Release's or wraps
 // ErrCorrupt.
 func (b *Block) ReleaseAt(a netip.Addr, c Check, at time.Time) error {
@@ -136,10 +138,39 @@ func (b *Block) ReleaseHandleAt(handle string, dst []netip.Addr, at time.Time) (
 	return b.releaseHandle(handle, dst, ns), nil
 }
 
-// releaseNanos returns at in Unix nanoseconds, if it is after 1970 and fits.
+// Release times are after 1970 and before 2262 in UTC, so that each fits an
+// int64 of Unix nanoseconds.
+var (
+	epoch           = time.Unix(0, 0)
+	releaseEnd      = time.Date(2262, 1, 1, 0, 0, 0, 0, time.UTC)
+	maxReleaseNanos = releaseEnd.UnixNano()
+)
+
+// validReleaseNanos reports whether ns, in Unix nanoseconds, can be a
+// release time: after 1970 and before 2262 in UTC. ReleaseAt and both
+// decoders accept exactly these.
+func validReleaseNanos(ns int64) bool { return ns > 0 && ns < maxReleaseNanos }
+
+// cutoffNanos returns t in Unix nanoseconds, to compare with release times,
+// saturated where UnixNano would wrap around: every release time compares
+// with the result as it does with t (0 is before all of them, MaxInt64 after
+// all of them).
+func cutoffNanos(t time.Time) int64 {
+	switch {
+	case t.Before(epoch):
+		return 0
+	case !t.Before(releaseEnd):
+		return math.MaxInt64
+	}
+	return t.UnixNano()
+}
+
+// releaseNanos returns at in Unix nanoseconds, if it can be a release time.
+// The bounds are instants (the years of UTC, where the block keeps the
+// time): an offset can move a time across a year's end.
 func releaseNanos(at time.Time) (int64, bool) {
-	if at.Year() < 1970 || at.Year() >= 2262 || at.UnixNano() <= 0 {
-		return 0, false
+	if !at.After(epoch) || !at.Before(releaseEnd) {
+		return 0, false // and UnixNano might overflow
 	}
 	return at.UnixNano(), true
 }
@@ -189,7 +220,7 @@ func (b *Block) CoolingSince(t time.Time) int {
 	if b.nrel == 0 {
 		return 0
 	}
-	cutoff, n := t.UnixNano(), 0
+	cutoff, n := cutoffNanos(t), 0
 	for _, ns := range b.rel {
 		if ns != 0 && ns >= cutoff {
 			n++
@@ -205,7 +236,7 @@ func (b *Block) PruneReleased(t time.Time) int {
 	if b.nrel == 0 {
 		return 0
 	}
-	cutoff, n := t.UnixNano(), 0
+	cutoff, n := cutoffNanos(t), 0
 	for i, ns := range b.rel {
 		if ns != 0 && ns < cutoff {
 			b.rel[i] = 0

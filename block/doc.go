@@ -21,9 +21,11 @@
 // [Block.Allocate] hands out addresses next-fit from a rotating cursor: the
 // search starts just past the last address it handed out and wraps around
 // the end of the block. An address released behind the cursor is handed out
-// again only after every other free address, so reuse is delayed as by
-// Calico's FIFO of unallocated ordinals, without storing a queue. The search
-// is word-level: a /26 is one 64-bit word, a /20 64 words.
+// again only after the free addresses from the cursor to the end of the
+// block, so reuse is delayed much as by Calico's FIFO of unallocated
+// ordinals, without storing a queue; unlike the FIFO, addresses behind the
+// cursor come back in address order, not in the order they were released.
+// The search is word-level: a /26 is one 64-bit word, a /20 64 words.
 // [Block.Assign] takes one specific address and leaves the cursor alone.
 //
 // # Owners
@@ -109,8 +111,8 @@
 // of a disallowed size, counts that exceed the block or the data, addresses
 // past the end or reserved and allocated at once, an owner index out of
 // range, an owner written twice, keys out of order, non-minimal varints,
-// trailing bytes, release times on taken addresses or not after 1970. It
-// never panics.
+// trailing bytes, release times on taken addresses or outside 1970 to 2261
+// (UTC). It never panics.
 //
 // # JSON
 //
@@ -126,5 +128,6 @@
 //	 "released":[{"addr":"10.0.0.5","at":"2025-01-02T03:04:06Z"}]}
 //
 // [Block.UnmarshalJSON] validates as strictly, except that lists may come in
-// any order; unknown fields are refused.
+// any order; unknown fields, field names in another letter case and a field
+// or attribute key given twice are refused.
 package block

@@ -8,6 +8,8 @@ import (
 	"io"
 	"math/bits"
 	"net/netip"
+	"slices"
+	"strings"
 	"time"
 	"unicode/utf8"
 )
@@ -114,6 +116,7 @@ func (b *Block) MarshalJSON() ([]byte, error) {
 }
 
 // UnmarshalJSON replaces b with the block data describes. Unknown fields,
+// field names in another letter case, a field or attribute key given twice,
 // trailing data and any inconsistency (an address outside the block or
 // listed twice, reserved and allocated at once, an owner index out of range,
 // an owner listed twice or holding no address, ...) are refused with an
@@ -139,6 +142,12 @@ func (b *Block) decodeJSON(data []byte) error {
 	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
 		return fail("data after the block")
 	}
+	// encoding/json lets the last of a repeated key win and matches field
+	// names in any letter case; the JSON MarshalJSON writes has neither.
+	c := keyChecker{data: data}
+	if err := c.value(blockShape); err != nil {
+		return fail("%v", err)
+	}
 	if j.Version != version {
 		return fail("unsupported version %d (want %d)", j.Version, version)
 	}
@@ -156,10 +165,13 @@ func (b *Block) decodeJSON(data []byte) error {
 	}
 	b.aff = aff
 	if t := j.ClaimTime; t != nil && !t.IsZero() {
-		if y := t.Year(); y < minYear || y > maxYear {
+		// The block keeps the time in UTC, where the encoders check the
+		// years: an offset can move a time across a year's end.
+		u := t.UTC()
+		if y := u.Year(); y < minYear || y > maxYear {
 			return fail("claim time %v outside years %d to %d", t, minYear, maxYear)
 		}
-		b.claim = t.UTC()
+		b.claim = u
 	}
 	for _, a := range j.Reserved {
 		i, ok := b.ordinal(a)
@@ -219,10 +231,162 @@ func (b *Block) decodeJSON(data []byte) error {
 			return fail("released address %s is allocated or reserved", r.Addr)
 		case len(b.rel) > 0 && b.rel[i] != 0:
 			return fail("released address %s listed twice", r.Addr)
-		case r.At.Year() < 1970 || r.At.Year() >= 2262 || r.At.UnixNano() <= 0:
+		}
+		ns, ok := releaseNanos(r.At)
+		if !ok {
 			return fail("release time %v of %s outside 1970 to 2262", r.At, r.Addr)
 		}
-		b.remember(i, r.At.UnixNano())
+		b.remember(i, ns)
+	}
+	return nil
+}
+
+// jsonShape is what keyChecker expects of a JSON value: an object with the
+// named fields, each value of the shape given (nil for any); an object of
+// any keys (attributes), when names is nil; the elements of an array.
+type jsonShape struct {
+	names []string
+	subs  []*jsonShape
+	elem  *jsonShape
+}
+
+// The shapes of jsonBlock and its parts, as MarshalJSON writes them.
+var (
+	ownerShape = &jsonShape{names: []string{"handle", "attrs"}, subs: []*jsonShape{nil, {}}}
+	allocShape = &jsonShape{names: []string{"addr", "owner", "seq"}, subs: make([]*jsonShape, 3)}
+	relShape   = &jsonShape{names: []string{"addr", "at"}, subs: make([]*jsonShape, 2)}
+	blockShape = &jsonShape{
+		names: []string{"version", "cidr", "seq", "cursor", "affinity", "claimTime", "reserved", "owners", "allocations", "released"},
+		subs:  []*jsonShape{nil, nil, nil, nil, nil, nil, nil, {elem: ownerShape}, {elem: allocShape}, {elem: relShape}},
+	}
+)
+
+// keyChecker walks data, one JSON value that encoding/json has accepted as
+// well formed, and refuses an object with a key given twice or, where its
+// shape names the fields, a key that is not exactly one of them.
+type keyChecker struct {
+	data []byte
+	off  int
+}
+
+func (c *keyChecker) space() {
+	for c.off < len(c.data) {
+		switch c.data[c.off] {
+		case ' ', '\t', '\n', '\r':
+			c.off++
+		default:
+			return
+		}
+	}
+}
+
+// str reads the string at off and returns its value: a slice of data when
+// it has no escapes.
+func (c *keyChecker) str() ([]byte, error) {
+	start, esc := c.off, false
+	for c.off++; c.data[c.off] != '"'; c.off++ {
+		if c.data[c.off] == '\\' {
+			esc = true
+			c.off++
+		}
+	}
+	c.off++
+	if !esc {
+		return c.data[start+1 : c.off-1], nil
+	}
+	var s string
+	err := json.Unmarshal(c.data[start:c.off], &s)
+	return []byte(s), err
+}
+
+// value checks the value at off, which should have shape s (nil: any).
+func (c *keyChecker) value(s *jsonShape) error {
+	c.space()
+	switch c.data[c.off] {
+	case '{':
+		c.off++
+		var seen uint64          // fields of s, by index
+		var keys [8][]byte       // keys of an object of any keys, then
+		var more map[string]bool // beyond 8
+		n := 0
+		for {
+			c.space()
+			switch c.data[c.off] {
+			case '}':
+				c.off++
+				return nil
+			case ',':
+				c.off++
+				c.space()
+			}
+			k, err := c.str()
+			if err != nil {
+				return err
+			}
+			var sub *jsonShape
+			switch {
+			case s != nil && s.names != nil:
+				i := slices.Index(s.names, string(k))
+				if i < 0 {
+					return fmt.Errorf("unknown field %q", k)
+				}
+				if seen&(1<<i) != 0 {
+					return fmt.Errorf("field %q given twice", k)
+				}
+				seen |= 1 << i
+				sub = s.subs[i]
+			case n < len(keys):
+				for _, x := range keys[:n] {
+					if bytes.Equal(x, k) {
+						return fmt.Errorf("key %q given twice", k)
+					}
+				}
+				keys[n] = k
+				n++
+			default:
+				if more == nil {
+					more = make(map[string]bool)
+					for _, x := range keys {
+						more[string(x)] = true
+					}
+				}
+				if more[string(k)] {
+					return fmt.Errorf("key %q given twice", k)
+				}
+				more[string(k)] = true
+			}
+			c.space()
+			c.off++ // the colon
+			if err := c.value(sub); err != nil {
+				return err
+			}
+		}
+	case '[':
+		c.off++
+		var elem *jsonShape
+		if s != nil {
+			elem = s.elem
+		}
+		for {
+			c.space()
+			switch c.data[c.off] {
+			case ']':
+				c.off++
+				return nil
+			case ',':
+				c.off++
+			}
+			if err := c.value(elem); err != nil {
+				return err
+			}
+		}
+	case '"':
+		_, err := c.str()
+		return err
+	}
+	// A number, true, false or null.
+	for c.off < len(c.data) && !strings.ContainsRune(" \t\n\r,]}", rune(c.data[c.off])) {
+		c.off++
 	}
 	return nil
 }
