@@ -223,6 +223,11 @@ func (d *snapReader) uvarint(what string) (uint64, error) {
 // trusting n: a damaged length cannot make Load allocate more than its
 // input holds.
 func (d *snapReader) bytes(n uint64, what string) ([]byte, error) {
+	if n > math.MaxInt64 {
+		// More than any reader holds; io.CopyN would take it as
+		// negative and copy nothing.
+		return nil, d.bad("truncated in %s (length %d)", what, n)
+	}
 	var out bytes.Buffer
 	m, err := io.CopyN(&out, d.r, int64(n))
 	_, _ = d.crc.Write(out.Bytes())
@@ -285,9 +290,6 @@ func (d *snapReader) load() (*Store, error) {
 		klen, err := d.uvarint(what)
 		if err != nil {
 			return nil, err
-		}
-		if klen == 0 {
-			return nil, d.bad("%s: empty key", what)
 		}
 		key, err := d.bytes(klen, what)
 		if err != nil {
