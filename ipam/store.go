@@ -140,7 +140,12 @@ func PrefixRange(prefix string) KeyRange {
 //   - Values are opaque bytes, possibly empty, that carve encodes and
 //     decodes itself. The store may keep the slice it is given and may
 //     return the same slice from later reads: carve never modifies a value
-//     after passing it in, and never modifies a value it reads.
+//     after passing it in, and never modifies a value it reads. Nor may the
+//     store modify a value once it has been passed in or returned, and the
+//     slice List returns is the caller's.
+//   - Keys are compared byte for byte: keys that differ only in letter
+//     case, in trailing spaces, or in how a path would be cleaned
+//     ("p//q", "p/q") name different records.
 //   - Every successful Create or Update gives the record a new non-zero
 //     revision. A key's revisions never repeat, not even after the record is
 //     deleted and created again, so a stale revision can never match a newer

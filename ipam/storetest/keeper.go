@@ -9,6 +9,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/carve-ipam/carve/block"
 	"github.com/carve-ipam/carve/ipam"
@@ -68,6 +69,8 @@ func testBlockKeeper(t *testing.T, s ipam.Store) {
 		t.Fatalf("UpdateBlock of a missing record: %v, want ErrNotFound", err)
 	}
 	wantMissing(t, s, ipam.KindBlock, "missing")
+	// The refused writes changed nothing.
+	wantRecord(t, s, ipam.KindBlock, "b", want1, rev)
 	rev2, err := k.UpdateBlock(c, "b", b2, rev)
 	if err != nil || rev2 == 0 || rev2 == rev {
 		t.Fatalf("UpdateBlock = %d, %v; want a new revision (was %d)", rev2, err, rev)
@@ -106,10 +109,32 @@ func testBlockKeeper(t *testing.T, s ipam.Store) {
 	if !bytes.Equal(encoding(t, b1), want1) || !bytes.Equal(encoding(t, b2), want2) {
 		t.Fatal("the store modified a block it keeps")
 	}
+
+	// A done context writes nothing, as for Create and Update.
+	for _, done := range doneContexts(t) {
+		if _, err := k.CreateBlock(done, "d", b2); !errors.Is(err, done.Err()) {
+			t.Fatalf("CreateBlock with a done context: %v, want one matching %v", err, done.Err())
+		}
+		if _, err := k.UpdateBlock(done, "b", b2, rev4); !errors.Is(err, done.Err()) {
+			t.Fatalf("UpdateBlock with a done context: %v, want one matching %v", err, done.Err())
+		}
+		wantMissing(t, s, ipam.KindBlock, "d")
+		wantRecord(t, s, ipam.KindBlock, "b", want1, rev4)
+	}
+
 	if err := s.Delete(c, ipam.KindBlock, "b", rev4); err != nil {
 		t.Fatalf("Delete at UpdateBlock's revision: %v", err)
 	}
 	wantMissing(t, s, ipam.KindBlock, "b")
+}
+
+// doneContexts returns a cancelled context and an expired one.
+func doneContexts(t *testing.T) []context.Context {
+	cancelled, cancel := context.WithCancel(t.Context())
+	cancel()
+	expired, cancel := context.WithDeadline(t.Context(), time.Now().Add(-time.Second))
+	t.Cleanup(cancel)
+	return []context.Context{cancelled, expired}
 }
 
 func keysOf(recs []ipam.Record) []string {
@@ -148,10 +173,29 @@ func testRaceBlockKeeper(t *testing.T, s ipam.Store) {
 	// One writer alternates between two blocks, changing each only after
 	// the write that replaced it returned; readers check every value they
 	// see decodes to a block the writer wrote whole.
-	const writes = 200
+	const writes = 300
+	// A block of another owner, with addresses the writer never uses.
+	junk := testBlock(t, "junk", 40)
 	pair := [2]*block.Block{testBlock(t, "w", 0), testBlock(t, "w", 0)}
 	if rev, err = k.UpdateBlock(c, "b", pair[1], rev); err != nil {
 		t.Fatal(err)
+	}
+	// The encoding written at each revision, and what readers read at
+	// each, compared once the writer is done: a read of a block the store
+	// encodes while the writer changes it returns bytes the writer never
+	// wrote, even when they decode.
+	written := map[ipam.Revision][]byte{rev: encoding(t, pair[1])}
+	var readMu sync.Mutex
+	read := map[ipam.Revision]map[string]bool{} // the values read at each
+	saw := func(rec ipam.Record) {
+		readMu.Lock()
+		defer readMu.Unlock()
+		if read[rec.Revision] == nil {
+			read[rec.Revision] = map[string]bool{}
+		}
+		if len(read[rec.Revision]) < 8 {
+			read[rec.Revision][string(rec.Value)] = true
+		}
 	}
 	var stop atomic.Bool
 	var wg sync.WaitGroup
@@ -169,6 +213,7 @@ func testRaceBlockKeeper(t *testing.T, s ipam.Store) {
 						return
 					}
 					vals = append(vals, rec.Value)
+					saw(rec)
 				} else {
 					recs, err := s.List(c, ipam.KindBlock, ipam.KeyRange{})
 					if err != nil {
@@ -177,6 +222,7 @@ func testRaceBlockKeeper(t *testing.T, s ipam.Store) {
 					}
 					for _, rec := range recs {
 						vals = append(vals, rec.Value)
+						saw(rec)
 					}
 				}
 				for _, v := range vals {
@@ -198,11 +244,18 @@ func testRaceBlockKeeper(t *testing.T, s ipam.Store) {
 		// by a write that returned): change it and write it.
 		b := pair[i%2]
 		b.Allocate(nil, 1, block.Owner{Handle: "w"})
+		enc := encoding(t, b)
 		if rev, err = k.UpdateBlock(c, "b", b, rev); err != nil {
 			t.Fatal(err)
 		}
-		// The other one was replaced just now: make it the scratch copy
-		// of the next version, as carve does.
+		written[rev] = enc
+		// The other one was replaced just now: the writer may do what it
+		// likes with it (scribble over it for a while), and then make it
+		// the scratch copy of the next version, as carve does.
+		for end := time.Now().Add(20 * time.Microsecond); time.Now().Before(end); {
+			junk.CopyTo(pair[(i+1)%2])
+			b.CopyTo(pair[(i+1)%2])
+		}
 		b.CopyTo(pair[(i+1)%2])
 	}
 	stop.Store(true)
@@ -210,6 +263,13 @@ func testRaceBlockKeeper(t *testing.T, s ipam.Store) {
 	close(readErr)
 	for err := range readErr {
 		t.Fatal(err)
+	}
+	for r, vals := range read {
+		for v := range vals {
+			if v != string(written[r]) {
+				t.Fatalf("a reader read revision %d of the block as %x, and the writer wrote %x: the store encoded the block while the writer changed it, after the write that replaced it had returned", r, clip([]byte(v)), clip(written[r]))
+			}
+		}
 	}
 	rec := mustGet(t, s, ipam.KindBlock, "b")
 	if !bytes.Equal(rec.Value, encoding(t, pair[(writes-1)%2])) {

@@ -19,7 +19,11 @@
 // since a method with the wrong signature only makes the suite pass over
 // the capability. The checks of concurrent commits catch a store whose
 // commits can overlap in most runs, not in every one: run them a few
-// times (go test -count=10 -run 'Conformance/RaceCommit').
+// times (go test -count=10 -run 'Conformance/RaceCommit'). So it is with
+// a generation that moves before its write is visible (RaceGenerations),
+// a List that misses a record a Get has returned (RaceListAfterGet), and
+// a kept block encoded after the write that replaced it has returned
+// (RaceBlockKeeper, which the race detector catches every time).
 package storetest
 
 import (
@@ -28,10 +32,14 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/carve-ipam/carve/ipam"
 )
@@ -82,6 +90,7 @@ var checks = []check{
 	{name: "ListEmpty", run: testListEmpty},
 	{name: "ListSeesWrites", run: testListSeesWrites},
 	{name: "Values", run: testValues},
+	{name: "ValuesStay", run: testValuesStay},
 	{name: "Keys", run: testKeys},
 	{name: "CancelledContext", run: testCancelledContext},
 	{name: "RaceUpdate", run: testRaceUpdate},
@@ -89,7 +98,9 @@ var checks = []check{
 	{name: "RaceDelete", run: testRaceDelete},
 	{name: "RaceCounter", run: testRaceCounter},
 	{name: "RaceCreateDelete", run: testRaceCreateDelete},
+	{name: "RaceListAfterGet", run: testRaceListAfterGet},
 	{name: "Generations", run: testGenerations, applies: hasGenerations},
+	{name: "RaceGenerations", run: testRaceGenerations, applies: hasGenerations},
 	{name: "BlockKeeper", run: testBlockKeeper, applies: hasBlockKeeper},
 	{name: "RaceBlockKeeper", run: testRaceBlockKeeper, applies: hasBlockKeeper},
 	{name: "CommitApplies", run: testCommitApplies, applies: hasCommitter},
@@ -202,6 +213,19 @@ func testUpdateCurrent(t *testing.T, s ipam.Store) {
 		t.Fatalf("revisions %d, %d, %d are not all new", rev, rev2, rev3)
 	}
 	wantRecord(t, s, ipam.KindHandle, "h", []byte("v3"), rev3)
+
+	// An update that changes no byte is a write all the same: a new
+	// revision, and the one before it is stale.
+	rev4, err := s.Update(ctx(t), ipam.KindHandle, "h", []byte("v3"), rev3)
+	if err != nil {
+		t.Fatalf("Update to the same value: %v", err)
+	}
+	if rev4 == 0 || rev4 == rev3 || rev4 == rev2 || rev4 == rev {
+		t.Fatalf("Update to the same value returned revision %d after %d, %d, %d; want a new one", rev4, rev, rev2, rev3)
+	}
+	_, err = s.Update(ctx(t), ipam.KindHandle, "h", []byte("v3"), rev3)
+	wantErr(t, "Update to the same value at the revision before an update to the same value", err, ipam.ErrConflict)
+	wantRecord(t, s, ipam.KindHandle, "h", []byte("v3"), rev4)
 }
 
 func testUpdateStale(t *testing.T, s ipam.Store) {
@@ -214,6 +238,9 @@ func testUpdateStale(t *testing.T, s ipam.Store) {
 	wantErr(t, "Update at a stale revision", err, ipam.ErrConflict)
 	_, err = s.Update(ctx(t), ipam.KindBlock, "b", []byte("made up"), rev2+12345)
 	wantErr(t, "Update at a revision the record never had", err, ipam.ErrConflict)
+	// Revision 0 is no record's: it is not "any revision".
+	_, err = s.Update(ctx(t), ipam.KindBlock, "b", []byte("at zero"), 0)
+	wantErr(t, "Update at revision 0", err, ipam.ErrConflict)
 	wantRecord(t, s, ipam.KindBlock, "b", []byte("v2"), rev2)
 }
 
@@ -221,6 +248,15 @@ func testUpdateMissing(t *testing.T, s ipam.Store) {
 	_, err := s.Update(ctx(t), ipam.KindBlock, "nothing", []byte("v"), 1)
 	wantErr(t, "Update of a missing record", err, ipam.ErrNotFound)
 	wantMissing(t, s, ipam.KindBlock, "nothing")
+
+	// A deleted record is missing, at the revision it had too.
+	rev := mustCreate(t, s, ipam.KindBlock, "deleted", []byte("v"))
+	if err := s.Delete(ctx(t), ipam.KindBlock, "deleted", rev); err != nil {
+		t.Fatal(err)
+	}
+	_, err = s.Update(ctx(t), ipam.KindBlock, "deleted", []byte("back"), rev)
+	wantErr(t, "Update of a deleted record at the revision it had", err, ipam.ErrNotFound)
+	wantMissing(t, s, ipam.KindBlock, "deleted")
 }
 
 func testDeleteCurrent(t *testing.T, s ipam.Store) {
@@ -241,6 +277,8 @@ func testDeleteStale(t *testing.T, s ipam.Store) {
 	}
 	err = s.Delete(ctx(t), ipam.KindPool, "p", rev)
 	wantErr(t, "Delete at a stale revision", err, ipam.ErrConflict)
+	err = s.Delete(ctx(t), ipam.KindPool, "p", 0)
+	wantErr(t, "Delete at revision 0", err, ipam.ErrConflict)
 	wantRecord(t, s, ipam.KindPool, "p", []byte("v2"), rev2)
 }
 
@@ -418,18 +456,39 @@ func testValues(t *testing.T, s ipam.Store) {
 }
 
 func testKeys(t *testing.T, s ipam.Store) {
+	long := strings.Repeat("k", ipam.MaxKeyLen-1)
 	keys := []string{
 		"fd00:0:0:1::/122", "10.244.0.0/26", "k8s-pod-network.0123abcd", "with space",
 		"nœud-é", "a%2Fb", "a/b/c", "x", strings.Repeat("k", ipam.MaxKeyLen),
+		// Keys a datastore's collation may take for one: case, trailing
+		// spaces, and long keys that differ only at the end.
+		"Node-A", "node-a", "NODE-A", "t", "t ", "t  ", long + "a", long + "b", long[:300] + "x",
+		long[:300] + "y", "B", "a",
+		// Keys a store that files records as paths may take for one.
+		"p/q", "p//q", "p/./q", "p/q/", "p/r/../q",
 	}
+	revs := map[string]ipam.Revision{}
 	for _, k := range keys {
-		rev := mustCreate(t, s, ipam.KindHandle, k, []byte(k))
-		wantRecord(t, s, ipam.KindHandle, k, []byte(k), rev)
+		revs[k] = mustCreate(t, s, ipam.KindHandle, k, []byte(k))
+		wantRecord(t, s, ipam.KindHandle, k, []byte(k), revs[k])
+	}
+	// Every record is still its own, once all are written.
+	for _, k := range keys {
+		wantRecord(t, s, ipam.KindHandle, k, []byte(k), revs[k])
 	}
 	got := listKeys(t, s, ipam.KindHandle, ipam.KeyRange{})
 	if want := slices.Sorted(slices.Values(keys)); !slices.Equal(got, want) {
 		t.Fatalf("List = %q, want %q (byte order)", got, want)
 	}
+	if got := listKeys(t, s, ipam.KindHandle, ipam.PrefixRange("node-")); !slices.Equal(got, []string{"node-a"}) {
+		t.Fatalf("List(PrefixRange(\"node-\")) = %q, want [node-a]: keys are bytes, not case-folded", got)
+	}
+	// Deleting one of a pair leaves the other.
+	if err := s.Delete(ctx(t), ipam.KindHandle, "t", revs["t"]); err != nil {
+		t.Fatal(err)
+	}
+	wantMissing(t, s, ipam.KindHandle, "t")
+	wantRecord(t, s, ipam.KindHandle, "t ", []byte("t "), revs["t "])
 }
 
 func testCancelledContext(t *testing.T, s ipam.Store) {
@@ -452,6 +511,27 @@ func testCancelledContext(t *testing.T, s ipam.Store) {
 		t.Errorf("Delete with a cancelled context: %v, want context.Canceled", err)
 	}
 	// A context that is done before the call writes nothing.
+	wantMissing(t, s, ipam.KindBlock, "new")
+	wantRecord(t, s, ipam.KindBlock, "b", []byte("v"), rev)
+
+	// An expired deadline, likewise.
+	c, cancel = context.WithDeadline(t.Context(), time.Now().Add(-time.Second))
+	defer cancel()
+	if _, err := s.Get(c, ipam.KindBlock, "b"); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("Get with an expired context: %v, want context.DeadlineExceeded", err)
+	}
+	if _, err := s.List(c, ipam.KindBlock, ipam.KeyRange{}); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("List with an expired context: %v, want context.DeadlineExceeded", err)
+	}
+	if _, err := s.Create(c, ipam.KindBlock, "new", []byte("v")); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("Create with an expired context: %v, want context.DeadlineExceeded", err)
+	}
+	if _, err := s.Update(c, ipam.KindBlock, "b", []byte("w"), rev); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("Update with an expired context: %v, want context.DeadlineExceeded", err)
+	}
+	if err := s.Delete(c, ipam.KindBlock, "b", rev); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("Delete with an expired context: %v, want context.DeadlineExceeded", err)
+	}
 	wantMissing(t, s, ipam.KindBlock, "new")
 	wantRecord(t, s, ipam.KindBlock, "b", []byte("v"), rev)
 }
@@ -657,5 +737,218 @@ func testGenerations(t *testing.T, s ipam.Store) {
 				t.Fatal(err)
 			}
 		})
+	}
+	// Writes of a record other than the kind's last written, which leave
+	// the kind's newest record as it was, move it too.
+	for _, k := range ipam.Kinds {
+		var older ipam.Revision
+		moved(k, "Create of a first record", func() { older = mustCreate(t, s, k, "older", []byte("1")) })
+		moved(k, "Create of a second record", func() { mustCreate(t, s, k, "newer", []byte("1")) })
+		moved(k, "Delete of the first record, the second still there", func() {
+			if err := s.Delete(ctx(t), k, "older", older); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+	// A BlockKeeper's writes are creates and updates of block records.
+	if bk, ok := s.(ipam.BlockKeeper); ok {
+		var rev ipam.Revision
+		moved(ipam.KindBlock, "CreateBlock", func() {
+			var err error
+			if rev, err = bk.CreateBlock(ctx(t), "kept", testBlock(t, "h", 1)); err != nil {
+				t.Fatal(err)
+			}
+		})
+		moved(ipam.KindBlock, "UpdateBlock", func() {
+			if _, err := bk.UpdateBlock(ctx(t), "kept", testBlock(t, "h", 2), rev); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}
+
+// testRaceGenerations checks that a kind's generation moves once a write
+// is visible, not before: a reader that reads the generation and then the
+// record, as an allocator fills its cache, and finds the generation the
+// writer sees once its write has returned, reads that write. Each round
+// is one update of the record (every other one in a commit, with a
+// record of another kind, when the store is a Committer), with readers
+// reading throughout; a round ends when the writer has read the
+// generation after its write and the readers have stopped.
+func testRaceGenerations(t *testing.T, s ipam.Store) {
+	const rounds = 150
+	g := s.(ipam.Generations)
+	rev := mustCreate(t, s, ipam.KindPool, "default", []byte("0"))
+	cm, commits := s.(ipam.Committer)
+	other := mustCreate(t, s, ipam.KindConfig, "default", []byte("0"))
+	type seen struct {
+		gen   uint64
+		value string
+	}
+	for round := 1; round <= rounds; round++ {
+		var stop atomic.Bool
+		var wg sync.WaitGroup
+		obs := make([][]seen, 2)
+		errs := make([]error, 2)
+		for r := range obs {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for !stop.Load() {
+					gen := g.Generation(ipam.KindPool)
+					rec, err := s.Get(ctx(t), ipam.KindPool, "default")
+					if err != nil {
+						errs[r] = err
+						return
+					}
+					obs[r] = append(obs[r], seen{gen, string(rec.Value)})
+					if len(obs[r]) > 10000 {
+						return
+					}
+				}
+			}()
+		}
+		runtime.Gosched()
+		want := strconv.Itoa(round)
+		var err error
+		if commits && round%2 == 0 {
+			revs := make([]ipam.Revision, 2)
+			err = cm.Commit(ctx(t), []ipam.Write{
+				updateW(ipam.KindConfig, "default", []byte(want), other),
+				updateW(ipam.KindPool, "default", []byte(want), rev),
+			}, revs)
+			other, rev = revs[0], revs[1]
+		} else {
+			rev, err = s.Update(ctx(t), ipam.KindPool, "default", []byte(want), rev)
+		}
+		after := g.Generation(ipam.KindPool)
+		stop.Store(true)
+		wg.Wait()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for r := range obs {
+			if errs[r] != nil {
+				t.Fatal(errs[r])
+			}
+			for _, o := range obs[r] {
+				if o.gen == after && o.value != want {
+					t.Fatalf("round %d: a reader read Generation(%s) = %d, the generation after the write of %q, then read %q: the generation moved before the write was visible",
+						round, ipam.KindPool, o.gen, want, o.value)
+				}
+			}
+		}
+	}
+}
+
+// testValuesStay checks that what a read returns is the caller's: a value
+// a read returned, and the value a write was given, stay as they were
+// when the record is written again (a store may keep and return the slices
+// it is given, never write into them); a List result stays as it was
+// through later Lists; and a caller that changes the Records of a List
+// result changes nothing in the store.
+func testValuesStay(t *testing.T, s ipam.Store) {
+	given := []byte("0123456789")
+	rev := mustCreate(t, s, ipam.KindHandle, "h", given)
+	mustCreate(t, s, ipam.KindHandle, "i", []byte("other"))
+	got := mustGet(t, s, ipam.KindHandle, "h")
+	listed, err := s.List(ctx(t), ipam.KindHandle, ipam.KeyRange{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Updates to values of the same length and shorter, and a delete.
+	for _, v := range []string{"abcdefghij", "xy"} {
+		if rev, err = s.Update(ctx(t), ipam.KindHandle, "h", []byte(v), rev); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := s.List(ctx(t), ipam.KindHandle, ipam.PrefixRange("i")); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Delete(ctx(t), ipam.KindHandle, "h", rev); err != nil {
+		t.Fatal(err)
+	}
+	mustCreate(t, s, ipam.KindHandle, "h", []byte("9876543210"))
+	if string(given) != "0123456789" {
+		t.Fatalf("the value a Create was given is now %q: the store wrote into it", given)
+	}
+	if string(got.Value) != "0123456789" {
+		t.Fatalf("the value a Get returned is now %q: the store wrote into it", got.Value)
+	}
+	if len(listed) != 2 || listed[0].Key != "h" || string(listed[0].Value) != "0123456789" || listed[1].Key != "i" || string(listed[1].Value) != "other" {
+		t.Fatalf("a List result is now %q: the store changed it after returning it", keysOf(listed))
+	}
+
+	// The caller changes a List result: the store holds what it held.
+	listed, err = s.List(ctx(t), ipam.KindHandle, ipam.KeyRange{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range listed {
+		listed[i] = ipam.Record{Key: "changed by the caller", Value: []byte("changed"), Revision: 1}
+	}
+	_ = append(listed[:0], ipam.Record{Key: "appended by the caller"})
+	if got := listKeys(t, s, ipam.KindHandle, ipam.KeyRange{}); !slices.Equal(got, []string{"h", "i"}) {
+		t.Fatalf("List = %q after a caller changed an earlier result, want [h i]", got)
+	}
+	wantRecord(t, s, ipam.KindHandle, "i", []byte("other"), mustGet(t, s, ipam.KindHandle, "i").Revision)
+	if v := mustGet(t, s, ipam.KindHandle, "h").Value; string(v) != "9876543210" {
+		t.Fatalf("Get = %q after a caller changed a List result, want 9876543210", v)
+	}
+}
+
+// testRaceListAfterGet checks that List is linearizable with Get: a
+// writer creates records one after the other, and a reader that has seen
+// one with Get finds it in the List it makes next, for a kind listed on
+// the allocation path (affinities) and one listed rarely (handles).
+func testRaceListAfterGet(t *testing.T, s ipam.Store) {
+	for _, kind := range []ipam.Kind{ipam.KindAffinity, ipam.KindHandle} {
+		raceListAfterGet(t, s, kind)
+	}
+}
+
+func raceListAfterGet(t *testing.T, s ipam.Store, kind ipam.Kind) {
+	const n = 100
+	key := func(i int) string { return fmt.Sprintf("host:n/%03d", i) }
+	var wrote atomic.Int64
+	var writeErr error
+	done := make(chan struct{})
+	defer func() { <-done }() // the writer is gone before the check ends
+	go func() {
+		defer close(done)
+		for i := range n {
+			if _, err := s.Create(ctx(t), kind, key(i), []byte(key(i))); err != nil {
+				writeErr = err
+				return
+			}
+			wrote.Store(int64(i + 1))
+		}
+	}()
+	for i := 0; i < n; i++ {
+		// Wait for record i with Get, then List at once.
+		for {
+			_, err := s.Get(ctx(t), kind, key(i))
+			if err == nil {
+				break
+			}
+			if !errors.Is(err, ipam.ErrNotFound) {
+				t.Fatal(err)
+			}
+			select {
+			case <-done:
+				if wrote.Load() <= int64(i) {
+					t.Fatalf("the writer stopped: %v", writeErr)
+				}
+			default:
+			}
+			runtime.Gosched()
+		}
+		if keys := listKeys(t, s, kind, ipam.PrefixRange("host:n/")); !slices.Contains(keys, key(i)) {
+			t.Fatalf("Get(%s, %q) found the record, and the List after it did not (it has %d records)", kind, key(i), len(keys))
+		}
+	}
+	<-done
+	if writeErr != nil {
+		t.Fatal(writeErr)
 	}
 }
