@@ -544,14 +544,15 @@ func TestSuiteCatchesMutants(t *testing.T) {
 		t.Skip("runs the suite once per mutant")
 	}
 	for _, m := range mutants {
+		if m == mutBlockLateEncode && !raceEnabled {
+			// Without the race detector the suite meets this race by
+			// chance, and on a busy machine may miss it eight times
+			// running; under it (as .ci/run runs the tests) every time.
+			continue
+		}
 		t.Run(string(m), func(t *testing.T) {
-			// Races that the suite meets by chance get a few tries: most
-			// runs catch a store that encodes a kept block outside its
-			// lock, every run under the race detector.
+			// Races that the suite meets by chance get a second try.
 			count := 2
-			if m == mutBlockLateEncode {
-				count = 8
-			}
 			cmd := exec.Command(os.Args[0], "-test.run=^TestMutantChild$", fmt.Sprintf("-test.count=%d", count), "-test.failfast", "-test.timeout=120s")
 			cmd.Env = append(os.Environ(), mutantEnv+"="+string(m))
 			out, err := cmd.CombinedOutput()
