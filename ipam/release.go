@@ -469,9 +469,18 @@ func (a *Allocator) ReleaseByHandle(ctx context.Context, handle string) ([]netip
 	}
 	if a.committer != nil && len(todo) > 1 && len(todo) < MaxCommitWrites {
 		// A handle in a few blocks (a dual-stack pod): every block and the
-		// record in one commit, when it goes through at once; otherwise
-		// block by block, as below.
+		// record in one commit, tried again from fresh reads when another
+		// writer got there first, so that no crash comes between the
+		// writes; block by block, as below, only when a block holds
+		// nothing of the handle any more or the conflicts never clear.
 		joined, err := a.releaseJoinedMany(ctx, &h, todo, at, &released)
+		if !joined && err != nil {
+			err = a.retryAgain(ctx, "release by handle", handle, func() error {
+				var err error
+				joined, err = a.releaseJoinedMany(ctx, &h, todo, at, &released)
+				return err
+			}, err)
+		}
 		switch {
 		case joined && err != nil:
 			return released, err
