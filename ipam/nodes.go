@@ -169,7 +169,8 @@ func checkAddr(op string, addr netip.Addr) error {
 	return nil
 }
 
-// checkPrefix checks a prefix given to op: set, and masked.
+// checkPrefix checks a prefix given to op: set, masked, and not
+// IPv4-mapped.
 func checkPrefix(op string, p netip.Prefix) error {
 	switch {
 	case p == netip.Prefix{}:
@@ -178,6 +179,10 @@ func checkPrefix(op string, p netip.Prefix) error {
 		return invalid(op, "invalid prefix of %s: its length does not fit the address", p.Addr())
 	case p.Masked() != p:
 		return invalid(op, "%s is not a masked prefix (%s is)", p, p.Masked())
+	case p.Addr().Is4In6():
+		// Pools and reservations refuse this form too: no block lies in it.
+		return invalid(op, "%s is an IPv4-mapped IPv6 prefix; write IPv4 ranges in IPv4 form (%s)",
+			p, netip.PrefixFrom(p.Addr().Unmap(), p.Bits()-96))
 	}
 	return nil
 }

@@ -827,9 +827,12 @@ func (a *Allocator) Block(ctx context.Context, blk netip.Prefix) (*block.Block, 
 }
 
 // Allocations returns every allocation whose address lies in within (a
-// pool's CIDR, say, to see what still uses a pool before deleting it), in
-// address order, read fresh from the store. It reads the blocks that
-// overlap within, so a large prefix costs a long read.
+// pool's CIDR, say, to see what still uses a pool before deleting it, or
+// 0.0.0.0/0 or ::/0 for every allocation of a family), in address order,
+// read fresh from the store. It reads the blocks that overlap within, so a
+// large prefix costs a long read. A prefix in IPv4-mapped IPv6 form
+// (::ffff:10.0.0.0/104) is ErrInvalid, as everywhere a prefix is taken:
+// write it in IPv4 form.
 func (a *Allocator) Allocations(ctx context.Context, within netip.Prefix) ([]Allocation, error) {
 	if err := checkPrefix("allocations", within); err != nil {
 		return nil, err

@@ -755,6 +755,22 @@ func TestAllocationsWithin(t *testing.T) {
 	_, err = e.a.Allocations(e.ctx, netip.Prefix{})
 	require.ErrorIs(t, err, ipam.ErrInvalid)
 
+	// An IPv4-mapped prefix is refused, as pools and reservations refuse
+	// one, by every call that takes a prefix: no block lies in it, so it
+	// would find nothing.
+	mapped := mustPrefix("::ffff:10.0.0.0/120")
+	_, err = e.a.Allocations(e.ctx, mapped)
+	require.ErrorIs(t, err, ipam.ErrInvalid)
+	require.ErrorContains(t, err, "write IPv4 ranges in IPv4 form (10.0.0.0/24)")
+	_, err = e.a.Block(e.ctx, mustPrefix("::ffff:10.0.0.0/122"))
+	require.ErrorIs(t, err, ipam.ErrInvalid)
+	_, err = e.a.ClaimAffinity(e.ctx, "n1", mapped)
+	require.ErrorIs(t, err, ipam.ErrInvalid)
+	require.ErrorIs(t, e.a.ReleaseAffinity(e.ctx, "n1", mapped, false), ipam.ErrInvalid)
+	still, err := e.a.Allocations(e.ctx, mustPrefix("0.0.0.0/0"))
+	require.NoError(t, err)
+	require.Equal(t, all, still, "nothing changed")
+
 	text, err := ipam.KindBlock.MarshalText()
 	require.NoError(t, err)
 	var k ipam.Kind
