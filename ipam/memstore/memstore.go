@@ -20,6 +20,14 @@
 // snapshot taken while allocators work is what a crash would leave: run
 // ipam's Repair on the loaded store before allocators start (or let a
 // Collector rebuild the handle counts in flight).
+//
+// Whatever changed after the last snapshot is lost with the process: an
+// address assigned since is free again in the restarted store, and will be
+// assigned again while its first owner may still use it. A program that
+// hands addresses to workloads it cannot reach after a crash saves a
+// snapshot before it reports an address (SaveFile writes a new file and
+// renames it, so a crash leaves the old or the new one), or uses a store
+// that writes through to disk (see examples/custombackend) or a datastore.
 package memstore
 
 import (
