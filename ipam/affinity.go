@@ -286,6 +286,14 @@ func minBlockBits(addr netip.Addr) int {
 // Config.ReleaseCooldown, kept without affinity); non-empty ones keep their
 // addresses without affinity, unless requireEmpty, which leaves them and
 // reports ErrBlockNotEmpty, in an *AddrError naming each such block.
+//
+// Removing a node by hand takes three steps: release what its workloads
+// hold (ReleaseByHandle per workload; Allocations of 0.0.0.0/0 and ::/0
+// with the Attrs' AttrNode show what is left on the node), then
+// ReleaseHostAffinities, then SetNodeLabels with nil labels. A block kept
+// for its cooling addresses is deleted by a Collector pass once they have
+// cooled (Repair leaves it). A Collector with a node oracle
+// (CollectorOptions.Nodes) does all of this for the nodes that are gone.
 func (a *Allocator) ReleaseHostAffinities(ctx context.Context, node string, requireEmpty bool) ([]netip.Prefix, error) {
 	const op = "release host affinities"
 	if err := checkNode(op, node); err != nil {
