@@ -192,12 +192,12 @@ const MaxKeyLen = 1024
 // Generations is an optional Store capability that lets an allocator cache
 // pools, configuration, reservations, node affinities and node labels
 // instead of reading them on every call: without it a steady-state
-// AutoAssign costs seven round trips instead of two (it reads pools,
+// AutoAssign costs eight round trips instead of two (it reads pools,
 // configuration, reservations and the node's blocks, writes its handle and
-// block, and reads the reservations again to see whether one was made
-// meanwhile), and eight when a pool selects nodes by label and the request
-// gives no NodeLabels (it reads the node's stored labels too); with
-// [Committer], one fewer each.
+// block, and reads the reservations and the pools again to see whether
+// either changed meanwhile), and nine when a pool selects nodes by label
+// and the request gives no NodeLabels (it reads the node's stored labels
+// too); with [Committer], one fewer each.
 //
 // An allocator finds the capability by type assertion, so a wrapper around
 // a store (for logging or metrics) must implement Generation itself,
