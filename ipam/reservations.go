@@ -18,7 +18,8 @@ import (
 // reservation stay assigned. Utilization counts reserved addresses apart.
 type Reservation struct {
 	// Name identifies the reservation: 1 to MaxNameLen bytes of UTF-8,
-	// without control characters or "/".
+	// without control characters or "/", that neither begin nor end with
+	// white space.
 	Name string
 	// CIDRs are the reserved ranges, masked prefixes of either family.
 	CIDRs []netip.Prefix
