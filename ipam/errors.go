@@ -109,8 +109,11 @@ var (
 	ErrHandleExists = errors.New("handle holds addresses already")
 
 	// ErrTooManyConflicts: concurrent writers kept winning the
-	// compare-and-swap race until the retry budget ran out. The operation
-	// had no effect and may be tried again.
+	// compare-and-swap race until the retry budget ran out. The write that
+	// gave up had no effect, and the operation may be tried again. An
+	// operation of several writes may have made those before it:
+	// ReleaseIPs lists the addresses it released, and DeletePool called
+	// again finishes.
 	ErrTooManyConflicts = errors.New("too many concurrent updates")
 
 	// ErrCorrupt: a stored record could not be decoded.
