@@ -4,9 +4,11 @@
 // [Store]. Pools are carved into blocks ([block.Block]); a node claims
 // blocks (affinity) and assigns addresses from them, so that each node's
 // addresses aggregate into a few routes. The store is a small
-// compare-and-swap key-value contract: [memstore] keeps everything in one
+// compare-and-swap key-value contract:
+// [github.com/carve-ipam/carve/ipam/memstore] keeps everything in one
 // process, and any datastore with per-record revisions can be a backend,
-// proven by [storetest.RunConformanceTests].
+// proven by
+// [github.com/carve-ipam/carve/ipam/storetest.RunConformanceTests].
 //
 // # Assigning
 //
@@ -92,7 +94,7 @@
 // would release and writes nothing (Calico's ipam check
 // --show-problem-ips), and [Allocation.Release] then releases a listed
 // address by hand only if it is still the same assignment.
-// [storetest.FaultyStore]
+// [github.com/carve-ipam/carve/ipam/storetest.FaultyStore]
 // fails or crashes a store at a chosen operation; carve's tests crash a
 // workload at every one of its operations and show that Check then finds
 // only what Repair fixes.
