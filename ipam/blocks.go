@@ -377,7 +377,32 @@ func (a *Allocator) peek(r Record) (block.Summary, error) {
 	if p := slot.Load(); p != nil && p.rev == r.Revision {
 		return p.sum, p.err
 	}
-	sum, err := block.Peek(r.Value)
+	sum, err := peekRecord(r)
 	slot.Store(&peeked{rev: r.Revision, sum: sum, err: err})
 	return sum, err
+}
+
+// peekRecord is block.Peek of a block record, refused unless the record
+// holds the block its key names: callers go on to use the summary's
+// prefix, and a record that holds another block (a copy under a wrong
+// key) would send them, with its revision, to that other block.
+func peekRecord(r Record) (block.Summary, error) {
+	blk, err := parseBlockKey(r.Key)
+	if err != nil {
+		return block.Summary{}, fmt.Errorf("ipam: %w: %w", ErrCorrupt, err)
+	}
+	return peekBlock(blk, r.Value)
+}
+
+// peekBlock is block.Peek of the value of the record of block p, refused
+// unless it holds that block (see decodeBlock).
+func peekBlock(p netip.Prefix, value []byte) (block.Summary, error) {
+	sum, err := block.Peek(value)
+	if err != nil {
+		return block.Summary{}, fmt.Errorf("ipam: block %s: %w: %w", p, ErrCorrupt, err)
+	}
+	if sum.Prefix != p {
+		return block.Summary{}, fmt.Errorf("ipam: block record %s holds block %s: %w", p, sum.Prefix, ErrCorrupt)
+	}
+	return sum, nil
 }

@@ -609,9 +609,9 @@ func (a *Allocator) storedAffinity(ctx context.Context, blk netip.Prefix) (block
 	if err != nil {
 		return block.Affinity{}, fmt.Errorf("ipam: read block %s: %w", blk, err)
 	}
-	sum, err := block.Peek(rec.Value)
+	sum, err := peekBlock(blk, rec.Value)
 	if err != nil {
-		return block.Affinity{}, fmt.Errorf("ipam: block %s: %w: %w", blk, ErrCorrupt, err)
+		return block.Affinity{}, err
 	}
 	return sum.Affinity, nil
 }
