@@ -61,8 +61,10 @@ func unmarshalReservation(name string, data []byte) (Reservation, error) {
 		return Reservation{}, fmt.Errorf("ipam: reservation %q: %w: %w", name, ErrCorrupt, err)
 	}
 	r := Reservation{Name: name, CIDRs: j.ReservedCIDRs}
+	// The check's error says what is wrong; it is not the caller's
+	// invalid argument, so it does not match ErrInvalid here.
 	if err := r.check("read reservation"); err != nil {
-		return Reservation{}, fmt.Errorf("%w: %w", ErrCorrupt, err)
+		return Reservation{}, fmt.Errorf("%w: %v", ErrCorrupt, err)
 	}
 	return r, nil
 }
