@@ -147,7 +147,27 @@ func decodeBlock(p netip.Prefix, value []byte) (*block.Block, error) {
 	if b.Prefix() != p {
 		return nil, fmt.Errorf("ipam: block record %s holds block %s: %w", p, b.Prefix(), ErrCorrupt)
 	}
+	if err := checkStoredAffinity(p, b.Affinity()); err != nil {
+		return nil, err
+	}
+	for o := range b.Owners() {
+		// An address without a handle (Calico may have written one) is
+		// counted by no record; any other handle is a record's key.
+		if o.Handle != "" && checkHandle("", o.Handle) != nil {
+			return nil, fmt.Errorf("ipam: block %s: %w: owner handle %q is not one carve accepts", p, ErrCorrupt, o.Handle)
+		}
+	}
 	return b, nil
+}
+
+// checkStoredAffinity refuses, as corrupt, an affinity of block p whose
+// name carve never accepts: index keys are made of it, so it must be a
+// name that can be part of one (see checkNode).
+func checkStoredAffinity(p netip.Prefix, aff block.Affinity) error {
+	if aff.IsZero() || checkNode("", aff.Name) == nil {
+		return nil
+	}
+	return fmt.Errorf("ipam: block %s: %w: affinity %s:%q is not one carve accepts", p, ErrCorrupt, aff.Kind, aff.Name)
 }
 
 // ensure loads the block unless the cache has it. The caller holds e.mu.
@@ -403,6 +423,9 @@ func peekBlock(p netip.Prefix, value []byte) (block.Summary, error) {
 	}
 	if sum.Prefix != p {
 		return block.Summary{}, fmt.Errorf("ipam: block record %s holds block %s: %w", p, sum.Prefix, ErrCorrupt)
+	}
+	if err := checkStoredAffinity(p, sum.Affinity); err != nil {
+		return block.Summary{}, err
 	}
 	return sum, nil
 }

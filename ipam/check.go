@@ -21,8 +21,10 @@ type ProblemKind string
 // address; handle records and the affinity index are derived from them and
 // can always be rebuilt.
 const (
-	// ProblemCorrupt: a record does not decode, or has a key carve never
-	// writes. Repairable for derived records (handles, affinity index),
+	// ProblemCorrupt: a record does not decode, holds what carve never
+	// writes (a block that is not the one its key names, or that names an
+	// owner handle or an affinity carve never accepts), or has a key carve
+	// never writes. Repairable for derived records (handles, affinity index),
 	// not for pools, configuration, reservations, node labels or blocks.
 	ProblemCorrupt ProblemKind = "corrupt-record"
 	// ProblemHandleMissing: a block holds addresses of a handle whose record
@@ -278,13 +280,16 @@ func (a *Allocator) check(ctx context.Context) (*Report, *checkState, error) {
 			wantIndex[affinityKey(aff.String(), blk)] = blk
 		}
 		for o, n := range b.Owners() {
+			r.Allocations += n
+			if o.Handle == "" {
+				continue // an address without a handle: no record counts it
+			}
 			m := st.handles[o.Handle]
 			if m == nil {
 				m = map[netip.Prefix]int{}
 				st.handles[o.Handle] = m
 			}
 			m[blk] += n
-			r.Allocations += n
 		}
 	}
 

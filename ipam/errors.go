@@ -116,7 +116,8 @@ var (
 	// again finishes.
 	ErrTooManyConflicts = errors.New("too many concurrent updates")
 
-	// ErrCorrupt: a stored record could not be decoded.
+	// ErrCorrupt: a stored record could not be decoded, or holds what
+	// carve never writes (see ProblemCorrupt). The error names the record.
 	ErrCorrupt = errors.New("corrupt record")
 )
 
