@@ -28,15 +28,18 @@ const (
 	// not for pools, configuration, reservations, node labels or blocks.
 	ProblemCorrupt ProblemKind = "corrupt-record"
 	// ProblemHandleMissing: a block holds addresses of a handle whose record
-	// is missing or counts fewer there. Repairable.
+	// is missing or counts fewer there. Repairable, unless the record also
+	// counts addresses in a corrupt block.
 	ProblemHandleMissing ProblemKind = "handle-missing"
 	// ProblemHandleExcess: a handle record counts more addresses in a block
 	// than the block gives the handle (what a crash between the handle and
-	// the block write leaves). Repairable.
+	// the block write leaves). Repairable, unless the record also counts
+	// addresses in a corrupt block.
 	ProblemHandleExcess ProblemKind = "handle-excess"
 	// ProblemAffinityStale: an affinity index entry for a block that does not
 	// exist or is not affine to that owner (what a crash during a claim or
-	// an affinity release leaves). Repairable.
+	// an affinity release leaves). Repairable, but not while the block is
+	// corrupt (whose it is cannot be told then).
 	ProblemAffinityStale ProblemKind = "affinity-stale"
 	// ProblemAffinityUnindexed: a block affine to an owner whose index lacks
 	// it, so the node would not find it. Repairable.
@@ -239,7 +242,8 @@ func (a *Allocator) check(ctx context.Context) (*Report, *checkState, error) {
 		return nil, nil, fmt.Errorf("ipam: check: %w", err)
 	}
 	wantIndex := map[string]netip.Prefix{}
-	var reach netip.Prefix // the block reaching furthest so far
+	unreadable := map[netip.Prefix]bool{} // blocks whose record does not decode
+	var reach netip.Prefix                // the block reaching furthest so far
 	for _, rec := range recs {
 		blk, err := parseBlockKey(rec.Key)
 		if err != nil {
@@ -249,6 +253,7 @@ func (a *Allocator) check(ctx context.Context) (*Report, *checkState, error) {
 		b, err := decodeBlock(blk, rec.Value)
 		if err != nil {
 			add(Problem{Kind: ProblemCorrupt, Record: "block " + rec.Key, Block: blk, Detail: err.Error()})
+			unreadable[blk] = true
 			continue
 		}
 		r.Blocks++
@@ -309,6 +314,12 @@ func (a *Allocator) check(ctx context.Context) (*Report, *checkState, error) {
 			delete(wantIndex, rec.Key)
 			continue
 		}
+		if unreadable[blk] {
+			// Not repairable while the block is not: it may be the owner's.
+			add(Problem{Kind: ProblemAffinityStale, Record: "affinity " + rec.Key, Block: blk, Owner: owner, rev: rec.Revision,
+				Detail: "block is corrupt; whose it is cannot be told while it is"})
+			continue
+		}
 		detail := "block does not exist"
 		if b, ok := st.blocks[blk]; ok {
 			detail = "block is affine to " + strings.TrimSpace(b.Affinity().String()+" ")
@@ -341,16 +352,28 @@ func (a *Allocator) check(ctx context.Context) (*Report, *checkState, error) {
 			continue
 		}
 		truth := st.handles[rec.Key]
+		// A record that counts addresses in a corrupt block cannot be
+		// rebuilt (see rebuildHandle) while that block cannot be read.
+		repairable, why := true, ""
 		for _, c := range h.entries() {
+			if unreadable[c.block] {
+				repairable, why = false, fmt.Sprintf(" (its count in block %s, which is corrupt, cannot be checked)", c.block)
+				break
+			}
+		}
+		for _, c := range h.entries() {
+			if unreadable[c.block] {
+				continue
+			}
 			if have := truth[c.block]; c.count > have {
-				add(Problem{Kind: ProblemHandleExcess, Record: name, Block: c.block, Handle: rec.Key, rev: rec.Revision, Repairable: true,
-					Detail: fmt.Sprintf("counts %d addresses in block %s, which gives it %d", c.count, c.block, have)})
+				add(Problem{Kind: ProblemHandleExcess, Record: name, Block: c.block, Handle: rec.Key, rev: rec.Revision, Repairable: repairable,
+					Detail: fmt.Sprintf("counts %d addresses in block %s, which gives it %d%s", c.count, c.block, have, why)})
 			}
 		}
 		for _, blk := range slices.SortedFunc(maps.Keys(truth), comparePrefix) {
 			if n := h.count(blk); n < truth[blk] {
-				add(Problem{Kind: ProblemHandleMissing, Record: name, Block: blk, Handle: rec.Key, rev: rec.Revision, Repairable: true,
-					Detail: fmt.Sprintf("counts %d addresses in block %s, which gives it %d", n, blk, truth[blk])})
+				add(Problem{Kind: ProblemHandleMissing, Record: name, Block: blk, Handle: rec.Key, rev: rec.Revision, Repairable: repairable,
+					Detail: fmt.Sprintf("counts %d addresses in block %s, which gives it %d%s", n, blk, truth[blk], why)})
 			}
 		}
 	}
