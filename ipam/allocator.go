@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"net/netip"
 	"sync/atomic"
 	"time"
@@ -336,6 +337,11 @@ func unmarshalPools(data []byte) (*pool.Set, uint64, error) {
 	var rec poolsRecord
 	if err := json.Unmarshal(data, &rec); err != nil {
 		return nil, 0, fmt.Errorf("ipam: pool record: %w: %w", ErrCorrupt, err)
+	}
+	if rec.Version == math.MaxUint64 {
+		// No write could take the next version: it would wrap to 0, and
+		// pool versions would repeat.
+		return nil, 0, fmt.Errorf("ipam: pool record: %w: version %d leaves no next one", ErrCorrupt, rec.Version)
 	}
 	s := new(pool.Set)
 	version := rec.Version

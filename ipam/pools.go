@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"net/netip"
 	"slices"
 	"strings"
@@ -33,6 +34,11 @@ func (a *Allocator) changePools(ctx context.Context, op string, change func(s *p
 			if err := s.Add(*p); err != nil {
 				return fmt.Errorf("ipam: %s: stored pools: %w: %w", op, ErrCorrupt, err)
 			}
+		}
+		if v.poolsVer >= math.MaxUint64-1 {
+			// The next version would be one no record may hold (see
+			// unmarshalPools).
+			return fmt.Errorf("ipam: %s: stored pools: %w: version %d leaves no next one", op, ErrCorrupt, v.poolsVer)
 		}
 		next := v.poolsVer + 1
 		switch err := change(s, next); {
