@@ -375,6 +375,8 @@ func (a *Allocator) Config(ctx context.Context) (Config, error) {
 }
 
 // SetConfig validates c and stores it for every allocator on the store.
+// It replaces the stored configuration whatever it holds, one that does
+// not decode too (see Check).
 func (a *Allocator) SetConfig(ctx context.Context, c Config) error {
 	if err := c.Validate(); err != nil {
 		return fmt.Errorf("ipam: set config: %w", err)
@@ -384,11 +386,17 @@ func (a *Allocator) SetConfig(ctx context.Context, c Config) error {
 		return err
 	}
 	return a.retry(ctx, "set", "config", func() error {
-		v, err := a.readView(ctx)
-		if err != nil {
-			return err
+		// The record's revision only: the configuration stored is
+		// replaced whole, so it need not decode.
+		var rev Revision
+		rec, err := a.store.Get(ctx, KindConfig, singletonKey)
+		switch {
+		case err == nil:
+			rev = rec.Revision
+		case !errors.Is(err, ErrNotFound):
+			return fmt.Errorf("ipam: read config: %w", err)
 		}
-		return a.putSingleton(ctx, KindConfig, value, v.configRev)
+		return a.putSingleton(ctx, KindConfig, value, rev)
 	})
 }
 
