@@ -182,7 +182,22 @@ func (a *Allocator) check(ctx context.Context) (*Report, *checkState, error) {
 	st := &checkState{blocks: map[netip.Prefix]*block.Block{}, handles: map[string]map[netip.Prefix]int{}, handleOf: map[string]Revision{}}
 	add := func(p Problem) { r.Problems = append(r.Problems, p) }
 
-	// Pools, configuration, reservations, node labels.
+	// Pools, configuration, reservations, node labels. The pool set and
+	// the configuration have one record each, under singletonKey: a
+	// record under another key is none of carve's, and carve never reads
+	// it.
+	for _, kind := range []Kind{KindPool, KindConfig} {
+		recs, err := a.store.List(ctx, kind, KeyRange{})
+		if err != nil {
+			return nil, nil, fmt.Errorf("ipam: check: %w", err)
+		}
+		for _, rec := range recs {
+			if rec.Key != singletonKey {
+				add(Problem{Kind: ProblemCorrupt, Record: kind.String() + " " + rec.Key,
+					Detail: fmt.Sprintf("carve keeps its %s record under %q, and never reads this one", kind, singletonKey)})
+			}
+		}
+	}
 	pools := new(pool.Set)
 	if rec, err := a.store.Get(ctx, KindPool, singletonKey); err == nil {
 		if s, _, err := unmarshalPools(rec.Value); err != nil {
@@ -346,6 +361,11 @@ func (a *Allocator) check(ctx context.Context) (*Report, *checkState, error) {
 		seen[rec.Key] = true
 		st.handleOf[rec.Key] = rec.Revision
 		name := "handle " + rec.Key
+		if err := checkHandle("check", rec.Key); err != nil {
+			// No block can give it an address: Repair deletes it.
+			add(Problem{Kind: ProblemCorrupt, Record: name, Handle: rec.Key, Detail: "the key is not a handle ID carve accepts: " + err.Error(), rev: rec.Revision, Repairable: true})
+			continue
+		}
 		var h handleRecord
 		if err := h.unmarshal(rec.Value); err != nil {
 			add(Problem{Kind: ProblemCorrupt, Record: name, Handle: rec.Key, Detail: err.Error(), rev: rec.Revision, Repairable: true})
