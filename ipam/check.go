@@ -273,7 +273,7 @@ func (a *Allocator) check(ctx context.Context) (*Report, *checkState, error) {
 		}
 		r.Blocks++
 		st.blocks[blk] = b
-		name := "block " + blk.String()
+		name := "block " + rec.Key
 		if reach.IsValid() && reach.Overlaps(blk) {
 			add(Problem{Kind: ProblemBlockOverlap, Record: name, Block: blk, Detail: fmt.Sprintf("overlaps block %s", reach)})
 		}
@@ -347,7 +347,7 @@ func (a *Allocator) check(ctx context.Context) (*Report, *checkState, error) {
 	for _, key := range slices.Sorted(maps.Keys(wantIndex)) {
 		blk := wantIndex[key]
 		owner := st.blocks[blk].Affinity().String()
-		add(Problem{Kind: ProblemAffinityUnindexed, Record: "block " + blk.String(), Block: blk, Owner: owner, Detail: "affine to " + owner + " but not in its index", Repairable: true})
+		add(Problem{Kind: ProblemAffinityUnindexed, Record: "block " + blockKey(blk), Block: blk, Owner: owner, Detail: "affine to " + owner + " but not in its index", Repairable: true})
 	}
 
 	// Handle records against the blocks.
