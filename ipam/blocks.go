@@ -150,6 +150,13 @@ func decodeBlock(p netip.Prefix, value []byte) (*block.Block, error) {
 	if err := checkStoredAffinity(p, b.Affinity()); err != nil {
 		return nil, err
 	}
+	if b.Seq() >= maxBlockSeq {
+		// The counter starts at the clock in nanoseconds and goes up by
+		// one per change: no block gets here, and one that did would
+		// wrap, to 0 (which releases take as no sequence number) and to
+		// numbers it recorded before.
+		return nil, fmt.Errorf("ipam: block %s: %w: counter %d is past any a block reaches", p, ErrCorrupt, b.Seq())
+	}
 	for o := range b.Owners() {
 		// An address without a handle (Calico may have written one) is
 		// counted by no record; any other handle is a record's key.
@@ -159,6 +166,11 @@ func decodeBlock(p netip.Prefix, value []byte) (*block.Block, error) {
 	}
 	return b, nil
 }
+
+// maxBlockSeq bounds the counter of a stored block (see decodeBlock): a
+// block starts below it (Unix nanoseconds fit in an int64), and would
+// take centuries of changes to climb from there to it.
+const maxBlockSeq = 1 << 63
 
 // checkStoredAffinity refuses, as corrupt, an affinity of block p whose
 // name carve never accepts: index keys are made of it, so it must be a
