@@ -186,6 +186,15 @@ func (a *Allocator) claimLocked(ctx context.Context, e *blockEntry, aff block.Af
 	}
 	// Someone created the block first.
 	if err := a.load(ctx, e); err != nil {
+		if errors.Is(err, ErrCorrupt) && idxRev != 0 {
+			// A block that does not decode is no one's to claim, nor
+			// to have claimed meanwhile: the index record made above is
+			// this claim's own, and goes (dropIndex would keep it, as it
+			// keeps one whose block cannot be read).
+			if derr := a.store.Delete(ctx, KindAffinity, affinityKey(aff.String(), e.prefix), idxRev); derr != nil && !refused(derr) {
+				err = errors.Join(err, fmt.Errorf("ipam: claim block %s for %s: deleting its index record again: %w", e.prefix, aff, derr))
+			}
+		}
 		return false, err
 	}
 	switch {
