@@ -199,9 +199,11 @@ func (a *Allocator) check(ctx context.Context) (*Report, *checkState, error) {
 		}
 	}
 	pools := new(pool.Set)
+	poolsKnown := true // false: the pool record does not decode
 	if rec, err := a.store.Get(ctx, KindPool, singletonKey); err == nil {
 		if s, _, err := unmarshalPools(rec.Value); err != nil {
 			add(Problem{Kind: ProblemCorrupt, Record: "pool " + singletonKey, Detail: err.Error()})
+			poolsKnown = false
 		} else {
 			pools = s
 		}
@@ -281,6 +283,9 @@ func (a *Allocator) check(ctx context.Context) (*Report, *checkState, error) {
 			reach = blk
 		}
 		switch _, ok := carving(pools, blk); {
+		case !poolsKnown:
+			// Which pool carves it, if any, cannot be told: the pool
+			// record's problem stands for it.
 		case !ok && !b.Empty() && b.Affinity().IsZero() && !overlapsPool(pools, blk):
 			// What DeletePool leaves: addresses stay until released.
 			r.Leftovers = append(r.Leftovers, Leftover{Block: blk, InUse: b.Used()})
