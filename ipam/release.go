@@ -585,12 +585,18 @@ func (a *Allocator) releaseTime(v *view) time.Time {
 }
 
 // releaseRoom returns an empty slice with room for the addresses that r
-// counts (at most a block's worth per block), made once rather than grown
-// by the blocks' appends.
+// counts (at most a block's worth per block, and a block's worth in all),
+// made once rather than grown by the blocks' appends. The counts are only
+// as good as the record: one that counts many blocks that hold nothing
+// must not make a release allocate for them all.
 func releaseRoom(r *handleRecord) []netip.Addr {
 	size := 0
 	for _, hc := range r.entries() {
 		size += min(hc.count, block.MaxSize)
+		if size >= block.MaxSize {
+			size = block.MaxSize
+			break
+		}
 	}
 	return make([]netip.Addr, 0, size)
 }
