@@ -659,10 +659,7 @@ func TestVMProvisioner(t *testing.T) {
 	// ---- Finally: fill rack a; automatic assignment never hands out the
 	// gateways, nor a cooling address.
 	clk.advance(time.Minute)
-	var coolingNow []netip.Addr
-	for _, x := range freed {
-		coolingNow = append(coolingNow, x)
-	}
+	coolingNow := slices.Clone(freed)
 	fill, err := a.AutoAssign(ctx, ipam.AutoAssignArgs{Num4: 1000, Handle: "filler", Node: "host-a1", Partial: true})
 	var fillErr *ipam.AssignError
 	if !errors.As(err, &fillErr) || !errors.Is(err, ipam.ErrNoSpace) {
