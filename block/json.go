@@ -280,8 +280,10 @@ func (c *keyChecker) space() {
 	}
 }
 
-// str reads the string at off and returns its value: a slice of data when
-// it has no escapes.
+// str reads the string at off and returns its value as encoding/json
+// decodes it: a slice of data when it has no escapes and is valid UTF-8
+// (encoding/json turns each byte that is not into U+FFFD, so that keys
+// differing only in such bytes decode to one).
 func (c *keyChecker) str() ([]byte, error) {
 	start, esc := c.off, false
 	for c.off++; c.data[c.off] != '"'; c.off++ {
@@ -291,8 +293,8 @@ func (c *keyChecker) str() ([]byte, error) {
 		}
 	}
 	c.off++
-	if !esc {
-		return c.data[start+1 : c.off-1], nil
+	if raw := c.data[start+1 : c.off-1]; !esc && utf8.Valid(raw) {
+		return raw, nil
 	}
 	var s string
 	err := json.Unmarshal(c.data[start:c.off], &s)
