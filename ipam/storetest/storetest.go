@@ -787,19 +787,39 @@ func testRaceGenerations(t *testing.T, s ipam.Store) {
 	}
 	for round := 1; round <= rounds; round++ {
 		var stop atomic.Bool
-		var wg sync.WaitGroup
+		var wg, started sync.WaitGroup
 		obs := make([][]seen, 2)
 		errs := make([]error, 2)
+		// Only what readers see once the generation has moved from where
+		// it was before the write counts: a reader that read it many times
+		// before (the writer descheduled on a busy machine) must not have
+		// stopped recording by the time the write comes.
+		before := g.Generation(ipam.KindPool)
 		for r := range obs {
 			wg.Add(1)
+			started.Add(1)
 			go func() {
 				defer wg.Done()
+				first := true
+				defer func() {
+					if first {
+						started.Done()
+					}
+				}()
 				for !stop.Load() {
 					gen := g.Generation(ipam.KindPool)
 					rec, err := s.Get(ctx(t), ipam.KindPool, "default")
 					if err != nil {
 						errs[r] = err
 						return
+					}
+					if first {
+						first = false
+						started.Done()
+					}
+					if gen == before {
+						runtime.Gosched() // let the writer run
+						continue
 					}
 					obs[r] = append(obs[r], seen{gen, string(rec.Value)})
 					if len(obs[r]) > 10000 {
@@ -808,7 +828,8 @@ func testRaceGenerations(t *testing.T, s ipam.Store) {
 				}
 			}()
 		}
-		runtime.Gosched()
+		// The readers are reading when the write comes.
+		started.Wait()
 		want := strconv.Itoa(round)
 		var err error
 		if commits && round%2 == 0 {
