@@ -578,18 +578,25 @@ func (a *Allocator) rebuildHandle(ctx context.Context, handle string, rev Revisi
 	for _, c := range old.entries() {
 		blocks[c.block] = true
 	}
+	// A record under a key that is no handle ID counts what no block can
+	// give (decodeBlock refuses such an owner): it goes, and its blocks,
+	// which may not even decode, need no reading.
+	badKey := checkHandle("", handle) != nil
 	fix := handleFix{changed: map[netip.Prefix]bool{}}
 	var next handleRecord
 	for _, blk := range slices.SortedFunc(maps.Keys(blocks), comparePrefix) {
-		b, err := a.readBlock(ctx, blk)
-		if err != nil {
-			return handleFix{err: err}
+		n := 0
+		if !badKey {
+			b, err := a.readBlock(ctx, blk)
+			if err != nil {
+				return handleFix{err: err}
+			}
+			then := st.blocks[blk]
+			if rev == 0 {
+				then = nil // no record: the fresh read alone counts
+			}
+			n = unionCount(then, b, handle)
 		}
-		then := st.blocks[blk]
-		if rev == 0 {
-			then = nil // no record: the fresh read alone counts
-		}
-		n := unionCount(then, b, handle)
 		if have := old.count(blk); n != have {
 			fix.changed[blk] = true
 		}
@@ -598,7 +605,7 @@ func (a *Allocator) rebuildHandle(ctx context.Context, handle string, rev Revisi
 		}
 	}
 	switch {
-	case len(fix.changed) == 0 && !corrupt, dry:
+	case len(fix.changed) == 0 && !corrupt && !(badKey && rev != 0), dry:
 		return fix
 	case len(next.entries()) == 0 && rev == 0:
 	case len(next.entries()) == 0:
