@@ -7,13 +7,13 @@ import (
 	"github.com/carve-ipam/carve/block"
 )
 
-// TestReviewJSONAttributeKeysTwiceAfterDecoding: encoding/json turns every
+// TestJSONAttributeKeysTwiceAfterDecoding: encoding/json turns every
 // byte of a string that is not UTF-8 into U+FFFD, so attribute keys that
 // differ only in such bytes (or one of them written as the escape \ufffd)
 // decode to one key, and the last value silently wins. The package doc
 // says an attribute key given twice is refused: these are the same key
 // once decoded, and one of the values is lost without an error.
-func TestReviewJSONAttributeKeysTwiceAfterDecoding(t *testing.T) {
+func TestJSONAttributeKeysTwiceAfterDecoding(t *testing.T) {
 	const head = `{"version":1,"cidr":"10.0.0.0/30","owners":[{"handle":"h","attrs":{`
 	const tail = `}}],"allocations":[{"addr":"10.0.0.1","owner":0,"seq":1}]}`
 	for name, attrs := range map[string]string{

@@ -8,13 +8,13 @@ import (
 	"github.com/carve-ipam/carve/ipam"
 )
 
-// TestReviewRepairDeletesBadKeyHandleNamingCorruptBlock: Check reports a
+// TestRepairDeletesBadKeyHandleNamingCorruptBlock: Check reports a
 // handle record whose key is no handle ID carve accepts as corrupt and
 // repairable ("No block can give it an address: Repair deletes it"). When
 // that record counts addresses in a block whose record is itself corrupt,
 // Repair rebuilds it instead of deleting it, reads the corrupt block, and
 // fails: the record stays, against the report that called it repairable.
-func TestReviewRepairDeletesBadKeyHandleNamingCorruptBlock(t *testing.T) {
+func TestRepairDeletesBadKeyHandleNamingCorruptBlock(t *testing.T) {
 	e := newEnv(t, v4pool("p", "10.0.0.0/24", 26))
 	e.mustAssign4("n", "h", 1)
 	hrec, err := e.store.Get(e.ctx, ipam.KindHandle, "h")

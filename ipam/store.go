@@ -156,7 +156,9 @@ func PrefixRange(prefix string) KeyRange {
 //     then the write may or may not have happened.
 //   - A Store is safe for concurrent use, and operations on one record are
 //     linearizable: of two writers holding the same revision, exactly one
-//     succeeds.
+//     succeeds, and a List that starts after a Get returned a record
+//     includes that record or a later version of it (unless it was deleted
+//     since).
 //
 // No operation spans several records; carve orders its writes so that the
 // store stays consistent without transactions (see docs/ARCHITECTURE.md).
@@ -217,7 +219,10 @@ const MaxKeyLen = 1024
 // A backend whose view lags the datastore (for example one fed by a watch)
 // must say so in its documentation: an allocator then sees other processes'
 // pool and configuration changes after that lag, as Calico's own watch-based
-// components do.
+// components do. A write made through the store itself, though, moves the
+// generation by the time the write returns (etcdstore does), so that an
+// allocator sees its own process's changes at once;
+// storetest.RunConformanceTests checks this.
 type Generations interface {
 	Generation(kind Kind) uint64
 }

@@ -9,7 +9,7 @@ import (
 	"testing"
 )
 
-// TestReviewRaceGenerationsCatchesEarly: TestSuiteCatchesMutants runs the
+// TestRaceGenerationsCatchesEarly: TestSuiteCatchesMutants runs the
 // suite twice against each mutant and fails when both runs pass, so
 // RaceGenerations must catch a generation that moves before its write is
 // visible every time, not in most runs. It missed
@@ -22,7 +22,7 @@ import (
 // round that writes that way (the first for a single write, the second
 // for a commit); here each try must catch it within the first ten of
 // the 150 rounds.
-func TestReviewRaceGenerationsCatchesEarly(t *testing.T) {
+func TestRaceGenerationsCatchesEarly(t *testing.T) {
 	if os.Getenv(mutantEnv) != "" {
 		t.Skip("in a child")
 	}
