@@ -142,46 +142,30 @@ func putRaw(t testing.TB, s ipam.Store, kind ipam.Kind, key string, value []byte
 	return rev
 }
 
-// keyCheckStore is a Store that notes every key carve passes it that the
-// Store contract says carve never passes: empty, longer than MaxKeyLen,
-// not valid UTF-8, or with a control character.
-type keyCheckStore struct {
-	ipam.Store
+// keyChecker notes every key carve passes a store that the Store contract
+// says carve never passes: empty, longer than MaxKeyLen, not valid UTF-8,
+// or with a control character. Its store wraps a store to check the keys
+// of its reads and writes.
+type keyChecker struct {
 	mu  sync.Mutex
 	bad []string
 }
 
-func (s *keyCheckStore) note(op string, kind ipam.Kind, key string) {
+func (c *keyChecker) note(op string, kind ipam.Kind, key string) {
 	ok := key != "" && len(key) <= ipam.MaxKeyLen && utf8.ValidString(key) && strings.IndexFunc(key, unicode.IsControl) < 0
 	if !ok {
-		s.mu.Lock()
-		s.bad = append(s.bad, fmt.Sprintf("%s %s %q", op, kind, key))
-		s.mu.Unlock()
+		c.mu.Lock()
+		c.bad = append(c.bad, fmt.Sprintf("%s %s %q", op, kind, key))
+		c.mu.Unlock()
 	}
 }
 
-func (s *keyCheckStore) badKeys() []string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return slices.Clone(s.bad)
+func (c *keyChecker) badKeys() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return slices.Clone(c.bad)
 }
 
-func (s *keyCheckStore) Get(ctx context.Context, kind ipam.Kind, key string) (ipam.Record, error) {
-	s.note("get", kind, key)
-	return s.Store.Get(ctx, kind, key)
-}
-
-func (s *keyCheckStore) Create(ctx context.Context, kind ipam.Kind, key string, value []byte) (ipam.Revision, error) {
-	s.note("create", kind, key)
-	return s.Store.Create(ctx, kind, key, value)
-}
-
-func (s *keyCheckStore) Update(ctx context.Context, kind ipam.Kind, key string, value []byte, rev ipam.Revision) (ipam.Revision, error) {
-	s.note("update", kind, key)
-	return s.Store.Update(ctx, kind, key, value, rev)
-}
-
-func (s *keyCheckStore) Delete(ctx context.Context, kind ipam.Kind, key string, rev ipam.Revision) error {
-	s.note("delete", kind, key)
-	return s.Store.Delete(ctx, kind, key, rev)
+func (c *keyChecker) store(s ipam.Store) ipam.Store {
+	return getHookStore{&hookStore{Store: s, hook: c.note}}
 }

@@ -161,8 +161,8 @@ func TestBlockNamesThatCannotBeKeysAreCorrupt(t *testing.T) {
 	} {
 		t.Run(name, func(t *testing.T) {
 			ms := memstore.New()
-			s := &keyCheckStore{Store: ms}
-			a, err := ipam.New(s, ipam.Options{})
+			s := new(keyChecker)
+			a, err := ipam.New(s.store(ms), ipam.Options{})
 			require.NoError(t, err)
 			require.NoError(t, a.CreatePool(ctx, v4pool("p", "10.0.0.0/24", 26)))
 			blk := netip.MustParsePrefix("10.0.0.64/26")

@@ -15,7 +15,6 @@ import (
 	"net/netip"
 	"path/filepath"
 	"slices"
-	"sync"
 	"testing"
 	"time"
 
@@ -24,24 +23,6 @@ import (
 	"github.com/carve-ipam/carve/ipam/memstore"
 	"github.com/carve-ipam/carve/pool"
 )
-
-// trialClock is the provisioner's time, advanced by hand.
-type trialClock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func (c *trialClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *trialClock) advance(d time.Duration) {
-	c.mu.Lock()
-	c.now = c.now.Add(d)
-	c.mu.Unlock()
-}
 
 // nic is what the provisioner keeps about one VM interface.
 type trialNIC struct {
@@ -221,7 +202,7 @@ func trialReport(t *testing.T, ctx context.Context, a *ipam.Allocator, title str
 
 func TestVMProvisioner(t *testing.T) {
 	ctx := context.Background()
-	clk := &trialClock{now: time.Date(2026, 3, 1, 8, 0, 0, 0, time.UTC)}
+	clk := &clock{now: time.Date(2026, 3, 1, 8, 0, 0, 0, time.UTC)} // the provisioner's time, advanced by hand
 	store := memstore.New()
 	a, err := ipam.New(store, ipam.Options{Now: clk.Now})
 	if err != nil {
@@ -436,7 +417,7 @@ func TestVMProvisioner(t *testing.T) {
 	}
 	// After the cooldown, vm-1's old IPv4 address goes to a new VM; the old
 	// VM's late release (handle and seq) must not free it.
-	clk.advance(trialCooldown + time.Second)
+	clk.Advance(trialCooldown + time.Second)
 	old := vm1[0]
 	res, err := a.AssignIPs(ctx, ipam.AssignIPsArgs{Addrs: []netip.Addr{old.v4.Addr, old.v6.Addr}, Handle: "vm.heir.nic0", NewHandle: true, Node: "host-a1",
 		Attrs: map[string]string{"vm": "heir", "nic": "nic0"}})
@@ -658,7 +639,7 @@ func TestVMProvisioner(t *testing.T) {
 
 	// ---- Finally: fill rack a; automatic assignment never hands out the
 	// gateways, nor a cooling address.
-	clk.advance(time.Minute)
+	clk.Advance(time.Minute)
 	coolingNow := slices.Clone(freed)
 	fill, err := a.AutoAssign(ctx, ipam.AutoAssignArgs{Num4: 1000, Handle: "filler", Node: "host-a1", Partial: true})
 	var fillErr *ipam.AssignError
@@ -683,7 +664,7 @@ func TestVMProvisioner(t *testing.T) {
 	// ---- Later: the cooldown is over. host-a2's empty IPv6 block, kept
 	// while it cooled, is no problem, and a collector pass deletes it (the
 	// provisioner has no leaks to find: every owner is alive).
-	clk.advance(trialCooldown)
+	clk.Advance(trialCooldown)
 	rep = trialCheckClean(t, ctx, a, "after the cooldown")
 	if !slices.Equal(rep.Cooled, blocks[1:]) || len(rep.Cooling) != 0 {
 		t.Errorf("after the cooldown: Cooling %v, Cooled %v; want host-a2's IPv6 block cooled", rep.Cooling, rep.Cooled)
