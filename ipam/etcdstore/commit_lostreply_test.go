@@ -22,12 +22,13 @@ func TestCommitLostReply(t *testing.T) {
 	s := newStore(t, c, etcdstore.Options{Prefix: prefix, RequestTimeout: 300 * time.Millisecond})
 	direct := newStore(t, newClient(t), etcdstore.Options{Prefix: prefix})
 	ctx := t.Context()
+	// Read before the write: the watch may deliver it before Create returns.
+	g := s.Generation(ipam.KindBlock)
 	rev, err := direct.Create(ctx, ipam.KindBlock, "b", []byte("v1"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	// The watch is up.
-	g := s.Generation(ipam.KindBlock)
 	waitFor(t, "the watch delivers the create", func() bool { return s.Generation(ipam.KindBlock) != g })
 
 	p.freeze()
