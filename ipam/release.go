@@ -472,10 +472,23 @@ func (a *Allocator) ReleaseByHandle(ctx context.Context, handle string) ([]netip
 		// record in one commit, tried again from fresh reads when another
 		// writer got there first, so that no crash comes between the
 		// writes; block by block, as below, only when a block holds
-		// nothing of the handle any more or the conflicts never clear.
+		// nothing of the handle any more, the record read again names too
+		// many blocks, or the conflicts never clear.
 		joined, err := a.releaseJoinedMany(ctx, &h, todo, at, &released)
 		if !joined && err != nil {
 			err = a.retryAgain(ctx, "release by handle", handle, func() error {
+				if !h.known {
+					// Refused at the record: release the blocks it names
+					// now, which another writer may have added to (as
+					// the path from a memo does).
+					if err := h.read(ctx); err != nil {
+						return err
+					}
+					todo = append(todo[:0], h.rec.entries()...)
+					if len(todo) == 0 || len(todo) >= MaxCommitWrites {
+						return nil // block by block, below
+					}
+				}
 				var err error
 				joined, err = a.releaseJoinedMany(ctx, &h, todo, at, &released)
 				return err
@@ -634,6 +647,10 @@ func (a *Allocator) releaseHandleOnce(ctx context.Context, e *blockEntry, handle
 // noAddrs is the error for a handle whose record counts addresses that no
 // block holds: as for no record, ErrHandleNotFound.
 func noAddrs(op string, h *handleTx) error {
+	if h.rev == 0 {
+		// The record is gone: another release got there first.
+		return fmt.Errorf("ipam: %s %q: %w", op, h.id, ErrHandleNotFound)
+	}
 	n := 0
 	for _, hc := range h.rec.entries() {
 		n += hc.count
