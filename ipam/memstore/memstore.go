@@ -33,8 +33,6 @@ package memstore
 import (
 	"context"
 	"fmt"
-	"slices"
-	"strings"
 	"sync"
 	"sync/atomic"
 
@@ -68,7 +66,7 @@ type records struct {
 	// listed on the allocation path (a node's blocks, a pool's blocks) and
 	// changes rarely, so its order is kept up to date on each create and
 	// delete.
-	order []keyed
+	order keyOrder
 	lazy  bool
 	dirty bool
 	// lastKey and last are the record last created or written, whose key
@@ -95,31 +93,13 @@ func (r *records) remember(key string, p *entry) {
 	r.lastKey, r.last = key, p
 }
 
-// keyed is a key with its entry, in records.order.
-type keyed struct {
-	key string
-	e   *entry
-}
-
-// search returns the index in order of the first key at or after key, and
-// whether it is key.
-func search(order []keyed, key string) (int, bool) {
-	return slices.BinarySearchFunc(order, key, func(o keyed, k string) int { return strings.Compare(o.key, k) })
-}
-
-// sortOrder sorts order by key.
-func sortOrder(order []keyed) {
-	slices.SortFunc(order, func(a, b keyed) int { return strings.Compare(a.key, b.key) })
-}
-
 // added records the creation of key, whose entry is p, in order.
 func (r *records) added(key string, p *entry) {
 	if r.lazy {
 		r.dirty = true
 		return
 	}
-	i, _ := search(r.order, key)
-	r.order = slices.Insert(r.order, i, keyed{key, p})
+	r.order.insert(key, p)
 }
 
 // removed records the deletion of key in order.
@@ -128,9 +108,7 @@ func (r *records) removed(key string) {
 		r.dirty = true
 		return
 	}
-	if i, ok := search(r.order, key); ok {
-		r.order = slices.Delete(r.order, i, i+1)
-	}
+	r.order.remove(key)
 }
 
 type entry struct {
@@ -222,17 +200,17 @@ func (s *Store) List(ctx context.Context, kind ipam.Kind, r ipam.KeyRange) ([]ip
 	defer s.mu.Unlock()
 	recs := &s.kinds[kind]
 	if recs.dirty {
-		clear(recs.order) // no stale entries kept alive
-		recs.order = recs.order[:0]
+		ks := make([]keyed, 0, len(recs.byKey))
 		for k, p := range recs.byKey {
-			recs.order = append(recs.order, keyed{k, p})
+			ks = append(ks, keyed{k, p})
 		}
-		sortOrder(recs.order)
+		sortKeyed(ks)
+		recs.order.reset(ks)
 		recs.dirty = false
 	}
-	start, _ := search(recs.order, r.Start)
-	for _, o := range recs.order[start:] {
-		if !r.Contains(o.key) {
+	for cu := recs.order.seek(r.Start); ; {
+		o, ok := cu.next()
+		if !ok || !r.Contains(o.key) {
 			break
 		}
 		if err := s.encode(kind, o.key, o.e); err != nil {
@@ -252,9 +230,9 @@ func (s *Store) list(kind ipam.Kind, r ipam.KeyRange) ([]ipam.Record, bool) {
 		return nil, false
 	}
 	var out []ipam.Record
-	start, _ := search(recs.order, r.Start)
-	for _, o := range recs.order[start:] {
-		if !r.Contains(o.key) {
+	for cu := recs.order.seek(r.Start); ; {
+		o, ok := cu.next()
+		if !ok || !r.Contains(o.key) {
 			break
 		}
 		if o.e.pending() {

@@ -265,7 +265,8 @@ func (d *snapReader) load() (*Store, error) {
 	}
 	s := New()
 	s.rev = last
-	revs := map[uint64]bool{} // revisions come from one counter: none twice
+	revs := map[uint64]bool{}    // revisions come from one counter: none twice
+	var loaded [maxKinds][]keyed // each kind's keys, to be put in order
 	var kind [1]byte
 	for i := range n {
 		what := fmt.Sprintf("record %d", i)
@@ -317,7 +318,7 @@ func (d *snapReader) load() (*Store, error) {
 		}
 		p := &entry{value: value, rev: ipam.Revision(rev)}
 		recs.byKey[skey] = p
-		recs.order = append(recs.order, keyed{skey, p})
+		loaded[k] = append(loaded[k], keyed{skey, p})
 	}
 	want := d.crc.Sum32()
 	var sum [4]byte
@@ -327,8 +328,9 @@ func (d *snapReader) load() (*Store, error) {
 	if got := binary.BigEndian.Uint32(sum[:]); got != want {
 		return nil, d.bad("checksum %08x, the content sums to %08x: the snapshot is damaged", got, want)
 	}
-	for k := range s.kinds {
-		sortOrder(s.kinds[k].order)
+	for k, ks := range loaded {
+		sortKeyed(ks)
+		s.kinds[k].order.reset(ks)
 	}
 	return s, nil
 }
