@@ -42,7 +42,7 @@ func CopyDiff(a, b *Block) string {
 	}
 	for s := range t.recs {
 		r, q := &t.recs[s], &u.recs[s]
-		if r.handle != q.handle || mapPtr(r.attrs) != mapPtr(q.attrs) || r.hash != q.hash || r.refs != q.refs ||
+		if r.handle != q.handle || mapPtr(r.attrs) != mapPtr(q.attrs) || r.hash != q.hash || r.ahash != q.ahash || r.refs != q.refs ||
 			r.at != q.at || r.encOff != q.encOff || r.encLen != q.encLen {
 			return fmt.Sprintf("record slot %d", s)
 		}

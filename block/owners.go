@@ -13,7 +13,11 @@ import (
 // Every allocated address points, by slot number, at an owner record in
 // owners.recs. An open-addressing hash index (linear probing on the handle's
 // hash) finds the record of an owner. It is a []uint16 rather than a Go map so
-// that copying a block is a few memmoves and allocates nothing.
+// that copying a block is a few memmoves and allocates nothing. The records
+// of one handle share a home bucket, which lets ReleaseHandle find them all
+// in one probe; each record also keeps a hash of its encoding, so that a
+// handle with many attribute sets (up to one per address) costs a lookup a
+// comparison of hashes per record of that handle rather than of maps.
 //
 // Shortcuts keep the hot path (allocate one address, release it) cheap:
 //   - last caches the slot of the most recent acquire, which needs no
@@ -36,6 +40,7 @@ type record struct {
 	attrs  map[string]string // never modified by the package; nil or empty means none
 	hash   uint64            // maphash of handle
 	refs   int               // addresses held; 0 for the spare and for free slots
+	ahash  uint32            // encHash of the record's encoding
 	// at is 1 + the index of an address the record was last given, 0 if
 	// unknown: a hint that lets a release of a one-address owner skip the
 	// scan. The address may have been released since, so it is checked.
@@ -109,6 +114,14 @@ func sameAttrs(a, b map[string]string) bool {
 	return maps.Equal(a, b)
 }
 
+// encHash returns the hash of an owner record's encoding (appendOwner),
+// which holds its attributes in key order: records with different hashes
+// differ.
+func encHash(enc []byte) uint32 {
+	h := maphash.Bytes(hashSeed, enc)
+	return uint32(h ^ h>>32)
+}
+
 // mapPtr returns the pointer a map value is made of, its identity. It is
 // only a shortcut: maps with different pointers are compared by content.
 // reflect.Value.UnsafePointer gives the same answer at several times the
@@ -158,9 +171,9 @@ func (t *owners) grant(r *record, n int) {
 
 func (t *owners) acquireSlow(handle string, attrs map[string]string, n int) int {
 	h := maphash.String(hashSeed, handle)
-	s := t.find(h, handle, attrs)
+	s := t.find(h, handle, attrs, 0, false)
 	if s < 0 {
-		s = t.add(h, handle, attrs, nil)
+		s = t.add(h, handle, attrs, nil, 0)
 	}
 	if l := int(t.last) - 1; l >= 0 && l != s {
 		t.touch(l) // no longer covered by last
@@ -179,26 +192,47 @@ func (t *owners) acquireSlow(handle string, attrs map[string]string, n int) int 
 	return s
 }
 
-// find returns the indexed slot holding (handle, attrs), or -1.
-func (t *owners) find(h uint64, handle string, attrs map[string]string) int {
+// find returns the indexed slot holding (handle, attrs), or -1; h is the
+// hash of handle, and byHash says that ah is the hash of the record's
+// encoding (encHash). Records of handle with other attributes are told
+// apart by their maps for the first few, the usual case, and by the hash
+// of their encodings after that, or at once given it.
+func (t *owners) find(h uint64, handle string, attrs map[string]string, ah uint32, byHash bool) int {
 	if len(t.index) == 0 {
 		return -1
 	}
+	same := 0 // records of handle passed over
 	mask := len(t.index) - 1
 	for p := int(h) & mask; ; p = (p + 1) & mask {
 		e := int(t.index[p])
 		if e == 0 {
 			return -1
 		}
-		if r := &t.recs[e-1]; r.hash == h && r.handle == handle && sameAttrs(r.attrs, attrs) {
+		r := &t.recs[e-1]
+		if r.hash != h || (byHash && r.ahash != ah) || r.handle != handle {
+			continue
+		}
+		if !byHash && same == maxSameByMap {
+			ah, byHash = encHash(appendOwner(nil, handle, attrs)), true
+			if r.ahash != ah {
+				continue
+			}
+		}
+		if sameAttrs(r.attrs, attrs) {
 			return e - 1
 		}
+		same++
 	}
 }
 
+// maxSameByMap is how many records of one handle find compares by their
+// attribute maps before it hashes the encoding of the attributes sought.
+const maxSameByMap = 4
+
 // add stores a new record with no addresses, indexes it and returns its
-// slot. enc is the record's encoding, or nil to have it made.
-func (t *owners) add(h uint64, handle string, attrs map[string]string, enc []byte) int {
+// slot; h is the hash of handle. enc is the record's encoding and ah its
+// hash, or nil (and ah unused) to have them made.
+func (t *owners) add(h uint64, handle string, attrs map[string]string, enc []byte, ah uint32) int {
 	if 2*(t.indexed+1) > len(t.index) {
 		t.grow()
 	}
@@ -218,10 +252,11 @@ func (t *owners) add(h uint64, handle string, attrs map[string]string, enc []byt
 		t.arena = append(t.arena, enc...)
 	} else {
 		t.arena = appendOwner(t.arena, handle, attrs)
+		ah = encHash(t.arena[off:])
 	}
 	n := len(t.arena) - off
 	t.arenaLive += n
-	t.recs[s] = record{handle: handle, attrs: attrs, hash: h, encOff: uint32(off), encLen: uint32(n)}
+	t.recs[s] = record{handle: handle, attrs: attrs, hash: h, ahash: ah, encOff: uint32(off), encLen: uint32(n)}
 	t.insert(s)
 	t.touch(s)
 	t.dmeta = true
@@ -429,8 +464,12 @@ func (t *owners) addUnique(handle string, attrs map[string]string, enc []byte) (
 		return 0, fmt.Errorf("more than %d owners", maxSlots)
 	}
 	h := maphash.String(hashSeed, handle)
-	if s := t.find(h, handle, attrs); s >= 0 {
+	if enc == nil {
+		enc = appendOwner(nil, handle, attrs)
+	}
+	ah := encHash(enc)
+	if s := t.find(h, handle, attrs, ah, true); s >= 0 {
 		return 0, fmt.Errorf("handle %q with these attributes is already an owner", handle)
 	}
-	return t.add(h, handle, attrs, enc), nil
+	return t.add(h, handle, attrs, enc, ah), nil
 }

@@ -145,7 +145,10 @@ func (t *owners) verify(refs []int) error {
 		if r.hash != maphash.String(hashSeed, r.handle) {
 			return fmt.Errorf("slot %d: stale hash", s)
 		}
-		if f := t.find(r.hash, r.handle, r.attrs); f != s {
+		if r.ahash != encHash(t.encoding(s)) {
+			return fmt.Errorf("slot %d: stale encoding hash", s)
+		}
+		if f := t.find(r.hash, r.handle, r.attrs, 0, false); f != s {
 			return fmt.Errorf("slot %d (handle %q): index finds %d", s, r.handle, f)
 		}
 	}

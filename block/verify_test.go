@@ -45,6 +45,7 @@ func TestVerifyCatches(t *testing.T) {
 		{"owner slot", func(b *Block) { b.owner[0] = 99 }, "out of range"},
 		{"live count", func(b *Block) { b.recs.live++ }, "live"},
 		{"hash", func(b *Block) { b.recs.recs[0].hash++ }, "stale hash"},
+		{"encoding hash", func(b *Block) { b.recs.recs[1].ahash++ }, "stale encoding hash"},
 		{"index lost", func(b *Block) { clear(b.recs.index) }, "index finds -1"},
 		{"duplicate owner", func(b *Block) {
 			// Point one of a's addresses at a second record equal to a's.
