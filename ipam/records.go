@@ -248,6 +248,12 @@ func (h *handleRecord) unmarshalAny(data []byte) error {
 	if k <= 0 || n > uint64(len(data)) {
 		return fmt.Errorf("handle record: bad block count")
 	}
+	if n == 0 {
+		// carve deletes a record once it counts nothing: one that counts
+		// no block would hold its handle (NewHandle) with nothing to
+		// release, and no count for Check to find too high.
+		return fmt.Errorf("handle record: counts no block")
+	}
 	data = data[k:]
 	var blocks []handleCount
 	if n <= uint64(len(h.small)) {
