@@ -766,10 +766,15 @@ func (c *Collector) release(ctx context.Context, allocs []Allocation, dry *empti
 		// them, which the checks keep, as they should.
 		err = nil
 	}
+	// Released is in request order, which is allocs' order: one pass
+	// over both (a search per address cost a handle of many addresses
+	// time quadratic in their number).
 	var out []Allocation
+	j := 0
 	for _, x := range allocs {
-		if slices.Contains(res.Released, x.Addr) {
+		if j < len(res.Released) && res.Released[j] == x.Addr {
 			out = append(out, x)
+			j++
 		}
 		delete(c.leaks, x.Addr)
 	}
