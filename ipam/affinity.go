@@ -13,8 +13,7 @@ import (
 )
 
 // maxAffinityBlocks (2^maxAffinityBits) bounds how many blocks one
-// ClaimAffinity call may cover, and how many blocks of a pool
-// ReleaseAffinity reads one by one (beyond, it lists those that exist).
+// ClaimAffinity call may cover.
 const (
 	maxAffinityBits   = 12
 	maxAffinityBlocks = 1 << maxAffinityBits
@@ -215,17 +214,18 @@ func (a *Allocator) releaseAffinityIn(ctx context.Context, op string, aff block.
 			seen[blk] = true
 		}
 	}
-	// And, read from the blocks themselves in case the index lost one,
-	// the blocks of cidr's pool inside cidr, or cidr itself if it may be a
-	// block.
+	// And, read from the blocks themselves in case the index lost one:
+	// cidr, when it is one block of its pool; the blocks of cidr's pool
+	// inside cidr that say they are aff's, when it spans several (one
+	// listing of those that exist: reading every block the range could
+	// hold one by one cost three round trips each, 12,288 for a /14 of
+	// /26 blocks); or cidr itself if it may be a block.
 	var more []netip.Prefix
 	if p, ok := v.pools.ByAddr(cidr.Addr()); ok && p.CIDR.Bits() <= cidr.Bits() {
-		if cidr.Bits() <= p.BlockSize && p.BlockSize-cidr.Bits() > maxAffinityBits {
-			// Too many blocks to read one by one (an IPv6 pool, say): the
-			// existing ones that say they are aff's.
+		if cidr.Bits() < p.BlockSize {
 			more, err = a.listAffine(ctx, op, aff, cidr)
 		} else {
-			more, err = blocksOf(op, p, cidr)
+			more, err = blocksOf(op, p, cidr) // the block, or ErrInvalid for less
 		}
 		if err != nil {
 			return err
@@ -256,7 +256,8 @@ func (a *Allocator) releaseAffinityIn(ctx context.Context, op string, aff block.
 }
 
 // listAffine returns the existing blocks inside cidr whose header says
-// they are aff's.
+// they are aff's. A record that does not hold the block its key names is
+// passed over (Check reports it).
 func (a *Allocator) listAffine(ctx context.Context, op string, aff block.Affinity, cidr netip.Prefix) ([]netip.Prefix, error) {
 	recs, err := a.store.List(ctx, KindBlock, blockRange(cidr))
 	if err != nil {
@@ -264,7 +265,7 @@ func (a *Allocator) listAffine(ctx context.Context, op string, aff block.Affinit
 	}
 	var out []netip.Prefix
 	for _, r := range recs {
-		if sum, err := block.Peek(r.Value); err == nil && sum.Affinity == aff && cidr.Contains(sum.Prefix.Addr()) {
+		if sum, err := peekRecord(r); err == nil && sum.Affinity == aff && cidr.Contains(sum.Prefix.Addr()) {
 			out = append(out, sum.Prefix)
 		}
 	}
