@@ -288,6 +288,11 @@ func minBlockBits(addr netip.Addr) int {
 // addresses without affinity, unless requireEmpty, which leaves them and
 // reports ErrBlockNotEmpty, in an *AddrError naming each such block.
 //
+// It finds the node's blocks through the affinity index, not by listing
+// every block: a block whose index entry a crash left unwritten
+// (ProblemAffinityUnindexed) stays the node's. Repair, run first, writes
+// the entry; a Collector with a node oracle finds such blocks anyway.
+//
 // Removing a node by hand takes three steps: release what its workloads
 // hold (ReleaseByHandle per workload; Allocations of 0.0.0.0/0 and ::/0
 // with the Attrs' AttrNode show what is left on the node), then

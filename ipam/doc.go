@@ -165,9 +165,11 @@
 // share a store. Every write is a compare-and-swap, retried a bounded
 // number of times ([Options].MaxRetries) on a fresh copy of the record.
 // Writes are ordered so that a crash at any point leaves, at worst, a
-// handle count too high or a stale affinity index entry (its block gone,
-// or no longer the owner's: Check's affinity-stale); never an address
-// owned twice. With a store that offers [Committer]
+// handle count too high, a stale affinity index entry (its block gone,
+// or no longer the owner's: Check's affinity-stale), or empty blocks
+// without a pool (a claim in a pool being deleted, a pool deletion cut
+// short: Repair deletes them, and DeletePool called again finishes);
+// never an address owned twice. With a store that offers [Committer]
 // (memstore and the etcd backend do), an assignment's handle count and
 // block, and a release by handle's blocks and handle count (for a handle in
 // at most seven blocks, and retried as one commit when another writer got
