@@ -102,8 +102,12 @@ func newStore(ctx context.Context, client *clientv3.Client, opts Options, startR
 		s.kindPrefix[k] = prefix + k.String() + "/"
 	}
 	if startRev <= 0 {
+		// Every response header carries etcd's revision: a read of one key
+		// gives it. (A count of the prefix's keys would walk etcd's whole
+		// key index under its lock, a cost that grows with the
+		// installation, on every New.)
 		rctx, cancel := s.request(ctx)
-		resp, err := client.Get(rctx, prefix, clientv3.WithPrefix(), clientv3.WithCountOnly())
+		resp, err := client.Get(rctx, prefix, clientv3.WithKeysOnly())
 		cancel()
 		if err != nil {
 			return nil, s.failure(ctx, rctx, "new store: read revision at", prefix, err)
