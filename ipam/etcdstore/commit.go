@@ -143,7 +143,7 @@ func checkCommit(writes []ipam.Write, revs []ipam.Revision) error {
 	}
 	for i := range writes {
 		w := &writes[i]
-		if checkKind(w.Kind) != nil {
+		if !validKind(w.Kind) {
 			return fmt.Errorf("etcdstore: commit: write %d (%q) has invalid record kind %d", i, w.Key, uint8(w.Kind))
 		}
 		if w.Block != nil {

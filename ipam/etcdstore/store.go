@@ -135,9 +135,12 @@ func (s *Store) Close() error {
 	return nil
 }
 
-func checkKind(kind ipam.Kind) error {
-	if !kind.Valid() || int(kind) >= maxKinds {
-		return fmt.Errorf("etcdstore: invalid record kind %d", uint8(kind))
+func validKind(kind ipam.Kind) bool { return kind.Valid() && int(kind) < maxKinds }
+
+// checkKind refuses an invalid kind for the operation op on key.
+func checkKind(op string, kind ipam.Kind, key string) error {
+	if !validKind(kind) {
+		return fmt.Errorf("etcdstore: %s %s %q: invalid record kind %d", op, kind, key, uint8(kind))
 	}
 	return nil
 }
@@ -172,7 +175,7 @@ func (s *Store) failure(ctx, rctx context.Context, op, key string, err error) er
 
 // Get implements [ipam.Store].
 func (s *Store) Get(ctx context.Context, kind ipam.Kind, key string) (ipam.Record, error) {
-	if err := checkKind(kind); err != nil {
+	if err := checkKind("get", kind, key); err != nil {
 		return ipam.Record{}, err
 	}
 	if err := ctx.Err(); err != nil {
@@ -194,8 +197,8 @@ func (s *Store) Get(ctx context.Context, kind ipam.Kind, key string) (ipam.Recor
 // List implements [ipam.Store]. The range is one etcd range request, so the
 // records come from one consistent snapshot.
 func (s *Store) List(ctx context.Context, kind ipam.Kind, r ipam.KeyRange) ([]ipam.Record, error) {
-	if err := checkKind(kind); err != nil {
-		return nil, err
+	if !validKind(kind) {
+		return nil, fmt.Errorf("etcdstore: list %s from %q: invalid record kind %d", kind, r.Start, uint8(kind))
 	}
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("etcdstore: list %s from %q: %w", kind, r.Start, err)
@@ -286,7 +289,7 @@ func (s *Store) Delete(ctx context.Context, kind ipam.Kind, key string, rev ipam
 // client for op. Whatever the outcome, kind's generation moves on, since
 // the kind may have changed.
 func (s *Store) write(ctx context.Context, op string, kind ipam.Kind, key string, txn func(t clientv3.Txn, k string) clientv3.Txn) (*clientv3.TxnResponse, error) {
-	if err := checkKind(kind); err != nil {
+	if err := checkKind(op, kind, key); err != nil {
 		return nil, err
 	}
 	if err := ctx.Err(); err != nil {

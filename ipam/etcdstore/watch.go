@@ -20,7 +20,7 @@ import (
 // restart) every call returns a new number, so an allocator re-reads
 // instead of trusting a cache nobody keeps up to date.
 func (s *Store) Generation(kind ipam.Kind) uint64 {
-	if checkKind(kind) != nil {
+	if !validKind(kind) {
 		return 0
 	}
 	if s.blind.Load() {
