@@ -21,6 +21,8 @@ import (
 	"testing"
 	"time"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
+
 	"github.com/carve-ipam/carve/ipam"
 	"github.com/carve-ipam/carve/ipam/etcdstore"
 	"github.com/carve-ipam/carve/pool"
@@ -434,6 +436,7 @@ func checkHeld(t *testing.T, a *ipam.Allocator, st *storeState, held map[string]
 func TestKill(t *testing.T) {
 	prefix, a, s := setupScene(t)
 	ctx := t.Context()
+	direct := newClient(t)
 	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 1))
 	for round := range 3 {
 		p := startChild(t, childSpec{
@@ -443,12 +446,14 @@ func TestKill(t *testing.T) {
 		p.killAfter(t, 20+rng.IntN(40))
 		l := p.wait(t, true)
 
-		st := readState(t, s, scenePools)
+		// The child's last requests may still be made after it died:
+		// read the state and Check it where etcd stood still.
+		st, rep := settledState(t, direct, s, a)
 		left := st.check(t, checkMode{highCounts: true, staleIndex: true})
 		t.Logf("kill %d after %d operations: %d handle counts too high, %d stale affinity index entries (cumulative)",
 			round+1, l.ops(), left.highCounts, left.staleIndex)
 		// The engine's own checker agrees, and calls all of it repairable.
-		checkReport(t, a, left)
+		checkReportOf(t, rep, left)
 		// Every assignment the child reported stays, unless it started to
 		// release it; every release it reported is done.
 		checkHeld(t, a, st, l.held(), false)
@@ -518,6 +523,35 @@ func TestKill(t *testing.T) {
 	t.Logf("released %d handles left by the killed processes, Repair took %d actions; the store is consistent", repaired, len(actions))
 }
 
+// settledState reads s's state and runs a's Check on the same state: a
+// killed child's last request may reach etcd after the child died (its
+// bytes were on their way), so it reads until etcd's revision is the same
+// before and after both.
+func settledState(t *testing.T, c *clientv3.Client, s ipam.Store, a *ipam.Allocator) (*storeState, *ipam.Report) {
+	t.Helper()
+	revision := func() int64 {
+		resp, err := c.Get(t.Context(), "/carve-test-revision")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp.Header.Revision
+	}
+	for range 50 {
+		before := revision()
+		st := readState(t, s, scenePools)
+		rep, err := a.Check(t.Context())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if revision() == before {
+			return st, rep
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Fatal("etcd kept changing after the child died")
+	return nil, nil
+}
+
 // checkReport runs the allocator's Check and expects exactly the leftovers
 // the independent check found, all repairable.
 func checkReport(t *testing.T, a *ipam.Allocator, want leftovers) {
@@ -526,6 +560,12 @@ func checkReport(t *testing.T, a *ipam.Allocator, want leftovers) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	checkReportOf(t, rep, want)
+}
+
+// checkReportOf is checkReport with the report of a Check made already.
+func checkReportOf(t *testing.T, rep *ipam.Report, want leftovers) {
+	t.Helper()
 	var got leftovers
 	for _, p := range rep.Problems {
 		switch {
