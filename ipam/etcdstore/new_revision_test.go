@@ -12,15 +12,15 @@ import (
 	"github.com/carve-ipam/carve/ipam/etcdstore"
 )
 
-// reviewRangeKV records the range reads made through it: reads of more
+// rangeKV records the range reads made through it: reads of more
 // than one key, or counts of keys.
-type reviewRangeKV struct {
+type rangeKV struct {
 	clientv3.KV
 	mu     sync.Mutex
 	ranges []string
 }
 
-func (k *reviewRangeKV) Get(ctx context.Context, key string, opts ...clientv3.OpOption) (*clientv3.GetResponse, error) {
+func (k *rangeKV) Get(ctx context.Context, key string, opts ...clientv3.OpOption) (*clientv3.GetResponse, error) {
 	if op := clientv3.OpGet(key, opts...); len(op.RangeBytes()) > 0 || op.IsCountOnly() {
 		k.mu.Lock()
 		k.ranges = append(k.ranges, fmt.Sprintf("[%q, %q) count-only=%v", key, op.RangeBytes(), op.IsCountOnly()))
@@ -29,7 +29,7 @@ func (k *reviewRangeKV) Get(ctx context.Context, key string, opts ...clientv3.Op
 	return k.KV.Get(ctx, key, opts...)
 }
 
-// TestReviewNewReadsNoRange checks what New asks of etcd: it needs etcd's
+// TestNewReadsNoRange checks what New asks of etcd: it needs etcd's
 // current revision (for the watch to start after it), which every response
 // header carries, so one key's read gives it. New used to count every key
 // under the prefix for it: etcd walks its whole key index for a count,
@@ -37,9 +37,9 @@ func (k *reviewRangeKV) Get(ctx context.Context, key string, opts ...clientv3.Op
 // CNI plugin invocation makes one) grew with the installation: 17ms for
 // 200,000 records on the test machine against 0.2ms for one key, every
 // time, with writes stalled meanwhile.
-func TestReviewNewReadsNoRange(t *testing.T) {
+func TestNewReadsNoRange(t *testing.T) {
 	c := newClient(t)
-	rec := &reviewRangeKV{KV: c.KV}
+	rec := &rangeKV{KV: c.KV}
 	c.KV = rec
 	prefix := freshPrefix()
 	s := newStore(t, c, etcdstore.Options{Prefix: prefix})

@@ -8,12 +8,12 @@ import (
 	"github.com/carve-ipam/carve/ipam/etcdstore"
 )
 
-// TestReviewInvalidKindErrorsNameCall: the package documents that errors
+// TestInvalidKindErrorsNameCall: the package documents that errors
 // name the operation and the key, and Commit's error for a write of an
 // invalid kind does; the single operations said only "invalid record kind
 // 200", which tells a caller of the store (a wrapper, a tool reading
 // records) neither which call failed nor on what.
-func TestReviewInvalidKindErrorsNameCall(t *testing.T) {
+func TestInvalidKindErrorsNameCall(t *testing.T) {
 	s := newStore(t, newClient(t), etcdstore.Options{})
 	ctx := t.Context()
 	const kind = ipam.Kind(200)

@@ -12,10 +12,10 @@ import (
 	"go.uber.org/zap"
 )
 
-// reviewCluster is an etcd cluster of several members inside the test
+// testCluster is an etcd cluster of several members inside the test
 // binary, whose members can be stopped and started again on the same
 // ports and data.
-type reviewCluster struct {
+type testCluster struct {
 	t       *testing.T
 	names   []string
 	dirs    []string
@@ -24,8 +24,8 @@ type reviewCluster struct {
 	members []*embed.Etcd
 }
 
-// reviewFreePorts returns n loopback ports free at the time of the call.
-func reviewFreePorts(t *testing.T, n int) []int {
+// freePorts returns n loopback ports free at the time of the call.
+func freePorts(t *testing.T, n int) []int {
 	t.Helper()
 	var lns []net.Listener
 	var ports []int
@@ -43,10 +43,10 @@ func reviewFreePorts(t *testing.T, n int) []int {
 	return ports
 }
 
-func newReviewCluster(t *testing.T, n int) *reviewCluster {
+func newCluster(t *testing.T, n int) *testCluster {
 	t.Helper()
-	ports := reviewFreePorts(t, 2*n)
-	c := &reviewCluster{t: t, members: make([]*embed.Etcd, n)}
+	ports := freePorts(t, 2*n)
+	c := &testCluster{t: t, members: make([]*embed.Etcd, n)}
 	for i := range n {
 		c.names = append(c.names, fmt.Sprintf("m%d", i))
 		c.dirs = append(c.dirs, t.TempDir())
@@ -72,7 +72,7 @@ func newReviewCluster(t *testing.T, n int) *reviewCluster {
 
 // start starts member i, on its ports and data, and waits for it to be
 // ready (which takes a leader).
-func (c *reviewCluster) start(i int) error {
+func (c *testCluster) start(i int) error {
 	var initial []string
 	for j := range c.names {
 		initial = append(initial, c.names[j]+"="+c.peer[j].String())
@@ -107,7 +107,7 @@ func (c *reviewCluster) start(i int) error {
 	return nil
 }
 
-func (c *reviewCluster) stop(i int) {
+func (c *testCluster) stop(i int) {
 	if c.members[i] != nil {
 		// At once, without handing leadership over first.
 		c.members[i].Server.HardStop()
@@ -116,4 +116,4 @@ func (c *reviewCluster) stop(i int) {
 	}
 }
 
-func (c *reviewCluster) endpoint(i int) string { return c.client[i].String() }
+func (c *testCluster) endpoint(i int) string { return c.client[i].String() }

@@ -12,20 +12,20 @@ import (
 	"github.com/carve-ipam/carve/ipam/etcdstore"
 )
 
-// reviewOddKeys are keys carve may pass (valid UTF-8, no control
+// oddKeys are keys carve may pass (valid UTF-8, no control
 // characters) that a key-value store could mangle or confuse.
-var reviewOddKeys = []string{
+var oddKeys = []string{
 	"with space", "trailing ", "ünïcödé", "emoji 😀", "ÿ", "slash/inside", "p//q", "p/q", "p/",
 	"a%2Fb", "..", ".", "UPPER", "upper", "~", "block/x", "0", strings.Repeat("k", ipam.MaxKeyLen),
 }
 
-// TestReviewSiblingPrefixesAndOddKeys runs stores under prefixes of which
+// TestSiblingPrefixesAndOddKeys runs stores under prefixes of which
 // one is a prefix of the other's bytes ("…/a/" and "…/ab/", and "…/a0/",
 // which sorts right after the ends of "…/a/"'s ranges), each holding the
 // same odd keys with its own values: every store sees exactly its own
 // records, byte for byte and in byte order, ranges select what they
 // should, and one store's writes never move another's generations.
-func TestReviewSiblingPrefixesAndOddKeys(t *testing.T) {
+func TestSiblingPrefixesAndOddKeys(t *testing.T) {
 	c := newClient(t)
 	ctx := t.Context()
 	base := freshPrefix()
@@ -44,7 +44,7 @@ func TestReviewSiblingPrefixesAndOddKeys(t *testing.T) {
 	// had every chance to see their writes by the time it sees its own.
 	for _, n := range []string{"ab", "a0", "a"} {
 		for _, k := range []ipam.Kind{ipam.KindBlock, ipam.KindHandle} {
-			for _, key := range reviewOddKeys {
+			for _, key := range oddKeys {
 				if _, err := stores[n].Create(ctx, k, key, []byte(n+":"+key)); err != nil {
 					t.Fatalf("store %s: Create(%s %q): %v", n, k, key, err)
 				}
@@ -70,7 +70,7 @@ func TestReviewSiblingPrefixesAndOddKeys(t *testing.T) {
 		}
 	}
 
-	sorted := slices.Clone(reviewOddKeys)
+	sorted := slices.Clone(oddKeys)
 	slices.Sort(sorted)
 	for _, n := range names {
 		s := stores[n]
@@ -89,7 +89,7 @@ func TestReviewSiblingPrefixesAndOddKeys(t *testing.T) {
 			if !slices.Equal(keys, sorted) {
 				t.Errorf("store %s: List(%s) keys\n%q\nwant\n%q", n, k, keys, sorted)
 			}
-			for _, key := range reviewOddKeys {
+			for _, key := range oddKeys {
 				rec, err := s.Get(ctx, k, key)
 				if err != nil || rec.Key != key || string(rec.Value) != n+":"+key {
 					t.Errorf("store %s: Get(%s %q) = %q %q, %v", n, k, key, rec.Key, rec.Value, err)
@@ -116,10 +116,10 @@ func TestReviewSiblingPrefixesAndOddKeys(t *testing.T) {
 	}
 }
 
-// TestReviewListLarge lists a kind of several thousand records, with
+// TestListLarge lists a kind of several thousand records, with
 // values large enough for the response to run to megabytes, whole and in
 // ranges: every record comes back, in order, once.
-func TestReviewListLarge(t *testing.T) {
+func TestListLarge(t *testing.T) {
 	c := newClient(t)
 	prefix := freshPrefix()
 	s := newStore(t, c, etcdstore.Options{Prefix: prefix})

@@ -33,12 +33,12 @@ func reviewSteady(s *etcdstore.Store, kind ipam.Kind) bool {
 	return s.Generation(kind) == g
 }
 
-// TestReviewGenerationsCompactedWhileAway cuts a store's connection,
+// TestGenerationsCompactedWhileAway cuts a store's connection,
 // changes a pool and compacts etcd past the change while it is away: the
 // client's own resume of the watch then finds its history gone, and the
 // store must count every kind as changed (the pool change among them),
 // resume, and follow later writes.
-func TestReviewGenerationsCompactedWhileAway(t *testing.T) {
+func TestGenerationsCompactedWhileAway(t *testing.T) {
 	p := newProxy(t)
 	prefix := freshPrefix()
 	s := newStore(t, newClientTo(t, p.endpoint()), etcdstore.Options{Prefix: prefix})
@@ -81,9 +81,9 @@ func TestReviewGenerationsCompactedWhileAway(t *testing.T) {
 	waitFor(t, "Generation(node) follows a write after the resume", func() bool { return s.Generation(ipam.KindNode) != gn })
 }
 
-// TestReviewCloseWhileEtcdHangs: Close returns at once although etcd does
+// TestCloseWhileEtcdHangs: Close returns at once although etcd does
 // not answer, and the store is blind from then on.
-func TestReviewCloseWhileEtcdHangs(t *testing.T) {
+func TestCloseWhileEtcdHangs(t *testing.T) {
 	p := newProxy(t)
 	s := newStore(t, newClientTo(t, p.endpoint()), etcdstore.Options{})
 	p.freeze()
@@ -100,18 +100,18 @@ func TestReviewCloseWhileEtcdHangs(t *testing.T) {
 	}
 }
 
-// TestReviewGenerationsLeaderLoss runs a store on one member of a
+// TestGenerationsLeaderLoss runs a store on one member of a
 // three-member cluster and stops the two others: its member loses its
 // leader, which cancels the store's watch (WithRequireLeader), and the
 // store must go blind (a new number on every call). The cluster then goes
 // on without that member (it is stopped, the others started) and changes a
 // pool. When the member is back, the store must have counted the change,
 // hold still, and follow later writes.
-func TestReviewGenerationsLeaderLoss(t *testing.T) {
+func TestGenerationsLeaderLoss(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts a three-member cluster")
 	}
-	c := newReviewCluster(t, 3)
+	c := newCluster(t, 3)
 	prefix := freshPrefix()
 	s := newStore(t, newClientTo(t, c.endpoint(0)), etcdstore.Options{Prefix: prefix, RequestTimeout: 5 * time.Second})
 	ctx := t.Context()
@@ -158,7 +158,7 @@ func TestReviewGenerationsLeaderLoss(t *testing.T) {
 
 // startAll starts the given members of c at once (a member is ready once
 // the cluster has a leader).
-func startAll(t *testing.T, c *reviewCluster, members ...int) {
+func startAll(t *testing.T, c *testCluster, members ...int) {
 	t.Helper()
 	errs := make(chan error, len(members))
 	for _, i := range members {
