@@ -19,15 +19,15 @@ func (p *proxy) cut() {
 	p.conns = nil
 }
 
-// reviewBlind reports whether s's generations move on every call, as they
+// isBlind reports whether s's generations move on every call, as they
 // do while its watch is down.
-func reviewBlind(s *etcdstore.Store) bool {
+func isBlind(s *etcdstore.Store) bool {
 	return s.Generation(ipam.KindPool) != s.Generation(ipam.KindPool)
 }
 
-// reviewSteady reports whether s's generation of kind holds still for a
+// isSteady reports whether s's generation of kind holds still for a
 // while.
-func reviewSteady(s *etcdstore.Store, kind ipam.Kind) bool {
+func isSteady(s *etcdstore.Store, kind ipam.Kind) bool {
 	g := s.Generation(kind)
 	time.Sleep(30 * time.Millisecond)
 	return s.Generation(kind) == g
@@ -59,7 +59,7 @@ func TestGenerationsCompactedWhileAway(t *testing.T) {
 	if _, err := other.Create(ctx, ipam.KindPool, "default", []byte("{}")); err != nil {
 		t.Fatal(err)
 	}
-	resp, err := direct.Put(ctx, "/review-unrelated", "x")
+	resp, err := direct.Put(ctx, "/unrelated", "x")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -73,7 +73,7 @@ func TestGenerationsCompactedWhileAway(t *testing.T) {
 	// Every kind counts as changed: the store cannot tell what the
 	// compaction dropped.
 	waitFor(t, "Generation(reservation) moves too", func() bool { return s.Generation(ipam.KindReservation) != gr })
-	waitFor(t, "the watch settles", func() bool { return reviewSteady(s, ipam.KindNode) })
+	waitFor(t, "the watch settles", func() bool { return isSteady(s, ipam.KindNode) })
 	gn := s.Generation(ipam.KindNode)
 	if _, err := other.Create(ctx, ipam.KindNode, "n1", []byte(`{"labels":{}}`)); err != nil {
 		t.Fatal(err)
@@ -95,7 +95,7 @@ func TestCloseWhileEtcdHangs(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("Close hangs while etcd does not answer")
 	}
-	if !reviewBlind(s) {
+	if !isBlind(s) {
 		t.Fatal("after Close, Generation holds still")
 	}
 }
@@ -130,13 +130,13 @@ func TestGenerationsLeaderLoss(t *testing.T) {
 	g := s.Generation(ipam.KindConfig)
 	put(1, ipam.KindConfig, "{}")
 	waitFor(t, "the watch is up", func() bool { return s.Generation(ipam.KindConfig) != g })
-	if reviewBlind(s) {
+	if isBlind(s) {
 		t.Fatal("blind with the watch up")
 	}
 
 	c.stop(1)
 	c.stop(2)
-	waitFor(t, "the store goes blind once its member has no leader", func() bool { return reviewBlind(s) })
+	waitFor(t, "the store goes blind once its member has no leader", func() bool { return isBlind(s) })
 	gp := s.Generation(ipam.KindPool)
 
 	// The cluster goes on without member 0.
@@ -144,7 +144,7 @@ func TestGenerationsLeaderLoss(t *testing.T) {
 	startAll(t, c, 1, 2)
 	put(2, ipam.KindPool, "{}")
 	startAll(t, c, 0)
-	waitFor(t, "the watch is back", func() bool { return !reviewBlind(s) && reviewSteady(s, ipam.KindPool) })
+	waitFor(t, "the watch is back", func() bool { return !isBlind(s) && isSteady(s, ipam.KindPool) })
 	if s.Generation(ipam.KindPool) == gp {
 		t.Fatal("Generation(pool) is where it was before the member lost its leader, though the pool changed meanwhile")
 	}
