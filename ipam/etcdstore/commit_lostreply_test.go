@@ -14,7 +14,9 @@ import (
 // (Options.RequestTimeout) while etcd is cut off, then lets the held
 // request through: etcd may still make the commit, all of it or none, and
 // once it is visible to another client the store's generations of the
-// written kinds must move past what they were after Commit returned.
+// written kinds must move past what they were after Commit returned. (The
+// records are of two kinds the store watches; a commit of an assignment
+// writes a block and a handle, whose generations change on every call.)
 func TestCommitLostReply(t *testing.T) {
 	p := newProxy(t)
 	c := newClientTo(t, p.endpoint())
@@ -23,18 +25,18 @@ func TestCommitLostReply(t *testing.T) {
 	direct := newStore(t, newClient(t), etcdstore.Options{Prefix: prefix})
 	ctx := t.Context()
 	// Read before the write: the watch may deliver it before Create returns.
-	g := s.Generation(ipam.KindBlock)
-	rev, err := direct.Create(ctx, ipam.KindBlock, "b", []byte("v1"))
+	g := s.Generation(ipam.KindAffinity)
+	rev, err := direct.Create(ctx, ipam.KindAffinity, "b", []byte("v1"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	// The watch is up.
-	waitFor(t, "the watch delivers the create", func() bool { return s.Generation(ipam.KindBlock) != g })
+	waitFor(t, "the watch delivers the create", func() bool { return s.Generation(ipam.KindAffinity) != g })
 
 	p.freeze()
 	writes := []ipam.Write{
-		{Kind: ipam.KindBlock, Key: "b", Value: []byte("v2"), Rev: rev},
-		{Kind: ipam.KindHandle, Key: "h", Value: []byte("h")},
+		{Kind: ipam.KindAffinity, Key: "b", Value: []byte("v2"), Rev: rev},
+		{Kind: ipam.KindNode, Key: "h", Value: []byte("h")},
 	}
 	err = s.Commit(ctx, writes, make([]ipam.Revision, 2))
 	if !errors.Is(err, context.DeadlineExceeded) {
@@ -44,13 +46,13 @@ func TestCommitLostReply(t *testing.T) {
 	if errors.As(err, &ce) {
 		t.Fatalf("a timeout reported as a refusal: %v", err)
 	}
-	gb, gh := s.Generation(ipam.KindBlock), s.Generation(ipam.KindHandle)
+	gb, gh := s.Generation(ipam.KindAffinity), s.Generation(ipam.KindNode)
 	p.unfreeze()
 	// The held commit reaches etcd now, and may or may not be made. Give it
 	// a moment (it lands about a third of the time), but decide nothing by
 	// the clock: on a loaded machine it may land later still.
 	landed := func() bool {
-		b, err := direct.Get(ctx, ipam.KindBlock, "b")
+		b, err := direct.Get(ctx, ipam.KindAffinity, "b")
 		return err == nil && string(b.Value) == "v2"
 	}
 	for end := time.Now().Add(300 * time.Millisecond); !landed() && time.Now().Before(end); {
@@ -60,13 +62,13 @@ func TestCommitLostReply(t *testing.T) {
 	// compares against either goes through, and then the commit can never
 	// be made, or conflicts, because the commit was made (nothing else
 	// writes the block).
-	_, ferr := direct.Update(ctx, ipam.KindBlock, "b", []byte("fence"), rev)
+	_, ferr := direct.Update(ctx, ipam.KindAffinity, "b", []byte("fence"), rev)
 	if ferr != nil && !errors.Is(ferr, ipam.ErrConflict) {
 		t.Fatal(ferr)
 	}
 	// One read of both records: all of the commit or none.
 	got := dump(t, newClient(t), prefix)
-	b, h := got[prefix+"block/b"], got[prefix+"handle/h"]
+	b, h := got[prefix+"affinity/b"], got[prefix+"node/h"]
 	switch {
 	case ferr != nil:
 		if b.value != "v2" || h.value != "h" || h.mod != b.mod || h.create != b.mod {
@@ -74,7 +76,7 @@ func TestCommitLostReply(t *testing.T) {
 		}
 		t.Logf("the lost commit landed at %d", b.mod)
 		waitFor(t, "the generations move once the landed commit is visible", func() bool {
-			return s.Generation(ipam.KindBlock) != gb && s.Generation(ipam.KindHandle) != gh
+			return s.Generation(ipam.KindAffinity) != gb && s.Generation(ipam.KindNode) != gh
 		})
 	case b.value != "fence" || len(got) != 1:
 		t.Fatalf("the lost commit was never made, yet etcd has %v", got)
@@ -82,11 +84,11 @@ func TestCommitLostReply(t *testing.T) {
 		t.Log("the lost commit never landed")
 	}
 	// A commit at the revision the store now holds goes through.
-	cur, err := s.Get(ctx, ipam.KindBlock, "b")
+	cur, err := s.Get(ctx, ipam.KindAffinity, "b")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := s.Commit(ctx, []ipam.Write{{Kind: ipam.KindBlock, Key: "b", Value: []byte("v3"), Rev: cur.Revision}}, make([]ipam.Revision, 1)); err != nil {
+	if err := s.Commit(ctx, []ipam.Write{{Kind: ipam.KindAffinity, Key: "b", Value: []byte("v3"), Rev: cur.Revision}}, make([]ipam.Revision, 1)); err != nil {
 		t.Fatal(err)
 	}
 }

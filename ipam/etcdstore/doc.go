@@ -55,11 +55,15 @@
 //
 // # Generations and their lag
 //
-// Store implements [ipam.Generations] with a watch on the prefix, which New
-// starts just after etcd's current revision, so that no later change is
-// missed. A kind's generation moves when a write through the same Store
-// returns (whatever its outcome) and when the watch delivers a change of
-// the kind, by anyone. Allocators therefore see their own process's pool,
+// Store implements [ipam.Generations] with a watch of each kind an
+// allocator caches (pools, configuration, reservations, affinities and
+// node labels), which New starts just after etcd's current revision, so
+// that no later change is missed. A kind's generation moves when a write
+// through the same Store returns (whatever its outcome) and when the watch
+// delivers a change of the kind, by anyone. Blocks and handles, which every
+// assignment in the cluster writes and no allocator keeps by generation,
+// are not watched, so that a process does not receive every block written
+// in the cluster; their generations change on every call. Allocators therefore see their own process's pool,
 // configuration and node label changes at once, and those of other
 // processes after the watch delivers them: a few milliseconds on a
 // healthy cluster, more under load, and as long as the client is cut off
@@ -73,11 +77,18 @@
 // from etcd reads the pools after its writes unless that block was
 // checked against them since it was read.
 //
-// When the watch is cancelled (a compaction past the revisions it still
-// has to deliver, the member losing its leader, a closed client) every
-// kind's generation moves, the watch resumes where it stopped, and until it
-// is back every call to Generation returns a new number, so that allocators
-// re-read rather than trust their caches. The same holds after Close.
+// When a watch is cancelled (a compaction past the revisions it still has
+// to deliver, the member losing its leader, a closed client) its kind's
+// generation moves, the watch resumes where it stopped (after a
+// compaction, at the oldest revision etcd still has), and until it is back
+// every call to Generation for the kind returns a new number, so that
+// allocators re-read rather than trust their caches. The same holds for
+// every kind after Close.
+//
+// A watch stays on the member it started on. A client with several
+// endpoints should set clientv3.Config's DialKeepAliveTime and
+// DialKeepAliveTimeout, so that a member that hangs while it still has a
+// leader is left for another instead of holding the watches still.
 //
 // # Restoring etcd from a backup
 //

@@ -118,6 +118,8 @@ type proxy struct {
 	frozen bool
 	thaw   chan struct{} // closed when frozen ends
 	conns  []net.Conn
+
+	toClients atomic.Int64 // bytes forwarded from etcd to the clients
 }
 
 // newProxy starts a proxy to the shared etcd, stopped when the test ends.
@@ -152,14 +154,14 @@ func (p *proxy) serve() {
 		p.mu.Lock()
 		p.conns = append(p.conns, in, out)
 		p.mu.Unlock()
-		go p.pipe(out, in)
-		go p.pipe(in, out)
+		go p.pipe(out, in, nil)
+		go p.pipe(in, out, &p.toClients)
 	}
 }
 
 // pipe copies from src to dst, holding every chunk while the proxy is
-// frozen.
-func (p *proxy) pipe(dst, src net.Conn) {
+// frozen, and adds the bytes it copies to count unless it is nil.
+func (p *proxy) pipe(dst, src net.Conn, count *atomic.Int64) {
 	defer dst.Close()
 	buf := make([]byte, 32<<10)
 	for {
@@ -171,6 +173,9 @@ func (p *proxy) pipe(dst, src net.Conn) {
 			<-thaw
 			if _, werr := dst.Write(buf[:n]); werr != nil {
 				return
+			}
+			if count != nil {
+				count.Add(int64(n))
 			}
 		}
 		if err != nil {

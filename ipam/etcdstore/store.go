@@ -38,9 +38,9 @@ type Options struct {
 }
 
 // Store is an [ipam.Store] on etcd. It also implements [ipam.Generations],
-// fed by a watch on the prefix, and [ipam.Committer], with one etcd
-// transaction per Commit. It is safe for concurrent use; Close stops the
-// watch.
+// fed by watches of the kinds an allocator caches, and [ipam.Committer],
+// with one etcd transaction per Commit. It is safe for concurrent use;
+// Close stops the watches.
 type Store struct {
 	kv      clientv3.KV
 	prefix  string
@@ -49,9 +49,9 @@ type Store struct {
 	kindPrefix [maxKinds]string
 
 	gens      [maxKinds]atomic.Uint64
-	blind     atomic.Bool // the watch is down: see Generation
+	blind     [maxKinds]atomic.Bool // the kind's watch is down, or none: see Generation
 	stopWatch context.CancelFunc
-	watchDone chan struct{}
+	watchers  sync.WaitGroup
 	closeOnce sync.Once
 }
 
@@ -65,18 +65,18 @@ var (
 )
 
 // New returns a Store that keeps its records in etcd through client, and
-// starts the watch behind [Store.Generation]. ctx bounds the one request New
-// makes, which reads etcd's current revision: the watch starts right after
-// it, so no change made after New returns can be missed. New fails if etcd
-// cannot be reached before ctx is done.
+// starts the watches behind [Store.Generation]. ctx bounds the one request
+// New makes, which reads etcd's current revision: the watches start right
+// after it, so no change made after New returns can be missed. New fails if
+// etcd cannot be reached before ctx is done.
 //
 // The client stays the caller's. Close the Store when done with it; closing
-// the client stops the watch too.
+// the client stops the watches too.
 func New(ctx context.Context, client *clientv3.Client, opts Options) (*Store, error) {
 	return newStore(ctx, client, opts, 0)
 }
 
-// newStore is New with the watch starting at startRev instead of after the
+// newStore is New with the watches starting at startRev instead of after the
 // current revision when startRev > 0 (tests use it to start behind a
 // compaction).
 func newStore(ctx context.Context, client *clientv3.Client, opts Options, startRev int64) (*Store, error) {
@@ -116,21 +116,29 @@ func newStore(ctx context.Context, client *clientv3.Client, opts Options, startR
 	}
 	wctx, stop := context.WithCancel(context.Background())
 	s.stopWatch = stop
-	s.watchDone = make(chan struct{})
-	go s.watch(wctx, client, startRev)
+	for _, k := range ipam.Kinds {
+		if !watched(k) {
+			s.blind[k].Store(true)
+			continue
+		}
+		// One watch per kind; the etcd client carries them all on one
+		// stream.
+		s.watchers.Add(1)
+		go s.watch(wctx, client, k, startRev)
+	}
 	return s, nil
 }
 
 // Prefix returns the prefix of the store's keys.
 func (s *Store) Prefix() string { return s.prefix }
 
-// Close stops the watch and waits for it to end. The store stays usable,
+// Close stops the watches and waits for them to end. The store stays usable,
 // but Generation then changes on every call, so allocators re-read pools,
 // configuration and affinities every time. Close does not close the client.
 func (s *Store) Close() error {
 	s.closeOnce.Do(func() {
 		s.stopWatch()
-		<-s.watchDone
+		s.watchers.Wait()
 	})
 	return nil
 }
