@@ -51,8 +51,14 @@ func (o *keyOrder) insert(key string, p *entry) {
 		return
 	}
 	c := o.chunkFor(key)
-	i, _ := search(o.chunks[c], key)
-	ch := slices.Insert(o.chunks[c], i, keyed{key, p})
+	old := o.chunks[c]
+	i, _ := search(old, key)
+	ch := slices.Insert(old, i, keyed{key, p})
+	if cap(ch) != cap(old) {
+		// Moved: the old room, which may be part of the array a reset
+		// took over and so live on, keeps no entries alive.
+		clear(old)
+	}
 	if len(ch) <= maxChunk {
 		o.chunks[c] = ch
 		return
@@ -93,8 +99,16 @@ func (o *keyOrder) remove(key string) {
 }
 
 // join moves chunk c+1's keys to the end of chunk c and drops chunk c+1.
+// The room either chunk leaves keeps no entries alive: it may be part of
+// the array a reset took over, which the other chunks cut from it keep.
 func (o *keyOrder) join(c int) {
-	o.chunks[c] = append(o.chunks[c], o.chunks[c+1]...)
+	a, b := o.chunks[c], o.chunks[c+1]
+	ch := append(a, b...)
+	if cap(ch) != cap(a) {
+		clear(a)
+	}
+	clear(b)
+	o.chunks[c] = ch
 	o.chunks = slices.Delete(o.chunks, c+1, c+2)
 }
 
