@@ -12,14 +12,14 @@ import (
 	"github.com/carve-ipam/carve/block"
 )
 
-// TestReviewManyAttributeSetsModel: handles that own addresses under more
+// TestManyAttributeSetsModel: handles that own addresses under more
 // attribute sets than find compares by map (so that lookups go by the hash
 // of the encoding), through allocations with reused, copied and empty maps,
 // releases, releases by handle, Mirror between two versions, CopyTo and
 // both decoders. After every step the block is consistent (Verify: no
 // stale encoding hash, no duplicate record), holds exactly what the model
 // says, and reports one owner per distinct handle and attribute set.
-func TestReviewManyAttributeSetsModel(t *testing.T) {
+func TestManyAttributeSetsModel(t *testing.T) {
 	rapid.Check(t, func(t *rapid.T) {
 		p := netip.MustParsePrefix(rapid.SampledFrom([]string{"10.0.0.0/26", "10.0.0.0/28", "fd00::/122"}).Draw(t, "prefix"))
 		b, err := block.New(p)

@@ -14,20 +14,20 @@ import (
 	"github.com/carve-ipam/carve/pool"
 )
 
-// reviewCommitterStore is a memstore seen as a store with Committer and
+// committerOnlyStore is a memstore seen as a store with Committer and
 // without BlockKeeper (as etcd is), whose commits go through hook first.
-type reviewCommitterStore struct {
+type committerOnlyStore struct {
 	ipam.Store
 	s    *memstore.Store
 	hook func(writes []ipam.Write)
 }
 
-func (s *reviewCommitterStore) Commit(ctx context.Context, writes []ipam.Write, revs []ipam.Revision) error {
+func (s *committerOnlyStore) Commit(ctx context.Context, writes []ipam.Write, revs []ipam.Revision) error {
 	s.hook(writes)
 	return s.s.Commit(ctx, writes, revs)
 }
 
-// TestReviewJoinedReleaseRefusedRepeatedly: every joined commit of a
+// TestJoinedReleaseRefusedRepeatedly: every joined commit of a
 // release by handle is refused at the handle's record, up to k times,
 // because another allocator assigns under the handle in a fresh block
 // just before it: the record grows past what one commit takes, or the
@@ -38,7 +38,7 @@ func (s *reviewCommitterStore) Commit(ctx context.Context, writes []ipam.Write, 
 // handle still holds, if anything, is exactly what it did not return. With
 // enough retries, the record ends up naming more blocks than a commit
 // takes, and the release goes block by block.
-func TestReviewJoinedReleaseRefusedRepeatedly(t *testing.T) {
+func TestJoinedReleaseRefusedRepeatedly(t *testing.T) {
 	pools := []pool.Pool{
 		{Name: "v4", CIDR: netip.MustParsePrefix("10.0.0.0/24"), BlockSize: 30},
 		{Name: "v6", CIDR: netip.MustParsePrefix("fd00::/120"), BlockSize: 126},
@@ -76,7 +76,7 @@ func TestReviewJoinedReleaseRefusedRepeatedly(t *testing.T) {
 				if keeper {
 					st = &commitHookStore{Store: s, hook: hook}
 				} else {
-					st = &reviewCommitterStore{Store: s, s: s, hook: hook}
+					st = &committerOnlyStore{Store: s, s: s, hook: hook}
 				}
 				a, err := ipam.New(st, ipam.Options{MaxRetries: c.retries})
 				require.NoError(t, err)

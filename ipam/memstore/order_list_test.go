@@ -13,13 +13,13 @@ import (
 	"github.com/carve-ipam/carve/ipam/memstore"
 )
 
-// TestReviewListAcrossChunks: kinds of a few thousand records (several
+// TestListAcrossChunks: kinds of a few thousand records (several
 // chunks of the key order, for the eager affinity kind and the lazily
 // ordered handle kind), created and deleted in random order and in runs,
 // with the store sometimes saved and loaded again, list exactly the
 // records of any range: ranges that start and end on existing keys, on
 // keys just before and after them, on nothing, and empty ranges.
-func TestReviewListAcrossChunks(t *testing.T) {
+func TestListAcrossChunks(t *testing.T) {
 	rapid.Check(t, func(t *rapid.T) {
 		ctx := t.Context()
 		s := memstore.New()
@@ -138,11 +138,11 @@ func drawRange(t *rapid.T, m map[string]ipam.Revision, space int, keyOf func(int
 	return ipam.KeyRange{Start: bound("start"), End: bound("end")}
 }
 
-// TestReviewConcurrentListWhileWriting: Lists under the read lock while
+// TestConcurrentListWhileWriting: Lists under the read lock while
 // other goroutines create and delete keys all over a kind of several
 // chunks never see a key twice, out of order or out of range, and always
 // see the keys no one touches.
-func TestReviewConcurrentListWhileWriting(t *testing.T) {
+func TestConcurrentListWhileWriting(t *testing.T) {
 	ctx := t.Context()
 	s := memstore.New()
 	const n = 4000

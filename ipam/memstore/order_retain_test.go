@@ -10,13 +10,13 @@ import (
 	"github.com/carve-ipam/carve/ipam"
 )
 
-// TestReviewLoadedOrderKeepsNoDeletedEntries: a store loaded from a
+// TestLoadedOrderKeepsNoDeletedEntries: a store loaded from a
 // snapshot, in which a key is then created in every other chunk of a
 // kind's order and half the loaded keys of those chunks deleted (nodes
 // replaced over time), keeps no deleted record alive beyond the free list
 // of entries: the order's chunks, cut from one array at the load, must not
 // hold the entries of records deleted since.
-func TestReviewLoadedOrderKeepsNoDeletedEntries(t *testing.T) {
+func TestLoadedOrderKeepsNoDeletedEntries(t *testing.T) {
 	ctx := t.Context()
 	const n = 24 * maxChunk
 	keyOf := func(i int) string { return fmt.Sprintf("node-%06d/10.0.0.0-26", i) }
