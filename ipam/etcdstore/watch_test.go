@@ -22,7 +22,8 @@ func (p *proxy) cut() {
 // isBlind reports whether s's generations move on every call, as they
 // do while its watch is down.
 func isBlind(s *etcdstore.Store) bool {
-	return s.Generation(ipam.KindPool) != s.Generation(ipam.KindPool)
+	g := s.Generation(ipam.KindPool)
+	return s.Generation(ipam.KindPool) != g
 }
 
 // isSteady reports whether s's generation of kind holds still for a
