@@ -650,7 +650,12 @@ func (a *Allocator) settleUnsettled(ctx context.Context, o *assignOp) error {
 	}
 	o.h.unsettled = nil
 	if len(rels) > 0 {
-		if _, rerr := a.releaseIPs(ctx, false, o.cooled, rels, &o.h); rerr != nil && !errors.Is(rerr, ErrSeqMismatch) && !errors.Is(rerr, ErrHandleMismatch) {
+		// The counts go down through a transaction of their own, not o's:
+		// a write that landed unseen may have created or changed the
+		// handle's record in its commit, which o then does not know as its
+		// own, and with NewHandle refuses to change. What the blocks
+		// released is what the counts lose, whoever wrote the record.
+		if _, rerr := a.releaseIPs(ctx, false, o.cooled, rels, nil); rerr != nil && !errors.Is(rerr, ErrSeqMismatch) && !errors.Is(rerr, ErrHandleMismatch) {
 			for _, r := range rels {
 				unknown = append(unknown, r.Addr.String())
 			}
