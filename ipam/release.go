@@ -64,7 +64,11 @@ const (
 // certain by then: an address is in Released only if the write that freed
 // it succeeded, and in NotAllocated only if a read that completed found it
 // free. A write whose reply was lost may still have freed an address it
-// does not list; releasing again settles it.
+// does not list; releasing again settles the address (NotAllocated then),
+// but not its handle's count, which the lost write may have left one too
+// high: Check reports it (ProblemHandleExcess), and Repair or a Collector
+// removes it. (Unlike ReleaseByHandle and assignments, ReleaseIPs writes
+// each block and then the handle counts, not both in one commit.)
 //
 // With Config.ReleaseCooldown set, each address released records when, and
 // is not assigned again automatically until the cooldown has passed.

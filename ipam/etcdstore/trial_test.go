@@ -385,8 +385,8 @@ func (ag *trialAgent) churn(ctx context.Context, c *trialCluster, seed uint64, o
 	return nil
 }
 
-// TestReviewTrialCluster is the whole trial.
-func TestReviewTrialCluster(t *testing.T) {
+// TestTrialCluster is the whole trial.
+func TestTrialCluster(t *testing.T) {
 	ctx := t.Context()
 	prefix := freshPrefix()
 	clk := &trialClock{now: time.Now()}
@@ -907,7 +907,7 @@ func trialVerify(t *testing.T, ctx context.Context, a *ipam.Allocator, c *trialC
 	}
 }
 
-// TestReviewTrialFreezeMidFlight cuts one agent off from etcd again and
+// TestTrialFreezeMidFlight cuts one agent off from etcd again and
 // again while it runs pods, as a flaky link would, with the kubelet's
 // behaviour: a sandbox whose ADD fails is torn down (DEL) and made again
 // under a new container ID; a DEL that fails is sent again. Another agent
@@ -916,11 +916,11 @@ func trialVerify(t *testing.T, ctx context.Context, a *ipam.Allocator, c *trialC
 //
 // A request whose commit reached etcd while its reply was lost can leave a
 // handle record counting an address no block holds (see
-// TestReviewLostCommitReplyLeavesHandle), which makes Check unclean. The
+// TestLostCommitReplyLeavesHandle), which makes Check unclean. The
 // agent cannot remove it (ReleaseByHandle says ErrHandleNotFound), so the
 // controller runs Repair, with a settle time since the agents keep
 // working, before the final check.
-func TestReviewTrialFreezeMidFlight(t *testing.T) {
+func TestTrialFreezeMidFlight(t *testing.T) {
 	ctx := t.Context()
 	prefix := freshPrefix()
 	ctl, err := ipam.New(newStore(t, newClient(t), etcdstore.Options{Prefix: prefix}), ipam.Options{})

@@ -63,7 +63,7 @@ func (s *lossyStore) Get(ctx context.Context, kind ipam.Kind, key string) (ipam.
 	return s.Store.Get(ctx, kind, key)
 }
 
-// TestReviewLostCommitReplyLeavesHandle: a node agent's CNI ADD (dual-stack,
+// TestLostCommitReplyLeavesHandle: a node agent's CNI ADD (dual-stack,
 // NewHandle) whose commit of handle and block landed in etcd while its
 // reply was lost, and whose next read of the block failed, fails, as it
 // should; etcd works again at once. The documentation says that a failed
@@ -78,7 +78,7 @@ func (s *lossyStore) Get(ctx context.Context, kind ipam.Kind, key string) (ipam.
 // failure leaves nothing: the rollback's lowering of the count goes through
 // the request's exclusive handle transaction, whose read refuses the
 // record that the lost commit created, as not its own.)
-func TestReviewLostCommitReplyLeavesHandle(t *testing.T) {
+func TestLostCommitReplyLeavesHandle(t *testing.T) {
 	for _, stale := range []bool{false, true} {
 		t.Run(fmt.Sprintf("staleRead=%v", stale), func(t *testing.T) {
 			ctx := t.Context()
