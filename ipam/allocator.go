@@ -365,7 +365,7 @@ func unmarshalPools(data []byte) (*pool.Set, uint64, error) {
 }
 
 // Config returns the configuration in force: the stored one, or
-// DefaultConfig when none was set.
+// DefaultConfig when none was set. It reads the store, as Pools does.
 func (a *Allocator) Config(ctx context.Context) (Config, error) {
 	v, err := a.readView(ctx)
 	if err != nil {

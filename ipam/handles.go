@@ -370,7 +370,7 @@ func (h *handleTx) exists() error {
 	for _, hc := range h.rec.entries() {
 		n += hc.count
 	}
-	return fmt.Errorf("ipam: request with NewHandle under %q: %w (its record counts %d; AssignedByHandle shows what the blocks hold so far)", h.id, ErrHandleExists, n)
+	return fmt.Errorf("ipam: request with NewHandle under %q: %w (its record counts %d; AssignedByHandle shows what the blocks hold so far, and a count no block bears out is an assignment in flight or a failed write's leftover, which Check reports and Repair removes)", h.id, ErrHandleExists, n)
 }
 
 // unknown is the error of an exclusive operation that finds the handle's

@@ -147,7 +147,9 @@ func (a *Allocator) SetNodeLabels(ctx context.Context, node string, labels map[s
 }
 
 // NodeLabels returns the labels stored for node by SetNodeLabels: nil if
-// there are none. The map is the caller's.
+// there are none. The map is the caller's. It reads the store, as Pools
+// does; an assignment that uses the stored labels sees another process's
+// change after the same lag.
 func (a *Allocator) NodeLabels(ctx context.Context, node string) (map[string]string, error) {
 	const op = "node labels"
 	if err := checkNode(op, node); err != nil {

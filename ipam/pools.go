@@ -520,7 +520,10 @@ func (a *Allocator) releaseAnyAffinity(ctx context.Context, blk netip.Prefix, af
 }
 
 // Pools returns the pools in the store, in name order, each with its
-// Version (see UpdatePool).
+// Version (see UpdatePool). It reads the store, not the allocator's cache:
+// assignments use the cache, which sees another process's change once the
+// store's generations move (at once on memstore, after the watch's lag on
+// etcd: see Generations).
 func (a *Allocator) Pools(ctx context.Context) ([]pool.Pool, error) {
 	v, err := a.readView(ctx)
 	if err != nil {
@@ -535,7 +538,8 @@ func (a *Allocator) Pools(ctx context.Context) ([]pool.Pool, error) {
 }
 
 // Pool returns the pool with the given name, with its Version (see
-// UpdatePool), or an error matching ErrPoolNotFound.
+// UpdatePool), or an error matching ErrPoolNotFound. It reads the store,
+// as Pools does.
 func (a *Allocator) Pool(ctx context.Context, name string) (pool.Pool, error) {
 	v, err := a.readView(ctx)
 	if err != nil {

@@ -16,7 +16,7 @@ import (
 // each of its own writes moves it twice). It lags etcd by the watch's
 // delivery time: see the package documentation.
 //
-// Blocks and handles are not watched (see watched): their numbers change
+// Blocks and handles are not watched (see the package documentation): their numbers change
 // on every call, as they do for every kind while its watch is down (after
 // Close, or between a failure and its restart), so that an allocator
 // re-reads instead of trusting a cache nobody keeps up to date.
