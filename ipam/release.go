@@ -64,11 +64,15 @@ const (
 // certain by then: an address is in Released only if the write that freed
 // it succeeded, and in NotAllocated only if a read that completed found it
 // free. A write whose reply was lost may still have freed an address it
-// does not list; releasing again settles the address (NotAllocated then),
-// but not its handle's count, which the lost write may have left one too
-// high: Check reports it (ProblemHandleExcess), and Repair or a Collector
-// removes it. (Unlike ReleaseByHandle and assignments, ReleaseIPs writes
-// each block and then the handle counts, not both in one commit.)
+// does not list; releasing again settles it. On a store with Committer
+// (memstore, etcd), addresses in one block are released in one commit with
+// the lowering of their handle's count, so a release repeated after a lost
+// reply finds both done or neither. Across blocks, the blocks are written
+// first and each handle's counts lowered once at the end: a lost reply
+// there can leave a count too high, which releasing again does not lower;
+// Check reports it (ProblemHandleExcess) and Repair or a Collector removes
+// it. ReleaseByHandle releases a handle in up to seven blocks in one
+// commit.
 //
 // With Config.ReleaseCooldown set, each address released records when, and
 // is not assigned again automatically until the cooldown has passed.
@@ -139,7 +143,10 @@ func (a *Allocator) releaseIPs(ctx context.Context, stamp bool, prior map[netip.
 	result := func() ReleaseResult { return releaseResult(rels, status, deleted) }
 	for _, blk := range order {
 		idx := groups[blk]
-		found, err := a.releaseFromBlock(ctx, blk, rels, idx, status, refusals, times, lowers, &deleted)
+		// Addresses in one block (a pod's, one leak) join the lowering of
+		// their handle's count to the block's write; across blocks the
+		// counts are lowered once at the end, in one write per handle.
+		found, err := a.releaseFromBlock(ctx, blk, rels, idx, status, refusals, times, lowers, &deleted, own == nil && len(order) == 1)
 		if err != nil {
 			return result(), a.lowerHandles(ctx, lowers, err, own)
 		}
@@ -155,7 +162,7 @@ func (a *Allocator) releaseIPs(ctx context.Context, stamp bool, prior map[netip.
 					status[i] = relNotAllocated
 					continue
 				}
-				found, err := a.releaseFromBlock(ctx, b, rels, []int{i}, status, refusals, times, lowers, &deleted)
+				found, err := a.releaseFromBlock(ctx, b, rels, []int{i}, status, refusals, times, lowers, &deleted, false)
 				if err != nil {
 					return result(), a.lowerHandles(ctx, lowers, err, own)
 				}
@@ -288,17 +295,22 @@ func (a *Allocator) findBlock(ctx context.Context, addr netip.Addr) (netip.Prefi
 
 // releaseFromBlock releases the requests idx of rels that lie in blk, with
 // one compare-and-swap write, and adds what it freed per handle to lowers
-// for the caller to write once every block is done. It reports whether the
-// block exists, and appends blk to deleted if the write deleted it.
-func (a *Allocator) releaseFromBlock(ctx context.Context, blk netip.Prefix, rels []Release, idx []int, status []releaseStatus, refusals []error, times releaseTimes, lowers handleLowers, deleted *[]netip.Prefix) (bool, error) {
+// for the caller to write once every block is done. With join, on a store
+// with Committer, the addresses of one handle are released in one commit
+// with the lowering of its count (see releaseJoinedIPs), which then needs
+// no write of its own. It reports whether the block exists, and appends
+// blk to deleted if the write deleted it.
+func (a *Allocator) releaseFromBlock(ctx context.Context, blk netip.Prefix, rels []Release, idx []int, status []releaseStatus, refusals []error, times releaseTimes, lowers handleLowers, deleted *[]netip.Prefix, join bool) (bool, error) {
 	e := a.entry(blk)
 	e.lock()
 	defer e.unlock()
 	exists := false
 	var freed map[string]int // per handle
+	var h handleTx           // the handle of a joined commit, kept across attempts
+	joined := false
 	err := a.retry(ctx, "release from block", e.name, func() error {
 		// Each attempt starts over: nothing of a failed one carries on.
-		exists, freed = false, nil
+		exists, freed, joined = false, nil, false
 		for _, i := range idx {
 			status[i], refusals[i] = relPending, nil
 		}
@@ -350,6 +362,20 @@ func (a *Allocator) releaseFromBlock(ctx context.Context, blk netip.Prefix, rels
 		if len(freed) == 0 {
 			return nil
 		}
+		if join && a.committer != nil && len(freed) == 1 {
+			for handle, k := range freed {
+				if handle != "" {
+					if h.id != handle {
+						h.init(a, handle, false)
+					}
+					var err error
+					joined, err = a.releaseJoinedIPs(ctx, e, &h, k)
+					if joined || err != nil {
+						return err
+					}
+				}
+			}
+		}
 		return a.commit(ctx, e)
 	})
 	if err != nil {
@@ -361,13 +387,67 @@ func (a *Allocator) releaseFromBlock(ctx context.Context, blk netip.Prefix, rels
 		}
 		return exists, err
 	}
-	for handle, k := range freed {
-		lowers.add(handle, blk, k)
+	if !joined {
+		for handle, k := range freed {
+			lowers.add(handle, blk, k)
+		}
 	}
 	if len(freed) > 0 && e.blk == nil {
 		*deleted = append(*deleted, blk)
 	}
 	return exists, nil
+}
+
+// releaseJoinedIPs writes e's staged block, which releases k addresses of
+// h's handle, in one commit with h's record, its count for the block
+// lowered by k, so that no crash or lost reply comes between the two: a
+// release repeated after a lost reply finds both done or neither. joined
+// is false, with nothing written, when the record counts fewer than k
+// there (nothing to lower: the caller writes the block alone). A refusal
+// at the record is a race, for the caller's retry to settle with a fresh
+// read of it.
+func (a *Allocator) releaseJoinedIPs(ctx context.Context, e *blockEntry, h *handleTx, k int) (joined bool, err error) {
+	if !h.known {
+		if err := h.read(ctx); err != nil {
+			return false, err
+		}
+	}
+	had := h.rec.count(e.prefix)
+	if had < k {
+		return false, nil
+	}
+	h.rec.put(e.prefix, had-k)
+	ws := e.writes[:2]
+	h.writeOp(&ws[joinedHandle])
+	del, keep, err := a.blockChange(ctx, e, &ws[joinedBlock])
+	if err != nil {
+		h.rec.put(e.prefix, had)
+		return false, err
+	}
+	err = a.committer.Commit(ctx, ws, e.revs[:2])
+	dropValues(ws)
+	if err != nil {
+		if refusedAt(err) == joinedBlock {
+			h.rec.put(e.prefix, had) // the record is as it was
+			return false, a.blockWriteFailed(e, fmt.Errorf("with handle %q: %w", h.id, err))
+		}
+		h.commitFailed(err)
+		if refusedAt(err) == joinedHandle {
+			return false, handleRefused(e, h, err)
+		}
+		return false, a.blockWriteFailed(e, fmt.Errorf("with handle %q: %w", h.id, err))
+	}
+	h.committed(false, e.revs[joinedHandle])
+	h.remember()
+	if del {
+		e.deleted()
+		return true, nil
+	}
+	e.wrote(e.revs[joinedBlock])
+	if keep {
+		return true, a.keptStands(ctx, e)
+	}
+	return true, nil
 }
 
 // handleLowers collects, per handle and block, how many addresses a
