@@ -133,6 +133,22 @@ func Filled(tb testing.TB, store ipam.Store, p Pool, fill int) *ipam.Allocator {
 	return a
 }
 
+// Batched returns an allocator on store with the empty pool p, where [Node]
+// has assigned a batch of n addresses under one handle and released it
+// again, so that it holds every block a batch of n needs: the state a node
+// is in for its second and later batches. A node's first batch claims its
+// blocks as it goes (BenchmarkFirstBatch times that); leaving it inside a
+// timed loop would charge the claims to whichever round came first, more
+// so the fewer rounds the loop runs.
+func Batched(tb testing.TB, store ipam.Store, p Pool, n int) *ipam.Allocator {
+	tb.Helper()
+	a := Filled(tb, store, p, 0)
+	if err := AllocRelease(context.Background(), a, p.Args(n, "batch", Node)); err != nil {
+		tb.Fatalf("batch of %d in %s: %v", n, p.Name, err)
+	}
+	return a
+}
+
 // AllocRelease assigns one address with args and releases it by handle: the
 // steady-state pair the allocate+release benchmarks time.
 func AllocRelease(ctx context.Context, a *ipam.Allocator, args ipam.AutoAssignArgs) error {
