@@ -198,29 +198,27 @@ const HeapNodes = HeapAddrs / 64
 // HeapPerAddr returns the live heap, in bytes per address, that a fresh
 // allocator on store (made by newStore) grows by when HeapAddrs addresses
 // of p are assigned one AutoAssign at a time, spread over HeapNodes nodes.
-// Handle and node names are made before the baseline, so the caller's own
-// strings are not counted; whatever carve keeps of them is.
+// Each request's handle and node names are made inside the measure and
+// dropped by the caller after the call, as a server drops a request's
+// strings once it has answered: what carve keeps of them (it keeps a
+// handle's string itself, not a copy) is counted, the rest is garbage.
 func HeapPerAddr(tb testing.TB, newStore func() ipam.Store, p Pool, h Handles) float64 {
 	tb.Helper()
 	ctx := context.Background()
-	args := make([]ipam.AutoAssignArgs, HeapAddrs)
-	for i := range args {
-		handle := "pod"
-		if h == UniqueHandles {
-			handle = fmt.Sprintf("pod-%d", i)
-		}
-		args[i] = p.Args(1, handle, fmt.Sprintf("node-%d", i%HeapNodes))
-	}
 	a := New(tb, newStore(), p)
 	grew := HeapGrowth(func() any {
-		for _, x := range args {
-			if _, err := a.AutoAssign(ctx, x); err != nil {
+		for i := range HeapAddrs {
+			handle := "pod"
+			if h == UniqueHandles {
+				handle = fmt.Sprintf("pod-%d", i)
+			}
+			args := p.Args(1, handle, fmt.Sprintf("node-%d", i%HeapNodes))
+			if _, err := a.AutoAssign(ctx, args); err != nil {
 				tb.Fatal(err)
 			}
 		}
 		return a
 	})
-	runtime.KeepAlive(args) // the names stay the caller's, outside the measure
 	return float64(grew) / HeapAddrs
 }
 
