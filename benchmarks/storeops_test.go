@@ -18,8 +18,11 @@ import (
 // store on memstore:
 //
 //   - op=steady: the node's block has room; then ReleaseByHandle.
-//   - op=claim: a new node's first AutoAssign claims a block in an empty
-//     pool; then ReleaseByHandle and ReleaseHostAffinities.
+//   - op=claim: a new node's first AutoAssign claims a block in a pool
+//     filled to fill percent (as BenchmarkClaim's); then ReleaseByHandle
+//     and ReleaseHostAffinities. In a crowded /16 the node's walk meets
+//     blocks other nodes hold, and at 99% falls back to listing the
+//     pool's blocks, which costs round trips of its own.
 //   - op=borrow: every block of the pool is claimed by another node and
 //     half full, so the node borrows; then ReleaseByHandle.
 //
@@ -37,21 +40,23 @@ func BenchmarkStoreOps(b *testing.B) {
 		})
 	}
 	for _, p := range workload.Pools {
-		b.Run(fmt.Sprintf("op=claim/pool=%s", p.Name), func(b *testing.B) {
-			store := storetest.NewCountingStore(memstore.New())
-			a := workload.Filled(b, store, p, 0)
-			node := func(i int) string { return fmt.Sprintf("new-node-%d", i) }
-			benchStoreOps(b, store, func(i int) error {
-				_, err := a.AutoAssign(ctx, p.Args(1, node(i), node(i)))
-				return err
-			}, func(i int) error {
-				if _, err := a.ReleaseByHandle(ctx, node(i)); err != nil {
+		for _, fill := range workload.Fills {
+			b.Run(fmt.Sprintf("op=claim/pool=%s/fill=%d", p.Name, fill), func(b *testing.B) {
+				store := storetest.NewCountingStore(memstore.New())
+				a := workload.Filled(b, store, p, fill)
+				node := func(i int) string { return fmt.Sprintf("new-node-%d", i) }
+				benchStoreOps(b, store, func(i int) error {
+					_, err := a.AutoAssign(ctx, p.Args(1, node(i), node(i)))
 					return err
-				}
-				_, err := a.ReleaseHostAffinities(ctx, node(i), false)
-				return err
+				}, func(i int) error {
+					if _, err := a.ReleaseByHandle(ctx, node(i)); err != nil {
+						return err
+					}
+					_, err := a.ReleaseHostAffinities(ctx, node(i), false)
+					return err
+				})
 			})
-		})
+		}
 	}
 	for _, p := range []workload.Pool{workload.V4Small, workload.V4} {
 		b.Run(fmt.Sprintf("op=borrow/pool=%s", p.Name), func(b *testing.B) {
