@@ -38,6 +38,31 @@ func BenchmarkAllocRelease(b *testing.B) {
 	}
 }
 
+// BenchmarkAllocReleaseFresh is BenchmarkAllocRelease with a handle of
+// its own for every pair (workload.FreshArgs), as every pod has.
+// BenchmarkAllocRelease reuses one handle, so its block serves the pair
+// from the owner record it cached at the pair before; here each pair
+// records a new owner in the block and forgets it at the release.
+func BenchmarkAllocReleaseFresh(b *testing.B) {
+	for _, p := range workload.Pools {
+		for _, fill := range workload.Fills {
+			b.Run(fmt.Sprintf("pool=%s/fill=%d", p.Name, fill), func(b *testing.B) {
+				a := workload.Filled(b, memstore.New(), p, fill)
+				ctx := context.Background()
+				reqs := workload.FreshArgs(p, "pod", workload.Node)
+				b.ReportAllocs()
+				i := 0
+				for b.Loop() {
+					if err := workload.AllocRelease(ctx, a, reqs[i%len(reqs)]); err != nil {
+						b.Fatal(err)
+					}
+					i++
+				}
+			})
+		}
+	}
+}
+
 // BenchmarkAllocReleaseDual is the steady-state pair of a dual-stack pod:
 // AutoAssign of an address of each family (the node holds a block of each)
 // and ReleaseByHandle of both. AutoAssign's lane serves one family only,
@@ -82,7 +107,9 @@ func dualCluster(tb testing.TB) (*ipam.Allocator, ipam.AutoAssignArgs) {
 // it: every pod has its own handle and attributes (namespace, pod name), and
 // the node's block is half full of such pods, each an owner record of its
 // own that every write of the block encodes. (BenchmarkAllocRelease's block
-// has one owner.)
+// has one owner.) Each timed pair is a new pod, cycling through
+// workload.Fresh names, so that no pair finds its owner cached in the
+// block by the pair before.
 func BenchmarkAllocReleasePods(b *testing.B) {
 	for _, p := range workload.Pools {
 		b.Run(fmt.Sprintf("pool=%s/fill=50", p.Name), func(b *testing.B) {
@@ -96,13 +123,17 @@ func BenchmarkAllocReleasePods(b *testing.B) {
 					b.Fatal(err)
 				}
 			}
-			args := p.Args(1, "default/bench", node)
-			args.Attrs = map[string]string{"namespace": "default", "pod": "bench"}
+			reqs := workload.FreshArgs(p, "default/bench", node)
+			for i := range reqs {
+				reqs[i].Attrs = map[string]string{"namespace": "default", "pod": fmt.Sprintf("bench-%d", i)}
+			}
 			b.ReportAllocs()
+			i := 0
 			for b.Loop() {
-				if err := workload.AllocRelease(ctx, a, args); err != nil {
+				if err := workload.AllocRelease(ctx, a, reqs[i%len(reqs)]); err != nil {
 					b.Fatal(err)
 				}
+				i++
 			}
 		})
 	}
@@ -259,6 +290,25 @@ func TestAllocBudget(t *testing.T) {
 			t.Logf("%s: %.0f allocations per AutoAssign+ReleaseByHandle (budget %d)", p.Name, allocs, allocBudget)
 			if allocs > allocBudget {
 				t.Errorf("%s: %.1f allocations per AutoAssign+ReleaseByHandle, budget %d", p.Name, allocs, allocBudget)
+			}
+		})
+	}
+	// The same with a new handle for every pair, as pods have.
+	for _, p := range workload.Pools {
+		t.Run("fresh/"+p.Name, func(t *testing.T) {
+			a := workload.Filled(t, memstore.New(), p, 0)
+			ctx := context.Background()
+			reqs := workload.FreshArgs(p, "pod", workload.Node)
+			i := 0
+			allocs := testing.AllocsPerRun(200, func() {
+				if err := workload.AllocRelease(ctx, a, reqs[i%len(reqs)]); err != nil {
+					t.Fatal(err)
+				}
+				i++
+			})
+			t.Logf("%s, fresh handles: %.0f allocations per AutoAssign+ReleaseByHandle (budget %d)", p.Name, allocs, allocBudget)
+			if allocs > allocBudget {
+				t.Errorf("%s, fresh handles: %.1f allocations per AutoAssign+ReleaseByHandle, budget %d", p.Name, allocs, allocBudget)
 			}
 		})
 	}

@@ -149,6 +149,25 @@ func Batched(tb testing.TB, store ipam.Store, p Pool, n int) *ipam.Allocator {
 	return a
 }
 
+// Fresh is how many handles [FreshArgs] cycles through.
+const Fresh = 1024
+
+// FreshArgs returns Fresh requests for one address of p by node, each
+// under a handle of its own (prefix-0, prefix-1, ...), to be made in
+// turn, so that every pair is a new owner, as every pod is. A pair that
+// reuses the handle of the pair before it takes a path a pod never takes:
+// its block still caches the owner of its last allocation, and
+// Block.Allocate serves that owner without looking it up or recording it.
+// The requests are made before the timed loop, so naming costs nothing in
+// it.
+func FreshArgs(p Pool, prefix, node string) []ipam.AutoAssignArgs {
+	reqs := make([]ipam.AutoAssignArgs, Fresh)
+	for i := range reqs {
+		reqs[i] = p.Args(1, fmt.Sprintf("%s-%d", prefix, i), node)
+	}
+	return reqs
+}
+
 // AllocRelease assigns one address with args and releases it by handle: the
 // steady-state pair the allocate+release benchmarks time.
 func AllocRelease(ctx context.Context, a *ipam.Allocator, args ipam.AutoAssignArgs) error {
