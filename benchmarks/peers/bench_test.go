@@ -12,8 +12,9 @@ import (
 // BenchmarkAllocRelease times allocating one address and releasing it, in
 // an IPv4 /16 and an IPv6 /48 filled to 0, 50 and 99 percent of the
 // working set (see package workload). carve assigns from the node's own
-// block and releases by handle; go-ipam acquires the lowest free address of
-// the prefix; cilium picks a random free bit.
+// block to a new handle each time, as to a new pod, and releases by
+// handle; go-ipam acquires the lowest free address of the prefix; cilium
+// picks a random free bit.
 func BenchmarkAllocRelease(b *testing.B) {
 	for _, lib := range libraries {
 		for _, p := range workload.Pools {
