@@ -41,6 +41,34 @@ func BenchmarkAllocRelease(b *testing.B) {
 	}
 }
 
+// BenchmarkAllocReleaseNewOwner is BenchmarkAllocRelease with a new owner
+// for every pair (1,024 handles in turn, each with its own attributes), as
+// every pod is: BenchmarkAllocRelease's owner is the block's last, which
+// Allocate serves from its cache without looking it up or recording it.
+func BenchmarkAllocReleaseNewOwner(b *testing.B) {
+	for _, sz := range benchSizes {
+		b.Run(fmt.Sprintf("bits=%d/fill=50", sz.bits), func(b *testing.B) {
+			blk := filled(b, sz.prefix, 50)
+			owners := make([]block.Owner, 1024)
+			for i := range owners {
+				name := fmt.Sprint("pod-", i)
+				owners[i] = block.Owner{Handle: name, Attrs: map[string]string{"pod": name}}
+			}
+			buf := make([]netip.Addr, 0, 1)
+			b.ReportAllocs()
+			i := 0
+			for b.Loop() {
+				owner := owners[i%len(owners)]
+				i++
+				got, seq := blk.Allocate(buf[:0], 1, owner)
+				if err := blk.Release(got[0], block.Check{Handle: owner.Handle, Seq: seq, CheckSeq: true}); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
 // BenchmarkAllocate hands out n addresses at once to one owner and gives
 // them back by handle.
 func BenchmarkAllocate(b *testing.B) {
