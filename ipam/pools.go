@@ -454,7 +454,9 @@ func (a *Allocator) DeletePool(ctx context.Context, name string) error {
 	}
 	var errs []error
 	for _, r := range recs {
-		sum, err := block.Peek(r.Value)
+		// A record that does not hold the block its key names is passed
+		// over (Check reports it).
+		sum, err := peekRecord(r)
 		if err != nil || sum.Used != 0 || !sum.Affinity.IsZero() {
 			continue
 		}
