@@ -171,10 +171,10 @@
 // short: Repair deletes them, and DeletePool called again finishes);
 // never an address owned twice. With a store that offers [Committer]
 // (memstore and the etcd backend do), an assignment's handle count and
-// block, and a release by handle's blocks and handle count (for a handle in
-// at most seven blocks, and retried as one commit when another writer got
-// there first), are written in one commit, so no crash leaves a count too
-// high there. (One crash more: a claim that dies just
+// block, and a release's blocks and handle count (ReleaseByHandle of a
+// handle in at most seven blocks, and ReleaseIPs of one handle's addresses
+// there, each retried as one commit when another writer got there first),
+// are written in one commit, so no crash leaves a count too high there. (One crash more: a claim that dies just
 // after creating its block, while another allocator releases the same
 // owner's blocks, can leave the block out of the owner's index until
 // Repair puts it back; Check reports it as affinity-unindexed.)

@@ -65,14 +65,14 @@ const (
 // it succeeded, and in NotAllocated only if a read that completed found it
 // free. A write whose reply was lost may still have freed an address it
 // does not list; releasing again settles it. On a store with Committer
-// (memstore, etcd), addresses in one block are released in one commit with
-// the lowering of their handle's count, so a release repeated after a lost
-// reply finds both done or neither. Across blocks, the blocks are written
-// first and each handle's counts lowered once at the end: a lost reply
-// there can leave a count too high, which releasing again does not lower;
-// Check reports it (ProblemHandleExcess) and Repair or a Collector removes
-// it. ReleaseByHandle releases a handle in up to seven blocks in one
-// commit.
+// (memstore, etcd), the addresses of one handle in up to seven blocks (a
+// dual-stack pod's), each Release naming the handle, are released in one
+// commit with the lowering of the handle's counts, so a release repeated
+// after a lost reply finds all of it done or none. Otherwise the blocks
+// are written first and each handle's counts lowered once at the end: a
+// lost reply there can leave a count too high, which releasing again does
+// not lower; Check reports it (ProblemHandleExcess) and Repair or a
+// Collector removes it.
 //
 // With Config.ReleaseCooldown set, each address released records when, and
 // is not assigned again automatically until the cooldown has passed.
@@ -141,6 +141,21 @@ func (a *Allocator) releaseIPs(ctx context.Context, stamp bool, prior map[netip.
 	lowers := handleLowers{}
 	var deleted []netip.Prefix
 	result := func() ReleaseResult { return releaseResult(rels, status, deleted) }
+	if handle := oneHandle(rels, status); own == nil && a.committer != nil && handle != "" && len(order) > 1 && len(order) < MaxCommitWrites {
+		// One handle's addresses in a few blocks (a dual-stack pod's): the
+		// blocks and the lowered counts in one commit, as ReleaseByHandle
+		// does; block by block, below, when a block is not where the pool
+		// says or the conflicts never clear.
+		done, err := a.releaseIPsJoined(ctx, handle, order, groups, rels, status, refusals, times, &deleted)
+		switch {
+		case done && err != nil:
+			return result(), err
+		case done:
+			order = nil // nothing left to release block by block
+		case err != nil && !isRace(err):
+			return result(), err
+		}
+	}
 	for _, blk := range order {
 		idx := groups[blk]
 		// Addresses in one block (a pod's, one leak) join the lowering of
@@ -322,42 +337,8 @@ func (a *Allocator) releaseFromBlock(ctx context.Context, blk netip.Prefix, rels
 		}
 		exists = true
 		freed = map[string]int{}
-		next := e.stage()
-		for _, i := range idx {
-			r := rels[i]
-			addr := r.Addr.Unmap()
-			own, ok := next.Owner(addr)
-			if !ok {
-				status[i] = relNotAllocated
-				continue
-			}
-			c := block.Check{Handle: r.Handle, Seq: r.Seq, CheckSeq: r.Seq != 0}
-			var err error
-			if at := times.of(addr); at.IsZero() {
-				err = next.Release(addr, c)
-			} else {
-				err = next.ReleaseAt(addr, c, at)
-			}
-			switch {
-			case err == nil:
-				status[i] = relReleased
-				freed[own.Owner.Handle]++
-			case errors.Is(err, block.ErrNotAllocated):
-				status[i] = relNotAllocated
-			default:
-				status[i] = relRefused
-				refusals[i] = &AddrError{Addr: addr, Err: err}
-			}
-		}
-		// Only a fresh read may say an address is not assigned or is held
-		// by someone else.
-		for _, i := range idx {
-			if status[i] != relReleased {
-				if err := e.confirm(); err != nil {
-					return err
-				}
-				break
-			}
+		if err := releaseStaged(e, rels, idx, status, refusals, times, func(handle string) { freed[handle]++ }); err != nil {
+			return err
 		}
 		if len(freed) == 0 {
 			return nil
@@ -396,6 +377,211 @@ func (a *Allocator) releaseFromBlock(ctx context.Context, blk netip.Prefix, rels
 		*deleted = append(*deleted, blk)
 	}
 	return exists, nil
+}
+
+// oneHandle returns the handle every request of rels names (repeats
+// aside), or "" when one names none or they name several.
+func oneHandle(rels []Release, status []releaseStatus) string {
+	handle := ""
+	for i, r := range rels {
+		switch {
+		case status[i] == relRepeat:
+		case r.Handle == "" || (handle != "" && r.Handle != handle):
+			return ""
+		default:
+			handle = r.Handle
+		}
+	}
+	return handle
+}
+
+// releaseIPsJoined releases the requests of rels, all naming handle and
+// grouped by block in groups (the blocks of order, fewer than
+// MaxCommitWrites), in one commit of every block they free addresses in
+// and of the handle's record, its counts lowered by what each block
+// freed, so that no crash or lost reply comes between the writes. It locks
+// the blocks' entries in block order, as releaseJoinedMany does. done is
+// false, with every status pending again and nothing written, when a block
+// does not exist where its pool says (the caller goes block by block,
+// finding each), or when it fails: then err says why.
+func (a *Allocator) releaseIPsJoined(ctx context.Context, handle string, order []netip.Prefix, groups map[netip.Prefix][]int, rels []Release, status []releaseStatus, refusals []error, times releaseTimes, deleted *[]netip.Prefix) (done bool, err error) {
+	blocks := slices.Clone(order)
+	slices.SortFunc(blocks, comparePrefix)
+	var buf [MaxCommitWrites]*blockEntry
+	entries := buf[:len(blocks)]
+	for i, blk := range blocks {
+		entries[i] = a.entry(blk)
+		entries[i].lock()
+	}
+	defer func() {
+		for _, e := range entries {
+			e.unlock()
+		}
+	}()
+	reset := func() {
+		for _, blk := range blocks {
+			for _, i := range groups[blk] {
+				status[i], refusals[i] = relPending, nil
+			}
+		}
+	}
+	var h handleTx
+	h.init(a, handle, false)
+	var k, had [MaxCommitWrites]int
+	var del, keep [MaxCommitWrites]bool
+	restore := func() {
+		for i, e := range entries {
+			if k[i] > 0 && had[i] >= k[i] {
+				h.rec.put(e.prefix, had[i])
+			}
+		}
+	}
+	gone, landed := false, false
+	err = a.retry(ctx, "release", fmt.Sprintf("%q", handle), func() error {
+		reset()
+		gone = false
+		k, had = [MaxCommitWrites]int{}, [MaxCommitWrites]int{}
+		if !h.known {
+			if err := h.read(ctx); err != nil {
+				return err
+			}
+		}
+		for i, e := range entries {
+			if err := a.ensure(ctx, e); err != nil {
+				return err
+			}
+			if e.blk == nil {
+				if err := e.confirm(); err != nil {
+					return err
+				}
+				gone = true // not where the pool says: found block by block
+				return nil
+			}
+			if err := releaseStaged(e, rels, groups[e.prefix], status, refusals, times, func(string) { k[i]++ }); err != nil {
+				return err
+			}
+		}
+		lower := false
+		for i, e := range entries {
+			if had[i] = h.rec.count(e.prefix); k[i] > 0 && had[i] >= k[i] {
+				h.rec.put(e.prefix, had[i]-k[i])
+				lower = true
+			}
+		}
+		var ws [MaxCommitWrites]Write
+		var revs [MaxCommitWrites]Revision
+		writes := ws[:0]
+		if lower {
+			writes = writes[:1]
+			h.writeOp(&writes[0])
+		}
+		first := len(writes)
+		var written []int // entries with a write, in writes' order
+		for i, e := range entries {
+			if k[i] == 0 {
+				continue // nothing freed there: the block stays as it is
+			}
+			writes = writes[:len(writes)+1]
+			var err error
+			if del[i], keep[i], err = a.blockChange(ctx, e, &writes[len(writes)-1]); err != nil {
+				restore()
+				return err
+			}
+			written = append(written, i)
+		}
+		if len(written) == 0 {
+			return nil // nothing to free: every answer is confirmed
+		}
+		err := a.committer.Commit(ctx, writes, revs[:len(writes)])
+		dropValues(writes)
+		if err != nil {
+			at := refusedAt(err)
+			if lower && at == joinedHandle {
+				h.commitFailed(err)
+				return handleRefused(entries[written[0]], &h, err)
+			}
+			restore()
+			if at >= first {
+				return a.blockWriteFailed(entries[written[at-first]], fmt.Errorf("with handle %q: %w", handle, err))
+			}
+			h.commitFailed(err)
+			for _, i := range written[1:] {
+				_ = a.blockWriteFailed(entries[i], err)
+			}
+			return a.blockWriteFailed(entries[written[0]], fmt.Errorf("with handle %q: %w", handle, err))
+		}
+		landed = true
+		if lower {
+			h.committed(false, revs[joinedHandle])
+			h.remember()
+		}
+		var kerr error
+		for j, i := range written {
+			e := entries[i]
+			if del[i] {
+				e.deleted()
+				*deleted = append(*deleted, e.prefix)
+				continue
+			}
+			e.wrote(revs[first+j])
+			if keep[i] {
+				if err := a.keptStands(ctx, e); err != nil && kerr == nil {
+					kerr = err
+				}
+			}
+		}
+		return kerr
+	})
+	switch {
+	case landed:
+		return true, err // err: a kept block's check after the commit
+	case err != nil || gone:
+		reset()
+		return false, err
+	}
+	return true, nil
+}
+
+// releaseStaged releases the requests idx of rels in a new staged
+// version of e's block (which exists), setting their status (and refusal),
+// and calls freed with the handle of each address it frees. It fails with
+// errStale when an address it could not release was judged on a cached
+// copy: only a fresh read may say an address is not assigned or is held by
+// someone else.
+func releaseStaged(e *blockEntry, rels []Release, idx []int, status []releaseStatus, refusals []error, times releaseTimes, freed func(handle string)) error {
+	next := e.stage()
+	for _, i := range idx {
+		r := rels[i]
+		addr := r.Addr.Unmap()
+		own, ok := next.Owner(addr)
+		if !ok {
+			status[i] = relNotAllocated
+			continue
+		}
+		c := block.Check{Handle: r.Handle, Seq: r.Seq, CheckSeq: r.Seq != 0}
+		var err error
+		if at := times.of(addr); at.IsZero() {
+			err = next.Release(addr, c)
+		} else {
+			err = next.ReleaseAt(addr, c, at)
+		}
+		switch {
+		case err == nil:
+			status[i] = relReleased
+			freed(own.Owner.Handle)
+		case errors.Is(err, block.ErrNotAllocated):
+			status[i] = relNotAllocated
+		default:
+			status[i] = relRefused
+			refusals[i] = &AddrError{Addr: addr, Err: err}
+		}
+	}
+	for _, i := range idx {
+		if status[i] != relReleased {
+			return e.confirm()
+		}
+	}
+	return nil
 }
 
 // releaseJoinedIPs writes e's staged block, which releases k addresses of

@@ -57,3 +57,84 @@ func TestReleaseIPsInOneBlockJoined(t *testing.T) {
 	_, err = a.AutoAssign(ctx, ipam.AutoAssignArgs{Num4: 1, Handle: "h", NewHandle: true, Node: "n1"})
 	require.NoError(t, err)
 }
+
+// TestReleaseIPsAcrossBlocksJoined: ReleaseIPs of one handle's addresses
+// in a few blocks (a dual-stack pod's, and a third block) writes the
+// blocks and the lowered counts in one commit. When another allocator
+// changes the handle's record (an assignment under it in a new block) or
+// one of the blocks (another address assigned there) just before the
+// commit, the store refuses it and the release is tried again from fresh
+// reads: every address given is released, the other request's stays, and
+// Check is clean. A lost reply of the commit leaves all of it done, so
+// releasing again leaves the store clean too.
+func TestReleaseIPsAcrossBlocksJoined(t *testing.T) {
+	for _, target := range []string{"none", "handle", "block", "lost"} {
+		t.Run(target, func(t *testing.T) {
+			ctx := t.Context()
+			ms := memstore.New()
+			setup, err := ipam.New(ms, ipam.Options{})
+			require.NoError(t, err)
+			require.NoError(t, setup.CreatePool(ctx, v4pool("v4", "10.0.0.0/26", 30)))
+			require.NoError(t, setup.CreatePool(ctx, v6pool("v6", "fd00::/120", 126)))
+			// h: four IPv4 addresses in two /30 blocks and one IPv6.
+			res, err := setup.AutoAssign(ctx, ipam.AutoAssignArgs{Num4: 5, Num6: 1, Handle: "h", Node: "n1"})
+			require.NoError(t, err)
+			var rels []ipam.Release
+			blocks := map[netip.Prefix]bool{}
+			for _, x := range append(res.IPv4, res.IPv6...) {
+				rels = append(rels, ipam.Release{Addr: x.Addr, Handle: "h", Seq: x.Seq})
+				blocks[x.Block] = true
+			}
+			require.Len(t, blocks, 3)
+			other, err := ipam.New(ms, ipam.Options{})
+			require.NoError(t, err)
+
+			lost := &lostCommitStore{Store: ms}
+			commits := 0
+			hs := &commitHookStore{Store: ms, hook: func(writes []ipam.Write) {
+				commits++
+				if commits != 1 {
+					return
+				}
+				require.Len(t, writes, 4, "the record and three blocks: %v", writes)
+				switch target {
+				case "handle":
+					_, err := other.AutoAssign(ctx, ipam.AutoAssignArgs{Num4: 1, Handle: "h", Node: "n2"})
+					require.NoError(t, err)
+				case "block":
+					_, err := other.AutoAssign(ctx, ipam.AutoAssignArgs{Num4: 1, Handle: "x", Node: "n1"})
+					require.NoError(t, err)
+				}
+			}}
+			var st ipam.Store = hs
+			if target == "lost" {
+				lost.n = 4
+				st = lost
+			}
+			a, err := ipam.New(st, ipam.Options{})
+			require.NoError(t, err)
+			got, err := a.ReleaseIPs(ctx, rels...)
+			if target == "lost" {
+				require.Error(t, err)
+				require.Equal(t, 1, lost.lost)
+				got, err = a.ReleaseIPs(ctx, rels...)
+				require.NoError(t, err)
+				require.Len(t, got.NotAllocated, len(rels))
+			} else {
+				require.NoError(t, err)
+				require.Len(t, got.Released, len(rels))
+			}
+			if target == "none" {
+				require.Equal(t, 1, commits, "the blocks and the record in one commit")
+			}
+			checker := checkedClean(t, ms)
+			held, err := checker.IPsByHandle(ctx, "h")
+			if target == "handle" {
+				require.NoError(t, err)
+				require.Len(t, held, 1, "the other request's address stays")
+			} else {
+				require.ErrorIs(t, err, ipam.ErrHandleNotFound, "still held: %v", held)
+			}
+		})
+	}
+}
