@@ -528,6 +528,11 @@ func (a *Allocator) releaseIPsJoined(ctx context.Context, handle string, order [
 				if err := a.keptStands(ctx, e); err != nil && kerr == nil {
 					kerr = err
 				}
+				if e.blk == nil {
+					// Kept for its cooling addresses, but no pool carves
+					// it any more: keptStands deleted it.
+					*deleted = append(*deleted, e.prefix)
+				}
 			}
 		}
 		return kerr
