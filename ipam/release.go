@@ -144,8 +144,8 @@ func (a *Allocator) releaseIPs(ctx context.Context, stamp bool, prior map[netip.
 	if handle := oneHandle(rels, status); own == nil && a.committer != nil && handle != "" && len(order) > 1 && len(order) < MaxCommitWrites {
 		// One handle's addresses in a few blocks (a dual-stack pod's): the
 		// blocks and the lowered counts in one commit, as ReleaseByHandle
-		// does; block by block, below, when a block is not where the pool
-		// says or the conflicts never clear.
+		// does; block by block, below, when an address is in a block other
+		// than the one its pool says or the conflicts never clear.
 		done, err := a.releaseIPsJoined(ctx, handle, order, groups, rels, status, refusals, times, &deleted)
 		switch {
 		case done && err != nil:
@@ -400,10 +400,12 @@ func oneHandle(rels []Release, status []releaseStatus) string {
 // MaxCommitWrites), in one commit of every block they free addresses in
 // and of the handle's record, its counts lowered by what each block
 // freed, so that no crash or lost reply comes between the writes. It locks
-// the blocks' entries in block order, as releaseJoinedMany does. done is
-// false, with every status pending again and nothing written, when a block
-// does not exist where its pool says (the caller goes block by block,
-// finding each), or when it fails: then err says why.
+// the blocks' entries in block order, as releaseJoinedMany does. A block
+// that does not exist, whose addresses no other block holds, frees
+// nothing (they are not allocated). done is false, with every status
+// pending again and nothing written, when a block does not exist where
+// its pool says but another holds an address of it (the caller goes block
+// by block, finding each), or when it fails: then err says why.
 func (a *Allocator) releaseIPsJoined(ctx context.Context, handle string, order []netip.Prefix, groups map[netip.Prefix][]int, rels []Release, status []releaseStatus, refusals []error, times releaseTimes, deleted *[]netip.Prefix) (done bool, err error) {
 	blocks := slices.Clone(order)
 	slices.SortFunc(blocks, comparePrefix)
@@ -454,8 +456,21 @@ func (a *Allocator) releaseIPsJoined(ctx context.Context, handle string, order [
 				if err := e.confirm(); err != nil {
 					return err
 				}
-				gone = true // not where the pool says: found block by block
-				return nil
+				// Not where the pool says: gone (its addresses released
+				// before), or made when the pool's block size was
+				// another. Only the latter goes block by block.
+				for _, j := range groups[e.prefix] {
+					_, ok, err := a.findBlock(ctx, rels[j].Addr.Unmap())
+					if err != nil {
+						return err
+					}
+					if ok {
+						gone = true // found block by block
+						return nil
+					}
+					status[j] = relNotAllocated
+				}
+				continue
 			}
 			if err := releaseStaged(e, rels, groups[e.prefix], status, refusals, times, func(string) { k[i]++ }); err != nil {
 				return err
