@@ -16,10 +16,10 @@ import (
 	"github.com/carve-ipam/carve/ipam/storetest"
 )
 
-// reviewSetup makes a store with a v4 pool of /30 blocks and a v6 pool of
+// joinedReleaseSetup makes a store with a v4 pool of /30 blocks and a v6 pool of
 // /126 blocks, and assigns handle "h" five IPv4 addresses (two blocks) and
 // one IPv6 address on node n1: the Releases naming h, with their Seqs.
-func reviewSetup(t *testing.T) (*memstore.Store, *ipam.Allocator, []ipam.Release, []ipam.Assigned) {
+func joinedReleaseSetup(t *testing.T) (*memstore.Store, *ipam.Allocator, []ipam.Release, []ipam.Assigned) {
 	t.Helper()
 	ctx := t.Context()
 	ms := memstore.New()
@@ -37,13 +37,13 @@ func reviewSetup(t *testing.T) (*memstore.Store, *ipam.Allocator, []ipam.Release
 	return ms, setup, rels, all
 }
 
-// TestReviewJoinedRetryStatuses: the joined commit is refused at a block
+// TestJoinedRetryStatuses: the joined commit is refused at a block
 // because another allocator released one of the addresses meanwhile; the
 // retry from fresh reads reports that address NotAllocated (not
 // Released), releases the others, and leaves the store clean.
-func TestReviewJoinedRetryStatuses(t *testing.T) {
+func TestJoinedRetryStatuses(t *testing.T) {
 	ctx := t.Context()
-	ms, other, rels, _ := reviewSetup(t)
+	ms, other, rels, _ := joinedReleaseSetup(t)
 	commits := 0
 	hs := &commitHookStore{Store: ms, hook: func(writes []ipam.Write) {
 		commits++
@@ -68,13 +68,13 @@ func TestReviewJoinedRetryStatuses(t *testing.T) {
 	require.ErrorIs(t, err, ipam.ErrHandleNotFound)
 }
 
-// TestReviewJoinedRetrySeqRefused: between the first attempt and the
+// TestJoinedRetrySeqRefused: between the first attempt and the
 // commit, another allocator releases an address and assigns it again to
 // the same handle (a new Seq). The retry refuses that address with
 // ErrSeqMismatch, keeps it assigned and counted, releases the others.
-func TestReviewJoinedRetrySeqRefused(t *testing.T) {
+func TestJoinedRetrySeqRefused(t *testing.T) {
 	ctx := t.Context()
-	ms, other, rels, _ := reviewSetup(t)
+	ms, other, rels, _ := joinedReleaseSetup(t)
 	commits := 0
 	hs := &commitHookStore{Store: ms, hook: func(writes []ipam.Write) {
 		commits++
@@ -101,12 +101,12 @@ func TestReviewJoinedRetrySeqRefused(t *testing.T) {
 	require.Equal(t, []netip.Addr{rels[1].Addr}, held)
 }
 
-// TestReviewJoinedMixedHandles: Releases naming h, one of them for an
+// TestJoinedMixedHandles: Releases naming h, one of them for an
 // address another handle holds (refused, stays), one repeated in its
 // IPv4-mapped form; and a call naming two handles, which must not join.
-func TestReviewJoinedMixedHandles(t *testing.T) {
+func TestJoinedMixedHandles(t *testing.T) {
 	ctx := t.Context()
-	ms, a, rels, _ := reviewSetup(t)
+	ms, a, rels, _ := joinedReleaseSetup(t)
 	g, err := a.AutoAssign(ctx, ipam.AutoAssignArgs{Num4: 1, Num6: 1, Handle: "g", Node: "n1"})
 	require.NoError(t, err)
 	gAddr := g.IPv4[0].Addr
@@ -132,15 +132,15 @@ func TestReviewJoinedMixedHandles(t *testing.T) {
 	require.Equal(t, []netip.Addr{rels[3].Addr}, held)
 }
 
-// TestReviewJoinedDeletedBlocks: h's addresses in blocks without affinity
+// TestJoinedDeletedBlocks: h's addresses in blocks without affinity
 // (its node's affinity released). Released in one call, the blocks go and
 // are listed in DeletedBlocks; with a cooldown they stay, cooling, and are
 // not listed.
-func TestReviewJoinedDeletedBlocks(t *testing.T) {
+func TestJoinedDeletedBlocks(t *testing.T) {
 	for _, cool := range []bool{false, true} {
 		t.Run(fmt.Sprintf("cooldown=%t", cool), func(t *testing.T) {
 			ctx := t.Context()
-			ms, a, rels, all := reviewSetup(t)
+			ms, a, rels, all := joinedReleaseSetup(t)
 			if cool {
 				cfg := ipam.DefaultConfig()
 				cfg.ReleaseCooldown = time.Hour
@@ -170,15 +170,15 @@ func TestReviewJoinedDeletedBlocks(t *testing.T) {
 	}
 }
 
-// TestReviewJoinedFaults: a fault at every store operation of a joined
+// TestJoinedFaults: a fault at every store operation of a joined
 // ReleaseIPs (a failure, a lost reply, a crash after the operation).
 // What the call lists is certain, the store checks clean right after
 // (all of the commit or none of it), and releasing again from a fresh
 // allocator settles everything.
-func TestReviewJoinedFaults(t *testing.T) {
+func TestJoinedFaults(t *testing.T) {
 	for _, mode := range []storetest.FaultMode{storetest.FailOnce, storetest.LostReply, storetest.CrashAfter} {
 		for k := int64(1); ; k++ {
-			ms, _, rels, _ := reviewSetup(t)
+			ms, _, rels, _ := joinedReleaseSetup(t)
 			f := storetest.NewFaultyStore(ms, storetest.Fault{At: k, Mode: mode})
 			a, err := ipam.New(f.WithCommits(), ipam.Options{})
 			require.NoError(t, err)
@@ -209,11 +209,11 @@ func TestReviewJoinedFaults(t *testing.T) {
 	}
 }
 
-// TestReviewJoinedConcurrent: allocators on one memstore assign
+// TestJoinedConcurrent: allocators on one memstore assign
 // dual-stack addresses under a few shared handles, release them by
 // address (the joined path, with and without Seq), and release the
 // handles, all at once. Check is clean at the end.
-func TestReviewJoinedConcurrent(t *testing.T) {
+func TestJoinedConcurrent(t *testing.T) {
 	ctx := t.Context()
 	ms := memstore.New()
 	setup, err := ipam.New(ms, ipam.Options{})

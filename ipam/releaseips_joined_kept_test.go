@@ -13,17 +13,17 @@ import (
 	"github.com/carve-ipam/carve/ipam"
 )
 
-// TestReviewJoinedKeptBlockDeletedReported: with a cooldown, h's blocks
+// TestJoinedKeptBlockDeletedReported: with a cooldown, h's blocks
 // without affinity are kept while their addresses cool; but when the v4
 // pool is deleted just as the joined commit is made, keptStands deletes
 // the v4 blocks after the commit. The blocks the call deleted must be
 // listed in DeletedBlocks, as they are when the addresses are in one
 // block (releaseFromBlock lists a block keptStands deleted).
-func TestReviewJoinedKeptBlockDeletedReported(t *testing.T) {
+func TestJoinedKeptBlockDeletedReported(t *testing.T) {
 	for _, joined := range []bool{false, true} {
 		t.Run(fmt.Sprintf("joined=%t", joined), func(t *testing.T) {
 			ctx := t.Context()
-			ms, other, rels, all := reviewSetup(t)
+			ms, other, rels, all := joinedReleaseSetup(t)
 			cfg := ipam.DefaultConfig()
 			cfg.ReleaseCooldown = time.Hour
 			require.NoError(t, other.SetConfig(ctx, cfg))

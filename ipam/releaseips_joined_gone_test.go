@@ -31,7 +31,7 @@ func (s *lostBlockDeleteStore) Delete(ctx context.Context, kind ipam.Kind, key s
 	return err
 }
 
-// TestReviewJoinedWithBlockGone: h's addresses in three blocks without
+// TestJoinedWithBlockGone: h's addresses in three blocks without
 // affinity (its node's affinity released); the addresses of the first
 // block were released before, so that block is gone. Releasing all of h's
 // addresses by address, each naming h, is then a release of one handle in
@@ -40,9 +40,9 @@ func (s *lostBlockDeleteStore) Delete(ctx context.Context, kind ipam.Kind, key s
 // or none. But the missing block sends the call block by block: a lost
 // reply of a block's delete leaves that block's count too high, which
 // releasing again does not lower (Check: handle excess).
-func TestReviewJoinedWithBlockGone(t *testing.T) {
+func TestJoinedWithBlockGone(t *testing.T) {
 	ctx := t.Context()
-	ms, setup, rels, all := reviewSetup(t)
+	ms, setup, rels, all := joinedReleaseSetup(t)
 	_, err := setup.ReleaseHostAffinities(ctx, "n1", false)
 	require.NoError(t, err)
 	var first []ipam.Release
