@@ -68,7 +68,9 @@ const (
 // (memstore, etcd), the addresses of one handle in up to seven blocks (a
 // dual-stack pod's), each Release naming the handle, are released in one
 // commit with the lowering of the handle's counts, so a release repeated
-// after a lost reply finds all of it done or none. Otherwise the blocks
+// after a lost reply finds all of it done or none (unless conflicts with
+// other writers never clear, or an address lies in a block of a size its
+// pool no longer has: then block by block, as below). Otherwise the blocks
 // are written first and each handle's counts lowered once at the end: a
 // lost reply there can leave a count too high, which releasing again does
 // not lower; Check reports it (ProblemHandleExcess) and Repair or a
