@@ -71,18 +71,10 @@ func TestReleaseIPsAcrossBlocksJoined(t *testing.T) {
 	for _, target := range []string{"none", "handle", "block", "lost"} {
 		t.Run(target, func(t *testing.T) {
 			ctx := t.Context()
-			ms := memstore.New()
-			setup, err := ipam.New(ms, ipam.Options{})
-			require.NoError(t, err)
-			require.NoError(t, setup.CreatePool(ctx, v4pool("v4", "10.0.0.0/26", 30)))
-			require.NoError(t, setup.CreatePool(ctx, v6pool("v6", "fd00::/120", 126)))
-			// h: four IPv4 addresses in two /30 blocks and one IPv6.
-			res, err := setup.AutoAssign(ctx, ipam.AutoAssignArgs{Num4: 5, Num6: 1, Handle: "h", Node: "n1"})
-			require.NoError(t, err)
-			var rels []ipam.Release
+			// h: five IPv4 addresses in two /30 blocks and one IPv6.
+			ms, _, rels, all := joinedReleaseSetup(t)
 			blocks := map[netip.Prefix]bool{}
-			for _, x := range append(res.IPv4, res.IPv6...) {
-				rels = append(rels, ipam.Release{Addr: x.Addr, Handle: "h", Seq: x.Seq})
+			for _, x := range all {
 				blocks[x.Block] = true
 			}
 			require.Len(t, blocks, 3)

@@ -153,3 +153,21 @@ func BenchmarkCreateDelete(b *testing.B) {
 		})
 	}
 }
+
+// all returns every key in order, with its entry, in a new slice.
+func (o *keyOrder) all() []keyed {
+	out := make([]keyed, 0, o.len())
+	for _, ch := range o.chunks {
+		out = append(out, ch...)
+	}
+	return out
+}
+
+// len returns the number of keys.
+func (o *keyOrder) len() int {
+	n := 0
+	for _, ch := range o.chunks {
+		n += len(ch)
+	}
+	return n
+}
