@@ -229,3 +229,11 @@ func TestSpecJSON(t *testing.T) {
 	q.Name = "extra"
 	require.EqualError(t, q.Validate(), `pool "extra": cidr 10.0.0.1/24 is not masked`)
 }
+
+func TestDecodeManifestHintsAtYAML(t *testing.T) {
+	_, err := pool.DecodeManifest([]byte("apiVersion: projectcalico.org/v3\nkind: IPPool\n"))
+	require.ErrorContains(t, err, "looks like YAML")
+	_, err = pool.DecodeManifest([]byte(`{"apiVersion": `))
+	require.Error(t, err)
+	require.NotContains(t, err.Error(), "YAML")
+}

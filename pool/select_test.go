@@ -180,3 +180,14 @@ func TestSelectorsCachedAndFresh(t *testing.T) {
 }
 
 var labels0 = labels("rack", "1")
+
+func TestSelectByCIDR(t *testing.T) {
+	s, err := pool.NewSet(pool.Pool{Name: "a", CIDR: netip.MustParsePrefix("10.0.0.0/16")}, pool.Pool{Name: "b", CIDR: netip.MustParsePrefix("10.1.0.0/16")})
+	require.NoError(t, err)
+	got, err := s.Select(pool.Request{Family: pool.IPv4, Pools: []string{"10.1.0.0/16", "a"}})
+	require.NoError(t, err)
+	require.Equal(t, "b", got[0].Name)
+	require.Equal(t, "a", got[1].Name)
+	_, err = s.Select(pool.Request{Family: pool.IPv4, Pools: []string{"10.1.0.0/24"}})
+	require.ErrorIs(t, err, pool.ErrNoPool, "a CIDR inside a pool is not the pool")
+}
