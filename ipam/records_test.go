@@ -9,6 +9,8 @@ import (
 
 	"github.com/stretchr/testify/require"
 	"pgregory.net/rapid"
+
+	"github.com/carve-ipam/carve/block"
 )
 
 func TestBlockKeys(t *testing.T) {
@@ -333,4 +335,35 @@ func TestParseBlockKeyRefusesUnmasked(t *testing.T) {
 		raw := rapid.SliceOfN(rapid.Byte(), width, width).Draw(t, "raw")
 		check(t, raw, rapid.IntRange(0, 8*width).Draw(t, "bits"))
 	})
+}
+
+// TestReleaseRoom: a release makes room up front for what the handle's
+// record counts, so that a batch's addresses are not copied by growing,
+// but never for more than maxReleaseRoom, whatever a corrupt record says.
+func TestReleaseRoom(t *testing.T) {
+	blocks := func(n, count int) *handleRecord {
+		var r handleRecord
+		for i := range n {
+			r.put(netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(i >> 10), byte(i >> 2), byte(i << 6)}), 26), count)
+		}
+		return &r
+	}
+	for _, tc := range []struct {
+		name string
+		rec  *handleRecord
+		want int
+	}{
+		{"none", blocks(0, 0), 0},
+		{"one address", blocks(1, 1), 1},
+		{"a dual-stack pod's two", blocks(2, 1), 2},
+		{"a batch of 50,048 in 782 blocks", blocks(782, 64), 782 * 64},
+		{"a count above a block's size counts a block", blocks(3, 1<<20), 3 * block.MaxSize},
+		{"a record counting 100,000 full blocks", blocks(100_000, block.MaxSize), maxReleaseRoom},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got := releaseRoom(tc.rec)
+			require.Empty(t, got)
+			require.Equal(t, tc.want, cap(got))
+		})
+	}
 }

@@ -890,21 +890,26 @@ func (a *Allocator) releaseTime(v *view) time.Time {
 }
 
 // releaseRoom returns an empty slice with room for the addresses that r
-// counts (at most a block's worth per block, and a block's worth in all),
-// made once rather than grown by the blocks' appends. The counts are only
-// as good as the record: one that counts many blocks that hold nothing
-// must not make a release allocate for them all.
+// counts (at most a block's worth per block, and maxReleaseRoom in all),
+// made once rather than grown by the blocks' appends: growing a batch's
+// 50,000 addresses by doubling copies and clears them several times over.
+// The counts are only as good as the record: one that counts many blocks
+// that hold nothing must not make a release allocate for them all, so a
+// release larger than maxReleaseRoom grows the slice.
 func releaseRoom(r *handleRecord) []netip.Addr {
 	size := 0
 	for _, hc := range r.entries() {
 		size += min(hc.count, block.MaxSize)
-		if size >= block.MaxSize {
-			size = block.MaxSize
+		if size >= maxReleaseRoom {
+			size = maxReleaseRoom
 			break
 		}
 	}
 	return make([]netip.Addr, 0, size)
 }
+
+// maxReleaseRoom is the most addresses releaseRoom makes room for: 1.5 MiB.
+const maxReleaseRoom = 1 << 16
 
 // releaseHandleOnce is one attempt of ReleaseByHandle on e's block, whose
 // lock the caller holds: it releases handle's addresses there, appending
