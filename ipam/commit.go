@@ -181,9 +181,28 @@ func (a *Allocator) releaseJoined(ctx context.Context, es []*blockEntry, h *hand
 	}
 	// A record from the memo is written even when no count goes down, so
 	// that the commit checks it.
-	lower = lower || h.remembered
+	landed, err := a.commitJoined(ctx, h, es, k[:len(es)], had[:len(es)], lower || h.remembered, ws, revs, nil)
+	if !landed {
+		*released = (*released)[:n]
+	}
+	return landed, err
+}
+
+// commitJoined commits the staged blocks of es (locked by the caller,
+// fewer than MaxCommitWrites), where h's handle frees k[i] addresses in
+// es[i] and h's record counted had[i], in one commit, with h's record when
+// writeRec says so: the caller has lowered the record's count of each
+// block where had[i] >= k[i]. ws and revs are the commit's arguments, with
+// room for a write per block and one for the record. landed reports that
+// the commit was made; the error is then a kept block's check after it
+// (keptStands). Otherwise nothing was written, the counts are put back in
+// h.rec, and the error says why: a refusal at the record (a race, for the
+// caller's retry to settle with a fresh read), at a block, or a failure.
+// A block the commit deletes, or that keptStands deletes after it, is
+// appended to *deleted when deleted is not nil.
+func (a *Allocator) commitJoined(ctx context.Context, h *handleTx, es []*blockEntry, k, had []int, writeRec bool, ws []Write, revs []Revision, deleted *[]netip.Prefix) (landed bool, err error) {
 	writes := ws[:0]
-	if lower {
+	if writeRec {
 		writes = writes[:1]
 		h.writeOp(&writes[0])
 	}
@@ -192,8 +211,7 @@ func (a *Allocator) releaseJoined(ctx context.Context, es []*blockEntry, h *hand
 	for i, e := range es {
 		writes = writes[:len(writes)+1]
 		if del[i], keep[i], err = a.blockChange(ctx, e, &writes[len(writes)-1]); err != nil {
-			restoreCounts(h, es, k[:], had[:])
-			*released = (*released)[:n]
+			restoreCounts(h, es, k, had)
 			return false, err
 		}
 	}
@@ -201,13 +219,12 @@ func (a *Allocator) releaseJoined(ctx context.Context, es []*blockEntry, h *hand
 	err = a.committer.Commit(ctx, writes, revs)
 	dropValues(writes)
 	if err != nil {
-		*released = (*released)[:n]
 		i := refusedAt(err)
-		if lower && i == joinedHandle {
+		if writeRec && i == joinedHandle {
 			h.commitFailed(err)
 			return false, handleRefused(es[0], h, err)
 		}
-		restoreCounts(h, es, k[:], had[:])
+		restoreCounts(h, es, k, had)
 		if i >= first {
 			// Refused at a block: only that block needs reading again.
 			return false, a.blockWriteFailed(es[i-first], fmt.Errorf("with handle %q: %w", h.id, err))
@@ -218,19 +235,27 @@ func (a *Allocator) releaseJoined(ctx context.Context, es []*blockEntry, h *hand
 		}
 		return false, a.blockWriteFailed(es[0], fmt.Errorf("with handle %q: %w", h.id, err))
 	}
-	if lower {
+	if writeRec {
 		h.committed(false, revs[joinedHandle])
 		h.remember()
 	}
 	for i, e := range es {
 		if del[i] {
 			e.deleted()
+			if deleted != nil {
+				*deleted = append(*deleted, e.prefix)
+			}
 			continue
 		}
 		e.wrote(revs[first+i])
 		if keep[i] {
 			if kerr := a.keptStands(ctx, e); kerr != nil && err == nil {
 				err = kerr
+			}
+			if e.blk == nil && deleted != nil {
+				// Kept for its cooling addresses, but no pool carves it
+				// any more: keptStands deleted it.
+				*deleted = append(*deleted, e.prefix)
 			}
 		}
 	}

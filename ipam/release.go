@@ -431,20 +431,11 @@ func (a *Allocator) releaseIPsJoined(ctx context.Context, handle string, order [
 	}
 	var h handleTx
 	h.init(a, handle, false)
-	var k, had [MaxCommitWrites]int
-	var del, keep [MaxCommitWrites]bool
-	restore := func() {
-		for i, e := range entries {
-			if k[i] > 0 && had[i] >= k[i] {
-				h.rec.put(e.prefix, had[i])
-			}
-		}
-	}
 	gone, landed := false, false
 	err = a.retry(ctx, "release", fmt.Sprintf("%q", handle), func() error {
 		reset()
 		gone = false
-		k, had = [MaxCommitWrites]int{}, [MaxCommitWrites]int{}
+		var freed [MaxCommitWrites]int // per entry
 		if !h.known {
 			if err := h.read(ctx); err != nil {
 				return err
@@ -474,85 +465,34 @@ func (a *Allocator) releaseIPsJoined(ctx context.Context, handle string, order [
 				}
 				continue
 			}
-			if err := releaseStaged(e, rels, groups[e.prefix], status, refusals, times, func(string) { k[i]++ }); err != nil {
+			if err := releaseStaged(e, rels, groups[e.prefix], status, refusals, times, func(string) { freed[i]++ }); err != nil {
 				return err
 			}
 		}
-		lower := false
+		// The blocks that free something, their counts lowered in the
+		// record; the others stay as they are.
+		var es [MaxCommitWrites]*blockEntry
+		var k, had [MaxCommitWrites]int
+		n, lower := 0, false
 		for i, e := range entries {
-			if had[i] = h.rec.count(e.prefix); k[i] > 0 && had[i] >= k[i] {
-				h.rec.put(e.prefix, had[i]-k[i])
+			if freed[i] == 0 {
+				continue
+			}
+			es[n], k[n], had[n] = e, freed[i], h.rec.count(e.prefix)
+			if had[n] >= k[n] {
+				h.rec.put(e.prefix, had[n]-k[n])
 				lower = true
 			}
+			n++
+		}
+		if n == 0 {
+			return nil // nothing to free: every answer is confirmed
 		}
 		var ws [MaxCommitWrites]Write
 		var revs [MaxCommitWrites]Revision
-		writes := ws[:0]
-		if lower {
-			writes = writes[:1]
-			h.writeOp(&writes[0])
-		}
-		first := len(writes)
-		var written []int // entries with a write, in writes' order
-		for i, e := range entries {
-			if k[i] == 0 {
-				continue // nothing freed there: the block stays as it is
-			}
-			writes = writes[:len(writes)+1]
-			var err error
-			if del[i], keep[i], err = a.blockChange(ctx, e, &writes[len(writes)-1]); err != nil {
-				restore()
-				return err
-			}
-			written = append(written, i)
-		}
-		if len(written) == 0 {
-			return nil // nothing to free: every answer is confirmed
-		}
-		err := a.committer.Commit(ctx, writes, revs[:len(writes)])
-		dropValues(writes)
-		if err != nil {
-			at := refusedAt(err)
-			if lower && at == joinedHandle {
-				h.commitFailed(err)
-				return handleRefused(entries[written[0]], &h, err)
-			}
-			restore()
-			if at >= first {
-				return a.blockWriteFailed(entries[written[at-first]], fmt.Errorf("with handle %q: %w", handle, err))
-			}
-			h.commitFailed(err)
-			for _, i := range written[1:] {
-				_ = a.blockWriteFailed(entries[i], err)
-			}
-			return a.blockWriteFailed(entries[written[0]], fmt.Errorf("with handle %q: %w", handle, err))
-		}
-		landed = true
-		if lower {
-			h.committed(false, revs[joinedHandle])
-			h.remember()
-		}
-		var kerr error
-		for j, i := range written {
-			e := entries[i]
-			if del[i] {
-				e.deleted()
-				*deleted = append(*deleted, e.prefix)
-				continue
-			}
-			e.wrote(revs[first+j])
-			if keep[i] {
-				if err := a.keptStands(ctx, e); err != nil && kerr == nil {
-					kerr = err
-				}
-				if e.blk == nil {
-					// Kept for its cooling addresses, but no pool carves
-					// it any more: keptStands deleted it.
-					*deleted = append(*deleted, e.prefix)
-				}
-			}
-		}
-		return kerr
+		var err error
+		landed, err = a.commitJoined(ctx, &h, es[:n], k[:n], had[:n], lower, ws[:], revs[:], deleted)
+		return err
 	})
 	switch {
 	case landed:
@@ -625,37 +565,8 @@ func (a *Allocator) releaseJoinedIPs(ctx context.Context, e *blockEntry, h *hand
 		return false, nil
 	}
 	h.rec.put(e.prefix, had-k)
-	ws := e.writes[:2]
-	h.writeOp(&ws[joinedHandle])
-	del, keep, err := a.blockChange(ctx, e, &ws[joinedBlock])
-	if err != nil {
-		h.rec.put(e.prefix, had)
-		return false, err
-	}
-	err = a.committer.Commit(ctx, ws, e.revs[:2])
-	dropValues(ws)
-	if err != nil {
-		if refusedAt(err) == joinedBlock {
-			h.rec.put(e.prefix, had) // the record is as it was
-			return false, a.blockWriteFailed(e, fmt.Errorf("with handle %q: %w", h.id, err))
-		}
-		h.commitFailed(err)
-		if refusedAt(err) == joinedHandle {
-			return false, handleRefused(e, h, err)
-		}
-		return false, a.blockWriteFailed(e, fmt.Errorf("with handle %q: %w", h.id, err))
-	}
-	h.committed(false, e.revs[joinedHandle])
-	h.remember()
-	if del {
-		e.deleted()
-		return true, nil
-	}
-	e.wrote(e.revs[joinedBlock])
-	if keep {
-		return true, a.keptStands(ctx, e)
-	}
-	return true, nil
+	es, ks, hads := [1]*blockEntry{e}, [1]int{k}, [1]int{had}
+	return a.commitJoined(ctx, h, es[:], ks[:], hads[:], true, e.writes[:], e.revs[:], nil)
 }
 
 // handleLowers collects, per handle and block, how many addresses a
