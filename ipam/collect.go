@@ -80,7 +80,8 @@ type CollectorOptions struct {
 // kube-controllers IPAM garbage collector does. Call Collect periodically
 // (say every Grace/2): an allocation whose owner is dead becomes a suspect;
 // it is released only once it has been a suspect for the grace period, only
-// together with every other allocation of its handle (all or none), only if
+// together with every other allocation of its handle (all or none; an
+// address without a handle, as Calico may have written, stands alone), only if
 // the owner is still dead when asked again right before the release, and
 // with the sequence number seen, so an address reassigned meanwhile is
 // never freed. Empty affine blocks are released the same way once seen
@@ -305,8 +306,8 @@ func (c *Collector) Collect(ctx context.Context) (CollectResult, error) {
 	}
 	res := CollectResult{DryRun: c.dry}
 	var errs []error
-	byHandle := map[string][]Allocation{}
-	alive := map[string]bool{} // handles with an allocation whose owner lives
+	byHandle := map[string][]Allocation{} // by ownerGroup
+	alive := map[string]bool{}            // groups with an allocation whose owner lives
 	seen := map[netip.Addr]bool{}
 	empty := map[netip.Prefix]*block.Block{}
 	var unaffine []*block.Block        // empty blocks without affinity
@@ -346,16 +347,17 @@ func (c *Collector) Collect(ctx context.Context) (CollectResult, error) {
 			counts[x.Handle][blk]++
 			res.Allocations++
 			seen[addr] = true
+			g := ownerGroup(x)
 			live, err := c.live(ctx, x)
 			if err != nil || live {
 				delete(c.leaks, addr)
-				alive[x.Handle] = true
+				alive[g] = true
 				continue
 			}
 			if s, ok := c.leaks[addr]; !ok || s.seq != x.Seq || s.handle != x.Handle {
 				c.leaks[addr] = suspect{since: now, seq: x.Seq, handle: x.Handle}
 			}
-			byHandle[x.Handle] = append(byHandle[x.Handle], x)
+			byHandle[g] = append(byHandle[g], x)
 		}
 	}
 	for addr := range c.leaks {
@@ -381,16 +383,16 @@ func (c *Collector) Collect(ctx context.Context) (CollectResult, error) {
 		}
 		dry = &emptier{v: v, read: read, left: map[netip.Prefix]int{}}
 	}
-	for _, handle := range slices.Sorted(maps.Keys(byHandle)) {
+	for _, g := range slices.Sorted(maps.Keys(byHandle)) {
 		if err := ctx.Err(); err != nil {
 			return res, err
 		}
-		if alive[handle] || !c.ripe(byHandle[handle], now) {
+		if alive[g] || !c.ripe(byHandle[g], now) {
 			continue
 		}
-		released, deleted, err := c.release(ctx, byHandle[handle], dry)
+		released, deleted, err := c.release(ctx, byHandle[g], dry)
 		if len(released) > 0 {
-			touched[handle] = true // its record changed: see staleCounts
+			touched[byHandle[g][0].Handle] = true // its record changed: see staleCounts
 		}
 		res.Released = append(res.Released, released...)
 		res.DeletedBlocks = append(res.DeletedBlocks, deleted...)
@@ -725,6 +727,17 @@ func (c *Collector) suspects(byHandle map[string][]Allocation, released []Alloca
 	}
 	slices.SortFunc(out, func(x, y Suspect) int { return x.Addr.Compare(y.Addr) })
 	return out
+}
+
+// ownerGroup names the allocations a Collector releases all or none of:
+// a handle's, or, for an address without a handle (which carve never
+// assigns, but Calico may have), that address alone. No handle holds a
+// NUL, so the two never meet.
+func ownerGroup(x Allocation) string {
+	if x.Handle != "" {
+		return x.Handle
+	}
+	return "\x00" + x.Addr.String()
 }
 
 // ripe reports whether every allocation of a handle has been a suspect for
