@@ -55,7 +55,7 @@ type CollectorOptions struct {
 	// stored labels are deleted too; so are labels stored ahead of a node
 	// that the oracle does not know yet, once the grace period has run.
 	// nil: nodes are not asked, and a node keeps its last block of each
-	// family for good. Only nodes are asked: the blocks of LoadBalancer
+	// family in an enabled pool for good. Only nodes are asked: the blocks of LoadBalancer
 	// addresses belong to VirtualLoadBalancer, which is left alone, as are
 	// its empty blocks. A node that has lost its blocks is
 	// forgotten: a block it holds later (a claim that was in flight, or a
@@ -86,8 +86,10 @@ type CollectorOptions struct {
 // with the sequence number seen, so an address reassigned meanwhile is
 // never freed. Empty affine blocks are released the same way once seen
 // empty, unchanged, across the grace period, but never a node's last block
-// of a family (a dual-stack node keeps one of each, as EnsureBlock gave
-// it), nor one of VirtualLoadBalancer (as in Calico).
+// of a family that it can assign from (a dual-stack node keeps one of
+// each, as EnsureBlock gave it; a block in a disabled pool, midway
+// through a migration, does not count), nor one of VirtualLoadBalancer
+// (as in Calico).
 //
 // Releasing a block's affinity deletes it if it is empty, unless an address
 // in it is still cooling (Config.ReleaseCooldown): then it is kept, without
@@ -300,6 +302,12 @@ func (c *Collector) Collect(ctx context.Context) (CollectResult, error) {
 			labeled[r.Key] = r.Revision
 		}
 	}
+	// The pools, read before the blocks: a node's last block, which the
+	// pass keeps, must be one it can assign from (see serves).
+	pools, err := c.a.loadView(ctx)
+	if err != nil {
+		return CollectResult{}, fmt.Errorf("ipam: collect: %w", err)
+	}
 	recs, err := c.a.store.List(ctx, KindBlock, KeyRange{})
 	if err != nil {
 		return CollectResult{}, fmt.Errorf("ipam: collect: list blocks: %w", err)
@@ -311,7 +319,7 @@ func (c *Collector) Collect(ctx context.Context) (CollectResult, error) {
 	seen := map[netip.Addr]bool{}
 	empty := map[netip.Prefix]*block.Block{}
 	var unaffine []*block.Block        // empty blocks without affinity
-	affine := map[ownerFamily]int{}    // blocks per node and family
+	affine := map[ownerFamily]int{}    // blocks per node and family that serve it (see serves)
 	var held map[string][]netip.Prefix // each node's blocks, in key (so address) order, if nodes are asked
 	if c.nodes != nil {
 		held = map[string][]netip.Prefix{}
@@ -328,7 +336,9 @@ func (c *Collector) Collect(ctx context.Context) (CollectResult, error) {
 			continue
 		}
 		if aff := b.Affinity(); aff.Kind == block.HostAffinity {
-			affine[ownerFamily{aff, blk.Addr().Is6()}]++
+			if serves(pools, blk) {
+				affine[ownerFamily{aff, blk.Addr().Is6()}]++
+			}
 			if held != nil {
 				held[aff.Name] = append(held[aff.Name], blk)
 			}
@@ -434,7 +444,9 @@ func (c *Collector) Collect(ctx context.Context) (CollectResult, error) {
 		for _, blk := range released {
 			delete(empty, blk)
 			delete(c.blocks, blk)
-			affine[ownerFamily{block.Host(node), blk.Addr().Is6()}]--
+			if serves(pools, blk) {
+				affine[ownerFamily{block.Host(node), blk.Addr().Is6()}]--
+			}
 		}
 		if err != nil {
 			errs = append(errs, err)
@@ -459,12 +471,17 @@ func (c *Collector) Collect(ctx context.Context) (CollectResult, error) {
 				continue
 			}
 			of := ownerFamily{b.Affinity(), blk.Addr().Is6()}
-			if now.Sub(s.since) < c.grace || affine[of] <= 1 {
+			last := serves(pools, blk) && affine[of] <= 1
+			if now.Sub(s.since) < c.grace || last {
 				continue // not long enough, or the node's last block of the family
+			}
+			dec := 0 // what the node's count loses with the block
+			if serves(pools, blk) {
+				dec = 1
 			}
 			if c.dry {
 				res.ReleasedBlocks = append(res.ReleasedBlocks, blk)
-				affine[of]--
+				affine[of] -= dec
 				continue
 			}
 			// The node's count goes down whatever comes of it: a release
@@ -473,7 +490,7 @@ func (c *Collector) Collect(ctx context.Context) (CollectResult, error) {
 			// be gone or another owner's now. Counting it as gone keeps
 			// the node's last block of the family, at the cost of a block
 			// kept until the next pass.
-			affine[of]--
+			affine[of] -= dec
 			_, err := c.a.releaseEmptyAffinity(ctx, b.Affinity(), blk, s.seq)
 			switch {
 			case err == nil:
@@ -854,6 +871,18 @@ func (a *Allocator) releaseEmptyAffinity(ctx context.Context, aff block.Affinity
 		return deleted, err
 	}
 	return deleted, a.dropIndex(ctx, aff, blk, 0)
+}
+
+// serves reports whether a node can assign from its block blk under v:
+// a pool that is enabled carves blk (with blk's size). Only such blocks
+// count toward the node's last block of a family, which a Collector
+// keeps; an empty one in a disabled pool (midway through a migration) or
+// in no pool goes once the grace period has run, even if it is the
+// node's only block: its next assignment claims from an enabled pool
+// anyway.
+func serves(v *view, blk netip.Prefix) bool {
+	p, ok := v.pools.ByAddr(blk.Addr())
+	return ok && !p.Disabled && p.BlockSize == blk.Bits()
 }
 
 // ownerFamily is a block owner and an address family (IPv6 or not): the

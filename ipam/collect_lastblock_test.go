@@ -141,3 +141,52 @@ func TestCollectorLastBlockAfterReclaim(t *testing.T) {
 	require.Len(t, e.affine("node-2"), 1)
 	require.NotEmpty(t, e.affine("node-1"), "node-1, a live node, lost its last block")
 }
+
+// TestCollectorLastBlockInEnabledPool: a node's last block, which the
+// collector keeps, is one it can assign from. Midway through a migration
+// node-1 holds an empty block in the disabled old pool and an empty block
+// in the new one: the old pool's goes, whichever comes first in address
+// order, and a node whose only block is in a disabled pool loses it too
+// (its next assignment claims from an enabled pool anyway).
+func TestCollectorLastBlockInEnabledPool(t *testing.T) {
+	for _, tc := range []struct{ old, new string }{
+		{"10.0.0.0/24", "10.1.0.0/24"}, // the old pool's block first
+		{"10.1.0.0/24", "10.0.0.0/24"}, // the new pool's block first
+	} {
+		t.Run("old="+tc.old, func(t *testing.T) {
+			e := newEnv(t, v4pool("old", tc.old, 26))
+			e.mustAssign4("node-1", "a", 1)
+			e.mustAssign4("node-2", "b", 1)
+			require.NoError(t, e.a.CreatePool(e.ctx, v4pool("new", tc.new, 26)))
+			require.NoError(t, e.a.DisablePool(e.ctx, "old"))
+			e.mustAssign4("node-1", "c", 1) // from the new pool
+			for _, h := range []string{"a", "b", "c"} {
+				_, err := e.a.ReleaseByHandle(e.ctx, h)
+				require.NoError(t, err)
+			}
+			oldBlocks := func(node string) (n int) {
+				for _, b := range e.affine(node) {
+					if mustPrefix(tc.old).Contains(b.Addr()) {
+						n++
+					}
+				}
+				return n
+			}
+			require.Len(t, e.affine("node-1"), 2)
+			require.Equal(t, 1, oldBlocks("node-1"))
+			require.Equal(t, 1, oldBlocks("node-2"))
+
+			c := newCollector(t, e, &owners{alive: map[string]bool{}}, time.Minute)
+			_, err := c.Collect(e.ctx)
+			require.NoError(t, err)
+			e.clock.Advance(time.Minute)
+			res, err := c.Collect(e.ctx)
+			require.NoError(t, err)
+			require.Len(t, res.ReleasedBlocks, 2, "%v", res.ReleasedBlocks)
+			require.Len(t, e.affine("node-1"), 1)
+			require.Zero(t, oldBlocks("node-1"), "node-1 kept the disabled pool's block as its last")
+			require.Empty(t, e.affine("node-2"), "node-2's only block is in a disabled pool")
+			require.NoError(t, e.a.DeletePool(e.ctx, "old"))
+		})
+	}
+}
