@@ -612,7 +612,12 @@ func (a *Allocator) rollback(ctx context.Context, o *assignOp, res AutoAssignRes
 			errs = append(errs, err)
 		}
 	}
-	for _, blk := range o.claimed {
+	// A block given up and claimed again within the request is listed
+	// twice: searching the list at every claim would be quadratic in an
+	// AssignIPs of /32 blocks.
+	claimed := slices.Clone(o.claimed)
+	slices.SortFunc(claimed, comparePrefix)
+	for _, blk := range slices.Compact(claimed) {
 		err := a.releaseAffinity(ctx, o.aff, blk, true)
 		if err != nil && !errors.Is(err, ErrBlockNotEmpty) && !errors.Is(err, ErrAffinityConflict) {
 			errs = append(errs, err)

@@ -380,8 +380,8 @@ func (a *Allocator) assignOne(ctx context.Context, o *assignOp, t fixedAddr, ign
 			// allocator's claim, made since the cached copy) is not.
 			switch made, err := a.claimLocked(ctx, e, o.aff, false, hostReserved{}); {
 			case err == nil:
-				if made && !slices.Contains(o.claimed, blk) {
-					o.claimed = append(o.claimed, blk)
+				if made {
+					o.claimed = append(o.claimed, blk) // rollback skips repeats
 				}
 			case !errors.Is(err, ErrAffinityConflict):
 				return err
