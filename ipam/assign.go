@@ -151,6 +151,10 @@ type assignOp struct {
 	h      handleTx
 	// claimed lists the blocks this operation claimed, for rollback.
 	claimed []netip.Prefix
+	// corrupt lists the blocks its claims passed over because their
+	// records are corrupt (see passOver), for the reasons of a request
+	// that falls short.
+	corrupt []netip.Prefix
 	// cooled holds the release times of addresses assigned while they
 	// cooled (AssignIPs with IgnoreCooldown), which a rollback restores.
 	cooled map[netip.Addr]time.Time
@@ -919,6 +923,9 @@ func (a *Allocator) assignHeld(ctx context.Context, o *assignOp, fam pool.Family
 	if o.reserved || o.v.reservesIn(full) {
 		why = append(why, "addresses in reservations are never assigned automatically")
 	}
+	if len(o.corrupt) > 0 {
+		why = append(why, fmt.Sprintf("blocks %v were passed over: their records are corrupt (Check reports them)", o.corrupt))
+	}
 	return out, fmt.Sprintf("%s: %s", fam, joinReasons(why)), nil
 }
 
@@ -935,7 +942,7 @@ const (
 // It records in o a block this claim made the owner's, for rollback, and
 // the pool's blocks if the claim listed them, for borrowing.
 func (a *Allocator) claimFor(ctx context.Context, o *assignOp, p *pool.Pool, w *pool.Walker, mine []netip.Prefix) (blk netip.Prefix, made bool, got claimOutcome, err error) {
-	blk, ok, made, listed, err := a.claim(ctx, o.v, p, w, o.aff, o.rsv, mine)
+	blk, ok, made, listed, err := a.claim(ctx, o.v, p, w, o.aff, o.rsv, mine, &o.corrupt)
 	switch {
 	case errors.Is(err, ErrNotInPool):
 		return blk, false, poolChanged, nil

@@ -138,8 +138,39 @@ func (a *Allocator) fetch(ctx context.Context, blk netip.Prefix) (*block.Block, 
 	return b, rec.Revision, nil
 }
 
-// decodeBlock decodes a block record and checks it is the block its key says.
+// decodeBlock decodes a block record and checks it is the block its key
+// says. Its errors match ErrCorrupt, and are a *corruptBlock naming p.
 func decodeBlock(p netip.Prefix, value []byte) (*block.Block, error) {
+	b, err := decodeBlockRecord(p, value)
+	if err != nil {
+		return nil, &corruptBlock{p, err}
+	}
+	return b, nil
+}
+
+// corruptBlock is the error of a block record that does not decode, or
+// holds what carve never writes. A claim walking a pool passes over such
+// a block (see passOver), as over one another node holds, rather than fail
+// a request for a block that was never its node's; an operation on the
+// block itself (the node's own block, an address in it) fails with it.
+// Check reports it.
+type corruptBlock struct {
+	blk netip.Prefix
+	err error // matches ErrCorrupt
+}
+
+func (e *corruptBlock) Error() string { return e.err.Error() }
+func (e *corruptBlock) Unwrap() error { return e.err }
+
+// passOver reports whether err says that blk's record is corrupt, for
+// an assignment to go on to other blocks.
+func passOver(err error, blk netip.Prefix) bool {
+	var cb *corruptBlock
+	return errors.As(err, &cb) && cb.blk == blk
+}
+
+// decodeBlockRecord is decodeBlock without the wrapping.
+func decodeBlockRecord(p netip.Prefix, value []byte) (*block.Block, error) {
 	b := new(block.Block)
 	if err := b.UnmarshalBinary(value); err != nil {
 		return nil, fmt.Errorf("ipam: block %s: %w: %w", p, ErrCorrupt, err)

@@ -25,12 +25,15 @@ const claimProbes = 4
 // so that later claims of the same request pass over them too. It reports
 // false when the pool has neither.
 //
+// A block whose record is corrupt counts as taken, and is appended to
+// *corrupt.
+//
 // It also returns the pool's blocks when it had to list them, so that
 // borrowing need not list them again, and whether the block it returns was
 // made aff's by this claim (made), rather than found aff's already (made
 // so by another allocator serving the same owner since the owner's blocks
 // were read): only a block made so is the caller's to give up again.
-func (a *Allocator) claim(ctx context.Context, v *view, p *pool.Pool, w *pool.Walker, aff block.Affinity, rsv hostReserved, mine []netip.Prefix) (blk netip.Prefix, ok, made bool, existing []Record, err error) {
+func (a *Allocator) claim(ctx context.Context, v *view, p *pool.Pool, w *pool.Walker, aff block.Affinity, rsv hostReserved, mine []netip.Prefix, corrupt *[]netip.Prefix) (blk netip.Prefix, ok, made bool, existing []Record, err error) {
 	listed := false
 	probes := 0
 	var taken []netip.Prefix // other nodes' blocks met, for w once the walk is over
@@ -45,7 +48,10 @@ func (a *Allocator) claim(ctx context.Context, v *view, p *pool.Pool, w *pool.Wa
 				continue // reserved whole by several smaller reservations
 			}
 			ok, made, fresh, err := a.tryClaim(ctx, blk, aff, probes > 0 || listed, rsv)
-			if err != nil {
+			if err != nil && passOver(err, blk) {
+				*corrupt = append(*corrupt, blk)
+				ok, fresh = false, true // read, and no block to claim
+			} else if err != nil {
 				return netip.Prefix{}, false, false, existing, err
 			}
 			if ok {

@@ -370,13 +370,14 @@ func TestBlockCounterAtTopIsCorrupt(t *testing.T) {
 	require.Empty(t, res.Released, "a late release with the first assignment's Seq (%d) freed the second's (%d)", first.Seq, second.Seq)
 }
 
-// TestFailedClaimOfCorruptBlockLeavesNoIndex: a node's claim walk
-// comes to a block record that does not decode. The request fails with
-// ErrCorrupt naming it, as it should, but a failed AutoAssign leaves
-// nothing behind, and this one leaves the index entry its claim made
-// first: Check then finds an index entry that no Repair can remove while
-// the block is corrupt, which the damage alone did not cause.
-func TestFailedClaimOfCorruptBlockLeavesNoIndex(t *testing.T) {
+// TestClaimPassesOverCorruptBlock: a node's claim walk comes to a block
+// record that does not decode. The block was never the node's: the claim
+// passes over it, as over a block another node holds, and the request
+// gets the next block of its walk. The claim leaves no index entry for
+// the corrupt block (it makes one first; Check would then find an entry
+// that no Repair can remove while the block is corrupt), and the record
+// stays as it was, for Check to report.
+func TestClaimPassesOverCorruptBlock(t *testing.T) {
 	e := newEnv(t, v4pool("p", "10.0.0.0/24", 26))
 	// Where node-1's walk starts: the block its first claim takes.
 	first := e.mustAssign4("node-1", "h", 1)[0].Block
@@ -386,16 +387,51 @@ func TestFailedClaimOfCorruptBlockLeavesNoIndex(t *testing.T) {
 	require.NoError(t, err)
 	e.requireConsistent()
 	putRaw(t, e.store, ipam.KindBlock, blockKeyOf(first), []byte("junk"))
-	before, err := e.store.List(e.ctx, ipam.KindAffinity, ipam.KeyRange{})
-	require.NoError(t, err)
 
 	a := e.allocator() // nothing cached
-	_, err = a.AutoAssign(e.ctx, ipam.AutoAssignArgs{Num4: 1, Handle: "h2", Node: "node-1"})
-	require.ErrorIs(t, err, ipam.ErrCorrupt)
-	require.ErrorContains(t, err, first.String())
-	after, err := e.store.List(e.ctx, ipam.KindAffinity, ipam.KeyRange{})
+	res, err := a.AutoAssign(e.ctx, ipam.AutoAssignArgs{Num4: 1, Handle: "h2", Node: "node-1"})
 	require.NoError(t, err)
-	require.Equal(t, before, after, "the failed request left an index entry")
+	require.Len(t, res.IPv4, 1)
+	require.NotEqual(t, first, res.IPv4[0].Block)
+	idx, err := e.store.List(e.ctx, ipam.KindAffinity, ipam.KeyRange{})
+	require.NoError(t, err)
+	require.Len(t, idx, 1, "the node's new block only: %v", idx)
+	require.NotContains(t, idx[0].Key, blockKeyOf(first))
+	rec, err := e.store.Get(e.ctx, ipam.KindBlock, blockKeyOf(first))
+	require.NoError(t, err)
+	require.Equal(t, []byte("junk"), rec.Value)
+	r, err := a.Check(e.ctx)
+	require.NoError(t, err)
+	require.Contains(t, kinds(r), ipam.ProblemCorrupt)
+}
+
+// TestClaimsBehindCorruptBlocks: corrupt records over three of a pool's
+// four blocks. Each new node's claim passes over them to the free
+// block while there is one; once it is full, a request falls short with
+// reasons that name the corrupt blocks, so that a pool that looks three
+// quarters empty is not taken for a plain lack of room.
+func TestClaimsBehindCorruptBlocks(t *testing.T) {
+	e := newEnv(t, v4pool("p", "10.0.0.0/24", 26))
+	bad := []string{"10.0.0.0/26", "10.0.0.64/26", "10.0.0.128/26"}
+	for _, blk := range bad {
+		putRaw(t, e.store, ipam.KindBlock, blockKeyOf(mustPrefix(blk)), []byte("junk"))
+	}
+	got := e.mustAssign4("node-1", "a", 64) // the free block, whole: nothing to borrow
+	require.Equal(t, mustPrefix("10.0.0.192/26"), got[0].Block)
+
+	_, err := e.assign4("node-2", "b", 1)
+	require.Error(t, err)
+	require.NotErrorIs(t, err, ipam.ErrCorrupt, "the request failed for want of room, not on a block of its own")
+	require.ErrorContains(t, err, "corrupt")
+	for _, blk := range bad {
+		require.ErrorContains(t, err, blk)
+	}
+	// A failed request leaves nothing behind: node-1's block is the only
+	// one indexed.
+	idx, err := e.store.List(e.ctx, ipam.KindAffinity, ipam.KeyRange{})
+	require.NoError(t, err)
+	require.Len(t, idx, 1, "%v", idx)
+	require.Contains(t, idx[0].Key, "node-1")
 }
 
 // TestCheckWithCorruptPoolRecord: when the pool record does not
