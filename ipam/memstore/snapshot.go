@@ -2,7 +2,6 @@ package memstore
 
 import (
 	"bufio"
-	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -221,24 +220,26 @@ func (d *snapReader) uvarint(what string) (uint64, error) {
 
 // bytes reads n bytes, growing the buffer as they arrive rather than
 // trusting n: a damaged length cannot make Load allocate more than its
-// input holds.
+// input holds. The buffer grows by doubling, to n at most, so what it
+// returns has about its length as capacity: the store keeps it.
 func (d *snapReader) bytes(n uint64, what string) ([]byte, error) {
 	if n > math.MaxInt64 {
-		// More than any reader holds; io.CopyN would take it as
-		// negative and copy nothing.
+		// More than any reader holds.
 		return nil, d.bad("truncated in %s (length %d)", what, n)
 	}
-	var out bytes.Buffer
-	m, err := io.CopyN(&out, d.r, int64(n))
-	_, _ = d.crc.Write(out.Bytes())
-	d.off += m
-	switch {
-	case errors.Is(err, io.EOF):
-		return nil, d.bad("truncated in %s", what)
-	case err != nil:
-		return nil, err
+	out := make([]byte, 0, min(n, 64<<10))
+	for uint64(len(out)) < n {
+		left := n - uint64(len(out))
+		if len(out) == cap(out) {
+			out = slices.Grow(out, int(min(left, uint64(len(out)))))
+		}
+		end := len(out) + int(min(left, uint64(cap(out)-len(out))))
+		if err := d.read(out[len(out):end], what); err != nil {
+			return nil, err
+		}
+		out = out[:end]
 	}
-	return out.Bytes(), nil
+	return out, nil
 }
 
 func (d *snapReader) load() (*Store, error) {
