@@ -52,6 +52,9 @@ type Store struct {
 	kinds [maxKinds]records
 	gens  [maxKinds]atomic.Uint64
 	free  []*entry // deleted entries, for reuse by create; under mu
+	// saving is held through a SaveFile, so that saves copy the store in
+	// the order in which they rename their files.
+	saving sync.Mutex
 }
 
 type records struct {

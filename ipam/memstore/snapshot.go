@@ -341,8 +341,13 @@ func (d *snapReader) load() (*Store, error) {
 // then renamed over path. A crash leaves either the old file or the new
 // one, whole. The new file is readable and writable by its owner only
 // (0600), whatever the old one's mode; a symbolic link at path is
-// replaced, not followed.
+// replaced, not followed. SaveFiles of one store run one at a time, so
+// that once one returns the file holds the store as it was after that
+// call began: a save that copied the store earlier never renames its
+// file over a later one's. Writers wait only for the copy (see WriteTo).
 func (s *Store) SaveFile(path string) (err error) {
+	s.saving.Lock()
+	defer s.saving.Unlock()
 	dir, base := filepath.Split(path)
 	if dir == "" {
 		dir = "."
