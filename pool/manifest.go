@@ -45,7 +45,9 @@ func (e *DecodeError) Unwrap() error { return e.Err }
 //
 // The input is one or more JSON values, one after another (as a YAML stream
 // of documents becomes when each is converted): each value is an IPPool, an
-// IPPoolList or List whose items are IPPools, or a JSON array of those. An
+// IPPoolList or List whose items are IPPools, or a JSON array of those; a
+// null value, which an empty or comment-only YAML document converts to, is
+// skipped, as calicoctl and kubectl skip such documents. An
 // IPPool has apiVersion projectcalico.org/v3 or crd.projectcalico.org/v1,
 // kind IPPool, metadata.name and spec; the spec is read by
 // [Pool.UnmarshalJSON], which refuses fields it does not know. Other
@@ -73,6 +75,9 @@ func DecodeManifest(data []byte) ([]Pool, error) {
 				hint = " (the input looks like YAML: convert it to JSON first, see DecodeManifest)"
 			}
 			return nil, &DecodeError{Item: len(d.pools) + 1, Err: fmt.Errorf("invalid JSON%s: %w", hint, err)}
+		}
+		if strictjson.IsNull(v) {
+			continue // an empty YAML document, as YAMLToJSON converts one
 		}
 		values++
 		if err := d.value(v); err != nil {
