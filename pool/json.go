@@ -33,10 +33,19 @@ func (p Pool) MarshalJSON() ([]byte, error) {
 // field that Calico's IPPool spec does not have is an error, not ignored: a
 // misspelt "blocksize" would otherwise silently give the default block size,
 // and a pool's block size can never be changed afterwards. So are the APIv1
-// fields "ipip" and "nat-outgoing", which Calico rejects too. A null field
+// fields "ipip" and "nat-outgoing", which Calico rejects too (only the
+// crd.projectcalico.org/v1 form of a pool may hold them: see
+// [DecodeManifest]). A null field
 // leaves the zero value. As in Calico, cidr may be a bare address, meaning
 // a single-address prefix. The decoded pool is not validated.
-func (p *Pool) UnmarshalJSON(data []byte) error {
+func (p *Pool) UnmarshalJSON(data []byte) error { return p.unmarshalSpec(data, false) }
+
+// unmarshalSpec is UnmarshalJSON; with crd, the spec is that of a
+// crd.projectcalico.org/v1 IPPool, whose APIv1 fields "ipip" and
+// "nat-outgoing" (kept by pools created under Calico 2.x on the Kubernetes
+// datastore) are read as Calico's KDD backend reads them: ipip decides
+// ipipMode, and nat-outgoing is ORed into natOutgoing.
+func (p *Pool) unmarshalSpec(data []byte, crd bool) error {
 	if bytes.Equal(bytes.TrimSpace(data), []byte("null")) {
 		return nil
 	}
@@ -45,13 +54,69 @@ func (p *Pool) UnmarshalJSON(data []byte) error {
 		return fmt.Errorf("spec: %w", err)
 	}
 	q := Pool{Name: p.Name, Version: p.Version}
+	var v1IPIP EncapMode // ipipMode from the APIv1 ipip field, if set
+	v1NAT := false
 	for _, f := range fields {
-		if err := q.setField(f.Key, f.Value); err != nil {
+		var err error
+		switch {
+		case crd && f.Key == "ipip":
+			var sub string
+			if v1IPIP, sub, err = decodeV1IPIP(f.Value); err != nil {
+				return fmt.Errorf("spec.ipip%s: %w", sub, err)
+			}
+		case crd && f.Key == "nat-outgoing":
+			if !strictjson.IsNull(f.Value) {
+				err = strictjson.DecodeAs(f.Value, &v1NAT, "true or false")
+			}
+		default:
+			err = q.setField(f.Key, f.Value)
+		}
+		if err != nil {
 			return fmt.Errorf("spec.%s: %w", f.Key, err)
 		}
 	}
+	if v1IPIP != "" {
+		q.IPIPMode = v1IPIP
+	}
+	q.NATOutgoing = q.NATOutgoing || v1NAT
 	*p = q
 	return nil
+}
+
+// decodeV1IPIP reads the APIv1 ipip setting {enabled, mode} and returns the
+// ipipMode it means, or "" for null. On failure it also returns the path of
+// the member at fault (".mode"), or "" for the setting as a whole.
+func decodeV1IPIP(v json.RawMessage) (EncapMode, string, error) {
+	if strictjson.IsNull(v) {
+		return "", "", nil
+	}
+	fields, err := strictjson.Fields(v)
+	if err != nil {
+		return "", "", err
+	}
+	enabled, mode := false, ""
+	for _, f := range fields {
+		switch f.Key {
+		case "enabled":
+			err = strictjson.DecodeAs(f.Value, &enabled, "true or false")
+		case "mode":
+			err = strictjson.DecodeAs(f.Value, &mode, "a string")
+		default:
+			err = errors.New("is not a field of the APIv1 ipip setting")
+		}
+		if err != nil {
+			return "", "." + f.Key, err
+		}
+	}
+	switch {
+	case mode != "" && mode != "always" && mode != "cross-subnet":
+		return "", ".mode", fmt.Errorf("%q is not always or cross-subnet", mode)
+	case !enabled:
+		return Never, "", nil
+	case mode == "cross-subnet":
+		return CrossSubnet, "", nil
+	}
+	return Always, "", nil
 }
 
 func (p *Pool) setField(key string, v json.RawMessage) error {

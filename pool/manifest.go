@@ -12,7 +12,8 @@ import (
 )
 
 // API versions whose IPPool manifests DecodeManifest reads. Both have the
-// same spec.
+// same spec, except that a crd.projectcalico.org/v1 spec may also hold the
+// APIv1 fields ipip and nat-outgoing (see [DecodeManifest]).
 const (
 	APIVersionV3  = "projectcalico.org/v3"     // calicoctl and the Calico API server
 	APIVersionCRD = "crd.projectcalico.org/v1" // the CRDs behind the Kubernetes datastore
@@ -50,7 +51,12 @@ func (e *DecodeError) Unwrap() error { return e.Err }
 // skipped, as calicoctl and kubectl skip such documents. An
 // IPPool has apiVersion projectcalico.org/v3 or crd.projectcalico.org/v1,
 // kind IPPool, metadata.name and spec; the spec is read by
-// [Pool.UnmarshalJSON], which refuses fields it does not know. Other
+// [Pool.UnmarshalJSON], which refuses fields it does not know. The spec of
+// a crd.projectcalico.org/v1 IPPool may also hold the APIv1 fields of pools
+// created under Calico 2.x on the Kubernetes datastore, which DecodeManifest
+// reads as Calico's datastore driver does: "ipip" ({"enabled": true, "mode":
+// "cross-subnet"}) sets ipipMode (Never when not enabled, CrossSubnet for
+// mode cross-subnet, else Always), and "nat-outgoing" true sets natOutgoing. Other
 // metadata (annotations, uid, resourceVersion, ...) and top-level fields
 // such as status are ignored. Items of an IPPoolList may leave out
 // apiVersion and kind. Calico APIv1 "ipPool" manifests (Calico 2.x) are
@@ -189,7 +195,7 @@ func (d *manifestDecoder) document(v json.RawMessage, inList bool, listVersion s
 	}
 	var p Pool
 	if len(spec) > 0 {
-		if err := p.UnmarshalJSON(spec); err != nil {
+		if err := p.unmarshalSpec(spec, apiVersion == APIVersionCRD); err != nil {
 			return d.errorf(name, "%w", err)
 		}
 	}
