@@ -99,7 +99,7 @@
 // `team == "a"` does not), and it allows the use (Workload by default).
 // When nothing qualifies, the *[NoPoolError] says for each pool why:
 //
-//	no pool for node node-3 (IPv4, Workload): pool extra: nodeSelector rack == "1" does not match node node-3
+//	no pool for node node-3 (IPv4, Workload): pool extra: nodeSelector rack == "1" does not match node node-3 (labels rack=3)
 //
 // # Carving and the walk
 //

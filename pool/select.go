@@ -81,7 +81,7 @@ type Rejection struct {
 
 // String returns "pool <name>: <detail>", for example
 //
-//	pool extra: nodeSelector rack == "1" does not match node node-3
+//	pool extra: nodeSelector rack == "1" does not match node node-3 (labels rack=3)
 func (r Rejection) String() string { return "pool " + r.Pool + ": " + r.Detail }
 
 // NoPoolError reports that [Set.Select] found no eligible pool, or that a
