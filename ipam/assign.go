@@ -942,7 +942,10 @@ const (
 // It records in o a block this claim made the owner's, for rollback, and
 // the pool's blocks if the claim listed them, for borrowing.
 func (a *Allocator) claimFor(ctx context.Context, o *assignOp, p *pool.Pool, w *pool.Walker, mine []netip.Prefix) (blk netip.Prefix, made bool, got claimOutcome, err error) {
-	blk, ok, made, listed, err := a.claim(ctx, o.v, p, w, o.aff, o.rsv, mine, &o.corrupt)
+	blk, ok, made, listed, corrupt, err := a.claim(ctx, o.v, p, w, o.aff, o.rsv, mine)
+	if corrupt != nil {
+		o.corrupt = append(o.corrupt, corrupt...)
+	}
 	switch {
 	case errors.Is(err, ErrNotInPool):
 		return blk, false, poolChanged, nil

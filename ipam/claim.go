@@ -25,15 +25,15 @@ const claimProbes = 4
 // so that later claims of the same request pass over them too. It reports
 // false when the pool has neither.
 //
-// A block whose record is corrupt counts as taken, and is appended to
-// *corrupt.
+// A block whose record is corrupt counts as taken, and is listed in
+// corrupt.
 //
 // It also returns the pool's blocks when it had to list them, so that
 // borrowing need not list them again, and whether the block it returns was
 // made aff's by this claim (made), rather than found aff's already (made
 // so by another allocator serving the same owner since the owner's blocks
 // were read): only a block made so is the caller's to give up again.
-func (a *Allocator) claim(ctx context.Context, v *view, p *pool.Pool, w *pool.Walker, aff block.Affinity, rsv hostReserved, mine []netip.Prefix, corrupt *[]netip.Prefix) (blk netip.Prefix, ok, made bool, existing []Record, err error) {
+func (a *Allocator) claim(ctx context.Context, v *view, p *pool.Pool, w *pool.Walker, aff block.Affinity, rsv hostReserved, mine []netip.Prefix) (blk netip.Prefix, ok, made bool, existing []Record, corrupt []netip.Prefix, err error) {
 	listed := false
 	probes := 0
 	var taken []netip.Prefix // other nodes' blocks met, for w once the walk is over
@@ -49,13 +49,13 @@ func (a *Allocator) claim(ctx context.Context, v *view, p *pool.Pool, w *pool.Wa
 			}
 			ok, made, fresh, err := a.tryClaim(ctx, blk, aff, probes > 0 || listed, rsv)
 			if err != nil && passOver(err, blk) {
-				*corrupt = append(*corrupt, blk)
+				corrupt = append(corrupt, blk)
 				ok, fresh = false, true // read, and no block to claim
 			} else if err != nil {
-				return netip.Prefix{}, false, false, existing, err
+				return netip.Prefix{}, false, false, existing, corrupt, err
 			}
 			if ok {
-				return blk, true, made, existing, nil
+				return blk, true, made, existing, corrupt, nil
 			}
 			if fresh {
 				// Only a refusal that rests on a read may keep the
@@ -74,7 +74,7 @@ func (a *Allocator) claim(ctx context.Context, v *view, p *pool.Pool, w *pool.Wa
 		// Crowded pool: read which blocks exist and walk past them.
 		recs, err := a.store.List(ctx, KindBlock, blockRange(p.CIDR))
 		if err != nil {
-			return netip.Prefix{}, false, false, nil, fmt.Errorf("ipam: list blocks of pool %q: %w", p.Name, err)
+			return netip.Prefix{}, false, false, nil, corrupt, fmt.Errorf("ipam: list blocks of pool %q: %w", p.Name, err)
 		}
 		existing, listed = recs, true
 		w.SkipAll(func(yield func(netip.Prefix) bool) {
@@ -86,7 +86,7 @@ func (a *Allocator) claim(ctx context.Context, v *view, p *pool.Pool, w *pool.Wa
 		})
 	}
 	blk, ok, made, err = a.reclaim(ctx, v, p, aff, existing, rsv, mine)
-	return blk, ok, made, existing, err
+	return blk, ok, made, existing, corrupt, err
 }
 
 // newWalker returns a walker of p for a node's claims that passes over the
