@@ -143,6 +143,41 @@ func BenchmarkMirror(b *testing.B) {
 	}
 }
 
+// BenchmarkMirrorNewOwner is BenchmarkMirror with a new owner at every
+// allocation, as every pod is: the allocation adds an owner record (its
+// encoding appended to the arena, an index bucket set) and the release
+// retires it, so each Mirror copies what a new owner changes. That must
+// not grow with the block's size: the blocks are filled with an owner per
+// address, so a /20's arena holds 2,048 encodings.
+func BenchmarkMirrorNewOwner(b *testing.B) {
+	for _, sz := range benchSizes {
+		b.Run(fmt.Sprintf("bits=%d/fill=50", sz.bits), func(b *testing.B) {
+			cur := filled(b, sz.prefix, 50)
+			prev := new(block.Block)
+			cur.Mirror(prev)
+			owners := make([]block.Owner, 1024)
+			for i := range owners {
+				name := fmt.Sprint("pod-", i)
+				owners[i] = block.Owner{Handle: "k8s-pod-network." + name, Attrs: map[string]string{"namespace": "default", "pod": name}}
+			}
+			buf := make([]netip.Addr, 0, 1)
+			b.ReportAllocs()
+			i := 0
+			for b.Loop() {
+				cur.Mirror(prev)
+				cur, prev = prev, cur
+				got, _ := cur.Allocate(buf[:0], 1, owners[i%len(owners)])
+				i++
+				cur.Mirror(prev)
+				cur, prev = prev, cur
+				if err := cur.Release(got[0], block.Check{}); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
 func BenchmarkMarshalBinary(b *testing.B) {
 	for _, sz := range benchSizes {
 		for _, fill := range []int{0, 50, 99} {

@@ -78,16 +78,22 @@ type owners struct {
 	last uint16
 
 	// Changes since the block's last Mirror: the slots of recs in
-	// [dlo, dhi) (none when dlo >= dhi), and whether index or arena
-	// changed. The slot last names counts as changed whatever the range
+	// [dlo, dhi) (none when dlo >= dhi), and the buckets of index in
+	// [ilo, ihi). The slot last names counts as changed whatever the range
 	// says, so that the hot path need not record the changes it makes
-	// to it; when last moves on, the slot it named is touched.
+	// to it; when last moves on, the slot it named is touched. The arena
+	// only grows between compactions, so arena[:amark], its length at the
+	// last Mirror (0 after a compaction), is unchanged.
 	dlo, dhi int
-	dmeta    bool
+	ilo, ihi int
+	amark    int
 }
 
 // touch records a change to slot s for Mirror, as mirror.touch does.
 func (t *owners) touch(s int) { t.dlo, t.dhi = min(t.dlo, s), max(t.dhi, s+1) }
+
+// touchIndex records a change to bucket p of the index for Mirror.
+func (t *owners) touchIndex(p int) { t.ilo, t.ihi = min(t.ilo, p), max(t.ihi, p+1) }
 
 // touchOther is touch for a slot that may be the one last names, which
 // needs no record.
@@ -259,7 +265,6 @@ func (t *owners) add(h uint64, handle string, attrs map[string]string, enc []byt
 	t.recs[s] = record{handle: handle, attrs: attrs, hash: h, ahash: ah, encOff: uint32(off), encLen: uint32(n)}
 	t.insert(s)
 	t.touch(s)
-	t.dmeta = true
 	return s
 }
 
@@ -284,7 +289,8 @@ func (t *owners) compact() {
 	}
 	t.spareArena, t.arena = t.arena[:0], next
 	t.arenaLive = len(next)
-	t.dlo, t.dhi, t.dmeta = 0, len(t.recs), true // every encOff may have moved
+	t.dlo, t.dhi = 0, len(t.recs) // every encOff may have moved
+	t.amark = 0                   // and every byte of the arena
 }
 
 // grow doubles the index (at least 8 buckets) and re-inserts the indexed
@@ -296,7 +302,7 @@ func (t *owners) grow() {
 	}
 	t.index = make([]uint16, n)
 	t.indexed = 0
-	t.dmeta = true
+	t.ilo, t.ihi = 0, n
 	for s := range t.recs {
 		if t.recs[s].refs > 0 || int(t.spare)-1 == s {
 			t.insert(s)
@@ -313,7 +319,7 @@ func (t *owners) insert(s int) {
 	}
 	t.index[p] = uint16(s + 1)
 	t.indexed++
-	t.dmeta = true
+	t.touchIndex(p)
 }
 
 // unindex removes slot s from the index by backward-shift deletion, which
@@ -326,7 +332,7 @@ func (t *owners) unindex(s int) {
 		p = (p + 1) & mask
 	}
 	t.index[p] = 0
-	t.dmeta = true
+	t.touchIndex(p)
 	for j := (p + 1) & mask; t.index[j] != 0; j = (j + 1) & mask {
 		home := int(t.recs[t.index[j]-1].hash) & mask
 		// The entry at j may move back to p when p lies on its probe path,
@@ -334,6 +340,7 @@ func (t *owners) unindex(s int) {
 		if (j-home)&mask >= (j-p)&mask {
 			t.index[p] = t.index[j]
 			t.index[j] = 0
+			t.touchIndex(j)
 			p = j
 		}
 	}
@@ -394,10 +401,15 @@ func (t *owners) reset() {
 	clear(t.index)
 	t.indexed, t.live, t.spare, t.last = 0, 0, 0, 0
 	t.arena, t.arenaLive = t.arena[:0], 0
+	t.ilo, t.ihi, t.amark = 0, len(t.index), 0
 }
 
 // unchanged records that t changed nothing since its block's last Mirror.
-func (t *owners) unchanged() { t.dlo, t.dhi, t.dmeta = math.MaxInt, 0, false }
+func (t *owners) unchanged() {
+	t.dlo, t.dhi = math.MaxInt, 0
+	t.ilo, t.ihi = math.MaxInt, 0
+	t.amark = len(t.arena)
+}
 
 // copyTo makes dst a copy of t, reusing dst's memory. Strings and attribute
 // maps are shared: the package never modifies them.
@@ -431,9 +443,13 @@ func (t *owners) copyChanges(dst *owners) bool {
 	if l := int(t.last) - 1; l >= 0 && (l < lo || l >= hi) {
 		dst.recs[l] = t.recs[l]
 	}
-	if t.dmeta || dst.dmeta {
-		copy(dst.index, t.index)
-		dst.arena = append(dst.arena[:0], t.arena...)
+	// The index buckets either changed, and the arena past what both
+	// held at the last Mirror: a new owner's encoding, not the whole arena.
+	if lo, hi := span(t.ilo, t.ihi, dst.ilo, dst.ihi); lo < hi {
+		copy(dst.index[lo:hi], t.index[lo:hi])
+	}
+	if m := min(t.amark, dst.amark); m < len(t.arena) || m < len(dst.arena) {
+		dst.arena = append(dst.arena[:m], t.arena[m:]...)
 	}
 	if len(dst.free) != 0 || len(t.free) != 0 {
 		dst.free = append(dst.free[:0], t.free...)
