@@ -63,6 +63,35 @@ func BenchmarkAllocReleaseFresh(b *testing.B) {
 	}
 }
 
+// BenchmarkAllocReleaseBlockSize is BenchmarkAllocReleaseFresh in blocks
+// of 64 to 4,096 addresses (Calico allows /20 to /32 blocks in IPv4, /116
+// to /128 in IPv6): the node's block is half full, an owner per address,
+// as a node's pods fill it. A new owner's pair must not cost more in a
+// bigger block.
+func BenchmarkAllocReleaseBlockSize(b *testing.B) {
+	for _, bits := range []int{26, 24, 22, 20} {
+		b.Run(fmt.Sprintf("block=%d", bits), func(b *testing.B) {
+			p := workload.Pool{Name: "v4-16", CIDR: workload.V4.CIDR, BlockSize: bits}
+			a := workload.New(b, memstore.New(), p)
+			ctx := context.Background()
+			for i := range (1 << (32 - bits)) / 2 {
+				if _, err := a.AutoAssign(ctx, p.Args(1, fmt.Sprint("pod-", i), workload.Node)); err != nil {
+					b.Fatal(err)
+				}
+			}
+			reqs := workload.FreshArgs(p, "fresh", workload.Node)
+			b.ReportAllocs()
+			i := 0
+			for b.Loop() {
+				if err := workload.AllocRelease(ctx, a, reqs[i%len(reqs)]); err != nil {
+					b.Fatal(err)
+				}
+				i++
+			}
+		})
+	}
+}
+
 // BenchmarkAllocReleaseDual is the steady-state pair of a dual-stack pod:
 // AutoAssign of an address of each family (the node holds a block of each)
 // and ReleaseByHandle of both. AutoAssign's lane serves one family only,

@@ -41,7 +41,7 @@ bench() {
 		tee -a "$2"
 }
 
-timed='^Benchmark(AllocRelease|AllocReleaseFresh|AllocReleaseDual|AllocReleasePods|AllocReleaseRacks|Batch|FirstBatch|Parallel|Claim|StoreOps)$'
+timed='^Benchmark(AllocRelease|AllocReleaseFresh|AllocReleaseBlockSize|AllocReleaseDual|AllocReleasePods|AllocReleaseRacks|Batch|FirstBatch|Parallel|Claim|StoreOps)$'
 bench "$here" "$out/carve.txt" "$timed" "$benchtime"
 bench "$here" "$out/carve.txt" '^BenchmarkHeapPerAddr$' 1x
 bench "$here/peers" "$out/peers.txt" "$timed" "$benchtime"
