@@ -1,0 +1,67 @@
+package ipam_test
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"sync/atomic"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/carve-ipam/carve/ipam"
+	"github.com/carve-ipam/carve/ipam/memstore"
+)
+
+// failIndexDelete is a memstore whose deletes of index records fail,
+// without effect, while fail is set.
+type failIndexDelete struct {
+	*memstore.Store
+	fail atomic.Bool
+}
+
+var errIndexDelete = errors.New("index delete failed")
+
+func (s *failIndexDelete) Delete(ctx context.Context, kind ipam.Kind, key string, rev ipam.Revision) error {
+	if kind == ipam.KindAffinity && s.fail.Load() {
+		return errIndexDelete
+	}
+	return s.Store.Delete(ctx, kind, key, rev)
+}
+
+// TestReviewClaimOverCorruptBlockKeepsIndexFailure: a claim walk comes to
+// a corrupt block record, having made its index entry first (nothing
+// cached: the first probe writes before it looks), and the delete of that
+// entry fails. The index entry stays: the node now "holds" the corrupt
+// block, and every later request of the node fails on it with ErrCorrupt.
+// The claim must not pass over the block as if nothing were left behind:
+// the request fails and says why, as it did before claims passed over
+// corrupt blocks.
+func TestReviewClaimOverCorruptBlockKeepsIndexFailure(t *testing.T) {
+	e := newEnv(t, v4pool("p", "10.0.0.0/24", 26))
+	first := e.mustAssign4("node-1", "h", 1)[0].Block
+	_, err := e.a.ReleaseHostAffinities(e.ctx, "node-1", false)
+	require.NoError(t, err)
+	_, err = e.a.ReleaseByHandle(e.ctx, "h")
+	require.NoError(t, err)
+	e.requireConsistent()
+	putRaw(t, e.store, ipam.KindBlock, blockKeyOf(first), []byte("junk"))
+
+	s := &failIndexDelete{Store: e.store}
+	s.fail.Store(true)
+	a, err := ipam.New(s, ipam.Options{Now: e.clock.Now})
+	require.NoError(t, err)
+	_, err = a.AutoAssign(e.ctx, ipam.AutoAssignArgs{Num4: 1, Handle: "h2", Node: "node-1"})
+	s.fail.Store(false)
+
+	idx, lerr := e.store.List(e.ctx, ipam.KindAffinity, ipam.KeyRange{})
+	require.NoError(t, lerr)
+	left := false
+	for _, r := range idx {
+		if strings.HasSuffix(r.Key, blockKeyOf(first)) {
+			left = true
+		}
+	}
+	require.True(t, left, "the index entry of the corrupt block was deleted after all: %v", idx)
+	require.ErrorIs(t, err, errIndexDelete, "the request passed over the corrupt block and left its index entry behind without a word")
+}
