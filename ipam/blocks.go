@@ -162,11 +162,13 @@ type corruptBlock struct {
 func (e *corruptBlock) Error() string { return e.err.Error() }
 func (e *corruptBlock) Unwrap() error { return e.err }
 
-// passOver reports whether err says that blk's record is corrupt, for
-// an assignment to go on to other blocks.
+// passOver reports whether err says that blk's record is corrupt, and
+// nothing more, for an assignment to go on to other blocks. An error
+// joined to it (the claim's index entry that could not be deleted again,
+// which would leave the node holding the corrupt block) stops the claim.
 func passOver(err error, blk netip.Prefix) bool {
-	var cb *corruptBlock
-	return errors.As(err, &cb) && cb.blk == blk
+	cb, ok := err.(*corruptBlock)
+	return ok && cb.blk == blk
 }
 
 // decodeBlockRecord is decodeBlock without the wrapping.
