@@ -65,3 +65,28 @@ func TestReviewClaimOverCorruptBlockKeepsIndexFailure(t *testing.T) {
 	require.True(t, left, "the index entry of the corrupt block was deleted after all: %v", idx)
 	require.ErrorIs(t, err, errIndexDelete, "the request passed over the corrupt block and left its index entry behind without a word")
 }
+
+// TestReviewEnsureBlockNamesCorruptBlocks: EnsureBlock claims as AutoAssign
+// does, and its claim passes over corrupt block records too. When it falls
+// short, its reasons must name them, as AutoAssign's do (the documented
+// rule: "a request that falls short names the blocks passed over"): a
+// pool three quarters corrupt otherwise reads as merely full, where
+// before claims passed over corrupt blocks the request failed with
+// ErrCorrupt naming one.
+func TestReviewEnsureBlockNamesCorruptBlocks(t *testing.T) {
+	e := newEnv(t, v4pool("p", "10.0.0.0/24", 26))
+	bad := []string{"10.0.0.0/26", "10.0.0.64/26", "10.0.0.128/26"}
+	for _, blk := range bad {
+		putRaw(t, e.store, ipam.KindBlock, blockKeyOf(mustPrefix(blk)), []byte("junk"))
+	}
+	v4, _, err := e.a.EnsureBlock(e.ctx, ipam.EnsureBlockArgs{Node: "node-1", IPv4: true})
+	require.NoError(t, err)
+	require.Equal(t, mustPrefix("10.0.0.192/26"), v4)
+
+	_, _, err = e.a.EnsureBlock(e.ctx, ipam.EnsureBlockArgs{Node: "node-2", IPv4: true})
+	require.ErrorIs(t, err, ipam.ErrNoSpace)
+	require.ErrorContains(t, err, "corrupt")
+	for _, blk := range bad {
+		require.ErrorContains(t, err, blk)
+	}
+}
