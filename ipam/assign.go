@@ -929,6 +929,22 @@ func (a *Allocator) assignHeld(ctx context.Context, o *assignOp, fam pool.Family
 	return out, fmt.Sprintf("%s: %s", fam, joinReasons(why)), nil
 }
 
+// corruptReason says, for the reasons of a request that falls short in
+// family fam, which blocks of that family its claims passed over because
+// their records are corrupt (see passOver); "" when none.
+func (o *assignOp) corruptReason(fam pool.Family) string {
+	var blks []netip.Prefix
+	for _, blk := range o.corrupt {
+		if sameAddrFamily(blk, fam) {
+			blks = append(blks, blk)
+		}
+	}
+	if len(blks) == 0 {
+		return ""
+	}
+	return fmt.Sprintf("blocks %v were passed over: their records are corrupt (Check reports them)", blks)
+}
+
 // claimOutcome says what claimFor did.
 type claimOutcome int
 

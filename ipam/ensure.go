@@ -199,6 +199,9 @@ func (a *Allocator) ensureBlock(ctx context.Context, o *assignOp, fam pool.Famil
 			return blk, nil
 		}
 	}
+	if r := o.corruptReason(fam); r != "" {
+		why = append(why, r)
+	}
 	return netip.Prefix{}, fmt.Errorf("%w: %s", ErrNoSpace, joinReasons(why))
 }
 
