@@ -90,3 +90,25 @@ func TestReviewEnsureBlockNamesCorruptBlocks(t *testing.T) {
 		require.ErrorContains(t, err, blk)
 	}
 }
+
+// TestReviewShortfallNamesCorruptBlocksOfItsFamily: a dual-stack request
+// whose IPv4 claim passes over a corrupt IPv4 block, and gets its address
+// from the next block, falls short in IPv6 (the IPv6 pool is full). The
+// reasons, "IPv6: ...", name the IPv4 block as one passed over: a
+// family's reasons must name only blocks of that family.
+func TestReviewShortfallNamesCorruptBlocksOfItsFamily(t *testing.T) {
+	e := newEnv(t, v4pool("p4", "10.0.0.0/24", 26), v6pool("p6", "fd00::/122", 122))
+	first := e.mustAssign4("node-1", "h", 1)[0].Block
+	_, err := e.a.ReleaseHostAffinities(e.ctx, "node-1", false)
+	require.NoError(t, err)
+	_, err = e.a.ReleaseByHandle(e.ctx, "h")
+	require.NoError(t, err)
+	putRaw(t, e.store, ipam.KindBlock, blockKeyOf(first), []byte("junk"))
+	_, err = e.a.AutoAssign(e.ctx, ipam.AutoAssignArgs{Num6: 64, Handle: "full", Node: "node-x"})
+	require.NoError(t, err)
+
+	_, err = e.allocator().AutoAssign(e.ctx, ipam.AutoAssignArgs{Num4: 1, Num6: 1, Handle: "h2", Node: "node-1"})
+	require.ErrorIs(t, err, ipam.ErrNoSpace)
+	require.ErrorContains(t, err, "IPv6: no unclaimed block left")
+	require.NotContains(t, err.Error(), first.String(), "the IPv6 shortfall names an IPv4 block")
+}
