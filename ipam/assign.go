@@ -923,8 +923,8 @@ func (a *Allocator) assignHeld(ctx context.Context, o *assignOp, fam pool.Family
 	if o.reserved || o.v.reservesIn(full) {
 		why = append(why, "addresses in reservations are never assigned automatically")
 	}
-	if len(o.corrupt) > 0 {
-		why = append(why, fmt.Sprintf("blocks %v were passed over: their records are corrupt (Check reports them)", o.corrupt))
+	if r := o.corruptReason(fam); r != "" {
+		why = append(why, r)
 	}
 	return out, fmt.Sprintf("%s: %s", fam, joinReasons(why)), nil
 }
