@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/carve-ipam/carve/block"
+	"github.com/carve-ipam/carve/pool"
 )
 
 // Liveness tells a Collector whether the owner of an allocation still
@@ -874,15 +875,16 @@ func (a *Allocator) releaseEmptyAffinity(ctx context.Context, aff block.Affinity
 }
 
 // serves reports whether a node can assign from its block blk under v:
-// a pool that is enabled carves blk (with blk's size). Only such blocks
-// count toward the node's last block of a family, which a Collector
-// keeps; an empty one in a disabled pool (midway through a migration) or
-// in no pool goes once the grace period has run, even if it is the
-// node's only block: its next assignment claims from an enabled pool
-// anyway.
+// a pool that is enabled, and not a LoadBalancer pool, carves blk (with
+// blk's size). Only such blocks count toward the node's last block of a
+// family, which a Collector keeps; an empty one in a disabled pool
+// (midway through a migration), in a pool UpdatePool made a LoadBalancer
+// pool since, or in no pool goes once the grace period has run, even if
+// it is the node's only block: its next assignment claims from a pool
+// that serves it anyway.
 func serves(v *view, blk netip.Prefix) bool {
 	p, ok := v.pools.ByAddr(blk.Addr())
-	return ok && !p.Disabled && p.BlockSize == blk.Bits()
+	return ok && !p.Disabled && !p.Allows(pool.UseLoadBalancer) && p.BlockSize == blk.Bits()
 }
 
 // ownerFamily is a block owner and an address family (IPv6 or not): the
