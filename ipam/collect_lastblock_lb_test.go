@@ -19,7 +19,7 @@ import (
 // counts the "lb" block as serving the node, releases the "w" block,
 // which comes first in address order, and keeps the "lb" one as the
 // node's last.
-func TestReviewCollectorLastBlockNotInLoadBalancerPool(t *testing.T) {
+func TestCollectorLastBlockNotInLoadBalancerPool(t *testing.T) {
 	e := newEnv(t, v4pool("w", "10.0.0.0/24", 26), v4pool("lb", "10.1.0.0/24", 26))
 	for _, name := range []string{"w", "lb"} {
 		_, err := e.a.AutoAssign(e.ctx, ipam.AutoAssignArgs{Num4: 1, Handle: name, Node: "node-1", IPv4Pools: []string{name}})

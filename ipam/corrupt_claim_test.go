@@ -37,7 +37,7 @@ func (s *failIndexDelete) Delete(ctx context.Context, kind ipam.Kind, key string
 // The claim must not pass over the block as if nothing were left behind:
 // the request fails and says why, as it did before claims passed over
 // corrupt blocks.
-func TestReviewClaimOverCorruptBlockKeepsIndexFailure(t *testing.T) {
+func TestClaimOverCorruptBlockKeepsIndexFailure(t *testing.T) {
 	e := newEnv(t, v4pool("p", "10.0.0.0/24", 26))
 	first := e.mustAssign4("node-1", "h", 1)[0].Block
 	_, err := e.a.ReleaseHostAffinities(e.ctx, "node-1", false)
@@ -73,7 +73,7 @@ func TestReviewClaimOverCorruptBlockKeepsIndexFailure(t *testing.T) {
 // pool three quarters corrupt otherwise reads as merely full, where
 // before claims passed over corrupt blocks the request failed with
 // ErrCorrupt naming one.
-func TestReviewEnsureBlockNamesCorruptBlocks(t *testing.T) {
+func TestEnsureBlockNamesCorruptBlocks(t *testing.T) {
 	e := newEnv(t, v4pool("p", "10.0.0.0/24", 26))
 	bad := []string{"10.0.0.0/26", "10.0.0.64/26", "10.0.0.128/26"}
 	for _, blk := range bad {
@@ -96,7 +96,7 @@ func TestReviewEnsureBlockNamesCorruptBlocks(t *testing.T) {
 // from the next block, falls short in IPv6 (the IPv6 pool is full). The
 // reasons, "IPv6: ...", name the IPv4 block as one passed over: a
 // family's reasons must name only blocks of that family.
-func TestReviewShortfallNamesCorruptBlocksOfItsFamily(t *testing.T) {
+func TestShortfallNamesCorruptBlocksOfItsFamily(t *testing.T) {
 	e := newEnv(t, v4pool("p4", "10.0.0.0/24", 26), v6pool("p6", "fd00::/122", 122))
 	first := e.mustAssign4("node-1", "h", 1)[0].Block
 	_, err := e.a.ReleaseHostAffinities(e.ctx, "node-1", false)
