@@ -10,7 +10,7 @@ import (
 	"github.com/carve-ipam/carve/pool"
 )
 
-// TestReviewCollectorLastBlockNotInLoadBalancerPool: node-1 holds an
+// TestCollectorLastBlockNotInLoadBalancerPool: node-1 holds an
 // empty block in pool "w" and an empty one in pool "lb", which UpdatePool
 // has since made a LoadBalancer pool (the node's block there stays its
 // own, but no node assigns from it again: see UpdatePool). Both are ripe.

@@ -29,7 +29,7 @@ func (s *failIndexDelete) Delete(ctx context.Context, kind ipam.Kind, key string
 	return s.Store.Delete(ctx, kind, key, rev)
 }
 
-// TestReviewClaimOverCorruptBlockKeepsIndexFailure: a claim walk comes to
+// TestClaimOverCorruptBlockKeepsIndexFailure: a claim walk comes to
 // a corrupt block record, having made its index entry first (nothing
 // cached: the first probe writes before it looks), and the delete of that
 // entry fails. The index entry stays: the node now "holds" the corrupt
@@ -66,7 +66,7 @@ func TestClaimOverCorruptBlockKeepsIndexFailure(t *testing.T) {
 	require.ErrorIs(t, err, errIndexDelete, "the request passed over the corrupt block and left its index entry behind without a word")
 }
 
-// TestReviewEnsureBlockNamesCorruptBlocks: EnsureBlock claims as AutoAssign
+// TestEnsureBlockNamesCorruptBlocks: EnsureBlock claims as AutoAssign
 // does, and its claim passes over corrupt block records too. When it falls
 // short, its reasons must name them, as AutoAssign's do (the documented
 // rule: "a request that falls short names the blocks passed over"): a
@@ -91,7 +91,7 @@ func TestEnsureBlockNamesCorruptBlocks(t *testing.T) {
 	}
 }
 
-// TestReviewShortfallNamesCorruptBlocksOfItsFamily: a dual-stack request
+// TestShortfallNamesCorruptBlocksOfItsFamily: a dual-stack request
 // whose IPv4 claim passes over a corrupt IPv4 block, and gets its address
 // from the next block, falls short in IPv6 (the IPv6 pool is full). The
 // reasons, "IPv6: ...", name the IPv4 block as one passed over: a
