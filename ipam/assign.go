@@ -942,7 +942,10 @@ func (o *assignOp) corruptReason(fam pool.Family) string {
 	if len(blks) == 0 {
 		return ""
 	}
-	return fmt.Sprintf("blocks %v were passed over: their records are corrupt (Check reports them)", blks)
+	// A request that walks a pool again (after a reservation made meanwhile
+	// took back what it had assigned) meets them again.
+	slices.SortFunc(blks, comparePrefix)
+	return fmt.Sprintf("blocks %v were passed over: their records are corrupt (Check reports them)", slices.Compact(blks))
 }
 
 // claimOutcome says what claimFor did.
