@@ -186,6 +186,10 @@ func (b *Block) decodeJSON(data []byte) error {
 	}
 	b.nres = len(j.Reserved)
 	slots := make([]int, len(j.Owners)) // slot+1 per owner index
+	// enc holds each new owner's encoding in turn (addUnique copies it into
+	// the arena), so that records cost no allocation of their own.
+	var scratch [256]byte
+	enc := scratch[:0]
 	for _, al := range j.Allocations {
 		i, ok := b.ordinal(al.Addr)
 		switch {
@@ -203,7 +207,8 @@ func (b *Block) decodeJSON(data []byte) error {
 			if len(o.Attrs) == 0 {
 				o.Attrs = nil
 			}
-			s, err := b.recs.addUnique(o.Handle, o.Attrs, nil)
+			enc = appendOwner(enc[:0], o.Handle, o.Attrs)
+			s, err := b.recs.addUnique(o.Handle, o.Attrs, enc)
 			if err != nil {
 				return fail("owner %d: %v", al.Owner, err)
 			}
