@@ -290,15 +290,18 @@ func (c *keyChecker) space() {
 // (encoding/json turns each byte that is not into U+FFFD, so that keys
 // differing only in such bytes decode to one).
 func (c *keyChecker) str() ([]byte, error) {
-	start, esc := c.off, false
+	start, esc, ascii := c.off, false, true
 	for c.off++; c.data[c.off] != '"'; c.off++ {
-		if c.data[c.off] == '\\' {
+		switch b := c.data[c.off]; {
+		case b == '\\':
 			esc = true
 			c.off++
+		case b >= utf8.RuneSelf:
+			ascii = false
 		}
 	}
 	c.off++
-	if raw := c.data[start+1 : c.off-1]; !esc && utf8.Valid(raw) {
+	if raw := c.data[start+1 : c.off-1]; !esc && (ascii || utf8.Valid(raw)) {
 		return raw, nil
 	}
 	var s string
