@@ -48,16 +48,7 @@ func BenchmarkAllocReleaseFresh(b *testing.B) {
 		for _, fill := range workload.Fills {
 			b.Run(fmt.Sprintf("pool=%s/fill=%d", p.Name, fill), func(b *testing.B) {
 				a := workload.Filled(b, memstore.New(), p, fill)
-				ctx := context.Background()
-				reqs := workload.FreshArgs(p, "pod", workload.Node)
-				b.ReportAllocs()
-				i := 0
-				for b.Loop() {
-					if err := workload.AllocRelease(ctx, a, reqs[i%len(reqs)]); err != nil {
-						b.Fatal(err)
-					}
-					i++
-				}
+				timePairs(b, a, workload.FreshArgs(p, "pod", workload.Node))
 			})
 		}
 	}
@@ -79,16 +70,22 @@ func BenchmarkAllocReleaseBlockSize(b *testing.B) {
 					b.Fatal(err)
 				}
 			}
-			reqs := workload.FreshArgs(p, "fresh", workload.Node)
-			b.ReportAllocs()
-			i := 0
-			for b.Loop() {
-				if err := workload.AllocRelease(ctx, a, reqs[i%len(reqs)]); err != nil {
-					b.Fatal(err)
-				}
-				i++
-			}
+			timePairs(b, a, workload.FreshArgs(p, "fresh", workload.Node))
 		})
+	}
+}
+
+// timePairs times the pair of workload.AllocRelease with each request of
+// reqs in turn.
+func timePairs(b *testing.B, a *ipam.Allocator, reqs []ipam.AutoAssignArgs) {
+	ctx := context.Background()
+	b.ReportAllocs()
+	i := 0
+	for b.Loop() {
+		if err := workload.AllocRelease(ctx, a, reqs[i%len(reqs)]); err != nil {
+			b.Fatal(err)
+		}
+		i++
 	}
 }
 
@@ -156,14 +153,7 @@ func BenchmarkAllocReleasePods(b *testing.B) {
 			for i := range reqs {
 				reqs[i].Attrs = map[string]string{"namespace": "default", "pod": fmt.Sprintf("bench-%d", i)}
 			}
-			b.ReportAllocs()
-			i := 0
-			for b.Loop() {
-				if err := workload.AllocRelease(ctx, a, reqs[i%len(reqs)]); err != nil {
-					b.Fatal(err)
-				}
-				i++
-			}
+			timePairs(b, a, reqs)
 		})
 	}
 }
@@ -192,7 +182,6 @@ func BenchmarkAllocReleaseRacks(b *testing.B) {
 
 func benchRacks(b *testing.B, racks, namespaces int, stored bool) {
 	a, args := rackCluster(b, racks, stored)
-	ctx := context.Background()
 	reqs := []ipam.AutoAssignArgs{args}
 	if namespaces > 0 {
 		reqs = reqs[:0]
@@ -202,14 +191,7 @@ func benchRacks(b *testing.B, racks, namespaces int, stored bool) {
 			reqs = append(reqs, r)
 		}
 	}
-	b.ReportAllocs()
-	i := 0
-	for b.Loop() {
-		if err := workload.AllocRelease(ctx, a, reqs[i%len(reqs)]); err != nil {
-			b.Fatal(err)
-		}
-		i++
-	}
+	timePairs(b, a, reqs)
 }
 
 // rackCluster returns an allocator with a /16 pool per rack, each with a
