@@ -123,22 +123,7 @@ func BenchmarkCopyTo(b *testing.B) {
 func BenchmarkMirror(b *testing.B) {
 	for _, sz := range benchSizes {
 		b.Run(fmt.Sprintf("bits=%d/fill=50", sz.bits), func(b *testing.B) {
-			cur := filled(b, sz.prefix, 50)
-			prev := new(block.Block)
-			cur.Mirror(prev)
-			owner := block.Owner{Handle: "pod"}
-			buf := make([]netip.Addr, 0, 1)
-			b.ReportAllocs()
-			for b.Loop() {
-				cur.Mirror(prev)
-				cur, prev = prev, cur
-				got, _ := cur.Allocate(buf[:0], 1, owner)
-				cur.Mirror(prev)
-				cur, prev = prev, cur
-				if err := cur.Release(got[0], block.Check{}); err != nil {
-					b.Fatal(err)
-				}
-			}
+			mirrorPairs(b, filled(b, sz.prefix, 50), []block.Owner{{Handle: "pod"}})
 		})
 	}
 }
@@ -152,29 +137,35 @@ func BenchmarkMirror(b *testing.B) {
 func BenchmarkMirrorNewOwner(b *testing.B) {
 	for _, sz := range benchSizes {
 		b.Run(fmt.Sprintf("bits=%d/fill=50", sz.bits), func(b *testing.B) {
-			cur := filled(b, sz.prefix, 50)
-			prev := new(block.Block)
-			cur.Mirror(prev)
 			owners := make([]block.Owner, 1024)
 			for i := range owners {
 				name := fmt.Sprint("pod-", i)
 				owners[i] = block.Owner{Handle: "k8s-pod-network." + name, Attrs: map[string]string{"namespace": "default", "pod": name}}
 			}
-			buf := make([]netip.Addr, 0, 1)
-			b.ReportAllocs()
-			i := 0
-			for b.Loop() {
-				cur.Mirror(prev)
-				cur, prev = prev, cur
-				got, _ := cur.Allocate(buf[:0], 1, owners[i%len(owners)])
-				i++
-				cur.Mirror(prev)
-				cur, prev = prev, cur
-				if err := cur.Release(got[0], block.Check{}); err != nil {
-					b.Fatal(err)
-				}
-			}
+			mirrorPairs(b, filled(b, sz.prefix, 50), owners)
 		})
+	}
+}
+
+// mirrorPairs times, as the allocator stages its writes, a Mirror of cur
+// into the previous version, an allocation to the next owner of owners in
+// turn, a Mirror back, and the release of the address.
+func mirrorPairs(b *testing.B, cur *block.Block, owners []block.Owner) {
+	prev := new(block.Block)
+	cur.Mirror(prev)
+	buf := make([]netip.Addr, 0, 1)
+	b.ReportAllocs()
+	i := 0
+	for b.Loop() {
+		cur.Mirror(prev)
+		cur, prev = prev, cur
+		got, _ := cur.Allocate(buf[:0], 1, owners[i%len(owners)])
+		i++
+		cur.Mirror(prev)
+		cur, prev = prev, cur
+		if err := cur.Release(got[0], block.Check{}); err != nil {
+			b.Fatal(err)
+		}
 	}
 }
 
