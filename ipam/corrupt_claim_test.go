@@ -38,14 +38,7 @@ func (s *failIndexDelete) Delete(ctx context.Context, kind ipam.Kind, key string
 // the request fails and says why, as it did before claims passed over
 // corrupt blocks.
 func TestClaimOverCorruptBlockKeepsIndexFailure(t *testing.T) {
-	e := newEnv(t, v4pool("p", "10.0.0.0/24", 26))
-	first := e.mustAssign4("node-1", "h", 1)[0].Block
-	_, err := e.a.ReleaseHostAffinities(e.ctx, "node-1", false)
-	require.NoError(t, err)
-	_, err = e.a.ReleaseByHandle(e.ctx, "h")
-	require.NoError(t, err)
-	e.requireConsistent()
-	putRaw(t, e.store, ipam.KindBlock, blockKeyOf(first), []byte("junk"))
+	e, first := corruptWalkStart(t)
 
 	s := &failIndexDelete{Store: e.store}
 	s.fail.Store(true)

@@ -370,6 +370,22 @@ func TestBlockCounterAtTopIsCorrupt(t *testing.T) {
 	require.Empty(t, res.Released, "a late release with the first assignment's Seq (%d) freed the second's (%d)", first.Seq, second.Seq)
 }
 
+// corruptWalkStart returns a store where the block node-1's claim walk
+// starts at, first, holds a record that does not decode, and node-1
+// holds no block.
+func corruptWalkStart(t *testing.T) (*env, netip.Prefix) {
+	t.Helper()
+	e := newEnv(t, v4pool("p", "10.0.0.0/24", 26))
+	first := e.mustAssign4("node-1", "h", 1)[0].Block
+	_, err := e.a.ReleaseHostAffinities(e.ctx, "node-1", false)
+	require.NoError(t, err)
+	_, err = e.a.ReleaseByHandle(e.ctx, "h")
+	require.NoError(t, err)
+	e.requireConsistent()
+	putRaw(t, e.store, ipam.KindBlock, blockKeyOf(first), []byte("junk"))
+	return e, first
+}
+
 // TestClaimPassesOverCorruptBlock: a node's claim walk comes to a block
 // record that does not decode. The block was never the node's: the claim
 // passes over it, as over a block another node holds, and the request
@@ -378,15 +394,7 @@ func TestBlockCounterAtTopIsCorrupt(t *testing.T) {
 // that no Repair can remove while the block is corrupt), and the record
 // stays as it was, for Check to report.
 func TestClaimPassesOverCorruptBlock(t *testing.T) {
-	e := newEnv(t, v4pool("p", "10.0.0.0/24", 26))
-	// Where node-1's walk starts: the block its first claim takes.
-	first := e.mustAssign4("node-1", "h", 1)[0].Block
-	_, err := e.a.ReleaseHostAffinities(e.ctx, "node-1", false)
-	require.NoError(t, err)
-	_, err = e.a.ReleaseByHandle(e.ctx, "h")
-	require.NoError(t, err)
-	e.requireConsistent()
-	putRaw(t, e.store, ipam.KindBlock, blockKeyOf(first), []byte("junk"))
+	e, first := corruptWalkStart(t)
 
 	a := e.allocator() // nothing cached
 	res, err := a.AutoAssign(e.ctx, ipam.AutoAssignArgs{Num4: 1, Handle: "h2", Node: "node-1"})
