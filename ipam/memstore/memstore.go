@@ -211,13 +211,19 @@ func (s *Store) List(ctx context.Context, kind ipam.Kind, r ipam.KeyRange) ([]ip
 		recs.order.reset(ks)
 		recs.dirty = false
 	}
+keys:
 	for cu := recs.order.seek(r.Start); ; {
-		o, ok := cu.next()
-		if !ok || !r.Contains(o.key) {
+		ch := cu.rest()
+		if len(ch) == 0 {
 			break
 		}
-		if err := s.encode(kind, o.key, o.e); err != nil {
-			return nil, err
+		for _, o := range ch {
+			if !r.Contains(o.key) {
+				break keys
+			}
+			if err := s.encode(kind, o.key, o.e); err != nil {
+				return nil, err
+			}
 		}
 	}
 	out, _ = s.list(kind, r)
@@ -234,16 +240,20 @@ func (s *Store) list(kind ipam.Kind, r ipam.KeyRange) ([]ipam.Record, bool) {
 	}
 	var out []ipam.Record
 	for cu := recs.order.seek(r.Start); ; {
-		o, ok := cu.next()
-		if !ok || !r.Contains(o.key) {
-			break
+		ch := cu.rest()
+		if len(ch) == 0 {
+			return out, true
 		}
-		if o.e.pending() {
-			return nil, false
+		for _, o := range ch {
+			if !r.Contains(o.key) {
+				return out, true
+			}
+			if o.e.pending() {
+				return nil, false
+			}
+			out = append(out, ipam.Record{Key: o.key, Value: o.e.value, Revision: o.e.rev})
 		}
-		out = append(out, ipam.Record{Key: o.key, Value: o.e.value, Revision: o.e.rev})
 	}
-	return out, true
 }
 
 // encode encodes a pending entry's block and keeps the encoding in e, the

@@ -141,17 +141,19 @@ func (o *keyOrder) seek(start string) cursor {
 	return cursor{o, c, i}
 }
 
-// next returns the key under the cursor, with its entry, and moves on; ok
-// is false past the last key. The order must not change meanwhile.
-func (cu *cursor) next() (k keyed, ok bool) {
+// rest returns the keys from the cursor to the end of its chunk, and moves
+// the cursor to the next chunk; it returns none past the last key. A loop
+// over the keys goes a chunk at a time with it, without a call per key.
+// The order must not change meanwhile.
+func (cu *cursor) rest() []keyed {
 	for cu.c < len(cu.o.chunks) {
-		if ch := cu.o.chunks[cu.c]; cu.i < len(ch) {
-			cu.i++
-			return ch[cu.i-1], true
-		}
+		ch := cu.o.chunks[cu.c][cu.i:]
 		cu.c, cu.i = cu.c+1, 0
+		if len(ch) > 0 {
+			return ch
+		}
 	}
-	return keyed{}, false
+	return nil
 }
 
 // sortKeyed sorts ks by key.
