@@ -210,8 +210,9 @@ func updateIn(s *pool.Set, p pool.Pool, old *pool.Pool, version uint64) (pool.Po
 //
 // It returns the pool as stored, with its Version. The rules are
 // UpdatePool's: the name, CIDR and block size never change, and a
-// LoadBalancer pool stays one; a change that breaks them or makes the
-// pool invalid fails with a *pool.ValidationError and changes nothing. A
+// LoadBalancer pool stays one; a change that renames the pool fails with
+// ErrInvalid, and one that breaks the other rules or makes the pool
+// invalid with a *pool.ValidationError; either changes nothing. A
 // change that changes nothing writes nothing and keeps the Version. An
 // error from change stops ModifyPool, which changes nothing and returns
 // it, wrapped. It fails with ErrPoolNotFound when there is no such pool.
