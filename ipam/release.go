@@ -29,7 +29,9 @@ type ReleaseResult struct {
 	// (an IPv4-mapped IPv6 address releases, and is reported as, itself).
 	// An address given more than once in one call, as itself or in its
 	// IPv4-mapped form, is released (or refused) once, for its first
-	// entry, and listed once, as that entry gives it.
+	// entry, and listed once, as that entry gives it. Its entries must
+	// name the same Handle and Seq: otherwise the call fails with
+	// ErrInvalid and releases nothing.
 	Released []netip.Addr
 	// NotAllocated lists the addresses that were not assigned, in request
 	// order, likewise. Releasing them is not an error, so that releases
