@@ -23,8 +23,8 @@
 //  3. New blocks claimed for the node (when [Config].AutoAllocateBlocks),
 //     along a walk of the pool that starts at a place derived from the node
 //     name, up to [Config].MaxBlocksPerHost blocks. When a pool has no
-//     unclaimed block left, an empty block of another node claimed more than
-//     [Options].ReclaimAge ago is taken over.
+//     unclaimed block left, an empty block of another node claimed
+//     [Options].ReclaimAge ago or more is taken over.
 //  4. Unless [Config].StrictAffinity, addresses borrowed from other nodes'
 //     blocks.
 //
