@@ -376,10 +376,11 @@ func (a *Allocator) Config(ctx context.Context) (Config, error) {
 
 // SetConfig validates c and stores it for every allocator on the store.
 // It replaces the stored configuration whatever it holds, one that does
-// not decode too (see Check).
+// not decode too (see Check). An invalid c fails with an error matching
+// ErrInvalidConfig and, as every malformed argument, ErrInvalid.
 func (a *Allocator) SetConfig(ctx context.Context, c Config) error {
 	if err := c.Validate(); err != nil {
-		return fmt.Errorf("ipam: set config: %w", err)
+		return fmt.Errorf("ipam: set config: %w: %w", ErrInvalid, err)
 	}
 	value, err := c.marshal()
 	if err != nil {

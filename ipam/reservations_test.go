@@ -138,7 +138,9 @@ func TestConfigJSONRoundTrip(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, c, got)
 	for _, bad := range []ipam.Config{{StrictAffinity: true, ReleaseCooldown: -1}, {StrictAffinity: true, ReleaseCooldown: 48 * time.Hour}, {MaxBlocksPerHost: -1, AutoAllocateBlocks: true}} {
-		require.ErrorIs(t, e.a.SetConfig(e.ctx, bad), ipam.ErrInvalidConfig, "%+v", bad)
+		err := e.a.SetConfig(e.ctx, bad)
+		require.ErrorIs(t, err, ipam.ErrInvalidConfig, "%+v", bad)
+		require.ErrorIs(t, err, ipam.ErrInvalid, "a malformed argument, as in every other call: %+v", bad)
 	}
 }
 
