@@ -61,7 +61,9 @@ type Fault struct {
 // and WithCommits for its [ipam.Committer] too.
 // It always offers [ipam.BlockKeeper], writing encodings to a store
 // without it, so faults strike the allocator's block writes the same way
-// over either kind of store.
+// over either kind of store; pass any of its views through
+// [WithoutBlockKeeper] to test an allocator that writes blocks as bytes,
+// as over a store in another process.
 type FaultyStore struct {
 	ipam.Store
 	fault   Fault

@@ -41,6 +41,43 @@ func TestWrappersConform(t *testing.T) {
 			return storetest.NewFaultyStore(bytesOnly{Store: memstore.New()}, storetest.Fault{}).WithCommits()
 		})
 	})
+	t.Run("faulty-without-keeper", func(t *testing.T) {
+		storetest.RunConformanceTests(t, func(*testing.T) ipam.Store {
+			return storetest.WithoutBlockKeeper(storetest.NewFaultyStore(memstore.New(), storetest.Fault{}).WithCommits())
+		})
+	})
+}
+
+// WithoutBlockKeeper hides BlockKeeper and nothing else.
+func TestWithoutBlockKeeper(t *testing.T) {
+	type plain struct{ ipam.Store }
+	ms := memstore.New()
+	f := storetest.NewFaultyStore(ms, storetest.Fault{})
+	for _, c := range []struct {
+		name          string
+		s             ipam.Store
+		gens, commits bool
+	}{
+		{"plain", storetest.NewFaultyStore(plain{memstore.New()}, storetest.Fault{}), false, false},
+		{"generations", f.WithGenerations(), true, false},
+		{"commits", f.WithCommits(), true, true},
+		{"commits-only", storetest.NewFaultyStore(struct {
+			ipam.Store
+			ipam.Committer
+		}{ms, ms}, storetest.Fault{}).WithCommits(), false, true},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			_, ok := c.s.(ipam.BlockKeeper)
+			require.True(t, ok, "a FaultyStore always keeps blocks")
+			s := storetest.WithoutBlockKeeper(c.s)
+			_, ok = s.(ipam.BlockKeeper)
+			require.False(t, ok)
+			_, ok = s.(ipam.Generations)
+			require.Equal(t, c.gens, ok, "Generations")
+			_, ok = s.(ipam.Committer)
+			require.Equal(t, c.commits, ok, "Committer")
+		})
+	}
 }
 
 // bytesOnly is a memstore without BlockKeeper: the fields, shallower than

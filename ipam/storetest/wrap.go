@@ -32,3 +32,45 @@ func commitTo(ctx context.Context, s ipam.Store, c ipam.Committer, writes []ipam
 	}
 	return c.Commit(ctx, writes, revs)
 }
+
+// WithoutBlockKeeper returns s without [ipam.BlockKeeper], keeping its
+// [ipam.Generations] and [ipam.Committer] where it has them: for example
+// WithoutBlockKeeper(f.WithCommits()) for a FaultyStore f. An allocator
+// then takes the store for one in another process, as etcdstore's: it
+// writes every block as its encoding, decodes every block it reads, and
+// keeps its memo of the handle records it writes. The wrapped store need
+// not be a BlockKeeper itself; the returned one never is.
+func WithoutBlockKeeper(s ipam.Store) ipam.Store {
+	g, gens := s.(ipam.Generations)
+	cm, commits := s.(ipam.Committer)
+	switch {
+	case gens && commits:
+		return bytesGensCommit{s, g, cm}
+	case gens:
+		return bytesGens{s, g}
+	case commits:
+		return bytesCommit{s, cm}
+	}
+	return bytesStore{s}
+}
+
+// bytesStore and its variants offer a store's methods and named
+// capabilities only: the fields embed interfaces, whose methods are all
+// that the structs promote.
+type bytesStore struct{ ipam.Store }
+
+type bytesGens struct {
+	ipam.Store
+	ipam.Generations
+}
+
+type bytesCommit struct {
+	ipam.Store
+	ipam.Committer
+}
+
+type bytesGensCommit struct {
+	ipam.Store
+	ipam.Generations
+	ipam.Committer
+}
