@@ -111,111 +111,110 @@ func fixedScenarios() []fixedScenario {
 
 // TestAssignIPsFaultMatrix fails, loses the reply of, or crashes at
 // (before and after) each store operation of AssignIP(s) requests of many
-// shapes, with and without Committer, and checks what the docs promise:
-// a success is whole; a failure assigned nothing unless its error says
-// addresses stay under the handle; an error matches the request's own
-// sentinel or the store's fault, never ErrHandleExists (nobody else
-// touched the handle); Check finds only what the write order allows (a
-// count too high, a stale index entry); Repair leaves the store clean;
-// addresses that cooled before still cool; and the request then goes
-// through (or fails as it would on a healthy store).
+// shapes, with and without Committer, with and without BlockKeeper, and
+// checks what the docs promise: a success is whole; a failure assigned
+// nothing unless its error says addresses stay under the handle; an error
+// matches the request's own sentinel or the store's fault, never
+// ErrHandleExists (nobody else touched the handle); Check finds only what
+// the write order allows (a count too high, a stale index entry); Repair
+// leaves the store clean; addresses that cooled before still cool; and
+// the request then goes through (or fails as it would on a healthy
+// store).
 func TestAssignIPsFaultMatrix(t *testing.T) {
 	for _, sc := range fixedScenarios() {
 		for _, commits := range []bool{false, true} {
-			t.Run(fmt.Sprintf("%s/commits=%t", sc.name, commits), func(t *testing.T) {
-				mk := func(f storetest.Fault) (*memstore.Store, *storetest.FaultyStore, *ipam.Allocator, *ipam.Allocator, *clock, []netip.Addr) {
-					ctx := t.Context()
-					s := memstore.New()
-					clk := newClock()
-					clean, err := ipam.New(s, ipam.Options{Now: clk.Now})
-					require.NoError(t, err)
-					createPools(t, ctx, clean, fixedPools...)
-					cooling := sc.setup(t, ctx, clean, clk)
-					fs := storetest.NewFaultyStore(s, f)
-					var st ipam.Store = fs.WithGenerations()
-					if commits {
-						st = fs.WithCommits()
-					}
-					a, err := ipam.New(st, ipam.Options{Now: clk.Now})
-					require.NoError(t, err)
-					return s, fs, a, clean, clk, cooling
-				}
-				_, fs, a, _, _, _ := mk(storetest.Fault{})
-				_, err := a.AssignIPs(t.Context(), sc.args)
-				if sc.want == nil {
-					require.NoError(t, err)
-				} else {
-					require.ErrorIs(t, err, sc.want)
-				}
-				n := fs.Ops()
-				for _, mode := range []storetest.FaultMode{storetest.FailOnce, storetest.LostReply, storetest.Crash, storetest.CrashAfter} {
-					for at := int64(1); at <= n; at++ {
-						name := fmt.Sprintf("%s at %d", mode, at)
+			for _, keeper := range keepers {
+				t.Run(fmt.Sprintf("%s/commits=%t/keeper=%t", sc.name, commits, keeper), func(t *testing.T) {
+					mk := func(f storetest.Fault) (*memstore.Store, *storetest.FaultyStore, *ipam.Allocator, *ipam.Allocator, *clock, []netip.Addr) {
 						ctx := t.Context()
-						_, fs, a, clean, clk, cooling := mk(storetest.Fault{At: at, Mode: mode})
-						res, err := a.AssignIPs(ctx, sc.args)
-						held, herr := clean.AssignedByHandle(ctx, sc.args.Handle)
-						switch {
-						case err == nil:
-							require.Nil(t, sc.want, "%s: succeeded where it must fail", name)
-							require.Equal(t, len(sc.args.Addrs), res.Len(), name)
-							require.NoError(t, herr, name)
-							require.Equal(t, len(sc.args.Addrs), held.Len(), name)
-						default:
-							require.Zero(t, res.Len(), name)
-							require.NotErrorIs(t, err, ipam.ErrHandleExists, "%s: nobody else wrote the handle: %v", name, err)
-							if sc.want != nil || !errors.Is(err, storetest.ErrInjected) {
-								ok := errors.Is(err, storetest.ErrInjected) || sc.want != nil && errors.Is(err, sc.want)
-								require.True(t, ok, "%s: unexpected error: %v", name, err)
-							}
-							if !fs.Crashed() && herr == nil && held.Len() > 0 {
-								require.ErrorContains(t, err, "stays under the handle", "%s: addresses assigned: %v", name, held)
-							}
-						}
-						// Only what the write order allows.
-						r, cerr := clean.Check(ctx)
-						require.NoError(t, cerr, name)
-						for _, p := range r.Problems {
-							switch p.Kind {
-							case ipam.ProblemHandleExcess, ipam.ProblemAffinityStale:
-							default:
-								t.Fatalf("%s (err %v): Check found %v", name, err, p)
-							}
-						}
-						_, _, rerr := clean.Repair(ctx, ipam.RepairOptions{})
-						require.NoError(t, rerr, name)
-						r, cerr = clean.Check(ctx)
-						require.NoError(t, cerr, name)
-						require.True(t, r.Clean(), "%s: after Repair: %v", name, r.Problems)
-						// Addresses that were cooling still are, unless the
-						// request holds them.
-						if err != nil {
-							for _, addr := range cooling {
-								if _, oerr := clean.Owner(ctx, addr); oerr == nil {
-									continue
-								}
-								_, serr := clean.AssignIP(ctx, ipam.AssignIPArgs{Addr: addr, Handle: "stranger", Node: "node-9"})
-								require.ErrorIs(t, serr, ipam.ErrCoolingDown, "%s (err %v): %s", name, err, addr)
-							}
-						}
-						// The workload goes on.
-						if _, rerr := clean.ReleaseByHandle(ctx, sc.args.Handle); rerr != nil {
-							require.ErrorIs(t, rerr, ipam.ErrHandleNotFound, name)
-						}
-						clk.Advance(2 * time.Hour) // past any cooldown the release above started
-						res, err = clean.AssignIPs(ctx, sc.args)
-						if sc.want == nil {
-							require.NoError(t, err, name)
-							require.Equal(t, len(sc.args.Addrs), res.Len(), name)
-						} else {
-							require.ErrorIs(t, err, sc.want, name)
-						}
-						r, cerr = clean.Check(ctx)
-						require.NoError(t, cerr, name)
-						require.True(t, r.Clean(), "%s: after again: %v", name, r.Problems)
+						s := memstore.New()
+						clk := newClock()
+						clean, err := ipam.New(s, ipam.Options{Now: clk.Now})
+						require.NoError(t, err)
+						createPools(t, ctx, clean, fixedPools...)
+						cooling := sc.setup(t, ctx, clean, clk)
+						fs := storetest.NewFaultyStore(s, f)
+						a, err := ipam.New(faultyView(fs, commits, keeper), ipam.Options{Now: clk.Now})
+						require.NoError(t, err)
+						return s, fs, a, clean, clk, cooling
 					}
-				}
-			})
+					_, fs, a, _, _, _ := mk(storetest.Fault{})
+					_, err := a.AssignIPs(t.Context(), sc.args)
+					if sc.want == nil {
+						require.NoError(t, err)
+					} else {
+						require.ErrorIs(t, err, sc.want)
+					}
+					n := fs.Ops()
+					for _, mode := range []storetest.FaultMode{storetest.FailOnce, storetest.LostReply, storetest.Crash, storetest.CrashAfter} {
+						for at := int64(1); at <= n; at++ {
+							name := fmt.Sprintf("%s at %d", mode, at)
+							ctx := t.Context()
+							_, fs, a, clean, clk, cooling := mk(storetest.Fault{At: at, Mode: mode})
+							res, err := a.AssignIPs(ctx, sc.args)
+							held, herr := clean.AssignedByHandle(ctx, sc.args.Handle)
+							switch {
+							case err == nil:
+								require.Nil(t, sc.want, "%s: succeeded where it must fail", name)
+								require.Equal(t, len(sc.args.Addrs), res.Len(), name)
+								require.NoError(t, herr, name)
+								require.Equal(t, len(sc.args.Addrs), held.Len(), name)
+							default:
+								require.Zero(t, res.Len(), name)
+								require.NotErrorIs(t, err, ipam.ErrHandleExists, "%s: nobody else wrote the handle: %v", name, err)
+								if sc.want != nil || !errors.Is(err, storetest.ErrInjected) {
+									ok := errors.Is(err, storetest.ErrInjected) || sc.want != nil && errors.Is(err, sc.want)
+									require.True(t, ok, "%s: unexpected error: %v", name, err)
+								}
+								if !fs.Crashed() && herr == nil && held.Len() > 0 {
+									require.ErrorContains(t, err, "stays under the handle", "%s: addresses assigned: %v", name, held)
+								}
+							}
+							// Only what the write order allows.
+							r, cerr := clean.Check(ctx)
+							require.NoError(t, cerr, name)
+							for _, p := range r.Problems {
+								switch p.Kind {
+								case ipam.ProblemHandleExcess, ipam.ProblemAffinityStale:
+								default:
+									t.Fatalf("%s (err %v): Check found %v", name, err, p)
+								}
+							}
+							_, _, rerr := clean.Repair(ctx, ipam.RepairOptions{})
+							require.NoError(t, rerr, name)
+							r, cerr = clean.Check(ctx)
+							require.NoError(t, cerr, name)
+							require.True(t, r.Clean(), "%s: after Repair: %v", name, r.Problems)
+							// Addresses that were cooling still are, unless the
+							// request holds them.
+							if err != nil {
+								for _, addr := range cooling {
+									if _, oerr := clean.Owner(ctx, addr); oerr == nil {
+										continue
+									}
+									_, serr := clean.AssignIP(ctx, ipam.AssignIPArgs{Addr: addr, Handle: "stranger", Node: "node-9"})
+									require.ErrorIs(t, serr, ipam.ErrCoolingDown, "%s (err %v): %s", name, err, addr)
+								}
+							}
+							// The workload goes on.
+							if _, rerr := clean.ReleaseByHandle(ctx, sc.args.Handle); rerr != nil {
+								require.ErrorIs(t, rerr, ipam.ErrHandleNotFound, name)
+							}
+							clk.Advance(2 * time.Hour) // past any cooldown the release above started
+							res, err = clean.AssignIPs(ctx, sc.args)
+							if sc.want == nil {
+								require.NoError(t, err, name)
+								require.Equal(t, len(sc.args.Addrs), res.Len(), name)
+							} else {
+								require.ErrorIs(t, err, sc.want, name)
+							}
+							r, cerr = clean.Check(ctx)
+							require.NoError(t, cerr, name)
+							require.True(t, r.Clean(), "%s: after again: %v", name, r.Problems)
+						}
+					}
+				})
+			}
 		}
 	}
 }

@@ -245,9 +245,22 @@ func TestAssignIPsNewHandle(t *testing.T) {
 // under the handle; after a crash Repair on the quiet store leaves it
 // clean, and ReleaseByHandle frees what the handle holds.
 func TestAssignIPsFaults(t *testing.T) {
+	for _, keeper := range keepers {
+		t.Run(fmt.Sprintf("keeper=%t", keeper), func(t *testing.T) { assignIPsFaults(t, keeper) })
+	}
+}
+
+func assignIPsFaults(t *testing.T, keeper bool) {
+	// The FaultyStore itself, without Generations or Committer.
+	view := func(f *storetest.FaultyStore) ipam.Store {
+		if keeper {
+			return f
+		}
+		return storetest.WithoutBlockKeeper(f)
+	}
 	args := ipam.AssignIPsArgs{Addrs: []netip.Addr{mustAddr("10.0.0.17"), mustAddr("fd00::3"), mustAddr("10.0.0.18")}, Handle: "h", Node: "node-1"}
 	clean := storetest.NewFaultyStore(assignIPsEnv(t).store, storetest.Fault{})
-	a0, err := ipam.New(clean, ipam.Options{})
+	a0, err := ipam.New(view(clean), ipam.Options{})
 	require.NoError(t, err)
 	_, err = a0.AssignIPs(t.Context(), args)
 	require.NoError(t, err)
@@ -259,7 +272,7 @@ func TestAssignIPsFaults(t *testing.T) {
 			name := fmt.Sprintf("%s at %d", mode, at)
 			e := assignIPsEnv(t)
 			f := storetest.NewFaultyStore(e.store, storetest.Fault{At: at, Mode: mode})
-			a, err := ipam.New(f, ipam.Options{})
+			a, err := ipam.New(view(f), ipam.Options{})
 			require.NoError(t, err)
 			res, err := a.AssignIPs(e.ctx, args)
 			held, herr := e.a.AssignedByHandle(e.ctx, args.Handle)

@@ -112,47 +112,49 @@ func TestClaimRunFaultAtEveryOperation(t *testing.T) {
 	}
 	modes := []storetest.FaultMode{storetest.FailOnce, storetest.Crash, storetest.CrashAfter, storetest.LostReply}
 	for _, c := range cases {
-		newStore := func(t *testing.T) *memstore.Store { return crashStore(t, c.setup) }
-		t.Run(c.name, func(t *testing.T) {
-			clean := storetest.NewFaultyStore(newStore(t), storetest.Fault{})
-			a, err := ipam.New(clean.WithGenerations(), ipam.Options{})
-			require.NoError(t, err)
-			res, err := a.AutoAssign(t.Context(), c.args)
-			if !c.args.Partial {
+		for _, keeper := range keepers {
+			newStore := func(t *testing.T) *memstore.Store { return crashStore(t, c.setup) }
+			t.Run(fmt.Sprintf("%s/keeper=%t", c.name, keeper), func(t *testing.T) {
+				clean := storetest.NewFaultyStore(newStore(t), storetest.Fault{})
+				a, err := ipam.New(faultyView(clean, false, keeper), ipam.Options{})
 				require.NoError(t, err)
-			}
-			require.Positive(t, res.Len())
-			total := clean.Ops()
-			t.Logf("clean run: %d IPv4, %d IPv6, %v; %d operations", len(res.IPv4), len(res.IPv6), err, total)
-			for _, mode := range modes {
-				for k := int64(1); k <= total; k++ {
-					s := newStore(t)
-					f := storetest.NewFaultyStore(s, storetest.Fault{At: k, Mode: mode})
-					a, err := ipam.New(f.WithGenerations(), ipam.Options{})
+				res, err := a.AutoAssign(t.Context(), c.args)
+				if !c.args.Partial {
 					require.NoError(t, err)
-					res, err := a.AutoAssign(t.Context(), c.args)
-					var ae *ipam.AssignError
-					kept := err == nil || errors.As(err, &ae) && c.args.Partial
-					where := fmt.Sprintf("%s at %d (%v)", mode, k, err)
+				}
+				require.Positive(t, res.Len())
+				total := clean.Ops()
+				t.Logf("clean run: %d IPv4, %d IPv6, %v; %d operations", len(res.IPv4), len(res.IPv6), err, total)
+				for _, mode := range modes {
+					for k := int64(1); k <= total; k++ {
+						s := newStore(t)
+						f := storetest.NewFaultyStore(s, storetest.Fault{At: k, Mode: mode})
+						a, err := ipam.New(faultyView(f, false, keeper), ipam.Options{})
+						require.NoError(t, err)
+						res, err := a.AutoAssign(t.Context(), c.args)
+						var ae *ipam.AssignError
+						kept := err == nil || errors.As(err, &ae) && c.args.Partial
+						where := fmt.Sprintf("%s at %d (%v)", mode, k, err)
 
-					checker, err := ipam.New(s, ipam.Options{})
-					require.NoError(t, err)
-					r, err := checker.Check(t.Context())
-					require.NoError(t, err)
-					for _, p := range r.Problems {
-						require.Contains(t, []ipam.ProblemKind{ipam.ProblemHandleExcess, ipam.ProblemAffinityStale}, p.Kind, "%s: %v", where, p)
-					}
-					_, after, err := checker.Repair(t.Context(), ipam.RepairOptions{})
-					require.NoError(t, err)
-					require.True(t, after.Clean(), "%s; after repair: %v", where, after.Problems)
-					if kept && res.Len() > 0 {
-						held, err := checker.IPsByHandle(t.Context(), "h")
-						require.NoError(t, err, where)
-						require.ElementsMatch(t, addrs(slices.Concat(res.IPv4, res.IPv6)), held, where)
+						checker, err := ipam.New(s, ipam.Options{})
+						require.NoError(t, err)
+						r, err := checker.Check(t.Context())
+						require.NoError(t, err)
+						for _, p := range r.Problems {
+							require.Contains(t, []ipam.ProblemKind{ipam.ProblemHandleExcess, ipam.ProblemAffinityStale}, p.Kind, "%s: %v", where, p)
+						}
+						_, after, err := checker.Repair(t.Context(), ipam.RepairOptions{})
+						require.NoError(t, err)
+						require.True(t, after.Clean(), "%s; after repair: %v", where, after.Problems)
+						if kept && res.Len() > 0 {
+							held, err := checker.IPsByHandle(t.Context(), "h")
+							require.NoError(t, err, where)
+							require.ElementsMatch(t, addrs(slices.Concat(res.IPv4, res.IPv6)), held, where)
+						}
 					}
 				}
-			}
-		})
+			})
+		}
 	}
 }
 

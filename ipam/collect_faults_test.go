@@ -69,7 +69,8 @@ func (st *collectFaultState) collector(t *testing.T, s ipam.Store) *ipam.Collect
 // address nobody holds, with a fault at each operation in each mode.
 // After it, no live address may be released or lose its count, every
 // node that exists keeps a block, and a collector (the same one, or a
-// new one after a crash) collects everything in the end.
+// new one after a crash) collects everything in the end. Its allocator
+// hands blocks to the store (BlockKeeper), or writes them as bytes.
 func TestCollectorFaultAtEveryOperation(t *testing.T) {
 	ctx := context.Background()
 	passes := func(c *ipam.Collector, clk *clock) {
@@ -78,76 +79,78 @@ func TestCollectorFaultAtEveryOperation(t *testing.T) {
 			clk.Advance(time.Minute)
 		}
 	}
-	st := collectFaultSetup(t)
-	fs := storetest.NewFaultyStore(st.ms, storetest.Fault{})
-	passes(st.collector(t, fs.WithCommits()), st.clk)
-	total := fs.Ops()
-	t.Logf("%d operations", total)
-	for _, commits := range []bool{true, false} {
-		for at := int64(1); at <= total; at++ {
-			for _, mode := range []storetest.FaultMode{storetest.FailOnce, storetest.Crash, storetest.CrashAfter, storetest.LostReply} {
-				t.Run(fmt.Sprintf("commits=%v/%d/%v", commits, at, mode), func(t *testing.T) {
-					st := collectFaultSetup(t)
-					fs := storetest.NewFaultyStore(st.ms, storetest.Fault{At: at, Mode: mode})
-					s := fs.WithGenerations()
-					if commits {
-						s = fs.WithCommits()
-					}
-					c := st.collector(t, s)
-					passes(c, st.clk)
-					a, err := ipam.New(st.ms, ipam.Options{Now: st.clk.Now})
-					require.NoError(t, err)
-					check := func(when string) {
+	for _, keeper := range keepers {
+		st := collectFaultSetup(t)
+		fs := storetest.NewFaultyStore(st.ms, storetest.Fault{})
+		passes(st.collector(t, faultyView(fs, true, keeper)), st.clk)
+		total := fs.Ops()
+		t.Logf("keeper=%v: %d operations", keeper, total)
+		for _, commits := range []bool{true, false} {
+			for at := int64(1); at <= total; at++ {
+				for _, mode := range []storetest.FaultMode{storetest.FailOnce, storetest.Crash, storetest.CrashAfter, storetest.LostReply} {
+					t.Run(fmt.Sprintf("keeper=%v/commits=%v/%d/%v", keeper, commits, at, mode), func(t *testing.T) {
+						st := collectFaultSetup(t)
+						fs := storetest.NewFaultyStore(st.ms, storetest.Fault{At: at, Mode: mode})
+						c := st.collector(t, faultyView(fs, commits, keeper))
+						passes(c, st.clk)
+						a, err := ipam.New(st.ms, ipam.Options{Now: st.clk.Now})
+						require.NoError(t, err)
+						check := func(when string) {
+							r, err := a.Check(ctx)
+							require.NoError(t, err)
+							for _, p := range r.Problems {
+								if p.Kind == ipam.ProblemHandleMissing {
+									t.Errorf("%s: a count too low: %v", when, p)
+								}
+							}
+							for addr, h := range st.live {
+								own, err := a.Owner(ctx, addr)
+								require.NoError(t, err, "%s: %s of live %s", when, addr, h)
+								require.Equal(t, h, own.Handle)
+							}
+							for _, node := range []string{"node-1", "node-2"} {
+								n := 0
+								u, err := a.Utilization(ctx)
+								require.NoError(t, err)
+								for _, pu := range u {
+									for _, b := range pu.Blocks {
+										if b.Affinity.Name == node {
+											n++
+										}
+									}
+								}
+								require.NotZero(t, n, "%s: %s lost its last block", when, node)
+							}
+						}
+						check("after the faulty passes")
+						if fs.Crashed() {
+							var s ipam.Store = st.ms
+							if !keeper {
+								s = storetest.WithoutBlockKeeper(s)
+							}
+							c = st.collector(t, s)
+						}
+						passes(c, st.clk)
+						check("after more passes")
+						for addr, h := range st.dead {
+							own, err := a.Owner(ctx, addr)
+							if err == nil {
+								t.Errorf("%s of dead %s never collected (owner %s)", addr, h, own.Handle)
+							}
+						}
+						_, err = st.ms.Get(ctx, ipam.KindHandle, "ghost")
+						require.ErrorIs(t, err, ipam.ErrNotFound, "the ghost record stays")
 						r, err := a.Check(ctx)
 						require.NoError(t, err)
 						for _, p := range r.Problems {
-							if p.Kind == ipam.ProblemHandleMissing {
-								t.Errorf("%s: a count too low: %v", when, p)
+							// A stale index entry is what a failed release of
+							// affinity leaves; the index is a superset.
+							if p.Kind != ipam.ProblemAffinityStale {
+								t.Errorf("not clean: %v", p)
 							}
 						}
-						for addr, h := range st.live {
-							own, err := a.Owner(ctx, addr)
-							require.NoError(t, err, "%s: %s of live %s", when, addr, h)
-							require.Equal(t, h, own.Handle)
-						}
-						for _, node := range []string{"node-1", "node-2"} {
-							n := 0
-							u, err := a.Utilization(ctx)
-							require.NoError(t, err)
-							for _, pu := range u {
-								for _, b := range pu.Blocks {
-									if b.Affinity.Name == node {
-										n++
-									}
-								}
-							}
-							require.NotZero(t, n, "%s: %s lost its last block", when, node)
-						}
-					}
-					check("after the faulty passes")
-					if fs.Crashed() {
-						c = st.collector(t, st.ms)
-					}
-					passes(c, st.clk)
-					check("after more passes")
-					for addr, h := range st.dead {
-						own, err := a.Owner(ctx, addr)
-						if err == nil {
-							t.Errorf("%s of dead %s never collected (owner %s)", addr, h, own.Handle)
-						}
-					}
-					_, err = st.ms.Get(ctx, ipam.KindHandle, "ghost")
-					require.ErrorIs(t, err, ipam.ErrNotFound, "the ghost record stays")
-					r, err := a.Check(ctx)
-					require.NoError(t, err)
-					for _, p := range r.Problems {
-						// A stale index entry is what a failed release of
-						// affinity leaves; the index is a superset.
-						if p.Kind != ipam.ProblemAffinityStale {
-							t.Errorf("not clean: %v", p)
-						}
-					}
-				})
+					})
+				}
 			}
 		}
 	}

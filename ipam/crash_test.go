@@ -50,6 +50,7 @@ type crashRun struct {
 	store   *memstore.Store
 	clock   *clock
 	cool    bool // a release cooldown is set: the clock moves a second a step
+	keeper  bool // the allocators hand blocks to the store (BlockKeeper)
 	faulty  *storetest.FaultyStore
 	allocs  [3]*ipam.Allocator
 	handles []string
@@ -59,14 +60,16 @@ type crashRun struct {
 
 // With commits set, node 0's store offers Committer, so the fault may
 // strike a commit of two records; otherwise it writes them one by one.
-func newCrashRun(t *testing.T, f storetest.Fault, commits bool) *crashRun {
-	return newCoolCrashRun(t, f, 0, commits)
+// With keeper unset, every node writes blocks as bytes (no BlockKeeper),
+// as over a store in another process.
+func newCrashRun(t *testing.T, f storetest.Fault, commits, keeper bool) *crashRun {
+	return newCoolCrashRun(t, f, 0, commits, keeper)
 }
 
 // newCoolCrashRun is newCrashRun with a release cooldown.
-func newCoolCrashRun(t *testing.T, f storetest.Fault, cooldown time.Duration, commits bool) *crashRun {
+func newCoolCrashRun(t *testing.T, f storetest.Fault, cooldown time.Duration, commits, keeper bool) *crashRun {
 	t.Helper()
-	r := &crashRun{t: t, ctx: t.Context(), store: memstore.New(), clock: newClock(), cool: cooldown > 0}
+	r := &crashRun{t: t, ctx: t.Context(), store: memstore.New(), clock: newClock(), cool: cooldown > 0, keeper: keeper}
 	setup := r.allocator(r.store)
 	for _, p := range crashPools {
 		require.NoError(t, setup.CreatePool(r.ctx, p))
@@ -77,20 +80,20 @@ func newCoolCrashRun(t *testing.T, f storetest.Fault, cooldown time.Duration, co
 		require.NoError(t, setup.SetConfig(r.ctx, cfg))
 	}
 	r.faulty = storetest.NewFaultyStore(r.store, f)
-	r.allocs[0] = r.allocator(faultyStore(r.faulty, commits))
+	r.allocs[0] = r.allocator(faultyView(r.faulty, commits, keeper))
 	for i := 1; i < 3; i++ {
-		r.allocs[i] = r.allocator(r.store)
+		r.allocs[i] = r.allocator(r.nodeStore())
 	}
 	return r
 }
 
-// faultyStore returns f as an allocator's store: with Generations, and
-// with Committer too when commits is set.
-func faultyStore(f *storetest.FaultyStore, commits bool) ipam.Store {
-	if commits {
-		return f.WithCommits()
+// nodeStore is the store of a node without faults: memstore, without
+// BlockKeeper unless r.keeper.
+func (r *crashRun) nodeStore() ipam.Store {
+	if r.keeper {
+		return r.store
 	}
-	return f.WithGenerations()
+	return storetest.WithoutBlockKeeper(r.store)
 }
 
 func (r *crashRun) allocator(s ipam.Store) *ipam.Allocator {
@@ -151,7 +154,7 @@ func (r *crashRun) do(s step) error {
 	}
 	if s.node == 0 && r.faulty.Crashed() {
 		// Node 0's process died: it comes back with a fresh allocator.
-		r.allocs[0] = r.allocator(r.store)
+		r.allocs[0] = r.allocator(r.nodeStore())
 		r.faulty = storetest.NewFaultyStore(r.store, storetest.Fault{})
 	}
 	return err
@@ -195,14 +198,16 @@ func (r *crashRun) run(w []step) {
 
 func TestCrashAtEveryOperation(t *testing.T) {
 	for _, commits := range []bool{false, true} {
-		t.Run(fmt.Sprintf("commits=%t", commits), func(t *testing.T) { crashAtEveryOperation(t, commits) })
+		for _, keeper := range keepers {
+			t.Run(fmt.Sprintf("commits=%t/keeper=%t", commits, keeper), func(t *testing.T) { crashAtEveryOperation(t, commits, keeper) })
+		}
 	}
 }
 
-func crashAtEveryOperation(t *testing.T, commits bool) {
+func crashAtEveryOperation(t *testing.T, commits, keeper bool) {
 	w := crashWorkload(1, 60)
 	// Count node 0's store operations in a run without faults.
-	clean := newCrashRun(t, storetest.Fault{}, commits)
+	clean := newCrashRun(t, storetest.Fault{}, commits, keeper)
 	clean.run(w)
 	total := clean.faulty.Ops()
 	require.Greater(t, total, int64(50))
@@ -217,7 +222,7 @@ func crashAtEveryOperation(t *testing.T, commits bool) {
 	for _, mode := range []storetest.FaultMode{storetest.FailOnce, storetest.Crash, storetest.CrashAfter, storetest.LostReply} {
 		for k := int64(1); k <= total; k += step {
 			t.Run(fmt.Sprintf("mode=%s/at=%d", mode, k), func(t *testing.T) {
-				run := newCrashRun(t, storetest.Fault{At: k, Mode: mode}, commits)
+				run := newCrashRun(t, storetest.Fault{At: k, Mode: mode}, commits, keeper)
 				run.run(w)
 				run.requireRepairable(fmt.Sprintf("fault %s at %d", mode, k), crashWorkload(2, 30))
 			})
@@ -290,19 +295,21 @@ func TestLostReplyEachOperation(t *testing.T) {
 	}
 	for _, c := range cases {
 		for _, commits := range []bool{false, true} {
-			t.Run(fmt.Sprintf("%s/commits=%t", c.name, commits), func(t *testing.T) {
-				lostReplyEachOperation(t, c.setup, c.run, commits, commits && c.joined)
-			})
+			for _, keeper := range keepers {
+				t.Run(fmt.Sprintf("%s/commits=%t/keeper=%t", c.name, commits, keeper), func(t *testing.T) {
+					lostReplyEachOperation(t, c.setup, c.run, commits, keeper, commits && c.joined)
+				})
+			}
 		}
 	}
 }
 
 // lostReplyEachOperation is a case of TestLostReplyEachOperation: with
 // clean set, every lost reply must leave a store that checks clean.
-func lostReplyEachOperation(t *testing.T, setup, run func(context.Context, *ipam.Allocator) error, commits, clean bool) {
+func lostReplyEachOperation(t *testing.T, setup, run func(context.Context, *ipam.Allocator) error, commits, keeper, clean bool) {
 	newStore := func(t *testing.T) *memstore.Store { return crashStore(t, setup) }
 	fault0 := storetest.NewFaultyStore(newStore(t), storetest.Fault{})
-	a, err := ipam.New(faultyStore(fault0, commits), ipam.Options{})
+	a, err := ipam.New(faultyView(fault0, commits, keeper), ipam.Options{})
 	require.NoError(t, err)
 	require.NoError(t, run(t.Context(), a))
 	total := fault0.Ops()
@@ -310,7 +317,7 @@ func lostReplyEachOperation(t *testing.T, setup, run func(context.Context, *ipam
 	for k := int64(1); k <= total; k++ {
 		s := newStore(t)
 		f := storetest.NewFaultyStore(s, storetest.Fault{At: k, Mode: storetest.LostReply})
-		a, err := ipam.New(faultyStore(f, commits), ipam.Options{})
+		a, err := ipam.New(faultyView(f, commits, keeper), ipam.Options{})
 		require.NoError(t, err)
 		_ = run(t.Context(), a) // fails or not, depending on k
 
@@ -340,18 +347,20 @@ func TestReleaseReportsOnlyCertainReleases(t *testing.T) {
 	for _, mode := range modes {
 		for at := int64(1); at <= 10; at++ {
 			for _, commits := range []bool{false, true} {
-				releaseReportsOnlyCertainReleases(t, mode, at, commits)
+				for _, keeper := range keepers {
+					releaseReportsOnlyCertainReleases(t, mode, at, commits, keeper)
+				}
 			}
 		}
 	}
 }
 
-func releaseReportsOnlyCertainReleases(t *testing.T, mode storetest.FaultMode, at int64, commits bool) {
-	t.Run(fmt.Sprintf("%s/at=%d/commits=%t", mode, at, commits), func(t *testing.T) {
+func releaseReportsOnlyCertainReleases(t *testing.T, mode storetest.FaultMode, at int64, commits, keeper bool) {
+	t.Run(fmt.Sprintf("%s/at=%d/commits=%t/keeper=%t", mode, at, commits, keeper), func(t *testing.T) {
 		e := newEnv(t, v4pool("p", "10.0.0.0/24", 26))
 		got := e.mustAssign4("node-1", "h1", 2)
 		fs := storetest.NewFaultyStore(e.store, storetest.Fault{At: at, Mode: mode})
-		a, err := ipam.New(faultyStore(fs, commits), ipam.Options{MaxRetries: 1})
+		a, err := ipam.New(faultyView(fs, commits, keeper), ipam.Options{MaxRetries: 1})
 		require.NoError(t, err)
 		// The first address twice: its second copy finds it released
 		// in the block being staged.
@@ -365,11 +374,11 @@ func releaseReportsOnlyCertainReleases(t *testing.T, mode storetest.FaultMode, a
 		}
 	})
 	for _, n := range []int{2, 70} { // one block, two blocks
-		t.Run(fmt.Sprintf("by-handle/%s/at=%d/commits=%t/n=%d", mode, at, commits, n), func(t *testing.T) {
+		t.Run(fmt.Sprintf("by-handle/%s/at=%d/commits=%t/keeper=%t/n=%d", mode, at, commits, keeper, n), func(t *testing.T) {
 			e := newEnv(t, v4pool("p", "10.0.0.0/24", 26))
 			got := e.mustAssign4("node-1", "h1", n)
 			fs := storetest.NewFaultyStore(e.store, storetest.Fault{At: at, Mode: mode})
-			a, err := ipam.New(faultyStore(fs, commits), ipam.Options{MaxRetries: 1})
+			a, err := ipam.New(faultyView(fs, commits, keeper), ipam.Options{MaxRetries: 1})
 			require.NoError(t, err)
 			released, err := a.ReleaseByHandle(e.ctx, "h1")
 			if err == nil {

@@ -98,32 +98,34 @@ func TestEnsureBlockFailedRollbackReported(t *testing.T) {
 // succeeds returns the blocks the node holds.
 func TestEnsureBlockFaultAtEveryOperation(t *testing.T) {
 	for _, full6 := range []bool{false, true} {
-		for _, mode := range []storetest.FaultMode{storetest.FailOnce, storetest.LostReply, storetest.CrashAfter, storetest.Crash} {
-			for k := int64(1); ; k++ {
-				var e *env
-				if full6 {
-					e = ensureFullV6(t)
-				} else {
-					e = newEnv(t, v4pool("v4", "10.0.0.0/27", 29), v6pool("v6", "fd00::/124", 126))
-				}
-				f := storetest.NewFaultyStore(e.store, storetest.Fault{At: k, Mode: mode})
-				a, err := ipam.New(f.WithGenerations(), ipam.Options{Now: e.clock.Now})
-				require.NoError(t, err)
-				v4, v6, err := a.EnsureBlock(e.ctx, ipam.EnsureBlockArgs{Node: "node-1", IPv4: true, IPv6: true})
-				name := fmt.Sprintf("full6=%v %s at %d", full6, mode, k)
-				if err == nil {
-					require.ElementsMatch(t, []any{v4, v6}, toAny(e.affine("node-1")), name)
-				}
-				rep, cerr := e.a.Check(e.ctx)
-				require.NoError(t, cerr)
-				for _, p := range rep.Problems {
-					require.Equal(t, ipam.ProblemAffinityStale, p.Kind, "%s: %v", name, p)
-				}
-				_, after, rerr := e.a.Repair(e.ctx, ipam.RepairOptions{})
-				require.NoError(t, rerr)
-				require.True(t, after.Clean(), "%s: after repair: %v", name, after.Problems)
-				if k > f.Ops() {
-					break
+		for _, keeper := range keepers {
+			for _, mode := range []storetest.FaultMode{storetest.FailOnce, storetest.LostReply, storetest.CrashAfter, storetest.Crash} {
+				for k := int64(1); ; k++ {
+					var e *env
+					if full6 {
+						e = ensureFullV6(t)
+					} else {
+						e = newEnv(t, v4pool("v4", "10.0.0.0/27", 29), v6pool("v6", "fd00::/124", 126))
+					}
+					f := storetest.NewFaultyStore(e.store, storetest.Fault{At: k, Mode: mode})
+					a, err := ipam.New(faultyView(f, false, keeper), ipam.Options{Now: e.clock.Now})
+					require.NoError(t, err)
+					v4, v6, err := a.EnsureBlock(e.ctx, ipam.EnsureBlockArgs{Node: "node-1", IPv4: true, IPv6: true})
+					name := fmt.Sprintf("full6=%v keeper=%v %s at %d", full6, keeper, mode, k)
+					if err == nil {
+						require.ElementsMatch(t, []any{v4, v6}, toAny(e.affine("node-1")), name)
+					}
+					rep, cerr := e.a.Check(e.ctx)
+					require.NoError(t, cerr)
+					for _, p := range rep.Problems {
+						require.Equal(t, ipam.ProblemAffinityStale, p.Kind, "%s: %v", name, p)
+					}
+					_, after, rerr := e.a.Repair(e.ctx, ipam.RepairOptions{})
+					require.NoError(t, rerr)
+					require.True(t, after.Clean(), "%s: after repair: %v", name, after.Problems)
+					if k > f.Ops() {
+						break
+					}
 				}
 			}
 		}

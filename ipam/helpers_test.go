@@ -12,6 +12,7 @@ import (
 	"github.com/carve-ipam/carve/block"
 	"github.com/carve-ipam/carve/ipam"
 	"github.com/carve-ipam/carve/ipam/memstore"
+	"github.com/carve-ipam/carve/ipam/storetest"
 	"github.com/carve-ipam/carve/pool"
 	"github.com/carve-ipam/carve/selector"
 )
@@ -160,4 +161,22 @@ func (e *env) requireConsistent() {
 	r, err := e.a.Check(e.ctx)
 	require.NoError(e.t, err)
 	require.True(e.t, r.Clean(), "%v", r.Problems)
+}
+
+// keepers are the two ways an allocator writes blocks in the fault
+// sweeps: handed to the store to keep (ipam.BlockKeeper, as memstore
+// offers), or as bytes, as over a store in another process (etcdstore).
+var keepers = []bool{true, false}
+
+// faultyView returns the view of f an allocator takes in a fault sweep:
+// with Committer or with Generations only, with BlockKeeper or without.
+func faultyView(f *storetest.FaultyStore, commits, keeper bool) ipam.Store {
+	s := f.WithGenerations()
+	if commits {
+		s = f.WithCommits()
+	}
+	if !keeper {
+		s = storetest.WithoutBlockKeeper(s)
+	}
+	return s
 }

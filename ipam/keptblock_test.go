@@ -60,7 +60,7 @@ func TestCrashWithCooldown(t *testing.T) {
 func crashWithCooldown(t *testing.T, commits bool) {
 	for _, seed := range []uint64{1, 3, 5, 7} {
 		w := crashWorkload(seed, 80)
-		clean := newCoolCrashRun(t, storetest.Fault{}, 24*time.Hour, commits)
+		clean := newCoolCrashRun(t, storetest.Fault{}, 24*time.Hour, commits, true)
 		clean.run(w)
 		total := clean.faulty.Ops()
 		rep, err := clean.allocs[1].Check(clean.ctx)
@@ -69,7 +69,7 @@ func crashWithCooldown(t *testing.T, commits bool) {
 		for _, mode := range []storetest.FaultMode{storetest.FailOnce, storetest.Crash, storetest.CrashAfter, storetest.LostReply} {
 			for k := int64(1); k <= total; k++ {
 				ok := t.Run(fmt.Sprintf("seed=%d/mode=%s/at=%d", seed, mode, k), func(t *testing.T) {
-					run := newCoolCrashRun(t, storetest.Fault{At: k, Mode: mode}, 24*time.Hour, commits)
+					run := newCoolCrashRun(t, storetest.Fault{At: k, Mode: mode}, 24*time.Hour, commits, true)
 					run.run(w)
 					run.requireRepairable(fmt.Sprintf("fault %s at %d", mode, k), crashWorkload(seed+100, 40))
 				})
@@ -452,36 +452,38 @@ func TestFaultsInCoolingPaths(t *testing.T) {
 			sc.setup(e)
 			return e
 		}
-		t.Run(sc.name, func(t *testing.T) {
-			e := newE(t)
-			fs := storetest.NewFaultyStore(e.store, storetest.Fault{})
-			a, err := ipam.New(fs.WithGenerations(), ipam.Options{Now: e.clock.Now})
-			require.NoError(t, err)
-			require.NoError(t, sc.run(e, a))
-			e.requireConsistent()
-			total := fs.Ops()
-			for _, mode := range []storetest.FaultMode{storetest.FailOnce, storetest.Crash, storetest.CrashAfter, storetest.LostReply} {
-				for k := int64(1); k <= total; k++ {
-					e := newE(t)
-					fs := storetest.NewFaultyStore(e.store, storetest.Fault{At: k, Mode: mode})
-					a, err := ipam.New(fs.WithGenerations(), ipam.Options{Now: e.clock.Now})
-					require.NoError(t, err)
-					runErr := sc.run(e, a)
-					r, err := e.a.Check(e.ctx)
-					require.NoError(t, err)
-					for _, p := range r.Problems {
-						require.Contains(t, []ipam.ProblemKind{ipam.ProblemHandleExcess, ipam.ProblemAffinityStale}, p.Kind,
-							"%s at %d (run: %v): %v", mode, k, runErr, p)
+		for _, keeper := range keepers {
+			t.Run(fmt.Sprintf("%s/keeper=%t", sc.name, keeper), func(t *testing.T) {
+				e := newE(t)
+				fs := storetest.NewFaultyStore(e.store, storetest.Fault{})
+				a, err := ipam.New(faultyView(fs, false, keeper), ipam.Options{Now: e.clock.Now})
+				require.NoError(t, err)
+				require.NoError(t, sc.run(e, a))
+				e.requireConsistent()
+				total := fs.Ops()
+				for _, mode := range []storetest.FaultMode{storetest.FailOnce, storetest.Crash, storetest.CrashAfter, storetest.LostReply} {
+					for k := int64(1); k <= total; k++ {
+						e := newE(t)
+						fs := storetest.NewFaultyStore(e.store, storetest.Fault{At: k, Mode: mode})
+						a, err := ipam.New(faultyView(fs, false, keeper), ipam.Options{Now: e.clock.Now})
+						require.NoError(t, err)
+						runErr := sc.run(e, a)
+						r, err := e.a.Check(e.ctx)
+						require.NoError(t, err)
+						for _, p := range r.Problems {
+							require.Contains(t, []ipam.ProblemKind{ipam.ProblemHandleExcess, ipam.ProblemAffinityStale}, p.Kind,
+								"%s at %d (run: %v): %v", mode, k, runErr, p)
+						}
+						acts, after, err := e.a.Repair(e.ctx, ipam.RepairOptions{})
+						require.NoError(t, err)
+						for _, act := range acts {
+							require.True(t, act.Done, "%s at %d: %v: %s", mode, k, act.Problem, act.Note)
+						}
+						require.True(t, after.Clean(), "%s at %d: after repair: %v", mode, k, after.Problems)
 					}
-					acts, after, err := e.a.Repair(e.ctx, ipam.RepairOptions{})
-					require.NoError(t, err)
-					for _, act := range acts {
-						require.True(t, act.Done, "%s at %d: %v: %s", mode, k, act.Problem, act.Note)
-					}
-					require.True(t, after.Clean(), "%s at %d: after repair: %v", mode, k, after.Problems)
 				}
-			}
-		})
+			})
+		}
 	}
 }
 

@@ -61,10 +61,10 @@ func lifecycleFaultStore(t *testing.T) (*env, map[netip.Addr]string) {
 // maintenance call (ReleaseHostAffinities, ReleaseAffinity of a whole
 // family, ReleaseLoadBalancerAffinity, ClaimAffinity, DeletePool of each
 // kind of pool, and Collector passes that strip a gone node) in each
-// fault mode, with and without commits. Afterwards no address held is
-// lost or changes hands, Check finds only what Repair fixes, Repair
-// leaves the store clean, and the call made again on a healthy allocator
-// finishes and leaves it clean too.
+// fault mode, with and without commits, with and without BlockKeeper.
+// Afterwards no address held is lost or changes hands, Check finds only
+// what Repair fixes, Repair leaves the store clean, and the call made
+// again on a healthy allocator finishes and leaves it clean too.
 func TestLifecycleFaultAtEveryOperation(t *testing.T) {
 	type op struct {
 		name string
@@ -111,49 +111,47 @@ func TestLifecycleFaultAtEveryOperation(t *testing.T) {
 		t.Run(o.name, func(t *testing.T) {
 			for _, mode := range modes {
 				for _, commits := range []bool{false, true} {
-					struck := 0
-					for at := int64(1); ; at++ {
-						e, held := lifecycleFaultStore(t)
-						f := storetest.NewFaultyStore(e.store, storetest.Fault{At: at, Mode: mode})
-						s := f.WithGenerations()
-						if commits {
-							s = f.WithCommits()
-						}
-						a, err := ipam.New(s, ipam.Options{Now: e.clock.Now})
-						require.NoError(t, err)
-						opErr := o.run(e.ctx, a, e)
-						if f.Ops() < at {
-							break
-						}
-						struck++
-						tag := fmt.Sprintf("%v, commits %v, fault at op %d (%v)", mode, commits, at, opErr)
-						for _, addr := range slices.SortedFunc(maps.Keys(held), func(x, y netip.Addr) int { return x.Compare(y) }) {
-							owner, err := e.a.Owner(e.ctx, addr)
-							require.NoError(t, err, "%s: %s", tag, addr)
-							require.Equal(t, held[addr], owner.Handle, "%s: %s", tag, addr)
-						}
-						r, err := e.a.Check(e.ctx)
-						require.NoError(t, err, tag)
-						require.True(t, r.Repairable(), "%s: %v", tag, r.Problems)
-						_, after, err := e.a.Repair(e.ctx, ipam.RepairOptions{})
-						require.NoError(t, err, tag)
-						require.True(t, after.Clean(), "%s: after Repair: %v", tag, after.Problems)
-
-						if o.name != "Collector" {
-							err = o.run(e.ctx, e.a, e)
-							if o.name == "DeletePool" || o.name == "DeleteLoadBalancerPool" {
-								if err != nil {
-									require.ErrorIs(t, err, ipam.ErrPoolNotFound, tag)
-								}
-							} else {
-								require.NoError(t, err, tag)
+					for _, keeper := range keepers {
+						struck := 0
+						for at := int64(1); ; at++ {
+							e, held := lifecycleFaultStore(t)
+							f := storetest.NewFaultyStore(e.store, storetest.Fault{At: at, Mode: mode})
+							a, err := ipam.New(faultyView(f, commits, keeper), ipam.Options{Now: e.clock.Now})
+							require.NoError(t, err)
+							opErr := o.run(e.ctx, a, e)
+							if f.Ops() < at {
+								break
 							}
+							struck++
+							tag := fmt.Sprintf("%v, commits %v, keeper %v, fault at op %d (%v)", mode, commits, keeper, at, opErr)
+							for _, addr := range slices.SortedFunc(maps.Keys(held), func(x, y netip.Addr) int { return x.Compare(y) }) {
+								owner, err := e.a.Owner(e.ctx, addr)
+								require.NoError(t, err, "%s: %s", tag, addr)
+								require.Equal(t, held[addr], owner.Handle, "%s: %s", tag, addr)
+							}
+							r, err := e.a.Check(e.ctx)
+							require.NoError(t, err, tag)
+							require.True(t, r.Repairable(), "%s: %v", tag, r.Problems)
+							_, after, err := e.a.Repair(e.ctx, ipam.RepairOptions{})
+							require.NoError(t, err, tag)
+							require.True(t, after.Clean(), "%s: after Repair: %v", tag, after.Problems)
+
+							if o.name != "Collector" {
+								err = o.run(e.ctx, e.a, e)
+								if o.name == "DeletePool" || o.name == "DeleteLoadBalancerPool" {
+									if err != nil {
+										require.ErrorIs(t, err, ipam.ErrPoolNotFound, tag)
+									}
+								} else {
+									require.NoError(t, err, tag)
+								}
+							}
+							r, err = e.a.Check(e.ctx)
+							require.NoError(t, err, tag)
+							require.True(t, r.Clean(), "%s: after the call again: %v", tag, r.Problems)
 						}
-						r, err = e.a.Check(e.ctx)
-						require.NoError(t, err, tag)
-						require.True(t, r.Clean(), "%s: after the call again: %v", tag, r.Problems)
+						require.Positive(t, struck, "%v: no fault struck", mode)
 					}
-					require.Positive(t, struck, "%v: no fault struck", mode)
 				}
 			}
 		})

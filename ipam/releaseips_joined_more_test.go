@@ -176,35 +176,37 @@ func TestJoinedDeletedBlocks(t *testing.T) {
 // (all of the commit or none of it), and releasing again from a fresh
 // allocator settles everything.
 func TestJoinedFaults(t *testing.T) {
-	for _, mode := range []storetest.FaultMode{storetest.FailOnce, storetest.LostReply, storetest.CrashAfter} {
-		for k := int64(1); ; k++ {
-			ms, _, rels, _ := joinedReleaseSetup(t)
-			f := storetest.NewFaultyStore(ms, storetest.Fault{At: k, Mode: mode})
-			a, err := ipam.New(f.WithCommits(), ipam.Options{})
-			require.NoError(t, err)
-			got, err := a.ReleaseIPs(t.Context(), rels...)
-			if err == nil {
-				require.Len(t, got.Released, len(rels))
+	for _, keeper := range keepers {
+		for _, mode := range []storetest.FaultMode{storetest.FailOnce, storetest.LostReply, storetest.CrashAfter} {
+			for k := int64(1); ; k++ {
+				ms, _, rels, _ := joinedReleaseSetup(t)
+				f := storetest.NewFaultyStore(ms, storetest.Fault{At: k, Mode: mode})
+				a, err := ipam.New(faultyView(f, true, keeper), ipam.Options{})
+				require.NoError(t, err)
+				got, err := a.ReleaseIPs(t.Context(), rels...)
+				if err == nil {
+					require.Len(t, got.Released, len(rels))
+					checkedClean(t, ms)
+					break // past the last operation
+				}
+				name := fmt.Sprintf("keeper=%v %v at %d", keeper, mode, k)
+				checker := checkedClean(t, ms)
+				for _, addr := range got.Released {
+					_, err := checker.Owner(t.Context(), addr)
+					require.ErrorIs(t, err, ipam.ErrNotAllocated, "%s: %s listed released", name, addr)
+				}
+				for _, addr := range got.NotAllocated {
+					_, err := checker.Owner(t.Context(), addr)
+					require.ErrorIs(t, err, ipam.ErrNotAllocated, "%s: %s listed not allocated", name, addr)
+				}
+				again, err := checker.ReleaseIPs(t.Context(), rels...)
+				require.NoError(t, err, name)
+				require.Len(t, slices.Concat(again.Released, again.NotAllocated), len(rels), name)
 				checkedClean(t, ms)
-				break // past the last operation
+				_, err = checker.IPsByHandle(t.Context(), "h")
+				require.ErrorIs(t, err, ipam.ErrHandleNotFound, name)
+				require.Less(t, k, int64(50))
 			}
-			name := fmt.Sprintf("%v at %d", mode, k)
-			checker := checkedClean(t, ms)
-			for _, addr := range got.Released {
-				_, err := checker.Owner(t.Context(), addr)
-				require.ErrorIs(t, err, ipam.ErrNotAllocated, "%s: %s listed released", name, addr)
-			}
-			for _, addr := range got.NotAllocated {
-				_, err := checker.Owner(t.Context(), addr)
-				require.ErrorIs(t, err, ipam.ErrNotAllocated, "%s: %s listed not allocated", name, addr)
-			}
-			again, err := checker.ReleaseIPs(t.Context(), rels...)
-			require.NoError(t, err, name)
-			require.Len(t, slices.Concat(again.Released, again.NotAllocated), len(rels), name)
-			checkedClean(t, ms)
-			_, err = checker.IPsByHandle(t.Context(), "h")
-			require.ErrorIs(t, err, ipam.ErrHandleNotFound, name)
-			require.Less(t, k, int64(50))
 		}
 	}
 }

@@ -74,53 +74,56 @@ func damagedStore(t *testing.T) (*memstore.Store, map[netip.Addr]string) {
 // with a fault at each of its operations, in each mode: what it reports
 // Done must be done (the problem gone from a check right after), no
 // address may lose its count, and a Repair after it leaves the store
-// clean with every address still its handle's.
+// clean with every address still its handle's; with BlockKeeper and
+// without.
 func TestRepairFaultAtEveryOperation(t *testing.T) {
 	ctx := context.Background()
-	ms, _ := damagedStore(t)
-	fs := storetest.NewFaultyStore(ms, storetest.Fault{})
-	a, err := ipam.New(fs.WithCommits(), ipam.Options{})
-	require.NoError(t, err)
-	_, after, err := a.Repair(ctx, ipam.RepairOptions{})
-	require.NoError(t, err)
-	require.True(t, after.Clean(), "%v", after.Problems)
-	total := fs.Ops()
-	for at := int64(1); at <= total; at++ {
-		for _, mode := range []storetest.FaultMode{storetest.FailOnce, storetest.Crash, storetest.CrashAfter, storetest.LostReply} {
-			t.Run(fmt.Sprintf("%d/%v", at, mode), func(t *testing.T) {
-				ms, held := damagedStore(t)
-				fs := storetest.NewFaultyStore(ms, storetest.Fault{At: at, Mode: mode})
-				a, err := ipam.New(fs.WithCommits(), ipam.Options{})
-				require.NoError(t, err)
-				actions, _, _ := a.Repair(ctx, ipam.RepairOptions{})
-				clean, err := ipam.New(ms, ipam.Options{})
-				require.NoError(t, err)
-				r, err := clean.Check(ctx)
-				require.NoError(t, err)
-				for _, act := range actions {
-					if !act.Done {
-						continue
-					}
-					for _, p := range r.Problems {
-						if p.Kind == act.Problem.Kind && p.Record == act.Problem.Record && p.Block == act.Problem.Block {
-							t.Errorf("reported done, still there: %v (%s)", act.Problem, act.Note)
+	for _, keeper := range keepers {
+		ms, _ := damagedStore(t)
+		fs := storetest.NewFaultyStore(ms, storetest.Fault{})
+		a, err := ipam.New(faultyView(fs, true, keeper), ipam.Options{})
+		require.NoError(t, err)
+		_, after, err := a.Repair(ctx, ipam.RepairOptions{})
+		require.NoError(t, err)
+		require.True(t, after.Clean(), "%v", after.Problems)
+		total := fs.Ops()
+		for at := int64(1); at <= total; at++ {
+			for _, mode := range []storetest.FaultMode{storetest.FailOnce, storetest.Crash, storetest.CrashAfter, storetest.LostReply} {
+				t.Run(fmt.Sprintf("keeper=%v/%d/%v", keeper, at, mode), func(t *testing.T) {
+					ms, held := damagedStore(t)
+					fs := storetest.NewFaultyStore(ms, storetest.Fault{At: at, Mode: mode})
+					a, err := ipam.New(faultyView(fs, true, keeper), ipam.Options{})
+					require.NoError(t, err)
+					actions, _, _ := a.Repair(ctx, ipam.RepairOptions{})
+					clean, err := ipam.New(ms, ipam.Options{})
+					require.NoError(t, err)
+					r, err := clean.Check(ctx)
+					require.NoError(t, err)
+					for _, act := range actions {
+						if !act.Done {
+							continue
+						}
+						for _, p := range r.Problems {
+							if p.Kind == act.Problem.Kind && p.Record == act.Problem.Record && p.Block == act.Problem.Block {
+								t.Errorf("reported done, still there: %v (%s)", act.Problem, act.Note)
+							}
 						}
 					}
-				}
-				for _, p := range r.Problems {
-					if p.Kind == ipam.ProblemHandleMissing && p.Handle != "missing" && p.Handle != "low" {
-						t.Errorf("a count lowered too far: %v", p)
+					for _, p := range r.Problems {
+						if p.Kind == ipam.ProblemHandleMissing && p.Handle != "missing" && p.Handle != "low" {
+							t.Errorf("a count lowered too far: %v", p)
+						}
 					}
-				}
-				_, after, err := clean.Repair(ctx, ipam.RepairOptions{})
-				require.NoError(t, err)
-				require.True(t, after.Clean(), "%v", after.Problems)
-				for addr, h := range held {
-					own, err := clean.Owner(ctx, addr)
+					_, after, err := clean.Repair(ctx, ipam.RepairOptions{})
 					require.NoError(t, err)
-					require.Equal(t, h, own.Handle)
-				}
-			})
+					require.True(t, after.Clean(), "%v", after.Problems)
+					for addr, h := range held {
+						own, err := clean.Owner(ctx, addr)
+						require.NoError(t, err)
+						require.Equal(t, h, own.Handle)
+					}
+				})
+			}
 		}
 	}
 }
