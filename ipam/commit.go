@@ -167,21 +167,41 @@ func (a *Allocator) releaseJoined(ctx context.Context, es []*blockEntry, h *hand
 			}
 		}
 		if err != nil {
-			restoreCounts(h, es[:i], k[:i], had[:i])
+			restoreCounts(h, es[:i], had[:i])
 			*released = (*released)[:n]
 			if err == errNothingHere {
 				err = nil
 			}
 			return false, err
 		}
-		if had[i] = h.rec.count(e.prefix); had[i] >= k[i] {
+		switch had[i] = h.rec.count(e.prefix); {
+		case had[i] >= k[i]:
 			h.rec.put(e.prefix, had[i]-k[i])
 			lower = true
+		case h.rev != 0:
+			// The block holds more of the handle than the record, as
+			// read, counts there: an assignment since the read added to
+			// both (in one commit), or the count is low. The record goes
+			// in the commit, without the block, so that its check tells
+			// the two apart: refused, the release starts over from a
+			// fresh read; made, the count was low, and nothing of the
+			// handle is left in the block to count.
+			h.rec.put(e.prefix, 0)
+			lower = true
+		default:
+			// No record, as read, yet the block holds the handle's
+			// addresses: an assignment since the read created the record,
+			// which no write of a commit can check the absence of. The
+			// caller releases the block alone and lowers the count after,
+			// from a fresh read.
+			restoreCounts(h, es[:i], had[:i])
+			*released = (*released)[:n]
+			return false, errNoRecord
 		}
 	}
 	// A record from the memo is written even when no count goes down, so
 	// that the commit checks it.
-	landed, err := a.commitJoined(ctx, h, es, k[:len(es)], had[:len(es)], lower || h.remembered, ws, revs, nil)
+	landed, err := a.commitJoined(ctx, h, es, had[:len(es)], lower || h.remembered, ws, revs, nil)
 	if !landed {
 		*released = (*released)[:n]
 	}
@@ -189,10 +209,10 @@ func (a *Allocator) releaseJoined(ctx context.Context, es []*blockEntry, h *hand
 }
 
 // commitJoined commits the staged blocks of es (locked by the caller,
-// fewer than MaxCommitWrites), where h's handle frees k[i] addresses in
-// es[i] and h's record counted had[i], in one commit, with h's record when
-// writeRec says so: the caller has lowered the record's count of each
-// block where had[i] >= k[i]. ws and revs are the commit's arguments, with
+// fewer than MaxCommitWrites), which free addresses of h's handle, in one
+// commit, with h's record when writeRec says so: the caller has lowered
+// the record's counts of those blocks from had[i], the counts as it read
+// them. ws and revs are the commit's arguments, with
 // room for a write per block and one for the record. landed reports that
 // the commit was made; the error is then a kept block's check after it
 // (keptStands). Otherwise nothing was written, the counts are put back in
@@ -200,7 +220,7 @@ func (a *Allocator) releaseJoined(ctx context.Context, es []*blockEntry, h *hand
 // caller's retry to settle with a fresh read), at a block, or a failure.
 // A block the commit deletes, or that keptStands deletes after it, is
 // appended to *deleted when deleted is not nil.
-func (a *Allocator) commitJoined(ctx context.Context, h *handleTx, es []*blockEntry, k, had []int, writeRec bool, ws []Write, revs []Revision, deleted *[]netip.Prefix) (landed bool, err error) {
+func (a *Allocator) commitJoined(ctx context.Context, h *handleTx, es []*blockEntry, had []int, writeRec bool, ws []Write, revs []Revision, deleted *[]netip.Prefix) (landed bool, err error) {
 	writes := ws[:0]
 	if writeRec {
 		writes = writes[:1]
@@ -211,7 +231,7 @@ func (a *Allocator) commitJoined(ctx context.Context, h *handleTx, es []*blockEn
 	for i, e := range es {
 		writes = writes[:len(writes)+1]
 		if del[i], keep[i], err = a.blockChange(ctx, e, &writes[len(writes)-1]); err != nil {
-			restoreCounts(h, es, k, had)
+			restoreCounts(h, es, had)
 			return false, err
 		}
 	}
@@ -224,7 +244,7 @@ func (a *Allocator) commitJoined(ctx context.Context, h *handleTx, es []*blockEn
 			h.commitFailed(err)
 			return false, handleRefused(es[0], h, err)
 		}
-		restoreCounts(h, es, k, had)
+		restoreCounts(h, es, had)
 		if i >= first {
 			// Refused at a block: only that block needs reading again.
 			return false, a.blockWriteFailed(es[i-first], fmt.Errorf("with handle %q: %w", h.id, err))
@@ -275,13 +295,16 @@ func dropValues(ws []Write) {
 // joined.
 var errNothingHere = errors.New("nothing of the handle in the block")
 
-// restoreCounts puts back the counts of es's blocks that releaseJoined
-// lowered in h's record (those whose count had was at least k).
-func restoreCounts(h *handleTx, es []*blockEntry, k, had []int) {
+// errNoRecord tells releaseJoined's caller that the handle's record, as
+// read, does not exist while a block holds its addresses: the release must
+// go block by block, lowering the count after (see releaseJoined).
+var errNoRecord = errors.New("no record of the handle, whose addresses a block holds")
+
+// restoreCounts puts back the counts es's blocks had in h's record (had),
+// which a joined release lowered.
+func restoreCounts(h *handleTx, es []*blockEntry, had []int) {
 	for i, e := range es {
-		if had[i] >= k[i] {
-			h.rec.put(e.prefix, had[i])
-		}
+		h.rec.put(e.prefix, had[i])
 	}
 }
 

@@ -125,7 +125,7 @@ func (h *handleTx) move(ctx context.Context, blk netip.Prefix, delta int) error 
 	}
 	n := h.rec.count(blk) + delta
 	if n < 0 {
-		return nil // as mover reporting no change
+		return h.unchanged(ctx, h.mover(blk, delta)) // as mover reporting no change
 	}
 	h.rec.put(blk, n)
 	if err := h.write(ctx); err != nil {
@@ -160,13 +160,29 @@ func (h *handleTx) rewrite(ctx context.Context, change func() bool) error {
 		return h.a.retry(ctx, "update handle", h.id, h.attempt(ctx, change))
 	}
 	if !change() {
-		return nil
+		return h.unchanged(ctx, change)
 	}
 	if err := h.write(ctx); err != nil {
 		h.known = false
 		return h.rewriteAgain(ctx, change, err)
 	}
 	return nil
+}
+
+// unchanged is rewrite after change found nothing to change in the record
+// as known. That may rest on a record read a while ago: a release that
+// freed more addresses in a block than the record it read counts there
+// (an assignment since, of the same handle in the same block, raised the
+// count and wrote the block) would leave the raised count in place. So
+// the record is read again and change applied to it; only what that
+// fresh read says is final. A handle held exclusively (NewHandle) is the
+// operation's own, and is not read again.
+func (h *handleTx) unchanged(ctx context.Context, change func() bool) error {
+	if h.exclusive {
+		return nil
+	}
+	h.known = false
+	return h.a.retry(ctx, "update handle", h.id, h.attempt(ctx, change))
 }
 
 // rewriteAgain is rewrite after a first attempt that failed with err.
@@ -200,9 +216,10 @@ func (h *handleTx) attempt(ctx context.Context, change func() bool) func() error
 // once the handle holds nothing.
 //
 // A lowering never takes a count below zero. A release lowers counts after
-// its block write, by what it released; a count lower than that means the
-// record did not count these addresses (an earlier repair, or a record
-// written by another tool), and it is left as it is. Nor is a count ever
+// its block write, by what it released; a count lower than that, on a
+// fresh read (see unchanged), means the record did not count these
+// addresses (an earlier repair, or a record written by another tool), and
+// it is left as it is. Nor is a count ever
 // lowered by more than was released: a count higher than its block bears
 // out may be an assignment in flight (its count raised, its block write
 // still to come), which cannot be told from what a crash left, so it stays

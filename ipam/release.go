@@ -433,7 +433,7 @@ func (a *Allocator) releaseIPsJoined(ctx context.Context, handle string, order [
 	}
 	var h handleTx
 	h.init(a, handle, false)
-	gone, landed := false, false
+	gone, landed := false, false // gone: go block by block
 	err = a.retry(ctx, "release", fmt.Sprintf("%q", handle), func() error {
 		reset()
 		gone = false
@@ -481,9 +481,24 @@ func (a *Allocator) releaseIPsJoined(ctx context.Context, handle string, order [
 				continue
 			}
 			es[n], k[n], had[n] = e, freed[i], h.rec.count(e.prefix)
-			if had[n] >= k[n] {
+			switch {
+			case had[n] >= k[n]:
 				h.rec.put(e.prefix, had[n]-k[n])
 				lower = true
+			case h.rev != 0:
+				// Fewer counted than freed: the record read is stale or
+				// low. It goes in the commit, its count at zero, for the
+				// commit's check to tell (see releaseJoined).
+				h.rec.put(e.prefix, 0)
+				lower = true
+			default:
+				// No record, as read, though the handle's addresses are
+				// here: one made since cannot be checked in a commit. Block
+				// by block, which lowers the counts after, from a fresh
+				// read.
+				restoreCounts(&h, es[:n], had[:n])
+				gone = true
+				return nil
 			}
 			n++
 		}
@@ -493,7 +508,7 @@ func (a *Allocator) releaseIPsJoined(ctx context.Context, handle string, order [
 		var ws [MaxCommitWrites]Write
 		var revs [MaxCommitWrites]Revision
 		var err error
-		landed, err = a.commitJoined(ctx, &h, es[:n], k[:n], had[:n], lower, ws[:], revs[:], deleted)
+		landed, err = a.commitJoined(ctx, &h, es[:n], had[:n], lower, ws[:], revs[:], deleted)
 		return err
 	})
 	switch {
@@ -567,8 +582,8 @@ func (a *Allocator) releaseJoinedIPs(ctx context.Context, e *blockEntry, h *hand
 		return false, nil
 	}
 	h.rec.put(e.prefix, had-k)
-	es, ks, hads := [1]*blockEntry{e}, [1]int{k}, [1]int{had}
-	return a.commitJoined(ctx, h, es[:], ks[:], hads[:], true, e.writes[:], e.revs[:], nil)
+	es, hads := [1]*blockEntry{e}, [1]int{had}
+	return a.commitJoined(ctx, h, es[:], hads[:], true, e.writes[:], e.revs[:], nil)
 }
 
 // handleLowers collects, per handle and block, how many addresses a
@@ -680,6 +695,9 @@ func (a *Allocator) ReleaseByHandle(ctx context.Context, handle string) ([]netip
 		// nothing of the handle any more, the record read again names too
 		// many blocks, or the conflicts never clear.
 		joined, err := a.releaseJoinedMany(ctx, &h, todo, at, &released)
+		if err == errNoRecord {
+			err = nil // block by block, below
+		}
 		if !joined && err != nil {
 			err = a.retryAgain(ctx, "release by handle", handle, func() error {
 				if !h.known {
@@ -696,6 +714,9 @@ func (a *Allocator) ReleaseByHandle(ctx context.Context, handle string) ([]netip
 				}
 				var err error
 				joined, err = a.releaseJoinedMany(ctx, &h, todo, at, &released)
+				if err == errNoRecord {
+					return nil // block by block, below
+				}
 				return err
 			}, err)
 		}
@@ -722,6 +743,10 @@ func (a *Allocator) ReleaseByHandle(ctx context.Context, handle string) ([]netip
 		one := [1]*blockEntry{e}
 		if joinable {
 			joined, err = a.releaseJoined(ctx, one[:], &h, at, &released, e.writes[:], e.revs[:])
+			if err == errNoRecord {
+				joinable = false // the count is lowered after, as below
+				err = a.releaseHandleOnce(ctx, e, handle, at, &released)
+			}
 		} else {
 			err = a.releaseHandleOnce(ctx, e, handle, at, &released)
 		}
@@ -730,7 +755,10 @@ func (a *Allocator) ReleaseByHandle(ctx context.Context, handle string) ([]netip
 				if joinable {
 					var err error
 					joined, err = a.releaseJoined(ctx, one[:], &h, at, &released, e.writes[:], e.revs[:])
-					return err
+					if err != errNoRecord {
+						return err
+					}
+					joinable = false
 				}
 				return a.releaseHandleOnce(ctx, e, handle, at, &released)
 			}, err)
@@ -787,7 +815,7 @@ func (a *Allocator) releaseRemembered(ctx context.Context, handle string, m *han
 	switch {
 	case joined:
 		return released, true, err
-	case err == nil || isRace(err):
+	case err == nil || err == errNoRecord || isRace(err):
 		return nil, false, nil
 	}
 	return nil, true, err
