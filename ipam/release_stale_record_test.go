@@ -12,20 +12,27 @@ import (
 	"github.com/carve-ipam/carve/ipam/memstore"
 )
 
-// recordReadHook is memstore with a hook after each read of a handle
-// record: every other method of memstore (Commit, BlockKeeper) is its own.
+// readHook runs after, once, after the first read of a handle record.
+type readHook struct{ after func() }
+
+func (h *readHook) read(kind ipam.Kind) {
+	if kind == ipam.KindHandle && h.after != nil {
+		f := h.after
+		h.after = nil
+		f()
+	}
+}
+
+// recordReadHook is memstore with a readHook: every other method of
+// memstore (Commit, BlockKeeper) is its own.
 type recordReadHook struct {
 	*memstore.Store
-	after func()
+	readHook
 }
 
 func (s *recordReadHook) Get(ctx context.Context, kind ipam.Kind, key string) (ipam.Record, error) {
 	rec, err := s.Store.Get(ctx, kind, key)
-	if kind == ipam.KindHandle && s.after != nil {
-		f := s.after
-		s.after = nil
-		f()
-	}
+	s.read(kind)
 	return rec, err
 }
 
@@ -33,16 +40,12 @@ func (s *recordReadHook) Get(ctx context.Context, kind ipam.Kind, key string) (i
 // no BlockKeeper, so a release writes blocks and records apart.
 type plainRecordReadHook struct {
 	ipam.Store
-	after func()
+	readHook
 }
 
 func (s *plainRecordReadHook) Get(ctx context.Context, kind ipam.Kind, key string) (ipam.Record, error) {
 	rec, err := s.Store.Get(ctx, kind, key)
-	if kind == ipam.KindHandle && s.after != nil {
-		f := s.after
-		s.after = nil
-		f()
-	}
+	s.read(kind)
 	return rec, err
 }
 
@@ -124,9 +127,9 @@ func TestReleaseAfterStaleRecordRead(t *testing.T) {
 
 			// The release's allocator has read no block yet.
 			during := func() { tc.during(ctx, t, other) }
-			var store ipam.Store = &recordReadHook{Store: ms, after: during}
+			var store ipam.Store = &recordReadHook{ms, readHook{during}}
 			if tc.plain {
-				store = &plainRecordReadHook{Store: ms, after: during}
+				store = &plainRecordReadHook{ms, readHook{during}}
 			}
 			a, err := ipam.New(store, ipam.Options{})
 			require.NoError(t, err)
