@@ -601,6 +601,11 @@ func checkUse(op string, u pool.Use) error {
 func (a *Allocator) rollback(ctx context.Context, o *assignOp, res AutoAssignResult) error {
 	ctx, cancel := detach(ctx) // the request may have failed because ctx ended
 	defer cancel()
+	// A request that fails assigns nothing more: lowering what it raised
+	// needs no hold on the handle (see assignFixed). A record written by
+	// someone else meanwhile (an assignment or release under the handle)
+	// must not stop it, which would leave the counts too high.
+	o.h.exclusive = false
 	var errs []error
 	if res.Len() > 0 {
 		rels := make([]Release, 0, res.Len())
