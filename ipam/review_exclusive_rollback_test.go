@@ -2,6 +2,7 @@ package ipam_test
 
 import (
 	"context"
+	"net/netip"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -63,5 +64,33 @@ func TestReviewAutoAssignNewHandleRollbackAfterOthersAssign(t *testing.T) {
 	held, err := e.a.AssignedByHandle(e.ctx, "pod")
 	require.NoError(t, err)
 	require.Len(t, held.IPv4, 1, "the other request's address stays")
+	e.requireConsistent()
+}
+
+// TestReviewUnreserveNewHandleAfterOthersAssign: a NewHandle AutoAssign
+// assigns its address; then a reservation comes to cover it, and another
+// request assigns under the same handle (without NewHandle) in the same
+// block. The first request gives its address back (unreserve): the count
+// must go down by it, whoever wrote the record meanwhile, and the other
+// request's address stay counted: Check clean, however the request ends.
+func TestReviewUnreserveNewHandleAfterOthersAssign(t *testing.T) {
+	e := newEnv(t, v4pool("p", "10.0.0.0/24", 28))
+	o := e.allocator()
+	ran := false
+	s := &reviewCommitHook{Store: e.store, after: func() {
+		held, err := o.AssignedByHandle(e.ctx, "pod")
+		require.NoError(t, err)
+		require.Len(t, held.IPv4, 1)
+		x := held.IPv4[0].Addr
+		require.NoError(t, o.CreateReservation(e.ctx, ipam.Reservation{Name: "r", CIDRs: []netip.Prefix{netip.PrefixFrom(x, 32)}}))
+		_, err = o.AssignIP(e.ctx, ipam.AssignIPArgs{Addr: x.Next(), Handle: "pod", Node: "node-1"})
+		require.NoError(t, err)
+		ran = true
+	}}
+	add, err := ipam.New(s, ipam.Options{Now: e.clock.Now})
+	require.NoError(t, err)
+	res, err := add.AutoAssign(e.ctx, ipam.AutoAssignArgs{Num4: 1, Handle: "pod", Node: "node-1", NewHandle: true})
+	require.True(t, ran)
+	t.Log(res, err)
 	e.requireConsistent()
 }
