@@ -225,6 +225,11 @@ func (h *handleTx) attempt(ctx context.Context, change func() bool) func() error
 // still to come), which cannot be told from what a crash left, so it stays
 // for Repair.
 func (h *handleTx) adjust(ctx context.Context, deltas []handleCount) error {
+	if slices.ContainsFunc(deltas, noCount) {
+		// Nothing to move for those blocks: left in, a lowering with
+		// nothing else to do would read the record again (see unchanged).
+		deltas = slices.DeleteFunc(slices.Clone(deltas), noCount)
+	}
 	switch len(deltas) {
 	case 0:
 		return nil
@@ -234,6 +239,9 @@ func (h *handleTx) adjust(ctx context.Context, deltas []handleCount) error {
 	slices.SortFunc(deltas, func(x, y handleCount) int { return comparePrefix(x.block, y.block) })
 	return h.rewrite(ctx, func() bool { return h.rec.merge(deltas) })
 }
+
+// noCount reports that d moves no count.
+func noCount(d handleCount) bool { return d.count == 0 }
 
 // A request that spans several blocks raises the handle's counts for all
 // of them in one write (reserve), draws on that as it writes each block
