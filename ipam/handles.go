@@ -468,8 +468,26 @@ func (h *handleTx) undo(ctx context.Context, blk netip.Prefix, k int, err error,
 		h.giveBack(blk, k)
 		return err
 	}
-	if herr := h.add(ctx, blk, -k); herr != nil {
+	if herr := h.lowerGone(ctx, []handleCount{{blk, -k}}); herr != nil {
 		return errors.Join(err, herr)
+	}
+	return err
+}
+
+// lowerGone is adjust for lowerings by addresses no block holds: released,
+// or assigned by a write that never happens. Their counts go down whoever
+// wrote the record since: when h holds the handle exclusively and another
+// request wrote the record meanwhile (an assignment under the handle), the
+// lowering is made through a transaction of its own, and h's error, that
+// the handle is held, stands.
+func (h *handleTx) lowerGone(ctx context.Context, deltas []handleCount) error {
+	err := h.adjust(ctx, deltas)
+	if err != nil && h.exclusive && errors.Is(err, ErrHandleExists) {
+		var other handleTx
+		other.init(h.a, h.id, false)
+		if oerr := other.adjust(ctx, deltas); oerr != nil {
+			err = errors.Join(err, oerr)
+		}
 	}
 	return err
 }

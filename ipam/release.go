@@ -623,18 +623,7 @@ func (a *Allocator) lowerHandles(ctx context.Context, l handleLowers, err error,
 			h = new(handleTx)
 			h.init(a, handle, false)
 		}
-		if herr := h.adjust(ctx, deltas); herr != nil {
-			if h == own && own.exclusive && errors.Is(herr, ErrHandleExists) {
-				// The blocks released these addresses, so their counts go
-				// down whoever wrote the record since (another request
-				// assigned under the handle); the request still fails on
-				// its hold.
-				var other handleTx
-				other.init(a, handle, false)
-				if oerr := other.adjust(ctx, deltas); oerr != nil {
-					herr = errors.Join(herr, oerr)
-				}
-			}
+		if herr := h.lowerGone(ctx, deltas); herr != nil {
 			return errors.Join(err, herr)
 		}
 	}
