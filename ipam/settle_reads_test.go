@@ -10,13 +10,13 @@ import (
 	"github.com/carve-ipam/carve/ipam/storetest"
 )
 
-// TestReviewSettleReadsNoRecord: an AssignIPs across two blocks, every
+// TestSettleReadsNoRecord: an AssignIPs across two blocks, every
 // address assigned, has no spare left to lower when it settles its
 // reservation. Nothing to lower must not cost a read of the handle's
 // record (handleTx.unchanged re-reads only a lowering that found too little
 // to lower): the request reads the record only as before the fix, once
 // with a handle that exists and never with a new one.
-func TestReviewSettleReadsNoRecord(t *testing.T) {
+func TestSettleReadsNoRecord(t *testing.T) {
 	for _, plain := range []bool{false, true} {
 		e := newEnv(t, v4pool("p4", "10.0.0.0/24", 26), v6pool("p6", "fd00::/120", 122))
 		var s ipam.Store = e.store

@@ -34,14 +34,14 @@ func (s *reviewCommitHook) Commit(ctx context.Context, ws []ipam.Write, revs []i
 	return err
 }
 
-// TestReviewAutoAssignNewHandleRollbackAfterOthersAssign: a dual-stack
+// TestAutoAssignNewHandleRollbackAfterOthersAssign: a dual-stack
 // NewHandle AutoAssign assigns its IPv4 address; then another request
 // assigns under the same handle (without NewHandle) in the same block;
 // the IPv6 pool is full, so the first request rolls back. Its rollback
 // must lower the count by the address it gave back, whoever wrote the
 // record meanwhile (as AssignIPs' rollback does, see assignFixed), and
 // leave the other request's address counted: Check clean.
-func TestReviewAutoAssignNewHandleRollbackAfterOthersAssign(t *testing.T) {
+func TestAutoAssignNewHandleRollbackAfterOthersAssign(t *testing.T) {
 	e := newEnv(t, v4pool("p", "10.0.0.0/24", 28), pool.Pool{Name: "p6", CIDR: mustPrefix("fd00::/126"), BlockSize: 126})
 	_, err := e.a.AutoAssign(e.ctx, ipam.AutoAssignArgs{Num6: 4, Handle: "other", Node: "node-2"})
 	require.NoError(t, err)
@@ -67,13 +67,13 @@ func TestReviewAutoAssignNewHandleRollbackAfterOthersAssign(t *testing.T) {
 	e.requireConsistent()
 }
 
-// TestReviewUnreserveNewHandleAfterOthersAssign: a NewHandle AutoAssign
+// TestUnreserveNewHandleAfterOthersAssign: a NewHandle AutoAssign
 // assigns its address; then a reservation comes to cover it, and another
 // request assigns under the same handle (without NewHandle) in the same
 // block. The first request gives its address back (unreserve): the count
 // must go down by it, whoever wrote the record meanwhile, and the other
 // request's address stay counted: Check clean, however the request ends.
-func TestReviewUnreserveNewHandleAfterOthersAssign(t *testing.T) {
+func TestUnreserveNewHandleAfterOthersAssign(t *testing.T) {
 	e := newEnv(t, v4pool("p", "10.0.0.0/24", 28))
 	o := e.allocator()
 	ran := false

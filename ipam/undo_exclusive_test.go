@@ -8,14 +8,14 @@ import (
 	"github.com/carve-ipam/carve/ipam"
 )
 
-// TestReviewNewHandleUndoAfterOthersAssign: on a store without Committer,
+// TestNewHandleUndoAfterOthersAssign: on a store without Committer,
 // an AssignIP with NewHandle raises the handle's count (creating the
 // record); before its block write, another request assigns under the same
 // handle (without NewHandle) in the same block, so the first block write
 // is refused: it never happens, and its raise must come down, whoever
 // wrote the record since. The request may fail (the handle is held now)
 // or assign, but the counts must match the blocks: Check clean.
-func TestReviewNewHandleUndoAfterOthersAssign(t *testing.T) {
+func TestNewHandleUndoAfterOthersAssign(t *testing.T) {
 	e := newEnv(t, v4pool("p", "10.0.0.0/24", 28))
 	o := e.allocator()
 	ran := false
