@@ -174,30 +174,13 @@ func (a *Allocator) releaseJoined(ctx context.Context, es []*blockEntry, h *hand
 			}
 			return false, err
 		}
-		switch had[i] = h.rec.count(e.prefix); {
-		case had[i] >= k[i]:
-			h.rec.put(e.prefix, had[i]-k[i])
-			lower = true
-		case h.rev != 0:
-			// The block holds more of the handle than the record, as
-			// read, counts there: an assignment since the read added to
-			// both (in one commit), or the count is low. The record goes
-			// in the commit, without the block, so that its check tells
-			// the two apart: refused, the release starts over from a
-			// fresh read; made, the count was low, and nothing of the
-			// handle is left in the block to count.
-			h.rec.put(e.prefix, 0)
-			lower = true
-		default:
-			// No record, as read, yet the block holds the handle's
-			// addresses: an assignment since the read created the record,
-			// which no write of a commit can check the absence of. The
-			// caller releases the block alone and lowers the count after,
-			// from a fresh read.
+		had[i] = h.rec.count(e.prefix)
+		if !h.lowerJoined(e.prefix, had[i], k[i]) {
 			restoreCounts(h, es[:i], had[:i])
 			*released = (*released)[:n]
 			return false, errNoRecord
 		}
+		lower = true
 	}
 	// A record from the memo is written even when no count goes down, so
 	// that the commit checks it.
@@ -299,6 +282,30 @@ var errNothingHere = errors.New("nothing of the handle in the block")
 // read, does not exist while a block holds its addresses: the release must
 // go block by block, lowering the count after (see releaseJoined).
 var errNoRecord = errors.New("no record of the handle, whose addresses a block holds")
+
+// lowerJoined lowers h's count for blk, had as read, by the k addresses
+// a joined release frees there, for the commit that writes the record with
+// the blocks. A block may hold more of the handle than the record, as
+// read, counts there: an assignment since the read added to both (in one
+// commit), or the count is low. The count then goes to zero and the record
+// in the commit, so that its check tells the two apart: refused, the
+// release starts over from a fresh read; made, the count was low, and
+// nothing of the handle is left there to count. lowerJoined reports false,
+// changing nothing, when there was no record to read: an assignment since
+// may have made it, and no write of a commit can check that a record is
+// absent, so the caller goes block by block, lowering the counts after
+// from a fresh read (errNoRecord).
+func (h *handleTx) lowerJoined(blk netip.Prefix, had, k int) bool {
+	switch {
+	case had >= k:
+		h.rec.put(blk, had-k)
+	case h.rev != 0:
+		h.rec.put(blk, 0)
+	default:
+		return false
+	}
+	return true
+}
 
 // restoreCounts puts back the counts es's blocks had in h's record (had),
 // which a joined release lowered.

@@ -481,25 +481,12 @@ func (a *Allocator) releaseIPsJoined(ctx context.Context, handle string, order [
 				continue
 			}
 			es[n], k[n], had[n] = e, freed[i], h.rec.count(e.prefix)
-			switch {
-			case had[n] >= k[n]:
-				h.rec.put(e.prefix, had[n]-k[n])
-				lower = true
-			case h.rev != 0:
-				// Fewer counted than freed: the record read is stale or
-				// low. It goes in the commit, its count at zero, for the
-				// commit's check to tell (see releaseJoined).
-				h.rec.put(e.prefix, 0)
-				lower = true
-			default:
-				// No record, as read, though the handle's addresses are
-				// here: one made since cannot be checked in a commit. Block
-				// by block, which lowers the counts after, from a fresh
-				// read.
+			if !h.lowerJoined(e.prefix, had[n], k[n]) {
 				restoreCounts(&h, es[:n], had[:n])
-				gone = true
+				gone = true // block by block
 				return nil
 			}
+			lower = true
 			n++
 		}
 		if n == 0 {
