@@ -225,16 +225,24 @@ func (h *handleTx) attempt(ctx context.Context, change func() bool) func() error
 // still to come), which cannot be told from what a crash left, so it stays
 // for Repair.
 func (h *handleTx) adjust(ctx context.Context, deltas []handleCount) error {
-	if slices.ContainsFunc(deltas, noCount) {
-		// Nothing to move for those blocks: left in, a lowering with
-		// nothing else to do would read the record again (see unchanged).
-		deltas = slices.DeleteFunc(slices.Clone(deltas), noCount)
+	// Blocks moved by nothing are left out: left in, a lowering with
+	// nothing else to do would read the record again (see unchanged). The
+	// usual cases (none or one left: a release by handle whose counts its
+	// commit lowered) allocate nothing.
+	moved, last := 0, -1
+	for i, d := range deltas {
+		if !noCount(d) {
+			moved, last = moved+1, i
+		}
 	}
-	switch len(deltas) {
+	switch moved {
 	case 0:
 		return nil
 	case 1:
-		return h.add(ctx, deltas[0].block, deltas[0].count)
+		return h.add(ctx, deltas[last].block, deltas[last].count)
+	}
+	if moved < len(deltas) {
+		deltas = slices.DeleteFunc(slices.Clone(deltas), noCount)
 	}
 	slices.SortFunc(deltas, func(x, y handleCount) int { return comparePrefix(x.block, y.block) })
 	return h.rewrite(ctx, func() bool { return h.rec.merge(deltas) })
