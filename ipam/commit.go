@@ -141,10 +141,9 @@ func (a *Allocator) releaseJoined(ctx context.Context, es []*blockEntry, h *hand
 	}
 	n := len(*released)
 	// What each block releases, and the count each had. Each count goes
-	// down by what was released, never below zero (see handleTx.adjust):
-	// a record that counts fewer is left as it is.
+	// down by what was released, to zero at least (see lowerJoined), and
+	// the record is written in the commit, which checks it.
 	var k, had [MaxCommitWrites]int
-	lower := false
 	for i, e := range es {
 		if err = a.ensure(ctx, e); err == nil && e.blk == nil {
 			if err = e.confirm(); err == nil {
@@ -180,11 +179,8 @@ func (a *Allocator) releaseJoined(ctx context.Context, es []*blockEntry, h *hand
 			*released = (*released)[:n]
 			return false, errNoRecord
 		}
-		lower = true
 	}
-	// A record from the memo is written even when no count goes down, so
-	// that the commit checks it.
-	landed, err := a.commitJoined(ctx, h, es, had[:len(es)], lower || h.remembered, ws, revs, nil)
+	landed, err := a.commitJoined(ctx, h, es, had[:len(es)], true, ws, revs, nil)
 	if !landed {
 		*released = (*released)[:n]
 	}
@@ -195,8 +191,8 @@ func (a *Allocator) releaseJoined(ctx context.Context, es []*blockEntry, h *hand
 // fewer than MaxCommitWrites), which free addresses of h's handle, in one
 // commit, with h's record when writeRec says so: the caller has lowered
 // the record's counts of those blocks from had[i], the counts as it read
-// them. ws and revs are the commit's arguments, with
-// room for a write per block and one for the record. landed reports that
+// them. ws and revs are the commit's arguments, with room for a write per
+// block and one for the record. landed reports that
 // the commit was made; the error is then a kept block's check after it
 // (keptStands). Otherwise nothing was written, the counts are put back in
 // h.rec, and the error says why: a refusal at the record (a race, for the

@@ -117,5 +117,5 @@ func (m *handleMemo) load(h *handleTx) {
 		es[i] = handleCount{netip.PrefixFrom(addr, int(x.bits)), int(x.count)}
 	}
 	h.rec.setEntries(es[:m.n])
-	h.rev, h.known, h.remembered = m.rev, true, true
+	h.rev, h.known = m.rev, true // a joined release writes, so checks, the record
 }

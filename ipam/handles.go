@@ -46,10 +46,6 @@ type handleTx struct {
 	// outcome stayed unknown (see settleWrite): each may have assigned
 	// its address, at its Seq, or may yet. A rollback settles them.
 	unsettled []unsettledWrite
-	// remembered says that rec and rev come from the allocator's memo
-	// (handleMemos), not from a read: a commit made on them must check
-	// the record.
-	remembered bool
 	// unsure says that a write of the record failed in a way that may
 	// have applied it (a lost reply): a record at a revision this
 	// operation does not know may then be its own, and an exclusive
