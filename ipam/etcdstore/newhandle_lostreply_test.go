@@ -10,7 +10,6 @@ import (
 
 	"github.com/carve-ipam/carve/ipam"
 	"github.com/carve-ipam/carve/ipam/etcdstore"
-	"github.com/carve-ipam/carve/pool"
 )
 
 // lossyStore is an etcd Store whose next Commit that creates a handle
@@ -89,12 +88,7 @@ func TestLostCommitReplyLeavesHandle(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			for _, p := range []pool.Pool{trialRackA4, trialRackA6} {
-				p.NodeSelector = ""
-				if err := a.CreatePool(ctx, p); err != nil {
-					t.Fatal(err)
-				}
-			}
+			createOpenRackPools(t, a)
 			args := func(h string) ipam.AutoAssignArgs {
 				return ipam.AutoAssignArgs{Num4: 1, Num6: 1, Handle: h, NewHandle: true, Node: "n1",
 					Attrs: map[string]string{"namespace": "default", "pod": h}}

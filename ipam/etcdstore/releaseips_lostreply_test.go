@@ -66,12 +66,7 @@ func TestReleaseIPsLostReply(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, p := range []pool.Pool{trialRackA4, trialRackA6} {
-		p.NodeSelector = ""
-		if err := a.CreatePool(ctx, p); err != nil {
-			t.Fatal(err)
-		}
-	}
+	createOpenRackPools(t, a)
 	const h = "k8s-pod-network.dead"
 	res, err := a.AutoAssign(ctx, ipam.AutoAssignArgs{Num4: 1, Num6: 1, Handle: h, Node: "n1"})
 	if err != nil {
@@ -108,5 +103,17 @@ func TestReleaseIPsLostReply(t *testing.T) {
 	}
 	if _, err := a.AutoAssign(ctx, ipam.AutoAssignArgs{Num4: 1, Handle: h, NewHandle: true, Node: "n1"}); err != nil {
 		t.Errorf("a new request under the handle, which holds nothing: %v", err)
+	}
+}
+
+// createOpenRackPools creates rack a's pools in a, open to every node (no
+// nodeSelector).
+func createOpenRackPools(t *testing.T, a *ipam.Allocator) {
+	t.Helper()
+	for _, p := range []pool.Pool{trialRackA4, trialRackA6} {
+		p.NodeSelector = ""
+		if err := a.CreatePool(t.Context(), p); err != nil {
+			t.Fatal(err)
+		}
 	}
 }
