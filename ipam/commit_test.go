@@ -28,6 +28,17 @@ func (s *commitHookStore) Commit(ctx context.Context, writes []ipam.Write, revs 
 	return s.Store.Commit(ctx, writes, revs)
 }
 
+// firstCommitHook is a commitHookStore on ms that calls f before its
+// first commit only.
+func firstCommitHook(ms *memstore.Store, f func(writes []ipam.Write)) *commitHookStore {
+	commits := 0
+	return &commitHookStore{Store: ms, hook: func(writes []ipam.Write) {
+		if commits++; commits == 1 {
+			f(writes)
+		}
+	}}
+}
+
 // TestLostReplyOfCommitStands: the reply of the commit that writes a
 // steady-state assignment's handle and block is lost, but the commit
 // happened. As for a block write alone, the allocator reads the block,

@@ -44,15 +44,11 @@ func joinedReleaseSetup(t *testing.T) (*memstore.Store, *ipam.Allocator, []ipam.
 func TestJoinedRetryStatuses(t *testing.T) {
 	ctx := t.Context()
 	ms, other, rels, _ := joinedReleaseSetup(t)
-	commits := 0
-	hs := &commitHookStore{Store: ms, hook: func(writes []ipam.Write) {
-		commits++
-		if commits == 1 {
-			got, err := other.ReleaseIPs(ctx, rels[0])
-			require.NoError(t, err)
-			require.Len(t, got.Released, 1)
-		}
-	}}
+	hs := firstCommitHook(ms, func([]ipam.Write) {
+		got, err := other.ReleaseIPs(ctx, rels[0])
+		require.NoError(t, err)
+		require.Len(t, got.Released, 1)
+	})
 	a, err := ipam.New(hs, ipam.Options{})
 	require.NoError(t, err)
 	got, err := a.ReleaseIPs(ctx, rels...)
@@ -75,16 +71,12 @@ func TestJoinedRetryStatuses(t *testing.T) {
 func TestJoinedRetrySeqRefused(t *testing.T) {
 	ctx := t.Context()
 	ms, other, rels, _ := joinedReleaseSetup(t)
-	commits := 0
-	hs := &commitHookStore{Store: ms, hook: func(writes []ipam.Write) {
-		commits++
-		if commits == 1 {
-			_, err := other.ReleaseIPs(ctx, rels[1])
-			require.NoError(t, err)
-			_, err = other.AssignIP(ctx, ipam.AssignIPArgs{Addr: rels[1].Addr, Handle: "h", Node: "n1"})
-			require.NoError(t, err)
-		}
-	}}
+	hs := firstCommitHook(ms, func([]ipam.Write) {
+		_, err := other.ReleaseIPs(ctx, rels[1])
+		require.NoError(t, err)
+		_, err = other.AssignIP(ctx, ipam.AssignIPArgs{Addr: rels[1].Addr, Handle: "h", Node: "n1"})
+		require.NoError(t, err)
+	})
 	a, err := ipam.New(hs, ipam.Options{})
 	require.NoError(t, err)
 	got, err := a.ReleaseIPs(ctx, rels...)
